@@ -1,0 +1,1 @@
+//! Namespaced test cluster.
