@@ -1,0 +1,1 @@
+//! Pure Service semantics: `(&Snapshot, &NodeInfo, &ComputeConfig) -> DesiredState`.
