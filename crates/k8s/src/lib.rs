@@ -1,0 +1,79 @@
+//! The Kubernetes API server source of sluice.
+//!
+//! [`K8sSource`] runs kube-runtime watchers for Services, EndpointSlices (discovery.k8s.io/v1),
+//! the agent's own Node, Ingresses, IngressClasses and `kubernetes.io/tls` Secrets, keeps one
+//! store per kind and publishes a [`Snapshot`](sluice_model::Snapshot) on a tokio watch channel:
+//! first when every store has finished its initial list, then after each change (coalesced).
+//! The last good snapshot stays published while the API server is unreachable; a relist
+//! (after reconnecting or a 410 Gone) replaces a store atomically.
+//!
+//! [`update_ingress_status`] writes the load-balancer addresses of an Ingress sluice serves.
+
+mod source;
+mod status;
+mod store;
+
+use std::path::{Path, PathBuf};
+
+use sluice_model::ObjectKey;
+
+pub use source::{COALESCE_WINDOW, K8sSource, K8sSourceConfig, TLS_SECRET_TYPE};
+pub use status::update_ingress_status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum K8sError {
+    #[error("cannot load kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error(
+        "no Kubernetes client configuration found (no --kubeconfig given, no usable KUBECONFIG \
+         or ~/.kube/config, not running in a cluster): {source}"
+    )]
+    InferConfig {
+        #[source]
+        source: kube::config::InferConfigError,
+    },
+    #[error("cannot build the Kubernetes client: {source}")]
+    Client {
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot read Ingress {ingress}: {source}")]
+    GetIngress {
+        ingress: ObjectKey,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot write the status of Ingress {ingress}: {source}")]
+    PatchIngressStatus {
+        ingress: ObjectKey,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the Kubernetes watch streams ended unexpectedly")]
+    WatchEnded,
+}
+
+/// A client from the kubeconfig at `kubeconfig` (its current context) if given; otherwise the
+/// default inference: `KUBECONFIG` / `~/.kube/config`, then the in-cluster service account.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, K8sError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig_error = |source| K8sError::Kubeconfig {
+                path: path.to_owned(),
+                source,
+            };
+            let file = kube::config::Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(kubeconfig_error)?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|source| K8sError::InferConfig { source })?,
+    };
+    kube::Client::try_from(config).map_err(|source| K8sError::Client { source })
+}
