@@ -104,7 +104,7 @@ pub fn compute_service(
     let session_affinity_timeout = session_affinity(spec, &mut warn);
     let topology = topology::topology_requested(service);
 
-    drop(warn);
+    // (The closure's borrow of `warnings` ends here; the slices report their own objects.)
     let candidates = endpoints::collect(slices, &node.name, warnings);
     let mut warn = |problem: Problem| warnings.push(Warning::new(&object, &problem));
 
