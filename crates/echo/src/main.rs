@@ -10,7 +10,10 @@ use sluice_echo::probe::{self, ProbeConfig, ProbeProto};
 use sluice_echo::serve::{self, ServeConfig};
 
 #[derive(Parser)]
-#[command(name = "sluice-echo", about = "Echo pod and probe client for sluice tests")]
+#[command(
+    name = "sluice-echo",
+    about = "Echo pod and probe client for sluice tests"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

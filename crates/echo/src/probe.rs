@@ -68,11 +68,9 @@ async fn read_line(stream: &mut TcpStream, deadline: Instant) -> Result<String, 
 
 async fn udp_once(cfg: &ProbeConfig, deadline: Instant) -> Result<Greeting, ProbeFailure> {
     let io = |e: std::io::Error| ProbeFailure::from_io(&e);
-    let socket = std::net::UdpSocket::bind(sock::unspecified(
-        cfg.target,
-        cfg.source_port.unwrap_or(0),
-    ))
-    .map_err(io)?;
+    let socket =
+        std::net::UdpSocket::bind(sock::unspecified(cfg.target, cfg.source_port.unwrap_or(0)))
+            .map_err(io)?;
     socket.set_nonblocking(true).map_err(io)?;
     let socket = tokio::net::UdpSocket::from_std(socket).map_err(io)?;
     // Connected, so ICMP port-unreachable comes back as ECONNREFUSED on receive.
