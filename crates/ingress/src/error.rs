@@ -1,0 +1,22 @@
+use std::net::SocketAddr;
+
+/// Errors that stop the proxy from serving (bad input never does: it becomes a warning).
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    #[error("ingress: cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ingress: cannot read the local address of a listener: {source}")]
+    LocalAddr {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ingress: TLS configuration failed: {source}")]
+    Tls {
+        #[source]
+        source: rustls::Error,
+    },
+}

@@ -1,0 +1,25 @@
+//! sluice's in-process L7 Ingress proxy.
+//!
+//! * [`build_route_table`] turns a [`Snapshot`] into a [`RouteTable`] (pure: routes, TLS
+//!   certificates, upstream endpoint lists), with [`Warning`]s that name the bad object.
+//! * [`IngressProxy`] serves HTTP and HTTPS from the current table, which
+//!   [`IngressProxy::update`] swaps atomically: requests and connections in flight keep the
+//!   table they started with, new requests see the new one. The request path never locks.
+//!
+//! Module map: `routes` (class handling, host/path matching, normalisation), `tls` (secrets,
+//! SNI resolver), `upstream` (endpoint pools, power-of-two-choices least-requests), `proxy`
+//! (the per-request service), `server` (listeners, connections, graceful shutdown).
+
+mod config;
+mod error;
+mod proxy;
+mod routes;
+mod server;
+mod tls;
+mod upstream;
+
+pub use config::IngressConfig;
+pub use error::IngressError;
+pub use proxy::IngressProxy;
+pub use routes::{Backend, PathError, RouteTable, Warning, build_route_table, normalize_path};
+pub use sluice_model::{ObjectKey, Snapshot};

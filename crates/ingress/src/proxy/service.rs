@@ -1,0 +1,371 @@
+//! One request: route, pick an endpoint, forward, map failures to clear status codes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Limited;
+use hyper::body::{Body, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::http::uri::{PathAndQuery, Scheme};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
+
+use super::headers::{self, Forwarded, X_REQUEST_ID};
+use super::{IngressProxy, ProxyBody, ReqBody};
+use crate::routes::{Backend, normalize_path};
+use crate::upstream::{InFlight, UpstreamEndpoint};
+
+/// The downstream connection a request came in on.
+#[derive(Debug)]
+pub(crate) struct ConnInfo {
+    pub(crate) peer: SocketAddr,
+    pub(crate) local: SocketAddr,
+    pub(crate) tls: bool,
+}
+
+/// Serves one downstream request. Never fails: every problem becomes a response.
+pub(crate) async fn handle(
+    proxy: Arc<IngressProxy>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let request_id = headers::request_id(req.headers());
+    let mut resp = route(&proxy, &conn, req, &request_id).await;
+    resp.headers_mut().insert(&X_REQUEST_ID, request_id);
+    resp
+}
+
+fn error(status: StatusCode, message: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(message));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+async fn route(
+    proxy: &IngressProxy,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
+    // HTTP/2 and absolute-form requests carry the host in the URI, HTTP/1 in `Host`.
+    let host = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    };
+    let Some(host) = host else {
+        return error(StatusCode::BAD_REQUEST, "400 Bad Request: no Host header\n");
+    };
+    let Ok(host_str) = host.to_str() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "400 Bad Request: invalid Host header\n",
+        );
+    };
+    let path = match normalize_path(req.uri().path()) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("400 Bad Request: {e}\n")),
+    };
+    // The table is only borrowed for the lookup: a reload during the request is fine.
+    let backend = proxy.table.load().lookup(host_str, &path).cloned();
+    let Some(backend) = backend else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "404 Not Found: no Ingress rule matches this host and path (sluice default backend)\n",
+        );
+    };
+    let path_and_query = match (&path, req.uri().path_and_query()) {
+        (std::borrow::Cow::Borrowed(_), Some(pq)) => pq.clone(),
+        _ => {
+            let joined = match req.uri().query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.into_owned(),
+            };
+            match PathAndQuery::try_from(joined) {
+                Ok(pq) => pq,
+                Err(_) => return error(StatusCode::BAD_REQUEST, "400 Bad Request: invalid path\n"),
+            }
+        }
+    };
+    let limit = proxy.config.max_request_body_bytes;
+    let too_large = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|len| len > limit);
+    if too_large {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("413 Payload Too Large: request bodies are limited to {limit} bytes\n"),
+        );
+    }
+    let upgrade = if req.version() == Version::HTTP_11 {
+        headers::upgrade_request(req.headers())
+    } else {
+        None
+    };
+    let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    headers::remove_hop_by_hop(&mut headers);
+    headers::set_forwarded(
+        &mut headers,
+        &Forwarded {
+            peer: conn.peer,
+            local_port: conn.local.port(),
+            tls: conn.tls,
+            host: &host,
+            trust_client: proxy.config.trust_forwarded_headers,
+        },
+    );
+    headers.insert(&X_REQUEST_ID, request_id.clone());
+
+    let Some(endpoint) = backend.pool.pick(None) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("503 Service Unavailable: no ready endpoints for service {backend}\n"),
+        );
+    };
+    if let (Some(upgrade), Some(on_upgrade)) = (upgrade, on_upgrade) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, upgrade);
+        let request = Upstream {
+            method: parts.method,
+            path_and_query,
+            headers,
+        };
+        return forward_upgrade(proxy, &backend, endpoint, request, on_upgrade).await;
+    }
+
+    let no_body = body.is_end_stream();
+    // A request without body can be sent again to another endpoint if connecting failed.
+    let retry = (no_body && is_idempotent(&parts.method) && backend.pool.endpoints.len() > 1)
+        .then(|| (parts.method.clone(), headers.clone()));
+    let body = if no_body {
+        ReqBody::Empty
+    } else {
+        ReqBody::Client(Limited::new(
+            body,
+            usize::try_from(limit).unwrap_or(usize::MAX),
+        ))
+    };
+    let request = Upstream {
+        method: parts.method,
+        path_and_query: path_and_query.clone(),
+        headers,
+    };
+    let first = endpoint.addr;
+    match send(proxy, &backend, endpoint, request, body).await {
+        Err(SendError::Connect(e)) if retry.is_some() => {
+            let Some(next) = backend.pool.pick(Some(first)) else {
+                return e;
+            };
+            let (method, headers) = retry.unwrap_or_default();
+            tracing::debug!(backend = %backend, failed = %first, retry = %next.addr, "ingress: retrying on another endpoint");
+            let request = Upstream {
+                method,
+                path_and_query,
+                headers,
+            };
+            match send(proxy, &backend, next, request, ReqBody::Empty).await {
+                Ok(resp) => resp,
+                Err(SendError::Connect(resp) | SendError::Other(resp)) => resp,
+            }
+        }
+        Ok(resp) => resp,
+        Err(SendError::Connect(resp) | SendError::Other(resp)) => resp,
+    }
+}
+
+/// The parts of the upstream request that a retry needs again.
+struct Upstream {
+    method: Method,
+    path_and_query: PathAndQuery,
+    headers: HeaderMap,
+}
+
+impl Upstream {
+    fn into_request<B>(self, endpoint: &UpstreamEndpoint, body: B) -> Option<Request<B>> {
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(endpoint.authority.clone())
+            .path_and_query(self.path_and_query)
+            .build()
+            .ok()?;
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = self.headers;
+        Some(req)
+    }
+}
+
+enum SendError {
+    /// Connecting failed: nothing reached the endpoint, a retry is safe.
+    Connect(Response<ProxyBody>),
+    Other(Response<ProxyBody>),
+}
+
+fn is_body_limit(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+async fn send(
+    proxy: &IngressProxy,
+    backend: &Backend,
+    endpoint: Arc<UpstreamEndpoint>,
+    request: Upstream,
+    body: ReqBody,
+) -> Result<Response<ProxyBody>, SendError> {
+    let in_flight = endpoint.start();
+    let Some(req) = request.into_request(&endpoint, body) else {
+        return Err(SendError::Other(error(
+            StatusCode::BAD_REQUEST,
+            "400 Bad Request: invalid request target\n",
+        )));
+    };
+    let timeout = proxy.config.response_timeout;
+    match tokio::time::timeout(timeout, proxy.client.request(req)).await {
+        Ok(Ok(resp)) => Ok(downstream_response(resp, in_flight)),
+        Ok(Err(e)) if e.is_connect() => {
+            tracing::warn!(backend = %backend, endpoint = %endpoint.addr, error = %e, "ingress: cannot connect to endpoint");
+            Err(SendError::Connect(error(
+                StatusCode::BAD_GATEWAY,
+                format!("502 Bad Gateway: cannot connect to service {backend}\n"),
+            )))
+        }
+        Ok(Err(e)) if is_body_limit(&e) => Err(SendError::Other(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "413 Payload Too Large: request bodies are limited to {} bytes\n",
+                proxy.config.max_request_body_bytes
+            ),
+        ))),
+        Ok(Err(e)) => {
+            tracing::warn!(backend = %backend, endpoint = %endpoint.addr, error = %e, "ingress: upstream request failed");
+            Err(SendError::Other(error(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "502 Bad Gateway: service {backend} closed the connection or sent an invalid response\n"
+                ),
+            )))
+        }
+        Err(_) => Err(SendError::Other(error(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "504 Gateway Timeout: service {backend} did not answer within {}s\n",
+                timeout.as_secs_f32()
+            ),
+        ))),
+    }
+}
+
+fn downstream_response(resp: Response<Incoming>, in_flight: InFlight) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, ProxyBody::upstream(body, Some(in_flight)))
+}
+
+/// Upgrades (WebSocket, ...): a dedicated upstream connection; after `101` both sides are
+/// joined byte for byte until either closes. The tunnel does not depend on the route table,
+/// so reloads never cut it.
+async fn forward_upgrade(
+    proxy: &IngressProxy,
+    backend: &Backend,
+    endpoint: Arc<UpstreamEndpoint>,
+    request: Upstream,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) -> Response<ProxyBody> {
+    let bad_gateway = || {
+        error(
+            StatusCode::BAD_GATEWAY,
+            format!("502 Bad Gateway: cannot connect to service {backend}\n"),
+        )
+    };
+    let in_flight = endpoint.start();
+    let connect = tokio::net::TcpStream::connect(endpoint.addr);
+    let stream = match tokio::time::timeout(proxy.config.connect_timeout, connect).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!(backend = %backend, endpoint = %endpoint.addr, error = %e, "ingress: cannot connect to endpoint for upgrade");
+            return bad_gateway();
+        }
+        Err(_) => return bad_gateway(),
+    };
+    let _ = stream.set_nodelay(true);
+    let handshake = hyper::client::conn::http1::handshake::<_, ReqBody>(TokioIo::new(stream));
+    let (mut sender, connection) = match handshake.await {
+        Ok(pair) => pair,
+        Err(_) => return bad_gateway(),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!(error = %e, "ingress: upgraded upstream connection ended");
+        }
+    });
+    let Some(req) = request.into_request(&endpoint, ReqBody::Empty) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "400 Bad Request: invalid request target\n",
+        );
+    };
+    let timeout = proxy.config.response_timeout;
+    let mut resp = match tokio::time::timeout(timeout, sender.send_request(req)).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
+            tracing::warn!(backend = %backend, error = %e, "ingress: upgrade request failed");
+            return bad_gateway();
+        }
+        Err(_) => {
+            return error(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "504 Gateway Timeout: service {backend} did not answer within {}s\n",
+                    timeout.as_secs_f32()
+                ),
+            );
+        }
+    };
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return downstream_response(resp, in_flight);
+    }
+    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+    let backend_name = backend.to_string();
+    tokio::spawn(async move {
+        // Counts as an outstanding request on the endpoint while the tunnel is open.
+        let _in_flight = in_flight;
+        match tokio::try_join!(on_upgrade, upstream_upgrade) {
+            Ok((down, up)) => {
+                let mut down = TokioIo::new(down);
+                let mut up = TokioIo::new(up);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                    tracing::debug!(backend = %backend_name, error = %e, "ingress: upgraded connection closed with error");
+                }
+            }
+            Err(e) => tracing::debug!(backend = %backend_name, error = %e, "ingress: upgrade failed"),
+        }
+    });
+    // Keep `Connection: upgrade` and `Upgrade`: the client needs them on a 101.
+    let (parts, _empty) = resp.into_parts();
+    Response::from_parts(parts, ProxyBody::empty())
+}

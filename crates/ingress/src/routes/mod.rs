@@ -1,0 +1,138 @@
+//! The route table: what the request path reads (through an `ArcSwap`) to pick a backend.
+
+pub(crate) mod build;
+mod matching;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use sluice_model::ObjectKey;
+
+pub use build::build_route_table;
+use matching::HostRoutes;
+pub(crate) use matching::normalize_host;
+pub use matching::{PathError, normalize_path};
+
+use crate::tls::CertStore;
+use crate::upstream::{Pool, UpstreamEndpoint};
+
+/// A problem with one object, which was skipped (or partly skipped). Displayed as
+/// `Ingress default/cafe: secret default/cafe-secret is not a valid kubernetes.io/tls secret`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// Kind of the object at fault (`Ingress`, `IngressClass`, `EndpointSlice`, ...).
+    pub kind: &'static str,
+    pub object: ObjectKey,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.kind, self.object, self.message)
+    }
+}
+
+/// A service port that routes point at, with its ready endpoints.
+#[derive(Debug)]
+pub struct Backend {
+    pub(crate) service: ObjectKey,
+    /// The service port as written in the Ingress (number or name).
+    pub(crate) port: String,
+    pub(crate) pool: Pool,
+    /// "default/coffee-svc:80", for logs and error bodies.
+    pub(crate) display: Box<str>,
+}
+
+impl Backend {
+    /// The Service this backend sends to.
+    pub fn service(&self) -> &ObjectKey {
+        &self.service
+    }
+
+    /// The service port as the Ingress names it (a number or a port name).
+    pub fn port(&self) -> &str {
+        &self.port
+    }
+
+    /// Ready endpoint addresses (IP and target port), sorted.
+    pub fn endpoints(&self) -> Vec<SocketAddr> {
+        self.pool.endpoints.iter().map(|e| e.addr).collect()
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+/// Everything the proxy needs to answer requests: routes by host and path, default
+/// backends, TLS certificates. Built by [`build_route_table`]; immutable once built.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    exact_hosts: HashMap<Box<str>, HostRoutes>,
+    /// Keyed by the part after `*.`: `*.example.com` is stored as `example.com`.
+    wildcard_hosts: HashMap<Box<str>, HostRoutes>,
+    /// Rules without a host.
+    any_host: Option<HostRoutes>,
+    /// Cluster-wide default: `spec.defaultBackend` of the first Ingress (conflict order)
+    /// that has one. Without it, unmatched requests get the built-in 404.
+    default_backend: Option<Arc<Backend>>,
+    pub(crate) certs: CertStore,
+    served: Vec<ObjectKey>,
+}
+
+impl RouteTable {
+    /// The backend for a request, or `None` for the built-in 404. `host` may carry a port and
+    /// any case; `path` must already be normalised ([`normalize_path`]).
+    ///
+    /// The most specific host entry is chosen (exact, then `*.` wildcard, then rules without
+    /// host); a path that matches none of its rules goes to that host's Ingress
+    /// `defaultBackend`, else the cluster-wide default backend.
+    pub fn lookup(&self, host: &str, path: &str) -> Option<&Arc<Backend>> {
+        let host = normalize_host(host);
+        let routes = self
+            .exact_hosts
+            .get(&*host)
+            .or_else(|| {
+                let (_, parent) = host.split_once('.')?;
+                self.wildcard_hosts.get(parent)
+            })
+            .or(self.any_host.as_ref());
+        routes
+            .and_then(|r| r.lookup(path).or(r.default_backend.as_ref()))
+            .or(self.default_backend.as_ref())
+    }
+
+    /// Ingresses of our class that this table serves (for their status).
+    pub fn served_ingresses(&self) -> &[ObjectKey] {
+        &self.served
+    }
+
+    /// Whether some certificate is available for `server_name` (SNI), or a default one.
+    pub fn has_certificate_for(&self, server_name: Option<&str>) -> bool {
+        self.certs.resolve(server_name).is_some()
+    }
+
+    /// Endpoint states by address, so a rebuilt table keeps the request counters.
+    pub(crate) fn endpoint_states(&self) -> HashMap<SocketAddr, Arc<UpstreamEndpoint>> {
+        let hosts = self
+            .exact_hosts
+            .values()
+            .chain(self.wildcard_hosts.values())
+            .chain(self.any_host.iter());
+        hosts
+            .flat_map(|h| {
+                h.exact
+                    .values()
+                    .chain(h.prefixes.iter().map(|(_, b)| b))
+                    .chain(h.default_backend.iter())
+            })
+            .chain(self.default_backend.iter())
+            .flat_map(|b| b.pool.endpoints.iter())
+            .map(|e| (e.addr, Arc::clone(e)))
+            .collect()
+    }
+}
