@@ -1,0 +1,543 @@
+//! Loading, attaching (pinned links), interface discovery, the masquerade rule, cleanup and
+//! `BPF_PROG_TEST_RUN`: everything that talks to the kernel apart from map contents.
+
+use std::collections::BTreeMap;
+use std::ffi::CStr;
+use std::fs::File;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+use sluice_dataplane::DataplaneError;
+use sluice_model::DesiredState;
+
+use crate::maps::Maps;
+use crate::{BACKEND, EbpfConfig, SOCK_OBJ, TC_OBJ, abi, kerr};
+
+const SOCK_PROGS: &[&str] = &[
+    "sl_connect4",
+    "sl_sendmsg4",
+    "sl_recvmsg4",
+    "sl_getpeername4",
+    "sl_connect6",
+    "sl_sendmsg6",
+    "sl_recvmsg6",
+    "sl_getpeername6",
+];
+const TC_INGRESS: &str = "sl_tc_ingress";
+const TC_EGRESS: &str = "sl_tc_egress";
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+/// Name of the nftables table holding the masquerade rule.
+pub const NFT_TABLE: &str = "sluice_ebpf";
+
+pub struct Kernel {
+    _sock: Ebpf,
+    tc: Ebpf,
+    pub maps: Maps,
+    links_dir: PathBuf,
+    attached: BTreeMap<(String, u32), ()>,
+    masq_installed: bool,
+}
+
+/// Result of one `BPF_PROG_TEST_RUN`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestRun {
+    /// The program's return value (`TC_ACT_OK` = 0, `TC_ACT_SHOT` = 2).
+    pub verdict: u32,
+    /// The packet after the program ran.
+    pub packet: Vec<u8>,
+    /// `skb->mark` after the program ran.
+    pub mark: u32,
+}
+
+fn io_err(action: impl Into<String>, source: std::io::Error) -> DataplaneError {
+    DataplaneError::Io {
+        backend: BACKEND,
+        action: action.into(),
+        source,
+    }
+}
+
+fn fs_magic(path: &Path) -> Option<i64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statfs only writes into the zeroed struct we pass; `c` is a valid C string.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        if libc::statfs(c.as_ptr(), &mut st) != 0 {
+            return None;
+        }
+        #[allow(clippy::unnecessary_cast)]
+        Some(st.f_type as i64)
+    }
+}
+
+/// The cgroup2 mount point, from /proc/self/mounts (hybrid hosts mount it at
+/// /sys/fs/cgroup/unified).
+pub fn find_cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_dev, dir, ty) = (f.next()?, f.next()?, f.next()?);
+        (ty == "cgroup2").then(|| PathBuf::from(dir))
+    })
+}
+
+/// Makes sure `dir` is on a bpffs (mounting one at /sys/fs/bpf if needed) and exists.
+fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
+    let mut probe = dir.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    if fs_magic(&probe) != Some(BPF_FS_MAGIC) {
+        let root = Path::new("/sys/fs/bpf");
+        if dir.starts_with(root) && fs_magic(root) != Some(BPF_FS_MAGIC) {
+            // SAFETY: plain mount(2) with static NUL-terminated strings.
+            let rc = unsafe {
+                libc::mount(
+                    c"bpf".as_ptr(),
+                    c"/sys/fs/bpf".as_ptr(),
+                    c"bpf".as_ptr(),
+                    0,
+                    std::ptr::null(),
+                )
+            };
+            if rc != 0 {
+                return Err(io_err(
+                    "mount bpffs on /sys/fs/bpf",
+                    std::io::Error::last_os_error(),
+                ));
+            }
+        } else if !dir.starts_with(root) {
+            return Err(DataplaneError::Unavailable {
+                backend: BACKEND,
+                reason: format!("{} is not on a bpf filesystem", dir.display()),
+            });
+        }
+    }
+    std::fs::create_dir_all(dir.join("links"))
+        .map_err(|e| io_err(format!("create {}", dir.display()), e))
+}
+
+fn load_obj(pin_dir: &Path, obj: &[u8], what: &str) -> Result<Ebpf, DataplaneError> {
+    EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(obj)
+        .map_err(|e| kerr(format!("load {what} object"), error_chain(&e)))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+fn load_sock_progs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    for name in SOCK_PROGS {
+        let prog: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or_else(|| kerr("load", format!("program {name} missing from object")))?
+            .try_into()
+            .map_err(|e| kerr(format!("load {name}"), e))?;
+        prog.load()
+            .map_err(|e| kerr(format!("load {name}"), error_chain(&e)))?;
+    }
+    Ok(())
+}
+
+fn load_tc_progs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    for name in [TC_INGRESS, TC_EGRESS] {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or_else(|| kerr("load", format!("program {name} missing from object")))?
+            .try_into()
+            .map_err(|e| kerr(format!("load {name}"), e))?;
+        prog.load()
+            .map_err(|e| kerr(format!("load {name}"), error_chain(&e)))?;
+    }
+    Ok(())
+}
+
+pub fn check_support(config: &EbpfConfig) -> Result<(), String> {
+    if fs_magic(&config.cgroup_path) != Some(CGROUP2_SUPER_MAGIC) {
+        return Err(format!(
+            "{} is not a cgroup v2 directory",
+            config.cgroup_path.display()
+        ));
+    }
+    // Load everything through the verifier with maps pinned in a throw-away directory.
+    let base = config
+        .bpffs_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf"));
+    let probe = base.join(format!(".sluice-check-{}", std::process::id()));
+    ensure_bpffs(&probe).map_err(|e| e.to_string())?;
+    let result = (|| {
+        let mut sock = load_obj(&probe, SOCK_OBJ, "socket-LB")?;
+        load_sock_progs(&mut sock)?;
+        let mut tc = load_obj(&probe, TC_OBJ, "tc")?;
+        load_tc_progs(&mut tc)?;
+        Ok::<(), DataplaneError>(())
+    })();
+    remove_pins(&probe);
+    result.map_err(|e| e.to_string())
+}
+
+fn remove_pins(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir.join("links")) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match PinnedLink::from_pin(&path) {
+                // Unpinning drops the last reference: the link detaches.
+                Ok(link) => {
+                    if let Err(e) = link.unpin() {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot unpin link");
+                    }
+                }
+                Err(_) => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir.join("links"));
+    for name in abi::ALL_MAPS {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+pub fn cleanup(config: &EbpfConfig) -> Result<(), DataplaneError> {
+    remove_pins(&config.bpffs_path);
+    remove_masquerade();
+    if config.bpffs_path.exists() {
+        return Err(io_err(
+            format!("remove {}", config.bpffs_path.display()),
+            std::io::Error::other("directory still contains files not created by sluice"),
+        ));
+    }
+    Ok(())
+}
+
+impl Kernel {
+    pub fn load(config: &EbpfConfig) -> Result<Self, DataplaneError> {
+        if config.xdp != crate::XdpMode::Off {
+            tracing::warn!("ebpf: XDP acceleration is not implemented yet; using tc only");
+        }
+        let dir = &config.bpffs_path;
+        ensure_bpffs(dir)?;
+        let links_dir = dir.join("links");
+        let mut sock = load_obj(dir, SOCK_OBJ, "socket-LB")?;
+        load_sock_progs(&mut sock)?;
+        let mut tc = load_obj(dir, TC_OBJ, "tc")?;
+        load_tc_progs(&mut tc)?;
+        let maps = Maps::open(dir)?;
+
+        let cgroup = File::open(&config.cgroup_path)
+            .map_err(|e| io_err(format!("open cgroup {}", config.cgroup_path.display()), e))?;
+        for name in SOCK_PROGS {
+            let pin = links_dir.join(format!("cg_{name}"));
+            if pin.exists() {
+                // Attached by an earlier run: keep it, forwarding never stops.
+                continue;
+            }
+            let prog: &mut CgroupSockAddr = sock
+                .program_mut(name)
+                .ok_or_else(|| kerr("attach", format!("program {name} missing")))?
+                .try_into()
+                .map_err(|e| kerr(format!("attach {name}"), e))?;
+            let id = prog
+                .attach(cgroup.as_fd(), CgroupAttachMode::AllowMultiple)
+                .map_err(|e| {
+                    kerr(
+                        format!("attach {name} to {}", config.cgroup_path.display()),
+                        error_chain(&e),
+                    )
+                })?;
+            let link = prog
+                .take_link(id)
+                .map_err(|e| kerr(format!("attach {name}"), e))?;
+            let fd: FdLink = link
+                .try_into()
+                .map_err(|e| kerr(format!("pin {name}"), e))?;
+            fd.pin(&pin)
+                .map_err(|e| kerr(format!("pin {}", pin.display()), error_chain(&e)))?;
+        }
+        tracing::info!(cgroup = %config.cgroup_path.display(), pins = %dir.display(),
+            "ebpf: socket-LB attached");
+        Ok(Kernel {
+            _sock: sock,
+            tc,
+            maps,
+            links_dir,
+            attached: BTreeMap::new(),
+            masq_installed: false,
+        })
+    }
+
+    pub fn attached_interfaces(&self) -> Vec<(String, u32)> {
+        self.attached.keys().cloned().collect()
+    }
+
+    /// Attaches the tc programs to every wanted interface that does not have them yet.
+    /// Failures on one interface are logged and do not stop the others.
+    pub fn sync_interfaces(
+        &mut self,
+        config: &EbpfConfig,
+        desired: &DesiredState,
+    ) -> Result<(), DataplaneError> {
+        let wanted: Vec<String> = if config.interfaces.is_empty() {
+            interfaces_with(&desired.node_port_addresses)
+        } else {
+            config.interfaces.clone()
+        };
+        for ifname in wanted {
+            let Some(ifindex) = if_index(&ifname) else {
+                tracing::warn!(interface = %ifname, "ebpf: interface not found");
+                continue;
+            };
+            if self.attached.contains_key(&(ifname.clone(), ifindex)) {
+                continue;
+            }
+            match self.attach_tc(&ifname, ifindex) {
+                Ok(()) => {
+                    tracing::info!(interface = %ifname, "ebpf: tc programs attached");
+                    self.attached.insert((ifname, ifindex), ());
+                }
+                Err(e) => tracing::warn!(interface = %ifname, error = %e, "ebpf: cannot attach tc"),
+            }
+        }
+        Ok(())
+    }
+
+    fn attach_tc(&mut self, ifname: &str, ifindex: u32) -> Result<(), DataplaneError> {
+        for (name, ty, suffix) in [
+            (TC_INGRESS, TcAttachType::Ingress, "in"),
+            (TC_EGRESS, TcAttachType::Egress, "eg"),
+        ] {
+            let pin = self.links_dir.join(format!("tc_{ifindex}_{suffix}"));
+            if pin.exists() {
+                continue;
+            }
+            let prog: &mut SchedClassifier = self
+                .tc
+                .program_mut(name)
+                .ok_or_else(|| kerr("attach", format!("program {name} missing")))?
+                .try_into()
+                .map_err(|e| kerr(format!("attach {name}"), e))?;
+            let id = prog
+                .attach(ifname, ty)
+                .map_err(|e| kerr(format!("attach {name} to {ifname}"), error_chain(&e)))?;
+            let link = prog
+                .take_link(id)
+                .map_err(|e| kerr(format!("attach {name}"), e))?;
+            let fd: FdLink = link
+                .try_into()
+                .map_err(|e| kerr(format!("pin {name}"), e))?;
+            fd.pin(&pin)
+                .map_err(|e| kerr(format!("pin {}", pin.display()), error_chain(&e)))?;
+        }
+        Ok(())
+    }
+
+    /// Installs the netfilter masquerade rule for marked packets (once per process; the rule
+    /// set is replaced atomically so re-running is harmless).
+    pub fn ensure_masquerade(&mut self) {
+        if self.masq_installed {
+            return;
+        }
+        let script = format!(
+            "table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\n\
+             table ip {NFT_TABLE} {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  meta mark & {m:#x} == {m:#x} masquerade\n }}\n}}\n",
+            m = abi::MASQ_MARK
+        );
+        match run_nft(&script) {
+            Ok(()) => self.masq_installed = true,
+            Err(e) => tracing::warn!(error = %e,
+                "ebpf: cannot install the masquerade rule; eTP=Cluster traffic to other nodes will not be SNATed"),
+        }
+    }
+
+    pub fn test_run_tc(&self, egress: bool, packet: &[u8]) -> Result<TestRun, DataplaneError> {
+        let name = if egress { TC_EGRESS } else { TC_INGRESS };
+        let prog: &SchedClassifier = self
+            .tc
+            .program(name)
+            .ok_or_else(|| kerr("test run", format!("program {name} missing")))?
+            .try_into()
+            .map_err(|e| kerr("test run", e))?;
+        let fd = prog.fd().map_err(|e| kerr("test run", e))?;
+        test_run(fd.as_fd().as_raw_fd(), packet)
+    }
+}
+
+fn run_nft(script: &str) -> Result<(), String> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| format!("nft stdin: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn remove_masquerade() {
+    let _ = run_nft(&format!(
+        "table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\n"
+    ));
+}
+
+fn if_index(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
+
+/// Names of the interfaces carrying any of `addrs` (the node addresses NodePorts serve on).
+fn interfaces_with(addrs: &[IpAddr]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `ifap` with a list we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+        return out;
+    }
+    let mut cur = ifap;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, valid until freeifaddrs.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_addr is non-null and points at a sockaddr of the family it declares.
+        let ip = unsafe {
+            match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    Some(IpAddr::from(
+                        u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                    ))
+                }
+                libc::AF_INET6 => {
+                    let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    Some(IpAddr::from(sin6.sin6_addr.s6_addr))
+                }
+                _ => None,
+            }
+        };
+        let Some(ip) = ip else { continue };
+        if !addrs.contains(&ip) {
+            continue;
+        }
+        // SAFETY: ifa_name is a non-null NUL-terminated string owned by the list.
+        let name = unsafe { CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
+        if name != "lo" && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    // SAFETY: `ifap` came from a successful getifaddrs and is freed exactly once.
+    unsafe { libc::freeifaddrs(ifap) };
+    out
+}
+
+/// `union bpf_attr` for BPF_PROG_TEST_RUN (the `test` member).
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+/// Larger than `struct __sk_buff`; the kernel accepts zero tails and copies back its size.
+const SKB_CTX_LEN: usize = 256;
+const SKB_MARK_OFFSET: usize = 8;
+
+fn test_run(prog_fd: i32, packet: &[u8]) -> Result<TestRun, DataplaneError> {
+    let mut out = vec![0u8; packet.len() + 512];
+    let ctx_in = [0u8; SKB_CTX_LEN];
+    let mut ctx_out = [0u8; SKB_CTX_LEN];
+    let mut attr = TestRunAttr {
+        prog_fd: prog_fd as u32,
+        data_size_in: packet.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: packet.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ctx_size_in: SKB_CTX_LEN as u32,
+        ctx_size_out: SKB_CTX_LEN as u32,
+        ctx_in: ctx_in.as_ptr() as u64,
+        ctx_out: ctx_out.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: bpf(2) reads `attr` and writes at most data_size_out / ctx_size_out bytes into
+    // the buffers it points at, which outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(io_err("BPF_PROG_TEST_RUN", std::io::Error::last_os_error()));
+    }
+    out.truncate(attr.data_size_out as usize);
+    let mark = u32::from_ne_bytes(
+        ctx_out[SKB_MARK_OFFSET..SKB_MARK_OFFSET + 4]
+            .try_into()
+            .unwrap_or([0; 4]),
+    );
+    Ok(TestRun {
+        verdict: attr.retval,
+        packet: out,
+        mark,
+    })
+}
