@@ -196,9 +196,15 @@ fn cluster_ips(spec: &ServiceSpec, warn: &mut impl FnMut(Problem)) -> Option<Vec
         Some(_) => {}
     }
     let mut ips: Vec<IpAddr> = Vec::with_capacity(raw.len());
-    for ip in parse_ips(raw.into_iter(), "spec.clusterIPs[]", warn) {
-        if !ips.contains(&ip) {
-            ips.push(ip);
+    for value in raw {
+        match value.trim().parse::<IpAddr>() {
+            Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+            Ok(_) => {}
+            Err(source) => warn(Problem::InvalidIp {
+                field: "spec.clusterIPs[]",
+                value: value.to_owned(),
+                source,
+            }),
         }
     }
     if ips.is_empty() {
