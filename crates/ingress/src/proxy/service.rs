@@ -362,7 +362,9 @@ async fn forward_upgrade(
                     tracing::debug!(backend = %backend_name, error = %e, "ingress: upgraded connection closed with error");
                 }
             }
-            Err(e) => tracing::debug!(backend = %backend_name, error = %e, "ingress: upgrade failed"),
+            Err(e) => {
+                tracing::debug!(backend = %backend_name, error = %e, "ingress: upgrade failed")
+            }
         }
     });
     // Keep `Connection: upgrade` and `Upgrade`: the client needs them on a 101.

@@ -136,3 +136,6 @@ impl RouteTable {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests;

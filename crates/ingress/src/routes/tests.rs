@@ -1,0 +1,521 @@
+//! Routing rules, one test per rule, through the public entry point (`build_route_table` +
+//! `RouteTable::lookup`), as the proxy uses them.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use sluice_model::{ObjectKey, Snapshot};
+
+use crate::{IngressConfig, RouteTable, Warning, build_route_table, normalize_path};
+
+fn key_of(v: &Value) -> ObjectKey {
+    ObjectKey::new(
+        v["metadata"]["namespace"].as_str().unwrap_or(""),
+        v["metadata"]["name"].as_str().unwrap(),
+    )
+}
+
+fn snapshot(objects: Vec<Value>) -> Snapshot {
+    let mut s = Snapshot::default();
+    for o in objects {
+        let k = key_of(&o);
+        match o["kind"].as_str().unwrap() {
+            "Service" => {
+                s.services
+                    .insert(k, Arc::new(serde_json::from_value(o).unwrap()));
+            }
+            "EndpointSlice" => {
+                s.endpoint_slices
+                    .insert(k, Arc::new(serde_json::from_value(o).unwrap()));
+            }
+            "Ingress" => {
+                s.ingresses
+                    .insert(k, Arc::new(serde_json::from_value(o).unwrap()));
+            }
+            "IngressClass" => {
+                s.ingress_classes
+                    .insert(k, Arc::new(serde_json::from_value(o).unwrap()));
+            }
+            "Secret" => {
+                s.secrets
+                    .insert(k, Arc::new(serde_json::from_value(o).unwrap()));
+            }
+            other => panic!("unexpected kind {other}"),
+        }
+    }
+    s
+}
+
+fn class(name: &str, controller: &str, default: bool) -> Value {
+    json!({"kind": "IngressClass", "metadata": {"name": name, "annotations":
+        {"ingressclass.kubernetes.io/is-default-class": if default { "true" } else { "false" }}},
+        "spec": {"controller": controller}})
+}
+
+/// A service `name` with port 80 (named "http") → target 8080, one ready endpoint `ip`.
+fn service(name: &str, ip: &str) -> Vec<Value> {
+    vec![
+        json!({"kind": "Service", "metadata": {"namespace": "default", "name": name},
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+        json!({"kind": "EndpointSlice", "metadata": {"namespace": "default", "name": format!("{name}-abc"),
+            "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}]}),
+    ]
+}
+
+fn path(p: &str, kind: &str, svc: &str) -> Value {
+    json!({"path": p, "pathType": kind, "backend": {"service": {"name": svc, "port": {"number": 80}}}})
+}
+
+fn ingress(name: &str, host: Option<&str>, paths: Vec<Value>) -> Value {
+    let mut rule = json!({"http": {"paths": paths}});
+    if let Some(h) = host {
+        rule["host"] = json!(h);
+    }
+    json!({"kind": "Ingress", "metadata": {"namespace": "default", "name": name},
+        "spec": {"ingressClassName": "sluice", "rules": [rule]}})
+}
+
+/// Our class plus services a, b, c, d (endpoints 10.0.0.1..4) and `extra` objects.
+fn table(extra: Vec<Value>) -> (RouteTable, Vec<Warning>) {
+    let mut objects = vec![class("sluice", "sluice.dev/ingress", false)];
+    for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+        objects.extend(service(name, &format!("10.0.0.{}", i + 1)));
+    }
+    objects.extend(extra);
+    build_route_table(&snapshot(objects), &IngressConfig::default())
+}
+
+/// The service name a request goes to, or "404".
+fn route(t: &RouteTable, host: &str, raw_path: &str) -> String {
+    let path = normalize_path(raw_path).unwrap();
+    t.lookup(host, &path)
+        .map_or_else(|| "404".to_owned(), |b| b.service().name.clone())
+}
+
+#[test]
+fn host_exact_is_case_insensitive_and_ignores_port() {
+    let (t, w) = table(vec![ingress(
+        "i",
+        Some("cafe.example.com"),
+        vec![path("/", "Prefix", "a")],
+    )]);
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(route(&t, "cafe.example.com", "/"), "a");
+    assert_eq!(route(&t, "CAFE.Example.com:8080", "/x"), "a");
+    assert_eq!(route(&t, "tea.example.com", "/"), "404");
+}
+
+#[test]
+fn wildcard_host_matches_exactly_one_label() {
+    let (t, _) = table(vec![ingress(
+        "i",
+        Some("*.example.com"),
+        vec![path("/", "Prefix", "a")],
+    )]);
+    assert_eq!(route(&t, "foo.example.com", "/"), "a");
+    assert_eq!(route(&t, "example.com", "/"), "404");
+    assert_eq!(route(&t, "a.b.example.com", "/"), "404");
+}
+
+#[test]
+fn exact_host_beats_wildcard() {
+    let (t, _) = table(vec![
+        ingress("w", Some("*.example.com"), vec![path("/", "Prefix", "a")]),
+        ingress("e", Some("foo.example.com"), vec![path("/", "Prefix", "b")]),
+    ]);
+    assert_eq!(route(&t, "foo.example.com", "/"), "b");
+    assert_eq!(route(&t, "bar.example.com", "/"), "a");
+}
+
+#[test]
+fn rules_without_host_match_any_host() {
+    let (t, _) = table(vec![ingress("i", None, vec![path("/", "Prefix", "a")])]);
+    assert_eq!(route(&t, "anything.test", "/x"), "a");
+}
+
+#[test]
+fn exact_path_is_case_sensitive_and_trailing_slash_matters() {
+    let (t, _) = table(vec![ingress(
+        "i",
+        Some("h"),
+        vec![path("/foo", "Exact", "a")],
+    )]);
+    assert_eq!(route(&t, "h", "/foo"), "a");
+    assert_eq!(route(&t, "h", "/foo/"), "404");
+    assert_eq!(route(&t, "h", "/Foo"), "404");
+    assert_eq!(route(&t, "h", "/foo/bar"), "404");
+}
+
+#[test]
+fn prefix_matches_by_whole_path_elements() {
+    let (t, _) = table(vec![ingress(
+        "i",
+        Some("h"),
+        vec![path("/aaa", "Prefix", "a")],
+    )]);
+    assert_eq!(route(&t, "h", "/aaa"), "a");
+    assert_eq!(route(&t, "h", "/aaa/ccc"), "a");
+    assert_eq!(route(&t, "h", "/aaaccc"), "404");
+}
+
+#[test]
+fn prefix_ignores_trailing_slash_on_both_sides() {
+    let (t, _) = table(vec![ingress(
+        "i",
+        Some("h"),
+        vec![path("/aaa/", "Prefix", "a")],
+    )]);
+    assert_eq!(route(&t, "h", "/aaa"), "a");
+    assert_eq!(route(&t, "h", "/aaa/"), "a");
+    assert_eq!(route(&t, "h", "/aaa/b"), "a");
+}
+
+#[test]
+fn longest_prefix_wins() {
+    let (t, _) = table(vec![ingress(
+        "i",
+        Some("h"),
+        vec![
+            path("/", "Prefix", "a"),
+            path("/foo", "Prefix", "b"),
+            path("/foo/bar", "Prefix", "c"),
+        ],
+    )]);
+    assert_eq!(route(&t, "h", "/foo/bar/baz"), "c");
+    assert_eq!(route(&t, "h", "/foo/baz"), "b");
+    assert_eq!(route(&t, "h", "/other"), "a");
+}
+
+#[test]
+fn exact_beats_prefix_for_the_same_path() {
+    let (t, _) = table(vec![ingress(
+        "i",
+        Some("h"),
+        vec![path("/foo", "Prefix", "a"), path("/foo", "Exact", "b")],
+    )]);
+    assert_eq!(route(&t, "h", "/foo"), "b");
+    assert_eq!(route(&t, "h", "/foo/x"), "a");
+}
+
+#[test]
+fn implementation_specific_is_prefix() {
+    let (t, _) = table(vec![ingress(
+        "i",
+        Some("h"),
+        vec![path("/aaa", "ImplementationSpecific", "a")],
+    )]);
+    assert_eq!(route(&t, "h", "/aaa/b"), "a");
+    assert_eq!(route(&t, "h", "/aaab"), "404");
+}
+
+#[test]
+fn unknown_path_type_is_skipped_with_warning() {
+    let (t, w) = table(vec![ingress(
+        "i",
+        Some("h"),
+        vec![path("/x", "Regex", "a")],
+    )]);
+    assert_eq!(route(&t, "h", "/x"), "404");
+    assert_eq!(w.len(), 1);
+    assert_eq!(w[0].object, ObjectKey::new("default", "i"));
+    assert!(
+        w[0].to_string()
+            .starts_with("Ingress default/i: path type \"Regex\""),
+        "{}",
+        w[0]
+    );
+}
+
+#[test]
+fn rules_merge_across_ingresses_oldest_wins_conflicts() {
+    let mut newer = ingress(
+        "aaa-newer",
+        Some("h"),
+        vec![path("/x", "Prefix", "a"), path("/y", "Prefix", "c")],
+    );
+    newer["metadata"]["creationTimestamp"] = json!("2024-02-01T00:00:00Z");
+    let mut older = ingress("zzz-older", Some("h"), vec![path("/x", "Prefix", "b")]);
+    older["metadata"]["creationTimestamp"] = json!("2024-01-01T00:00:00Z");
+    let (t, w) = table(vec![newer, older]);
+    // Same host, same path: the older Ingress wins even though its name sorts later.
+    assert_eq!(route(&t, "h", "/x"), "b");
+    // Paths that do not conflict are merged.
+    assert_eq!(route(&t, "h", "/y"), "c");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].object.name, "aaa-newer");
+}
+
+#[test]
+fn equal_timestamps_fall_back_to_namespace_name_order() {
+    let (t, _) = table(vec![
+        ingress("b-ing", Some("h"), vec![path("/", "Prefix", "b")]),
+        ingress("a-ing", Some("h"), vec![path("/", "Prefix", "a")]),
+    ]);
+    assert_eq!(route(&t, "h", "/"), "a");
+}
+
+#[test]
+fn default_backend_answers_unmatched_requests() {
+    let mut i = ingress(
+        "cafe",
+        Some("cafe.example.com"),
+        vec![path("/coffee", "Prefix", "a")],
+    );
+    i["spec"]["defaultBackend"] = json!({"service": {"name": "d", "port": {"number": 80}}});
+    let (t, _) = table(vec![i]);
+    assert_eq!(route(&t, "cafe.example.com", "/coffee"), "a");
+    assert_eq!(route(&t, "cafe.example.com", "/other"), "d");
+    assert_eq!(route(&t, "unknown.example.com", "/"), "d");
+}
+
+#[test]
+fn host_default_backend_beats_cluster_default() {
+    let mut first = json!({"kind": "Ingress", "metadata": {"namespace": "default", "name": "a-default"},
+        "spec": {"ingressClassName": "sluice", "defaultBackend": {"service": {"name": "d", "port": {"number": 80}}}}});
+    first["metadata"]["creationTimestamp"] = json!("2024-01-01T00:00:00Z");
+    let mut second = ingress("b-host", Some("h"), vec![path("/x", "Exact", "a")]);
+    second["spec"]["defaultBackend"] = json!({"service": {"name": "c", "port": {"number": 80}}});
+    second["metadata"]["creationTimestamp"] = json!("2024-02-01T00:00:00Z");
+    let (t, _) = table(vec![first, second]);
+    assert_eq!(route(&t, "h", "/y"), "c");
+    assert_eq!(route(&t, "other", "/y"), "d");
+}
+
+#[test]
+fn without_default_backend_unmatched_is_builtin_404() {
+    let (t, _) = table(vec![ingress(
+        "i",
+        Some("h"),
+        vec![path("/x", "Prefix", "a")],
+    )]);
+    assert!(t.lookup("h", "/y").is_none());
+}
+
+#[test]
+fn normalised_paths_cannot_bypass_routes() {
+    let (t, _) = table(vec![ingress(
+        "i",
+        Some("h"),
+        vec![path("/", "Prefix", "a"), path("/admin", "Prefix", "b")],
+    )]);
+    for p in [
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "/public%2F..%2Fadmin",
+        "//admin",
+        "/%61dmin",
+    ] {
+        assert_eq!(route(&t, "h", p), "b", "{p}");
+    }
+}
+
+#[test]
+fn class_selection() {
+    let mut objects = vec![
+        class("sluice", "sluice.dev/ingress", true),
+        class("nginx", "k8s.io/ingress-nginx", false),
+    ];
+    objects.extend(service("a", "10.0.0.1"));
+    let mut by_name = ingress("by-name", Some("1"), vec![path("/", "Prefix", "a")]);
+    by_name["spec"]["ingressClassName"] = json!("sluice");
+    let mut other = ingress("other", Some("2"), vec![path("/", "Prefix", "a")]);
+    other["spec"]["ingressClassName"] = json!("nginx");
+    let mut legacy = ingress("legacy", Some("3"), vec![path("/", "Prefix", "a")]);
+    legacy["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("ingressClassName");
+    legacy["metadata"]["annotations"] = json!({"kubernetes.io/ingress.class": "sluice"});
+    let mut legacy_other = legacy.clone();
+    legacy_other["metadata"]["name"] = json!("legacy-other");
+    legacy_other["metadata"]["annotations"] = json!({"kubernetes.io/ingress.class": "nginx"});
+    let mut classless = ingress("classless", Some("4"), vec![path("/", "Prefix", "a")]);
+    classless["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("ingressClassName");
+    objects.extend([by_name, other, legacy, legacy_other, classless.clone()]);
+    let snap = snapshot(objects.clone());
+    let (t, _) = build_route_table(&snap, &IngressConfig::default());
+    let served: Vec<&str> = t
+        .served_ingresses()
+        .iter()
+        .map(|k| k.name.as_str())
+        .collect();
+    assert_eq!(served, ["by-name", "classless", "legacy"]);
+
+    // Without the default-class annotation, class-less Ingresses are not ours.
+    objects[0] = class("sluice", "sluice.dev/ingress", false);
+    let (t, _) = build_route_table(&snapshot(objects.clone()), &IngressConfig::default());
+    let served: Vec<&str> = t
+        .served_ingresses()
+        .iter()
+        .map(|k| k.name.as_str())
+        .collect();
+    assert_eq!(served, ["by-name", "legacy"]);
+
+    // A different controller name (flag) owns the other class instead.
+    let config = IngressConfig {
+        controller_name: "k8s.io/ingress-nginx".to_owned(),
+        ..IngressConfig::default()
+    };
+    let (t, _) = build_route_table(&snapshot(objects), &config);
+    let served: Vec<&str> = t
+        .served_ingresses()
+        .iter()
+        .map(|k| k.name.as_str())
+        .collect();
+    assert_eq!(served, ["legacy-other", "other"]);
+}
+
+#[test]
+fn endpoints_are_ready_ones_on_the_named_slice_port() {
+    let objects = vec![
+        json!({"kind": "Service", "metadata": {"namespace": "default", "name": "web"},
+            "spec": {"ports": [{"name": "metrics", "port": 9090}, {"name": "http", "port": 80, "targetPort": "web"}]}}),
+        json!({"kind": "EndpointSlice", "metadata": {"namespace": "default", "name": "web-1",
+            "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "metrics", "port": 9100}, {"name": "http", "port": 8080}],
+            "endpoints": [
+                {"addresses": ["10.1.0.1"], "conditions": {"ready": true}},
+                {"addresses": ["10.1.0.2"], "conditions": {"ready": false}},
+                {"addresses": ["10.1.0.3"]},
+                {"addresses": ["not-an-ip"]}]}),
+        json!({"kind": "Ingress", "metadata": {"namespace": "default", "name": "web"},
+            "spec": {"ingressClassName": "sluice", "rules": [{"http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"name": "http"}}}}]}}]}}),
+    ];
+    let (t, w) = table(objects);
+    let b = t.lookup("x", "/").unwrap();
+    let eps: Vec<String> = b.endpoints().iter().map(ToString::to_string).collect();
+    assert_eq!(eps, ["10.1.0.1:8080", "10.1.0.3:8080"]);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(
+        w[0].to_string(),
+        "EndpointSlice default/web-1: endpoint address \"not-an-ip\" is not an IP address; skipped"
+    );
+}
+
+#[test]
+fn missing_service_gives_backend_without_endpoints_and_warning() {
+    let (t, w) = table(vec![ingress(
+        "i",
+        Some("h"),
+        vec![path("/", "Prefix", "nope")],
+    )]);
+    assert!(t.lookup("h", "/").unwrap().endpoints().is_empty());
+    assert_eq!(
+        w[0].to_string(),
+        "Ingress default/i: service default/nope not found"
+    );
+}
+
+#[test]
+fn resource_backend_is_skipped_with_warning() {
+    let i = json!({"kind": "Ingress", "metadata": {"namespace": "default", "name": "i"},
+        "spec": {"ingressClassName": "sluice", "rules": [{"host": "h", "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": {"resource": {"kind": "Bucket", "name": "b"}}}]}}]}});
+    let (t, w) = table(vec![i]);
+    assert!(t.lookup("h", "/").is_none());
+    assert!(
+        w[0].to_string()
+            .contains("resource backends are not supported"),
+        "{}",
+        w[0]
+    );
+}
+
+#[test]
+fn invalid_tls_secret_is_named_in_the_warning() {
+    let mut i = ingress(
+        "cafe",
+        Some("cafe.example.com"),
+        vec![path("/", "Prefix", "a")],
+    );
+    i["spec"]["tls"] = json!([{"hosts": ["cafe.example.com"], "secretName": "cafe-secret"}]);
+    let secret = json!({"kind": "Secret", "metadata": {"namespace": "default", "name": "cafe-secret"},
+        "type": "kubernetes.io/tls", "stringData": {"tls.crt": "garbage", "tls.key": "garbage"}});
+    let (t, w) = table(vec![i, secret]);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].to_string().starts_with("Ingress default/cafe: secret default/cafe-secret is not a valid kubernetes.io/tls secret"),
+        "{}",
+        w[0]
+    );
+    // Routing still works; HTTPS just has no certificate.
+    assert_eq!(route(&t, "cafe.example.com", "/"), "a");
+    assert!(!t.has_certificate_for(Some("cafe.example.com")));
+}
+
+#[test]
+fn missing_tls_secret_is_named_in_the_warning() {
+    let mut i = ingress(
+        "cafe",
+        Some("cafe.example.com"),
+        vec![path("/", "Prefix", "a")],
+    );
+    i["spec"]["tls"] = json!([{"hosts": ["cafe.example.com"], "secretName": "gone"}]);
+    let (_, w) = table(vec![i]);
+    assert_eq!(
+        w[0].to_string(),
+        "Ingress default/cafe: secret default/gone not found"
+    );
+}
+
+fn tls_secret(name: &str, host: &str) -> (Value, Vec<u8>) {
+    let cert = rcgen::generate_simple_self_signed(vec![host.to_owned()]).unwrap();
+    let der = cert.cert.der().to_vec();
+    let secret = json!({"kind": "Secret", "metadata": {"namespace": "default", "name": name},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": cert.cert.pem(), "tls.key": cert.signing_key.serialize_pem()}});
+    (secret, der)
+}
+
+#[test]
+fn certificates_by_sni_exact_wildcard_and_default() {
+    let (cafe, cafe_der) = tls_secret("cafe", "cafe.example.com");
+    let (wild, wild_der) = tls_secret("wild", "*.example.org");
+    let mut i = ingress(
+        "i",
+        Some("cafe.example.com"),
+        vec![path("/", "Prefix", "a")],
+    );
+    i["spec"]["tls"] = json!([
+        {"hosts": ["cafe.example.com"], "secretName": "cafe"},
+        {"hosts": ["*.example.org"], "secretName": "wild"}]);
+    let (t, w) = table(vec![i, cafe, wild]);
+    assert!(w.is_empty(), "{w:?}");
+    let served = |sni: Option<&str>| t.certs.resolve(sni).unwrap().cert[0].to_vec();
+    assert_eq!(served(Some("CAFE.example.com")), cafe_der);
+    assert_eq!(served(Some("x.example.org")), wild_der);
+    // No match and no SNI: the first certificate in conflict order is the default.
+    assert_eq!(served(Some("unknown.test")), cafe_der);
+    assert_eq!(served(None), cafe_der);
+}
+
+#[test]
+fn tls_section_without_hosts_is_the_default_certificate() {
+    let (cafe, cafe_der) = tls_secret("cafe", "cafe.example.com");
+    let (fallback, fallback_der) = tls_secret("fallback", "fallback");
+    let mut i = ingress(
+        "i",
+        Some("cafe.example.com"),
+        vec![path("/", "Prefix", "a")],
+    );
+    i["spec"]["tls"] = json!([
+        {"hosts": ["cafe.example.com"], "secretName": "cafe"},
+        {"secretName": "fallback"}]);
+    let (t, _) = table(vec![i, cafe, fallback]);
+    assert_eq!(
+        t.certs.resolve(Some("other.test")).unwrap().cert[0].to_vec(),
+        fallback_der
+    );
+    assert_eq!(
+        t.certs.resolve(Some("cafe.example.com")).unwrap().cert[0].to_vec(),
+        cafe_der
+    );
+}
