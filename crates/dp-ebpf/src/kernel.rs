@@ -261,8 +261,9 @@ impl Kernel {
                 .ok_or_else(|| kerr("attach", format!("program {name} missing")))?
                 .try_into()
                 .map_err(|e| kerr(format!("attach {name}"), e))?;
+            // A cgroup bpf_link takes no attach flags (links always coexist): Single = 0.
             let id = prog
-                .attach(cgroup.as_fd(), CgroupAttachMode::AllowMultiple)
+                .attach(cgroup.as_fd(), CgroupAttachMode::Single)
                 .map_err(|e| {
                     kerr(
                         format!("attach {name} to {}", config.cgroup_path.display()),

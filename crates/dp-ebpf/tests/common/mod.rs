@@ -1,0 +1,227 @@
+//! Small root-only namespace harness for the eBPF dataplane tests: network namespaces,
+//! a test cgroup, a private bpffs directory, echo servers that answer with their name and the
+//! peer they saw, and clients run as processes inside the test cgroup.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use sluice_dp_ebpf::{EbpfConfig, XdpMode, find_cgroup2_root};
+use sluice_model::{Endpoint, Protocol, ServicePortName};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A short unique suffix (interface names are limited to 15 characters).
+pub fn unique() -> String {
+    format!(
+        "{}{}",
+        std::process::id() % 100_000,
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+pub fn sh(cmd: &str) -> Result<String> {
+    let out = Command::new("sh").arg("-c").arg(cmd).output()?;
+    if !out.status.success() {
+        bail!("`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Result<Self> {
+        let name = format!("sle{prefix}{}", unique());
+        sh(&format!(
+            "ip netns add {name} && ip -n {name} link set lo up"
+        ))?;
+        Ok(Netns { name })
+    }
+
+    pub fn ip(&self, args: &str) -> Result<String> {
+        sh(&format!("ip -n {} {args}", self.name))
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = sh(&format!("ip netns del {}", self.name));
+    }
+}
+
+/// Runs `f` on a thread that has entered the network namespace (setns is per thread).
+pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(&path);
+            f()
+        })
+        .join()
+        .expect("namespace thread panicked")
+    })
+}
+
+fn enter(path: &str) {
+    let f = std::fs::File::open(path).expect("open netns");
+    // SAFETY: setns on a valid namespace fd only changes this thread's network namespace.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+}
+
+/// TCP server in `ns` answering every connection with `"<name> <peer-ip>\n"`.
+pub fn tcp_echo(ns: &str, addr: SocketAddr, name: &str) {
+    let path = format!("/run/netns/{ns}");
+    let name = name.to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        enter(&path);
+        let l = TcpListener::bind(addr).expect("bind");
+        tx.send(()).expect("ready");
+        for mut c in l.incoming().flatten() {
+            let peer = c
+                .peer_addr()
+                .map(|p| p.ip().to_string())
+                .unwrap_or_default();
+            let _ = c.write_all(format!("{name} {peer}\n").as_bytes());
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("server ready");
+}
+
+/// UDP server in `ns` answering every datagram with `"<name> <peer-ip>\n"`.
+pub fn udp_echo(ns: &str, addr: SocketAddr, name: &str) {
+    let path = format!("/run/netns/{ns}");
+    let name = name.to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        enter(&path);
+        let s = UdpSocket::bind(addr).expect("bind");
+        tx.send(()).expect("ready");
+        let mut buf = [0u8; 1500];
+        while let Ok((_, peer)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(format!("{name} {}\n", peer.ip()).as_bytes(), peer);
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("server ready");
+}
+
+/// TCP client from a thread in `ns` (not in any test cgroup): the response or the error.
+pub fn tcp_get(ns: &str, addr: SocketAddr) -> Result<String> {
+    in_ns(ns, || {
+        let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+        c.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut s = String::new();
+        c.read_to_string(&mut s)?;
+        Ok(s.trim().to_string())
+    })
+}
+
+pub struct TestCgroup {
+    pub path: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new() -> Result<Self> {
+        let root = find_cgroup2_root().context("no cgroup2 mount")?;
+        let path = root.join(format!("sluice-ebpf-test-{}", unique()));
+        std::fs::create_dir(&path).with_context(|| format!("mkdir {}", path.display()))?;
+        Ok(TestCgroup { path })
+    }
+
+    /// Runs a python snippet as a process in this cgroup and in `ns`; returns its stdout.
+    pub fn python(&self, ns: &Netns, code: &str) -> Result<String> {
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec python3 -c \"$0\"",
+            self.path.display()
+        );
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path()))
+            .args(["bash", "-c", &script, code])
+            .output()?;
+        if !out.status.success() {
+            bail!("client failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+pub fn ebpf_config(cgroup: &TestCgroup, interfaces: Vec<String>) -> EbpfConfig {
+    EbpfConfig {
+        bpffs_path: PathBuf::from(format!("/sys/fs/bpf/sluice-test-{}", unique())),
+        cgroup_path: cgroup.path.clone(),
+        interfaces,
+        xdp: XdpMode::Off,
+    }
+}
+
+/// Removes the pin directory (and the masquerade table of that namespace) even when a test
+/// fails before calling cleanup.
+pub struct PinGuard {
+    pub config: EbpfConfig,
+    pub ns: String,
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let config = self.config.clone();
+        if std::path::Path::new(&format!("/run/netns/{}", self.ns)).exists() {
+            in_ns(&self.ns, move || {
+                let _ = sluice_dp_ebpf::cleanup(&config);
+            });
+        } else {
+            // Namespace already gone: its nft table went with it, only pins remain.
+            let _ = std::fs::remove_dir_all(&config.bpffs_path);
+        }
+    }
+}
+
+pub fn spn(name: &str, proto: Protocol) -> ServicePortName {
+    ServicePortName {
+        namespace: "default".into(),
+        name: name.into(),
+        port_name: String::new(),
+        protocol: proto,
+    }
+}
+
+pub fn ep(ip: &str, port: u16, local: bool) -> Endpoint {
+    Endpoint {
+        ip: ip.parse().expect("ip"),
+        port,
+        node_name: Some(if local { "node-a" } else { "node-b" }.into()),
+        is_local: local,
+        ready: true,
+    }
+}
