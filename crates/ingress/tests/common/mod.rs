@@ -1,0 +1,457 @@
+//! Loopback test harness: echo backends, snapshots built from JSON, a running proxy, clients.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use serde_json::{Value, json};
+use sluice_ingress::{IngressConfig, IngressProxy, ObjectKey, Snapshot};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// An HTTP/1.1 echo backend on 127.0.0.1: answers `NAME METHOD PATH` plus the forwarding
+/// headers it saw, one per line; `/sleep` waits 2 s first; upgrades echo bytes as `NAME:...`.
+pub struct EchoBackend {
+    pub name: String,
+    pub addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+pub async fn echo(name: &str) -> EchoBackend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    let name_owned = name.to_owned();
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                _ = &mut stopped => return,
+                r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+            };
+            let name = name_owned.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| answer(name.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    EchoBackend {
+        name: name.to_owned(),
+        addr,
+        _stop: stop,
+    }
+}
+
+async fn answer(
+    name: String,
+    mut req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.headers().contains_key(hyper::header::UPGRADE) {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let name = name.clone();
+        tokio::spawn(async move {
+            let Ok(up) = on_upgrade.await else { return };
+            let mut io = TokioIo::new(up);
+            let mut buf = [0u8; 1024];
+            loop {
+                let n = match io.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let mut out = format!("{name}:").into_bytes();
+                out.extend_from_slice(&buf[..n]);
+                if io.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let resp = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        return Ok(resp);
+    }
+    if req.uri().path() == "/sleep" {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let h = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned()
+    };
+    let mut text = format!("{name} {} {}\n", req.method(), req.uri());
+    for n in [
+        "host",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-request-id",
+    ] {
+        text.push_str(&format!("{n}: {}\n", h(n)));
+    }
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
+    text.push_str(&format!("body-bytes: {body}\n"));
+    Ok(Response::new(Full::new(Bytes::from(text))))
+}
+
+/// Builds a snapshot from JSON objects (`kind` picks the map).
+pub fn snapshot(objects: &[Value]) -> Snapshot {
+    let mut s = Snapshot::default();
+    for o in objects {
+        let k = ObjectKey::new(
+            o["metadata"]["namespace"].as_str().unwrap_or(""),
+            o["metadata"]["name"].as_str().unwrap(),
+        );
+        let o = o.clone();
+        match o["kind"].as_str().unwrap() {
+            "Service" => drop(
+                s.services
+                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
+            ),
+            "EndpointSlice" => drop(
+                s.endpoint_slices
+                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
+            ),
+            "Ingress" => drop(
+                s.ingresses
+                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
+            ),
+            "IngressClass" => drop(
+                s.ingress_classes
+                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
+            ),
+            "Secret" => drop(
+                s.secrets
+                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
+            ),
+            other => panic!("unexpected kind {other}"),
+        }
+    }
+    s
+}
+
+pub fn ingress_class() -> Value {
+    json!({"kind": "IngressClass", "metadata": {"name": "sluice"}, "spec": {"controller": "sluice.dev/ingress"}})
+}
+
+/// Service `name` (port 80 "http") whose endpoints are the given loopback ports (one slice
+/// each, since every echo backend has its own port).
+pub fn service(name: &str, ports: &[u16]) -> Vec<Value> {
+    let mut v = vec![
+        json!({"kind": "Service", "metadata": {"namespace": "default", "name": name},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}),
+    ];
+    for (i, port) in ports.iter().enumerate() {
+        v.push(json!({"kind": "EndpointSlice",
+            "metadata": {"namespace": "default", "name": format!("{name}-{i}"),
+                "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]}));
+    }
+    v
+}
+
+pub fn path(p: &str, kind: &str, svc: &str) -> Value {
+    json!({"path": p, "pathType": kind, "backend": {"service": {"name": svc, "port": {"number": 80}}}})
+}
+
+pub fn rule(host: &str, paths: Vec<Value>) -> Value {
+    json!({"host": host, "http": {"paths": paths}})
+}
+
+pub fn ingress(name: &str, rules: Vec<Value>) -> Value {
+    json!({"kind": "Ingress", "metadata": {"namespace": "default", "name": name},
+        "spec": {"ingressClassName": "sluice", "rules": rules}})
+}
+
+/// A self-signed certificate for `hosts`: (Secret JSON, certificate DER).
+pub fn tls_secret(name: &str, hosts: &[&str]) -> (Value, Vec<u8>) {
+    let cert =
+        rcgen::generate_simple_self_signed(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let der = cert.cert.der().to_vec();
+    let secret = json!({"kind": "Secret", "metadata": {"namespace": "default", "name": name},
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": b64(cert.cert.pem().as_bytes()), "tls.key": b64(cert.signing_key.serialize_pem().as_bytes())}});
+    (secret, der)
+}
+
+fn b64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(T[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A proxy serving on loopback; stops when dropped.
+pub struct Running {
+    pub proxy: Arc<IngressProxy>,
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting and waits for the proxy to finish (graceful shutdown).
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+pub async fn start(config: IngressConfig, objects: &[Value]) -> Running {
+    let proxy = Arc::new(IngressProxy::new(config));
+    let warnings = proxy.update(&snapshot(objects));
+    assert!(warnings.is_empty(), "unexpected warnings: {warnings:?}");
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (http_addr, https_addr) = (http.local_addr().unwrap(), https.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let p = Arc::clone(&proxy);
+    let task = tokio::spawn(async move {
+        p.serve_listeners(Some(http), Some(https), async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    Running {
+        proxy,
+        http: http_addr,
+        https: https_addr,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// A reply as the client saw it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: hyper::HeaderMap,
+    pub body: String,
+    /// DER of the certificate the server presented (HTTPS only).
+    pub peer_cert: Option<Vec<u8>>,
+}
+
+impl Reply {
+    /// The echo backend that answered (first word of the body).
+    pub fn backend(&self) -> &str {
+        self.body.split(' ').next().unwrap_or("")
+    }
+}
+
+async fn read(resp: Response<Incoming>, peer_cert: Option<Vec<u8>>) -> Result<Reply> {
+    let status = resp.status();
+    let version = resp.version();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(Reply {
+        status,
+        version,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        peer_cert,
+    })
+}
+
+fn get(host: &str, path: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .uri(path)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// One request on a new plain HTTP/1.1 connection.
+pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<Reply> {
+    http_send(addr, get(host, path)).await
+}
+
+pub async fn http_send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Result<Reply> {
+    let stream = TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await?;
+    read(resp, None).await
+}
+
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// TLS connection with SNI `sni` (the test checks which certificate came back, so any
+/// certificate is accepted) and the given ALPN protocols.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    sni: &str,
+    alpn: &[&[u8]],
+) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Vec<u8>)> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await?;
+    let tls = connector
+        .connect(ServerName::try_from(sni.to_owned())?, tcp)
+        .await?;
+    let cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .context("no peer certificate")?
+        .to_vec();
+    Ok((tls, cert))
+}
+
+/// One HTTPS request (HTTP/1.1, or HTTP/2 when `h2`) on a new connection.
+pub async fn https_get(addr: SocketAddr, sni: &str, path: &str, h2: bool) -> Result<Reply> {
+    let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+    let (tls, cert) = tls_connect(addr, sni, alpn).await?;
+    let negotiated_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    if h2 != negotiated_h2 {
+        bail!("ALPN negotiated {:?}", tls.get_ref().1.alpn_protocol());
+    }
+    let io = TokioIo::new(tls);
+    let resp = if h2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(conn);
+        let uri = format!("https://{sni}{path}");
+        let req = Request::builder().uri(uri).body(Full::new(Bytes::new()))?;
+        sender.send_request(req).await?
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(conn);
+        sender.send_request(get(sni, path)).await?
+    };
+    read(resp, Some(cert)).await
+}
+
+/// Sends an upgrade request on a raw connection and returns it after the `101`.
+pub async fn websocket(addr: SocketAddr, host: &str, path: &str) -> Result<TcpStream> {
+    let mut s = TcpStream::connect(addr).await?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).await? == 0 {
+            bail!("closed during upgrade: {}", String::from_utf8_lossy(&head));
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    if !head.starts_with("HTTP/1.1 101") {
+        bail!("no upgrade: {head}");
+    }
+    Ok(s)
+}
+
+/// Writes `msg` on an upgraded connection and reads the echo.
+pub async fn ws_roundtrip(s: &mut TcpStream, msg: &str) -> Result<String> {
+    s.write_all(msg.as_bytes()).await?;
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await??;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}

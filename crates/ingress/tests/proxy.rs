@@ -1,0 +1,522 @@
+//! The proxy end to end on loopback: real listeners, real echo backends, real clients.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::Full;
+use hyper::{Request, StatusCode, Version};
+use serde_json::{Value, json};
+use sluice_ingress::IngressConfig;
+
+/// The cafe example: coffee and tea services, a default backend, TLS for cafe.example.com.
+async fn cafe() -> (Vec<Value>, Vec<EchoBackend>, Vec<u8>) {
+    let coffee = echo("coffee").await;
+    let tea = echo("tea").await;
+    let default = echo("default").await;
+    let (secret, cert) = tls_secret("cafe-secret", &["cafe.example.com"]);
+    let mut cafe = ingress(
+        "cafe",
+        vec![rule(
+            "cafe.example.com",
+            vec![
+                path("/coffee", "Prefix", "coffee-svc"),
+                path("/tea", "Prefix", "tea-svc"),
+            ],
+        )],
+    );
+    cafe["spec"]["tls"] = json!([{"hosts": ["cafe.example.com"], "secretName": "cafe-secret"}]);
+    cafe["spec"]["defaultBackend"] =
+        json!({"service": {"name": "default-svc", "port": {"number": 80}}});
+    let mut objects = vec![ingress_class(), cafe, secret];
+    objects.extend(service("coffee-svc", &[coffee.addr.port()]));
+    objects.extend(service("tea-svc", &[tea.addr.port()]));
+    objects.extend(service("default-svc", &[default.addr.port()]));
+    (objects, vec![coffee, tea, default], cert)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cafe_over_https_with_sni() {
+    let (objects, _backends, cert) = cafe().await;
+    let p = start(IngressConfig::default(), &objects).await;
+    for (path, want) in [
+        ("/coffee", "coffee"),
+        ("/tea/green", "tea"),
+        ("/", "default"),
+        ("/water", "default"),
+    ] {
+        let r = https_get(p.https, "cafe.example.com", path, false)
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+        assert_eq!(r.backend(), want, "{path}: {}", r.body);
+        assert_eq!(
+            r.peer_cert.as_deref(),
+            Some(cert.as_slice()),
+            "{path}: wrong certificate"
+        );
+        assert!(r.body.contains("x-forwarded-proto: https\n"), "{}", r.body);
+        assert!(r.body.contains("host: cafe.example.com\n"), "{}", r.body);
+    }
+    // An unknown SNI name still gets the (only) certificate as default.
+    let r = https_get(p.https, "other.example.com", "/", false)
+        .await
+        .unwrap();
+    assert_eq!(r.peer_cert.as_deref(), Some(cert.as_slice()));
+    assert_eq!(r.backend(), "default");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_request_over_tls() {
+    let (objects, _backends, _) = cafe().await;
+    let p = start(IngressConfig::default(), &objects).await;
+    let r = https_get(p.https, "cafe.example.com", "/coffee", true)
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.version, Version::HTTP_2);
+    assert_eq!(r.backend(), "coffee");
+    // The backend speaks HTTP/1.1 and still saw the client's host.
+    assert!(r.body.contains("host: cafe.example.com\n"), "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_host_and_wildcard_over_http() {
+    let a = echo("a").await;
+    let b = echo("b").await;
+    let mut objects = vec![
+        ingress_class(),
+        ingress(
+            "hosts",
+            vec![
+                rule("a.example.com", vec![path("/", "Prefix", "a")]),
+                rule("*.wild.example.com", vec![path("/", "Prefix", "b")]),
+            ],
+        ),
+    ];
+    objects.extend(service("a", &[a.addr.port()]));
+    objects.extend(service("b", &[b.addr.port()]));
+    let p = start(IngressConfig::default(), &objects).await;
+    assert_eq!(
+        http_get(p.http, "a.example.com", "/")
+            .await
+            .unwrap()
+            .backend(),
+        "a"
+    );
+    assert_eq!(
+        http_get(p.http, "x.wild.example.com:80", "/")
+            .await
+            .unwrap()
+            .backend(),
+        "b"
+    );
+    let r = http_get(p.http, "wild.example.com", "/").await.unwrap();
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.body.contains("no Ingress rule matches"), "{}", r.body);
+    assert_eq!(
+        http_get(p.http, "y.x.wild.example.com", "/")
+            .await
+            .unwrap()
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_and_request_id() {
+    let (objects, _backends, _) = cafe().await;
+    let p = start(IngressConfig::default(), &objects).await;
+    let req = Request::builder()
+        .uri("/coffee?x=1")
+        .header("host", "cafe.example.com")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-request-id", "req-42")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = http_send(p.http, req).await.unwrap();
+    assert!(r.body.starts_with("coffee GET /coffee?x=1\n"), "{}", r.body);
+    assert!(
+        r.body.contains("x-forwarded-for: 127.0.0.1\n"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("x-forwarded-proto: http\n"), "{}", r.body);
+    assert!(
+        r.body.contains("x-forwarded-host: cafe.example.com\n"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body
+            .contains(&format!("x-forwarded-port: {}\n", p.http.port())),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("x-request-id: req-42\n"), "{}", r.body);
+    assert_eq!(r.headers["x-request-id"], "req-42");
+    // Without one, an id is generated and returned to the client too.
+    let r = http_get(p.http, "cafe.example.com", "/coffee")
+        .await
+        .unwrap();
+    let id = r.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32);
+    assert!(
+        r.body.contains(&format!("x-request-id: {id}\n")),
+        "{}",
+        r.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn normalised_path_is_routed_and_forwarded() {
+    let (objects, _backends, _) = cafe().await;
+    let p = start(IngressConfig::default(), &objects).await;
+    for raw in [
+        "/tea/../coffee",
+        "/tea/%2e%2e/coffee",
+        "/tea%2F..%2Fcoffee",
+        "//coffee",
+    ] {
+        let r = http_get(p.http, "cafe.example.com", raw).await.unwrap();
+        assert!(
+            r.body.starts_with("coffee GET /coffee\n"),
+            "{raw}: {}",
+            r.body
+        );
+    }
+    let r = http_get(p.http, "cafe.example.com", "/bad%zz")
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_give_clear_502_503_504() {
+    let slow = echo("slow").await;
+    // A port with nothing listening: bind, note, close.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut objects = vec![
+        ingress_class(),
+        ingress(
+            "errors",
+            vec![rule(
+                "h",
+                vec![
+                    path("/empty", "Prefix", "empty"),
+                    path("/dead", "Prefix", "dead"),
+                    path("/sleep", "Prefix", "slow"),
+                ],
+            )],
+        ),
+    ];
+    objects.extend(service("empty", &[]));
+    objects.extend(service("dead", &[dead]));
+    objects.extend(service("slow", &[slow.addr.port()]));
+    let config = IngressConfig {
+        response_timeout: Duration::from_millis(300),
+        ..IngressConfig::default()
+    };
+    let p = start(config, &objects).await;
+
+    let r = http_get(p.http, "h", "/empty").await.unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        r.body
+            .contains("no ready endpoints for service default/empty:80"),
+        "{}",
+        r.body
+    );
+
+    let r = http_get(p.http, "h", "/dead").await.unwrap();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        r.body.contains("cannot connect to service default/dead:80"),
+        "{}",
+        r.body
+    );
+
+    let started = Instant::now();
+    let r = http_get(p.http, "h", "/sleep").await.unwrap();
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        r.body.contains("default/slow:80 did not answer"),
+        "{}",
+        r.body
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_limit_gives_413() {
+    let (objects, _backends, _) = cafe().await;
+    let config = IngressConfig {
+        max_request_body_bytes: 1000,
+        ..IngressConfig::default()
+    };
+    let p = start(config, &objects).await;
+    let post = |n: usize| {
+        Request::builder()
+            .method("POST")
+            .uri("/coffee")
+            .header("host", "cafe.example.com")
+            .body(Full::new(Bytes::from(vec![b'x'; n])))
+            .unwrap()
+    };
+    let r = http_send(p.http, post(1000)).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("body-bytes: 1000\n"), "{}", r.body);
+    let r = http_send(p.http, post(1001)).await.unwrap();
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_requests_retry_another_endpoint_on_connect_failure() {
+    let live = echo("live").await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut objects = vec![
+        ingress_class(),
+        ingress("r", vec![rule("h", vec![path("/", "Prefix", "mixed")])]),
+    ];
+    objects.extend(service("mixed", &[live.addr.port(), dead]));
+    let p = start(IngressConfig::default(), &objects).await;
+    for i in 0..40 {
+        let r = http_get(p.http, "h", "/").await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.body);
+        assert_eq!(r.backend(), "live");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_spread_over_endpoints() {
+    let a = echo("a").await;
+    let b = echo("b").await;
+    let mut objects = vec![
+        ingress_class(),
+        ingress("r", vec![rule("h", vec![path("/", "Prefix", "ab")])]),
+    ];
+    objects.extend(service("ab", &[a.addr.port(), b.addr.port()]));
+    let p = start(IngressConfig::default(), &objects).await;
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..40 {
+        let r = http_get(p.http, "h", "/").await.unwrap();
+        *seen.entry(r.backend().to_owned()).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}
+
+/// Continuous requests from several keep-alive clients while the route flips between two
+/// services every 20 ms: every request must succeed, and both services must have answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_change_under_load_has_zero_failed_requests() {
+    let a = echo("a").await;
+    let b = echo("b").await;
+    let mut base = vec![ingress_class()];
+    base.extend(service("a", &[a.addr.port()]));
+    base.extend(service("b", &[b.addr.port()]));
+    let with = |svc: &str| {
+        let mut o = base.clone();
+        o.push(ingress(
+            "flip",
+            vec![rule("h", vec![path("/", "Prefix", svc)])],
+        ));
+        snapshot(&o)
+    };
+    let (snap_a, snap_b) = (with("a"), with("b"));
+    let mut initial = base.clone();
+    initial.push(ingress(
+        "flip",
+        vec![rule("h", vec![path("/", "Prefix", "a")])],
+    ));
+    let p = start(IngressConfig::default(), &initial).await;
+
+    let ok = Arc::new(AtomicUsize::new(0));
+    let seen_a = Arc::new(AtomicUsize::new(0));
+    let seen_b = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (ok, seen_a, seen_b) = (ok.clone(), seen_a.clone(), seen_b.clone());
+        let addr = p.http;
+        clients.push(tokio::spawn(async move {
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<Full<Bytes>>();
+            while Instant::now() < deadline {
+                let req = Request::builder()
+                    .uri(format!("http://{addr}/"))
+                    .header("host", "h")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                let resp = client
+                    .request(req)
+                    .await
+                    .expect("request failed during reload");
+                assert_eq!(resp.status(), StatusCode::OK);
+                let body = http_body_util::BodyExt::collect(resp.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                match body.first() {
+                    Some(b'a') => seen_a.fetch_add(1, Ordering::Relaxed),
+                    Some(b'b') => seen_b.fetch_add(1, Ordering::Relaxed),
+                    _ => panic!("unexpected body {body:?}"),
+                };
+                ok.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let mut flips = 0;
+    while Instant::now() < deadline {
+        let snap = if flips % 2 == 0 { &snap_b } else { &snap_a };
+        assert!(p.proxy.update(snap).is_empty());
+        flips += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    let ok = ok.load(Ordering::Relaxed);
+    assert!(ok > 100, "only {ok} requests");
+    assert!(seen_a.load(Ordering::Relaxed) > 0 && seen_b.load(Ordering::Relaxed) > 0);
+    eprintln!("{ok} requests over {flips} reloads, none failed");
+}
+
+/// New HTTPS connections during repeated Secret rotation: no handshake or request fails, and
+/// the new certificate is served once the update is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotation_without_failed_requests() {
+    let (objects, _backends, first_cert) = cafe().await;
+    let p = start(IngressConfig::default(), &objects).await;
+    let addr = p.https;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let count = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let (stop, count) = (stop.clone(), count.clone());
+        clients.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let r = https_get(addr, "cafe.example.com", "/coffee", false)
+                    .await
+                    .expect("request failed during rotation");
+                assert_eq!(r.status, StatusCode::OK);
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let mut last = first_cert.clone();
+    for _ in 0..5 {
+        let (secret, der) = tls_secret("cafe-secret", &["cafe.example.com"]);
+        let mut o: Vec<Value> = objects
+            .iter()
+            .filter(|v| v["kind"] != "Secret")
+            .cloned()
+            .collect();
+        o.push(secret);
+        assert!(p.proxy.update(&snapshot(&o)).is_empty());
+        last = der;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert!(count.load(Ordering::Relaxed) > 10);
+    let r = https_get(addr, "cafe.example.com", "/coffee", false)
+        .await
+        .unwrap();
+    assert_eq!(r.peer_cert.as_deref(), Some(last.as_slice()));
+    assert_ne!(last, first_cert);
+}
+
+/// An upgraded (WebSocket-style) connection keeps working across reloads, including one
+/// that removes its route: the tunnel no longer depends on the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_connection_survives_reload() {
+    let (objects, _backends, _) = cafe().await;
+    let p = start(IngressConfig::default(), &objects).await;
+    let mut ws = websocket(p.http, "cafe.example.com", "/tea/ws")
+        .await
+        .unwrap();
+    assert_eq!(ws_roundtrip(&mut ws, "hello").await.unwrap(), "tea:hello");
+    // Reload: /tea now goes to coffee, then the Ingress disappears entirely.
+    let mut changed: Vec<Value> = objects
+        .iter()
+        .filter(|v| v["kind"] != "Ingress")
+        .cloned()
+        .collect();
+    changed.push(ingress(
+        "cafe",
+        vec![rule(
+            "cafe.example.com",
+            vec![path("/", "Prefix", "coffee-svc")],
+        )],
+    ));
+    assert!(p.proxy.update(&snapshot(&changed)).is_empty());
+    assert_eq!(ws_roundtrip(&mut ws, "again").await.unwrap(), "tea:again");
+    let gone: Vec<Value> = objects
+        .iter()
+        .filter(|v| v["kind"] != "Ingress")
+        .cloned()
+        .collect();
+    p.proxy.update(&snapshot(&gone));
+    assert_eq!(ws_roundtrip(&mut ws, "still").await.unwrap(), "tea:still");
+    // New upgrades follow the new table.
+    assert!(
+        websocket(p.http, "cafe.example.com", "/tea/ws")
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_in_flight_request() {
+    let slow = echo("slow").await;
+    let mut objects = vec![
+        ingress_class(),
+        ingress("s", vec![rule("h", vec![path("/", "Prefix", "slow")])]),
+    ];
+    objects.extend(service("slow", &[slow.addr.port()]));
+    let p = start(IngressConfig::default(), &objects).await;
+    let addr = p.http;
+    let pending = tokio::spawn(async move { http_get(addr, "h", "/sleep").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.shutdown().await;
+    let r = pending.await.unwrap().unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.backend(), "slow");
+    // After shutdown nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_ingresses_follow_updates() {
+    let (objects, _backends, _) = cafe().await;
+    let p = start(IngressConfig::default(), &objects).await;
+    let served = p.proxy.served_ingresses();
+    assert_eq!(served.len(), 1);
+    assert_eq!(served[0].to_string(), "default/cafe");
+    let mut other = objects.clone();
+    other.retain(|v| v["kind"] != "IngressClass");
+    p.proxy.update(&snapshot(&other));
+    assert!(p.proxy.served_ingresses().is_empty());
+    assert_eq!(
+        http_get(p.http, "cafe.example.com", "/coffee")
+            .await
+            .unwrap()
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
