@@ -1,0 +1,728 @@
+//! A small fake kube-apiserver for the watch edge cases (initial list, watch events, 410 Gone,
+//! dropped connections, server down) and for status writes.
+//!
+//! It speaks the real REST paths and JSON shapes kube-rs uses:
+//! * `GET /api/v1/services` (and `/apis/GROUP/VERSION/PLURAL`, optionally under
+//!   `namespaces/NS/`): a list with `metadata.resourceVersion`, items without apiVersion/kind;
+//! * `...?watch=true&resourceVersion=N`: a chunked stream of `{"type":..,"object":..}` lines
+//!   with every change after N, a BOOKMARK, then live changes; a watch from before the last
+//!   compaction gets `410 Gone` (an ERROR event like kube-apiserver, or an HTTP 410);
+//! * `GET .../NAME` and `.../NAME/status`; `PATCH .../NAME/status` (JSON merge patch);
+//! * `fieldSelector` with `a.b=v` terms (`metadata.name=..`, `type=..`).
+//!
+//! Every write gets the next global resourceVersion, as in etcd. Every request is recorded.
+
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The kinds this fake serves: (apiVersion, kind, plural).
+const KINDS: &[(&str, &str, &str)] = &[
+    ("v1", "Service", "services"),
+    ("discovery.k8s.io/v1", "EndpointSlice", "endpointslices"),
+    ("v1", "Node", "nodes"),
+    ("networking.k8s.io/v1", "Ingress", "ingresses"),
+    ("networking.k8s.io/v1", "IngressClass", "ingressclasses"),
+    ("v1", "Secret", "secrets"),
+];
+
+/// How a watch from an expired resourceVersion is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoneStyle {
+    /// HTTP 200 with one `ERROR` event carrying a 410 Status (what kube-apiserver does).
+    ErrorEvent,
+    /// HTTP 410 with a Status body.
+    Http410,
+}
+
+/// One request as the fake received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub content_type: Option<String>,
+    pub body: String,
+}
+
+pub struct FakeApiServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept_task: JoinHandle<()>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Bumped after every change of `state`; watch streams and held lists wait on it.
+    changed: watch::Sender<u64>,
+}
+
+struct State {
+    resource_version: u64,
+    /// Keyed by collection path, e.g. `/api/v1/services`.
+    collections: BTreeMap<String, Collection>,
+    /// Watches from a resourceVersion older than this get 410 Gone.
+    compacted: u64,
+    /// Bumping it ends every open watch stream.
+    watch_epoch: u64,
+    down: bool,
+    gone_style: GoneStyle,
+    /// Collections whose LIST does not answer until released.
+    held: BTreeSet<String>,
+    requests: Vec<Recorded>,
+}
+
+struct Collection {
+    api_version: &'static str,
+    kind: &'static str,
+    /// (namespace, name) -> object.
+    objects: BTreeMap<(String, String), Value>,
+    /// (resourceVersion, event type, object) since the last compaction.
+    events: Vec<(u64, &'static str, Value)>,
+}
+
+fn collection_path(api_version: &str, plural: &str) -> String {
+    if api_version == "v1" {
+        format!("/api/v1/{plural}")
+    } else {
+        format!("/apis/{api_version}/{plural}")
+    }
+}
+
+fn kind_path(kind: &str) -> String {
+    let (api_version, _, plural) = KINDS
+        .iter()
+        .find(|(_, k, _)| *k == kind)
+        .unwrap_or_else(|| panic!("fake apiserver does not serve kind {kind}"));
+    collection_path(api_version, plural)
+}
+
+impl FakeApiServer {
+    pub async fn start() -> Self {
+        let collections = KINDS
+            .iter()
+            .map(|(api_version, kind, plural)| {
+                let collection = Collection {
+                    api_version,
+                    kind,
+                    objects: BTreeMap::new(),
+                    events: Vec::new(),
+                };
+                (collection_path(api_version, plural), collection)
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                resource_version: 100,
+                collections,
+                compacted: 0,
+                watch_epoch: 0,
+                down: false,
+                gone_style: GoneStyle::ErrorEvent,
+                held: BTreeSet::new(),
+                requests: Vec::new(),
+            }),
+            changed: watch::channel(0).0,
+        });
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake apiserver");
+        let addr = listener.local_addr().expect("fake apiserver address");
+        let accept_task = tokio::spawn(accept_loop(listener, shared.clone()));
+        Self {
+            addr,
+            shared,
+            accept_task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kube client pointed at this fake.
+    pub fn client(&self) -> kube::Client {
+        let uri = self.url().parse().expect("fake apiserver url");
+        kube::Client::try_from(kube::Config::new(uri)).expect("kube client for the fake")
+    }
+
+    /// Creates or replaces an object (its apiVersion/kind pick the collection).
+    pub fn apply(&self, mut object: Value) {
+        let kind = object["kind"]
+            .as_str()
+            .expect("object has a kind")
+            .to_owned();
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .expect("object has a name")
+            .to_owned();
+        self.write(|state| {
+            let rv = state.next_resource_version();
+            object["metadata"]["resourceVersion"] = json!(rv.to_string());
+            let collection = state.collection(&kind);
+            let previous = collection.objects.insert((namespace, name), object.clone());
+            let event = if previous.is_some() {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
+            collection.events.push((rv, event, object));
+        });
+    }
+
+    /// Deletes an object with a DELETED event.
+    pub fn delete(&self, kind: &str, namespace: &str, name: &str) {
+        self.write(|state| state.delete(kind, namespace, name));
+    }
+
+    /// Deletes an object so that no open watch sees it: the event history is compacted and
+    /// every watch is cut, so watchers must relist (their resourceVersion is now too old).
+    pub fn delete_unseen(&self, kind: &str, namespace: &str, name: &str) {
+        self.write(|state| {
+            state.delete(kind, namespace, name);
+            state.compact();
+            state.watch_epoch += 1;
+        });
+    }
+
+    /// Forgets the event history (watchers resuming from before now get 410) and cuts every
+    /// open watch.
+    pub fn compact_and_drop_watches(&self) {
+        self.write(|state| {
+            state.compact();
+            state.watch_epoch += 1;
+        });
+    }
+
+    /// Ends every open watch stream; the history is kept, so watchers can resume.
+    pub fn drop_watches(&self) {
+        self.write(|state| state.watch_epoch += 1);
+    }
+
+    /// While down, every connection is closed without an answer and open watches end.
+    pub fn set_down(&self, down: bool) {
+        self.write(|state| {
+            state.down = down;
+            state.watch_epoch += 1;
+        });
+    }
+
+    pub fn set_gone_style(&self, style: GoneStyle) {
+        self.write(|state| state.gone_style = style);
+    }
+
+    /// While held, LIST requests of this kind do not answer.
+    pub fn hold_list(&self, kind: &str, hold: bool) {
+        let path = kind_path(kind);
+        self.write(|state| {
+            if hold {
+                state.held.insert(path);
+            } else {
+                state.held.remove(&path);
+            }
+        });
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.lock().requests.clone()
+    }
+
+    pub fn object(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let mut state = self.lock();
+        let key = (namespace.to_owned(), name.to_owned());
+        state.collection(kind).objects.get(&key).cloned()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.lock()
+    }
+
+    fn write(&self, change: impl FnOnce(&mut State)) {
+        change(&mut self.lock());
+        self.shared.notify();
+    }
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+        self.write(|state| {
+            state.down = true;
+            state.watch_epoch += 1;
+        });
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panicking test thread must not hide the real failure behind a poison error.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+}
+
+impl State {
+    fn next_resource_version(&mut self) -> u64 {
+        self.resource_version += 1;
+        self.resource_version
+    }
+
+    fn collection(&mut self, kind: &str) -> &mut Collection {
+        let path = kind_path(kind);
+        self.collections.get_mut(&path).expect("collection exists")
+    }
+
+    fn delete(&mut self, kind: &str, namespace: &str, name: &str) {
+        let rv = self.next_resource_version();
+        let collection = self.collection(kind);
+        let key = (namespace.to_owned(), name.to_owned());
+        let mut object = collection
+            .objects
+            .remove(&key)
+            .unwrap_or_else(|| panic!("fake apiserver: no {kind} {namespace}/{name} to delete"));
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        collection.events.push((rv, "DELETED", object));
+    }
+
+    fn compact(&mut self) {
+        for collection in self.collections.values_mut() {
+            collection.events.clear();
+        }
+        self.compacted = self.resource_version;
+    }
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        if shared.lock().down {
+            drop(stream);
+            continue;
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| handle(shared.clone(), request));
+            // Errors here are connections we cut on purpose (down) or the client hanging up.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// A parsed request path.
+struct Route {
+    collection: String,
+    namespace: Option<String>,
+    name: Option<String>,
+    status: bool,
+}
+
+fn route(path: &str) -> Option<Route> {
+    let (base, rest) = if let Some(rest) = path.strip_prefix("/api/v1/") {
+        ("/api/v1".to_owned(), rest)
+    } else {
+        let mut parts = path.strip_prefix("/apis/")?.splitn(3, '/');
+        let (group, version, rest) = (parts.next()?, parts.next()?, parts.next()?);
+        (format!("/apis/{group}/{version}"), rest)
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    let (namespace, segments) = match segments.as_slice() {
+        ["namespaces", namespace, rest @ ..] if !rest.is_empty() => {
+            (Some((*namespace).to_owned()), rest.to_vec())
+        }
+        _ => (None, segments),
+    };
+    let (plural, name, status) = match segments.as_slice() {
+        [plural] => (*plural, None, false),
+        [plural, name] => (*plural, Some((*name).to_owned()), false),
+        [plural, name, "status"] => (*plural, Some((*name).to_owned()), true),
+        _ => return None,
+    };
+    Some(Route {
+        collection: format!("{base}/{plural}"),
+        namespace,
+        name,
+        status,
+    })
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, std::io::Error> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let content_type = request
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    {
+        let mut state = shared.lock();
+        if state.down {
+            // Returning an error makes hyper close the connection without answering.
+            return Err(std::io::Error::other("fake apiserver is down"));
+        }
+        state.requests.push(Recorded {
+            method: method.to_string(),
+            path: path.clone(),
+            query: query.clone(),
+            content_type,
+            body: body.clone(),
+        });
+    }
+    let params = parse_query(&query);
+    let Some(route) = route(&path) else {
+        return Ok(status_response(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("no route {path}"),
+        ));
+    };
+    if !shared.lock().collections.contains_key(&route.collection) {
+        return Ok(status_response(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("no resource {path}"),
+        ));
+    }
+    let response = match (&method, &route.name) {
+        (&Method::GET, None)
+            if matches!(params.get("watch").map(String::as_str), Some("true" | "1")) =>
+        {
+            watch(shared, route, &params)
+        }
+        (&Method::GET, None) => list(shared, route, &params).await,
+        (&Method::GET, Some(_)) => get(&shared, &route),
+        (&Method::PATCH, Some(_)) if route.status => patch_status(&shared, &route, &body),
+        _ => status_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "not supported by the fake",
+        ),
+    };
+    Ok(response)
+}
+
+fn parse_query(query: &str) -> BTreeMap<String, String> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(key), percent_decode(value))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Namespace and field-selector filter of a list or watch.
+#[derive(Clone)]
+struct Filter {
+    namespace: Option<String>,
+    fields: Vec<(String, String)>,
+}
+
+impl Filter {
+    fn new(route: &Route, params: &BTreeMap<String, String>) -> Self {
+        let fields = params
+            .get("fieldSelector")
+            .map(|selector| {
+                selector
+                    .split(',')
+                    .filter_map(|term| term.split_once('='))
+                    .map(|(path, value)| {
+                        (path.to_owned(), value.trim_start_matches('=').to_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            namespace: route.namespace.clone(),
+            fields,
+        }
+    }
+
+    fn matches(&self, object: &Value) -> bool {
+        let namespace_ok = self
+            .namespace
+            .as_deref()
+            .is_none_or(|ns| object["metadata"]["namespace"].as_str() == Some(ns));
+        namespace_ok
+            && self.fields.iter().all(|(path, value)| {
+                let field = path.split('.').fold(object, |v, part| &v[part]);
+                field.as_str().unwrap_or("") == value
+            })
+    }
+}
+
+async fn list(
+    shared: Arc<Shared>,
+    route: Route,
+    params: &BTreeMap<String, String>,
+) -> Response<Body> {
+    let mut changed = shared.changed.subscribe();
+    loop {
+        changed.borrow_and_update();
+        if !shared.lock().held.contains(&route.collection) {
+            break;
+        }
+        if changed.changed().await.is_err() {
+            break;
+        }
+    }
+    let filter = Filter::new(&route, params);
+    let state = shared.lock();
+    let collection = &state.collections[&route.collection];
+    let items: Vec<Value> = collection
+        .objects
+        .values()
+        .filter(|object| filter.matches(object))
+        .map(|object| {
+            // kube-apiserver leaves apiVersion/kind out of list items.
+            let mut item = object.clone();
+            if let Some(map) = item.as_object_mut() {
+                map.remove("apiVersion");
+                map.remove("kind");
+            }
+            item
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "apiVersion": collection.api_version,
+            "kind": format!("{}List", collection.kind),
+            "metadata": {"resourceVersion": state.resource_version.to_string()},
+            "items": items,
+        }),
+    )
+}
+
+fn watch(shared: Arc<Shared>, route: Route, params: &BTreeMap<String, String>) -> Response<Body> {
+    let since: u64 = params
+        .get("resourceVersion")
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or(0);
+    let bookmarks = params
+        .get("allowWatchBookmarks")
+        .is_some_and(|v| v == "true");
+    let (epoch, gone_style, compacted) = {
+        let state = shared.lock();
+        (state.watch_epoch, state.gone_style, state.compacted)
+    };
+    if since < compacted {
+        let message = format!("too old resource version: {since} ({compacted})");
+        return match gone_style {
+            GoneStyle::Http410 => status_response(StatusCode::GONE, "Expired", &message),
+            GoneStyle::ErrorEvent => {
+                let event =
+                    json!({"type": "ERROR", "object": status_body(410, "Expired", &message)});
+                let line = format!("{event}\n");
+                stream_response(Full::new(Bytes::from(line)).boxed())
+            }
+        };
+    }
+    let filter = Filter::new(&route, params);
+    let collection = route.collection;
+    let changed = shared.changed.subscribe();
+    let stream = futures::stream::unfold(
+        (shared, changed, since, bookmarks),
+        move |(shared, mut changed, mut last, mut bookmark_due)| {
+            let (collection, filter) = (collection.clone(), filter.clone());
+            async move {
+                loop {
+                    changed.borrow_and_update();
+                    {
+                        let state = shared.lock();
+                        if state.watch_epoch != epoch || state.down {
+                            return None;
+                        }
+                        let mut lines = String::new();
+                        let coll = &state.collections[&collection];
+                        for (rv, kind, object) in &coll.events {
+                            if *rv > last && filter.matches(object) {
+                                lines
+                                    .push_str(&json!({"type": kind, "object": object}).to_string());
+                                lines.push('\n');
+                            }
+                        }
+                        last = last.max(state.resource_version);
+                        if bookmark_due {
+                            bookmark_due = false;
+                            let mark = json!({"type": "BOOKMARK", "object": {
+                                "apiVersion": coll.api_version, "kind": coll.kind,
+                                "metadata": {"resourceVersion": last.to_string()}}});
+                            lines.push_str(&format!("{mark}\n"));
+                        }
+                        if !lines.is_empty() {
+                            let frame = Frame::data(Bytes::from(lines));
+                            return Some((
+                                Ok::<_, Infallible>(frame),
+                                (shared.clone(), changed, last, bookmark_due),
+                            ));
+                        }
+                    }
+                    if changed.changed().await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        },
+    );
+    stream_response(BodyExt::boxed(StreamBody::new(stream)))
+}
+
+fn get(shared: &Shared, route: &Route) -> Response<Body> {
+    let state = shared.lock();
+    let key = (
+        route.namespace.clone().unwrap_or_default(),
+        route.name.clone().unwrap_or_default(),
+    );
+    match state.collections[&route.collection].objects.get(&key) {
+        Some(object) => json_response(StatusCode::OK, object),
+        None => status_response(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("{} not found", key.1),
+        ),
+    }
+}
+
+fn patch_status(shared: &Shared, route: &Route, body: &str) -> Response<Body> {
+    let Ok(patch) = serde_json::from_str::<Value>(body) else {
+        return status_response(StatusCode::BAD_REQUEST, "BadRequest", "patch is not JSON");
+    };
+    let key = (
+        route.namespace.clone().unwrap_or_default(),
+        route.name.clone().unwrap_or_default(),
+    );
+    let mut state = shared.lock();
+    let rv = state.next_resource_version();
+    let collection = state
+        .collections
+        .get_mut(&route.collection)
+        .expect("checked");
+    let Some(object) = collection.objects.get_mut(&key) else {
+        return status_response(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("{} not found", key.1),
+        );
+    };
+    // The status subresource only takes the status part of the patch.
+    merge_patch(&mut object["status"], &patch["status"]);
+    object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    let object = object.clone();
+    collection.events.push((rv, "MODIFIED", object.clone()));
+    drop(state);
+    shared.notify();
+    json_response(StatusCode::OK, &object)
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Some(patch) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let target = target.as_object_mut().expect("made an object");
+    for (key, value) in patch {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
+fn status_body(code: u16, reason: &str, message: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+fn status_response(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
+    json_response(code, &status_body(code.as_u16(), reason, message))
+}
+
+fn json_response(code: StatusCode, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .expect("valid response")
+}
+
+fn stream_response(body: Body) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .expect("valid response")
+}

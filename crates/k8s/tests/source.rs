@@ -1,0 +1,425 @@
+//! `K8sSource` against the fake API server: what ends up in the published snapshots.
+
+mod fake_apiserver;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fake_apiserver::{FakeApiServer, GoneStyle};
+use serde_json::{Value, json};
+use sluice_k8s::{K8sError, K8sSource, K8sSourceConfig};
+use sluice_model::{ObjectKey, Snapshot};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+type Rx = watch::Receiver<Option<Arc<Snapshot>>>;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn service(name: &str, port: u16) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+           "metadata": {"namespace": "default", "name": name},
+           "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": port, "protocol": "TCP"}]}})
+}
+
+fn endpoint_slice(name: &str, service: &str, ip: &str) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"namespace": "default", "name": name,
+                        "labels": {"kubernetes.io/service-name": service}},
+           "addressType": "IPv4",
+           "endpoints": [{"addresses": [ip], "conditions": {"ready": true}, "nodeName": "node-a"}],
+           "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]})
+}
+
+fn node(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+           "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.1"}]}})
+}
+
+fn ingress(name: &str, tls_secrets: &[&str]) -> Value {
+    let tls: Vec<Value> = tls_secrets
+        .iter()
+        .map(|s| json!({"hosts": ["web.example"], "secretName": s}))
+        .collect();
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+           "metadata": {"namespace": "default", "name": name},
+           "spec": {"ingressClassName": "sluice", "tls": tls,
+                    "rules": [{"host": "web.example", "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                        "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}})
+}
+
+fn ingress_class(name: &str) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+           "metadata": {"name": name}, "spec": {"controller": "sluice.dev/ingress"}})
+}
+
+/// `cert_b64`: base64 of the certificate bytes.
+fn secret(name: &str, type_: &str, cert_b64: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"namespace": "default", "name": name},
+           "type": type_, "data": {"tls.crt": cert_b64, "tls.key": "a2V5"}})
+}
+
+const CERT_1: &str = "Y2VydC0x"; // "cert-1"
+const CERT_2: &str = "Y2VydC0y"; // "cert-2"
+const CERT_3: &str = "Y2VydC0z"; // "cert-3"
+
+/// A small cluster: one Service with its slice, two Nodes, one Ingress with its class and
+/// TLS Secret, plus Secrets that must not be published.
+fn populate(fake: &FakeApiServer) {
+    fake.apply(service("web", 80));
+    fake.apply(endpoint_slice("web-abc", "web", "10.244.0.5"));
+    fake.apply(node("node-a"));
+    fake.apply(node("node-b"));
+    fake.apply(ingress("web", &["tls-web", "opaque"]));
+    fake.apply(ingress_class("sluice"));
+    fake.apply(secret("tls-web", "kubernetes.io/tls", CERT_1));
+    fake.apply(secret("tls-other", "kubernetes.io/tls", CERT_2));
+    fake.apply(secret("opaque", "Opaque", CERT_1));
+}
+
+fn start(fake: &FakeApiServer) -> (Rx, JoinHandle<Result<(), K8sError>>) {
+    let (tx, rx) = watch::channel(None);
+    let source = K8sSource::new(
+        fake.client(),
+        K8sSourceConfig {
+            node_name: "node-a".into(),
+        },
+    );
+    (rx, tokio::spawn(source.run(tx)))
+}
+
+fn keys<V>(map: &std::collections::BTreeMap<ObjectKey, V>) -> Vec<String> {
+    map.keys().map(ToString::to_string).collect()
+}
+
+fn port_of(snapshot: &Snapshot, name: &str) -> Option<i32> {
+    let service = snapshot.services.get(&ObjectKey::new("default", name))?;
+    Some(service.spec.as_ref()?.ports.as_ref()?.first()?.port)
+}
+
+fn cert_of(snapshot: &Snapshot, name: &str) -> Option<Vec<u8>> {
+    let secret = snapshot.secrets.get(&ObjectKey::new("default", name))?;
+    Some(secret.data.as_ref()?.get("tls.crt")?.0.clone())
+}
+
+/// Waits until a published snapshot satisfies `pred`.
+async fn wait_for(rx: &mut Rx, what: &str, pred: impl Fn(&Snapshot) -> bool) -> Arc<Snapshot> {
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            let current = rx.borrow_and_update().clone();
+            if let Some(snapshot) = current
+                && pred(&snapshot)
+            {
+                return snapshot;
+            }
+            rx.changed().await.expect("source stopped");
+        }
+    })
+    .await;
+    match found {
+        Ok(snapshot) => snapshot,
+        Err(_) => {
+            let last = rx.borrow().as_ref().map(|s| keys(&s.services));
+            panic!("timed out waiting for: {what}; last snapshot's services: {last:?}")
+        }
+    }
+}
+
+/// Records the Service keys of every snapshot published from now on.
+fn record_services(rx: &Rx) -> Arc<Mutex<Vec<Vec<String>>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (mut rx, out) = (rx.clone(), seen.clone());
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let services = rx.borrow_and_update().as_ref().map(|s| keys(&s.services));
+            if let Some(services) = services {
+                out.lock().expect("recorder").push(services);
+            }
+        }
+    });
+    seen
+}
+
+fn count_requests(fake: &FakeApiServer, path: &str, watch: bool) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == path && r.query.contains("watch=true") == watch)
+        .count()
+}
+
+#[tokio::test]
+async fn initial_snapshot_waits_for_every_list() {
+    let fake = FakeApiServer::start().await;
+    populate(&fake);
+    fake.hold_list("IngressClass", true);
+    let (mut rx, _task) = start(&fake);
+
+    // Every other list is answered; the held one keeps the snapshot back.
+    let lists = [
+        "/api/v1/services",
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "/api/v1/nodes",
+        "/apis/networking.k8s.io/v1/ingresses",
+        "/api/v1/secrets",
+    ];
+    tokio::time::timeout(WAIT, async {
+        while !lists.iter().all(|p| count_requests(&fake, p, true) > 0) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the other kinds are listed and watched");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        rx.borrow().is_none(),
+        "published before the IngressClass list finished"
+    );
+
+    fake.hold_list("IngressClass", false);
+    let snapshot = wait_for(&mut rx, "first snapshot", |_| true).await;
+    assert_eq!(keys(&snapshot.services), ["default/web"]);
+    assert_eq!(port_of(&snapshot, "web"), Some(80));
+    assert_eq!(keys(&snapshot.endpoint_slices), ["default/web-abc"]);
+    assert_eq!(
+        keys(&snapshot.nodes),
+        ["node-a"],
+        "only the own Node is watched"
+    );
+    assert_eq!(keys(&snapshot.ingresses), ["default/web"]);
+    assert_eq!(keys(&snapshot.ingress_classes), ["sluice"]);
+    assert_eq!(keys(&snapshot.secrets), ["default/tls-web"]);
+    assert_eq!(
+        cert_of(&snapshot, "tls-web").as_deref(),
+        Some(&b"cert-1"[..])
+    );
+    assert_eq!(
+        snapshot.slices_by_service()[&ObjectKey::new("default", "web")].len(),
+        1
+    );
+
+    let requests = fake.requests();
+    let node_list = requests
+        .iter()
+        .find(|r| r.path == "/api/v1/nodes")
+        .expect("node list");
+    assert!(
+        node_list
+            .query
+            .contains("fieldSelector=metadata.name%3Dnode-a"),
+        "{node_list:?}"
+    );
+    let secret_list = requests
+        .iter()
+        .find(|r| r.path == "/api/v1/secrets")
+        .expect("secret list");
+    assert!(
+        secret_list
+            .query
+            .contains("fieldSelector=type%3Dkubernetes.io%2Ftls"),
+        "{secret_list:?}"
+    );
+}
+
+#[tokio::test]
+async fn watch_events_show_up_in_the_next_snapshot() {
+    let fake = FakeApiServer::start().await;
+    populate(&fake);
+    let (mut rx, _task) = start(&fake);
+    wait_for(&mut rx, "first snapshot", |_| true).await;
+
+    fake.apply(service("api", 8443));
+    let snapshot = wait_for(&mut rx, "added Service", |s| port_of(s, "api").is_some()).await;
+    assert_eq!(keys(&snapshot.services), ["default/api", "default/web"]);
+    assert_eq!(port_of(&snapshot, "api"), Some(8443));
+
+    fake.apply(service("web", 8080));
+    wait_for(&mut rx, "modified Service", |s| {
+        port_of(s, "web") == Some(8080)
+    })
+    .await;
+
+    fake.delete("EndpointSlice", "default", "web-abc");
+    let snapshot = wait_for(&mut rx, "deleted slice", |s| s.endpoint_slices.is_empty()).await;
+    assert_eq!(keys(&snapshot.services), ["default/api", "default/web"]);
+
+    // A change to another Node is not watched at all.
+    fake.apply(node("node-c"));
+    fake.apply(ingress_class("other"));
+    let snapshot = wait_for(&mut rx, "new IngressClass", |s| {
+        s.ingress_classes.len() == 2
+    })
+    .await;
+    assert_eq!(keys(&snapshot.nodes), ["node-a"]);
+}
+
+async fn relist_after_gone(style: GoneStyle) {
+    let fake = FakeApiServer::start().await;
+    fake.set_gone_style(style);
+    populate(&fake);
+    fake.apply(service("old", 81));
+    let (mut rx, _task) = start(&fake);
+    wait_for(&mut rx, "first snapshot", |s| s.services.len() == 2).await;
+    let seen = record_services(&rx);
+    assert_eq!(count_requests(&fake, "/api/v1/services", false), 1);
+
+    // "old" is deleted while the watch is cut and history compacted: the watcher's
+    // resourceVersion is too old, so it must relist to notice.
+    fake.delete_unseen("Service", "default", "old");
+    fake.apply(service("new", 82));
+    let snapshot = wait_for(&mut rx, "relisted Services", |s| {
+        port_of(s, "new").is_some() && port_of(s, "old").is_none()
+    })
+    .await;
+    assert_eq!(keys(&snapshot.services), ["default/new", "default/web"]);
+    assert_eq!(keys(&snapshot.endpoint_slices), ["default/web-abc"]);
+    assert_eq!(keys(&snapshot.secrets), ["default/tls-web"]);
+    assert!(
+        count_requests(&fake, "/api/v1/services", false) >= 2,
+        "no relist happened"
+    );
+    for services in seen.lock().expect("recorder").iter() {
+        assert!(
+            services.contains(&"default/web".to_owned()),
+            "flicker: {services:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn gone_error_event_relists_and_drops_objects_deleted_meanwhile() {
+    relist_after_gone(GoneStyle::ErrorEvent).await;
+}
+
+#[tokio::test]
+async fn http_410_on_watch_relists_and_drops_objects_deleted_meanwhile() {
+    relist_after_gone(GoneStyle::Http410).await;
+}
+
+#[tokio::test]
+async fn dropped_watch_resumes_from_its_resource_version() {
+    let fake = FakeApiServer::start().await;
+    populate(&fake);
+    let (mut rx, _task) = start(&fake);
+    wait_for(&mut rx, "first snapshot", |_| true).await;
+
+    fake.drop_watches();
+    fake.apply(service("web", 9090));
+    wait_for(&mut rx, "change made while disconnected", |s| {
+        port_of(s, "web") == Some(9090)
+    })
+    .await;
+    // Resumed from the last resourceVersion: no second list was needed.
+    assert_eq!(count_requests(&fake, "/api/v1/services", false), 1);
+    assert!(count_requests(&fake, "/api/v1/services", true) >= 2);
+}
+
+#[tokio::test]
+async fn server_down_keeps_the_last_snapshot_and_recovers() {
+    let fake = FakeApiServer::start().await;
+    populate(&fake);
+    fake.apply(service("old", 81));
+    let (mut rx, _task) = start(&fake);
+    let good = wait_for(&mut rx, "first snapshot", |s| s.services.len() == 2).await;
+    let seen = record_services(&rx);
+
+    fake.set_down(true);
+    fake.delete_unseen("Service", "default", "old");
+    fake.apply(service("new", 82));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = rx.borrow().clone().expect("snapshot stays published");
+    assert_eq!(
+        keys(&during.services),
+        keys(&good.services),
+        "state changed while down"
+    );
+    assert_eq!(keys(&during.secrets), ["default/tls-web"]);
+
+    fake.set_down(false);
+    let snapshot = wait_for(&mut rx, "recovered state", |s| {
+        port_of(s, "new").is_some() && port_of(s, "old").is_none()
+    })
+    .await;
+    assert_eq!(keys(&snapshot.services), ["default/new", "default/web"]);
+    assert_eq!(keys(&snapshot.nodes), ["node-a"]);
+    for services in seen.lock().expect("recorder").iter() {
+        assert!(
+            services.contains(&"default/web".to_owned()),
+            "emptied state published: {services:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn only_tls_secrets_referenced_by_an_ingress_are_published() {
+    let fake = FakeApiServer::start().await;
+    populate(&fake);
+    let (mut rx, _task) = start(&fake);
+    let snapshot = wait_for(&mut rx, "first snapshot", |_| true).await;
+    // "opaque" is referenced but not a TLS Secret; "tls-other" is not referenced.
+    assert_eq!(keys(&snapshot.secrets), ["default/tls-web"]);
+
+    let fetch_path = "/api/v1/namespaces/default/secrets/tls-other";
+    assert_eq!(count_requests(&fake, fetch_path, false), 0);
+    fake.apply(ingress("shop", &["tls-other"]));
+    let snapshot = wait_for(&mut rx, "newly referenced Secret", |s| s.secrets.len() == 2).await;
+    assert_eq!(
+        cert_of(&snapshot, "tls-other").as_deref(),
+        Some(&b"cert-2"[..])
+    );
+    assert_eq!(
+        count_requests(&fake, fetch_path, false),
+        1,
+        "fetched once with a GET"
+    );
+
+    fake.apply(secret("tls-other", "kubernetes.io/tls", CERT_3));
+    wait_for(&mut rx, "updated Secret", |s| {
+        cert_of(s, "tls-other").as_deref() == Some(&b"cert-3"[..])
+    })
+    .await;
+
+    fake.delete("Ingress", "default", "shop");
+    let snapshot = wait_for(&mut rx, "unreferenced Secret dropped", |s| {
+        s.secrets.len() == 1
+    })
+    .await;
+    assert_eq!(keys(&snapshot.secrets), ["default/tls-web"]);
+
+    // A Secret created after the Ingress that references it arrives through the watch.
+    fake.apply(ingress("late", &["tls-late"]));
+    fake.apply(secret("tls-late", "kubernetes.io/tls", CERT_1));
+    let snapshot = wait_for(&mut rx, "late Secret", |s| s.secrets.len() == 2).await;
+    assert_eq!(
+        cert_of(&snapshot, "tls-late").as_deref(),
+        Some(&b"cert-1"[..])
+    );
+}
+
+#[tokio::test]
+async fn malformed_object_is_skipped_and_others_are_published() {
+    let fake = FakeApiServer::start().await;
+    populate(&fake);
+    let mut bad = service("bad", 80);
+    bad["spec"]["ports"] = json!("not-a-list");
+    fake.apply(bad);
+    let (mut rx, _task) = start(&fake);
+    let snapshot = wait_for(&mut rx, "first snapshot", |_| true).await;
+    assert_eq!(keys(&snapshot.services), ["default/web"]);
+
+    fake.apply(service("bad", 8081));
+    wait_for(&mut rx, "fixed object", |s| port_of(s, "bad") == Some(8081)).await;
+}
+
+#[tokio::test]
+async fn run_returns_when_the_receivers_are_gone() {
+    let fake = FakeApiServer::start().await;
+    populate(&fake);
+    let (mut rx, task) = start(&fake);
+    wait_for(&mut rx, "first snapshot", |_| true).await;
+    drop(rx);
+    let result = tokio::time::timeout(WAIT, task)
+        .await
+        .expect("run returned")
+        .expect("no panic");
+    assert!(result.is_ok(), "{result:?}");
+}
