@@ -1,0 +1,230 @@
+//! The test cluster itself: addressing, routing and teardown, without any agent.
+//! Needs root; skipped (with a message) otherwise. Build the echo binary first:
+//! `cargo build -p sluice-echo`.
+
+use std::net::SocketAddr;
+
+use sluice_tests::{
+    At, CLIENT_V4, CLIENT_V6, Cluster, ProbeError, cgroup2_root, require_root, tally,
+};
+
+#[test]
+fn pod_to_pod_across_nodes_sees_real_pod_ip_v4_and_v6() -> anyhow::Result<()> {
+    if !require_root("pod_to_pod_across_nodes_sees_real_pod_ip_v4_and_v6") {
+        return Ok(());
+    }
+    let mut c = Cluster::new(&["node-a", "node-b"])?;
+    let a = c.add_pod("node-a", "client-pod")?;
+    let b = c.add_pod("node-b", "web-1")?;
+    assert_eq!(a.ipv4.to_string(), "10.244.1.2");
+    assert_eq!(b.ipv6.to_string(), "fd00:10:244:2::2");
+
+    for (target, source) in [
+        (b.v4(8080), SocketAddr::from((a.ipv4, 0))),
+        (b.v6(8080), SocketAddr::from((a.ipv6, 0))),
+    ] {
+        for results in [
+            c.tcp(At::Pod("client-pod"), target, 3)?,
+            c.udp(At::Pod("client-pod"), target, 3)?,
+        ] {
+            assert_eq!(tally(&results), [("web-1".to_string(), 3)].into());
+            for r in &results {
+                let reply = r.as_ref().expect("checked by tally");
+                assert_eq!(reply.client.ip(), source.ip(), "no NAT between pods");
+            }
+        }
+    }
+    // HTTP on the echo pod, v6 literal.
+    let resp = c.http(
+        At::Pod("client-pod"),
+        &format!("http://{}/hello", b.v6(8081)),
+        &[],
+    )?;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-pod"), Some("web-1"));
+    assert_eq!(resp.field("path"), Some("/hello"));
+    assert!(
+        resp.field("client")
+            .is_some_and(|c| c.starts_with("[fd00:10:244:1::2]:"))
+    );
+    Ok(())
+}
+
+#[test]
+fn client_reaches_nodes_but_not_pods() -> anyhow::Result<()> {
+    if !require_root("client_reaches_nodes_but_not_pods") {
+        return Ok(());
+    }
+    let mut c = Cluster::new(&["node-a", "node-b"])?;
+    let web = c.add_pod("node-a", "web-1")?;
+    let node_b = c.node("node-b")?.clone();
+
+    // Node ports with nothing listening: refused, which proves the underlay path works.
+    assert_eq!(c.tcp1(At::Client, node_b.v4(9))?, Err(ProbeError::Refused));
+    assert_eq!(c.tcp1(At::Client, node_b.v6(9))?, Err(ProbeError::Refused));
+    // A listener on the node (host network) sees the real client address.
+    let out = c.exec(
+        At::Node("node-b"),
+        &["ip", "-o", "addr", "show", "dev", "eth0"],
+    )?;
+    let addrs = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        addrs.contains("192.0.2.12/24") && addrs.contains("2001:db8::12/64"),
+        "{addrs}"
+    );
+
+    // The client has no route to pod CIDRs.
+    assert_eq!(
+        c.tcp1(At::Client, web.v4(8080))?,
+        Err(ProbeError::Unreachable)
+    );
+    // Until it is given one via a node: then the pod sees the client's real address.
+    c.client_route("10.244.0.0/16", "node-a")?;
+    c.client_route("fd00:10:244::/48", "node-a")?;
+    let r4 = c
+        .tcp1(At::Client, web.v4(8080))?
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(
+        (r4.pod.as_str(), r4.client.ip()),
+        ("web-1", CLIENT_V4.into())
+    );
+    let r6 = c
+        .udp1(At::Client, web.v6(8080))?
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(
+        (r6.pod.as_str(), r6.client.ip()),
+        ("web-1", CLIENT_V6.into())
+    );
+    Ok(())
+}
+
+#[test]
+fn node_side_probe_uses_node_address_and_held_connection_survives() -> anyhow::Result<()> {
+    if !require_root("node_side_probe_uses_node_address_and_held_connection_survives") {
+        return Ok(());
+    }
+    let mut c = Cluster::new(&["node-a", "node-b"])?;
+    let web = c.add_pod("node-b", "web-1")?;
+    // From node-a to a pod on node-b: routed over the underlay, source is node-a's eth0.
+    let r = c
+        .tcp1(At::Node("node-a"), web.v4(8080))?
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(r.client.ip().to_string(), "192.0.2.11");
+
+    let mut held = c.hold_tcp(At::Node("node-a"), web.v6(8080))?;
+    assert_eq!(held.greeting().pod, "web-1");
+    assert_eq!(held.send("one")?, Ok("web-1: one".to_string()));
+    // Another pod appears meanwhile; the held connection is unaffected.
+    c.add_pod("node-b", "web-2")?;
+    assert_eq!(held.send("two")?, Ok("web-1: two".to_string()));
+    // The pod goes away: the next line fails instead of hanging.
+    c.remove_pod("web-1")?;
+    assert!(held.send("three")?.is_err());
+    Ok(())
+}
+
+#[test]
+fn stopped_pod_refuses_and_restarts() -> anyhow::Result<()> {
+    if !require_root("stopped_pod_refuses_and_restarts") {
+        return Ok(());
+    }
+    let mut c = Cluster::new(&["node-a"])?;
+    let web = c.add_pod("node-a", "web-1")?;
+    c.add_pod("node-a", "other")?;
+    c.stop_pod("web-1")?;
+    assert_eq!(
+        c.tcp1(At::Pod("other"), web.v4(8080))?,
+        Err(ProbeError::Refused)
+    );
+    assert_eq!(
+        c.udp1(At::Pod("other"), web.v4(8080))?,
+        Err(ProbeError::Refused)
+    );
+    c.start_pod("web-1")?;
+    assert!(c.tcp1(At::Pod("other"), web.v4(8080))?.is_ok());
+    Ok(())
+}
+
+#[test]
+fn processes_join_their_node_cgroup() -> anyhow::Result<()> {
+    if !require_root("processes_join_their_node_cgroup") {
+        return Ok(());
+    }
+    let mut c = Cluster::new(&["node-a", "node-b"])?;
+    c.add_pod("node-b", "web-1")?;
+    let node_b = c.node("node-b")?.clone();
+    let rel = node_b
+        .cgroup
+        .strip_prefix(cgroup2_root()?)?
+        .display()
+        .to_string();
+    for at in [At::Pod("web-1"), At::Node("node-b")] {
+        let out = c.exec(at, &["cat", "/proc/self/cgroup"])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.lines().any(|l| l == format!("0::/{rel}")),
+            "{at:?}: {text}"
+        );
+    }
+    let out = c.exec(At::Client, &["cat", "/proc/self/cgroup"])?;
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(c.prefix()));
+    // The echo pod process itself is in the cgroup.
+    let procs = std::fs::read_to_string(node_b.cgroup.join("cgroup.procs"))?;
+    assert!(!procs.trim().is_empty());
+    assert!(node_b.bpffs.is_dir());
+    Ok(())
+}
+
+#[test]
+fn teardown_leaves_nothing_behind_also_on_panic() -> anyhow::Result<()> {
+    if !require_root("teardown_leaves_nothing_behind_also_on_panic") {
+        return Ok(());
+    }
+    let leftovers = |prefix: &str| -> anyhow::Result<Vec<String>> {
+        let mut found = Vec::new();
+        for dir in [
+            std::path::PathBuf::from("/run/netns"),
+            cgroup2_root()?,
+            "/sys/fs/bpf".into(),
+        ] {
+            for e in std::fs::read_dir(&dir)? {
+                let name = e?.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("{prefix}-")) || name == prefix {
+                    found.push(format!("{}/{name}", dir.display()));
+                }
+            }
+        }
+        Ok(found)
+    };
+
+    let prefix = {
+        let mut c = Cluster::new(&["node-a", "node-b"])?;
+        c.add_pod("node-a", "web-1")?;
+        c.add_pod("node-b", "web-2")?;
+        let p = c.prefix().to_owned();
+        // lan, client, 2 nodes, 2 pods; 2 cgroups; 2 bpffs dirs.
+        assert_eq!(leftovers(&p)?.len(), 10, "{:?}", leftovers(&p)?);
+        assert!(c.workdir().is_dir());
+        p
+    };
+    assert_eq!(leftovers(&prefix)?, Vec::<String>::new());
+    assert!(!std::env::temp_dir().join(&prefix).exists());
+
+    // Same when the test owning the cluster panics.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let joined = std::thread::spawn(move || {
+        let mut c = Cluster::new(&["node-a"]).expect("cluster");
+        c.add_pod("node-a", "web-1").expect("pod");
+        tx.send(c.prefix().to_owned()).expect("send");
+        panic!("deliberate panic to test teardown");
+    })
+    .join();
+    assert!(joined.is_err());
+    let prefix = rx.recv()?;
+    assert_eq!(leftovers(&prefix)?, Vec::<String>::new());
+    // Logs are kept for the failed test to look at (the next run's sweep removes them).
+    let workdir = std::env::temp_dir().join(&prefix);
+    assert!(workdir.join("logs/pod-web-1.log").is_file());
+    std::fs::remove_dir_all(workdir)?;
+    Ok(())
+}
