@@ -95,10 +95,8 @@ pub(crate) fn set_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     if !keep(headers, &X_FORWARDED_PORT) {
         headers.insert(&X_FORWARDED_PORT, HeaderValue::from(f.local_port));
     }
-    if !keep(headers, &X_REAL_IP) {
-        if let Some(v) = ip_value {
-            headers.insert(&X_REAL_IP, v);
-        }
+    if let Some(v) = ip_value.filter(|_| !keep(headers, &X_REAL_IP)) {
+        headers.insert(&X_REAL_IP, v);
     }
 }
 
