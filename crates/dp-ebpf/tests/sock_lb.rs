@@ -120,7 +120,7 @@ fn clusterip_tcp_reaches_every_backend_and_hides_it() -> Result<()> {
 
     // A process outside the cgroup is not translated (nothing listens on the ClusterIP).
     assert!(tcp_get(&s.ns.name, "10.96.0.10:80".parse()?).is_err());
-    dp.cleanup()?;
+    in_ns(&s.ns.name, || dp.cleanup())?;
     Ok(())
 }
 
@@ -145,7 +145,7 @@ print(peer[0], peer[1], data.decode().strip())
 ",
     )?;
     assert_eq!(out, "10.96.0.53 53 udp-a 10.0.0.2");
-    dp.cleanup()?;
+    in_ns(&s.ns.name, || dp.cleanup())?;
     Ok(())
 }
 
@@ -172,7 +172,7 @@ fn session_affinity_sticks_to_one_backend() -> Result<()> {
         );
     }
     assert_eq!(seen.len(), 1, "affinity broken: {seen:?}");
-    dp.cleanup()?;
+    in_ns(&s.ns.name, || dp.cleanup())?;
     Ok(())
 }
 
@@ -192,7 +192,7 @@ fn service_without_endpoints_is_refused() -> Result<()> {
         start.elapsed() < std::time::Duration::from_secs(2),
         "refusal must be immediate"
     );
-    dp.cleanup()?;
+    in_ns(&s.ns.name, || dp.cleanup())?;
     Ok(())
 }
 
@@ -228,7 +228,7 @@ fn forwarding_survives_the_agent_and_restore_is_incremental() -> Result<()> {
         assert_eq!(out, "10.96.0.10 80 be-b 10.0.0.3");
     }
 
-    dp.cleanup()?;
+    in_ns(&s.ns.name, || dp.cleanup())?;
     assert!(!s.config.bpffs_path.exists(), "pins removed");
     let out = s.cg.python(&s.ns, TCP_CLIENT)?;
     assert!(

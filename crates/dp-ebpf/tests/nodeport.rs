@@ -1,0 +1,240 @@
+//! tc NodePort / LoadBalancer path on the real kernel:
+//!
+//! ```text
+//!  client ns (10.77.0.2) ──veth── node ns: ext0 10.77.0.1 | pod0 10.78.0.1 ──veth── pod ns (10.78.0.2:8080)
+//! ```
+//! The dataplane runs in the node namespace, finds `ext0` from the NodePort address, and the
+//! pod answers with its name and the client address it saw. Needs root (skipped otherwise).
+
+mod common;
+
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+
+use anyhow::Result;
+use common::*;
+use sluice_dataplane::Dataplane;
+use sluice_dp_ebpf::EbpfDataplane;
+use sluice_model::{DesiredState, Protocol, ServicePortState, TrafficPolicy};
+
+// Drop order: dataplane pins first, then cgroup, then namespaces.
+struct Topo {
+    _guard: PinGuard,
+    cg: TestCgroup,
+    node: Netns,
+    client: Netns,
+    _pod: Netns,
+    config: sluice_dp_ebpf::EbpfConfig,
+}
+
+fn topo() -> Result<Topo> {
+    let node = Netns::new("n")?;
+    let client = Netns::new("c")?;
+    let pod = Netns::new("p")?;
+    node.ip(&format!(
+        "link add ext0 type veth peer name eth0 netns {}",
+        client.name
+    ))?;
+    node.ip(&format!(
+        "link add pod0 type veth peer name eth0 netns {}",
+        pod.name
+    ))?;
+    node.ip("addr add 10.77.0.1/24 dev ext0")?;
+    node.ip("addr add 10.78.0.1/24 dev pod0")?;
+    node.ip("link set ext0 up")?;
+    node.ip("link set pod0 up")?;
+    client.ip("addr add 10.77.0.2/24 dev eth0")?;
+    client.ip("link set eth0 up")?;
+    // The LB IP is routed to the node, as a cloud LB would.
+    client.ip("route add 10.77.0.100/32 via 10.77.0.1")?;
+    pod.ip("addr add 10.78.0.2/24 dev eth0")?;
+    pod.ip("link set eth0 up")?;
+    pod.ip("route add default via 10.78.0.1")?;
+    sh(&format!(
+        "ip netns exec {} sysctl -qw net.ipv4.ip_forward=1",
+        node.name
+    ))?;
+    tcp_echo(&pod.name, "0.0.0.0:8080".parse()?, "pod1");
+    let cg = TestCgroup::new()?;
+    let config = ebpf_config(&cg, vec![]);
+    Ok(Topo {
+        _guard: PinGuard {
+            config: config.clone(),
+            ns: node.name.clone(),
+        },
+        cg,
+        node,
+        client,
+        _pod: pod,
+        config,
+    })
+}
+
+fn desired(etp: TrafficPolicy, with_endpoint: bool, ranges: &[&str]) -> DesiredState {
+    let eps = if with_endpoint {
+        vec![ep("10.78.0.2", 8080, true)]
+    } else {
+        vec![]
+    };
+    let mut d = DesiredState {
+        node_port_addresses: vec!["10.77.0.1".parse().expect("ip")],
+        ..Default::default()
+    };
+    d.services.insert(
+        spn("web", Protocol::Tcp),
+        ServicePortState {
+            port: 80,
+            cluster_ips: vec!["10.96.0.10".parse().expect("ip")],
+            node_port: Some(30080),
+            load_balancer_ips: vec!["10.77.0.100".parse().expect("ip")],
+            load_balancer_source_ranges: ranges.iter().map(|r| r.parse().expect("cidr")).collect(),
+            external_traffic_policy: etp,
+            has_any_endpoints: with_endpoint,
+            local_endpoints: eps.clone(),
+            cluster_endpoints: eps,
+            ..Default::default()
+        },
+    );
+    d
+}
+
+fn apply(t: &Topo, dp: &mut EbpfDataplane, d: &DesiredState) -> Result<()> {
+    in_ns(&t.node.name, || dp.apply(d, false))?;
+    Ok(())
+}
+
+fn new_dp(t: &Topo) -> Result<EbpfDataplane> {
+    let config = t.config.clone();
+    Ok(in_ns(&t.node.name, || EbpfDataplane::new(config))?)
+}
+
+fn get(t: &Topo, addr: &str) -> Result<String> {
+    let addr: SocketAddr = addr.parse()?;
+    tcp_get(&t.client.name, addr)
+}
+
+macro_rules! root_only {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return Ok(());
+        }
+    };
+}
+
+#[test]
+fn nodeport_local_policy_preserves_client_ip() -> Result<()> {
+    root_only!();
+    let t = topo()?;
+    let mut dp = new_dp(&t)?;
+    apply(&t, &mut dp, &desired(TrafficPolicy::Local, true, &[]))?;
+    assert_eq!(
+        dp.attached_interfaces().len(),
+        1,
+        "ext0 found from the NodePort address"
+    );
+    assert_eq!(dp.attached_interfaces()[0].0, "ext0");
+    for _ in 0..3 {
+        assert_eq!(get(&t, "10.77.0.1:30080")?, "pod1 10.77.0.2");
+    }
+    in_ns(&t.node.name, || dp.cleanup())?;
+    Ok(())
+}
+
+#[test]
+fn nodeport_cluster_policy_masquerades() -> Result<()> {
+    root_only!();
+    let t = topo()?;
+    let mut dp = new_dp(&t)?;
+    apply(&t, &mut dp, &desired(TrafficPolicy::Cluster, true, &[]))?;
+    // The pod sees the node (masquerade to the address facing the pod).
+    assert_eq!(get(&t, "10.77.0.1:30080")?, "pod1 10.78.0.1");
+    in_ns(&t.node.name, || dp.cleanup())?;
+    Ok(())
+}
+
+#[test]
+fn nodeport_from_the_node_itself_uses_socket_lb() -> Result<()> {
+    root_only!();
+    let t = topo()?;
+    let mut dp = new_dp(&t)?;
+    apply(&t, &mut dp, &desired(TrafficPolicy::Local, true, &[]))?;
+    let out = t.cg.python(
+        &t.node,
+        "
+import socket
+s = socket.create_connection(('10.77.0.1', 30080), timeout=3)
+print(s.recv(100).decode().strip())
+",
+    )?;
+    assert_eq!(out, "pod1 10.78.0.1");
+    in_ns(&t.node.name, || dp.cleanup())?;
+    Ok(())
+}
+
+#[test]
+fn nodeport_without_endpoints_is_refused() -> Result<()> {
+    root_only!();
+    let t = topo()?;
+    let mut dp = new_dp(&t)?;
+    apply(&t, &mut dp, &desired(TrafficPolicy::Cluster, false, &[]))?;
+    let err = get(&t, "10.77.0.1:30080").expect_err("must not connect");
+    let kind = err.downcast_ref::<std::io::Error>().map(|e| e.kind());
+    assert_eq!(kind, Some(ErrorKind::ConnectionRefused), "{err}");
+    in_ns(&t.node.name, || dp.cleanup())?;
+    Ok(())
+}
+
+#[test]
+fn load_balancer_ip_and_source_ranges() -> Result<()> {
+    root_only!();
+    let t = topo()?;
+    let mut dp = new_dp(&t)?;
+    apply(
+        &t,
+        &mut dp,
+        &desired(TrafficPolicy::Local, true, &["10.77.0.0/24"]),
+    )?;
+    assert_eq!(get(&t, "10.77.0.100:80")?, "pod1 10.77.0.2");
+
+    apply(
+        &t,
+        &mut dp,
+        &desired(TrafficPolicy::Local, true, &["10.99.0.0/16"]),
+    )?;
+    let err = get(&t, "10.77.0.100:80").expect_err("outside the source ranges");
+    let kind = err.downcast_ref::<std::io::Error>().map(|e| e.kind());
+    assert!(
+        matches!(kind, Some(ErrorKind::TimedOut | ErrorKind::WouldBlock)),
+        "dropped, not refused: {err}"
+    );
+    in_ns(&t.node.name, || dp.cleanup())?;
+    Ok(())
+}
+
+#[test]
+fn forwarding_continues_while_the_agent_is_down() -> Result<()> {
+    root_only!();
+    let t = topo()?;
+    {
+        let mut dp = new_dp(&t)?;
+        apply(&t, &mut dp, &desired(TrafficPolicy::Local, true, &[]))?;
+    }
+    assert_eq!(get(&t, "10.77.0.1:30080")?, "pod1 10.77.0.2", "agent down");
+    let mut dp = new_dp(&t)?;
+    in_ns(&t.node.name, || dp.restore())?;
+    let d = desired(TrafficPolicy::Local, true, &[]);
+    let stats = in_ns(&t.node.name, || dp.apply(&d, false))?;
+    assert_eq!(stats.operations, 0);
+    assert_eq!(
+        get(&t, "10.77.0.1:30080")?,
+        "pod1 10.77.0.2",
+        "after restart"
+    );
+    in_ns(&t.node.name, || dp.cleanup())?;
+    assert!(
+        get(&t, "10.77.0.1:30080").is_err(),
+        "cleanup detached everything"
+    );
+    Ok(())
+}
