@@ -520,3 +520,45 @@ async fn served_ingresses_follow_updates() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// Raw HTTP/1.1 exchange: writes `request`, returns everything read until the server closes
+/// or 3 s pass.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_body_over_limit_gives_413() {
+    let (objects, _backends, _) = cafe().await;
+    let config = IngressConfig { max_request_body_bytes: 1000, ..IngressConfig::default() };
+    let p = start(config, &objects).await;
+    let chunk = "x".repeat(600);
+    let req = format!(
+        "POST /coffee HTTP/1.1\r\nHost: cafe.example.com\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let reply = raw_exchange(p.http, req.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    // Under the limit the same framing goes through.
+    let req = format!(
+        "POST /coffee HTTP/1.1\r\nHost: cafe.example.com\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let reply = raw_exchange(p.http, req.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("body-bytes: 600\n"), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_client_connection_is_closed() {
+    let (objects, _backends, _) = cafe().await;
+    let config = IngressConfig { client_idle_timeout: Duration::from_millis(300), ..IngressConfig::default() };
+    let p = start(config, &objects).await;
+    let started = Instant::now();
+    // Half a request line, then silence: the proxy must give up on it.
+    let reply = raw_exchange(p.http, b"GET /coffee HTTP/1.1\r\n").await;
+    assert!(started.elapsed() < Duration::from_secs(2), "connection kept open: {reply:?}");
+}
