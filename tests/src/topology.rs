@@ -156,6 +156,7 @@ pub struct Cluster {
     /// Namespaces in creation order.
     namespaces: Vec<String>,
     next_link: u32,
+    agent_bin: Option<PathBuf>,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -193,6 +194,7 @@ impl Cluster {
             pods: BTreeMap::new(),
             namespaces: Vec::new(),
             next_link: 0,
+            agent_bin: None,
         };
         // From here on, Drop cleans up whatever was built if a step fails.
         cluster.build(node_names)?;
@@ -646,9 +648,21 @@ impl Cluster {
         })
     }
 
+    /// Uses this agent binary instead of [`bins::agent`] (e.g. a release build).
+    pub fn set_agent_binary(&mut self, path: impl Into<PathBuf>) {
+        self.agent_bin = Some(path.into());
+    }
+
+    fn agent_binary(&self) -> Result<PathBuf> {
+        match &self.agent_bin {
+            Some(p) => Ok(p.clone()),
+            None => bins::agent(),
+        }
+    }
+
     /// Starts `sluice agent` without waiting for anything.
     pub fn spawn_agent(&mut self, node: &str, mode: Mode, extra: &[&str]) -> Result<()> {
-        let bin = bins::agent()?;
+        let bin = self.agent_binary()?;
         let args = self.agent_args(node, mode, extra)?;
         let place = self.place(At::Node(node))?;
         let log = self.agent_log_path(node);
@@ -710,7 +724,7 @@ impl Cluster {
     /// Runs `sluice agent --cleanup --proxy-mode MODE` (with the node's bpffs and cgroup
     /// paths) in the node's namespace.
     pub fn agent_cleanup(&self, node: &str, mode: Mode) -> Result<Output> {
-        let bin = bins::agent()?;
+        let bin = self.agent_binary()?;
         let n = self.node(node)?;
         let (bpffs, cgroup) = (
             n.bpffs.display().to_string(),

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use sluice_tests::{
-    At, CLIENT_V4, CLIENT_V6, Cluster, ProbeError, cgroup2_root, require_root, tally,
+    At, CLIENT_V4, CLIENT_V6, Cluster, Mode, ProbeError, cgroup2_root, require_root, tally,
 };
 
 #[test]
@@ -226,5 +226,119 @@ fn teardown_leaves_nothing_behind_also_on_panic() -> anyhow::Result<()> {
     let workdir = std::env::temp_dir().join(&prefix);
     assert!(workdir.join("logs/pod-web-1.log").is_file());
     std::fs::remove_dir_all(workdir)?;
+    Ok(())
+}
+
+/// Writes an executable stand-in for the agent: logs its arguments, then runs `body`.
+fn fake_agent(dir: &std::path::Path, body: &str) -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("fake-sluice");
+    std::fs::write(&path, format!("#!/bin/sh\necho \"args: $*\"\n{body}\n"))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(path)
+}
+
+#[test]
+fn agent_lifecycle_with_a_stand_in_agent() -> anyhow::Result<()> {
+    if !require_root("agent_lifecycle_with_a_stand_in_agent") {
+        return Ok(());
+    }
+    let mut c = Cluster::new(&["node-a", "node-b"])?;
+    // The echo server answers 200 on every path, so it passes for a healthy agent.
+    let echo = sluice_tests::bins::echo()?;
+    let fake = fake_agent(
+        c.workdir(),
+        &format!(
+            "exec {} serve --name fake-agent --http {}",
+            echo.display(),
+            sluice_tests::AGENT_HEALTHZ
+        ),
+    )?;
+    c.set_agent_binary(&fake);
+    c.start_agent("node-b", Mode::Nftables, &["--min-sync-period", "1s"])?;
+    assert!(c.agent_running("node-b"));
+    let log = c.agent_log("node-b");
+    let args = log
+        .lines()
+        .find(|l| l.starts_with("args: "))
+        .unwrap_or_default();
+    let node_b = c.node("node-b")?.clone();
+    for expected in [
+        format!("agent --source dir:{}", c.manifest_dir().display()),
+        "--proxy-mode nftables".into(),
+        "--hostname-override node-b".into(),
+        format!("--cluster-cidr {}", sluice_tests::CLUSTER_CIDRS),
+        format!("--bpffs-path {}", node_b.bpffs.display()),
+        format!("--cgroup-path {}", node_b.cgroup.display()),
+        "--min-sync-period 1s".into(),
+    ] {
+        assert!(args.contains(&expected), "{expected:?} not in {args:?}");
+    }
+    assert!(
+        !args.contains("0s"),
+        "the default must give way to the extra flag: {args}"
+    );
+    // The agent's healthz lives on node-b's loopback only.
+    let on_a = c.curl(At::Node("node-a"), &["http://127.0.0.1:10256/healthz"])?;
+    assert!(!on_a.status.success());
+
+    let status = c.stop_agent("node-b")?;
+    assert!(!status.success(), "killed by SIGTERM: {status}");
+    assert!(!c.agent_running("node-b"));
+
+    c.start_agent("node-b", Mode::Ebpf, &[])?;
+    c.kill_agent("node-b")?;
+    assert!(!c.agent_running("node-b"));
+    assert_eq!(c.agent_log("node-b").matches("args: ").count(), 2);
+    Ok(())
+}
+
+#[test]
+fn failing_agent_start_reports_its_log() -> anyhow::Result<()> {
+    if !require_root("failing_agent_start_reports_its_log") {
+        return Ok(());
+    }
+    let mut c = Cluster::new(&["node-a"])?;
+    let fake = fake_agent(c.workdir(), "echo 'boom: bad flag' >&2; exit 3")?;
+    c.set_agent_binary(&fake);
+    let err = c
+        .start_agent("node-a", Mode::Nftables, &[])
+        .expect_err("agent exits at once");
+    let text = format!("{err:#}");
+    assert!(text.contains("boom: bad flag"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn sweep_removes_leftovers_of_dead_runs_only() -> anyhow::Result<()> {
+    if !require_root("sweep_removes_leftovers_of_dead_runs_only") {
+        return Ok(());
+    }
+    let live = Cluster::new(&["node-a"])?;
+    // A pid that existed and is gone now.
+    let mut child = std::process::Command::new("true").spawn()?;
+    let dead = child.id();
+    child.wait()?;
+    let stale = format!("sl{dead}x0");
+    let ns = format!("{stale}-lan");
+    let status = std::process::Command::new("ip")
+        .args(["netns", "add", &ns])
+        .status()?;
+    assert!(status.success());
+    let cgroup = cgroup2_root()?.join(format!("{stale}-node-a"));
+    std::fs::create_dir(&cgroup)?;
+    let bpffs = std::path::Path::new("/sys/fs/bpf").join(format!("{stale}-node-a"));
+    std::fs::create_dir(&bpffs)?;
+
+    sluice_tests::sweep()?;
+
+    assert!(!std::path::Path::new("/run/netns").join(&ns).exists());
+    assert!(!cgroup.exists());
+    assert!(!bpffs.exists());
+    // The live cluster of this process is untouched.
+    for n in live.namespaces() {
+        assert!(std::path::Path::new("/run/netns").join(n).exists(), "{n}");
+    }
+    assert!(live.node("node-a")?.cgroup.exists());
     Ok(())
 }
