@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 
 use sluice_model::ObjectKey;
 
-pub use source::{COALESCE_WINDOW, K8sSource, K8sSourceConfig, TLS_SECRET_TYPE};
+pub use source::{
+    COALESCE_WINDOW, K8sSource, K8sSourceConfig, SECRET_FETCH_GRACE, TLS_SECRET_TYPE,
+};
 pub use status::update_ingress_status;
 
 #[derive(Debug, thiserror::Error)]

@@ -26,6 +26,10 @@ use crate::store::Store;
 /// Changes arriving within this window after the first one are published together.
 pub const COALESCE_WINDOW: Duration = Duration::from_millis(50);
 
+/// How long a publish waits for the GET of a newly referenced TLS Secret, so that an Ingress
+/// and its certificate usually appear in the same snapshot.
+pub const SECRET_FETCH_GRACE: Duration = Duration::from_secs(2);
+
 /// Secret type of the only Secrets sluice reads.
 pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
 
@@ -59,18 +63,25 @@ impl K8sSource {
 
     /// Runs until every receiver of `tx` is dropped. Publishes `Some(snapshot)` only after
     /// every store has finished its initial list; after that on every change, coalescing
-    /// bursts (at most one snapshot per [`COALESCE_WINDOW`]). Watch errors are logged and
+    /// bursts (at most one snapshot per [`COALESCE_WINDOW`]; up to [`SECRET_FETCH_GRACE`]
+    /// while a newly referenced TLS Secret is being fetched). Watch errors are logged and
     /// retried with kube's default backoff; the last good state stays published meanwhile.
     pub async fn run(self, tx: watch::Sender<Option<Arc<Snapshot>>>) -> Result<(), K8sError> {
         let mut updates = watch_streams(&self.client, &self.config);
         let mut stores = Stores::new(self.client.clone());
-        // Deadline of the pending publish; `None` when nothing changed since the last one.
-        let mut publish_at: Option<Instant> = None;
+        // When the first change since the last publish happened; `None`: nothing to publish.
+        let mut dirty_since: Option<Instant> = None;
         let mut announced = false;
 
         loop {
-            let ready = stores.all_synced();
-            let deadline = publish_at.filter(|_| ready);
+            let deadline = dirty_since.filter(|_| stores.all_synced()).map(|since| {
+                let wait = if stores.pending.is_empty() {
+                    COALESCE_WINDOW
+                } else {
+                    SECRET_FETCH_GRACE
+                };
+                since + wait
+            });
             tokio::select! {
                 biased;
                 () = tx.closed() => {
@@ -78,7 +89,7 @@ impl K8sSource {
                     return Ok(());
                 }
                 () = sleep_until_opt(deadline), if deadline.is_some() => {
-                    publish_at = None;
+                    dirty_since = None;
                     let snapshot = stores.snapshot();
                     if !announced {
                         announced = true;
@@ -106,14 +117,14 @@ impl K8sSource {
                         }
                     };
                     if changed {
-                        publish_at.get_or_insert_with(|| Instant::now() + COALESCE_WINDOW);
+                        dirty_since.get_or_insert_with(Instant::now);
                     }
                 }
                 Some(fetched) = stores.fetches.join_next(), if !stores.fetches.is_empty() => {
-                    if let Ok((key, secret)) = fetched
-                        && stores.fetched_secret(key, secret)
+                    if let Ok(fetch) = fetched
+                        && stores.fetched_secret(fetch)
                     {
-                        publish_at.get_or_insert_with(|| Instant::now() + COALESCE_WINDOW);
+                        dirty_since.get_or_insert_with(Instant::now);
                     }
                 }
             }
@@ -194,8 +205,14 @@ fn restarting_watcher(
     )
 }
 
-/// A GET of one referenced Secret: its key and the Secret (`None`: it does not exist).
-type Fetch = (ObjectKey, Option<Secret>);
+/// The result of a GET of one referenced Secret.
+struct Fetch {
+    key: ObjectKey,
+    /// Tells a result apart from that of an earlier, aborted GET of the same Secret.
+    id: u64,
+    /// `None`: the Secret does not exist.
+    secret: Option<Secret>,
+}
 
 struct Stores {
     client: Client,
@@ -208,7 +225,9 @@ struct Stores {
     /// Secrets referenced by some Ingress's `spec.tls[].secretName`.
     referenced: BTreeSet<ObjectKey>,
     fetches: JoinSet<Fetch>,
-    pending: HashMap<ObjectKey, AbortHandle>,
+    /// GETs in flight: id and handle.
+    pending: HashMap<ObjectKey, (u64, AbortHandle)>,
+    next_fetch_id: u64,
 }
 
 impl Stores {
@@ -224,6 +243,7 @@ impl Stores {
             referenced: BTreeSet::new(),
             fetches: JoinSet::new(),
             pending: HashMap::new(),
+            next_fetch_id: 0,
         }
     }
 
@@ -278,10 +298,11 @@ impl Stores {
             if referenced && stripped {
                 if !self.pending.contains_key(key) {
                     debug!(secret = %key, "Secret newly referenced by an Ingress, fetching it");
-                    let handle = self
-                        .fetches
-                        .spawn(fetch_secret(self.client.clone(), key.clone()));
-                    self.pending.insert(key.clone(), handle);
+                    self.next_fetch_id += 1;
+                    let id = self.next_fetch_id;
+                    let fetch = fetch_secret(self.client.clone(), key.clone(), id);
+                    let handle = self.fetches.spawn(fetch);
+                    self.pending.insert(key.clone(), (id, handle));
                 }
             } else if !referenced && !stripped && strip_unreferenced {
                 let mut copy = Secret::clone(secret);
@@ -290,7 +311,7 @@ impl Stores {
             }
         }
         let (secrets, referenced) = (self.secrets.live(), &self.referenced);
-        self.pending.retain(|key, handle| {
+        self.pending.retain(|key, (_, handle)| {
             let wanted =
                 referenced.contains(key) && secrets.get(key).is_some_and(|s| is_stripped(s));
             if !wanted {
@@ -301,7 +322,15 @@ impl Stores {
     }
 
     /// Takes in the result of a GET; returns whether the snapshot changed.
-    fn fetched_secret(&mut self, key: ObjectKey, secret: Option<Secret>) -> bool {
+    fn fetched_secret(&mut self, Fetch { key, id, secret }: Fetch) -> bool {
+        // A result of an aborted GET that finished anyway may be older than what we know.
+        if self
+            .pending
+            .get(&key)
+            .is_none_or(|(pending, _)| *pending != id)
+        {
+            return false;
+        }
         self.pending.remove(&key);
         let Some(mut secret) = secret else {
             // Gone meanwhile: the watch will report the deletion (or the re-creation, with data).
@@ -350,12 +379,12 @@ fn keep<K>(_: &ObjectKey, _: &mut K) {}
 
 /// GETs one Secret, retrying transient failures with backoff until it succeeds or the task is
 /// aborted (the Secret is no longer wanted).
-async fn fetch_secret(client: Client, key: ObjectKey) -> Fetch {
+async fn fetch_secret(client: Client, key: ObjectKey, id: u64) -> Fetch {
     let api = Api::<Secret>::namespaced(client, &key.namespace);
     let mut delay = Duration::from_millis(500);
     loop {
         match api.get_opt(&key.name).await {
-            Ok(secret) => return (key, secret),
+            Ok(secret) => return Fetch { key, id, secret },
             Err(error) => {
                 warn!(secret = %key, %error, "fetching a referenced TLS Secret failed, retrying");
                 tokio::time::sleep(delay).await;

@@ -361,7 +361,12 @@ async fn only_tls_secrets_referenced_by_an_ingress_are_published() {
     let fetch_path = "/api/v1/namespaces/default/secrets/tls-other";
     assert_eq!(count_requests(&fake, fetch_path, false), 0);
     fake.apply(ingress("shop", &["tls-other"]));
-    let snapshot = wait_for(&mut rx, "newly referenced Secret", |s| s.secrets.len() == 2).await;
+    let snapshot = wait_for(&mut rx, "new Ingress", |s| s.ingresses.len() == 2).await;
+    // Published together with its certificate, not one snapshot later.
+    assert_eq!(
+        keys(&snapshot.secrets),
+        ["default/tls-other", "default/tls-web"]
+    );
     assert_eq!(
         cert_of(&snapshot, "tls-other").as_deref(),
         Some(&b"cert-2"[..])
