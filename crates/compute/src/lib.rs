@@ -7,6 +7,24 @@
 //!
 //! Problems in single objects never fail the computation: they become [`Warning`]s naming the
 //! object, and only the bad part is skipped.
+//!
+//! Where sluice deliberately differs from kube-proxy (all order-independence or clarity):
+//!
+//! * Topology hints are honoured only when the service asks for them
+//!   (`spec.trafficDistribution` PreferClose/PreferSameZone/PreferSameNode, or the
+//!   `service.kubernetes.io/topology-mode` / legacy `topology-aware-hints` annotation set to
+//!   `Auto`); current kube-proxy trusts hints whenever the slices carry them. When requested,
+//!   node hints are tried first, then zone hints, exactly as kube-proxy's `topologyModeFromHints`.
+//! * An (ip, port) found more than once (e.g. in two slices while an endpoint moves) keeps its
+//!   best copy (ready, then serving-terminating) instead of the copy in the first slice, so
+//!   the result never depends on slice names or order.
+//! * `local_endpoints` is filled for every service, not only for Local policies; backends pick
+//!   with [`ServicePortState::internal_endpoints`](sluice_model::ServicePortState::internal_endpoints)
+//!   / `external_endpoints`.
+//! * Endpoint lists of a dual-stack service hold both families; a backend pairs each cluster
+//!   IP with the endpoints of its own family.
+//! * LoadBalancer status IPs and source ranges are read for `type: LoadBalancer` only (stale
+//!   status on a service whose type changed is ignored).
 
 mod endpoints;
 mod error;

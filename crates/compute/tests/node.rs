@@ -67,6 +67,15 @@ fn unparsable_node_address_is_reported_and_skipped() {
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert_eq!(warnings[0].object, "Node node-a");
     assert!(warnings[0].message.contains("10.0.0.256"), "{warnings:?}");
+    // The parse error (the source) is part of the message too.
+    assert!(
+        warnings[0].message.contains("invalid IP address syntax"),
+        "{warnings:?}"
+    );
+    assert_eq!(
+        warnings[0].to_string(),
+        format!("Node node-a: {}", warnings[0].message)
+    );
 }
 
 #[test]

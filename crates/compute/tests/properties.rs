@@ -258,3 +258,37 @@ fn categorisation_invariants_hold() {
     );
     assert!(seen_topology, "generator never produced topology narrowing");
 }
+
+#[test]
+fn many_services_each_get_exactly_their_own_slices() {
+    // Large enough that an O(services × slices) pairing would be slow to run in CI; mainly
+    // asserts that grouping pairs every slice with its own service only.
+    let count = 2000;
+    let mut services = Vec::new();
+    let mut slices = Vec::new();
+    for i in 0..count {
+        let name = format!("s{i}");
+        services.push(service(
+            &name,
+            json!({ "clusterIP": format!("10.96.{}.{}", i / 250, i % 250) }),
+        ));
+        for k in 0..2 {
+            let ip = format!("10.{}.{}.{}", 100 + k, i / 250, i % 250);
+            slices.push(slice4(
+                &format!("{name}-{k}"),
+                &name,
+                8080,
+                json!([ep(&ip, NODE)]),
+            ));
+        }
+    }
+    let start = std::time::Instant::now();
+    let computed = compute(&snapshot(services, slices), &node(), &config());
+    eprintln!("compute over {count} services: {:?}", start.elapsed());
+    assert_eq!(computed.state.services.len(), count);
+    for i in [0, 1, 777, count - 1] {
+        let state = tcp_port(&computed, &format!("s{i}"), "scale");
+        let expected = [100, 101].map(|a| format!("10.{a}.{}.{}:8080", i / 250, i % 250));
+        assert_eq!(addrs(&state.cluster_endpoints), expected, "s{i}");
+    }
+}
