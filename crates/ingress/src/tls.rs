@@ -13,6 +13,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::RouteTable;
+use sluice_model::ObjectKey;
 
 static PROVIDER: LazyLock<Arc<CryptoProvider>> =
     LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
@@ -51,6 +52,36 @@ impl CertStore {
             })
             .or(self.default.as_ref())
             .cloned()
+    }
+}
+
+/// Parsed certificates by Secret, kept in the route table so that the next build does not
+/// parse unchanged Secrets again.
+#[derive(Debug, Default)]
+pub(crate) struct CertCache(HashMap<ObjectKey, (Arc<Secret>, Result<Arc<CertifiedKey>, String>)>);
+
+impl CertCache {
+    /// The parsed Secret: from this build, else from `previous` if the Secret is unchanged,
+    /// else parsed now.
+    pub(crate) fn get(
+        &mut self,
+        previous: Option<&CertCache>,
+        key: &ObjectKey,
+        secret: &Arc<Secret>,
+    ) -> Result<Arc<CertifiedKey>, String> {
+        if let Some((_, result)) = self.0.get(key) {
+            return result.clone();
+        }
+        let cached = previous
+            .and_then(|p| p.0.get(key))
+            .filter(|(old, _)| Arc::ptr_eq(old, secret) || **old == **secret);
+        let result = match cached {
+            Some((_, result)) => result.clone(),
+            None => parse_tls_secret(secret),
+        };
+        self.0
+            .insert(key.clone(), (Arc::clone(secret), result.clone()));
+        result
     }
 }
 

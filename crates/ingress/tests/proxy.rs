@@ -535,7 +535,10 @@ async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_body_over_limit_gives_413() {
     let (objects, _backends, _) = cafe().await;
-    let config = IngressConfig { max_request_body_bytes: 1000, ..IngressConfig::default() };
+    let config = IngressConfig {
+        max_request_body_bytes: 1000,
+        ..IngressConfig::default()
+    };
     let p = start(config, &objects).await;
     let chunk = "x".repeat(600);
     let req = format!(
@@ -555,10 +558,16 @@ async fn chunked_body_over_limit_gives_413() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_client_connection_is_closed() {
     let (objects, _backends, _) = cafe().await;
-    let config = IngressConfig { client_idle_timeout: Duration::from_millis(300), ..IngressConfig::default() };
+    let config = IngressConfig {
+        client_idle_timeout: Duration::from_millis(300),
+        ..IngressConfig::default()
+    };
     let p = start(config, &objects).await;
     let started = Instant::now();
     // Half a request line, then silence: the proxy must give up on it.
     let reply = raw_exchange(p.http, b"GET /coffee HTTP/1.1\r\n").await;
-    assert!(started.elapsed() < Duration::from_secs(2), "connection kept open: {reply:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "connection kept open: {reply:?}"
+    );
 }

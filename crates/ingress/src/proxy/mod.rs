@@ -72,7 +72,7 @@ impl IngressProxy {
     /// request counters carry over so balancing is not reset.
     pub fn update(&self, snapshot: &Snapshot) -> Vec<Warning> {
         let previous = self.table.load();
-        let (table, warnings) = build::build(snapshot, &self.config, &previous.endpoint_states());
+        let (table, warnings) = build::build(snapshot, &self.config, Some(&previous));
         drop(previous);
         tracing::debug!(
             ingresses = table.served_ingresses().len(),

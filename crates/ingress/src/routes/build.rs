@@ -13,7 +13,6 @@ use sluice_model::{ObjectKey, Snapshot};
 use super::matching::{HostRoutes, PathKind};
 use super::{Backend, RouteTable, Warning};
 use crate::IngressConfig;
-use crate::tls::parse_tls_secret;
 use crate::upstream::{Pool, UpstreamEndpoint};
 
 /// Legacy class annotation on an Ingress.
@@ -32,17 +31,20 @@ pub fn build_route_table(
     snapshot: &Snapshot,
     config: &IngressConfig,
 ) -> (RouteTable, Vec<Warning>) {
-    build(snapshot, config, &HashMap::new())
+    build(snapshot, config, None)
 }
 
 pub(crate) fn build(
     snapshot: &Snapshot,
     config: &IngressConfig,
-    previous: &HashMap<SocketAddr, Arc<UpstreamEndpoint>>,
+    previous: Option<&RouteTable>,
 ) -> (RouteTable, Vec<Warning>) {
     let mut b = Builder {
         snapshot,
-        previous,
+        previous_endpoints: previous
+            .map(RouteTable::endpoint_states)
+            .unwrap_or_default(),
+        previous_certs: previous.map(|t| &t.cert_cache),
         slices: snapshot.slices_by_service(),
         backends: BTreeMap::new(),
         warnings: Vec::new(),
@@ -119,7 +121,8 @@ impl<'a> OurClasses<'a> {
 
 struct Builder<'a> {
     snapshot: &'a Snapshot,
-    previous: &'a HashMap<SocketAddr, Arc<UpstreamEndpoint>>,
+    previous_endpoints: HashMap<SocketAddr, Arc<UpstreamEndpoint>>,
+    previous_certs: Option<&'a crate::tls::CertCache>,
     slices: BTreeMap<ObjectKey, Vec<&'a Arc<EndpointSlice>>>,
     /// One backend per (service, port), shared by every route naming it.
     backends: BTreeMap<(ObjectKey, String), Arc<Backend>>,
@@ -249,7 +252,11 @@ impl Builder<'_> {
             self.warn("Ingress", ingress, format!("secret {secret_key} not found"));
             return None;
         };
-        match parse_tls_secret(secret) {
+        match self
+            .table
+            .cert_cache
+            .get(self.previous_certs, secret_key, secret)
+        {
             Ok(cert) => Some(cert),
             Err(reason) => {
                 self.warn(
@@ -395,7 +402,7 @@ impl Builder<'_> {
         addrs.dedup();
         addrs
             .into_iter()
-            .filter_map(|addr| match self.previous.get(&addr) {
+            .filter_map(|addr| match self.previous_endpoints.get(&addr) {
                 Some(state) => Some(Arc::clone(state)),
                 None => UpstreamEndpoint::new(addr).map(Arc::new),
             })
@@ -413,12 +420,13 @@ impl Builder<'_> {
             routes.finish();
         }
         if let Some(secret_key) = &config.default_certificate {
-            match self
-                .snapshot
-                .secrets
-                .get(secret_key)
-                .map(|s| parse_tls_secret(s))
-            {
+            let snapshot = self.snapshot;
+            let parsed = snapshot.secrets.get(secret_key).map(|s| {
+                self.table
+                    .cert_cache
+                    .get(self.previous_certs, secret_key, s)
+            });
+            match parsed {
                 Some(Ok(cert)) => self.table.certs.set_default_if_unset(&cert),
                 Some(Err(reason)) => {
                     let key = secret_key.clone();

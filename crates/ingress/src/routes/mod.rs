@@ -15,7 +15,7 @@ use matching::HostRoutes;
 pub(crate) use matching::normalize_host;
 pub use matching::{PathError, normalize_path};
 
-use crate::tls::CertStore;
+use crate::tls::{CertCache, CertStore};
 use crate::upstream::{Pool, UpstreamEndpoint};
 
 /// A problem with one object, which was skipped (or partly skipped). Displayed as
@@ -81,6 +81,7 @@ pub struct RouteTable {
     /// that has one. Without it, unmatched requests get the built-in 404.
     default_backend: Option<Arc<Backend>>,
     pub(crate) certs: CertStore,
+    pub(crate) cert_cache: CertCache,
     served: Vec<ObjectKey>,
 }
 

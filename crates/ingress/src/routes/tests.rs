@@ -519,3 +519,26 @@ fn tls_section_without_hosts_is_the_default_certificate() {
         cafe_der
     );
 }
+
+#[test]
+fn rebuild_reuses_parsed_certificates_and_endpoint_state() {
+    let (cafe, _) = tls_secret("cafe", "cafe.example.com");
+    let mut i = ingress("i", Some("cafe.example.com"), vec![path("/", "Prefix", "a")]);
+    i["spec"]["tls"] = json!([{"hosts": ["cafe.example.com"], "secretName": "cafe"}]);
+    let mut objects = vec![class("sluice", "sluice.dev/ingress", false), i];
+    objects.extend(service("a", "10.0.0.1"));
+    let config = IngressConfig::default();
+    let first_snapshot = snapshot([objects.clone(), vec![cafe.clone()]].concat());
+    let (first, _) = crate::routes::build::build(&first_snapshot, &config, None);
+    // Same Secret content in a new snapshot: the parsed key is reused, not parsed again.
+    let same = snapshot([objects.clone(), vec![cafe]].concat());
+    let (second, _) = crate::routes::build::build(&same, &config, Some(&first));
+    let cert = |t: &RouteTable| t.certs.resolve(Some("cafe.example.com")).unwrap();
+    assert!(Arc::ptr_eq(&cert(&first), &cert(&second)));
+    let ep = |t: &RouteTable| Arc::clone(&t.lookup("cafe.example.com", "/").unwrap().pool.endpoints[0]);
+    assert!(Arc::ptr_eq(&ep(&first), &ep(&second)), "endpoint counters must carry over");
+    // A rotated Secret is parsed.
+    let (rotated, rotated_der) = tls_secret("cafe", "cafe.example.com");
+    let (third, _) = crate::routes::build::build(&snapshot([objects, vec![rotated]].concat()), &config, Some(&second));
+    assert_eq!(cert(&third).cert[0].to_vec(), rotated_der);
+}
