@@ -58,7 +58,9 @@ impl CertStore {
 /// Parsed certificates by Secret, kept in the route table so that the next build does not
 /// parse unchanged Secrets again.
 #[derive(Debug, Default)]
-pub(crate) struct CertCache(HashMap<ObjectKey, (Arc<Secret>, Result<Arc<CertifiedKey>, String>)>);
+pub(crate) struct CertCache(HashMap<ObjectKey, (Arc<Secret>, Parsed)>);
+
+type Parsed = Result<Arc<CertifiedKey>, String>;
 
 impl CertCache {
     /// The parsed Secret: from this build, else from `previous` if the Secret is unchanged,

@@ -523,7 +523,11 @@ fn tls_section_without_hosts_is_the_default_certificate() {
 #[test]
 fn rebuild_reuses_parsed_certificates_and_endpoint_state() {
     let (cafe, _) = tls_secret("cafe", "cafe.example.com");
-    let mut i = ingress("i", Some("cafe.example.com"), vec![path("/", "Prefix", "a")]);
+    let mut i = ingress(
+        "i",
+        Some("cafe.example.com"),
+        vec![path("/", "Prefix", "a")],
+    );
     i["spec"]["tls"] = json!([{"hosts": ["cafe.example.com"], "secretName": "cafe"}]);
     let mut objects = vec![class("sluice", "sluice.dev/ingress", false), i];
     objects.extend(service("a", "10.0.0.1"));
@@ -535,10 +539,18 @@ fn rebuild_reuses_parsed_certificates_and_endpoint_state() {
     let (second, _) = crate::routes::build::build(&same, &config, Some(&first));
     let cert = |t: &RouteTable| t.certs.resolve(Some("cafe.example.com")).unwrap();
     assert!(Arc::ptr_eq(&cert(&first), &cert(&second)));
-    let ep = |t: &RouteTable| Arc::clone(&t.lookup("cafe.example.com", "/").unwrap().pool.endpoints[0]);
-    assert!(Arc::ptr_eq(&ep(&first), &ep(&second)), "endpoint counters must carry over");
+    let ep =
+        |t: &RouteTable| Arc::clone(&t.lookup("cafe.example.com", "/").unwrap().pool.endpoints[0]);
+    assert!(
+        Arc::ptr_eq(&ep(&first), &ep(&second)),
+        "endpoint counters must carry over"
+    );
     // A rotated Secret is parsed.
     let (rotated, rotated_der) = tls_secret("cafe", "cafe.example.com");
-    let (third, _) = crate::routes::build::build(&snapshot([objects, vec![rotated]].concat()), &config, Some(&second));
+    let (third, _) = crate::routes::build::build(
+        &snapshot([objects, vec![rotated]].concat()),
+        &config,
+        Some(&second),
+    );
     assert_eq!(cert(&third).cert[0].to_vec(), rotated_der);
 }
