@@ -20,7 +20,7 @@ pub fn yaml_docs(docs: &[Value]) -> String {
 }
 
 /// Node objects (InternalIP v4+v6, podCIDRs) for every node of the cluster.
-pub(crate) fn nodes_yaml<'a>(nodes: impl Iterator<Item = &'a Node>) -> String {
+pub fn nodes_yaml<'a>(nodes: impl Iterator<Item = &'a Node>) -> String {
     let docs: Vec<Value> = nodes
         .map(|n| {
             json!({
