@@ -416,6 +416,24 @@ async fn malformed_object_is_skipped_and_others_are_published() {
 }
 
 #[tokio::test]
+async fn large_lists_are_read_page_by_page() {
+    let fake = FakeApiServer::start().await;
+    populate(&fake);
+    for i in 0..1199 {
+        fake.apply(endpoint_slice(
+            &format!("bulk-{i:04}"),
+            "bulk",
+            "10.244.1.1",
+        ));
+    }
+    let (mut rx, _task) = start(&fake);
+    let snapshot = wait_for(&mut rx, "first snapshot", |_| true).await;
+    assert_eq!(snapshot.endpoint_slices.len(), 1200);
+    let pages = count_requests(&fake, "/apis/discovery.k8s.io/v1/endpointslices", false);
+    assert_eq!(pages, 3, "kube's default page size is 500");
+}
+
+#[tokio::test]
 async fn run_returns_when_the_receivers_are_gone() {
     let fake = FakeApiServer::start().await;
     populate(&fake);

@@ -8,7 +8,8 @@
 //!   with every change after N, a BOOKMARK, then live changes; a watch from before the last
 //!   compaction gets `410 Gone` (an ERROR event like kube-apiserver, or an HTTP 410);
 //! * `GET .../NAME` and `.../NAME/status`; `PATCH .../NAME/status` (JSON merge patch);
-//! * `fieldSelector` with `a.b=v` terms (`metadata.name=..`, `type=..`).
+//! * `fieldSelector` with `a.b=v` terms (`metadata.name=..`, `type=..`); `limit`/`continue`
+//!   paging.
 //!
 //! Every write gets the next global resourceVersion, as in etcd. Every request is recorded.
 
@@ -535,12 +536,31 @@ async fn list(
         }
     }
     let filter = Filter::new(&route, params);
+    // Pages: `limit` objects each, the `continue` token is the offset of the next page.
+    let offset: usize = params
+        .get("continue")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let limit: usize = params
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(usize::MAX);
     let state = shared.lock();
     let collection = &state.collections[&route.collection];
-    let items: Vec<Value> = collection
+    let matching: Vec<&Value> = collection
         .objects
         .values()
         .filter(|object| filter.matches(object))
+        .collect();
+    let next = offset.saturating_add(limit);
+    let mut metadata = json!({"resourceVersion": state.resource_version.to_string()});
+    if next < matching.len() {
+        metadata["continue"] = json!(next.to_string());
+    }
+    let items: Vec<Value> = matching
+        .into_iter()
+        .skip(offset)
+        .take(limit)
         .map(|object| {
             // kube-apiserver leaves apiVersion/kind out of list items.
             let mut item = object.clone();
@@ -556,7 +576,7 @@ async fn list(
         &json!({
             "apiVersion": collection.api_version,
             "kind": format!("{}List", collection.kind),
-            "metadata": {"resourceVersion": state.resource_version.to_string()},
+            "metadata": metadata,
             "items": items,
         }),
     )
