@@ -1,0 +1,439 @@
+//! Flags (clap, each also from an env var) and their validation into an [`AgentConfig`].
+//! Flag names follow kube-proxy's where the meaning is the same.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use sluice_compute::ComputeConfig;
+use sluice_dp_ebpf::{EbpfConfig, XdpMode};
+use sluice_ingress::IngressConfig;
+
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Kubernetes Service proxy (eBPF / nftables) with a built-in Ingress proxy"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run the node agent.
+    Agent(Box<AgentArgs>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProxyMode {
+    /// eBPF when the kernel supports it, else nftables.
+    Auto,
+    Ebpf,
+    Nftables,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpFlag {
+    Native,
+    Generic,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Where objects come from: `k8s` (the API server) or `dir:PATH` (a directory of manifests).
+    #[arg(long, env = "SLUICE_SOURCE", default_value = "k8s")]
+    pub source: String,
+    /// kubeconfig file for `--source k8s` (default: in-cluster config, then ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    #[arg(long, env = "SLUICE_PROXY_MODE", value_enum, default_value = "auto")]
+    pub proxy_mode: ProxyMode,
+    /// This node's name, as in EndpointSlice `nodeName` (default: the hostname).
+    #[arg(long, env = "SLUICE_HOSTNAME_OVERRIDE")]
+    pub hostname_override: Option<String>,
+    /// Pod CIDRs (comma-separated): traffic to ClusterIPs from elsewhere is masqueraded.
+    #[arg(long, env = "SLUICE_CLUSTER_CIDR", value_delimiter = ',')]
+    pub cluster_cidr: Vec<String>,
+    /// CIDRs (comma-separated) of node addresses that serve NodePorts (default: all).
+    #[arg(long, env = "SLUICE_NODEPORT_ADDRESSES", value_delimiter = ',')]
+    pub nodeport_addresses: Vec<String>,
+    #[arg(
+        long,
+        env = "SLUICE_HEALTHZ_BIND_ADDRESS",
+        default_value = "0.0.0.0:10256"
+    )]
+    pub healthz_bind_address: String,
+    #[arg(
+        long,
+        env = "SLUICE_METRICS_BIND_ADDRESS",
+        default_value = "127.0.0.1:10249"
+    )]
+    pub metrics_bind_address: String,
+    /// Minimum time between two syncs (changes in between are batched), e.g. `1s`, `100ms`.
+    #[arg(long, env = "SLUICE_MIN_SYNC_PERIOD", default_value = "1s")]
+    pub min_sync_period: String,
+    /// Period of the full resync that repairs any drift.
+    #[arg(long, env = "SLUICE_SYNC_PERIOD", default_value = "30s")]
+    pub sync_period: String,
+    /// bpffs directory for pinned maps and links (eBPF mode).
+    #[arg(long, env = "SLUICE_BPFFS_PATH", default_value = "/sys/fs/bpf/sluice")]
+    pub bpffs_path: PathBuf,
+    /// cgroup v2 directory where socket-level load balancing attaches (default: cgroup2 root).
+    #[arg(long, env = "SLUICE_CGROUP_PATH")]
+    pub cgroup_path: Option<PathBuf>,
+    /// External interfaces for tc/XDP (comma-separated; default: those with node addresses).
+    #[arg(long, env = "SLUICE_INTERFACES", value_delimiter = ',')]
+    pub interfaces: Vec<String>,
+    #[arg(long, env = "SLUICE_XDP", value_enum, default_value = "off")]
+    pub xdp: XdpFlag,
+    /// Ingress HTTP listener; empty disables it.
+    #[arg(long, env = "SLUICE_INGRESS_HTTP_BIND", default_value = "0.0.0.0:80")]
+    pub ingress_http_bind: String,
+    /// Ingress HTTPS listener; empty disables it.
+    #[arg(long, env = "SLUICE_INGRESS_HTTPS_BIND", default_value = "0.0.0.0:443")]
+    pub ingress_https_bind: String,
+    /// IngressClass `spec.controller` value this agent serves.
+    #[arg(
+        long,
+        env = "SLUICE_INGRESS_CONTROLLER",
+        default_value = "sluice.dev/ingress"
+    )]
+    pub ingress_controller: String,
+    /// Addresses written to Ingress `status.loadBalancer` (comma-separated; default: this
+    /// node's addresses). Set the same value on every node (e.g. the VIP in front of them).
+    #[arg(long, env = "SLUICE_INGRESS_STATUS_ADDRESS", value_delimiter = ',')]
+    pub ingress_status_address: Vec<String>,
+    /// Do not run the Ingress proxy.
+    #[arg(long, env = "SLUICE_DISABLE_INGRESS")]
+    pub disable_ingress: bool,
+    /// Remove everything sluice programmed on this node and exit.
+    #[arg(long)]
+    pub cleanup: bool,
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Where snapshots come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceConfig {
+    Kubernetes { kubeconfig: Option<PathBuf> },
+    Dir(PathBuf),
+}
+
+impl fmt::Display for SourceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceConfig::Kubernetes { .. } => f.write_str("k8s"),
+            SourceConfig::Dir(dir) => write!(f, "dir:{}", dir.display()),
+        }
+    }
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub source: SourceConfig,
+    pub proxy_mode: ProxyMode,
+    pub node_name: String,
+    pub compute: ComputeConfig,
+    pub healthz_bind: SocketAddr,
+    pub metrics_bind: SocketAddr,
+    pub min_sync_period: Duration,
+    pub sync_period: Duration,
+    pub ebpf: EbpfConfig,
+    pub ingress: Option<IngressConfig>,
+    pub ingress_status_addresses: Vec<std::net::IpAddr>,
+    pub cleanup: bool,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--{flag}: {value:?} is not valid: {reason}")]
+    Invalid {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+fn invalid(flag: &'static str, value: &str, reason: impl fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        flag,
+        value: value.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+impl AgentArgs {
+    /// Pure validation of the flags (the hostname is the only outside fact it reads).
+    pub fn validate(&self) -> Result<AgentConfig, ConfigError> {
+        self.validate_with_hostname(hostname)
+    }
+
+    fn validate_with_hostname(
+        &self,
+        hostname: impl FnOnce() -> Option<String>,
+    ) -> Result<AgentConfig, ConfigError> {
+        let source = match self.source.as_str() {
+            "k8s" => SourceConfig::Kubernetes {
+                kubeconfig: self.kubeconfig.clone(),
+            },
+            other => match other.strip_prefix("dir:") {
+                Some(path) if !path.is_empty() => SourceConfig::Dir(PathBuf::from(path)),
+                _ => return Err(invalid("source", other, "expected `k8s` or `dir:PATH`")),
+            },
+        };
+        let node_name = match &self.hostname_override {
+            Some(name) if !name.trim().is_empty() => name.trim().to_lowercase(),
+            Some(name) => return Err(invalid("hostname-override", name, "must not be empty")),
+            None => hostname().ok_or_else(|| {
+                invalid(
+                    "hostname-override",
+                    "",
+                    "not given and the hostname is unknown",
+                )
+            })?,
+        };
+        let cidrs = |flag: &'static str, values: &[String]| -> Result<Vec<IpNet>, ConfigError> {
+            values
+                .iter()
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| {
+                    v.trim()
+                        .parse::<IpNet>()
+                        .map(|n| n.trunc())
+                        .map_err(|e| invalid(flag, v, e))
+                })
+                .collect()
+        };
+        let compute = ComputeConfig {
+            cluster_cidrs: cidrs("cluster-cidr", &self.cluster_cidr)?,
+            nodeport_addresses: cidrs("nodeport-addresses", &self.nodeport_addresses)?,
+        };
+        let addr =
+            |flag: &'static str, v: &str| v.parse::<SocketAddr>().map_err(|e| invalid(flag, v, e));
+        let optional_addr =
+            |flag: &'static str, v: &str| -> Result<Option<SocketAddr>, ConfigError> {
+                if v.trim().is_empty() {
+                    Ok(None)
+                } else {
+                    addr(flag, v.trim()).map(Some)
+                }
+            };
+        let min_sync_period = parse_duration(&self.min_sync_period)
+            .map_err(|e| invalid("min-sync-period", &self.min_sync_period, e))?;
+        let sync_period = parse_duration(&self.sync_period)
+            .map_err(|e| invalid("sync-period", &self.sync_period, e))?;
+        if sync_period.is_zero() {
+            return Err(invalid(
+                "sync-period",
+                &self.sync_period,
+                "must be greater than zero",
+            ));
+        }
+        let ebpf_defaults = EbpfConfig::default();
+        let ebpf = EbpfConfig {
+            bpffs_path: self.bpffs_path.clone(),
+            cgroup_path: self
+                .cgroup_path
+                .clone()
+                .unwrap_or(ebpf_defaults.cgroup_path),
+            interfaces: self
+                .interfaces
+                .iter()
+                .filter(|i| !i.is_empty())
+                .cloned()
+                .collect(),
+            xdp: match self.xdp {
+                XdpFlag::Native => XdpMode::Native,
+                XdpFlag::Generic => XdpMode::Generic,
+                XdpFlag::Off => XdpMode::Off,
+            },
+        };
+        let ingress = if self.disable_ingress {
+            None
+        } else {
+            let http_bind = optional_addr("ingress-http-bind", &self.ingress_http_bind)?;
+            let https_bind = optional_addr("ingress-https-bind", &self.ingress_https_bind)?;
+            if self.ingress_controller.trim().is_empty() {
+                return Err(invalid(
+                    "ingress-controller",
+                    &self.ingress_controller,
+                    "must not be empty",
+                ));
+            }
+            (http_bind.is_some() || https_bind.is_some()).then(|| IngressConfig {
+                http_bind,
+                https_bind,
+                controller_name: self.ingress_controller.trim().to_owned(),
+                ..IngressConfig::default()
+            })
+        };
+        let ingress_status_addresses = self
+            .ingress_status_address
+            .iter()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .map_err(|e| invalid("ingress-status-address", v, e))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(AgentConfig {
+            source,
+            proxy_mode: self.proxy_mode,
+            node_name,
+            compute,
+            healthz_bind: addr("healthz-bind-address", &self.healthz_bind_address)?,
+            metrics_bind: addr("metrics-bind-address", &self.metrics_bind_address)?,
+            min_sync_period,
+            sync_period,
+            ebpf,
+            ingress,
+            ingress_status_addresses,
+            cleanup: self.cleanup,
+            log_format: self.log_format,
+        })
+    }
+}
+
+fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim().to_lowercase();
+    (!name.is_empty()).then_some(name)
+}
+
+/// `0s`, `250ms`, `1s`, `1.5s`, `2m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or("missing unit (ms, s, m, h)")?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{number:?} is not a number"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> AgentArgs {
+        let mut argv = vec!["sluice", "agent"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).expect("flags parse").command {
+            Command::Agent(args) => *args,
+        }
+    }
+
+    fn validate(args: &[&str]) -> Result<AgentConfig, ConfigError> {
+        parse(args).validate_with_hostname(|| Some("host-1".into()))
+    }
+
+    #[test]
+    fn defaults_are_kube_proxy_like() {
+        let c = validate(&[]).unwrap();
+        assert_eq!(
+            c.source,
+            SourceConfig::Kubernetes {
+                kubeconfig: std::env::var_os("KUBECONFIG").map(PathBuf::from)
+            }
+        );
+        assert_eq!(c.node_name, "host-1");
+        assert_eq!(c.healthz_bind, "0.0.0.0:10256".parse().unwrap());
+        assert_eq!(c.metrics_bind, "127.0.0.1:10249".parse().unwrap());
+        assert_eq!(c.min_sync_period, Duration::from_secs(1));
+        assert_eq!(c.proxy_mode, ProxyMode::Auto);
+        assert_eq!(
+            c.ingress.unwrap().https_bind,
+            Some("0.0.0.0:443".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn dir_source_and_lists_parse() {
+        let c = validate(&[
+            "--source",
+            "dir:/m",
+            "--cluster-cidr",
+            "10.244.0.0/16,fd00:10:244::/48",
+            "--nodeport-addresses",
+            "192.0.2.0/24",
+            "--hostname-override",
+            "Node-A",
+            "--min-sync-period",
+            "0s",
+        ])
+        .unwrap();
+        assert_eq!(c.source, SourceConfig::Dir("/m".into()));
+        assert_eq!(c.compute.cluster_cidrs.len(), 2);
+        assert_eq!(
+            c.compute.nodeport_addresses,
+            vec!["192.0.2.0/24".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(
+            c.node_name, "node-a",
+            "node names are lower-case like kube-proxy's"
+        );
+        assert_eq!(c.min_sync_period, Duration::ZERO);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag_and_value() {
+        let err = validate(&["--cluster-cidr", "10.244.0.0/33"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("--cluster-cidr: \"10.244.0.0/33\" is not valid"),
+            "{err}"
+        );
+        let err = validate(&["--source", "etcd"]).unwrap_err();
+        assert!(
+            err.to_string().contains("expected `k8s` or `dir:PATH`"),
+            "{err}"
+        );
+        let err = validate(&["--min-sync-period", "5"]).unwrap_err();
+        assert!(err.to_string().contains("--min-sync-period"), "{err}");
+        let err = validate(&["--healthz-bind-address", "nowhere"]).unwrap_err();
+        assert!(err.to_string().contains("--healthz-bind-address"), "{err}");
+        assert!(validate(&["--sync-period", "0s"]).is_err());
+    }
+
+    #[test]
+    fn empty_ingress_binds_disable_the_proxy() {
+        let c = validate(&["--ingress-http-bind", "", "--ingress-https-bind", ""]).unwrap();
+        assert!(c.ingress.is_none());
+        assert!(validate(&["--disable-ingress"]).unwrap().ingress.is_none());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1d").is_err());
+    }
+}

@@ -1,0 +1,210 @@
+//! `sluice`: the node agent. Wiring only — flags, sources, the sync loop, health and metrics
+//! servers; all semantics live in the library crates.
+
+mod cli;
+mod health;
+mod http;
+mod interfaces;
+mod metrics;
+mod sync;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use sluice_dataplane::Dataplane;
+use tokio::sync::watch;
+
+use crate::cli::{AgentConfig, Cli, Command, LogFormat, ProxyMode, SourceConfig};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Agent(args) => {
+            let config = args.validate().context("invalid flags")?;
+            init_tracing(config.log_format);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
+            runtime.block_on(run_agent(config))
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Picks the dataplane for `--proxy-mode`, logging the choice (and why, for `auto`).
+fn select_dataplane(config: &AgentConfig) -> anyhow::Result<Box<dyn Dataplane>> {
+    let ebpf = || sluice_dp_ebpf::EbpfDataplane::new(config.ebpf.clone());
+    let nft = || sluice_dp_nft::NftDataplane::new();
+    Ok(match config.proxy_mode {
+        ProxyMode::Ebpf => Box::new(ebpf().context("eBPF dataplane")?),
+        ProxyMode::Nftables => Box::new(nft().context("nftables dataplane")?),
+        ProxyMode::Auto => match sluice_dp_ebpf::check_support(&config.ebpf) {
+            Ok(()) => {
+                tracing::info!("proxy mode auto: using eBPF (the kernel supports it)");
+                Box::new(ebpf().context("eBPF dataplane")?)
+            }
+            Err(reason) => {
+                tracing::info!("proxy mode auto: using nftables, eBPF unavailable: {reason}");
+                Box::new(nft().context("nftables dataplane")?)
+            }
+        },
+    })
+}
+
+async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
+    if config.cleanup {
+        return cleanup(&config);
+    }
+    tracing::info!(node = %config.node_name, source = %config.source, "sluice agent starting");
+    let mut dataplane = select_dataplane(&config)?;
+    dataplane
+        .restore()
+        .with_context(|| format!("restoring {} state", dataplane.name()))?;
+
+    let (snapshot_tx, snapshot_rx) = watch::channel(None);
+    let mut k8s_client = None;
+    let source_task = match &config.source {
+        SourceConfig::Dir(dir) => {
+            let source = sluice_source_file::DirSource::new(dir.clone());
+            tokio::spawn(async move { source.run(snapshot_tx).await.map_err(anyhow::Error::from) })
+        }
+        SourceConfig::Kubernetes { kubeconfig } => {
+            let client = sluice_k8s::client(kubeconfig.as_deref())
+                .await
+                .context("Kubernetes client")?;
+            k8s_client = Some(client.clone());
+            let source = sluice_k8s::K8sSource::new(
+                client,
+                sluice_k8s::K8sSourceConfig {
+                    node_name: config.node_name.clone(),
+                },
+            );
+            tokio::spawn(async move { source.run(snapshot_tx).await.map_err(anyhow::Error::from) })
+        }
+    };
+
+    let metrics = Arc::new(metrics::Metrics::new());
+    let health = Arc::new(health::HealthState::new(
+        config.node_name.clone(),
+        config.sync_period,
+    ));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let ingress = config
+        .ingress
+        .clone()
+        .map(|c| Arc::new(sluice_ingress::IngressProxy::new(c)));
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(proxy) = &ingress {
+        let proxy = Arc::clone(proxy);
+        let mut stop = shutdown_rx.clone();
+        tasks.spawn(async move {
+            proxy
+                .serve(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .context("ingress proxy")
+        });
+    }
+    tasks.spawn(http::serve(
+        config.healthz_bind,
+        health::healthz_handler(Arc::clone(&health)),
+        shutdown_rx.clone(),
+    ));
+    tasks.spawn(http::serve(
+        config.metrics_bind,
+        metrics::handler(Arc::clone(&metrics)),
+        shutdown_rx.clone(),
+    ));
+
+    let sync_loop = sync::SyncLoop {
+        config: config.clone(),
+        dataplane: Some(dataplane),
+        metrics: Arc::clone(&metrics),
+        health: Arc::clone(&health),
+        ingress: ingress.clone(),
+        k8s_client,
+    };
+    let sync_task = tokio::spawn(sync_loop.run(snapshot_rx, shutdown_rx.clone()));
+
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down; programmed forwarding stays in place"),
+        result = source_task => {
+            let _ = shutdown_tx.send(true);
+            return match result {
+                Ok(Ok(())) => Err(anyhow::anyhow!("the source stopped")),
+                Ok(Err(err)) => Err(err.context("source")),
+                Err(err) => Err(anyhow::anyhow!("source task panicked: {err}")),
+            };
+        }
+        Some(result) = tasks.join_next() => {
+            let _ = shutdown_tx.send(true);
+            return match result {
+                Ok(Ok(())) => Err(anyhow::anyhow!("a server stopped unexpectedly")),
+                Ok(Err(err)) => Err(err),
+                Err(err) => Err(anyhow::anyhow!("server task panicked: {err}")),
+            };
+        }
+    }
+    let _ = shutdown_tx.send(true);
+    let _ = sync_task.await;
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// `sluice agent --cleanup`: remove everything any dataplane mode created, then exit.
+fn cleanup(config: &AgentConfig) -> anyhow::Result<()> {
+    let mut failures = Vec::new();
+    let modes: &[ProxyMode] = match config.proxy_mode {
+        ProxyMode::Auto => &[ProxyMode::Nftables, ProxyMode::Ebpf],
+        ProxyMode::Nftables => &[ProxyMode::Nftables],
+        ProxyMode::Ebpf => &[ProxyMode::Ebpf],
+    };
+    for mode in modes {
+        let result = match mode {
+            ProxyMode::Nftables => {
+                sluice_dp_nft::NftDataplane::new().and_then(|mut dp| dp.cleanup())
+            }
+            _ => sluice_dp_ebpf::cleanup(&config.ebpf),
+        };
+        match result {
+            Ok(()) => tracing::info!("{mode:?}: cleaned up"),
+            Err(err) => failures.push(format!("{mode:?}: {err}")),
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("cleanup failed: {}", failures.join("; ")))
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

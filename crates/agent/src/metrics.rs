@@ -1,0 +1,176 @@
+//! Prometheus metrics, reusing kube-proxy's names where they mean the same thing so existing
+//! dashboards and alerts keep working.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use sluice_dataplane::ApplyStats;
+
+use crate::http::{Handler, response};
+
+pub struct Metrics {
+    registry: Registry,
+    sync_duration: Histogram,
+    full_sync_duration: Histogram,
+    partial_sync_duration: Histogram,
+    last_sync_timestamp: Gauge<f64, AtomicU64>,
+    service_changes: Counter,
+    sync_errors: Counter,
+    dataplane_operations: Counter,
+    service_ports: Gauge,
+}
+
+fn sync_buckets() -> Histogram {
+    // 1 ms .. ~16 s, as kube-proxy's (exponential, factor 2).
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            sync_duration: sync_buckets(),
+            full_sync_duration: sync_buckets(),
+            partial_sync_duration: sync_buckets(),
+            last_sync_timestamp: Gauge::default(),
+            service_changes: Counter::default(),
+            sync_errors: Counter::default(),
+            dataplane_operations: Counter::default(),
+            service_ports: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "kubeproxy_sync_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds",
+            m.sync_duration.clone(),
+        );
+        registry.register(
+            "kubeproxy_sync_full_proxy_rules_duration_seconds",
+            "Latency of full syncs in seconds",
+            m.full_sync_duration.clone(),
+        );
+        registry.register(
+            "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+            "Latency of partial syncs in seconds",
+            m.partial_sync_duration.clone(),
+        );
+        registry.register(
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced",
+            m.last_sync_timestamp.clone(),
+        );
+        registry.register(
+            "kubeproxy_sync_proxy_rules_service_changes",
+            "Cumulative service port changes applied",
+            m.service_changes.clone(),
+        );
+        registry.register(
+            "sluice_sync_errors",
+            "Syncs whose dataplane update failed",
+            m.sync_errors.clone(),
+        );
+        registry.register(
+            "sluice_dataplane_operations",
+            "Dataplane operations sent (nft lines, map writes)",
+            m.dataplane_operations.clone(),
+        );
+        registry.register(
+            "sluice_service_ports",
+            "Service ports programmed on this node",
+            m.service_ports.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn record_sync(
+        &self,
+        elapsed: Duration,
+        result: Result<ApplyStats, ()>,
+        service_ports: usize,
+    ) {
+        let secs = elapsed.as_secs_f64();
+        self.sync_duration.observe(secs);
+        match result {
+            Ok(stats) => {
+                if stats.full_sync {
+                    &self.full_sync_duration
+                } else {
+                    &self.partial_sync_duration
+                }
+                .observe(secs);
+                self.service_changes.inc_by(stats.services_changed as u64);
+                self.dataplane_operations.inc_by(stats.operations as u64);
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0);
+                self.last_sync_timestamp.set(now);
+                self.service_ports
+                    .set(i64::try_from(service_ports).unwrap_or(i64::MAX));
+            }
+            Err(()) => {
+                self.sync_errors.inc();
+            }
+        }
+    }
+
+    fn encode(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+pub fn handler(metrics: Arc<Metrics>) -> Handler {
+    Arc::new(move |req| match req.uri().path() {
+        "/metrics" => response(
+            200,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        ),
+        _ => response(404, "text/plain", "not found\n"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_kube_proxy_metric_names() {
+        let m = Metrics::new();
+        m.record_sync(
+            Duration::from_millis(3),
+            Ok(ApplyStats {
+                services_changed: 2,
+                operations: 7,
+                full_sync: true,
+            }),
+            5,
+        );
+        m.record_sync(Duration::from_millis(1), Err(()), 5);
+        let text = m.encode();
+        assert!(
+            text.contains("kubeproxy_sync_proxy_rules_duration_seconds_count 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubeproxy_sync_full_proxy_rules_duration_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubeproxy_sync_proxy_rules_service_changes_total 2"),
+            "{text}"
+        );
+        assert!(text.contains("sluice_sync_errors_total 1"), "{text}");
+        assert!(text.contains("sluice_service_ports 5"), "{text}");
+    }
+}
