@@ -98,11 +98,11 @@ struct lb_src_key {
 	__u32 addr[4];
 };
 
-/* Connection tracking of external (tc) flows, IPv4. Both directions have an entry:
- * the original direction (client -> frontend) and the reply (backend -> client). */
+/* Connection tracking of external (tc) flows. Both directions have an entry: the original
+ * direction (client -> frontend) and the reply (backend -> client). IPv4 in addr[0]. */
 struct ct_key {
-	__u32 saddr;
-	__u32 daddr;
+	__u32 saddr[4];
+	__u32 daddr[4];
 	__u16 sport;
 	__u16 dport;
 	__u8 proto;
@@ -114,12 +114,11 @@ struct ct_key {
 #define CT_DIR_REPLY 1
 
 struct ct_val {
-	__u32 nat_addr; /* ORIG: backend; REPLY: frontend */
+	__u32 nat_addr[4]; /* ORIG: backend; REPLY: frontend */
 	__u16 nat_port;
-	__u8 flags;     /* SL_SVC_MASQ */
+	__u8 flags;        /* SL_SVC_MASQ */
 	__u8 pad;
 	__u32 group;
-	__u32 pad2;
 	__u64 last_ns;
 };
 

@@ -16,13 +16,16 @@ static __always_inline __u32 sl_mix32(__u32 h)
 	return h;
 }
 
-static __always_inline __u32 sl_flow_hash4(__u32 saddr, __u32 daddr, __u16 sport, __u16 dport,
-					   __u8 proto)
+static __always_inline __u32 sl_flow_hash(const __u32 saddr[4], const __u32 daddr[4],
+					  __u16 sport, __u16 dport, __u8 proto)
 {
 	__u32 h = 0x9e3779b9;
 
-	h = sl_mix32(h ^ saddr);
-	h = sl_mix32(h ^ daddr);
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		h = sl_mix32(h ^ saddr[i]);
+		h = sl_mix32(h ^ daddr[i]);
+	}
 	h = sl_mix32(h ^ (((__u32)sport << 16) | dport));
 	h = sl_mix32(h ^ proto);
 	return h;

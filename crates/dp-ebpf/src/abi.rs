@@ -118,8 +118,9 @@ pub struct SrcKeyData {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct CtKey {
-    pub saddr: u32,
-    pub daddr: u32,
+    /// Network order; IPv4 in `[0]`.
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -130,12 +131,11 @@ pub struct CtKey {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CtVal {
-    pub nat_addr: u32,
+    pub nat_addr: [u32; 4],
     pub nat_port: u16,
     pub flags: u8,
     pub pad: u8,
     pub group: u32,
-    pub pad2: u32,
     pub last_ns: u64,
 }
 

@@ -363,8 +363,8 @@ impl Kernel {
             return;
         }
         let script = format!(
-            "table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\n\
-             table ip {NFT_TABLE} {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  meta mark & {m:#x} == {m:#x} masquerade\n }}\n}}\n",
+            "table inet {NFT_TABLE} {{}}\ndelete table inet {NFT_TABLE}\n\
+             table inet {NFT_TABLE} {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  meta mark & {m:#x} == {m:#x} masquerade\n }}\n}}\n",
             m = abi::MASQ_MARK
         );
         match run_nft(&script) {
@@ -413,7 +413,7 @@ fn run_nft(script: &str) -> Result<(), String> {
 
 fn remove_masquerade() {
     let _ = run_nft(&format!(
-        "table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\n"
+        "table inet {NFT_TABLE} {{}}\ndelete table inet {NFT_TABLE}\n"
     ));
 }
 

@@ -9,7 +9,7 @@
 //! re-opens the maps, reads them back and rewrites only what differs.
 //!
 //! Masquerading for `externalTrafficPolicy: Cluster` is delegated to netfilter: the tc program
-//! sets [`abi::MASQ_MARK`] on the packet and a one-rule nftables table `ip sluice_ebpf`
+//! sets [`abi::MASQ_MARK`] on the packet and a one-rule nftables table `inet sluice_ebpf`
 //! (installed by this backend) masquerades marked packets in postrouting. Netfilter's own
 //! conntrack then un-NATs replies before the tc egress program restores the frontend address.
 //! This avoids a port allocator in BPF at the cost of relying on nf_conntrack for that path.

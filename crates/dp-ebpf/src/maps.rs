@@ -121,10 +121,10 @@ impl Maps {
         if removed.is_empty() {
             return 0;
         }
-        let is_removed = |group: u32, addr: u32, port: u16| {
-            removed.iter().any(|(g, b)| {
-                *g == group && b.family == abi::FAMILY_V4 && b.addr[0] == addr && b.port == port
-            })
+        let is_removed = |group: u32, addr: [u32; 4], port: u16| {
+            removed
+                .iter()
+                .any(|(g, b)| *g == group && b.addr == addr && b.port == port)
         };
         let mut stale_ct = Vec::new();
         for (k, v) in self.ct.iter().flatten() {

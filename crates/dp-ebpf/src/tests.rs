@@ -129,7 +129,7 @@ fn layout_matches_btf() {
             structs,
             "ct_val",
             CtVal,
-            [nat_addr, nat_port, flags, pad, group, pad2, last_ns]
+            [nat_addr, nat_port, flags, pad, group, last_ns]
         );
         // The LPM key is aya's `Key { prefix_len, data }` around SrcKeyData.
         let (size, members) = structs.get("lb_src_key").expect("lb_src_key in BTF");

@@ -50,11 +50,17 @@ fn topo() -> Result<Topo> {
     pod.ip("addr add 10.78.0.2/24 dev eth0")?;
     pod.ip("link set eth0 up")?;
     pod.ip("route add default via 10.78.0.1")?;
+    node.ip("addr add fd77::1/64 dev ext0 nodad")?;
+    node.ip("addr add fd78::1/64 dev pod0 nodad")?;
+    client.ip("addr add fd77::2/64 dev eth0 nodad")?;
+    pod.ip("addr add fd78::2/64 dev eth0 nodad")?;
+    pod.ip("route add default via fd78::1")?;
     sh(&format!(
-        "ip netns exec {} sysctl -qw net.ipv4.ip_forward=1",
-        node.name
+        "ip netns exec {n} sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1",
+        n = node.name
     ))?;
     tcp_echo(&pod.name, "0.0.0.0:8080".parse()?, "pod1");
+    tcp_echo(&pod.name, "[fd78::2]:8080".parse()?, "pod1");
     let cg = TestCgroup::new()?;
     let config = ebpf_config(&cg, vec![]);
     Ok(Topo {
@@ -76,8 +82,15 @@ fn desired(etp: TrafficPolicy, with_endpoint: bool, ranges: &[&str]) -> DesiredS
     } else {
         vec![]
     };
+    let mut eps = eps;
+    if with_endpoint {
+        eps.push(ep("fd78::2", 8080, true));
+    }
     let mut d = DesiredState {
-        node_port_addresses: vec!["10.77.0.1".parse().expect("ip")],
+        node_port_addresses: vec![
+            "10.77.0.1".parse().expect("ip"),
+            "fd77::1".parse().expect("ip"),
+        ],
         ..Default::default()
     };
     d.services.insert(
@@ -236,5 +249,18 @@ fn forwarding_continues_while_the_agent_is_down() -> Result<()> {
         get(&t, "10.77.0.1:30080").is_err(),
         "cleanup detached everything"
     );
+    Ok(())
+}
+
+#[test]
+fn ipv6_nodeport_both_policies() -> Result<()> {
+    root_only!();
+    let t = topo()?;
+    let mut dp = new_dp(&t)?;
+    apply(&t, &mut dp, &desired(TrafficPolicy::Local, true, &[]))?;
+    assert_eq!(get(&t, "[fd77::1]:30080")?, "pod1 fd77::2");
+    apply(&t, &mut dp, &desired(TrafficPolicy::Cluster, true, &[]))?;
+    assert_eq!(get(&t, "[fd77::1]:30080")?, "pod1 fd78::1");
+    in_ns(&t.node.name, || dp.cleanup())?;
     Ok(())
 }

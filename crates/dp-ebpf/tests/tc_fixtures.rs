@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::Result;
 use common::*;
@@ -36,10 +36,14 @@ fn csum(data: &[u8], initial: u32) -> u16 {
     !(sum as u16)
 }
 
-/// Ethernet + IPv4 + TCP (SYN) or UDP frame with valid checksums.
+/// Ethernet + IPv4/IPv6 + TCP (SYN) or UDP frame with valid checksums.
 fn frame(proto: Protocol, src: (&str, u16), dst: (&str, u16), payload: &[u8]) -> Vec<u8> {
-    let s: Ipv4Addr = src.0.parse().expect("ip");
-    let d: Ipv4Addr = dst.0.parse().expect("ip");
+    let s: IpAddr = src.0.parse().expect("ip");
+    let d: IpAddr = dst.0.parse().expect("ip");
+    let octets = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
     let mut l4 = Vec::new();
     l4.extend_from_slice(&src.1.to_be_bytes());
     l4.extend_from_slice(&dst.1.to_be_bytes());
@@ -58,23 +62,38 @@ fn frame(proto: Protocol, src: (&str, u16), dst: (&str, u16), payload: &[u8]) ->
     };
     l4.extend_from_slice(payload);
     let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&s.octets());
-    pseudo.extend_from_slice(&d.octets());
-    pseudo.extend_from_slice(&[0, proto_num]);
-    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(&octets(s));
+    pseudo.extend_from_slice(&octets(d));
+    if s.is_ipv4() {
+        pseudo.extend_from_slice(&[0, proto_num]);
+        pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    } else {
+        pseudo.extend_from_slice(&(l4.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, proto_num]);
+    }
     pseudo.extend_from_slice(&l4);
     let c = csum(&pseudo, 0).to_be_bytes();
     let at = if proto_num == 6 { 16 } else { 6 };
     l4[at..at + 2].copy_from_slice(&c);
 
-    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto_num, 0, 0];
-    ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-    ip.extend_from_slice(&s.octets());
-    ip.extend_from_slice(&d.octets());
-    let ic = csum(&ip, 0).to_be_bytes();
-    ip[10..12].copy_from_slice(&ic);
-
-    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    let (ethertype, ip) = if s.is_ipv4() {
+        let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto_num, 0, 0];
+        ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&octets(s));
+        ip.extend_from_slice(&octets(d));
+        let ic = csum(&ip, 0).to_be_bytes();
+        ip[10..12].copy_from_slice(&ic);
+        ([0x08, 0x00], ip)
+    } else {
+        let mut ip = vec![0x60, 0, 0, 0];
+        ip.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+        ip.extend_from_slice(&[proto_num, 64]);
+        ip.extend_from_slice(&octets(s));
+        ip.extend_from_slice(&octets(d));
+        ([0x86, 0xdd], ip)
+    };
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    f.extend_from_slice(&ethertype);
     f.extend_from_slice(&ip);
     f.extend_from_slice(&l4);
     f
@@ -370,5 +389,57 @@ fn udp_flows_to_a_removed_backend_move_at_once() -> Result<()> {
         backend_of(&fx.run(false, &flow)?.packet).0,
         Ipv4Addr::new(10, 244, 2, 2)
     );
+    Ok(())
+}
+
+#[test]
+fn ipv6_nodeport_dnat_and_reverse_nat() -> Result<()> {
+    root_only!();
+    let mut fx = Fixture::new()?;
+    let mut d = desired(
+        Protocol::Tcp,
+        service(
+            vec![ep("fd00:10:244:2::5", 8080, false)],
+            TrafficPolicy::Cluster,
+        ),
+    );
+    d.node_port_addresses.push("2001:db8::11".parse()?);
+    fx.apply(&d)?;
+    let client = "2001:db8::100";
+    let syn = frame(Protocol::Tcp, (client, 40000), ("2001:db8::11", 30080), b"");
+    let out = fx.run(false, &syn)?;
+    assert_eq!(out.verdict, TC_ACT_OK);
+    assert_eq!(
+        out.packet,
+        frame(
+            Protocol::Tcp,
+            (client, 40000),
+            ("fd00:10:244:2::5", 8080),
+            b""
+        )
+    );
+    assert_eq!(out.mark, abi::MASQ_MARK);
+    let reply = frame(
+        Protocol::Udp,
+        ("fd00:10:244:2::5", 8080),
+        (client, 40000),
+        b"x",
+    );
+    // Another protocol on the same ports has no conntrack entry: untouched.
+    assert_eq!(fx.run(true, &reply)?.packet, reply);
+    let reply = frame(
+        Protocol::Tcp,
+        ("fd00:10:244:2::5", 8080),
+        (client, 40000),
+        b"",
+    );
+    assert_eq!(
+        fx.run(true, &reply)?.packet,
+        frame(Protocol::Tcp, ("2001:db8::11", 30080), (client, 40000), b"")
+    );
+    // An IPv4 frontend never sends to an IPv6 backend: the service has endpoints, none of
+    // this family, so it drops (kube-proxy's "no usable endpoints" case).
+    let v4 = frame(Protocol::Tcp, (CLIENT, 40000), (NODE, 30080), b"");
+    assert_eq!(fx.run(false, &v4)?.verdict, TC_ACT_SHOT);
     Ok(())
 }
