@@ -10,6 +10,7 @@ pub mod probe;
 pub mod serve;
 mod sock;
 pub mod wire;
+mod ws;
 
 use std::net::SocketAddr;
 

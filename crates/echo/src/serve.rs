@@ -299,6 +299,11 @@ async fn handle(
 /// Answers 101 and echoes raw bytes on the upgraded connection (no WebSocket framing: enough
 /// to test that a proxy passes upgrades through).
 fn websocket(req: Request<Incoming>, name: Arc<str>) -> Response<Body> {
+    let accept = req
+        .headers()
+        .get("sec-websocket-key")
+        .and_then(|k| k.to_str().ok())
+        .map(crate::ws::accept_key);
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
@@ -325,5 +330,8 @@ fn websocket(req: Request<Incoming>, name: Arc<str>) -> Response<Body> {
         .insert(UPGRADE, HeaderValue::from_static("websocket"));
     resp.headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Some(v) = accept.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        resp.headers_mut().insert("sec-websocket-accept", v);
+    }
     resp
 }
