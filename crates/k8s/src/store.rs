@@ -79,8 +79,17 @@ where
                 false
             }
             Event::InitDone => {
-                let listed = self.buffer.take().unwrap_or_default();
-                let changed = !self.synced || !same_contents(&self.live, &listed);
+                let mut listed = self.buffer.take().unwrap_or_default();
+                let mut changed = !self.synced || listed.len() != self.live.len();
+                // Unchanged objects keep their Arc, so consumers can skip them by pointer.
+                for (key, obj) in &mut listed {
+                    match self.live.get(key) {
+                        Some(old) if same_version(old.as_ref(), obj.as_ref()) => {
+                            *obj = Arc::clone(old);
+                        }
+                        _ => changed = true,
+                    }
+                }
                 debug!(
                     kind = self.kind.kind_name(),
                     objects = listed.len(),
@@ -155,16 +164,6 @@ fn same_version<K: Resource>(a: &K, b: &K) -> bool {
         && a.annotations == b.annotations
 }
 
-fn same_contents<K: Resource>(
-    a: &BTreeMap<ObjectKey, Arc<K>>,
-    b: &BTreeMap<ObjectKey, Arc<K>>,
-) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|((ka, va), (kb, vb))| ka == kb && same_version(va.as_ref(), vb.as_ref()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,7 +213,12 @@ mod tests {
     fn identical_relist_and_repeated_versions_are_not_changes() {
         let mut store = Store::<Service>::new(SnapshotKind::Service);
         assert!(list(&mut store, vec![svc("a", "1")]));
+        let before = Arc::clone(&store.live()[&ObjectKey::new("default", "a")]);
         assert!(!list(&mut store, vec![svc("a", "1")]));
+        assert!(Arc::ptr_eq(
+            &before,
+            &store.live()[&ObjectKey::new("default", "a")]
+        ));
         assert!(!store.apply(Event::Apply(svc("a", "1")), |_, _| {}));
         assert!(store.apply(Event::Apply(svc("a", "2")), |_, _| {}));
         assert!(list(&mut store, vec![svc("a", "3")]));
