@@ -106,6 +106,12 @@ impl Service {
             lb_ips: Vec::new(),
         }
     }
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
     fn set(mut self, key: &str, value: Value) -> Service {
         self.spec.insert(key.to_owned(), value);
         self

@@ -576,6 +576,28 @@ impl Cluster {
         std::fs::rename(&tmp, dir.join(file)).with_context(|| format!("renaming to {file}"))
     }
 
+    /// Writes `{namespace}-{name}.yaml`: the Service plus `{name}-v4`/`{name}-v6`
+    /// EndpointSlices with `ports` (`(name, protocol, port)`) and a ready endpoint per pod.
+    /// Rewriting it with other pods is how a test changes endpoints.
+    pub fn write_service(
+        &self,
+        svc: &crate::manifests::Service,
+        ports: &[(&str, &str, u16)],
+        pods: &[&Pod],
+    ) -> Result<()> {
+        let mut docs = vec![svc.to_json()];
+        docs.extend(crate::manifests::endpoint_slices(
+            svc.namespace(),
+            svc.name(),
+            ports,
+            pods,
+        ));
+        self.write_manifest(
+            &format!("{}-{}.yaml", svc.namespace(), svc.name()),
+            &crate::manifests::yaml_docs(&docs),
+        )
+    }
+
     pub fn remove_manifest(&self, file: &str) -> Result<()> {
         let path = self.manifest_dir().join(file);
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
@@ -658,6 +680,28 @@ impl Cluster {
             Some(p) => Ok(p.clone()),
             None => bins::agent(),
         }
+    }
+
+    /// HTTP status of the agent's `/healthz` on `node` (from the node itself), 0 if none.
+    pub fn agent_healthz(&self, node: &str) -> Result<u16> {
+        let url = format!("http://{AGENT_HEALTHZ}/healthz");
+        let out = self.curl(
+            At::Node(node),
+            &["-o", "/dev/null", "-w", "%{http_code}", &url],
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0))
+    }
+
+    /// The agent's Prometheus metrics text on `node`.
+    pub fn agent_metrics(&self, node: &str) -> Result<String> {
+        let url = format!("http://{AGENT_METRICS}/metrics");
+        let out = self.curl(At::Node(node), &["-f", &url])?;
+        anyhow::ensure!(
+            out.status.success(),
+            "metrics on {node}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Starts `sluice agent` without waiting for anything.

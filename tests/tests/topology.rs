@@ -249,9 +249,10 @@ fn agent_lifecycle_with_a_stand_in_agent() -> anyhow::Result<()> {
     let fake = fake_agent(
         c.workdir(),
         &format!(
-            "exec {} serve --name fake-agent --http {}",
+            "exec {} serve --name fake-agent --http {} --http {}",
             echo.display(),
-            sluice_tests::AGENT_HEALTHZ
+            sluice_tests::AGENT_HEALTHZ,
+            sluice_tests::AGENT_METRICS,
         ),
     )?;
     c.set_agent_binary(&fake);
@@ -278,6 +279,8 @@ fn agent_lifecycle_with_a_stand_in_agent() -> anyhow::Result<()> {
         !args.contains("0s"),
         "the default must give way to the extra flag: {args}"
     );
+    assert_eq!(c.agent_healthz("node-b")?, 200);
+    assert!(c.agent_metrics("node-b")?.contains("pod=fake-agent"));
     // The agent's healthz lives on node-b's loopback only.
     let on_a = c.curl(At::Node("node-a"), &["http://127.0.0.1:10256/healthz"])?;
     assert!(!on_a.status.success());
@@ -340,5 +343,50 @@ fn sweep_removes_leftovers_of_dead_runs_only() -> anyhow::Result<()> {
         assert!(std::path::Path::new("/run/netns").join(n).exists(), "{n}");
     }
     assert!(live.node("node-a")?.cgroup.exists());
+    Ok(())
+}
+
+#[test]
+fn write_service_puts_service_and_slices_in_the_manifest_dir() -> anyhow::Result<()> {
+    if !require_root("write_service_puts_service_and_slices_in_the_manifest_dir") {
+        return Ok(());
+    }
+    use sluice_tests::manifests::{Port, Service};
+    let mut c = Cluster::new(&["node-a"])?;
+    let web = c.add_pod("node-a", "web-1")?;
+    let svc = Service::new("default", "web")
+        .cluster_ips(&["10.96.0.10", "fd00:10:96::10"])
+        .port(Port::tcp(80, 8080));
+    c.write_service(&svc, &[("", "TCP", 8080)], &[&web])?;
+    let c2 = c.add_pod("node-a", "web-2")?;
+    c.write_service(&svc, &[("", "TCP", 8080)], &[&web, &c2])?;
+
+    let names: Vec<String> = std::fs::read_dir(c.manifest_dir())?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<anyhow::Result<_>>()?;
+    let mut names = names;
+    names.sort();
+    assert_eq!(
+        names,
+        ["default-web.yaml", "nodes.yaml"],
+        "no temp files left"
+    );
+    let text = std::fs::read_to_string(c.manifest_dir().join("default-web.yaml"))?;
+    let parsed = sluice_source_file::parse_manifests("default-web.yaml", &text);
+    assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+    assert_eq!(parsed.services.len(), 1);
+    let endpoints: usize = parsed
+        .endpoint_slices
+        .iter()
+        .map(|(_, s)| s.endpoints.as_ref().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(endpoints, 4, "two pods, two families");
+    let nodes = std::fs::read_to_string(c.manifest_dir().join("nodes.yaml"))?;
+    assert_eq!(
+        sluice_source_file::parse_manifests("nodes.yaml", &nodes)
+            .nodes
+            .len(),
+        1
+    );
     Ok(())
 }
