@@ -15,6 +15,7 @@ mod error;
 mod proxy;
 mod routes;
 mod server;
+mod stats;
 mod tls;
 mod upstream;
 
@@ -23,3 +24,4 @@ pub use error::IngressError;
 pub use proxy::IngressProxy;
 pub use routes::{Backend, PathError, RouteTable, Warning, build_route_table, normalize_path};
 pub use sluice_model::{ObjectKey, Snapshot};
+pub use stats::IngressStats;

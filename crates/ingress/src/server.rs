@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::proxy::{ConnInfo, handle};
+use crate::stats::ActiveConnection;
 use crate::{IngressError, IngressProxy, tls};
 
 impl IngressProxy {
@@ -129,6 +130,8 @@ async fn connection(
         }
     };
     let _ = stream.set_nodelay(true);
+    let counted = Arc::clone(&proxy);
+    let _active = ActiveConnection::new(&counted.counters);
     let info = Arc::new(ConnInfo {
         peer,
         local,

@@ -125,6 +125,7 @@ async fn multi_host_and_wildcard_over_http() {
             .status,
         StatusCode::NOT_FOUND
     );
+    assert_eq!(p.proxy.stats().not_found, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,6 +254,12 @@ async fn upstream_failures_give_clear_502_503_504() {
         r.body
     );
     assert!(started.elapsed() < Duration::from_secs(2));
+
+    let stats = p.proxy.stats();
+    assert_eq!(stats.requests_total, 3);
+    assert_eq!(stats.responses_by_class[4], 3, "{stats:?}");
+    assert_eq!(stats.upstream_timeouts, 1);
+    assert_eq!(stats.upstream_connect_failures, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,6 +304,10 @@ async fn idempotent_requests_retry_another_endpoint_on_connect_failure() {
         assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.body);
         assert_eq!(r.backend(), "live");
     }
+    let stats = p.proxy.stats();
+    assert!(stats.retries > 0, "{stats:?}");
+    assert_eq!(stats.retries, stats.upstream_connect_failures);
+    assert_eq!(stats.responses_by_class[1], 40);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -570,4 +581,74 @@ async fn idle_client_connection_is_closed() {
         started.elapsed() < Duration::from_secs(2),
         "connection kept open: {reply:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_post_with_body_reaches_http1_backend() {
+    let (objects, _backends, _) = cafe().await;
+    let p = start(IngressConfig::default(), &objects).await;
+    let (tls, _) = tls_connect(p.https, "cafe.example.com", &[b"h2"])
+        .await
+        .unwrap();
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    // Several concurrent streams on one connection.
+    let mut replies = Vec::new();
+    for i in 0..5 {
+        let req = Request::builder()
+            .method("POST")
+            .uri(format!("https://cafe.example.com/tea/{i}"))
+            .body(Full::new(Bytes::from(vec![b'x'; 100 + i])))
+            .unwrap();
+        replies.push(sender.send_request(req));
+    }
+    for (i, fut) in replies.into_iter().enumerate() {
+        let resp = fut.await.unwrap();
+        assert_eq!(resp.version(), Version::HTTP_2);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.starts_with(&format!("tea POST /tea/{i}\n")), "{body}");
+        assert!(
+            body.contains(&format!("body-bytes: {}\n", 100 + i)),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_over_tls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (objects, _backends, _) = cafe().await;
+    let p = start(IngressConfig::default(), &objects).await;
+    let (mut tls, _) = tls_connect(p.https, "cafe.example.com", &[b"http/1.1"])
+        .await
+        .unwrap();
+    tls.write_all(b"GET /coffee/ws HTTP/1.1\r\nHost: cafe.example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            tls.read(&mut byte).await.unwrap(),
+            1,
+            "closed: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    tls.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tls.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"coffee:ping");
 }

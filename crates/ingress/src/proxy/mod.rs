@@ -18,7 +18,8 @@ pub(crate) use body::{ProxyBody, ReqBody};
 pub(crate) use service::{ConnInfo, handle};
 
 use crate::routes::build;
-use crate::{IngressConfig, RouteTable, Warning};
+use crate::stats::Counters;
+use crate::{IngressConfig, IngressStats, RouteTable, Warning};
 
 /// The ingress proxy: listeners plus the current [`RouteTable`].
 pub struct IngressProxy {
@@ -26,6 +27,7 @@ pub struct IngressProxy {
     pub(crate) table: Arc<ArcSwap<RouteTable>>,
     pub(crate) client: Client<HttpConnector, ReqBody>,
     pub(crate) server: auto::Builder<TokioExecutor>,
+    pub(crate) counters: Counters,
 }
 
 impl std::fmt::Debug for IngressProxy {
@@ -64,6 +66,7 @@ impl IngressProxy {
             table: Arc::new(ArcSwap::from_pointee(RouteTable::default())),
             client,
             server,
+            counters: Counters::default(),
         }
     }
 
@@ -91,6 +94,11 @@ impl IngressProxy {
     /// The current route table (a cheap snapshot; later updates do not change it).
     pub fn route_table(&self) -> Arc<RouteTable> {
         self.table.load_full()
+    }
+
+    /// Counters since creation (for metrics).
+    pub fn stats(&self) -> IngressStats {
+        self.counters.snapshot()
     }
 
     pub fn config(&self) -> &IngressConfig {

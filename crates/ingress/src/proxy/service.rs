@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use super::headers::{self, Forwarded, X_REQUEST_ID};
 use super::{IngressProxy, ProxyBody, ReqBody};
 use crate::routes::{Backend, normalize_path};
+use crate::stats;
 use crate::upstream::{InFlight, UpstreamEndpoint};
 
 /// The downstream connection a request came in on.
@@ -31,7 +32,9 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let request_id = headers::request_id(req.headers());
+    stats::inc(&proxy.counters.requests_total);
     let mut resp = route(&proxy, &conn, req, &request_id).await;
+    proxy.counters.response(resp.status().as_u16());
     resp.headers_mut().insert(&X_REQUEST_ID, request_id);
     resp
 }
@@ -80,6 +83,7 @@ async fn route(
     // The table is only borrowed for the lookup: a reload during the request is fine.
     let backend = proxy.table.load().lookup(host_str, &path).cloned();
     let Some(backend) = backend else {
+        stats::inc(&proxy.counters.not_found);
         return error(
             StatusCode::NOT_FOUND,
             "404 Not Found: no Ingress rule matches this host and path (sluice default backend)\n",
@@ -174,6 +178,7 @@ async fn route(
             };
             let (method, headers) = retry.unwrap_or_default();
             tracing::debug!(backend = %backend, failed = %first, retry = %next.addr, "ingress: retrying on another endpoint");
+            stats::inc(&proxy.counters.retries);
             let request = Upstream {
                 method,
                 path_and_query,
@@ -248,6 +253,7 @@ async fn send(
     match tokio::time::timeout(timeout, proxy.client.request(req)).await {
         Ok(Ok(resp)) => Ok(downstream_response(resp, in_flight)),
         Ok(Err(e)) if e.is_connect() => {
+            stats::inc(&proxy.counters.upstream_connect_failures);
             tracing::warn!(backend = %backend, endpoint = %endpoint.addr, error = %e, "ingress: cannot connect to endpoint");
             Err(SendError::Connect(error(
                 StatusCode::BAD_GATEWAY,
@@ -270,13 +276,16 @@ async fn send(
                 ),
             )))
         }
-        Err(_) => Err(SendError::Other(error(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!(
-                "504 Gateway Timeout: service {backend} did not answer within {}s\n",
-                timeout.as_secs_f32()
-            ),
-        ))),
+        Err(_) => Err(SendError::Other({
+            stats::inc(&proxy.counters.upstream_timeouts);
+            error(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "504 Gateway Timeout: service {backend} did not answer within {}s\n",
+                    timeout.as_secs_f32()
+                ),
+            )
+        })),
     }
 }
 
@@ -307,6 +316,7 @@ async fn forward_upgrade(
     let stream = match tokio::time::timeout(proxy.config.connect_timeout, connect).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
+            stats::inc(&proxy.counters.upstream_connect_failures);
             tracing::warn!(backend = %backend, endpoint = %endpoint.addr, error = %e, "ingress: cannot connect to endpoint for upgrade");
             return bad_gateway();
         }

@@ -1,0 +1,79 @@
+//! Counters for the agent's metrics endpoint: relaxed atomics, no lock on the request path.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What the proxy has done since it was created.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IngressStats {
+    pub connections_total: u64,
+    pub connections_active: u64,
+    pub requests_total: u64,
+    /// Responses by status class: index 0 = 1xx ... 4 = 5xx.
+    pub responses_by_class: [u64; 5],
+    /// Requests answered by the built-in 404 (no rule, no default backend).
+    pub not_found: u64,
+    /// Failed connection attempts to endpoints.
+    pub upstream_connect_failures: u64,
+    /// Requests that got no response headers in time (504).
+    pub upstream_timeouts: u64,
+    /// Requests sent again to another endpoint after a connect failure.
+    pub retries: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) connections_total: AtomicU64,
+    pub(crate) connections_active: AtomicU64,
+    pub(crate) requests_total: AtomicU64,
+    pub(crate) responses_by_class: [AtomicU64; 5],
+    pub(crate) not_found: AtomicU64,
+    pub(crate) upstream_connect_failures: AtomicU64,
+    pub(crate) upstream_timeouts: AtomicU64,
+    pub(crate) retries: AtomicU64,
+}
+
+pub(crate) fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    pub(crate) fn response(&self, status: u16) {
+        if let Some(c) = self
+            .responses_by_class
+            .get(usize::from(status / 100).wrapping_sub(1))
+        {
+            inc(c);
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> IngressStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        IngressStats {
+            connections_total: get(&self.connections_total),
+            connections_active: get(&self.connections_active),
+            requests_total: get(&self.requests_total),
+            responses_by_class: std::array::from_fn(|i| get(&self.responses_by_class[i])),
+            not_found: get(&self.not_found),
+            upstream_connect_failures: get(&self.upstream_connect_failures),
+            upstream_timeouts: get(&self.upstream_timeouts),
+            retries: get(&self.retries),
+        }
+    }
+}
+
+/// Counts an open connection until dropped.
+pub(crate) struct ActiveConnection<'a>(&'a Counters);
+
+impl<'a> ActiveConnection<'a> {
+    pub(crate) fn new(c: &'a Counters) -> Self {
+        inc(&c.connections_total);
+        inc(&c.connections_active);
+        Self(c)
+    }
+}
+
+impl Drop for ActiveConnection<'_> {
+    fn drop(&mut self) {
+        self.0.connections_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
