@@ -59,10 +59,13 @@ pub enum K8sError {
     WatchEnded,
 }
 
+/// Read timeout of clients made by [`client`] (unless the configuration sets one).
+pub const CLIENT_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// A client from the kubeconfig at `kubeconfig` (its current context) if given; otherwise the
 /// default inference: `KUBECONFIG` / `~/.kube/config`, then the in-cluster service account.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, K8sError> {
-    let config = match kubeconfig {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kubeconfig_error = |source| K8sError::Kubeconfig {
                 path: path.to_owned(),
@@ -77,5 +80,8 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, K8sError>
             .await
             .map_err(|source| K8sError::InferConfig { source })?,
     };
+    // Without a read timeout a list sent into a silently dead connection would wait forever;
+    // watches are ended by the server every 290 s, so 5 minutes of silence means dead.
+    config.read_timeout.get_or_insert(CLIENT_READ_TIMEOUT);
     kube::Client::try_from(config).map_err(|source| K8sError::Client { source })
 }

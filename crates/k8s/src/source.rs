@@ -426,3 +426,54 @@ fn is_stripped(secret: &Secret) -> bool {
         .as_ref()
         .is_some_and(|a| a.contains_key(STRIPPED_ANNOTATION))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    fn ingress(namespace: &str, tls: serde_json::Value) -> (ObjectKey, Arc<Ingress>) {
+        let ingress: Ingress = serde_json::from_value(json!({
+            "metadata": {"namespace": namespace, "name": "ing"},
+            "spec": {"tls": tls}
+        }))
+        .expect("valid test object");
+        (ObjectKey::new(namespace, "ing"), Arc::new(ingress))
+    }
+
+    #[test]
+    fn references_are_namespaced_and_skip_empty_names() {
+        let ingresses: BTreeMap<_, _> = [
+            ingress(
+                "a",
+                json!([{"secretName": "cert"}, {"hosts": ["x"]}, {"secretName": ""}]),
+            ),
+            ingress(
+                "b",
+                json!([{"secretName": "cert"}, {"secretName": "other"}]),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let referenced: Vec<String> = referenced_secrets(&ingresses)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(referenced, ["a/cert", "b/cert", "b/other"]);
+    }
+
+    #[test]
+    fn stripping_drops_data_and_marks_our_copy() {
+        let mut secret: Secret = serde_json::from_value(json!({
+            "metadata": {"namespace": "a", "name": "cert"},
+            "type": TLS_SECRET_TYPE,
+            "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"}
+        }))
+        .expect("valid test object");
+        assert!(!is_stripped(&secret));
+        strip(&mut secret);
+        assert!(is_stripped(&secret));
+        assert!(secret.data.is_none() && secret.string_data.is_none());
+    }
+}
