@@ -827,7 +827,31 @@ impl Cluster {
         errors
     }
 
+    /// What a failing test's reader wants to see per node: addresses, routes, nftables.
+    fn dump_node_state(&self) {
+        for n in self.nodes() {
+            for argv in [
+                &["ip", "-br", "addr"][..],
+                &["ip", "route"],
+                &["ip", "-6", "route"],
+                &["nft", "list", "ruleset"],
+            ] {
+                let text = match self.exec_timeout(At::Node(&n.name), argv, Duration::from_secs(5))
+                {
+                    Ok(out) => format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    ),
+                    Err(e) => format!("{e:#}"),
+                };
+                eprintln!("===== {} $ {} =====\n{text}", n.name, argv.join(" "));
+            }
+        }
+    }
+
     fn dump_logs(&self) {
+        self.dump_node_state();
         let Ok(dir) = std::fs::read_dir(self.workdir.join("logs")) else {
             return;
         };
