@@ -1,1 +1,114 @@
-fn main() {}
+//! `cargo xtask <command>`: the project's two user-facing commands and their helpers.
+//!
+//! * `cargo xtask demo`  — build, start a namespaced two-node "cluster" on this machine, run the
+//!   agent on each node, show traffic through ClusterIP, NodePort, eTP=Local and the Ingress.
+//! * `cargo xtask test`  — every test (unit, golden, kernel and namespaced end-to-end), plus
+//!   fmt and clippy.
+//! * `cargo xtask bench` — side-by-side benchmarks (release build).
+//! * `cargo xtask deps`  — install (as root on Debian/Ubuntu) or list the system packages.
+
+mod bench;
+mod demo;
+mod system;
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, bail};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (command, rest) = args
+        .split_first()
+        .map(|(c, r)| (c.as_str(), r))
+        .unwrap_or(("help", &[]));
+    match command {
+        "test" => test(rest),
+        "demo" => demo::run(rest),
+        "bench" => bench::run(rest),
+        "deps" => system::ensure_packages(),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n\
+                 demo   build and show sluice forwarding in a namespaced two-node cluster (root)\n\
+                 test   run every test, then fmt and clippy (root for the kernel tests)\n\
+                        --no-lint: skip fmt and clippy; anything after `--` goes to cargo test\n\
+                 bench  side-by-side benchmarks in release mode (root)\n\
+                 deps   install the system packages sluice needs (root, Debian/Ubuntu)"
+            );
+            if command == "help" {
+                Ok(())
+            } else {
+                bail!("unknown command {command:?}")
+            }
+        }
+    }
+}
+
+/// Runs a command, failing with its name when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Builds the agent and the echo pod binary used by the namespaced cluster.
+pub fn build_binaries(release: bool) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "-p", "sluice-agent", "-p", "sluice-echo"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)
+}
+
+fn test(args: &[String]) -> Result<()> {
+    let started = Instant::now();
+    let lint = !args.iter().any(|a| a == "--no-lint");
+    let passthrough: Vec<&String> = args.iter().skip_while(|a| *a != "--").skip(1).collect();
+    system::ensure_packages()?;
+    if !system::is_root() {
+        eprintln!(
+            "note: not root — kernel and namespaced end-to-end tests will be skipped (each says so)"
+        );
+    }
+    if lint {
+        run(cargo().args(["fmt", "--all", "--", "--check"]))
+            .context("formatting (run `cargo fmt --all`)")?;
+    }
+    build_binaries(false)?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--no-fail-fast"]);
+    if !passthrough.is_empty() {
+        cmd.arg("--").args(passthrough);
+    }
+    run(&mut cmd)?;
+    if lint {
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    println!("cargo xtask test: all green in {:.0?}", started.elapsed());
+    Ok(())
+}
