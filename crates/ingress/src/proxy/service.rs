@@ -172,11 +172,11 @@ async fn route(
     };
     let first = endpoint.addr;
     match send(proxy, &backend, endpoint, request, body).await {
-        Err(SendError::Connect(e)) if retry.is_some() => {
-            let Some(next) = backend.pool.pick(Some(first)) else {
+        Err(SendError::Connect(e)) => {
+            let (Some((method, headers)), Some(next)) = (retry, backend.pool.pick(Some(first)))
+            else {
                 return e;
             };
-            let (method, headers) = retry.unwrap_or_default();
             tracing::debug!(backend = %backend, failed = %first, retry = %next.addr, "ingress: retrying on another endpoint");
             stats::inc(&proxy.counters.retries);
             let request = Upstream {
@@ -190,7 +190,7 @@ async fn route(
             }
         }
         Ok(resp) => resp,
-        Err(SendError::Connect(resp) | SendError::Other(resp)) => resp,
+        Err(SendError::Other(resp)) => resp,
     }
 }
 
