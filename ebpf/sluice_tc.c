@@ -14,70 +14,33 @@
 #include "include/sluice_maps.h"
 #include "include/sluice_parse.h"
 #include "include/sluice_nat.h"
-#include "include/sluice_ct.h"
-#include "include/sluice_lb.h"
-#include "include/sluice_maglev.h"
+#include "include/sluice_ext.h"
 
 SEC("classifier")
 int sl_tc_ingress(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
+	void *meta = (void *)(long)skb->data_meta;
 	struct pkt p = {};
-	struct ct_val *ct;
-	struct lb_svc_val *svc;
-	struct lb_backend *be;
-	struct lb_aff_key akey = {};
-	__u64 now;
-	__u8 flags;
+	struct ext_verdict v = {};
 
+	/* Already translated by sl_xdp: only the masquerade request is left to do. */
+	if (meta + sizeof(__u32) <= data && *(__u32 *)meta == SL_META_MASQ) {
+		skb->mark |= SL_MASQ_MARK;
+		return TC_ACT_OK;
+	}
 	if (parse(data, data_end, &p))
 		return TC_ACT_OK;
-	now = bpf_ktime_get_ns();
-
-	ct = ct_lookup(&p, CT_DIR_ORIG);
-	if (ct) {
-		__u32 nat[4] = {ct->nat_addr[0], ct->nat_addr[1], ct->nat_addr[2], ct->nat_addr[3]};
-
-		ct->last_ns = now;
-		if (ct->flags & SL_SVC_MASQ)
-			skb->mark |= SL_MASQ_MARK;
-		if (nat_dst(skb, &p, nat, ct->nat_port))
-			return TC_ACT_SHOT;
-		return TC_ACT_OK;
-	}
-
-	svc = lb_lookup_svc(p.daddr, p.dport, p.proto, SL_SCOPE_EXT);
-	if (!svc)
-		return TC_ACT_OK;
-	if (!lb_src_allowed(svc, p.family, p.saddr))
+	ext_decide(&p, &v);
+	if (v.action == EXT_DROP)
 		return TC_ACT_SHOT;
-	if (svc->count == 0)
-		/* No endpoints anywhere: let the stack answer (RST / port unreachable for a
-		 * node address). Endpoints only elsewhere (eTP=Local): drop, as kube-proxy. */
-		return (svc->flags & SL_SVC_REJECT) ? TC_ACT_OK : TC_ACT_SHOT;
-
-	__builtin_memcpy(akey.addr, p.saddr, 16);
-	akey.group = svc->group;
-	be = lb_affinity_get(svc, &akey, now);
-	if (!be) {
-		be = lb_pick(svc, sl_flow_hash(p.saddr, p.daddr, p.sport, p.dport, p.proto));
-		if (!be)
-			return TC_ACT_SHOT;
-		lb_affinity_put(svc, &akey, be, now);
-	}
-	if (be->family != p.family)
-		return TC_ACT_SHOT;
-	flags = svc->flags & SL_SVC_MASQ;
-	ct_create(&p, be, svc->group, flags, now);
-	if (flags)
+	if (v.action != EXT_NAT)
+		return TC_ACT_OK;
+	if (v.masq)
 		skb->mark |= SL_MASQ_MARK;
-	{
-		__u32 nat[4] = {be->addr[0], be->addr[1], be->addr[2], be->addr[3]};
-
-		if (nat_dst(skb, &p, nat, be->port))
-			return TC_ACT_SHOT;
-	}
+	if (nat_dst(skb, &p, v.addr, v.port))
+		return TC_ACT_SHOT;
 	return TC_ACT_OK;
 }
 

@@ -2,7 +2,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const PROGRAMS: &[&str] = &["sluice_sock", "sluice_tc"];
+const PROGRAMS: &[&str] = &["sluice_sock", "sluice_tc", "sluice_xdp"];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));

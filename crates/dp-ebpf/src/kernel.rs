@@ -11,13 +11,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
+use aya::programs::{
+    CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode,
+};
 use aya::{Ebpf, EbpfLoader};
 use sluice_dataplane::DataplaneError;
 use sluice_model::DesiredState;
 
 use crate::maps::Maps;
-use crate::{BACKEND, EbpfConfig, SOCK_OBJ, TC_OBJ, abi, kerr};
+use crate::{BACKEND, EbpfConfig, SOCK_OBJ, TC_OBJ, XDP_OBJ, XdpMode, abi, kerr};
 
 const SOCK_PROGS: &[&str] = &[
     "sl_connect4",
@@ -31,6 +33,7 @@ const SOCK_PROGS: &[&str] = &[
 ];
 const TC_INGRESS: &str = "sl_tc_ingress";
 const TC_EGRESS: &str = "sl_tc_egress";
+const XDP_PROG: &str = "sl_xdp";
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -40,6 +43,8 @@ pub const NFT_TABLE: &str = "sluice_ebpf";
 pub struct Kernel {
     _sock: Ebpf,
     tc: Ebpf,
+    xdp: Ebpf,
+    xdp_mode: XdpMode,
     pub maps: Maps,
     links_dir: PathBuf,
     attached: BTreeMap<(String, u32), ()>,
@@ -49,12 +54,16 @@ pub struct Kernel {
 /// Result of one `BPF_PROG_TEST_RUN`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestRun {
-    /// The program's return value (`TC_ACT_OK` = 0, `TC_ACT_SHOT` = 2).
+    /// The program's return value (tc: `TC_ACT_OK` = 0, `TC_ACT_SHOT` = 2;
+    /// XDP: `XDP_DROP` = 1, `XDP_PASS` = 2).
     pub verdict: u32,
     /// The packet after the program ran.
     pub packet: Vec<u8>,
-    /// `skb->mark` after the program ran.
+    /// `skb->mark` after the program ran (tc only).
     pub mark: u32,
+    /// XDP metadata in front of the packet (XDP only; the programs never resize packets,
+    /// so whatever precedes the frame is metadata).
+    pub meta: Vec<u8>,
 }
 
 fn io_err(action: impl Into<String>, source: std::io::Error) -> DataplaneError {
@@ -159,6 +168,16 @@ fn load_sock_progs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     Ok(())
 }
 
+fn load_xdp_prog(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(XDP_PROG)
+        .ok_or_else(|| kerr("load", format!("program {XDP_PROG} missing from object")))?
+        .try_into()
+        .map_err(|e| kerr(format!("load {XDP_PROG}"), e))?;
+    prog.load()
+        .map_err(|e| kerr(format!("load {XDP_PROG}"), error_chain(&e)))
+}
+
 fn load_tc_progs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     for name in [TC_INGRESS, TC_EGRESS] {
         let prog: &mut SchedClassifier = ebpf
@@ -192,6 +211,8 @@ pub fn check_support(config: &EbpfConfig) -> Result<(), String> {
         load_sock_progs(&mut sock)?;
         let mut tc = load_obj(&probe, TC_OBJ, "tc")?;
         load_tc_progs(&mut tc)?;
+        let mut xdp = load_obj(&probe, XDP_OBJ, "XDP")?;
+        load_xdp_prog(&mut xdp)?;
         Ok::<(), DataplaneError>(())
     })();
     remove_pins(&probe);
@@ -236,9 +257,6 @@ pub fn cleanup(config: &EbpfConfig) -> Result<(), DataplaneError> {
 
 impl Kernel {
     pub fn load(config: &EbpfConfig) -> Result<Self, DataplaneError> {
-        if config.xdp != crate::XdpMode::Off {
-            tracing::warn!("ebpf: XDP acceleration is not implemented yet; using tc only");
-        }
         let dir = &config.bpffs_path;
         ensure_bpffs(dir)?;
         let links_dir = dir.join("links");
@@ -246,6 +264,8 @@ impl Kernel {
         load_sock_progs(&mut sock)?;
         let mut tc = load_obj(dir, TC_OBJ, "tc")?;
         load_tc_progs(&mut tc)?;
+        let mut xdp = load_obj(dir, XDP_OBJ, "XDP")?;
+        load_xdp_prog(&mut xdp)?;
         let maps = Maps::open(dir)?;
 
         let cgroup = File::open(&config.cgroup_path)
@@ -284,6 +304,8 @@ impl Kernel {
         Ok(Kernel {
             _sock: sock,
             tc,
+            xdp,
+            xdp_mode: config.xdp,
             maps,
             links_dir,
             attached: BTreeMap::new(),
@@ -353,6 +375,32 @@ impl Kernel {
             fd.pin(&pin)
                 .map_err(|e| kerr(format!("pin {}", pin.display()), error_chain(&e)))?;
         }
+        let mode = match self.xdp_mode {
+            XdpMode::Off => return Ok(()),
+            XdpMode::Native => AyaXdpMode::Driver,
+            XdpMode::Generic => AyaXdpMode::Skb,
+        };
+        let pin = self.links_dir.join(format!("xdp_{ifindex}"));
+        if pin.exists() {
+            return Ok(());
+        }
+        let prog: &mut Xdp = self
+            .xdp
+            .program_mut(XDP_PROG)
+            .ok_or_else(|| kerr("attach", format!("program {XDP_PROG} missing")))?
+            .try_into()
+            .map_err(|e| kerr(format!("attach {XDP_PROG}"), e))?;
+        let id = prog
+            .attach(ifname, mode)
+            .map_err(|e| kerr(format!("attach {XDP_PROG} to {ifname}"), error_chain(&e)))?;
+        let link = prog
+            .take_link(id)
+            .map_err(|e| kerr(format!("attach {XDP_PROG}"), e))?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|e| kerr(format!("pin {XDP_PROG}"), e))?;
+        fd.pin(&pin)
+            .map_err(|e| kerr(format!("pin {}", pin.display()), error_chain(&e)))?;
         Ok(())
     }
 
@@ -383,7 +431,21 @@ impl Kernel {
             .try_into()
             .map_err(|e| kerr("test run", e))?;
         let fd = prog.fd().map_err(|e| kerr("test run", e))?;
-        test_run(fd.as_fd().as_raw_fd(), packet)
+        test_run(fd.as_fd().as_raw_fd(), packet, true)
+    }
+
+    pub fn test_run_xdp(&self, packet: &[u8]) -> Result<TestRun, DataplaneError> {
+        let prog: &Xdp = self
+            .xdp
+            .program(XDP_PROG)
+            .ok_or_else(|| kerr("test run", format!("program {XDP_PROG} missing")))?
+            .try_into()
+            .map_err(|e| kerr("test run", e))?;
+        let fd = prog.fd().map_err(|e| kerr("test run", e))?;
+        let mut run = test_run(fd.as_fd().as_raw_fd(), packet, false)?;
+        let meta_len = run.packet.len().saturating_sub(packet.len());
+        run.meta = run.packet.drain(..meta_len).collect();
+        Ok(run)
     }
 }
 
@@ -500,7 +562,8 @@ const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const SKB_CTX_LEN: usize = 256;
 const SKB_MARK_OFFSET: usize = 8;
 
-fn test_run(prog_fd: i32, packet: &[u8]) -> Result<TestRun, DataplaneError> {
+/// `skb_ctx`: pass a `__sk_buff` context in and out (tc); XDP runs without one.
+fn test_run(prog_fd: i32, packet: &[u8], skb_ctx: bool) -> Result<TestRun, DataplaneError> {
     let mut out = vec![0u8; packet.len() + 512];
     let ctx_in = [0u8; SKB_CTX_LEN];
     let mut ctx_out = [0u8; SKB_CTX_LEN];
@@ -511,12 +574,14 @@ fn test_run(prog_fd: i32, packet: &[u8]) -> Result<TestRun, DataplaneError> {
         data_in: packet.as_ptr() as u64,
         data_out: out.as_mut_ptr() as u64,
         repeat: 1,
-        ctx_size_in: SKB_CTX_LEN as u32,
-        ctx_size_out: SKB_CTX_LEN as u32,
-        ctx_in: ctx_in.as_ptr() as u64,
-        ctx_out: ctx_out.as_mut_ptr() as u64,
         ..Default::default()
     };
+    if skb_ctx {
+        attr.ctx_size_in = SKB_CTX_LEN as u32;
+        attr.ctx_size_out = SKB_CTX_LEN as u32;
+        attr.ctx_in = ctx_in.as_ptr() as u64;
+        attr.ctx_out = ctx_out.as_mut_ptr() as u64;
+    }
     // SAFETY: bpf(2) reads `attr` and writes at most data_size_out / ctx_size_out bytes into
     // the buffers it points at, which outlive the call.
     let rc = unsafe {
@@ -540,5 +605,6 @@ fn test_run(prog_fd: i32, packet: &[u8]) -> Result<TestRun, DataplaneError> {
         verdict: attr.retval,
         packet: out,
         mark,
+        meta: Vec::new(),
     })
 }

@@ -37,6 +37,9 @@ pub(crate) static SOCK_OBJ: &[u8] =
 /// The tc object (classifier programs).
 pub(crate) static TC_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_tc.o"));
+/// The XDP object.
+pub(crate) static XDP_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_xdp.o"));
 
 pub(crate) fn kerr(action: impl Into<String>, err: impl Display) -> DataplaneError {
     DataplaneError::Kernel {
@@ -46,7 +49,8 @@ pub(crate) fn kerr(action: impl Into<String>, err: impl Display) -> DataplaneErr
     }
 }
 
-/// XDP acceleration of the external path.
+/// XDP acceleration of the external path (`--xdp`). The XDP program makes the same decision
+/// as tc ingress and shares its conntrack; tc stays attached for replies and masquerading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum XdpMode {
     Native,
@@ -115,6 +119,11 @@ impl EbpfDataplane {
     /// with the maps as programmed. For packet fixture tests.
     pub fn test_run_tc(&self, egress: bool, packet: &[u8]) -> Result<TestRun, DataplaneError> {
         self.kernel.test_run_tc(egress, packet)
+    }
+
+    /// Runs the XDP program once on `packet` through `BPF_PROG_TEST_RUN`. For fixture tests.
+    pub fn test_run_xdp(&self, packet: &[u8]) -> Result<TestRun, DataplaneError> {
+        self.kernel.test_run_xdp(packet)
     }
 
     /// Interfaces the tc programs are attached to (name, ifindex).

@@ -264,3 +264,29 @@ fn ipv6_nodeport_both_policies() -> Result<()> {
     in_ns(&t.node.name, || dp.cleanup())?;
     Ok(())
 }
+
+#[test]
+fn xdp_generic_accelerates_the_same_paths() -> Result<()> {
+    root_only!();
+    let mut t = topo()?;
+    t.config.xdp = sluice_dp_ebpf::XdpMode::Generic;
+    // XDP's incremental checksum update needs full checksums from the sender.
+    sh(&format!(
+        "ip netns exec {} ethtool -K eth0 tx off >/dev/null",
+        t.client.name
+    ))?;
+    let mut dp = new_dp(&t)?;
+    apply(&t, &mut dp, &desired(TrafficPolicy::Local, true, &[]))?;
+    let link = t.node.ip("link show ext0")?;
+    assert!(link.contains("xdpgeneric"), "XDP attached: {link}");
+    assert_eq!(get(&t, "10.77.0.1:30080")?, "pod1 10.77.0.2");
+    assert_eq!(get(&t, "[fd77::1]:30080")?, "pod1 fd77::2");
+    // eTP=Cluster: XDP translates, tc turns the metadata into the masquerade mark.
+    apply(&t, &mut dp, &desired(TrafficPolicy::Cluster, true, &[]))?;
+    assert_eq!(get(&t, "10.77.0.1:30080")?, "pod1 10.78.0.1");
+    assert_eq!(get(&t, "[fd77::1]:30080")?, "pod1 fd78::1");
+    in_ns(&t.node.name, || dp.cleanup())?;
+    let link = t.node.ip("link show ext0")?;
+    assert!(!link.contains("xdp"), "cleanup detached XDP: {link}");
+    Ok(())
+}

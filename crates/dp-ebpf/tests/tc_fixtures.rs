@@ -443,3 +443,99 @@ fn ipv6_nodeport_dnat_and_reverse_nat() -> Result<()> {
     assert_eq!(fx.run(false, &v4)?.verdict, TC_ACT_SHOT);
     Ok(())
 }
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+impl Fixture {
+    fn xdp(&self, pkt: &[u8]) -> Result<TestRun> {
+        Ok(self.dp.as_ref().expect("dp").test_run_xdp(pkt)?)
+    }
+}
+
+#[test]
+fn xdp_makes_the_same_decisions_with_valid_checksums() -> Result<()> {
+    root_only!();
+    let mut fx = Fixture::new()?;
+    let mut d = desired(
+        Protocol::Tcp,
+        service(vec![ep("10.244.2.2", 8080, false)], TrafficPolicy::Cluster),
+    );
+    d.services.insert(
+        spn("dns", Protocol::Udp),
+        service(vec![ep("10.244.1.5", 5353, true)], TrafficPolicy::Local),
+    );
+    fx.apply(&d)?;
+
+    let syn = frame(Protocol::Tcp, (CLIENT, 40000), (NODE, 30080), b"");
+    let out = fx.xdp(&syn)?;
+    assert_eq!(out.verdict, XDP_PASS);
+    assert_eq!(
+        out.packet,
+        frame(Protocol::Tcp, (CLIENT, 40000), ("10.244.2.2", 8080), b"")
+    );
+    // eTP=Cluster: the masquerade request rides in the metadata for tc.
+    assert_eq!(out.meta, 0x51c3_a5e0u32.to_ne_bytes());
+
+    let q = frame(Protocol::Udp, (CLIENT, 5000), (NODE, 30080), b"query");
+    let out = fx.xdp(&q)?;
+    assert_eq!(out.verdict, XDP_PASS);
+    assert_eq!(
+        out.packet,
+        frame(
+            Protocol::Udp,
+            (CLIENT, 5000),
+            ("10.244.1.5", 5353),
+            b"query"
+        )
+    );
+    assert!(out.meta.is_empty(), "eTP=Local: no masquerade");
+
+    // Source ranges and unrelated traffic.
+    let denied = frame(Protocol::Tcp, (OUTSIDER, 40000), (LB_IP, 80), b"");
+    assert_eq!(fx.xdp(&denied)?.verdict, XDP_DROP);
+    let other = frame(Protocol::Tcp, (CLIENT, 40000), (NODE, 22), b"");
+    let out = fx.xdp(&other)?;
+    assert_eq!((out.verdict, &out.packet), (XDP_PASS, &other));
+
+    // Conntrack is shared: the reply to the XDP-translated flow is reverse-NATed by tc.
+    let reply = frame(Protocol::Tcp, ("10.244.2.2", 8080), (CLIENT, 40000), b"");
+    assert_eq!(
+        fx.run(true, &reply)?.packet,
+        frame(Protocol::Tcp, (NODE, 30080), (CLIENT, 40000), b"")
+    );
+    Ok(())
+}
+
+#[test]
+fn xdp_ipv6_dnat() -> Result<()> {
+    root_only!();
+    let mut fx = Fixture::new()?;
+    let mut d = desired(
+        Protocol::Tcp,
+        service(
+            vec![ep("fd00:10:244:2::5", 8080, false)],
+            TrafficPolicy::Cluster,
+        ),
+    );
+    d.node_port_addresses.push("2001:db8::11".parse()?);
+    fx.apply(&d)?;
+    let syn = frame(
+        Protocol::Tcp,
+        ("2001:db8::100", 40000),
+        ("2001:db8::11", 30080),
+        b"",
+    );
+    let out = fx.xdp(&syn)?;
+    assert_eq!(out.verdict, XDP_PASS);
+    assert_eq!(
+        out.packet,
+        frame(
+            Protocol::Tcp,
+            ("2001:db8::100", 40000),
+            ("fd00:10:244:2::5", 8080),
+            b""
+        )
+    );
+    Ok(())
+}

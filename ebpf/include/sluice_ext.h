@@ -1,0 +1,82 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* The decision for a packet arriving from outside, shared by tc and XDP: conntrack first,
+ * then frontend lookup, source ranges, empty services, affinity, Maglev. */
+#ifndef SLUICE_EXT_H
+#define SLUICE_EXT_H
+
+#include "sluice_abi.h"
+#include "sluice_maps.h"
+#include "sluice_parse.h"
+#include "sluice_ct.h"
+#include "sluice_lb.h"
+#include "sluice_maglev.h"
+
+#define EXT_PASS 0 /* not ours (or left to the stack to reject): untouched */
+#define EXT_DROP 1
+#define EXT_NAT 2  /* rewrite the destination to addr:port */
+
+/* XDP hands the masquerade request to tc in 4 bytes of metadata. */
+#define SL_META_MASQ 0x51c3a5e0
+
+struct ext_verdict {
+	__u32 addr[4];
+	__u16 port;
+	__u8 action;
+	__u8 masq;
+};
+
+static __always_inline void ext_decide(const struct pkt *p, struct ext_verdict *v)
+{
+	struct ct_val *ct;
+	struct lb_svc_val *svc;
+	struct lb_backend *be;
+	struct lb_aff_key akey = {};
+	__u64 now = bpf_ktime_get_ns();
+
+	v->action = EXT_PASS;
+	v->masq = 0;
+	ct = ct_lookup(p, CT_DIR_ORIG);
+	if (ct) {
+		ct->last_ns = now;
+		__builtin_memcpy(v->addr, ct->nat_addr, 16);
+		v->port = ct->nat_port;
+		v->masq = (ct->flags & SL_SVC_MASQ) != 0;
+		v->action = EXT_NAT;
+		return;
+	}
+	svc = lb_lookup_svc(p->daddr, p->dport, p->proto, SL_SCOPE_EXT);
+	if (!svc)
+		return;
+	if (!lb_src_allowed(svc, p->family, p->saddr)) {
+		v->action = EXT_DROP;
+		return;
+	}
+	if (svc->count == 0) {
+		/* No endpoints anywhere: let the stack answer (RST / port unreachable for a
+		 * node address). Endpoints only elsewhere (eTP=Local): drop, as kube-proxy. */
+		v->action = (svc->flags & SL_SVC_REJECT) ? EXT_PASS : EXT_DROP;
+		return;
+	}
+	__builtin_memcpy(akey.addr, p->saddr, 16);
+	akey.group = svc->group;
+	be = lb_affinity_get(svc, &akey, now);
+	if (!be) {
+		be = lb_pick(svc, sl_flow_hash(p->saddr, p->daddr, p->sport, p->dport, p->proto));
+		if (!be) {
+			v->action = EXT_DROP;
+			return;
+		}
+		lb_affinity_put(svc, &akey, be, now);
+	}
+	if (be->family != p->family) {
+		v->action = EXT_DROP;
+		return;
+	}
+	ct_create(p, be, svc->group, svc->flags & SL_SVC_MASQ, now);
+	__builtin_memcpy(v->addr, be->addr, 16);
+	v->port = be->port;
+	v->masq = (svc->flags & SL_SVC_MASQ) != 0;
+	v->action = EXT_NAT;
+}
+
+#endif
