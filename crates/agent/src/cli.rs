@@ -437,3 +437,40 @@ mod tests {
         assert!(parse_duration("1d").is_err());
     }
 }
+
+#[cfg(test)]
+mod manifest_tests {
+    use clap::Parser as _;
+
+    /// The shipped DaemonSet must pass flags this binary accepts.
+    #[test]
+    fn daemonset_args_are_valid_flags() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../manifests/daemonset.yaml"
+        );
+        let text = std::fs::read_to_string(path).expect("manifests/daemonset.yaml");
+        let ds: serde_yaml::Value = serde_yaml::from_str(&text).expect("daemonset.yaml is YAML");
+        let container = &ds["spec"]["template"]["spec"]["containers"][0];
+        let mut argv = vec!["sluice".to_owned(), "agent".to_owned()];
+        for arg in container["args"].as_sequence().expect("args") {
+            argv.push(arg.as_str().expect("string arg").to_owned());
+        }
+        let cli = super::Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        let super::Command::Agent(args) = cli.command;
+        let config = args
+            .validate_with_hostname(|| Some("node-1".into()))
+            .expect("valid");
+        assert_eq!(
+            config.source,
+            super::SourceConfig::Kubernetes {
+                kubeconfig: std::env::var_os("KUBECONFIG").map(Into::into)
+            }
+        );
+        assert!(
+            container["image"]
+                .as_str()
+                .is_some_and(|i| i.contains("sluice"))
+        );
+    }
+}
