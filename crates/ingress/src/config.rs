@@ -18,7 +18,8 @@ pub struct IngressConfig {
     pub default_certificate: Option<ObjectKey>,
     /// Time to establish a TCP connection to an endpoint.
     pub connect_timeout: Duration,
-    /// Time from sending a request upstream until its response headers arrive.
+    /// Time from sending a request upstream until its response headers arrive; also the
+    /// longest pause allowed between two reads of the response body.
     pub response_timeout: Duration,
     /// Downstream HTTP/1 keep-alive idle time, which is also the time allowed to send the
     /// request headers.

@@ -652,3 +652,55 @@ async fn upgrade_over_tls() {
     let n = tls.read(&mut buf).await.unwrap();
     assert_eq!(&buf[..n], b"coffee:ping");
 }
+
+/// A backend that sends headers and 5 of 100 promised body bytes, then stalls: the proxy's
+/// read timeout must cut the response instead of holding it open forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_upstream_body_is_cut_after_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nstart")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let mut objects = vec![
+        ingress_class(),
+        ingress("s", vec![rule("h", vec![path("/", "Prefix", "stall")])]),
+    ];
+    objects.extend(service("stall", &[port]));
+    let config = IngressConfig {
+        response_timeout: Duration::from_millis(300),
+        ..IngressConfig::default()
+    };
+    let p = start(config, &objects).await;
+    let started = Instant::now();
+    let stream = tokio::net::TcpStream::connect(p.http).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri("/")
+        .header("host", "h")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+    assert!(
+        body.is_err(),
+        "truncated body must be an error for the client"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Limited;
@@ -251,7 +252,7 @@ async fn send(
     };
     let timeout = proxy.config.response_timeout;
     match tokio::time::timeout(timeout, proxy.client.request(req)).await {
-        Ok(Ok(resp)) => Ok(downstream_response(resp, in_flight)),
+        Ok(Ok(resp)) => Ok(downstream_response(resp, in_flight, timeout)),
         Ok(Err(e)) if e.is_connect() => {
             stats::inc(&proxy.counters.upstream_connect_failures);
             tracing::warn!(backend = %backend, endpoint = %endpoint.addr, error = %e, "ingress: cannot connect to endpoint");
@@ -289,10 +290,17 @@ async fn send(
     }
 }
 
-fn downstream_response(resp: Response<Incoming>, in_flight: InFlight) -> Response<ProxyBody> {
+fn downstream_response(
+    resp: Response<Incoming>,
+    in_flight: InFlight,
+    read_timeout: Duration,
+) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, ProxyBody::upstream(body, Some(in_flight)))
+    Response::from_parts(
+        parts,
+        ProxyBody::upstream(body, Some(in_flight), read_timeout),
+    )
 }
 
 /// Upgrades (WebSocket, ...): a dedicated upstream connection; after `101` both sides are
@@ -357,7 +365,7 @@ async fn forward_upgrade(
         }
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return downstream_response(resp, in_flight);
+        return downstream_response(resp, in_flight, timeout);
     }
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     let backend_name = backend.to_string();
