@@ -6,6 +6,7 @@
  */
 #include <linux/bpf.h>
 #include <linux/in.h>
+#include <linux/errno.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "include/sluice_abi.h"
@@ -73,10 +74,15 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, __u32 addr[4], 
 	svc = lb_lookup_svc(addr, *port, proto, SL_SCOPE_SOCK);
 	if (!svc)
 		return SYS_PROCEED;
-	if (svc->count == 0)
-		/* No endpoints anywhere: refuse. Endpoints elsewhere only: leave the
-		 * frontend untouched, nothing answers (kube-proxy drops). */
-		return (svc->flags & SL_SVC_REJECT) ? SYS_REJECT : SYS_PROCEED;
+	if (svc->count == 0) {
+		/* Endpoints elsewhere only: leave the frontend untouched, nothing answers
+		 * (kube-proxy drops). No endpoints anywhere: refuse with ECONNREFUSED, what a
+		 * client of kube-proxy's REJECT sees (the default would be EPERM). */
+		if (!(svc->flags & SL_SVC_REJECT))
+			return SYS_PROCEED;
+		bpf_set_retval(-ECONNREFUSED);
+		return SYS_REJECT;
+	}
 
 	now = bpf_ktime_get_ns();
 	akey.cookie = bpf_get_netns_cookie(ctx);
@@ -111,16 +117,45 @@ static __always_inline int sock4_fwd(struct bpf_sock_addr *ctx)
 	return ret;
 }
 
+/* Dual-stack sockets reach IPv4 services through v4-mapped addresses (::ffff:a.b.c.d). */
+static __always_inline int is_v4_mapped(const __u32 a[4])
+{
+	return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0xffff);
+}
+
+static __always_inline void to_lookup_form(__u32 addr[4], int mapped)
+{
+	if (mapped) {
+		addr[0] = addr[3];
+		addr[1] = addr[2] = addr[3] = 0;
+	}
+}
+
+static __always_inline void to_ctx_form(struct bpf_sock_addr *ctx, __u32 addr[4], int mapped)
+{
+	if (mapped) {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0xffff);
+		ctx->user_ip6[3] = addr[0];
+	} else {
+		ctx->user_ip6[0] = addr[0];
+		ctx->user_ip6[1] = addr[1];
+		ctx->user_ip6[2] = addr[2];
+		ctx->user_ip6[3] = addr[3];
+	}
+}
+
 static __always_inline int sock6_fwd(struct bpf_sock_addr *ctx)
 {
 	__u32 addr[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
 	__u16 port = (__u16)ctx->user_port;
-	int ret = sock_xlate(ctx, addr, &port, SL_FAMILY_V6, 1);
+	int mapped = is_v4_mapped(addr);
+	int ret;
 
-	ctx->user_ip6[0] = addr[0];
-	ctx->user_ip6[1] = addr[1];
-	ctx->user_ip6[2] = addr[2];
-	ctx->user_ip6[3] = addr[3];
+	to_lookup_form(addr, mapped);
+	ret = sock_xlate(ctx, addr, &port, mapped ? SL_FAMILY_V4 : SL_FAMILY_V6, 1);
+	to_ctx_form(ctx, addr, mapped);
 	ctx->user_port = port;
 	return ret;
 }
@@ -140,12 +175,11 @@ static __always_inline int sock6_rev(struct bpf_sock_addr *ctx)
 {
 	__u32 addr[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
 	__u16 port = (__u16)ctx->user_port;
+	int mapped = is_v4_mapped(addr);
 
+	to_lookup_form(addr, mapped);
 	sock_rev_get(ctx, addr, &port);
-	ctx->user_ip6[0] = addr[0];
-	ctx->user_ip6[1] = addr[1];
-	ctx->user_ip6[2] = addr[2];
-	ctx->user_ip6[3] = addr[3];
+	to_ctx_form(ctx, addr, mapped);
 	ctx->user_port = port;
 	return SYS_PROCEED;
 }

@@ -38,9 +38,11 @@ fn setup() -> Result<Setup> {
     // Backend addresses on the namespace's loopback (no dummy module on these machines).
     ns.ip("addr add 10.0.0.2/32 dev lo")?;
     ns.ip("addr add 10.0.0.3/32 dev lo")?;
+    ns.ip("addr add fd00::2/128 dev lo nodad")?;
     tcp_echo(&ns.name, "10.0.0.2:8080".parse()?, "be-a");
     tcp_echo(&ns.name, "10.0.0.3:8080".parse()?, "be-b");
     udp_echo(&ns.name, "10.0.0.2:5353".parse()?, "udp-a");
+    tcp_echo(&ns.name, "[fd00::2]:8080".parse()?, "be-v6");
     let cg = TestCgroup::new()?;
     let config = ebpf_config(&cg, vec![]);
     let guard = PinGuard {
@@ -187,7 +189,11 @@ fn service_without_endpoints_is_refused() -> Result<()> {
     dp.apply(&web(&[], None), false)?;
     let start = std::time::Instant::now();
     let out = s.cg.python(&s.ns, TCP_CLIENT)?;
-    assert_eq!(out, format!("ERR {}", libc::EPERM));
+    assert_eq!(
+        out,
+        format!("ERR {}", libc::ECONNREFUSED),
+        "refused like a RST"
+    );
     assert!(
         start.elapsed() < std::time::Duration::from_secs(2),
         "refusal must be immediate"
@@ -235,5 +241,44 @@ fn forwarding_survives_the_agent_and_restore_is_incremental() -> Result<()> {
         out.starts_with("ERR"),
         "after cleanup nothing is translated: {out}"
     );
+    Ok(())
+}
+
+#[test]
+fn dual_stack_and_v4_mapped_sockets() -> Result<()> {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return Ok(());
+    }
+    let s = setup()?;
+    let mut dp = EbpfDataplane::new(s.config.clone())?;
+    let mut d = web(&[("10.0.0.2", 8080)], None);
+    if let Some(svc) = d.services.get_mut(&spn("web", Protocol::Tcp)) {
+        svc.cluster_ips.push("fd00:96::10".parse()?);
+        svc.cluster_endpoints.push(ep("fd00::2", 8080, true));
+    }
+    dp.apply(&d, false)?;
+    let client = |addr: &str| {
+        format!(
+            "
+import socket
+s = socket.socket(socket.AF_INET6)
+s.settimeout(3)
+s.connect(('{addr}', 80))
+print(s.getpeername()[0], s.recv(100).decode().strip())
+"
+        )
+    };
+    // Native IPv6 ClusterIP: the IPv6 endpoint only.
+    assert_eq!(
+        s.cg.python(&s.ns, &client("fd00:96::10"))?,
+        "fd00:96::10 be-v6 fd00::2"
+    );
+    // An IPv6 socket reaching the IPv4 ClusterIP through a v4-mapped address.
+    assert_eq!(
+        s.cg.python(&s.ns, &client("::ffff:10.96.0.10"))?,
+        "::ffff:10.96.0.10 be-a 10.0.0.2"
+    );
+    in_ns(&s.ns.name, || dp.cleanup())?;
     Ok(())
 }
