@@ -704,3 +704,57 @@ async fn stalled_upstream_body_is_cut_after_read_timeout() {
         started.elapsed()
     );
 }
+
+/// A backend whose first connection is closed right after the request arrives (as a stale
+/// keep-alive connection would be), later connections answer. GET is retried and succeeds;
+/// POST is not retried and gets a clear 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_connection_retries_idempotent_requests_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                // Connections 0 and 2 are closed without an answer.
+                if n % 2 == 1 {
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                        )
+                        .await;
+                }
+            });
+        }
+    });
+    let mut objects = vec![
+        ingress_class(),
+        ingress("c", vec![rule("h", vec![path("/", "Prefix", "flaky")])]),
+    ];
+    objects.extend(service("flaky", &[port]));
+    let p = start(IngressConfig::default(), &objects).await;
+    let r = http_get(p.http, "h", "/").await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body, "ok");
+    assert_eq!(p.proxy.stats().retries, 1);
+    let post = Request::builder()
+        .method("POST")
+        .uri("/")
+        .header("host", "h")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = http_send(p.http, post).await.unwrap();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        r.body.contains("closed the connection without a response"),
+        "{}",
+        r.body
+    );
+    assert_eq!(p.proxy.stats().retries, 1);
+}

@@ -155,9 +155,10 @@ async fn route(
     }
 
     let no_body = body.is_end_stream();
-    // A request without body can be sent again to another endpoint if connecting failed.
-    let retry = (no_body && is_idempotent(&parts.method) && backend.pool.endpoints.len() > 1)
-        .then(|| (parts.method.clone(), headers.clone()));
+    // An idempotent request without body can be sent again if nothing reached the endpoint
+    // (connect failed) or the connection closed before any response (stale keep-alive).
+    let retry =
+        (no_body && is_idempotent(&parts.method)).then(|| (parts.method.clone(), headers.clone()));
     let body = if no_body {
         ReqBody::Empty
     } else {
@@ -171,27 +172,31 @@ async fn route(
         path_and_query: path_and_query.clone(),
         headers,
     };
-    let first = endpoint.addr;
-    match send(proxy, &backend, endpoint, request, body).await {
-        Err(SendError::Connect(e)) => {
-            let (Some((method, headers)), Some(next)) = (retry, backend.pool.pick(Some(first)))
-            else {
-                return e;
-            };
-            tracing::debug!(backend = %backend, failed = %first, retry = %next.addr, "ingress: retrying on another endpoint");
-            stats::inc(&proxy.counters.retries);
-            let request = Upstream {
-                method,
-                path_and_query,
-                headers,
-            };
-            match send(proxy, &backend, next, request, ReqBody::Empty).await {
-                Ok(resp) => resp,
-                Err(SendError::Connect(resp) | SendError::Other(resp)) => resp,
-            }
-        }
+    let first = Arc::clone(&endpoint);
+    let (failed, same_endpoint_ok) = match send(proxy, &backend, endpoint, request, body).await {
+        Ok(resp) | Err(SendError::Other(resp)) => return resp,
+        Err(SendError::Connect(resp)) => (resp, false),
+        Err(SendError::Closed(resp)) => (resp, true),
+    };
+    // After a connect failure only another endpoint helps; after a keep-alive connection
+    // closed under us the same endpoint (on a new connection) is fine too.
+    let next = backend
+        .pool
+        .pick(Some(first.addr))
+        .or_else(|| same_endpoint_ok.then_some(first));
+    let (Some((method, headers)), Some(next)) = (retry, next) else {
+        return failed;
+    };
+    tracing::debug!(backend = %backend, retry = %next.addr, "ingress: retrying idempotent request");
+    stats::inc(&proxy.counters.retries);
+    let request = Upstream {
+        method,
+        path_and_query,
+        headers,
+    };
+    match send(proxy, &backend, next, request, ReqBody::Empty).await {
         Ok(resp) => resp,
-        Err(SendError::Other(resp)) => resp,
+        Err(SendError::Connect(resp) | SendError::Closed(resp) | SendError::Other(resp)) => resp,
     }
 }
 
@@ -222,7 +227,22 @@ impl Upstream {
 enum SendError {
     /// Connecting failed: nothing reached the endpoint, a retry is safe.
     Connect(Response<ProxyBody>),
+    /// The connection closed before any response: safe to retry idempotent requests.
+    Closed(Response<ProxyBody>),
     Other(Response<ProxyBody>),
+}
+
+/// The upstream closed the connection before sending a response (typically a keep-alive
+/// connection it had just timed out).
+fn closed_before_response(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            return h.is_incomplete_message() || h.is_canceled();
+        }
+        cur = e.source();
+    }
+    false
 }
 
 fn is_body_limit(err: &(dyn std::error::Error + 'static)) -> bool {
@@ -268,6 +288,15 @@ async fn send(
                 proxy.config.max_request_body_bytes
             ),
         ))),
+        Ok(Err(e)) if closed_before_response(&e) => {
+            tracing::debug!(backend = %backend, endpoint = %endpoint.addr, error = %e, "ingress: upstream closed the connection before responding");
+            Err(SendError::Closed(error(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "502 Bad Gateway: service {backend} closed the connection without a response\n"
+                ),
+            )))
+        }
         Ok(Err(e)) => {
             tracing::warn!(backend = %backend, endpoint = %endpoint.addr, error = %e, "ingress: upstream request failed");
             Err(SendError::Other(error(
