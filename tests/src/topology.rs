@@ -283,7 +283,27 @@ impl Cluster {
         }
         let client = self.client_ns();
         self.add_netns(&client)?;
+        // The client is "the outside": it never forwards (the host's setting may leak in).
+        netns::sysctls(
+            &client,
+            &[
+                ("net.ipv4.ip_forward", "0"),
+                ("net.ipv6.conf.all.forwarding", "0"),
+            ],
+        )?;
         self.underlay_link("client", &client, CLIENT_V4, CLIENT_V6)?;
+        // Real nodes have a default route; node-originated traffic to a ClusterIP is routed
+        // before it is NATed, so it needs one. It points at the client, which drops what is
+        // not for itself: nothing leaves the namespaces.
+        for n in &self.nodes {
+            netns::ip_batch(
+                &n.node.netns,
+                &[
+                    format!("route add default via {CLIENT_V4}"),
+                    format!("route add ::/0 via {CLIENT_V6}"),
+                ],
+            )?;
+        }
         let nodes_yaml = crate::manifests::nodes_yaml(self.nodes());
         self.write_manifest("nodes.yaml", &nodes_yaml)?;
         Ok(())

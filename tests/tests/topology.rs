@@ -73,6 +73,15 @@ fn client_reaches_nodes_but_not_pods() -> anyhow::Result<()> {
         "{addrs}"
     );
 
+    // Nodes default-route to the client, which does not forward: unknown addresses time out.
+    let opts = sluice_tests::ProbeOpts {
+        timeout: std::time::Duration::from_millis(300),
+        ..Default::default()
+    };
+    for addr in ["198.51.100.1:80", "[2001:db8:ffff::1]:80"] {
+        let r = c.probe(At::Node("node-a"), sluice_tests::Proto::Tcp, addr, &opts)?;
+        assert_eq!(r, vec![Err(ProbeError::Timeout)], "{addr}");
+    }
     // The client has no route to pod CIDRs.
     assert_eq!(
         c.tcp1(At::Client, web.v4(8080))?,
