@@ -758,3 +758,39 @@ async fn closed_connection_retries_idempotent_requests_only() {
     );
     assert_eq!(p.proxy.stats().retries, 1);
 }
+
+/// Least requests: while one endpoint is busy with a slow request, the next request goes to
+/// the idle one (with two endpoints, power of two choices always compares both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_endpoint_is_avoided() {
+    let a = echo("a").await;
+    let b = echo("b").await;
+    let mut objects = vec![
+        ingress_class(),
+        ingress("r", vec![rule("h", vec![path("/", "Prefix", "ab")])]),
+    ];
+    objects.extend(service("ab", &[a.addr.port(), b.addr.port()]));
+    let p = start(IngressConfig::default(), &objects).await;
+    for _ in 0..2 {
+        let addr = p.http;
+        let slow = tokio::spawn(async move { http_get(addr, "h", "/sleep").await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Every request while the slow one runs must avoid its endpoint.
+        let mut fast = Vec::new();
+        for _ in 0..5 {
+            fast.push(
+                http_get(p.http, "h", "/")
+                    .await
+                    .unwrap()
+                    .backend()
+                    .to_owned(),
+            );
+        }
+        let slow = slow.await.unwrap();
+        assert!(
+            fast.iter().all(|f| *f != slow.backend()),
+            "slow on {}, fast on {fast:?}",
+            slow.backend()
+        );
+    }
+}
