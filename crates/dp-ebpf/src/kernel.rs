@@ -204,7 +204,7 @@ pub fn check_support(config: &EbpfConfig) -> Result<(), String> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf"));
-    let probe = base.join(format!(".sluice-check-{}", std::process::id()));
+    let probe = base.join(format!("sluice-check-{}", std::process::id()));
     ensure_bpffs(&probe).map_err(|e| e.to_string())?;
     let result = (|| {
         let mut sock = load_obj(&probe, SOCK_OBJ, "socket-LB")?;

@@ -343,3 +343,26 @@ fn families_get_their_own_groups() {
     assert_ne!(v4.group, v6.group);
     assert_eq!((v4.count, v6.count), (2, 1));
 }
+
+#[test]
+fn restart_with_two_dual_stack_services_rewrites_nothing() {
+    let mut d = desired_with(nodeport_service());
+    d.node_port_addresses.push(ip("fd77::1"));
+    let mut other = nodeport_service();
+    other.cluster_ips = vec![ip("10.96.0.11")];
+    other.node_port = Some(30090);
+    other.load_balancer_ips.clear();
+    for e in other
+        .cluster_endpoints
+        .iter_mut()
+        .chain(other.local_endpoints.iter_mut())
+    {
+        e.port = 9090;
+    }
+    other.cluster_endpoints.push(ep("fd78::2", 9090, true));
+    d.services.insert(name("lines", Protocol::Tcp), other);
+    let (g1, c) = render(&d);
+    let g2 = state::assign_groups(&d, &Groups::default(), &c);
+    assert_eq!(g1, g2);
+    assert_eq!(state::render(&d, &g2), c);
+}

@@ -61,6 +61,7 @@ fn topo() -> Result<Topo> {
     ))?;
     tcp_echo(&pod.name, "0.0.0.0:8080".parse()?, "pod1");
     tcp_echo(&pod.name, "[fd78::2]:8080".parse()?, "pod1");
+    tcp_line_echo(&pod.name, "0.0.0.0:9090".parse()?, "pod1-lines");
     let cg = TestCgroup::new()?;
     let config = ebpf_config(&cg, vec![]);
     Ok(Topo {
@@ -225,20 +226,60 @@ fn load_balancer_ip_and_source_ranges() -> Result<()> {
     Ok(())
 }
 
+fn with_lines_port(mut d: DesiredState) -> DesiredState {
+    let mut svc = d
+        .services
+        .get(&spn("web", Protocol::Tcp))
+        .cloned()
+        .expect("web");
+    svc.port = 90;
+    svc.cluster_ips = vec!["10.96.0.11".parse().expect("ip")];
+    svc.node_port = Some(30090);
+    svc.load_balancer_ips.clear();
+    for ep in svc
+        .cluster_endpoints
+        .iter_mut()
+        .chain(svc.local_endpoints.iter_mut())
+    {
+        ep.port = 9090;
+    }
+    d.services.insert(spn("lines", Protocol::Tcp), svc);
+    d
+}
+
 #[test]
 fn forwarding_continues_while_the_agent_is_down() -> Result<()> {
     root_only!();
     let t = topo()?;
-    {
-        let mut dp = new_dp(&t)?;
-        apply(&t, &mut dp, &desired(TrafficPolicy::Local, true, &[]))?;
-    }
-    assert_eq!(get(&t, "10.77.0.1:30080")?, "pod1 10.77.0.2", "agent down");
+    let d = with_lines_port(desired(TrafficPolicy::Local, true, &[]));
+    let mut dp = new_dp(&t)?;
+    apply(&t, &mut dp, &d)?;
+    let (mut held, greeting) = Held::open(&t.client.name, "10.77.0.1:30090".parse()?)?;
+    assert_eq!(greeting, "pod1-lines 10.77.0.2");
+    assert_eq!(held.send("before")?, "pod1-lines: before");
+    drop(dp); // the agent dies: links and maps stay pinned
+    assert_eq!(
+        held.send("down")?,
+        "pod1-lines: down",
+        "established flow while down"
+    );
+    assert_eq!(
+        get(&t, "10.77.0.1:30080")?,
+        "pod1 10.77.0.2",
+        "new flow while down"
+    );
     let mut dp = new_dp(&t)?;
     in_ns(&t.node.name, || dp.restore())?;
-    let d = desired(TrafficPolicy::Local, true, &[]);
     let stats = in_ns(&t.node.name, || dp.apply(&d, false))?;
-    assert_eq!(stats.operations, 0);
+    assert_eq!(
+        stats.operations, 0,
+        "restart with the same state rewrites nothing"
+    );
+    assert_eq!(
+        held.send("after")?,
+        "pod1-lines: after",
+        "established flow after restart"
+    );
     assert_eq!(
         get(&t, "10.77.0.1:30080")?,
         "pod1 10.77.0.2",

@@ -108,6 +108,76 @@ pub fn tcp_echo(ns: &str, addr: SocketAddr, name: &str) {
         .expect("server ready");
 }
 
+/// TCP server in `ns` that greets with `"<name> <peer-ip>\n"` and then echoes every line
+/// back as `"<name>: <line>\n"` for as long as the client keeps the connection.
+pub fn tcp_line_echo(ns: &str, addr: SocketAddr, name: &str) {
+    let path = format!("/run/netns/{ns}");
+    let name = name.to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        enter(&path);
+        let l = TcpListener::bind(addr).expect("bind");
+        tx.send(()).expect("ready");
+        for c in l.incoming().flatten() {
+            let name = name.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                let mut w = match c.try_clone() {
+                    Ok(w) => w,
+                    Err(_) => return,
+                };
+                let peer = c
+                    .peer_addr()
+                    .map(|p| p.ip().to_string())
+                    .unwrap_or_default();
+                let _ = w.write_all(format!("{name} {peer}\n").as_bytes());
+                for line in std::io::BufReader::new(c).lines() {
+                    let Ok(line) = line else { return };
+                    if w.write_all(format!("{name}: {line}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("server ready");
+}
+
+/// A TCP connection opened from a namespace and kept open.
+pub struct Held {
+    reader: std::io::BufReader<std::net::TcpStream>,
+    writer: std::net::TcpStream,
+}
+
+impl Held {
+    pub fn open(ns: &str, addr: SocketAddr) -> Result<(Self, String)> {
+        let c = in_ns(ns, || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        })?;
+        c.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut held = Held {
+            writer: c.try_clone()?,
+            reader: std::io::BufReader::new(c),
+        };
+        let greeting = held.read_line()?;
+        Ok((held, greeting))
+    }
+
+    fn read_line(&mut self) -> Result<String> {
+        use std::io::BufRead;
+        let mut s = String::new();
+        self.reader.read_line(&mut s)?;
+        Ok(s.trim().to_string())
+    }
+
+    /// Sends a line and returns the answer.
+    pub fn send(&mut self, line: &str) -> Result<String> {
+        self.writer.write_all(format!("{line}\n").as_bytes())?;
+        self.read_line()
+    }
+}
+
 /// UDP server in `ns` answering every datagram with `"<name> <peer-ip>\n"`.
 pub fn udp_echo(ns: &str, addr: SocketAddr, name: &str) {
     let path = format!("/run/netns/{ns}");
