@@ -75,12 +75,10 @@ impl K8sSource {
 
         loop {
             let deadline = dirty_since.filter(|_| stores.all_synced()).map(|since| {
-                let wait = if stores.pending.is_empty() {
-                    COALESCE_WINDOW
-                } else {
-                    SECRET_FETCH_GRACE
-                };
-                since + wait
+                let coalesced = since + COALESCE_WINDOW;
+                stores
+                    .fetch_hold_until()
+                    .map_or(coalesced, |hold| hold.max(coalesced))
             });
             tokio::select! {
                 biased;
@@ -205,6 +203,12 @@ fn restarting_watcher(
     )
 }
 
+struct PendingFetch {
+    id: u64,
+    started: Instant,
+    handle: AbortHandle,
+}
+
 /// The result of a GET of one referenced Secret.
 struct Fetch {
     key: ObjectKey,
@@ -225,8 +229,8 @@ struct Stores {
     /// Secrets referenced by some Ingress's `spec.tls[].secretName`.
     referenced: BTreeSet<ObjectKey>,
     fetches: JoinSet<Fetch>,
-    /// GETs in flight: id and handle.
-    pending: HashMap<ObjectKey, (u64, AbortHandle)>,
+    /// GETs in flight.
+    pending: HashMap<ObjectKey, PendingFetch>,
     next_fetch_id: u64,
 }
 
@@ -302,7 +306,13 @@ impl Stores {
                     let id = self.next_fetch_id;
                     let fetch = fetch_secret(self.client.clone(), key.clone(), id);
                     let handle = self.fetches.spawn(fetch);
-                    self.pending.insert(key.clone(), (id, handle));
+                    let started = Instant::now();
+                    let pending = PendingFetch {
+                        id,
+                        started,
+                        handle,
+                    };
+                    self.pending.insert(key.clone(), pending);
                 }
             } else if !referenced && !stripped && strip_unreferenced {
                 let mut copy = Secret::clone(secret);
@@ -311,7 +321,7 @@ impl Stores {
             }
         }
         let (secrets, referenced) = (self.secrets.live(), &self.referenced);
-        self.pending.retain(|key, (_, handle)| {
+        self.pending.retain(|key, PendingFetch { handle, .. }| {
             let wanted =
                 referenced.contains(key) && secrets.get(key).is_some_and(|s| is_stripped(s));
             if !wanted {
@@ -321,13 +331,22 @@ impl Stores {
         });
     }
 
+    /// Until when a publish should wait for Secret GETs in flight (each gets
+    /// [`SECRET_FETCH_GRACE`] from its start, so a failing one delays publishing only once).
+    fn fetch_hold_until(&self) -> Option<Instant> {
+        self.pending
+            .values()
+            .map(|pending| pending.started + SECRET_FETCH_GRACE)
+            .max()
+    }
+
     /// Takes in the result of a GET; returns whether the snapshot changed.
     fn fetched_secret(&mut self, Fetch { key, id, secret }: Fetch) -> bool {
         // A result of an aborted GET that finished anyway may be older than what we know.
         if self
             .pending
             .get(&key)
-            .is_none_or(|(pending, _)| *pending != id)
+            .is_none_or(|pending| pending.id != id)
         {
             return false;
         }

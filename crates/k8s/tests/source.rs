@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use fake_apiserver::{FakeApiServer, GoneStyle};
 use serde_json::{Value, json};
-use sluice_k8s::{K8sError, K8sSource, K8sSourceConfig};
+use sluice_k8s::{K8sError, K8sSource, K8sSourceConfig, SECRET_FETCH_GRACE};
 use sluice_model::{ObjectKey, Snapshot};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -397,6 +397,33 @@ async fn only_tls_secrets_referenced_by_an_ingress_are_published() {
     assert_eq!(
         cert_of(&snapshot, "tls-late").as_deref(),
         Some(&b"cert-1"[..])
+    );
+}
+
+#[tokio::test]
+async fn failing_secret_get_delays_the_ingress_only_briefly_and_is_retried() {
+    let fake = FakeApiServer::start().await;
+    populate(&fake);
+    let (mut rx, _task) = start(&fake);
+    wait_for(&mut rx, "first snapshot", |_| true).await;
+
+    fake.forbid_get("Secret", true);
+    fake.apply(ingress("shop", &["tls-other"]));
+    let snapshot = wait_for(&mut rx, "new Ingress", |s| s.ingresses.len() == 2).await;
+    assert_eq!(keys(&snapshot.secrets), ["default/tls-web"]);
+
+    // Later changes are not held back by the failing GET.
+    fake.apply(service("api", 8443));
+    let started = tokio::time::Instant::now();
+    wait_for(&mut rx, "next change", |s| port_of(s, "api").is_some()).await;
+    let elapsed = started.elapsed();
+    assert!(elapsed < SECRET_FETCH_GRACE / 2, "held back {elapsed:?}");
+
+    fake.forbid_get("Secret", false);
+    let snapshot = wait_for(&mut rx, "retried GET", |s| s.secrets.len() == 2).await;
+    assert_eq!(
+        cert_of(&snapshot, "tls-other").as_deref(),
+        Some(&b"cert-2"[..])
     );
 }
 

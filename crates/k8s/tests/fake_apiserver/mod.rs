@@ -86,6 +86,8 @@ struct State {
     gone_style: GoneStyle,
     /// Collections whose LIST does not answer until released.
     held: BTreeSet<String>,
+    /// Collections whose single-object GETs answer 403 Forbidden.
+    forbidden_gets: BTreeSet<String>,
     requests: Vec<Recorded>,
 }
 
@@ -137,6 +139,7 @@ impl FakeApiServer {
                 down: false,
                 gone_style: GoneStyle::ErrorEvent,
                 held: BTreeSet::new(),
+                forbidden_gets: BTreeSet::new(),
                 requests: Vec::new(),
             }),
             changed: watch::channel(0).0,
@@ -240,6 +243,18 @@ impl FakeApiServer {
                 state.held.insert(path);
             } else {
                 state.held.remove(&path);
+            }
+        });
+    }
+
+    /// While set, GETs of single objects of this kind answer 403 Forbidden.
+    pub fn forbid_get(&self, kind: &str, forbid: bool) {
+        let path = kind_path(kind);
+        self.write(|state| {
+            if forbid {
+                state.forbidden_gets.insert(path);
+            } else {
+                state.forbidden_gets.remove(&path);
             }
         });
     }
@@ -658,6 +673,9 @@ fn watch(shared: Arc<Shared>, route: Route, params: &BTreeMap<String, String>) -
 
 fn get(shared: &Shared, route: &Route) -> Response<Body> {
     let state = shared.lock();
+    if state.forbidden_gets.contains(&route.collection) {
+        return status_response(StatusCode::FORBIDDEN, "Forbidden", "get is forbidden");
+    }
     let key = (
         route.namespace.clone().unwrap_or_default(),
         route.name.clone().unwrap_or_default(),
