@@ -42,6 +42,13 @@ backend_tests!(
     node_port_cluster_policy_masquerades_to_remote_pods,
     endpoint_changes_apply_and_established_connections_survive_agent_restart,
     cleanup_removes_everything,
+    load_balancer_ip_honours_source_ranges,
+    external_ip_from_outside,
+    session_affinity_keeps_a_client_on_one_pod,
+    health_check_node_port_reports_local_endpoints,
+    udp_flows_move_when_their_endpoint_goes,
+    internal_traffic_policy_local_uses_only_this_nodes_pods,
+    terminating_endpoints_are_a_fallback_only,
 );
 
 const SVC_V4: &str = "10.96.0.10";
@@ -231,5 +238,166 @@ fn cleanup_removes_everything(mode: Mode) -> Result<()> {
     // Without rules the ClusterIP is just an unknown address again.
     let r = c.tcp1(At::Pod("probe"), format!("{SVC_V4}:80"))?;
     assert!(r.is_err(), "{r:?}");
+    Ok(())
+}
+
+fn load_balancer_ip_honours_source_ranges(mode: Mode) -> Result<()> {
+    let (mut c, w1, w2) = cluster()?;
+    c.client_route("203.0.113.0/24", "node-a")?;
+    let svc = |ranges: &[&str]| {
+        Service::new("default", "web")
+            .cluster_ips(&[SVC_V4])
+            .port(Port::tcp(80, 8080).named("http").node_port(30080))
+            .load_balancer_ips(&["203.0.113.10"])
+            .source_ranges(ranges)
+    };
+    c.write_service(
+        &svc(&["192.0.2.0/24"]),
+        &[("http", "TCP", 8080)],
+        &[&w1, &w2],
+    )?;
+    c.start_agent("node-a", mode, &[])?;
+    let r = c.tcp(At::Client, "203.0.113.10:80", 20)?;
+    assert_eq!(pods_seen(&r), both(), "{:?}", tally(&r));
+
+    // The client is no longer allowed: its connections are dropped, not served.
+    c.write_service(
+        &svc(&["198.51.100.0/24"]),
+        &[("http", "TCP", 8080)],
+        &[&w1, &w2],
+    )?;
+    wait_until(
+        Duration::from_secs(10),
+        "LB IP closed to the client",
+        || Ok(c.tcp1(At::Client, "203.0.113.10:80")?.is_err()),
+    )?;
+    let r = c.tcp(At::Client, "203.0.113.10:80", 3)?;
+    assert!(r.iter().all(|r| r.is_err()), "{r:?}");
+    Ok(())
+}
+
+fn external_ip_from_outside(mode: Mode) -> Result<()> {
+    let (mut c, w1, w2) = cluster()?;
+    c.client_route("198.51.100.0/24", "node-b")?;
+    let svc = Service::new("default", "web")
+        .cluster_ips(&[SVC_V4])
+        .port(Port::tcp(80, 8080).named("http"))
+        .external_ips(&["198.51.100.7"]);
+    c.write_service(&svc, &[("http", "TCP", 8080)], &[&w1, &w2])?;
+    c.start_agent("node-b", mode, &[])?;
+    let r = c.tcp(At::Client, "198.51.100.7:80", 20)?;
+    assert_eq!(pods_seen(&r), both(), "{:?}", tally(&r));
+    Ok(())
+}
+
+fn session_affinity_keeps_a_client_on_one_pod(mode: Mode) -> Result<()> {
+    let (mut c, w1, w2) = cluster()?;
+    c.write_service(&web_service().session_affinity(60), WEB_PORTS, &[&w1, &w2])?;
+    c.start_agent("node-a", mode, &[])?;
+    let r = c.tcp(At::Pod("probe"), format!("{SVC_V4}:80"), 20)?;
+    let seen = tally(&r);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen.values().sum::<usize>(), 20);
+    assert!(seen.keys().all(|k| k.starts_with("web-")), "{seen:?}");
+    Ok(())
+}
+
+fn health_check_node_port_reports_local_endpoints(mode: Mode) -> Result<()> {
+    let (mut c, w1, _) = cluster()?;
+    let svc = Service::new("default", "web")
+        .cluster_ips(&[SVC_V4])
+        .port(Port::tcp(80, 8080).named("http").node_port(30080))
+        .load_balancer_ips(&["203.0.113.10"])
+        .external_traffic_policy("Local")
+        .health_check_node_port(32000);
+    // Only web-1 (on node-a) backs the service.
+    c.write_service(&svc, &[("http", "TCP", 8080)], &[&w1])?;
+    c.start_agent("node-a", mode, &[])?;
+    c.start_agent("node-b", mode, &[])?;
+    let a = c.node("node-a")?.clone();
+    let b = c.node("node-b")?.clone();
+    let on_a = c.http(At::Client, &format!("http://{}/", a.v4(32000)), &[])?;
+    assert_eq!(on_a.status, 200, "{}", on_a.body);
+    // kube-proxy's JSON body; dual-stack slices may count the pod once per family.
+    let body: serde_json::Value = serde_json::from_str(&on_a.body)?;
+    assert!(body["localEndpoints"].as_u64() >= Some(1), "{}", on_a.body);
+    assert_eq!(body["service"]["name"], "web");
+    let on_b = c.http(At::Client, &format!("http://{}/", b.v4(32000)), &[])?;
+    assert_eq!(on_b.status, 503, "{}", on_b.body);
+    let body: serde_json::Value = serde_json::from_str(&on_b.body)?;
+    assert_eq!(body["localEndpoints"], 0, "{}", on_b.body);
+    Ok(())
+}
+
+fn udp_flows_move_when_their_endpoint_goes(mode: Mode) -> Result<()> {
+    let (mut c, w1, w2) = cluster()?;
+    c.write_service(&web_service(), WEB_PORTS, &[&w1])?;
+    c.start_agent("node-a", mode, &[])?;
+    // A fixed source port makes every datagram the same flow, like a DNS client's socket.
+    let opts = sluice_tests::ProbeOpts {
+        count: 3,
+        source_port: Some(40053),
+        timeout: Duration::from_millis(500),
+    };
+    let target = format!("{SVC_V4}:53");
+    let r = c.probe(At::Pod("probe"), sluice_tests::Proto::Udp, &target, &opts)?;
+    assert_eq!(tally(&r), [("web-1".to_string(), 3)].into());
+    // web-1 stays up but is no longer an endpoint: the flow must move to web-2 promptly.
+    c.write_service(&web_service(), WEB_PORTS, &[&w2])?;
+    wait_until(Duration::from_secs(5), "UDP flow on web-2", || {
+        let r = c.probe(At::Pod("probe"), sluice_tests::Proto::Udp, &target, &opts)?;
+        Ok(tally(&r) == [("web-2".to_string(), 3)].into())
+    })?;
+    Ok(())
+}
+
+fn internal_traffic_policy_local_uses_only_this_nodes_pods(mode: Mode) -> Result<()> {
+    let (mut c, w1, w2) = cluster()?;
+    c.write_service(
+        &web_service().internal_traffic_policy("Local"),
+        WEB_PORTS,
+        &[&w1, &w2],
+    )?;
+    c.start_agent("node-a", mode, &[])?;
+    let r = c.tcp(At::Pod("probe"), format!("{SVC_V4}:80"), 10)?;
+    assert_eq!(tally(&r), [("web-1".to_string(), 10)].into());
+    Ok(())
+}
+
+fn terminating_endpoints_are_a_fallback_only(mode: Mode) -> Result<()> {
+    use sluice_tests::manifests::{Endpoint, EndpointSlice, Family, yaml_docs};
+    let (mut c, w1, w2) = cluster()?;
+    let write = |c: &Cluster, ready: &[&Pod], terminating: &[&Pod]| -> Result<()> {
+        let mut slice = EndpointSlice::new("default", "web-v4", "web", Family::V4)
+            .port("http", "TCP", 8080)
+            .port("dns", "UDP", 8080)
+            .pods(ready.iter().copied());
+        for p in terminating {
+            slice = slice.endpoint(Endpoint::of(p, Family::V4).terminating());
+        }
+        c.write_manifest(
+            "default-web.yaml",
+            &yaml_docs(&[web_service().to_json(), slice.to_json()]),
+        )
+    };
+    write(&c, &[&w2], &[&w1])?;
+    c.start_agent("node-a", mode, &[])?;
+    let target = format!("{SVC_V4}:80");
+    let r = c.tcp(At::Pod("probe"), &target, 10)?;
+    assert_eq!(
+        tally(&r),
+        [("web-2".to_string(), 10)].into(),
+        "ready endpoints win"
+    );
+    // Only terminating endpoints left: they still serve.
+    write(&c, &[], &[&w1])?;
+    wait_until(
+        Duration::from_secs(10),
+        "fallback to terminating web-1",
+        || {
+            let r = c.tcp(At::Pod("probe"), &target, 3)?;
+            Ok(tally(&r) == [("web-1".to_string(), 3)].into())
+        },
+    )?;
     Ok(())
 }
