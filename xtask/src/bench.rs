@@ -1,8 +1,248 @@
 //! `cargo xtask bench`: side-by-side measurements in one run (absolute numbers vary between
-//! machines; the comparison is what matters). Prints a table and writes target/bench.json.
+//! machines; the comparison is what matters). Release build. Prints a table and writes
+//! `target/bench.json`.
+//!
+//! * nftables sync at scale: full sync of N services vs. a one-endpoint change vs. a no-op.
+//! * connection rate to one pod: direct pod IP vs. ClusterIP (nftables) vs. ClusterIP (eBPF).
+//! * NodePort connection rate from outside: nftables vs. eBPF.
 
-use anyhow::Result;
+use std::net::IpAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
-pub fn run(_args: &[String]) -> Result<()> {
-    anyhow::bail!("benchmarks are not written yet")
+use anyhow::{Context as _, Result, bail};
+use serde_json::json;
+use sluice_dataplane::Dataplane;
+use sluice_dp_nft::{NftCommand, NftDataplane};
+use sluice_model::{DesiredState, Endpoint, Protocol, ServicePortName, ServicePortState};
+use sluice_tests::manifests::{Port, Service};
+use sluice_tests::{At, Cluster, Mode, ProbeOpts, Proto};
+
+use crate::system;
+
+struct Row {
+    group: &'static str,
+    name: String,
+    value: f64,
+    unit: &'static str,
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let services: usize = flag(args, "--services").unwrap_or(10_000);
+    let connections: u32 = flag(args, "--connections").unwrap_or(2_000);
+    system::ensure_packages()?;
+    if !system::is_root() {
+        bail!("benchmarks program the kernel in network namespaces: run as root");
+    }
+    // `--debug` skips the (slow) release build: the forwarding work is the kernel's either
+    // way, only the agent's own sync time is affected.
+    let release = !args.iter().any(|a| a == "--debug");
+    crate::build_binaries(release)?;
+    let bin_dir = crate::workspace_root().join(if release { "target/release" } else { "target/debug" });
+    // The harness looks binaries up through this variable.
+    unsafe_set_env("SLUICE_BIN_DIR", &bin_dir.display().to_string());
+
+    let mut rows = Vec::new();
+    nft_sync(services, &mut rows)?;
+    connection_rates(connections, &mut rows)?;
+
+    println!("\n{:<14} {:<58} {:>14}", "group", "measurement", "value");
+    for r in &rows {
+        println!(
+            "{:<14} {:<58} {:>10.1} {}",
+            r.group, r.name, r.value, r.unit
+        );
+    }
+    let json: Vec<_> = rows
+        .iter()
+        .map(|r| json!({"group": r.group, "name": r.name, "value": r.value, "unit": r.unit}))
+        .collect();
+    let path = crate::workspace_root().join("target/bench.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+    println!("\nwritten to {}", path.display());
+    Ok(())
+}
+
+fn flag<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+}
+
+fn unsafe_set_env(key: &str, value: &str) {
+    // SAFETY: called before any other thread of this process exists.
+    unsafe { std::env::set_var(key, value) };
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("bench IP")
+}
+
+fn many_services(n: usize) -> DesiredState {
+    let mut d = DesiredState {
+        cluster_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")],
+        ..DesiredState::default()
+    };
+    for i in 0..n {
+        let endpoints = (0..3)
+            .map(|j| Endpoint {
+                ip: ip(&format!("10.{}.{}.{}", 100 + j, i / 250, i % 250 + 1)),
+                port: 8080,
+                node_name: None,
+                is_local: false,
+                ready: true,
+            })
+            .collect();
+        d.services.insert(
+            ServicePortName {
+                namespace: "bench".into(),
+                name: format!("svc-{i}"),
+                port_name: "http".into(),
+                protocol: Protocol::Tcp,
+            },
+            ServicePortState {
+                port: 80,
+                cluster_ips: vec![ip(&format!("10.96.{}.{}", i / 250, i % 250 + 1))],
+                node_port: Some(30000 + (i % 2000) as u16),
+                cluster_endpoints: endpoints,
+                has_any_endpoints: true,
+                ..ServicePortState::default()
+            },
+        );
+    }
+    d
+}
+
+/// Full sync vs. incremental one-endpoint change vs. no-op, in a scratch network namespace.
+fn nft_sync(n: usize, rows: &mut Vec<Row>) -> Result<()> {
+    println!("== nftables: {n} services × 3 endpoints");
+    let ns = format!("sluice-bench-{}", std::process::id());
+    crate::run(Command::new("ip").args(["netns", "add", &ns]))?;
+    let result = (|| -> Result<()> {
+        let mut dp = NftDataplane::with_runner(NftCommand::in_netns(&ns));
+        dp.restore()?;
+        let state = many_services(n);
+        let t = Instant::now();
+        let full = dp.apply(&state, false)?;
+        let full_ms = ms(t.elapsed());
+        let mut changed = state.clone();
+        if let Some(svc) = changed.services.values_mut().nth(n / 2) {
+            svc.cluster_endpoints[1].port = 9090;
+        }
+        let t = Instant::now();
+        let one = dp.apply(&changed, false)?;
+        let one_ms = ms(t.elapsed());
+        let t = Instant::now();
+        dp.apply(&changed, false)?;
+        let noop_ms = ms(t.elapsed());
+        let t = Instant::now();
+        let resync = dp.apply(&changed, true)?;
+        let resync_ms = ms(t.elapsed());
+        rows.push(Row {
+            group: "nft-sync",
+            name: format!("first full sync ({} lines)", full.operations),
+            value: full_ms,
+            unit: "ms",
+        });
+        rows.push(Row {
+            group: "nft-sync",
+            name: format!("periodic full resync ({} lines)", resync.operations),
+            value: resync_ms,
+            unit: "ms",
+        });
+        rows.push(Row {
+            group: "nft-sync",
+            name: format!("one endpoint changed ({} lines)", one.operations),
+            value: one_ms,
+            unit: "ms",
+        });
+        rows.push(Row {
+            group: "nft-sync",
+            name: "nothing changed".into(),
+            value: noop_ms,
+            unit: "ms",
+        });
+        Ok(())
+    })();
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    result
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `count` sequential connections with the probe; connections per second.
+fn rate(c: &Cluster, at: At<'_>, addr: String, count: u32) -> Result<f64> {
+    let opts = ProbeOpts {
+        count,
+        timeout: Duration::from_secs(2),
+        ..ProbeOpts::default()
+    };
+    let t = Instant::now();
+    let results = c.probe(at, Proto::Tcp, &addr, &opts)?;
+    let elapsed = t.elapsed().as_secs_f64();
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    if failed > 0 {
+        bail!("{failed} of {count} connections to {addr} failed");
+    }
+    Ok(f64::from(count) / elapsed)
+}
+
+fn connection_rates(count: u32, rows: &mut Vec<Row>) -> Result<()> {
+    for mode in [Mode::Nftables, Mode::Ebpf] {
+        println!(
+            "== connection rates, {} dataplane ({count} connections each)",
+            mode.as_str()
+        );
+        let mut c = Cluster::new(&["node-a", "node-b"])?;
+        let web = c.add_pod("node-a", "web-1")?;
+        c.add_pod("node-a", "client-1")?;
+        let svc = Service::new("bench", "web")
+            .kind("NodePort")
+            .cluster_ips(&["10.96.0.10"])
+            .port(Port::tcp(80, 8080).named("tcp").node_port(30080));
+        c.write_service(&svc, &[("tcp", "TCP", 8080)], &[&web])?;
+        if let Err(err) = c.start_agent("node-a", mode, &[]) {
+            eprintln!(
+                "   skipped: the {} agent did not start: {err:#}",
+                mode.as_str()
+            );
+            continue;
+        }
+        let m = mode.as_str();
+        if mode == Mode::Nftables {
+            let direct =
+                rate(&c, At::Pod("client-1"), web.v4(8080).to_string(), count).context("direct")?;
+            rows.push(Row {
+                group: "conn-rate",
+                name: "pod → pod IP directly (baseline)".into(),
+                value: direct,
+                unit: "conn/s",
+            });
+        }
+        let cluster_ip =
+            rate(&c, At::Pod("client-1"), "10.96.0.10:80".into(), count).context("clusterIP")?;
+        rows.push(Row {
+            group: "conn-rate",
+            name: format!("pod → ClusterIP ({m})"),
+            value: cluster_ip,
+            unit: "conn/s",
+        });
+        let node_port = rate(
+            &c,
+            At::Client,
+            c.node("node-a")?.v4(30080).to_string(),
+            count,
+        )
+        .context("nodeport")?;
+        rows.push(Row {
+            group: "conn-rate",
+            name: format!("client → NodePort ({m})"),
+            value: node_port,
+            unit: "conn/s",
+        });
+    }
+    Ok(())
 }

@@ -12,12 +12,12 @@
 //! * per service port: `svc-*` (ClusterIP entry: masquerade traffic from outside the pod
 //!   CIDRs), `ext-*` (external entry: masquerade for eTP=Cluster; eTP=Local short-circuits pods
 //!   and the node to the cluster set and sends everyone else to local endpoints only),
-//!   `cl-*` / `lo-*` (affinity + `numgen random` over the cluster / local endpoint set);
+//!   `cl-*` / `lo-*` (affinity, then a uniform random choice over the cluster / local endpoints);
 //! * per endpoint: `ep-*` (hairpin masquerade, affinity update, DNAT).
 //!
 //! Chain names carry a stable hash plus a readable suffix, like kube-proxy's.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -73,9 +73,10 @@ pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 pub const FIREWALL_IPS: &str = "firewall-ips";
 pub const NODEPORT_IPS: &str = "nodeport-ips";
+pub const CLUSTER_CIDRS: &str = "cluster-cidrs";
 
 /// Every map/set whose elements come from the desired state: (name, `map`/`set`, type body).
-pub fn element_containers(family: Family) -> [(&'static str, &'static str, String); 6] {
+pub fn element_containers(family: Family) -> [(&'static str, &'static str, String); 7] {
     let addr = family.addr_type();
     let frontend_map = format!("{{ type {addr} . inet_proto . inet_service : verdict ; }}");
     let port_map = "{ type inet_proto . inet_service : verdict ; }".to_owned();
@@ -86,6 +87,11 @@ pub fn element_containers(family: Family) -> [(&'static str, &'static str, Strin
         (NO_ENDPOINT_NODEPORTS, "map", port_map),
         (FIREWALL_IPS, "map", frontend_map),
         (NODEPORT_IPS, "set", format!("{{ type {addr} ; }}")),
+        (
+            CLUSTER_CIDRS,
+            "set",
+            format!("{{ type {addr} ; flags interval ; }}"),
+        ),
     ]
 }
 
@@ -115,6 +121,12 @@ pub fn render(desired: &DesiredState, family: Family) -> Rendered {
         .filter(|c| family.contains_net(c))
         .copied()
         .collect();
+    for cidr in &cidrs {
+        out.elements
+            .get_mut(CLUSTER_CIDRS)
+            .expect("declared")
+            .insert(cidr.to_string(), None);
+    }
     for ip in desired
         .node_port_addresses
         .iter()
@@ -209,12 +221,11 @@ impl ServiceRenderer<'_> {
                 let mut rules = Vec::new();
                 if !self.cidrs.is_empty() {
                     // Traffic from outside the pod network (the node itself, other hosts) is
-                    // masqueraded so replies come back through this node.
+                    // masqueraded so replies come back through this node. (A named set: nft
+                    // 1.0.x creates anonymous sets in quadratic time, see docs/nftables.md.)
                     rules.push(format!(
-                        "{a} daddr {} {a} saddr != {} jump mark-for-masquerade",
-                        set_literal(cluster_ips.iter().map(|ip| ip.to_string())),
-                        set_literal(self.cidrs.iter().map(|c| c.to_string())),
-                        a = fam.addr_keyword()
+                        "{} saddr != @{CLUSTER_CIDRS} jump mark-for-masquerade",
+                        fam.addr_keyword()
                     ));
                 }
                 rules.push(format!("goto {}", if internal_local { &lo } else { &cl }));
@@ -239,10 +250,7 @@ impl ServiceRenderer<'_> {
             if external_local {
                 if !self.cidrs.is_empty() {
                     // Pods reaching an external address short-circuit to any endpoint.
-                    rules.push(format!(
-                        "{a} saddr {} goto {cl}",
-                        set_literal(self.cidrs.iter().map(|c| c.to_string()))
-                    ));
+                    rules.push(format!("{a} saddr @{CLUSTER_CIDRS} goto {cl}"));
                 }
                 // So does the node itself (masqueraded: its address may not be routable back).
                 rules.push("fib saddr type local jump mark-for-masquerade".to_owned());
@@ -291,20 +299,13 @@ impl ServiceRenderer<'_> {
             .filter(|ip| fam.contains(ip))
             .collect();
         if !state.load_balancer_source_ranges.is_empty() && !lb_ips.is_empty() {
-            let ranges: Vec<String> = state
+            // One rule per range: an inline set would be an anonymous set (see above).
+            let mut rules: Vec<String> = state
                 .load_balancer_source_ranges
                 .iter()
                 .filter(|r| fam.contains_net(r))
-                .map(|r| r.to_string())
+                .map(|r| format!("{} saddr {r} return", fam.addr_keyword()))
                 .collect();
-            let mut rules = Vec::new();
-            if !ranges.is_empty() {
-                rules.push(format!(
-                    "{} saddr {} return",
-                    fam.addr_keyword(),
-                    set_literal(ranges)
-                ));
-            }
             rules.push("drop".to_owned());
             self.chain(&fw, rules);
             for ip in lb_ips {
@@ -348,19 +349,19 @@ impl ServiceRenderer<'_> {
                 ));
             }
         }
-        if let [only] = endpoint_chains.as_slice() {
-            rules.push(format!("goto {only}"));
-        } else {
-            let arms: Vec<String> = endpoint_chains
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!("{i} : goto {c}"))
-                .collect();
-            rules.push(format!(
-                "numgen random mod {} vmap {{ {} }}",
-                arms.len(),
-                arms.join(", ")
-            ));
+        // A uniform choice as a cascade (endpoint i taken with probability 1/(N-i) among the
+        // rest), not `numgen ... vmap { ... }`: nft 1.0.x creates anonymous maps in quadratic
+        // time, which made a 10k-service sync take minutes.
+        let last = endpoint_chains.len() - 1;
+        for (i, ep_chain) in endpoint_chains.iter().enumerate() {
+            if i == last {
+                rules.push(format!("goto {ep_chain}"));
+            } else {
+                let remaining = endpoint_chains.len() - i;
+                rules.push(format!(
+                    "numgen random mod {remaining} == 0 goto {ep_chain}"
+                ));
+            }
         }
         self.chain(chain, rules);
     }
@@ -410,22 +411,6 @@ impl ServiceRenderer<'_> {
 
 fn frontend_key(ip: &IpAddr, proto: &str, port: u16) -> String {
     format!("{ip} . {proto} . {port}")
-}
-
-fn set_literal(items: impl IntoIterator<Item = String>) -> String {
-    let items: BTreeSet<String> = items.into_iter().collect();
-    if items.len() == 1 {
-        return items.into_iter().next().unwrap_or_default();
-    }
-    let mut out = String::from("{ ");
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
-        }
-        out.push_str(item);
-    }
-    out.push_str(" }");
-    out
 }
 
 /// The affinity set of an endpoint chain (`ep-X-...` → `aff-X`).

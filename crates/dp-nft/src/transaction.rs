@@ -190,14 +190,15 @@ pub fn full(family: Family, desired: &Rendered, existing: &Existing) -> String {
     for (name, rules) in &desired.chains {
         s.rules(name, rules);
     }
-    for (container, elements) in &desired.elements {
-        let kind = if *container == crate::render::NODEPORT_IPS {
-            "set"
-        } else {
-            "map"
-        };
+    for (container, kind, _) in element_containers(family) {
         let _ = writeln!(s.text, "flush {kind} {} {container}", s.prefix);
-        let items: Vec<String> = elements.iter().map(|(k, v)| element_text(k, v)).collect();
+        let items: Vec<String> = desired
+            .elements
+            .get(container)
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| element_text(k, v))
+            .collect();
         s.elements("add element", container, &items);
     }
     for name in stale_chains {
