@@ -142,7 +142,13 @@ fn watch_streams(
     client: &Client,
     config: &K8sSourceConfig,
 ) -> SelectAll<BoxStream<'static, Update>> {
-    let all = watcher::Config::default();
+    // Lists are served from the API server's watch cache (resourceVersion=0, unpaged: kube
+    // drops rv=0 from paged lists), like client-go informers: every node runs an agent, and
+    // quorum reads of all EndpointSlices from each of them would load etcd for nothing.
+    let all = watcher::Config {
+        page_size: None,
+        ..watcher::Config::default().any_semantic()
+    };
     stream::select_all([
         kind_stream::<Service>(client, SnapshotKind::Service, all.clone()),
         kind_stream::<EndpointSlice>(client, SnapshotKind::EndpointSlice, all.clone()),

@@ -198,6 +198,15 @@ async fn initial_snapshot_waits_for_every_list() {
     );
 
     let requests = fake.requests();
+    let service_list = requests
+        .iter()
+        .find(|r| r.path == "/api/v1/services")
+        .expect("list");
+    // Served from the watch cache, like client-go informers.
+    assert!(
+        service_list.query.contains("resourceVersion=0"),
+        "{service_list:?}"
+    );
     let node_list = requests
         .iter()
         .find(|r| r.path == "/api/v1/nodes")
@@ -443,7 +452,7 @@ async fn malformed_object_is_skipped_and_others_are_published() {
 }
 
 #[tokio::test]
-async fn large_lists_are_read_page_by_page() {
+async fn large_lists_are_read_whole_from_the_watch_cache() {
     let fake = FakeApiServer::start().await;
     populate(&fake);
     for i in 0..1199 {
@@ -456,8 +465,17 @@ async fn large_lists_are_read_page_by_page() {
     let (mut rx, _task) = start(&fake);
     let snapshot = wait_for(&mut rx, "first snapshot", |_| true).await;
     assert_eq!(snapshot.endpoint_slices.len(), 1200);
-    let pages = count_requests(&fake, "/apis/discovery.k8s.io/v1/endpointslices", false);
-    assert_eq!(pages, 3, "kube's default page size is 500");
+    let path = "/apis/discovery.k8s.io/v1/endpointslices";
+    assert_eq!(count_requests(&fake, path, false), 1);
+    let list = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.path == path)
+        .expect("list");
+    assert!(
+        !list.query.contains("limit="),
+        "a paged list is never served from the cache: {list:?}"
+    );
 }
 
 #[tokio::test]

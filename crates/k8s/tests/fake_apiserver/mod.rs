@@ -550,6 +550,11 @@ async fn list(
             break;
         }
     }
+    if params.contains_key("continue") && params.contains_key("resourceVersion") {
+        // As kube-apiserver's validation does.
+        let message = "specifying resource version is not allowed when using continue";
+        return status_response(StatusCode::BAD_REQUEST, "BadRequest", message);
+    }
     let filter = Filter::new(&route, params);
     // Pages: `limit` objects each, the `continue` token is the offset of the next page.
     let offset: usize = params
