@@ -9,6 +9,8 @@ use std::net::IpAddr;
 use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{
@@ -42,13 +44,154 @@ pub const NFT_TABLE: &str = "sluice_ebpf";
 
 pub struct Kernel {
     _sock: Ebpf,
+    pub maps: Maps,
+    /// Shared with the link watcher thread, which attaches to links that appear later.
+    attacher: Arc<Mutex<Attacher>>,
+    watcher: Option<Watcher>,
+    masq_installed: bool,
+}
+
+/// Owns the tc and XDP programs and knows which interfaces they should be on.
+struct Attacher {
     tc: Ebpf,
     xdp: Ebpf,
     xdp_mode: XdpMode,
-    pub maps: Maps,
     links_dir: PathBuf,
     attached: BTreeMap<(String, u32), ()>,
-    masq_installed: bool,
+    /// `--interfaces` when given; else the interfaces carrying `addresses`.
+    interfaces: Vec<String>,
+    addresses: Vec<IpAddr>,
+}
+
+struct Watcher {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watcher {
+    /// Starts a thread that listens to rtnetlink link and address events and re-runs the
+    /// attacher on each, so links that appear (or get a node address) later are covered
+    /// without waiting for the next apply. The thread inherits the caller's network
+    /// namespace. Without a netlink socket it falls back to the apply-time check only.
+    fn spawn(attacher: Arc<Mutex<Attacher>>) -> Option<Watcher> {
+        let sock = match NetlinkEvents::open() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "ebpf: no rtnetlink events; new links are picked up on apply");
+                return None;
+            }
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name("sluice-ebpf-links".into())
+            .spawn(move || {
+                while !stop2.load(Ordering::Relaxed) {
+                    if sock.wait_event() {
+                        let mut a = attacher.lock().unwrap_or_else(|p| p.into_inner());
+                        a.sync();
+                    }
+                }
+            })
+            .ok()?;
+        Some(Watcher {
+            stop,
+            handle: Some(handle),
+        })
+    }
+}
+
+/// A NETLINK_ROUTE socket subscribed to link and address changes.
+struct NetlinkEvents {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl NetlinkEvents {
+    fn open() -> std::io::Result<Self> {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: plain socket(2); the fd is owned by OwnedFd right after the check.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh, valid fd that nothing else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_nl is plain data; zeroed is a valid initial value.
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as u16;
+        sa.nl_groups =
+            (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
+        // SAFETY: `sa` is a valid sockaddr_nl of the size passed.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sa as *const libc::sockaddr_nl as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // Wake up regularly to notice the stop flag.
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 300_000,
+        };
+        // SAFETY: `tv` is a valid timeval of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const libc::timeval as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(NetlinkEvents { fd })
+    }
+
+    /// True when at least one event arrived (the content does not matter: any link or
+    /// address change triggers a re-check). Drains what is queued.
+    fn wait_event(&self) -> bool {
+        let mut buf = [0u8; 8192];
+        let mut got = false;
+        loop {
+            let flags = if got { libc::MSG_DONTWAIT } else { 0 };
+            // SAFETY: recv writes at most buf.len() bytes into `buf`.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    flags,
+                )
+            };
+            if n <= 0 {
+                // Timeout, nothing more queued, or ENOBUFS (events lost: re-check anyway).
+                let overrun = std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS);
+                return got || overrun;
+            }
+            got = true;
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// Result of one `BPF_PROG_TEST_RUN`.
@@ -301,33 +444,82 @@ impl Kernel {
         }
         tracing::info!(cgroup = %config.cgroup_path.display(), pins = %dir.display(),
             "ebpf: socket-LB attached");
-        Ok(Kernel {
-            _sock: sock,
+        let attacher = Arc::new(Mutex::new(Attacher {
             tc,
             xdp,
             xdp_mode: config.xdp,
-            maps,
             links_dir,
             attached: BTreeMap::new(),
+            interfaces: config.interfaces.clone(),
+            addresses: Vec::new(),
+        }));
+        let watcher = Watcher::spawn(Arc::clone(&attacher));
+        Ok(Kernel {
+            _sock: sock,
+            maps,
+            attacher,
+            watcher,
             masq_installed: false,
         })
     }
 
-    pub fn attached_interfaces(&self) -> Vec<(String, u32)> {
-        self.attached.keys().cloned().collect()
+    fn attacher(&self) -> MutexGuard<'_, Attacher> {
+        // A panic while holding the lock leaves consistent data (a set of names): go on.
+        self.attacher.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Attaches the tc programs to every wanted interface that does not have them yet.
-    /// Failures on one interface are logged and do not stop the others.
-    pub fn sync_interfaces(
-        &mut self,
-        config: &EbpfConfig,
-        desired: &DesiredState,
-    ) -> Result<(), DataplaneError> {
-        let wanted: Vec<String> = if config.interfaces.is_empty() {
-            interfaces_with(&desired.node_port_addresses)
+    pub fn attached_interfaces(&self) -> Vec<(String, u32)> {
+        self.attacher().attached.keys().cloned().collect()
+    }
+
+    /// Remembers the node addresses and attaches the tc programs to every wanted interface
+    /// that does not have them yet (the watcher thread does the same when links change).
+    pub fn sync_interfaces(&mut self, desired: &DesiredState) {
+        let mut a = self.attacher();
+        a.addresses = desired.node_port_addresses.clone();
+        a.sync();
+    }
+
+    pub fn test_run_tc(&self, egress: bool, packet: &[u8]) -> Result<TestRun, DataplaneError> {
+        self.attacher().test_run_tc(egress, packet)
+    }
+
+    pub fn test_run_xdp(&self, packet: &[u8]) -> Result<TestRun, DataplaneError> {
+        self.attacher().test_run_xdp(packet)
+    }
+
+    /// Installs the netfilter masquerade rule for marked packets (once per process; the rule
+    /// set is replaced atomically so re-running is harmless).
+    pub fn ensure_masquerade(&mut self) {
+        if self.masq_installed {
+            return;
+        }
+        let script = format!(
+            "table inet {NFT_TABLE} {{}}\ndelete table inet {NFT_TABLE}\n\
+             table inet {NFT_TABLE} {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  meta mark & {m:#x} == {m:#x} masquerade\n }}\n}}\n",
+            m = abi::MASQ_MARK
+        );
+        match run_nft(&script) {
+            Ok(()) => self.masq_installed = true,
+            Err(e) => tracing::warn!(error = %e,
+                "ebpf: cannot install the masquerade rule; eTP=Cluster traffic to other nodes will not be SNATed"),
+        }
+    }
+
+    /// Stops the link watcher (before cleanup, so it cannot re-attach).
+    pub fn stop_watcher(&mut self) {
+        self.watcher.take();
+    }
+}
+
+impl Attacher {
+    /// Attaches to every wanted interface that does not have the programs yet. Failures on
+    /// one interface are logged and do not stop the others.
+    fn sync(&mut self) {
+        let wanted: Vec<String> = if self.interfaces.is_empty() {
+            interfaces_with(&self.addresses)
         } else {
-            config.interfaces.clone()
+            self.interfaces.clone()
         };
         for ifname in wanted {
             let Some(ifindex) = if_index(&ifname) else {
@@ -345,7 +537,6 @@ impl Kernel {
                 Err(e) => tracing::warn!(interface = %ifname, error = %e, "ebpf: cannot attach tc"),
             }
         }
-        Ok(())
     }
 
     fn attach_tc(&mut self, ifname: &str, ifindex: u32) -> Result<(), DataplaneError> {
@@ -402,24 +593,6 @@ impl Kernel {
         fd.pin(&pin)
             .map_err(|e| kerr(format!("pin {}", pin.display()), error_chain(&e)))?;
         Ok(())
-    }
-
-    /// Installs the netfilter masquerade rule for marked packets (once per process; the rule
-    /// set is replaced atomically so re-running is harmless).
-    pub fn ensure_masquerade(&mut self) {
-        if self.masq_installed {
-            return;
-        }
-        let script = format!(
-            "table inet {NFT_TABLE} {{}}\ndelete table inet {NFT_TABLE}\n\
-             table inet {NFT_TABLE} {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat; policy accept;\n  meta mark & {m:#x} == {m:#x} masquerade\n }}\n}}\n",
-            m = abi::MASQ_MARK
-        );
-        match run_nft(&script) {
-            Ok(()) => self.masq_installed = true,
-            Err(e) => tracing::warn!(error = %e,
-                "ebpf: cannot install the masquerade rule; eTP=Cluster traffic to other nodes will not be SNATed"),
-        }
     }
 
     pub fn test_run_tc(&self, egress: bool, packet: &[u8]) -> Result<TestRun, DataplaneError> {

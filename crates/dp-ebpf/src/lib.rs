@@ -66,7 +66,8 @@ pub struct EbpfConfig {
     /// cgroup v2 directory where socket-LB is attached (default: the cgroup2 root).
     pub cgroup_path: PathBuf,
     /// External interfaces for tc; empty = those carrying `node_port_addresses`, re-checked
-    /// on every apply so links that appear later are picked up.
+    /// on every apply and on every rtnetlink link/address event, so links that appear later
+    /// are picked up.
     pub interfaces: Vec<String>,
     pub xdp: XdpMode,
 }
@@ -180,7 +181,7 @@ impl Dataplane for EbpfDataplane {
             s.has_external_frontends()
                 && s.external_traffic_policy == sluice_model::TrafficPolicy::Cluster
         });
-        self.kernel.sync_interfaces(&self.config, desired)?;
+        self.kernel.sync_interfaces(desired);
         if wants_masq {
             self.kernel.ensure_masquerade();
         }
@@ -210,6 +211,7 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn cleanup(&mut self) -> Result<(), DataplaneError> {
+        self.kernel.stop_watcher();
         self.current = None;
         self.last = None;
         self.groups = state::Groups::default();

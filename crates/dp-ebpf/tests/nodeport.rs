@@ -331,3 +331,32 @@ fn xdp_generic_accelerates_the_same_paths() -> Result<()> {
     assert!(!link.contains("xdp"), "cleanup detached XDP: {link}");
     Ok(())
 }
+
+#[test]
+fn links_that_appear_later_are_attached_without_an_apply() -> Result<()> {
+    root_only!();
+    let t = topo()?;
+    // The node address moves to a link created after the last apply.
+    t.node.ip("addr del 10.77.0.1/24 dev ext0")?;
+    t.node.ip("addr del fd77::1/64 dev ext0")?;
+    t.node.ip("link set ext0 down")?;
+    t.node.ip("link set ext0 name old0")?;
+    let mut dp = new_dp(&t)?;
+    apply(&t, &mut dp, &desired(TrafficPolicy::Local, true, &[]))?;
+    assert!(
+        dp.attached_interfaces().is_empty(),
+        "no link has the address yet"
+    );
+
+    t.node.ip("link set old0 name ext0")?;
+    t.node.ip("addr add 10.77.0.1/24 dev ext0")?;
+    t.node.ip("link set ext0 up")?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while dp.attached_interfaces().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(dp.attached_interfaces().len(), 1, "watcher attached ext0");
+    assert_eq!(get(&t, "10.77.0.1:30080")?, "pod1 10.77.0.2");
+    in_ns(&t.node.name, || dp.cleanup())?;
+    Ok(())
+}
