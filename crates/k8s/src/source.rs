@@ -109,6 +109,10 @@ impl K8sSource {
                     };
                     let changed = match result {
                         Ok(event) => stores.apply(kind, event),
+                        Err(error) if is_gone(&error) => {
+                            info!(kind = kind.kind_name(), "watch expired (410 Gone), relisting");
+                            false
+                        }
                         Err(error) => {
                             warn!(kind = kind.kind_name(), %error, "watch failed, retrying with backoff");
                             false
@@ -207,6 +211,15 @@ fn restarting_watcher(
             Some((item, (api, config, (!gone).then_some(inner))))
         },
     )
+}
+
+/// A watch refused or ended with 410 Gone: routine, the watcher relists.
+fn is_gone(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::WatchError(status) => status.code == 410,
+        watcher::Error::WatchStartFailed(kube::Error::Api(status)) => status.code == 410,
+        _ => false,
+    }
 }
 
 struct PendingFetch {
