@@ -771,26 +771,45 @@ async fn busy_endpoint_is_avoided() {
     ];
     objects.extend(service("ab", &[a.addr.port(), b.addr.port()]));
     let p = start(IngressConfig::default(), &objects).await;
+    let busy_endpoint = || {
+        let table = p.proxy.route_table();
+        let backend = table.lookup("h", "/").unwrap();
+        backend
+            .in_flight()
+            .into_iter()
+            .find(|(_, n)| *n > 0)
+            .map(|(addr, _)| addr)
+    };
     for _ in 0..2 {
         let addr = p.http;
         let slow = tokio::spawn(async move { http_get(addr, "h", "/sleep").await.unwrap() });
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        // Every request while the slow one runs must avoid its endpoint.
-        let mut fast = Vec::new();
-        for _ in 0..5 {
-            fast.push(
-                http_get(p.http, "h", "/")
-                    .await
-                    .unwrap()
-                    .backend()
-                    .to_owned(),
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let busy = loop {
+            if let Some(busy) = busy_endpoint() {
+                break busy;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "slow request never became in-flight"
             );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let busy_name = if busy == a.addr { "a" } else { "b" };
+        // Every request while the slow one runs must avoid its endpoint.
+        for _ in 0..5 {
+            let r = http_get(p.http, "h", "/").await.unwrap();
+            assert_ne!(r.backend(), busy_name, "request sent to the busy endpoint");
         }
-        let slow = slow.await.unwrap();
-        assert!(
-            fast.iter().all(|f| *f != slow.backend()),
-            "slow on {}, fast on {fast:?}",
-            slow.backend()
+        assert_eq!(
+            busy_endpoint(),
+            Some(busy),
+            "slow request ended too early for the check"
+        );
+        assert_eq!(slow.await.unwrap().backend(), busy_name);
+        assert_eq!(
+            busy_endpoint(),
+            None,
+            "in-flight count must drop when the response ends"
         );
     }
 }

@@ -60,6 +60,15 @@ impl Backend {
     pub fn endpoints(&self) -> Vec<SocketAddr> {
         self.pool.endpoints.iter().map(|e| e.addr).collect()
     }
+
+    /// Requests currently outstanding per endpoint (what least-requests balancing sees).
+    pub fn in_flight(&self) -> Vec<(SocketAddr, usize)> {
+        self.pool
+            .endpoints
+            .iter()
+            .map(|e| (e.addr, e.in_flight()))
+            .collect()
+    }
 }
 
 impl fmt::Display for Backend {
