@@ -52,6 +52,8 @@ pub(crate) fn spawn_in(place: &Place, cmd: &mut Command) -> Result<Child> {
     for var in PROXY_VARS {
         cmd.env_remove(var);
     }
+    // Logs go to files: no colour escapes (tracing-subscriber honours NO_COLOR).
+    cmd.env("NO_COLOR", "1");
     // SAFETY: the closure only makes async-signal-safe syscalls (setns, write) on fds that
     // stay open in the parent until spawn returns, and allocates nothing.
     unsafe {
