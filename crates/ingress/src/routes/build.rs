@@ -359,6 +359,8 @@ impl Builder<'_> {
         };
         let port_name = service_port.name.as_deref().unwrap_or("");
         let mut addrs = Vec::new();
+        // Serving but terminating endpoints, used only when none is ready (as kube-proxy).
+        let mut fallback = Vec::new();
         let mut bad = Vec::new();
         for slice in self.slices.get(service_key).into_iter().flatten() {
             if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
@@ -377,7 +379,11 @@ impl Builder<'_> {
             };
             for ep in slice.endpoints.iter().flatten() {
                 // Absent `ready` means ready (API semantics).
-                if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                let c = ep.conditions.as_ref();
+                let ready = c.and_then(|c| c.ready) != Some(false);
+                let serving_terminating =
+                    c.is_some_and(|c| c.serving.unwrap_or(false) && c.terminating.unwrap_or(false));
+                if !ready && !serving_terminating {
                     continue;
                 }
                 // As kube-proxy: only the first address is used.
@@ -385,7 +391,8 @@ impl Builder<'_> {
                     continue;
                 };
                 match address.parse::<IpAddr>() {
-                    Ok(ip) => addrs.push(SocketAddr::new(ip, target)),
+                    Ok(ip) if ready => addrs.push(SocketAddr::new(ip, target)),
+                    Ok(ip) => fallback.push(SocketAddr::new(ip, target)),
                     Err(_) => bad.push((ObjectKey::of(&slice.metadata), address.clone())),
                 }
             }
@@ -397,6 +404,9 @@ impl Builder<'_> {
                 &slice,
                 format!("endpoint address {address:?} is not an IP address; skipped"),
             );
+        }
+        if addrs.is_empty() {
+            addrs = fallback;
         }
         addrs.sort();
         addrs.dedup();

@@ -554,3 +554,37 @@ fn rebuild_reuses_parsed_certificates_and_endpoint_state() {
     );
     assert_eq!(cert(&third).cert[0].to_vec(), rotated_der);
 }
+
+#[test]
+fn terminating_endpoints_are_used_only_when_none_is_ready() {
+    let slice = |ready_ip_ready: bool| {
+        json!({"kind": "EndpointSlice", "metadata": {"namespace": "default", "name": "web-1",
+            "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [
+                {"addresses": ["10.1.0.1"], "conditions": {"ready": ready_ip_ready}},
+                {"addresses": ["10.1.0.2"], "conditions": {"ready": false, "serving": true, "terminating": true}},
+                {"addresses": ["10.1.0.3"], "conditions": {"ready": false, "serving": false, "terminating": true}}]})
+    };
+    let objects = |ready: bool| {
+        vec![
+            json!({"kind": "Service", "metadata": {"namespace": "default", "name": "web"},
+                "spec": {"ports": [{"name": "http", "port": 80}]}}),
+            slice(ready),
+            ingress("web", Some("h"), vec![path("/", "Prefix", "web")]),
+        ]
+    };
+    let eps = |t: &RouteTable| -> Vec<String> {
+        t.lookup("h", "/")
+            .unwrap()
+            .endpoints()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    let (t, _) = table(objects(true));
+    assert_eq!(eps(&t), ["10.1.0.1:8080"]);
+    let (t, _) = table(objects(false));
+    assert_eq!(eps(&t), ["10.1.0.2:8080"]);
+}
