@@ -817,3 +817,21 @@ async fn busy_endpoint_is_avoided() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_failure_names_the_address() {
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = taken.local_addr().unwrap();
+    let config = IngressConfig {
+        http_bind: Some(addr),
+        https_bind: None,
+        ..IngressConfig::default()
+    };
+    let proxy = Arc::new(sluice_ingress::IngressProxy::new(config));
+    let err = proxy.serve(std::future::pending()).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("ingress: cannot listen on {addr}:")),
+        "{err}"
+    );
+}

@@ -34,8 +34,29 @@ pub(crate) async fn handle(
 ) -> Response<ProxyBody> {
     let request_id = headers::request_id(req.headers());
     stats::inc(&proxy.counters.requests_total);
+    // Access log at debug level: off by default, costs nothing then.
+    let access =
+        tracing::enabled!(target: "sluice_ingress::access", tracing::Level::DEBUG).then(|| {
+            (
+                std::time::Instant::now(),
+                req.method().clone(),
+                req.uri().clone(),
+            )
+        });
     let mut resp = route(&proxy, &conn, req, &request_id).await;
     proxy.counters.response(resp.status().as_u16());
+    if let Some((started, method, uri)) = access {
+        tracing::debug!(
+            target: "sluice_ingress::access",
+            client = %conn.peer,
+            %method,
+            %uri,
+            status = resp.status().as_u16(),
+            micros = started.elapsed().as_micros() as u64,
+            request_id = ?request_id,
+            "request"
+        );
+    }
     resp.headers_mut().insert(&X_REQUEST_ID, request_id);
     resp
 }
