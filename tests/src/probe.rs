@@ -29,6 +29,9 @@ pub struct ProbeOpts {
     /// Per attempt: connect plus greeting.
     pub timeout: Duration,
     pub source_port: Option<u16>,
+    /// Stop after this many timed-out attempts, so a dead path costs seconds, not
+    /// `count x timeout` (fewer results than `count` come back then). `None`: all attempts.
+    pub max_timeouts: Option<u32>,
 }
 
 impl Default for ProbeOpts {
@@ -37,6 +40,7 @@ impl Default for ProbeOpts {
             count: 1,
             timeout: Duration::from_secs(2),
             source_port: None,
+            max_timeouts: Some(2),
         }
     }
 }
@@ -176,13 +180,16 @@ impl Cluster {
         if let Some(port) = opts.source_port {
             cmd.args(["--source-port", &port.to_string()]);
         }
+        if let Some(max) = opts.max_timeouts {
+            cmd.args(["--max-timeouts", &max.to_string()]);
+        }
         let budget = opts.timeout * (opts.count + 1) + Duration::from_secs(10);
         let out = output_in(&self.place(at)?, &mut cmd, None, budget)?;
         parse_probe_output(&out)
             .with_context(|| format!("probe {} {addr} from {at:?}", proto.as_str()))
     }
 
-    /// `count` TCP connections to `addr` from `at` (2 s timeout each).
+    /// `count` TCP connections to `addr` from `at` (2 s timeout each; stops after 2 timeouts).
     pub fn tcp(&self, at: At<'_>, addr: impl Display, count: u32) -> Result<ProbeResults> {
         let opts = ProbeOpts {
             count,

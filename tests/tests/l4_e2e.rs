@@ -338,6 +338,7 @@ fn udp_flows_move_when_their_endpoint_goes(mode: Mode) -> Result<()> {
         count: 3,
         source_port: Some(40053),
         timeout: Duration::from_millis(500),
+        ..Default::default()
     };
     let target = format!("{SVC_V4}:53");
     let r = c.probe(At::Pod("probe"), sluice_tests::Proto::Udp, &target, &opts)?;

@@ -46,6 +46,10 @@ enum Cmd {
         timeout_ms: u64,
         #[arg(long)]
         source_port: Option<u16>,
+        /// Stop early after this many timed-out attempts (a dead path would otherwise cost
+        /// count x timeout).
+        #[arg(long)]
+        max_timeouts: Option<u32>,
         /// Keep one connection; send stdin lines and print the replies (tcp/sctp only).
         #[arg(long)]
         hold: bool,
@@ -118,6 +122,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             count,
             timeout_ms,
             source_port,
+            max_timeouts,
             hold,
         } => {
             let cfg = ProbeConfig {
@@ -141,16 +146,23 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 });
             }
             let mut all_ok = true;
+            let mut timeouts = 0;
             let mut out = std::io::stdout();
             for _ in 0..count {
                 match probe::probe_once(&cfg).await {
                     Ok(g) => writeln!(out, "{g}")?,
                     Err(f) => {
                         all_ok = false;
+                        if f == sluice_echo::wire::ProbeFailure::Timeout {
+                            timeouts += 1;
+                        }
                         writeln!(out, "{f}")?;
                     }
                 }
                 out.flush()?;
+                if max_timeouts.is_some_and(|max| timeouts >= max) {
+                    break;
+                }
             }
             Ok(if all_ok {
                 ExitCode::SUCCESS

@@ -103,6 +103,24 @@ fn silent_server_times_out() {
 }
 
 #[test]
+fn max_timeouts_stops_early() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    let out = probe(&[
+        "tcp",
+        &addr,
+        "--count",
+        "10",
+        "--timeout-ms",
+        "100",
+        "--max-timeouts",
+        "2",
+    ]);
+    assert_eq!(stdout(&out), "error=timeout\nerror=timeout\n");
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
 fn held_connection_echoes_lines() {
     let _s = serve(&["--name", "held", "--tcp", "127.0.0.1:18184"]);
     let mut child = Command::new(BIN)
