@@ -38,7 +38,11 @@ pub fn run(args: &[String]) -> Result<()> {
     // way, only the agent's own sync time is affected.
     let release = !args.iter().any(|a| a == "--debug");
     crate::build_binaries(release)?;
-    let bin_dir = crate::workspace_root().join(if release { "target/release" } else { "target/debug" });
+    let bin_dir = crate::workspace_root().join(if release {
+        "target/release"
+    } else {
+        "target/debug"
+    });
     // The harness looks binaries up through this variable.
     unsafe_set_env("SLUICE_BIN_DIR", &bin_dir.display().to_string());
 
