@@ -415,15 +415,15 @@ impl Kernel {
             .map_err(|e| io_err(format!("open cgroup {}", config.cgroup_path.display()), e))?;
         for name in SOCK_PROGS {
             let pin = links_dir.join(format!("cg_{name}"));
-            if pin.exists() {
-                // Attached by an earlier run: keep it, forwarding never stops.
-                continue;
-            }
             let prog: &mut CgroupSockAddr = sock
                 .program_mut(name)
                 .ok_or_else(|| kerr("attach", format!("program {name} missing")))?
                 .try_into()
                 .map_err(|e| kerr(format!("attach {name}"), e))?;
+            let prog_fd = prog.fd().map_err(|e| kerr(format!("attach {name}"), e))?;
+            if take_over(&pin, prog_fd.as_fd().as_raw_fd()) {
+                continue;
+            }
             // A cgroup bpf_link takes no attach flags (links always coexist): Single = 0.
             let id = prog
                 .attach(cgroup.as_fd(), CgroupAttachMode::Single)
@@ -545,15 +545,16 @@ impl Attacher {
             (TC_EGRESS, TcAttachType::Egress, "eg"),
         ] {
             let pin = self.links_dir.join(format!("tc_{ifindex}_{suffix}"));
-            if pin.exists() {
-                continue;
-            }
             let prog: &mut SchedClassifier = self
                 .tc
                 .program_mut(name)
                 .ok_or_else(|| kerr("attach", format!("program {name} missing")))?
                 .try_into()
                 .map_err(|e| kerr(format!("attach {name}"), e))?;
+            let prog_fd = prog.fd().map_err(|e| kerr(format!("attach {name}"), e))?;
+            if take_over(&pin, prog_fd.as_fd().as_raw_fd()) {
+                continue;
+            }
             let id = prog
                 .attach(ifname, ty)
                 .map_err(|e| kerr(format!("attach {name} to {ifname}"), error_chain(&e)))?;
@@ -572,15 +573,18 @@ impl Attacher {
             XdpMode::Generic => AyaXdpMode::Skb,
         };
         let pin = self.links_dir.join(format!("xdp_{ifindex}"));
-        if pin.exists() {
-            return Ok(());
-        }
         let prog: &mut Xdp = self
             .xdp
             .program_mut(XDP_PROG)
             .ok_or_else(|| kerr("attach", format!("program {XDP_PROG} missing")))?
             .try_into()
             .map_err(|e| kerr(format!("attach {XDP_PROG}"), e))?;
+        let prog_fd = prog
+            .fd()
+            .map_err(|e| kerr(format!("attach {XDP_PROG}"), e))?;
+        if take_over(&pin, prog_fd.as_fd().as_raw_fd()) {
+            return Ok(());
+        }
         let id = prog
             .attach(ifname, mode)
             .map_err(|e| kerr(format!("attach {XDP_PROG} to {ifname}"), error_chain(&e)))?;
@@ -620,6 +624,83 @@ impl Attacher {
         run.meta = run.packet.drain(..meta_len).collect();
         Ok(run)
     }
+}
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+
+/// A link pinned by an earlier run: point it at the program just loaded (BPF_LINK_UPDATE,
+/// atomic, so forwarding never stops and a new agent version takes effect). Returns false
+/// when there is no pin, or a stale one (its interface went away), which is then removed
+/// so the caller attaches afresh.
+fn take_over(pin: &Path, prog_fd: i32) -> bool {
+    use std::os::fd::FromRawFd as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    if !pin.exists() {
+        return false;
+    }
+    let Ok(path) = std::ffi::CString::new(pin.as_os_str().as_bytes()) else {
+        return false;
+    };
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    let mut get = ObjGet {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    // SAFETY: bpf(2) reads the attr, whose path pointer outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &mut get as *mut ObjGet,
+            std::mem::size_of::<ObjGet>(),
+        )
+    };
+    if fd < 0 {
+        let _ = std::fs::remove_file(pin);
+        return false;
+    }
+    // SAFETY: a fresh fd returned by BPF_OBJ_GET, owned from here on.
+    let link = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    #[repr(C)]
+    struct LinkUpdate {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+    let mut upd = LinkUpdate {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: prog_fd as u32,
+        flags: 0,
+        old_prog_fd: 0,
+    };
+    // SAFETY: bpf(2) only reads the attr.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_UPDATE,
+            &mut upd as *mut LinkUpdate,
+            std::mem::size_of::<LinkUpdate>(),
+        )
+    };
+    if rc != 0 {
+        tracing::info!(pin = %pin.display(), error = %std::io::Error::last_os_error(),
+            "ebpf: stale pinned link replaced");
+        let _ = std::fs::remove_file(pin);
+        return false;
+    }
+    true
 }
 
 fn run_nft(script: &str) -> Result<(), String> {

@@ -275,6 +275,11 @@ fn forwarding_continues_while_the_agent_is_down() -> Result<()> {
         stats.operations, 0,
         "restart with the same state rewrites nothing"
     );
+    // The restarted agent took over the pinned links (BPF_LINK_UPDATE): no second copy.
+    let count = in_ns(&t.node.name, || {
+        attached_count(ifindex("ext0"), BPF_TCX_INGRESS)
+    })?;
+    assert_eq!(count, 1, "one tc ingress program on ext0");
     assert_eq!(
         held.send("after")?,
         "pod1-lines: after",

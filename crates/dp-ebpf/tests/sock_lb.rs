@@ -225,6 +225,15 @@ fn forwarding_survives_the_agent_and_restore_is_incremental() -> Result<()> {
         stats.operations, 0,
         "restart with the same state rewrites nothing"
     );
+    // The restarted agent took over its pinned links (BPF_LINK_UPDATE): no second copy.
+    let cgroup = std::fs::File::open(&s.cg.path)?;
+    assert_eq!(
+        attached_count(
+            std::os::fd::AsRawFd::as_raw_fd(&cgroup) as u32,
+            BPF_CGROUP_INET4_CONNECT
+        )?,
+        1
+    );
 
     let stats = dp.apply(&web(&[("10.0.0.3", 8080)], None), false)?;
     // Slot 0 now holds be-b, slot 1 is deleted, the count is updated: nothing else.

@@ -295,3 +295,51 @@ pub fn ep(ip: &str, port: u16, local: bool) -> Endpoint {
         ready: true,
     }
 }
+
+/// `BPF_TCX_INGRESS` (kernel ≥ 6.6; Debian 12's headers predate it).
+pub const BPF_TCX_INGRESS: u32 = 46;
+pub const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+
+/// How many programs are attached at (target, attach type): BPF_PROG_QUERY. `target` is a
+/// cgroup fd, or an ifindex for tcx (resolved in the calling thread's namespace).
+pub fn attached_count(target: u32, attach_type: u32) -> Result<u32> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct Query {
+        target: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        pad: u32,
+        prog_attach_flags: u64,
+        link_ids: u64,
+        link_attach_flags: u64,
+        revision: u64,
+    }
+    let mut q = Query {
+        target,
+        attach_type,
+        ..Default::default()
+    };
+    // SAFETY: bpf(2) reads the attr and writes counts back into it; no buffers are passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            16, // BPF_PROG_QUERY
+            &mut q as *mut Query,
+            std::mem::size_of::<Query>(),
+        )
+    };
+    if rc != 0 {
+        bail!("BPF_PROG_QUERY: {}", std::io::Error::last_os_error());
+    }
+    Ok(q.prog_cnt)
+}
+
+pub fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).expect("name");
+    // SAFETY: `c` is a valid NUL-terminated string.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
