@@ -182,7 +182,7 @@ impl AgentArgs {
         self.validate_with_hostname(hostname)
     }
 
-    fn validate_with_hostname(
+    pub(crate) fn validate_with_hostname(
         &self,
         hostname: impl FnOnce() -> Option<String>,
     ) -> Result<AgentConfig, ConfigError> {

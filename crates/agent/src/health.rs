@@ -128,15 +128,9 @@ impl ServiceHealthServers {
             let entry = wanted
                 .entry(port)
                 .or_insert_with(|| (ObjectKey::new(&name.namespace, &name.name), 0));
-            // Ports of one service share the check; count distinct local endpoint IPs.
-            entry.1 = entry.1.max(
-                state
-                    .local_endpoints
-                    .iter()
-                    .map(|e| e.ip)
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .len(),
-            );
+            // Ports of one service share the check. A dual-stack pod is one endpoint per family
+            // (as each of kube-proxy's per-family proxiers counts it): take the larger family.
+            entry.1 = entry.1.max(local_endpoint_count(&state.local_endpoints));
         }
         self.servers.retain(|port, server| {
             let keep = wanted
@@ -162,6 +156,19 @@ impl ServiceHealthServers {
             }
         }
     }
+}
+
+/// Distinct local endpoint addresses of the larger address family.
+fn local_endpoint_count(endpoints: &[sluice_model::Endpoint]) -> usize {
+    let distinct = |v4: bool| {
+        endpoints
+            .iter()
+            .filter(|e| e.ip.is_ipv4() == v4)
+            .map(|e| e.ip)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    distinct(true).max(distinct(false))
 }
 
 async fn start_health_check(
@@ -241,6 +248,25 @@ mod tests {
             rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
             "2000-02-29T00:00:00Z"
         );
+    }
+
+    #[test]
+    fn a_dual_stack_pod_counts_once() {
+        let ep = |ip: &str, port| sluice_model::Endpoint {
+            ip: ip.parse().unwrap(),
+            port,
+            node_name: None,
+            is_local: true,
+            ready: true,
+        };
+        let eps = [
+            ep("10.244.1.2", 80),
+            ep("fd00::2", 80),
+            ep("10.244.1.2", 81),
+            ep("10.244.1.3", 80),
+        ];
+        assert_eq!(local_endpoint_count(&eps), 2);
+        assert_eq!(local_endpoint_count(&[]), 0);
     }
 
     #[test]

@@ -193,3 +193,166 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use clap::Parser as _;
+    use k8s_openapi::api::core::v1::Service;
+    use sluice_dataplane::{ApplyStats, DataplaneError};
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    /// Records applies; fails the first `failures` of them.
+    #[derive(Clone, Default)]
+    struct ScriptedDataplane {
+        applies: Arc<Mutex<Vec<(usize, bool)>>>,
+        failures: Arc<Mutex<usize>>,
+    }
+
+    impl Dataplane for ScriptedDataplane {
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+        fn restore(&mut self) -> Result<(), DataplaneError> {
+            Ok(())
+        }
+        fn apply(
+            &mut self,
+            desired: &DesiredState,
+            full: bool,
+        ) -> Result<ApplyStats, DataplaneError> {
+            self.applies
+                .lock()
+                .unwrap()
+                .push((desired.services.len(), full));
+            let mut failures = self.failures.lock().unwrap();
+            if *failures > 0 {
+                *failures -= 1;
+                return Err(DataplaneError::Kernel {
+                    backend: "scripted",
+                    action: "apply".into(),
+                    detail: "no".into(),
+                });
+            }
+            Ok(ApplyStats::default())
+        }
+        fn cleanup(&mut self) -> Result<(), DataplaneError> {
+            Ok(())
+        }
+    }
+
+    fn config(min_sync: &str) -> AgentConfig {
+        let argv = [
+            "sluice",
+            "agent",
+            "--source",
+            "dir:/x",
+            "--min-sync-period",
+            min_sync,
+            "--disable-ingress",
+        ];
+        let Command::Agent(args) = Cli::try_parse_from(argv).unwrap().command;
+        args.validate_with_hostname(|| Some("node-a".into()))
+            .unwrap()
+    }
+
+    fn snapshot(services: usize) -> Arc<Snapshot> {
+        let mut s = Snapshot::default();
+        for i in 0..services {
+            let svc: Service = serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": "default", "name": format!("s{i}")},
+                "spec": {"clusterIP": format!("10.96.0.{}", i + 1), "ports": [{"port": 80}]},
+            }))
+            .unwrap();
+            s.services
+                .insert(ObjectKey::new("default", format!("s{i}")), Arc::new(svc));
+        }
+        Arc::new(s)
+    }
+
+    fn start(
+        dp: &ScriptedDataplane,
+        min_sync: &str,
+    ) -> (
+        watch::Sender<Option<Arc<Snapshot>>>,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let config = config(min_sync);
+        let sync = SyncLoop {
+            health: Arc::new(HealthState::new("node-a".into(), config.sync_period)),
+            config,
+            dataplane: Some(Box::new(dp.clone())),
+            metrics: Arc::new(Metrics::new()),
+            ingress: None,
+            k8s_client: None,
+        };
+        let (tx, rx) = watch::channel(None);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(sync.run(rx, stop_rx));
+        (tx, stop_tx, task)
+    }
+
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    #[tokio::test]
+    async fn nothing_is_applied_before_the_first_snapshot_and_the_first_apply_is_full() {
+        let dp = ScriptedDataplane::default();
+        let (tx, stop, task) = start(&dp, "0s");
+        settle().await;
+        assert!(dp.applies.lock().unwrap().is_empty());
+        tx.send(Some(snapshot(2))).unwrap();
+        settle().await;
+        assert_eq!(*dp.applies.lock().unwrap(), vec![(2, true)]);
+        // The same content again is not re-applied.
+        tx.send(Some(snapshot(2))).unwrap();
+        settle().await;
+        assert_eq!(dp.applies.lock().unwrap().len(), 1);
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn changes_within_the_minimum_sync_period_are_batched() {
+        let dp = ScriptedDataplane::default();
+        let (tx, stop, task) = start(&dp, "500ms");
+        tx.send(Some(snapshot(1))).unwrap();
+        settle().await;
+        for n in 2..=5 {
+            tx.send(Some(snapshot(n))).unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let applies = dp.applies.lock().unwrap().clone();
+        assert_eq!(applies.first(), Some(&(1, true)));
+        assert_eq!(applies.last(), Some(&(5, false)), "{applies:?}");
+        assert!(
+            applies.len() <= 3,
+            "four changes in 80 ms batched: {applies:?}"
+        );
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_apply_is_retried_without_a_new_change() {
+        let dp = ScriptedDataplane::default();
+        *dp.failures.lock().unwrap() = 1;
+        let (tx, stop, task) = start(&dp, "0s");
+        tx.send(Some(snapshot(3))).unwrap();
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let applies = dp.applies.lock().unwrap().clone();
+        assert_eq!(
+            applies,
+            vec![(3, true), (3, true)],
+            "failed full sync retried as a full sync"
+        );
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+}
