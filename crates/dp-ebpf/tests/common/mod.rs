@@ -17,13 +17,62 @@ use sluice_model::{Endpoint, Protocol, ServicePortName};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// A short unique suffix (interface names are limited to 15 characters).
+/// A unique suffix `{pid}x{n}`; the pid lets [`sweep`] recognise leftovers of dead runs.
 pub fn unique() -> String {
+    sweep();
     format!(
-        "{}{}",
-        std::process::id() % 100_000,
+        "{}x{}",
+        std::process::id(),
         COUNTER.fetch_add(1, Ordering::SeqCst)
     )
+}
+
+/// Once per process: removes namespaces, pin directories and cgroups that earlier runs of
+/// these tests left behind (their pid is gone), e.g. after a SIGKILL.
+fn sweep() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let dead = |rest: &str| {
+            let pid: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            !pid.is_empty()
+                && rest[pid.len()..].starts_with('x')
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        };
+        let entries = |dir: &std::path::Path| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for name in entries(std::path::Path::new("/run/netns")) {
+            // sle + one prefix letter + {pid}x{n}
+            if let Some(rest) = name.strip_prefix("sle")
+                && rest.len() > 1
+                && dead(&rest[1..])
+            {
+                let _ = sh(&format!("ip netns del {name}"));
+            }
+        }
+        for name in entries(std::path::Path::new("/sys/fs/bpf")) {
+            if let Some(rest) = name.strip_prefix("sluice-test-")
+                && dead(rest)
+            {
+                let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/{name}"));
+            }
+        }
+        if let Some(root) = find_cgroup2_root() {
+            for name in entries(&root) {
+                if let Some(rest) = name.strip_prefix("sluice-ebpf-test-")
+                    && dead(rest)
+                {
+                    let _ = std::fs::remove_dir(root.join(&name));
+                }
+            }
+        }
+    });
 }
 
 pub fn sh(cmd: &str) -> Result<String> {
