@@ -60,23 +60,7 @@ impl Dataplane for FakeDataplane {
         desired: &DesiredState,
         full_resync: bool,
     ) -> Result<ApplyStats, DataplaneError> {
-        let previous = self.last_applied();
-        let services_changed = match &previous {
-            None => desired.services.len(),
-            Some(prev) => {
-                let changed_or_added = desired
-                    .services
-                    .iter()
-                    .filter(|(k, v)| prev.services.get(*k) != Some(*v))
-                    .count();
-                let removed = prev
-                    .services
-                    .keys()
-                    .filter(|k| !desired.services.contains_key(*k))
-                    .count();
-                changed_or_added + removed
-            }
-        };
+        let services_changed = crate::count_changed_services(self.last_applied().as_ref(), desired);
         self.record(FakeCall::Apply {
             state: desired.clone(),
             full_resync,

@@ -108,7 +108,8 @@ impl<R: NftRunner> Dataplane for NftDataplane<R> {
                 }
             }
         }
-        let services_changed = count_changed(self.last_state.as_ref(), desired);
+        let services_changed =
+            sluice_dataplane::count_changed_services(self.last_state.as_ref(), desired);
         if script.is_empty() {
             self.last_state = Some(desired.clone());
             return Ok(ApplyStats {
@@ -147,21 +148,4 @@ impl<R: NftRunner> Dataplane for NftDataplane<R> {
         self.last_state = None;
         Ok(())
     }
-}
-
-fn count_changed(old: Option<&DesiredState>, new: &DesiredState) -> usize {
-    let Some(old) = old else {
-        return new.services.len();
-    };
-    let changed = new
-        .services
-        .iter()
-        .filter(|(k, v)| old.services.get(*k) != Some(*v))
-        .count();
-    changed
-        + old
-            .services
-            .keys()
-            .filter(|k| !new.services.contains_key(*k))
-            .count()
 }
