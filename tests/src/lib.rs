@@ -20,6 +20,7 @@
 //! owns pod CIDRs 10.244.i.0/24 / fd00:10:244:i::/64; the client is 192.0.2.100 / 2001:db8::100.
 
 pub mod bins;
+mod bpf;
 mod host;
 pub mod manifests;
 mod netns;
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
+pub use bpf::pinned_object_id;
 pub use host::{cgroup2_root, sweep};
 pub use probe::{
     EchoReply, HeldConn, HttpReply, ProbeError, ProbeOpts, ProbeResults, Proto, tally,

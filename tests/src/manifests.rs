@@ -21,12 +21,25 @@ pub fn yaml_docs(docs: &[Value]) -> String {
 
 /// Node objects (InternalIP v4+v6, podCIDRs) for every node of the cluster.
 pub fn nodes_yaml<'a>(nodes: impl Iterator<Item = &'a Node>) -> String {
+    nodes_yaml_with_zones(nodes, &[])
+}
+
+/// Like [`nodes_yaml`], with label `topology.kubernetes.io/zone` set on the nodes named in
+/// `zones` (`(node, zone)`).
+pub fn nodes_yaml_with_zones<'a>(
+    nodes: impl Iterator<Item = &'a Node>,
+    zones: &[(&str, &str)],
+) -> String {
     let docs: Vec<Value> = nodes
         .map(|n| {
+            let mut labels = json!({"kubernetes.io/hostname": n.name});
+            if let Some((_, zone)) = zones.iter().find(|(node, _)| *node == n.name) {
+                labels["topology.kubernetes.io/zone"] = json!(zone);
+            }
             json!({
                 "apiVersion": "v1",
                 "kind": "Node",
-                "metadata": {"name": n.name, "labels": {"kubernetes.io/hostname": n.name}},
+                "metadata": {"name": n.name, "labels": labels},
                 "spec": {"podCIDR": n.pod_cidr_v4, "podCIDRs": [n.pod_cidr_v4, n.pod_cidr_v6]},
                 "status": {"addresses": [
                     {"type": "InternalIP", "address": n.ipv4.to_string()},
@@ -250,6 +263,16 @@ impl Endpoint {
     pub fn terminating(mut self) -> Endpoint {
         self.ready = false;
         self.terminating = true;
+        self
+    }
+    /// `zone` of the endpoint.
+    pub fn in_zone(mut self, zone: &str) -> Endpoint {
+        self.zone = Some(zone.to_owned());
+        self
+    }
+    /// `hints.forZones`.
+    pub fn for_zones(mut self, zones: &[&str]) -> Endpoint {
+        self.for_zones = zones.iter().map(|z| z.to_string()).collect();
         self
     }
     /// Not ready and not serving.

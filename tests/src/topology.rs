@@ -497,6 +497,14 @@ impl Cluster {
         Ok(())
     }
 
+    /// Rewrites `nodes.yaml` with label `topology.kubernetes.io/zone` on the nodes named in
+    /// `zones` (`(node, zone)`); write it before starting agents (an agent reads its own
+    /// node's zone).
+    pub fn set_node_zones(&self, zones: &[(&str, &str)]) -> Result<()> {
+        let yaml = crate::manifests::nodes_yaml_with_zones(self.nodes(), zones);
+        self.write_manifest("nodes.yaml", &yaml)
+    }
+
     /// Kills a pod's echo server but keeps its network (connections to it are refused).
     pub fn stop_pod(&mut self, name: &str) -> Result<()> {
         let state = self

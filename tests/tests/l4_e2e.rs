@@ -4,13 +4,16 @@
 //! (`cargo test -p sluice-tests --test l4_e2e ebpf` runs one backend).
 //! Needs root and the binaries (`cargo build -p sluice-agent -p sluice-echo`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::time::Duration;
 
-use anyhow::Result;
-use sluice_tests::manifests::{Port, Service};
+use anyhow::{Context, Result};
+use serde_json::json;
+use sluice_tests::manifests::{Endpoint, EndpointSlice, Family, Port, Service, yaml_docs};
 use sluice_tests::{
-    At, CLIENT_V4, CLIENT_V6, Cluster, Mode, Pod, ProbeError, ProbeResults, tally, wait_until,
+    At, CLIENT_V4, CLIENT_V6, Cluster, Mode, Pod, ProbeError, ProbeOpts, ProbeResults, Proto,
+    tally, wait_until,
 };
 
 /// `backend_tests!(scenario)` → `mod scenario { fn nftables(), fn ebpf() }`.
@@ -49,6 +52,13 @@ backend_tests!(
     udp_flows_move_when_their_endpoint_goes,
     internal_traffic_policy_local_uses_only_this_nodes_pods,
     terminating_endpoints_are_a_fallback_only,
+    hairpin_pod_reaches_itself_through_its_service,
+    sctp_cluster_ip_answers,
+    topology_hints_keep_traffic_in_the_zone_unless_incomplete,
+    udp_service_scaled_to_zero_and_back_answers_at_once,
+    agent_restart_reconciles_without_flushing,
+    load_balancer_ip_local_policy_served_only_where_endpoints_are,
+    dual_stack_node_port_and_load_balancer_from_outside,
 );
 
 const SVC_V4: &str = "10.96.0.10";
@@ -400,5 +410,457 @@ fn terminating_endpoints_are_a_fallback_only(mode: Mode) -> Result<()> {
             Ok(tally(&r) == [("web-1".to_string(), 3)].into())
         },
     )?;
+    Ok(())
+}
+
+/// The service's only endpoint is the pod that calls it: the connection comes back to the
+/// pod itself (nftables needs the hairpin masquerade for this, or the pod would see a packet
+/// from its own address arrive on eth0 and drop it).
+fn hairpin_pod_reaches_itself_through_its_service(mode: Mode) -> Result<()> {
+    let (mut c, w1, _) = cluster()?;
+    c.write_service(&web_service(), WEB_PORTS, &[&w1])?;
+    c.start_agent("node-a", mode, &[])?;
+    for (tcp, udp) in [
+        (format!("{SVC_V4}:80"), format!("{SVC_V4}:53")),
+        (format!("[{SVC_V6}]:80"), format!("[{SVC_V6}]:53")),
+    ] {
+        for (what, r) in [
+            (&tcp, c.tcp(At::Pod("web-1"), &tcp, 5)?),
+            (&udp, c.udp(At::Pod("web-1"), &udp, 5)?),
+        ] {
+            assert_eq!(tally(&r), [("web-1".to_string(), 5)].into(), "{what}");
+            if let Some(Ok(reply)) = r.first() {
+                eprintln!("hairpin {what}: web-1 saw client {}", reply.client);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn sctp_cluster_ip_answers(mode: Mode) -> Result<()> {
+    if !sluice_tests::sctp_supported() {
+        eprintln!(
+            "skipping sctp_cluster_ip_answers::{}: this kernel cannot create SCTP sockets \
+             (socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP) fails: no sctp module)",
+            mode.as_str()
+        );
+        return Ok(());
+    }
+    let (mut c, w1, w2) = cluster()?;
+    let svc = Service::new("default", "web")
+        .cluster_ips(&[SVC_V4, SVC_V6])
+        .port(Port::sctp(80, 8080).named("sctp"))
+        .port(Port::tcp(80, 8080).named("http"));
+    c.write_service(
+        &svc,
+        &[("sctp", "SCTP", 8080), ("http", "TCP", 8080)],
+        &[&w1, &w2],
+    )?;
+    c.start_agent("node-a", mode, &[])?;
+    for addr in [format!("{SVC_V4}:80"), format!("[{SVC_V6}]:80")] {
+        let r = c.sctp(At::Pod("probe"), &addr, 20)?;
+        assert_eq!(pods_seen(&r), both(), "sctp {addr}: {:?}", tally(&r));
+        // Same port number, other protocol: still its own frontend.
+        let r = c.tcp(At::Pod("probe"), &addr, 10)?;
+        assert_eq!(pods_seen(&r), both(), "tcp {addr}: {:?}", tally(&r));
+    }
+    let r = c.sctp(At::Node("node-a"), format!("{SVC_V4}:80"), 10)?;
+    assert_eq!(pods_seen(&r), both(), "sctp from the node: {:?}", tally(&r));
+    Ok(())
+}
+
+/// `(pod, zone, hints.forZones)` → the web Service (trafficDistribution: PreferClose) and
+/// its v4/v6 slices.
+fn write_zoned_web(c: &Cluster, svc: &Service, endpoints: &[(&Pod, &str, &[&str])]) -> Result<()> {
+    let mut docs = vec![svc.to_json()];
+    for (family, suffix) in [(Family::V4, "v4"), (Family::V6, "v6")] {
+        let mut slice = EndpointSlice::new("default", &format!("web-{suffix}"), "web", family)
+            .port("http", "TCP", 8080)
+            .port("dns", "UDP", 8080);
+        for (pod, zone, hints) in endpoints {
+            slice = slice.endpoint(Endpoint::of(pod, family).in_zone(zone).for_zones(hints));
+        }
+        docs.push(slice.to_json());
+    }
+    c.write_manifest("default-web.yaml", &yaml_docs(&docs))
+}
+
+fn topology_hints_keep_traffic_in_the_zone_unless_incomplete(mode: Mode) -> Result<()> {
+    let (mut c, w1, w2) = cluster()?;
+    // web-3 runs in zone-b but is hinted to zone-a, as the EndpointSlice controller does to
+    // balance zones: hints decide, not where the pod runs.
+    let w3 = c.add_pod("node-b", "web-3")?;
+    c.add_pod("node-b", "probe-b")?;
+    c.set_node_zones(&[("node-a", "zone-a"), ("node-b", "zone-b")])?;
+    let svc = web_service().spec_field("trafficDistribution", json!("PreferClose"));
+    write_zoned_web(
+        &c,
+        &svc,
+        &[
+            (&w1, "zone-a", &["zone-a"]),
+            (&w2, "zone-b", &["zone-b"]),
+            (&w3, "zone-b", &["zone-a"]),
+        ],
+    )?;
+    c.start_agent("node-a", mode, &[])?;
+    c.start_agent("node-b", mode, &[])?;
+    let set = |pods: &[&str]| -> BTreeSet<String> { pods.iter().map(|p| p.to_string()).collect() };
+    for addr in [format!("{SVC_V4}:80"), format!("[{SVC_V6}]:80")] {
+        let r = c.tcp(At::Pod("probe"), &addr, 30)?;
+        assert_eq!(pods_seen(&r), set(&["web-1", "web-3"]), "zone-a {addr}");
+        let r = c.tcp(At::Pod("probe-b"), &addr, 10)?;
+        assert_eq!(pods_seen(&r), set(&["web-2"]), "zone-b {addr}");
+    }
+    let r = c.udp(At::Pod("probe"), format!("{SVC_V4}:53"), 30)?;
+    assert_eq!(pods_seen(&r), set(&["web-1", "web-3"]), "zone-a udp");
+
+    // One ready endpoint without hints: hints are ignored, every endpoint is used.
+    write_zoned_web(
+        &c,
+        &svc,
+        &[
+            (&w1, "zone-a", &["zone-a"]),
+            (&w2, "zone-b", &[]),
+            (&w3, "zone-b", &["zone-a"]),
+        ],
+    )?;
+    let all = set(&["web-1", "web-2", "web-3"]);
+    for (at, node) in [("probe", "node-a"), ("probe-b", "node-b")] {
+        wait_until(
+            Duration::from_secs(10),
+            &format!("all endpoints from {node}"),
+            || {
+                let r = c.tcp(At::Pod(at), format!("{SVC_V4}:80"), 30)?;
+                Ok(pods_seen(&r) == all)
+            },
+        )?;
+    }
+    let r = c.tcp(At::Pod("probe"), format!("[{SVC_V6}]:80"), 30)?;
+    assert_eq!(pods_seen(&r), all, "incomplete hints, v6");
+    Ok(())
+}
+
+/// UDP entries toward `ip` in `node`'s conntrack table from source port `sport`.
+fn udp_conntrack_to(c: &Cluster, node: &str, ip: IpAddr, sport: u16) -> Result<Vec<String>> {
+    let family = if ip.is_ipv4() { "ipv4" } else { "ipv6" };
+    let out = c.exec(
+        At::Node(node),
+        &[
+            "conntrack",
+            "-L",
+            "-f",
+            family,
+            "-p",
+            "udp",
+            "--reply-src",
+            &ip.to_string(),
+        ],
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("sport={sport} ")))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// A UDP client that never changes its source port (a resolver's socket) while its
+/// service scales to zero and back: refused meanwhile, answered again as soon as an
+/// endpoint is back, from inside (ClusterIP) and from outside (NodePort).
+fn udp_service_scaled_to_zero_and_back_answers_at_once(mode: Mode) -> Result<()> {
+    let (mut c, w1, w2) = cluster()?;
+    let svc = web_service()
+        .kind("NodePort")
+        .port(Port::udp(5353, 8080).named("mdns").node_port(30053));
+    let ports: &[(&str, &str, u16)] = &[
+        ("http", "TCP", 8080),
+        ("dns", "UDP", 8080),
+        ("mdns", "UDP", 8080),
+    ];
+    c.write_service(&svc, ports, &[&w1])?;
+    c.start_agent("node-a", mode, &[])?;
+    let node_a = c.node("node-a")?.clone();
+    let opts = |source_port| ProbeOpts {
+        count: 2,
+        source_port: Some(source_port),
+        timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let inside = (At::Pod("probe"), format!("{SVC_V4}:53"), opts(40053));
+    let outside = (At::Client, node_a.v4(30053).to_string(), opts(40054));
+    for (at, target, o) in [&inside, &outside] {
+        let r = c.probe(*at, Proto::Udp, target, o)?;
+        assert_eq!(tally(&r), [("web-1".to_string(), 2)].into(), "{target}");
+    }
+
+    // Scale to zero: the clients keep sending from the same ports and get no answer.
+    c.write_service(&svc, ports, &[])?;
+    for (at, target, o) in [&inside, &outside] {
+        wait_until(
+            Duration::from_secs(10),
+            &format!("{target} unanswered"),
+            || {
+                let r = c.probe(*at, Proto::Udp, target, o)?;
+                Ok(r.iter().all(|r| r.is_err()))
+            },
+        )?;
+    }
+    if mode == Mode::Nftables {
+        // The NAT toward the gone endpoint was removed from conntrack.
+        for port in [40053, 40054] {
+            let left = udp_conntrack_to(&c, "node-a", w1.ipv4.into(), port)?;
+            assert!(left.is_empty(), "stale entries toward web-1: {left:?}");
+        }
+    }
+    // Keep sending while there is no endpoint, as a resolver would.
+    for (at, target, o) in [&inside, &outside] {
+        let r = c.probe(*at, Proto::Udp, target, o)?;
+        assert!(r.iter().all(|r| r.is_err()), "{target}: {r:?}");
+    }
+
+    // And back, on another pod: the same flows are answered at once, not after the
+    // conntrack timeout of whatever was recorded while there was no endpoint.
+    c.write_service(&svc, ports, &[&w2])?;
+    for (at, target, o) in [&inside, &outside] {
+        wait_until(
+            Duration::from_secs(5),
+            &format!("{target} answered by web-2"),
+            || {
+                let r = c.probe(*at, Proto::Udp, target, o)?;
+                Ok(tally(&r) == [("web-2".to_string(), 2)].into())
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// What must not change when the agent restarts: for nftables the tables' and affinity
+/// sets' handles and the clients in the affinity sets; for eBPF the ids of the pinned maps.
+fn dataplane_identity(c: &Cluster, mode: Mode, clients: &[IpAddr]) -> Result<Vec<String>> {
+    match mode {
+        Mode::Nftables => {
+            let mut id = Vec::new();
+            for family in ["ip", "ip6"] {
+                let out = c.exec(
+                    At::Node("node-a"),
+                    &["nft", "-a", "list", "table", family, "sluice"],
+                )?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "nft list table {family} sluice: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let text = String::from_utf8_lossy(&out.stdout);
+                id.extend(
+                    text.lines()
+                        .filter(|l| l.starts_with("table ") || l.contains("set aff-"))
+                        .map(|l| l.trim().to_owned()),
+                );
+                if family == "ip" {
+                    for ip in clients {
+                        anyhow::ensure!(
+                            text.contains(&format!("{ip} expires")),
+                            "client {ip} not in an affinity set:\n{text}"
+                        );
+                    }
+                }
+            }
+            Ok(id)
+        }
+        Mode::Ebpf => {
+            let dir = c.node("node-a")?.bpffs.clone();
+            let mut id = Vec::new();
+            for entry in std::fs::read_dir(&dir).with_context(|| dir.display().to_string())? {
+                let path = entry?.path();
+                let name = path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                if name.starts_with("sl_") && name.ends_with("_v1") {
+                    id.push(format!(
+                        "{name} id {}",
+                        sluice_tests::pinned_object_id(&path)?
+                    ));
+                }
+            }
+            id.sort();
+            anyhow::ensure!(!id.is_empty(), "no pinned maps in {}", dir.display());
+            Ok(id)
+        }
+    }
+}
+
+fn agent_restart_reconciles_without_flushing(mode: Mode) -> Result<()> {
+    let (mut c, w1, w2) = cluster()?;
+    let w3 = c.add_pod("node-b", "web-3")?;
+    let mut client_ips = vec![c.pod("probe")?.ipv4.into()];
+    for name in ["probe-2", "probe-3"] {
+        client_ips.push(c.add_pod("node-a", name)?.ipv4.into());
+    }
+    let clients = ["probe", "probe-2", "probe-3"];
+    let web = web_service().session_affinity(600);
+    c.write_service(&web, WEB_PORTS, &[&w1, &w2, &w3])?;
+    let http = &[("http", "TCP", 8080)];
+    let one = |name: &str, ip: &str| {
+        Service::new("default", name)
+            .cluster_ips(&[ip])
+            .port(Port::tcp(80, 8080).named("http"))
+    };
+    c.write_service(&one("old", "10.96.0.30"), http, &[&w1])?;
+    c.start_agent("node-a", mode, &[])?;
+    let target = format!("{SVC_V4}:80");
+    let mut chosen = BTreeMap::new();
+    for cl in clients {
+        let r = c.tcp(At::Pod(cl), &target, 5)?;
+        let seen = tally(&r);
+        assert_eq!(seen.len(), 1, "{cl}: {seen:?}");
+        chosen.insert(cl, seen.into_keys().next().unwrap_or_default());
+    }
+    eprintln!("affinity before restart: {chosen:?}");
+    assert_eq!(
+        c.tcp1(At::Pod("probe"), "10.96.0.30:80")?.map(|g| g.pod),
+        Ok("web-1".into())
+    );
+    let mut held = c.hold_tcp(At::Pod("probe"), &target)?;
+    assert_eq!(&held.greeting().pod, &chosen["probe"]);
+    let before = dataplane_identity(&c, mode, &client_ips)?;
+
+    // A rolling restart: SIGTERM. While the agent is down, one service goes and one comes.
+    let status = c.stop_agent("node-a")?;
+    assert!(status.success(), "agent exit: {status}");
+    c.remove_manifest("default-old.yaml")?;
+    c.write_service(&one("new", "10.96.0.20"), http, &[&w2])?;
+    let expect = format!("{}: agent-down", chosen["probe"]);
+    assert_eq!(held.send("agent-down")?, Ok(expect));
+
+    c.start_agent("node-a", mode, &[])?;
+    let after = dataplane_identity(&c, mode, &client_ips)?;
+    assert_eq!(before, after, "re-created instead of reconciled");
+    let expect = format!("{}: agent-back", chosen["probe"]);
+    assert_eq!(held.send("agent-back")?, Ok(expect));
+    for cl in clients {
+        let r = c.tcp(At::Pod(cl), &target, 5)?;
+        assert_eq!(
+            tally(&r),
+            [(chosen[cl].clone(), 5)].into(),
+            "{cl} kept its pod"
+        );
+    }
+    // The change made while the agent was down is applied.
+    wait_until(Duration::from_secs(10), "new service answers", || {
+        Ok(c.tcp1(At::Pod("probe"), "10.96.0.20:80")?.map(|g| g.pod) == Ok("web-2".into()))
+    })?;
+    wait_until(Duration::from_secs(10), "old service gone", || {
+        Ok(c.tcp1(At::Pod("probe"), "10.96.0.30:80")?.is_err())
+    })?;
+    if mode == Mode::Nftables {
+        let out = c.exec(
+            At::Node("node-a"),
+            &["nft", "list", "table", "ip", "sluice"],
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!text.contains("default/old"), "stale chains left:\n{text}");
+    }
+    held.close()
+}
+
+/// A LoadBalancer IP with externalTrafficPolicy: Local, from outside: the node with the
+/// endpoint serves it and the pod sees the real client; a node without one drops it.
+fn load_balancer_ip_local_policy_served_only_where_endpoints_are(mode: Mode) -> Result<()> {
+    let (mut c, w1, _) = cluster()?;
+    let svc = Service::new("default", "web")
+        .cluster_ips(&[SVC_V4, SVC_V6])
+        .port(Port::tcp(80, 8080).named("http").node_port(30080))
+        .load_balancer_ips(&["203.0.113.10", "2001:db8:ff::10"])
+        .external_traffic_policy("Local")
+        .health_check_node_port(32000);
+    // Only web-1, on node-a, backs the service.
+    c.write_service(&svc, &[("http", "TCP", 8080)], &[&w1])?;
+    c.start_agent("node-a", mode, &[])?;
+    c.start_agent("node-b", mode, &[])?;
+    let targets = [
+        ("203.0.113.10:80", CLIENT_V4.to_string()),
+        ("[2001:db8:ff::10]:80", CLIENT_V6.to_string()),
+    ];
+    // The "cloud load balancer" sends to node-a.
+    c.client_route("203.0.113.0/24", "node-a")?;
+    c.client_route("2001:db8:ff::/64", "node-a")?;
+    for (addr, client) in &targets {
+        let r = c.tcp(At::Client, addr, 10)?;
+        assert_eq!(
+            tally(&r),
+            [("web-1".to_string(), 10)].into(),
+            "via node-a {addr}"
+        );
+        for reply in r.iter().flatten() {
+            assert_eq!(&reply.client.ip().to_string(), client, "source preserved");
+        }
+    }
+    // ... and now to node-b, which has no local endpoint: dropped, not forwarded to web-1.
+    c.client_route("203.0.113.0/24", "node-b")?;
+    c.client_route("2001:db8:ff::/64", "node-b")?;
+    let opts = ProbeOpts {
+        count: 2,
+        timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    for (addr, _) in &targets {
+        let r = c.probe(At::Client, Proto::Tcp, addr, &opts)?;
+        assert!(
+            r.iter().all(|r| *r == Err(ProbeError::Timeout)),
+            "via node-b {addr}: {r:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A dual-stack NodePort / LoadBalancer service with the default Cluster policy answers from
+/// outside on both families, TCP and UDP, from both pods; the remote pod sees node-a's
+/// address of the same family (masquerade), so its replies find their way back.
+fn dual_stack_node_port_and_load_balancer_from_outside(mode: Mode) -> Result<()> {
+    let (mut c, w1, w2) = cluster()?;
+    let svc = Service::new("default", "web")
+        .cluster_ips(&[SVC_V4, SVC_V6])
+        .port(Port::tcp(80, 8080).named("http").node_port(30080))
+        .port(Port::udp(53, 8080).named("dns").node_port(30053))
+        .load_balancer_ips(&["203.0.113.10", "2001:db8:ff::10"]);
+    c.write_service(&svc, WEB_PORTS, &[&w1, &w2])?;
+    c.client_route("203.0.113.0/24", "node-a")?;
+    c.client_route("2001:db8:ff::/64", "node-a")?;
+    c.start_agent("node-a", mode, &[])?;
+    let a = c.node("node-a")?.clone();
+    let cases: [(String, String, IpAddr); 4] = [
+        (
+            a.v4(30080).to_string(),
+            a.v4(30053).to_string(),
+            a.ipv4.into(),
+        ),
+        (
+            a.v6(30080).to_string(),
+            a.v6(30053).to_string(),
+            a.ipv6.into(),
+        ),
+        (
+            "203.0.113.10:80".into(),
+            "203.0.113.10:53".into(),
+            a.ipv4.into(),
+        ),
+        (
+            "[2001:db8:ff::10]:80".into(),
+            "[2001:db8:ff::10]:53".into(),
+            a.ipv6.into(),
+        ),
+    ];
+    for (tcp, udp, node_ip) in &cases {
+        for (what, r) in [
+            (tcp, c.tcp(At::Client, tcp, 30)?),
+            (udp, c.udp(At::Client, udp, 30)?),
+        ] {
+            assert_eq!(pods_seen(&r), both(), "{what}: {:?}", tally(&r));
+            for reply in r.iter().flatten().filter(|r| r.pod == "web-2") {
+                assert_eq!(&reply.client.ip(), node_ip, "{what}: masqueraded to node-a");
+            }
+        }
+    }
     Ok(())
 }
