@@ -25,6 +25,8 @@
 #define SL_SVC_SRC_RANGES 0x4 /* loadBalancerSourceRanges apply to this frontend */
 #define SL_SVC_MASQ 0x8       /* externalTrafficPolicy: Cluster: masquerade (mark) */
 #define SL_SVC_MAGLEV 0x10    /* pick from the Maglev table rather than at random */
+#define SL_SVC_MASQ_OFFCLUSTER 0x20 /* ClusterIP from outside: masquerade sources that are
+				       * not in the cluster CIDRs (sl_cidr_v1) */
 
 /* skb->mark bit asking the netfilter rule installed by the agent to masquerade. */
 #define SL_MASQ_MARK 0x4000
@@ -93,6 +95,14 @@ struct lb_rev_val {
 struct lb_src_key {
 	__u32 prefixlen;
 	__u32 group;
+	__u8 family;
+	__u8 pad[3];
+	__u32 addr[4];
+};
+
+/* Cluster (pod) CIDRs: LPM key, prefixlen = 32 + CIDR length. */
+struct lb_cidr_key {
+	__u32 prefixlen;
 	__u8 family;
 	__u8 pad[3];
 	__u32 addr[4];

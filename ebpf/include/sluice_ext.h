@@ -25,6 +25,16 @@ struct ext_verdict {
 	__u8 masq;
 };
 
+static __always_inline int in_cluster_cidr(__u8 family, const __u32 addr[4])
+{
+	struct lb_cidr_key key = {};
+
+	key.prefixlen = 32 + (family == SL_FAMILY_V4 ? 32 : 128);
+	key.family = family;
+	__builtin_memcpy(key.addr, addr, 16);
+	return bpf_map_lookup_elem(&sl_cidr_v1, &key) != 0;
+}
+
 static __always_inline void ext_decide(const struct pkt *p, struct ext_verdict *v)
 {
 	struct ct_val *ct;
@@ -72,10 +82,12 @@ static __always_inline void ext_decide(const struct pkt *p, struct ext_verdict *
 		v->action = EXT_DROP;
 		return;
 	}
-	ct_create(p, be, svc->group, svc->flags & SL_SVC_MASQ, now);
+	v->masq = (svc->flags & SL_SVC_MASQ) != 0;
+	if ((svc->flags & SL_SVC_MASQ_OFFCLUSTER) && !in_cluster_cidr(p->family, p->saddr))
+		v->masq = 1;
+	ct_create(p, be, svc->group, v->masq ? SL_SVC_MASQ : 0, now);
 	__builtin_memcpy(v->addr, be->addr, 16);
 	v->port = be->port;
-	v->masq = (svc->flags & SL_SVC_MASQ) != 0;
 	v->action = EXT_NAT;
 }
 

@@ -14,6 +14,7 @@ pub const SVC_AFFINITY: u16 = 0x2;
 pub const SVC_SRC_RANGES: u16 = 0x4;
 pub const SVC_MASQ: u16 = 0x8;
 pub const SVC_MAGLEV: u16 = 0x10;
+pub const SVC_MASQ_OFFCLUSTER: u16 = 0x20;
 
 /// `SL_MASQ_MARK`: the skb mark the netfilter masquerade rule matches.
 pub const MASQ_MARK: u32 = 0x4000;
@@ -30,8 +31,9 @@ pub const MAP_AFF: &str = "sl_aff_v1";
 pub const MAP_REV: &str = "sl_rev_v1";
 pub const MAP_SRC: &str = "sl_src_v1";
 pub const MAP_CT: &str = "sl_ct_v1";
+pub const MAP_CIDR: &str = "sl_cidr_v1";
 pub const ALL_MAPS: &[&str] = &[
-    MAP_SVC, MAP_SLOT, MAP_MAGLEV, MAP_AFF, MAP_REV, MAP_SRC, MAP_CT,
+    MAP_SVC, MAP_SLOT, MAP_MAGLEV, MAP_AFF, MAP_REV, MAP_SRC, MAP_CT, MAP_CIDR,
 ];
 
 #[repr(C)]
@@ -115,6 +117,15 @@ pub struct SrcKeyData {
     pub addr: [u32; 4],
 }
 
+/// Data part of the `sl_cidr_v1` LPM key (cluster CIDRs).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct CidrKeyData {
+    pub family: u8,
+    pub pad: [u8; 3],
+    pub addr: [u32; 4],
+}
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct CtKey {
@@ -158,6 +169,8 @@ unsafe impl aya::Pod for RevKey {}
 unsafe impl aya::Pod for RevVal {}
 // SAFETY: as above.
 unsafe impl aya::Pod for SrcKeyData {}
+// SAFETY: as above.
+unsafe impl aya::Pod for CidrKeyData {}
 // SAFETY: as above.
 unsafe impl aya::Pod for CtKey {}
 // SAFETY: as above.

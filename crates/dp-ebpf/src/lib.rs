@@ -166,9 +166,10 @@ impl Dataplane for EbpfDataplane {
         let slot = state::diff_map(&current.slot, &want.slot);
         let maglev = state::diff_map(&current.maglev, &want.maglev);
         let src = state::diff_map(&current.src, &want.src);
+        let cidr = state::diff_map(&current.cidr, &want.cidr);
         let removed = state::removed_backends(&current, &want);
-        let ops = svc.len() + slot.len() + maglev.len() + src.len();
-        if let Err(e) = self.kernel.maps.write(&svc, &slot, &maglev, &src) {
+        let ops = svc.len() + slot.len() + maglev.len() + src.len() + cidr.len();
+        if let Err(e) = self.kernel.maps.write(&svc, &slot, &maglev, &src, &cidr) {
             // Partially written: re-read on the next apply.
             self.current = None;
             return Err(e);

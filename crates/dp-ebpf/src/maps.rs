@@ -8,7 +8,7 @@ use aya::maps::{HashMap, Map, MapData};
 use sluice_dataplane::DataplaneError;
 
 use crate::abi::{
-    self, AffKey, AffVal, Backend, CtKey, CtVal, SlotKey, SrcKeyData, SvcKey, SvcVal,
+    self, AffKey, AffVal, Backend, CidrKeyData, CtKey, CtVal, SlotKey, SrcKeyData, SvcKey, SvcVal,
 };
 use crate::kerr;
 use crate::state::{MapContent, MapDiff};
@@ -18,6 +18,7 @@ pub struct Maps {
     pub slot: HashMap<MapData, SlotKey, Backend>,
     pub maglev: HashMap<MapData, SlotKey, Backend>,
     pub src: LpmTrie<MapData, SrcKeyData, u32>,
+    pub cidr: LpmTrie<MapData, CidrKeyData, u32>,
     pub aff: HashMap<MapData, AffKey, AffVal>,
     pub ct: HashMap<MapData, CtKey, CtVal>,
 }
@@ -42,6 +43,7 @@ impl Maps {
             slot: typed!(dir, abi::MAP_SLOT, HashMap<MapData, SlotKey, Backend>),
             maglev: typed!(dir, abi::MAP_MAGLEV, HashMap<MapData, SlotKey, Backend>),
             src: typed!(dir, abi::MAP_SRC, LpmTrie<MapData, SrcKeyData, u32>),
+            cidr: typed!(dir, abi::MAP_CIDR, LpmTrie<MapData, CidrKeyData, u32>),
             aff: typed!(dir, abi::MAP_AFF, HashMap<MapData, AffKey, AffVal>),
             ct: typed!(dir, abi::MAP_CT, HashMap<MapData, CtKey, CtVal>),
         })
@@ -66,6 +68,10 @@ impl Maps {
             let (k, v) = item.map_err(|e| kerr("read sl_src_v1", e))?;
             c.src.insert((k.prefix_len(), k.data()), v);
         }
+        for item in self.cidr.iter() {
+            let (k, v) = item.map_err(|e| kerr("read sl_cidr_v1", e))?;
+            c.cidr.insert((k.prefix_len(), k.data()), v);
+        }
         Ok(c)
     }
 
@@ -77,7 +83,13 @@ impl Maps {
         slot: &MapDiff<SlotKey, Backend>,
         maglev: &MapDiff<SlotKey, Backend>,
         src: &MapDiff<(u32, SrcKeyData), u32>,
+        cidr: &MapDiff<(u32, CidrKeyData), u32>,
     ) -> Result<(), DataplaneError> {
+        for ((plen, data), v) in &cidr.upsert {
+            self.cidr
+                .insert(&LpmKey::new(*plen, *data), v, 0)
+                .map_err(|e| kerr("update sl_cidr_v1", e))?;
+        }
         for (k, v) in &slot.upsert {
             self.slot
                 .insert(k, v, 0)
@@ -111,6 +123,10 @@ impl Maps {
         for (plen, data) in &src.delete {
             ignore_missing(self.src.remove(&LpmKey::new(*plen, *data)))
                 .map_err(|e| kerr("delete from sl_src_v1", e))?;
+        }
+        for (plen, data) in &cidr.delete {
+            ignore_missing(self.cidr.remove(&LpmKey::new(*plen, *data)))
+                .map_err(|e| kerr("delete from sl_cidr_v1", e))?;
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use sluice_model::{DesiredState, Endpoint, ServicePortName, ServicePortState, TrafficPolicy};
 
-use crate::abi::{self, Backend, SlotKey, SrcKeyData, SvcKey, SvcVal};
+use crate::abi::{self, Backend, CidrKeyData, SlotKey, SrcKeyData, SvcKey, SvcVal};
 use crate::maglev;
 
 /// `(prefix length, data)` of an `sl_src_v1` LPM entry.
@@ -20,6 +20,8 @@ pub struct MapContent {
     pub slot: BTreeMap<SlotKey, Backend>,
     pub maglev: BTreeMap<SlotKey, Backend>,
     pub src: BTreeMap<SrcKey, u32>,
+    /// Cluster CIDRs, `(prefix length, data)`.
+    pub cidr: BTreeMap<(u32, CidrKeyData), u32>,
 }
 
 /// Which backend set a group holds.
@@ -182,6 +184,15 @@ pub fn assign_groups(desired: &DesiredState, prev: &Groups, current: &MapContent
 /// The full map content for `desired` with the given group ids.
 pub fn render(desired: &DesiredState, groups: &Groups) -> MapContent {
     let mut out = MapContent::default();
+    for net in &desired.cluster_cidrs {
+        let (addr, family) = ip_words(net.network());
+        let data = CidrKeyData {
+            family,
+            pad: [0; 3],
+            addr,
+        };
+        out.cidr.insert((32 + u32::from(net.prefix_len()), data), 1);
+    }
     for (name, svc) in &desired.services {
         let proto = name.protocol.number();
         let mut groups_done = BTreeSet::new();
@@ -231,6 +242,18 @@ pub fn render(desired: &DesiredState, groups: &Groups) -> MapContent {
                 continue;
             }
             out.svc.insert(key, val);
+            if fe.kind == GroupKind::Internal {
+                // ClusterIP packets routed to this node from outside (socket-LB never saw
+                // them): same endpoints; masquerade sources outside the cluster CIDRs.
+                let ext = SvcKey {
+                    scope: abi::SCOPE_EXT,
+                    ..key
+                };
+                out.svc.entry(ext).or_insert(SvcVal {
+                    flags: val.flags | abi::SVC_MASQ_OFFCLUSTER,
+                    ..val
+                });
+            }
             if !groups_done.insert(gname) {
                 continue;
             }

@@ -131,6 +131,15 @@ fn layout_matches_btf() {
             CtVal,
             [nat_addr, nat_port, flags, pad, group, last_ns]
         );
+        let (size, members) = structs.get("lb_cidr_key").expect("lb_cidr_key in BTF");
+        assert_eq!(*size as usize, 4 + size_of::<CidrKeyData>());
+        for (field, off) in [
+            ("family", offset_of!(CidrKeyData, family)),
+            ("addr", offset_of!(CidrKeyData, addr)),
+        ] {
+            let m = members.iter().find(|(n, _)| n == field).expect("member");
+            assert_eq!(m.1 as usize, 4 + off, "lb_cidr_key.{field}");
+        }
         // The LPM key is aya's `Key { prefix_len, data }` around SrcKeyData.
         let (size, members) = structs.get("lb_src_key").expect("lb_src_key in BTF");
         assert_eq!(*size as usize, 4 + size_of::<SrcKeyData>());
@@ -212,8 +221,13 @@ fn svc_key(addr: &str, port: u16, scope: u8) -> SvcKey {
 #[test]
 fn renders_every_frontend_with_its_flags() {
     let (g, c) = render(&desired_with(nodeport_service()));
-    // ClusterIP (sock) + nodeport and LB IP in both scopes.
-    assert_eq!(c.svc.len(), 5);
+    // ClusterIP (both scopes) + nodeport and LB IP in both scopes.
+    assert_eq!(c.svc.len(), 6);
+    let cip_ext = c.svc[&svc_key("10.96.0.10", 80, SCOPE_EXT)];
+    assert_eq!(
+        cip_ext.flags, SVC_MASQ_OFFCLUSTER,
+        "random pick, masquerade off-cluster sources"
+    );
     let cip = c.svc[&svc_key("10.96.0.10", 80, SCOPE_SOCK)];
     assert_eq!(cip.count, 2);
     assert_eq!(cip.flags, 0);
@@ -292,7 +306,7 @@ fn one_endpoint_change_touches_few_entries() {
     );
     let svc_diff = state::diff_map(&c1.svc, &c2.svc);
     // ClusterIP, NodePort and LB IP (both scopes) all use cluster endpoints: only counts change.
-    assert_eq!(svc_diff.upsert.len(), 5);
+    assert_eq!(svc_diff.upsert.len(), 6);
     assert!(svc_diff.delete.is_empty());
     let removed = state::removed_backends(&c1, &c2);
     assert!(!removed.is_empty());

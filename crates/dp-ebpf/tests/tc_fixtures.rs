@@ -539,3 +539,44 @@ fn xdp_ipv6_dnat() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn cluster_ip_from_outside_masquerades_only_off_cluster_sources() -> Result<()> {
+    root_only!();
+    let mut fx = Fixture::new()?;
+    let mut d = desired(
+        Protocol::Tcp,
+        service(vec![ep("10.244.2.2", 8080, false)], TrafficPolicy::Local),
+    );
+    d.cluster_cidrs = vec!["10.244.0.0/16".parse()?];
+    fx.apply(&d)?;
+    let outside = frame(Protocol::Tcp, (CLIENT, 40000), ("10.96.0.10", 80), b"");
+    let out = fx.run(false, &outside)?;
+    assert_eq!(
+        out.packet,
+        frame(Protocol::Tcp, (CLIENT, 40000), ("10.244.2.2", 8080), b"")
+    );
+    assert_eq!(
+        out.mark,
+        abi::MASQ_MARK,
+        "off-cluster source is masqueraded"
+    );
+    let pod = frame(
+        Protocol::Tcp,
+        ("10.244.3.5", 40000),
+        ("10.96.0.10", 80),
+        b"",
+    );
+    let out = fx.run(false, &pod)?;
+    assert_eq!(
+        out.packet,
+        frame(
+            Protocol::Tcp,
+            ("10.244.3.5", 40000),
+            ("10.244.2.2", 8080),
+            b""
+        )
+    );
+    assert_eq!(out.mark, 0, "pod source kept");
+    Ok(())
+}
