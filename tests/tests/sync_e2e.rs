@@ -1,0 +1,121 @@
+//! End to end, both dataplanes: how fast manifest changes reach the datapath, and NodePorts
+//! on every node with an agent on each. Needs root and the binaries.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use sluice_tests::manifests::{Port, Service};
+use sluice_tests::{At, Cluster, Mode, tally};
+
+/// `backend_tests!(scenario)` → `mod scenario { fn nftables(), fn ebpf() }`.
+macro_rules! backend_tests {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[test]
+            fn nftables() -> anyhow::Result<()> {
+                if !sluice_tests::require_root(concat!(stringify!($scenario), "::nftables")) {
+                    return Ok(());
+                }
+                super::$scenario(sluice_tests::Mode::Nftables)
+            }
+            #[test]
+            fn ebpf() -> anyhow::Result<()> {
+                if !sluice_tests::require_root(concat!(stringify!($scenario), "::ebpf")) {
+                    return Ok(());
+                }
+                super::$scenario(sluice_tests::Mode::Ebpf)
+            }
+        }
+    )*};
+}
+
+backend_tests!(
+    endpoint_added_and_removed_is_honoured_within_a_second,
+    node_port_answers_on_every_node
+);
+
+fn web() -> Service {
+    Service::new("default", "web")
+        .kind("NodePort")
+        .cluster_ips(&["10.96.0.10"])
+        .port(Port::tcp(80, 8080).named("http").node_port(30080))
+}
+
+const PORTS: &[(&str, &str, u16)] = &[("http", "TCP", 8080)];
+
+/// Polls (no sleep beyond the probe itself) until `seen` holds for one batch of connections;
+/// returns how long it took.
+fn time_until(
+    c: &Cluster,
+    what: &str,
+    seen: impl Fn(&BTreeSet<String>) -> bool,
+) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let replies = c.tcp(At::Pod("probe"), "10.96.0.10:80", 8)?;
+        let pods: BTreeSet<String> = tally(&replies).into_keys().collect();
+        if seen(&pods) {
+            return Ok(started.elapsed());
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: still {pods:?} after 10 s"
+        );
+    }
+}
+
+fn endpoint_added_and_removed_is_honoured_within_a_second(mode: Mode) -> Result<()> {
+    let mut c = Cluster::new(&["node-a", "node-b"])?;
+    let w1 = c.add_pod("node-a", "web-1")?;
+    let w2 = c.add_pod("node-b", "web-2")?;
+    c.add_pod("node-a", "probe")?;
+    c.write_service(&web(), PORTS, &[&w1])?;
+    c.start_agent("node-a", mode, &[])?;
+    time_until(&c, "initial endpoint", |p| {
+        p.len() == 1 && p.contains("web-1")
+    })?;
+
+    c.write_service(&web(), PORTS, &[&w1, &w2])?;
+    let added = time_until(&c, "added endpoint", |p| p.contains("web-2"))?;
+    c.write_service(&web(), PORTS, &[&w2])?;
+    let removed = time_until(&c, "removed endpoint", |p| {
+        p.len() == 1 && p.contains("web-2")
+    })?;
+    eprintln!(
+        "{}: endpoint added in {added:?}, removed in {removed:?}",
+        mode.as_str()
+    );
+    ensure!(
+        added < Duration::from_secs(1),
+        "added endpoint honoured after {added:?}"
+    );
+    ensure!(
+        removed < Duration::from_secs(1),
+        "removed endpoint honoured after {removed:?}"
+    );
+    Ok(())
+}
+
+fn node_port_answers_on_every_node(mode: Mode) -> Result<()> {
+    let mut c = Cluster::new(&["node-a", "node-b"])?;
+    let w1 = c.add_pod("node-a", "web-1")?;
+    let w2 = c.add_pod("node-b", "web-2")?;
+    c.write_service(&web(), PORTS, &[&w1, &w2])?;
+    c.start_agent("node-a", mode, &[])?;
+    c.start_agent("node-b", mode, &[])?;
+    for node in ["node-a", "node-b"] {
+        let n = c.node(node)?.clone();
+        for addr in [n.v4(30080), n.v6(30080)] {
+            let replies = c.tcp(At::Client, addr, 24)?;
+            let pods: BTreeSet<String> = tally(&replies).into_keys().collect();
+            let expected: BTreeSet<String> = ["web-1".into(), "web-2".into()].into();
+            ensure!(
+                pods == expected,
+                "NodePort {addr} via {node}: {:?}",
+                tally(&replies)
+            );
+        }
+    }
+    Ok(())
+}
