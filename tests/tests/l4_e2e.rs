@@ -564,8 +564,8 @@ fn udp_conntrack_to(c: &Cluster, node: &str, ip: IpAddr, sport: u16) -> Result<V
 }
 
 /// A UDP client that never changes its source port (a resolver's socket) while its
-/// service scales to zero and back: refused meanwhile, answered again as soon as an
-/// endpoint is back, from inside (ClusterIP) and from outside (NodePort).
+/// service appears, scales to zero and back: unanswered meanwhile, answered again as soon
+/// as an endpoint is there, from inside (ClusterIP) and from outside (NodePort).
 fn udp_service_scaled_to_zero_and_back_answers_at_once(mode: Mode) -> Result<()> {
     let (mut c, w1, w2) = cluster()?;
     let svc = web_service()
@@ -576,7 +576,6 @@ fn udp_service_scaled_to_zero_and_back_answers_at_once(mode: Mode) -> Result<()>
         ("dns", "UDP", 8080),
         ("mdns", "UDP", 8080),
     ];
-    c.write_service(&svc, ports, &[&w1])?;
     c.start_agent("node-a", mode, &[])?;
     let node_a = c.node("node-a")?.clone();
     let opts = |source_port| ProbeOpts {
@@ -587,9 +586,23 @@ fn udp_service_scaled_to_zero_and_back_answers_at_once(mode: Mode) -> Result<()>
     };
     let inside = (At::Pod("probe"), format!("{SVC_V4}:53"), opts(40053));
     let outside = (At::Client, node_a.v4(30053).to_string(), opts(40054));
+    // The clients start before the service exists: their datagrams go unanswered and leave
+    // conntrack entries without NAT on node-a (routed away, or to no local socket).
     for (at, target, o) in [&inside, &outside] {
         let r = c.probe(*at, Proto::Udp, target, o)?;
-        assert_eq!(tally(&r), [("web-1".to_string(), 2)].into(), "{target}");
+        assert!(r.iter().all(|r| r.is_err()), "{target}: {r:?}");
+    }
+    // The service appears: the same flows are answered at once.
+    c.write_service(&svc, ports, &[&w1])?;
+    for (at, target, o) in [&inside, &outside] {
+        wait_until(
+            Duration::from_secs(5),
+            &format!("{target} answered by web-1"),
+            || {
+                let r = c.probe(*at, Proto::Udp, target, o)?;
+                Ok(tally(&r) == [("web-1".to_string(), 2)].into())
+            },
+        )?;
     }
 
     // Scale to zero: the clients keep sending from the same ports and get no answer.
