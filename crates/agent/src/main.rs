@@ -97,7 +97,11 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
         }
     };
 
-    let metrics = Arc::new(metrics::Metrics::new());
+    let ingress = config
+        .ingress
+        .clone()
+        .map(|c| Arc::new(sluice_ingress::IngressProxy::new(c)));
+    let metrics = Arc::new(metrics::Metrics::new(ingress.clone()));
     let health = Arc::new(health::HealthState::new(
         config.node_name.clone(),
         config.sync_period,

@@ -5,8 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -32,8 +36,12 @@ fn sync_buckets() -> Histogram {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// `ingress`: the proxy whose counters are exported too (read at scrape time).
+    pub fn new(ingress: Option<Arc<sluice_ingress::IngressProxy>>) -> Self {
         let mut registry = Registry::default();
+        if let Some(proxy) = ingress {
+            registry.register_collector(Box::new(IngressCollector(proxy)));
+        }
         let m = Metrics {
             sync_duration: sync_buckets(),
             full_sync_duration: sync_buckets(),
@@ -129,6 +137,89 @@ impl Metrics {
     }
 }
 
+/// The ingress proxy's own atomic counters, encoded on each scrape (no second copy to keep in
+/// step on the request path).
+struct IngressCollector(Arc<sluice_ingress::IngressProxy>);
+
+impl std::fmt::Debug for IngressCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IngressCollector")
+    }
+}
+
+fn const_counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let counter = ConstCounter::new(value);
+    counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)
+}
+
+impl Collector for IngressCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.stats();
+        const_counter(
+            &mut encoder,
+            "sluice_ingress_connections",
+            "Downstream connections accepted",
+            s.connections_total,
+        )?;
+        const_counter(
+            &mut encoder,
+            "sluice_ingress_requests",
+            "Requests received",
+            s.requests_total,
+        )?;
+        const_counter(
+            &mut encoder,
+            "sluice_ingress_not_found",
+            "Requests answered by the built-in 404",
+            s.not_found,
+        )?;
+        const_counter(
+            &mut encoder,
+            "sluice_ingress_upstream_connect_failures",
+            "Failed connection attempts to endpoints",
+            s.upstream_connect_failures,
+        )?;
+        const_counter(
+            &mut encoder,
+            "sluice_ingress_upstream_timeouts",
+            "Requests without upstream response headers in time (504)",
+            s.upstream_timeouts,
+        )?;
+        const_counter(
+            &mut encoder,
+            "sluice_ingress_retries",
+            "Requests retried on another endpoint",
+            s.retries,
+        )?;
+        let active = ConstGauge::new(i64::try_from(s.connections_active).unwrap_or(i64::MAX));
+        active.encode(encoder.encode_descriptor(
+            "sluice_ingress_connections_active",
+            "Open downstream connections",
+            None,
+            active.metric_type(),
+        )?)?;
+        let example = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "sluice_ingress_responses",
+            "Responses by status class",
+            None,
+            example.metric_type(),
+        )?;
+        for (class, count) in ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .iter()
+            .zip(s.responses_by_class)
+        {
+            ConstCounter::new(count).encode(family.encode_family(&[("code_class", *class)])?)?;
+        }
+        Ok(())
+    }
+}
+
 pub fn handler(metrics: Arc<Metrics>) -> Handler {
     Arc::new(move |req| match req.uri().path() {
         "/metrics" => response(
@@ -146,7 +237,7 @@ mod tests {
 
     #[test]
     fn exposes_kube_proxy_metric_names() {
-        let m = Metrics::new();
+        let m = Metrics::new(None);
         m.record_sync(
             Duration::from_millis(3),
             Ok(ApplyStats {
@@ -172,5 +263,22 @@ mod tests {
         );
         assert!(text.contains("sluice_sync_errors_total 1"), "{text}");
         assert!(text.contains("sluice_service_ports 5"), "{text}");
+    }
+
+    #[test]
+    fn exports_the_ingress_counters() {
+        let proxy = Arc::new(sluice_ingress::IngressProxy::new(
+            sluice_ingress::IngressConfig::default(),
+        ));
+        let text = Metrics::new(Some(proxy)).encode();
+        assert!(text.contains("sluice_ingress_requests_total 0"), "{text}");
+        assert!(
+            text.contains("sluice_ingress_responses_total{code_class=\"5xx\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_ingress_connections_active 0"),
+            "{text}"
+        );
     }
 }

@@ -286,7 +286,7 @@ mod tests {
             health: Arc::new(HealthState::new("node-a".into(), config.sync_period)),
             config,
             dataplane: Some(Box::new(dp.clone())),
-            metrics: Arc::new(Metrics::new()),
+            metrics: Arc::new(Metrics::new(None)),
             ingress: None,
             k8s_client: None,
         };
