@@ -20,12 +20,11 @@ pub mod maglev;
 mod maps;
 pub mod state;
 
-use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::path::PathBuf;
 
 use sluice_dataplane::{ApplyStats, Dataplane, DataplaneError};
-use sluice_model::{DesiredState, ServicePortName, ServicePortState};
+use sluice_model::DesiredState;
 
 pub use kernel::{TestRun, find_cgroup2_root};
 
@@ -96,7 +95,8 @@ pub struct EbpfDataplane {
     /// What the agent-owned maps hold (read back by `restore`, then kept in step).
     current: Option<state::MapContent>,
     groups: state::Groups,
-    last: Option<BTreeMap<ServicePortName, ServicePortState>>,
+    /// The last state applied, for change accounting.
+    last: Option<DesiredState>,
 }
 
 impl EbpfDataplane {
@@ -187,22 +187,9 @@ impl Dataplane for EbpfDataplane {
             self.kernel.ensure_masquerade();
         }
 
-        let services_changed = match &self.last {
-            Some(last) => {
-                let changed = desired
-                    .services
-                    .iter()
-                    .filter(|(k, v)| last.get(*k) != Some(*v))
-                    .count();
-                changed
-                    + last
-                        .keys()
-                        .filter(|k| !desired.services.contains_key(*k))
-                        .count()
-            }
-            None => desired.services.len(),
-        };
-        self.last = Some(desired.services.clone());
+        let services_changed =
+            sluice_dataplane::count_changed_services(self.last.as_ref(), desired);
+        self.last = Some(desired.clone());
         tracing::debug!(ops, pruned, services_changed, "ebpf: applied");
         Ok(ApplyStats {
             services_changed,
