@@ -47,7 +47,9 @@ pub fn run(args: &[String]) -> Result<()> {
     unsafe_set_env("SLUICE_BIN_DIR", &bin_dir.display().to_string());
 
     let mut rows = Vec::new();
-    nft_sync(services, &mut rows)?;
+    if !args.iter().any(|a| a == "--skip-nft-sync") {
+        nft_sync(services, &mut rows)?;
+    }
     connection_rates(connections, &mut rows)?;
 
     println!("\n{:<14} {:<58} {:>14}", "group", "measurement", "value");
@@ -208,6 +210,12 @@ fn connection_rates(count: u32, rows: &mut Vec<Row>) -> Result<()> {
             .cluster_ips(&["10.96.0.10"])
             .port(Port::tcp(80, 8080).named("tcp").node_port(30080));
         c.write_service(&svc, &[("tcp", "TCP", 8080)], &[&web])?;
+        let local = Service::new("bench", "web-local")
+            .kind("NodePort")
+            .cluster_ips(&["10.96.0.11"])
+            .external_traffic_policy("Local")
+            .port(Port::tcp(80, 8080).named("tcp").node_port(30081));
+        c.write_service(&local, &[("tcp", "TCP", 8080)], &[&web])?;
         if let Err(err) = c.start_agent("node-a", mode, &[]) {
             eprintln!(
                 "   skipped: the {} agent did not start: {err:#}",
@@ -245,6 +253,14 @@ fn connection_rates(count: u32, rows: &mut Vec<Row>) -> Result<()> {
             group: "conn-rate",
             name: format!("client → NodePort ({m})"),
             value: node_port,
+            unit: "conn/s",
+        });
+        let node_a = c.node("node-a")?.v4(30081).to_string();
+        let local = rate(&c, At::Client, node_a, count).context("NodePort eTP=Local")?;
+        rows.push(Row {
+            group: "conn-rate",
+            name: format!("client → NodePort eTP=Local ({m})"),
+            value: local,
             unit: "conn/s",
         });
     }
