@@ -18,9 +18,11 @@ pub fn run(args: &[String]) -> Result<()> {
         .and_then(|i| args.get(i + 1))
         .map(String::as_str)
     {
-        None | Some("nftables") => Mode::Nftables,
-        Some("ebpf") => Mode::Ebpf,
-        Some(other) => bail!("--mode {other}: expected ebpf or nftables"),
+        // `auto` is the agent's default: eBPF where the kernel supports it, else nftables.
+        None | Some("auto") => None,
+        Some("nftables") => Some(Mode::Nftables),
+        Some("ebpf") => Some(Mode::Ebpf),
+        Some(other) => bail!("--mode {other}: expected auto, ebpf or nftables"),
     };
     system::ensure_packages()?;
     if !system::is_root() {
@@ -51,12 +53,15 @@ pub fn run(args: &[String]) -> Result<()> {
     }
 
     write_manifests(&c, &web, &local, &coffee, &tea)?;
-    println!(
-        "\n== starting `sluice agent` on each node (--proxy-mode {})",
-        mode.as_str()
-    );
+    let mode_flag = mode.map_or("auto", Mode::as_str);
+    println!("\n== starting `sluice agent` on each node (--proxy-mode {mode_flag})");
     for node in ["node-a", "node-b"] {
-        c.start_agent(node, mode, &[])?;
+        // The harness passes --proxy-mode from its Mode; the same flag in `extra` overrides it.
+        c.start_agent(
+            node,
+            mode.unwrap_or(Mode::Ebpf),
+            &["--proxy-mode", mode_flag],
+        )?;
         let log = c.agent_log(node);
         let chosen = log
             .lines()
@@ -140,14 +145,24 @@ pub fn run(args: &[String]) -> Result<()> {
         );
     }
 
-    println!("\n== what node-a programmed (nft list table ip sluice, service map only)");
+    println!("\n== what node-a programmed");
     let out = c.exec(
         At::Node("node-a"),
         &["nft", "list", "map", "ip", "sluice", "service-ips"],
     )?;
     let text = String::from_utf8_lossy(&out.stdout);
     if text.trim().is_empty() {
-        println!("   (no nftables table: the eBPF dataplane is in use)");
+        // eBPF: maps and links pinned on bpffs, so forwarding survives agent restarts.
+        let dir = &node_a.bpffs;
+        println!("   eBPF maps and links pinned under {}:", dir.display());
+        let mut names: Vec<String> = walk(dir)
+            .into_iter()
+            .map(|p| p.strip_prefix(dir).unwrap_or(&p).display().to_string())
+            .collect();
+        names.sort();
+        println!("   {}", names.join("  "));
+    } else {
+        println!("   nftables map service-ips:");
     }
     for line in text.lines().filter(|l| l.contains(':')) {
         println!(
@@ -293,4 +308,18 @@ fn show(what: impl Display, results: &ProbeResults) {
         parts.push(format!("{err} ×{n}"));
     }
     println!("   {what:<48} → {}", parts.join("; "));
+}
+
+/// Files below `dir` (pinned maps and links), recursively.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
