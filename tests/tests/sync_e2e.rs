@@ -32,7 +32,8 @@ macro_rules! backend_tests {
 
 backend_tests!(
     endpoint_added_and_removed_is_honoured_within_a_second,
-    node_port_answers_on_every_node
+    node_port_answers_on_every_node,
+    bad_manifests_are_named_in_the_log_and_disturb_nothing,
 );
 
 fn web() -> Service {
@@ -117,5 +118,47 @@ fn node_port_answers_on_every_node(mode: Mode) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+fn bad_manifests_are_named_in_the_log_and_disturb_nothing(mode: Mode) -> Result<()> {
+    let mut c = Cluster::new(&["node-a"])?;
+    let w1 = c.add_pod("node-a", "web-1")?;
+    c.add_pod("node-a", "probe")?;
+    c.write_service(&web(), PORTS, &[&w1])?;
+    c.start_agent("node-a", mode, &[])?;
+    time_until(&c, "web served", |p| p.contains("web-1"))?;
+
+    // A file that is not YAML, and a Service whose clusterIP is not an address.
+    c.write_manifest("broken.yaml", "kind: [unclosed\n")?;
+    let bad = Service::new("default", "bad-ip")
+        .cluster_ips(&["10.96.0.300"])
+        .port(Port::tcp(80, 8080).named("http"));
+    c.write_service(&bad, PORTS, &[&w1])?;
+    // A new good service applied in the same sync must still work.
+    let other = Service::new("default", "other")
+        .cluster_ips(&["10.96.0.11"])
+        .port(Port::tcp(80, 8080).named("http"));
+    c.write_service(&other, PORTS, &[&w1])?;
+    sluice_tests::wait_until(Duration::from_secs(5), "the new service answers", || {
+        Ok(c.tcp1(At::Pod("probe"), "10.96.0.11:80")?
+            .is_ok_and(|r| r.pod == "web-1"))
+    })?;
+    let replies = c.tcp(At::Pod("probe"), "10.96.0.10:80", 5)?;
+    ensure!(
+        tally(&replies) == [("web-1".to_string(), 5)].into(),
+        "web disturbed: {:?}",
+        tally(&replies)
+    );
+    let log = c.agent_log("node-a");
+    ensure!(
+        log.contains("broken.yaml document 1"),
+        "log names the bad file:\n{log}"
+    );
+    ensure!(
+        log.contains("Service default/bad-ip"),
+        "log names the bad Service:\n{log}"
+    );
+    ensure!(c.agent_healthz("node-a")? == 200, "agent healthy");
     Ok(())
 }
