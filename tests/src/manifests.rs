@@ -462,30 +462,8 @@ pub fn tls_secret(namespace: &str, name: &str, cert_pem: &str, key_pem: &str) ->
         "kind": "Secret",
         "metadata": {"namespace": namespace, "name": name},
         "type": "kubernetes.io/tls",
-        "data": {"tls.crt": base64(cert_pem.as_bytes()), "tls.key": base64(key_pem.as_bytes())},
+        "data": {"tls.crt": sluice_echo::base64(cert_pem.as_bytes()), "tls.key": sluice_echo::base64(key_pem.as_bytes())},
     })
-}
-
-/// Standard base64 with padding.
-fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -503,7 +481,7 @@ mod tests {
             ("fooba", "Zm9vYmE="),
             ("foobar", "Zm9vYmFy"),
         ] {
-            assert_eq!(base64(plain.as_bytes()), enc);
+            assert_eq!(sluice_echo::base64(plain.as_bytes()), enc);
         }
     }
 

@@ -12,6 +12,8 @@ mod sock;
 pub mod wire;
 mod ws;
 
+pub use ws::base64;
+
 use std::net::SocketAddr;
 
 /// Errors of the echo server and probe.

@@ -57,7 +57,8 @@ fn sha1(data: &[u8]) -> [u8; 20] {
     out
 }
 
-fn base64(data: &[u8]) -> String {
+/// Standard base64 with padding (RFC 4648), for the accept key and for test manifests.
+pub fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
