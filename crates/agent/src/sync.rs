@@ -153,14 +153,16 @@ impl SyncLoop {
                     retry = Some((Instant::now() + backoff, backoff));
                 }
             }
-            self.write_ingress_status(&node, &mut status_written);
+            let status_ips = node_object_addresses(node_object.map(|n| n.as_ref()))
+                .unwrap_or_else(|| node.addresses.clone());
+            self.write_ingress_status(status_ips, &mut status_written);
         }
     }
 
     /// Ingress `status.loadBalancer` for the Ingresses we serve (API source only).
     fn write_ingress_status(
         &mut self,
-        node: &sluice_model::NodeInfo,
+        node_ips: Vec<std::net::IpAddr>,
         written: &mut Option<(Vec<ObjectKey>, Vec<std::net::IpAddr>)>,
     ) {
         let (Some(client), Some(proxy)) = (&self.k8s_client, &self.ingress) else {
@@ -169,7 +171,7 @@ impl SyncLoop {
         let served = proxy.served_ingresses();
         let mut ips = self.config.ingress_status_addresses.clone();
         if ips.is_empty() {
-            ips = node.addresses.clone();
+            ips = node_ips;
         }
         let now = Some((served.clone(), ips.clone()));
         if *written == now {
@@ -185,6 +187,19 @@ impl SyncLoop {
             }
         });
     }
+}
+
+/// The Node object's InternalIP and ExternalIP addresses (what clients can reach), if any.
+fn node_object_addresses(
+    node: Option<&k8s_openapi::api::core::v1::Node>,
+) -> Option<Vec<std::net::IpAddr>> {
+    let addresses = node?.status.as_ref()?.addresses.as_ref()?;
+    let ips: Vec<std::net::IpAddr> = addresses
+        .iter()
+        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
+    (!ips.is_empty()).then_some(ips)
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

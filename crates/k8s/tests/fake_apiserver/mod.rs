@@ -118,6 +118,14 @@ fn kind_path(kind: &str) -> String {
 
 impl FakeApiServer {
     pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake apiserver");
+        Self::start_on(listener)
+    }
+
+    /// Serves on a listener the caller bound (e.g. inside a test network namespace).
+    pub fn start_on(listener: TcpListener) -> Self {
         let collections = KINDS
             .iter()
             .map(|(api_version, kind, plural)| {
@@ -144,9 +152,6 @@ impl FakeApiServer {
             }),
             changed: watch::channel(0).0,
         });
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind fake apiserver");
         let addr = listener.local_addr().expect("fake apiserver address");
         let accept_task = tokio::spawn(accept_loop(listener, shared.clone()));
         Self {
