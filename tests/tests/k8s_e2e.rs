@@ -3,7 +3,6 @@
 //! forwarding, and the agent writes the Ingress status. Needs root and the binaries.
 
 #[path = "../../crates/k8s/tests/fake_apiserver/mod.rs"]
-#[allow(dead_code)]
 mod fake_apiserver;
 
 use std::os::fd::AsRawFd;
