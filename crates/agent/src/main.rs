@@ -7,6 +7,7 @@ mod http;
 mod interfaces;
 mod metrics;
 mod sync;
+mod trigger;
 
 use std::sync::Arc;
 

@@ -21,6 +21,7 @@ use crate::http::{Handler, response};
 pub struct Metrics {
     registry: Registry,
     sync_duration: Histogram,
+    network_programming: Histogram,
     full_sync_duration: Histogram,
     partial_sync_duration: Histogram,
     last_sync_timestamp: Gauge<f64, AtomicU64>,
@@ -44,6 +45,8 @@ impl Metrics {
         }
         let m = Metrics {
             sync_duration: sync_buckets(),
+            // 0.25 s .. ~68 min, as kube-proxy's.
+            network_programming: Histogram::new(exponential_buckets(0.25, 2.0, 15)),
             full_sync_duration: sync_buckets(),
             partial_sync_duration: sync_buckets(),
             last_sync_timestamp: Gauge::default(),
@@ -57,6 +60,11 @@ impl Metrics {
             "kubeproxy_sync_proxy_rules_duration_seconds",
             "SyncProxyRules latency in seconds",
             m.sync_duration.clone(),
+        );
+        registry.register(
+            "kubeproxy_network_programming_duration_seconds",
+            "From an endpoint change (EndpointSlice last-change-trigger-time) to its rules being applied",
+            m.network_programming.clone(),
         );
         registry.register(
             "kubeproxy_sync_full_proxy_rules_duration_seconds",
@@ -125,6 +133,13 @@ impl Metrics {
             Err(()) => {
                 self.sync_errors.inc();
             }
+        }
+    }
+
+    /// Records how long ago each applied endpoint change was triggered.
+    pub fn record_network_programming(&self, latencies: impl IntoIterator<Item = Duration>) {
+        for latency in latencies {
+            self.network_programming.observe(latency.as_secs_f64());
         }
     }
 

@@ -58,6 +58,9 @@ impl SyncLoop {
         let mut retry: Option<(Instant, Duration)> = None;
         let mut full = true;
         let mut status_written: Option<(Vec<ObjectKey>, Vec<std::net::IpAddr>)> = None;
+        let mut trigger_times = crate::trigger::TriggerTimes::default();
+        // Endpoint changes seen but not yet applied (kept across failed syncs).
+        let mut pending_triggers = Vec::new();
 
         loop {
             let ready = snapshots.borrow().is_some();
@@ -78,6 +81,7 @@ impl SyncLoop {
             let Some(snapshot) = snapshots.borrow_and_update().clone() else {
                 continue;
             };
+            pending_triggers.extend(trigger_times.new_triggers(&snapshot));
 
             let node_object = snapshot
                 .nodes
@@ -102,6 +106,11 @@ impl SyncLoop {
 
             let unchanged = programmed.as_ref() == Some(&computed.state);
             if unchanged && !full && retry.is_none() {
+                // Nothing to program: those endpoint changes are in effect already.
+                let now = std::time::SystemTime::now();
+                self.metrics
+                    .record_network_programming(crate::trigger::latencies(&pending_triggers, now));
+                pending_triggers.clear();
                 last_sync = Some(Instant::now());
                 continue;
             }
@@ -135,6 +144,13 @@ impl SyncLoop {
                         "synced"
                     );
                     self.metrics.record_sync(elapsed, Ok(stats), service_ports);
+                    let now = std::time::SystemTime::now();
+                    self.metrics
+                        .record_network_programming(crate::trigger::latencies(
+                            &pending_triggers,
+                            now,
+                        ));
+                    pending_triggers.clear();
                     self.health.record(true);
                     programmed = Some(state);
                     retry = None;
