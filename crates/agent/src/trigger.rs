@@ -33,10 +33,11 @@ impl TriggerTimes {
             else {
                 continue;
             };
-            if !first && seen.get(key) != Some(value) {
-                if let Some(time) = parse_rfc3339(value) {
-                    fresh.push(time);
-                }
+            if !first
+                && seen.get(key) != Some(value)
+                && let Some(time) = parse_rfc3339(value)
+            {
+                fresh.push(time);
             }
             current.insert(key.clone(), value.clone());
         }
