@@ -59,6 +59,7 @@ backend_tests!(
     agent_restart_reconciles_without_flushing,
     load_balancer_ip_local_policy_served_only_where_endpoints_are,
     dual_stack_node_port_and_load_balancer_from_outside,
+    udp_flows_move_when_their_endpoint_went_while_the_agent_was_down,
 );
 
 const SVC_V4: &str = "10.96.0.10";
@@ -874,6 +875,50 @@ fn dual_stack_node_port_and_load_balancer_from_outside(mode: Mode) -> Result<()>
                 assert_eq!(&reply.client.ip(), node_ip, "{what}: masqueraded to node-a");
             }
         }
+    }
+    Ok(())
+}
+
+/// A UDP endpoint is removed while the agent is down (its pod keeps running): once the agent
+/// is back, clients that kept their source port move to the remaining endpoint at once, from
+/// inside (ClusterIP) and from outside (NodePort).
+fn udp_flows_move_when_their_endpoint_went_while_the_agent_was_down(mode: Mode) -> Result<()> {
+    let (mut c, w1, w2) = cluster()?;
+    let svc = web_service()
+        .kind("NodePort")
+        .port(Port::udp(5353, 8080).named("mdns").node_port(30053));
+    let ports: &[(&str, &str, u16)] = &[
+        ("http", "TCP", 8080),
+        ("dns", "UDP", 8080),
+        ("mdns", "UDP", 8080),
+    ];
+    c.write_service(&svc, ports, &[&w1])?;
+    c.start_agent("node-a", mode, &[])?;
+    let node_a = c.node("node-a")?.clone();
+    let opts = |source_port| ProbeOpts {
+        count: 2,
+        source_port: Some(source_port),
+        timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let inside = (At::Pod("probe"), format!("{SVC_V4}:53"), opts(40053));
+    let outside = (At::Client, node_a.v4(30053).to_string(), opts(40054));
+    for (at, target, o) in [&inside, &outside] {
+        let r = c.probe(*at, Proto::Udp, target, o)?;
+        assert_eq!(tally(&r), [("web-1".to_string(), 2)].into(), "{target}");
+    }
+    c.stop_agent("node-a")?;
+    c.write_service(&svc, ports, &[&w2])?;
+    c.start_agent("node-a", mode, &[])?;
+    for (at, target, o) in [&inside, &outside] {
+        wait_until(
+            Duration::from_secs(5),
+            &format!("{target} answered by web-2"),
+            || {
+                let r = c.probe(*at, Proto::Udp, target, o)?;
+                Ok(tally(&r) == [("web-2".to_string(), 2)].into())
+            },
+        )?;
     }
     Ok(())
 }

@@ -68,3 +68,70 @@ pub(crate) fn stale_udp_flows(
     }
     flushes
 }
+
+/// At the first sync after a restart there is no previous state: entries toward the UDP
+/// endpoints the found ruleset still DNATed to (`restored`) but that are no longer wanted
+/// went away while the agent was down, and are stale.
+pub(crate) fn stale_restored_udp_flows(
+    restored: &BTreeSet<(IpAddr, u16)>,
+    new: &DesiredState,
+) -> BTreeSet<ConntrackFlush> {
+    let wanted: BTreeSet<(IpAddr, u16)> = new
+        .services
+        .iter()
+        .filter(|(n, _)| n.protocol == Protocol::Udp)
+        .flat_map(|(_, s)| endpoints(s))
+        .collect();
+    restored
+        .difference(&wanted)
+        .map(|(ip, port)| ConntrackFlush::ToEndpoint {
+            ip: *ip,
+            port: *port,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_model::{Endpoint, ServicePortName};
+
+    #[test]
+    fn restored_udp_endpoints_that_are_gone_are_flushed() {
+        let ep = |ip: &str| Endpoint {
+            ip: ip.parse().unwrap(),
+            port: 8080,
+            node_name: None,
+            is_local: false,
+            ready: true,
+        };
+        let mut new = DesiredState::default();
+        new.services.insert(
+            ServicePortName {
+                namespace: "default".into(),
+                name: "dns".into(),
+                port_name: String::new(),
+                protocol: Protocol::Udp,
+            },
+            ServicePortState {
+                cluster_endpoints: vec![ep("10.244.1.3")],
+                ..ServicePortState::default()
+            },
+        );
+        let restored: BTreeSet<(IpAddr, u16)> = [
+            ("10.244.1.2".parse().unwrap(), 8080),
+            ("10.244.1.3".parse().unwrap(), 8080),
+        ]
+        .into();
+        let flushes: Vec<_> = stale_restored_udp_flows(&restored, &new)
+            .into_iter()
+            .collect();
+        assert_eq!(
+            flushes,
+            vec![ConntrackFlush::ToEndpoint {
+                ip: "10.244.1.2".parse().unwrap(),
+                port: 8080
+            }]
+        );
+    }
+}

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use sluice_dataplane::{ApplyStats, Dataplane, DataplaneError};
 use sluice_model::DesiredState;
 
-use crate::conntrack::stale_udp_flows;
+use crate::conntrack::{stale_restored_udp_flows, stale_udp_flows};
 use crate::exec::{NftCommand, NftRunner};
 use crate::render::{Family, Rendered, render};
 use crate::transaction::{self, Existing};
@@ -123,11 +123,21 @@ impl<R: NftRunner> Dataplane for NftDataplane<R> {
             self.programmed = None;
             return Err(Self::kernel_err("nft transaction", detail));
         }
+        let mut flushes = stale_udp_flows(self.last_state.as_ref(), desired);
+        if self.last_state.is_none() {
+            // First sync after a restart: endpoints removed while the agent was down.
+            let restored = self
+                .found
+                .values()
+                .flat_map(|e| e.udp_endpoints.iter().copied())
+                .collect();
+            flushes.extend(stale_restored_udp_flows(&restored, desired));
+        }
         if full {
             self.found.clear();
         }
         self.programmed = Some(rendered);
-        for flush in stale_udp_flows(self.last_state.as_ref(), desired) {
+        for flush in flushes {
             if let Err(err) = self.runner.flush_conntrack(&flush) {
                 tracing::warn!("removing stale UDP conntrack entries failed: {err}");
             }

@@ -153,6 +153,18 @@ impl NftRunner for NftCommand {
                 }
             }
         }
+        if existing.chains.iter().any(|c| udp_endpoint_chain(c)) {
+            let out = self
+                .command(&self.nft)
+                .args(["-j", "list", "table", family.table_family(), TABLE])
+                .output()
+                .map_err(|e| format!("cannot run nft: {e}"))?;
+            if out.status.success() {
+                let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+                    .map_err(|e| format!("unreadable `nft -j list table` output: {e}"))?;
+                existing.udp_endpoints = udp_dnat_targets(&json);
+            }
+        }
         Ok(existing)
     }
 
@@ -198,6 +210,39 @@ impl NftRunner for NftCommand {
     }
 }
 
+/// An endpoint chain of a UDP service port (`ep-HASH-namespace/name/udp/port`).
+fn udp_endpoint_chain(chain: &str) -> bool {
+    chain.starts_with("ep-") && chain.contains("/udp/")
+}
+
+/// `(addr, port)` of every `dnat` in the UDP endpoint chains of `nft -j list table` output.
+pub(crate) fn udp_dnat_targets(
+    json: &serde_json::Value,
+) -> std::collections::BTreeSet<(std::net::IpAddr, u16)> {
+    let items = json
+        .get("nftables")
+        .and_then(|v| v.as_array())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    items
+        .iter()
+        .filter_map(|item| item.get("rule"))
+        .filter(|rule| {
+            rule.get("chain")
+                .and_then(|c| c.as_str())
+                .is_some_and(udp_endpoint_chain)
+        })
+        .filter_map(|rule| rule.get("expr").and_then(|e| e.as_array()))
+        .flatten()
+        .filter_map(|expr| expr.get("dnat"))
+        .filter_map(|dnat| {
+            let ip = dnat.get("addr")?.as_str()?.parse().ok()?;
+            let port = u16::try_from(dnat.get("port")?.as_u64()?).ok()?;
+            Some((ip, port))
+        })
+        .collect()
+}
+
 /// Records scripts and conntrack flushes instead of running them (tests).
 #[derive(Debug, Clone, Default)]
 pub struct RecordingRunner {
@@ -231,5 +276,33 @@ impl NftRunner for RecordingRunner {
             .map_err(|e| e.to_string())?
             .push(flush.clone());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_dnat_targets_come_from_udp_endpoint_chains_only() {
+        let json = serde_json::json!({"nftables": [
+            {"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "ip", "name": "sluice"}},
+            {"rule": {"family": "ip", "table": "sluice", "chain": "ep-AAAA-default/web/udp/dns",
+                "expr": [{"mangle": {"key": {"meta": {"key": "mark"}}, "value": 1}},
+                         {"dnat": {"addr": "10.244.1.2", "port": 8080}}]}},
+            {"rule": {"family": "ip", "table": "sluice", "chain": "ep-BBBB-default/web/tcp/http",
+                "expr": [{"dnat": {"addr": "10.244.1.3", "port": 8080}}]}},
+            {"rule": {"family": "ip6", "table": "sluice", "chain": "ep-CCCC-default/web/udp/dns",
+                "expr": [{"dnat": {"addr": "fd00:10:244:1::2", "port": 53}}]}},
+        ]});
+        let got: Vec<_> = udp_dnat_targets(&json).into_iter().collect();
+        assert_eq!(
+            got,
+            vec![
+                ("10.244.1.2".parse().unwrap(), 8080),
+                ("fd00:10:244:1::2".parse().unwrap(), 53)
+            ]
+        );
     }
 }

@@ -17,6 +17,10 @@ pub const MASQUERADE_MARK: &str = "0x4000";
 pub struct Existing {
     pub chains: BTreeSet<String>,
     pub sets: BTreeSet<String>,
+    /// `(ip, port)` the found ruleset DNATs UDP service traffic to (its `ep-*` chains of UDP
+    /// service ports): the endpoints a previous agent programmed, so the first sync after a
+    /// restart can remove conntrack entries toward those that went away meanwhile.
+    pub udp_endpoints: BTreeSet<(std::net::IpAddr, u16)>,
 }
 
 /// Static chains: (name, base-chain declaration or empty, rules).
