@@ -60,6 +60,7 @@ backend_tests!(
     load_balancer_ip_local_policy_served_only_where_endpoints_are,
     dual_stack_node_port_and_load_balancer_from_outside,
     udp_flows_move_when_their_endpoint_went_while_the_agent_was_down,
+    session_affinity_expires_after_its_timeout,
 );
 
 const SVC_V4: &str = "10.96.0.10";
@@ -921,4 +922,35 @@ fn udp_flows_move_when_their_endpoint_went_while_the_agent_was_down(mode: Mode) 
         )?;
     }
     Ok(())
+}
+
+/// `sessionAffinity: ClientIP` with a 1 s timeout: back-to-back connections stay on one pod;
+/// once the client has been quiet for longer than the timeout it is free to land elsewhere
+/// (each round after a pause is a fresh random choice, so the other pod shows up).
+fn session_affinity_expires_after_its_timeout(mode: Mode) -> Result<()> {
+    let (mut c, w1, w2) = cluster()?;
+    c.write_service(&web_service().session_affinity(1), WEB_PORTS, &[&w1, &w2])?;
+    c.start_agent("node-a", mode, &[])?;
+    let target = format!("{SVC_V4}:80");
+    let r = c.tcp(At::Pod("probe"), &target, 10)?;
+    let first = tally(&r);
+    assert_eq!(first.len(), 1, "within the timeout: {first:?}");
+    let first = first.into_keys().next().unwrap_or_default();
+    assert!(first.starts_with("web-"), "{first}");
+    // The chance of never leaving `first` in 12 fresh choices is 1 in 4096.
+    let mut seen = vec![first.clone()];
+    for _ in 0..12 {
+        std::thread::sleep(Duration::from_millis(1500));
+        let r = c.tcp(At::Pod("probe"), &target, 1)?;
+        let pod = r
+            .first()
+            .and_then(|r| r.as_ref().ok())
+            .map(|g| g.pod.clone())
+            .with_context(|| format!("{r:?}"))?;
+        seen.push(pod.clone());
+        if pod != first {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("affinity never expired: {seen:?}")
 }
