@@ -190,14 +190,21 @@ pub fn ingress(name: &str, rules: Vec<Value>) -> Value {
 
 /// A self-signed certificate for `hosts`: (Secret JSON, certificate DER).
 pub fn tls_secret(name: &str, hosts: &[&str]) -> (Value, Vec<u8>) {
+    let (secret, der, _) = tls_secret_pem(name, hosts);
+    (secret, der)
+}
+
+/// Like [`tls_secret`], also returning the PEM texts `(certificate, key)` (e.g. for nginx).
+pub fn tls_secret_pem(name: &str, hosts: &[&str]) -> (Value, Vec<u8>, (String, String)) {
     let cert =
         rcgen::generate_simple_self_signed(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
             .unwrap();
     let der = cert.cert.der().to_vec();
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
     let secret = json!({"kind": "Secret", "metadata": {"namespace": "default", "name": name},
         "type": "kubernetes.io/tls",
-        "data": {"tls.crt": b64(cert.cert.pem().as_bytes()), "tls.key": b64(cert.signing_key.serialize_pem().as_bytes())}});
-    (secret, der)
+        "data": {"tls.crt": b64(cert_pem.as_bytes()), "tls.key": b64(key_pem.as_bytes())}});
+    (secret, der, (cert_pem, key_pem))
 }
 
 fn b64(data: &[u8]) -> String {
