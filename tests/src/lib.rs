@@ -80,3 +80,29 @@ pub fn wait_for<T>(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `backend_tests!(scenario, ...)` makes, for each `fn scenario(mode: Mode) -> anyhow::Result<()>`
+/// in the calling file, a `mod scenario { fn nftables(), fn ebpf() }` pair of tests, each
+/// skipped with a printed reason when not root. This is how one suite runs against every
+/// dataplane (`cargo test -p sluice-tests ebpf` runs one backend).
+#[macro_export]
+macro_rules! backend_tests {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[test]
+            fn nftables() -> anyhow::Result<()> {
+                if !$crate::require_root(concat!(stringify!($scenario), "::nftables")) {
+                    return Ok(());
+                }
+                super::$scenario($crate::Mode::Nftables)
+            }
+            #[test]
+            fn ebpf() -> anyhow::Result<()> {
+                if !$crate::require_root(concat!(stringify!($scenario), "::ebpf")) {
+                    return Ok(());
+                }
+                super::$scenario($crate::Mode::Ebpf)
+            }
+        }
+    )*};
+}

@@ -16,27 +16,7 @@ use sluice_tests::{
     tally, wait_until,
 };
 
-/// `backend_tests!(scenario)` → `mod scenario { fn nftables(), fn ebpf() }`.
-macro_rules! backend_tests {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[test]
-            fn nftables() -> anyhow::Result<()> {
-                if !sluice_tests::require_root(concat!(stringify!($scenario), "::nftables")) {
-                    return Ok(());
-                }
-                super::$scenario(sluice_tests::Mode::Nftables)
-            }
-            #[test]
-            fn ebpf() -> anyhow::Result<()> {
-                if !sluice_tests::require_root(concat!(stringify!($scenario), "::ebpf")) {
-                    return Ok(());
-                }
-                super::$scenario(sluice_tests::Mode::Ebpf)
-            }
-        }
-    )*};
-}
+use sluice_tests::backend_tests;
 
 backend_tests!(
     cluster_ip_reaches_pods_on_both_nodes_v4_v6_tcp_udp,

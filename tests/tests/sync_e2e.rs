@@ -8,27 +8,7 @@ use anyhow::{Result, ensure};
 use sluice_tests::manifests::{Port, Service};
 use sluice_tests::{At, Cluster, Mode, tally};
 
-/// `backend_tests!(scenario)` → `mod scenario { fn nftables(), fn ebpf() }`.
-macro_rules! backend_tests {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[test]
-            fn nftables() -> anyhow::Result<()> {
-                if !sluice_tests::require_root(concat!(stringify!($scenario), "::nftables")) {
-                    return Ok(());
-                }
-                super::$scenario(sluice_tests::Mode::Nftables)
-            }
-            #[test]
-            fn ebpf() -> anyhow::Result<()> {
-                if !sluice_tests::require_root(concat!(stringify!($scenario), "::ebpf")) {
-                    return Ok(());
-                }
-                super::$scenario(sluice_tests::Mode::Ebpf)
-            }
-        }
-    )*};
-}
+use sluice_tests::backend_tests;
 
 backend_tests!(
     endpoint_added_and_removed_is_honoured_within_a_second,
