@@ -287,6 +287,20 @@ fn load_obj(pin_dir: &Path, obj: &[u8], what: &str) -> Result<Ebpf, DataplaneErr
         .map_err(|e| kerr(format!("load {what} object"), error_chain(&e)))
 }
 
+/// Pins an attachment's link so it outlives the agent (tc and XDP links alike).
+fn pin_link<L>(link: L, program: &str, pin: &Path) -> Result<(), DataplaneError>
+where
+    L: TryInto<FdLink>,
+    L::Error: std::fmt::Display,
+{
+    let fd: FdLink = link
+        .try_into()
+        .map_err(|e| kerr(format!("pin {program}"), e))?;
+    fd.pin(pin)
+        .map_err(|e| kerr(format!("pin {}", pin.display()), error_chain(&e)))?;
+    Ok(())
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -436,11 +450,7 @@ impl Kernel {
             let link = prog
                 .take_link(id)
                 .map_err(|e| kerr(format!("attach {name}"), e))?;
-            let fd: FdLink = link
-                .try_into()
-                .map_err(|e| kerr(format!("pin {name}"), e))?;
-            fd.pin(&pin)
-                .map_err(|e| kerr(format!("pin {}", pin.display()), error_chain(&e)))?;
+            pin_link(link, name, &pin)?;
         }
         tracing::info!(cgroup = %config.cgroup_path.display(), pins = %dir.display(),
             "ebpf: socket-LB attached");
@@ -561,11 +571,7 @@ impl Attacher {
             let link = prog
                 .take_link(id)
                 .map_err(|e| kerr(format!("attach {name}"), e))?;
-            let fd: FdLink = link
-                .try_into()
-                .map_err(|e| kerr(format!("pin {name}"), e))?;
-            fd.pin(&pin)
-                .map_err(|e| kerr(format!("pin {}", pin.display()), error_chain(&e)))?;
+            pin_link(link, name, &pin)?;
         }
         let mode = match self.xdp_mode {
             XdpMode::Off => return Ok(()),
@@ -591,12 +597,7 @@ impl Attacher {
         let link = prog
             .take_link(id)
             .map_err(|e| kerr(format!("attach {XDP_PROG}"), e))?;
-        let fd: FdLink = link
-            .try_into()
-            .map_err(|e| kerr(format!("pin {XDP_PROG}"), e))?;
-        fd.pin(&pin)
-            .map_err(|e| kerr(format!("pin {}", pin.display()), error_chain(&e)))?;
-        Ok(())
+        pin_link(link, XDP_PROG, &pin)
     }
 
     pub fn test_run_tc(&self, egress: bool, packet: &[u8]) -> Result<TestRun, DataplaneError> {
