@@ -5,6 +5,8 @@
 //! * nftables sync at scale: full sync of N services vs. a one-endpoint change vs. a no-op.
 //! * connection rate to one pod: direct pod IP vs. ClusterIP (nftables) vs. ClusterIP (eBPF).
 //! * NodePort connection rate from outside: nftables vs. eBPF.
+//! * Ingress proxy (HTTP, HTTPS) vs. direct to the backend vs. nginx (when installed), from the
+//!   crates/ingress `bench` example.
 
 use std::net::IpAddr;
 use std::process::Command;
@@ -51,6 +53,7 @@ pub fn run(args: &[String]) -> Result<()> {
         nft_sync(services, &mut rows)?;
     }
     connection_rates(connections, &mut rows)?;
+    ingress_vs_nginx(release, &mut rows)?;
 
     println!("\n{:<14} {:<58} {:>14}", "group", "measurement", "value");
     for r in &rows {
@@ -262,6 +265,46 @@ fn connection_rates(count: u32, rows: &mut Vec<Row>) -> Result<()> {
             name: format!("client → NodePort eTP=Local ({m})"),
             value: local,
             unit: "conn/s",
+        });
+    }
+    Ok(())
+}
+
+/// Runs the ingress proxy benchmark example (its own loopback backend and load generator, and
+/// nginx on the same backend when installed) and adds its rows.
+fn ingress_vs_nginx(release: bool, rows: &mut Vec<Row>) -> Result<()> {
+    println!("== ingress proxy vs. direct vs. nginx (16 clients, 5 s each)");
+    let out = crate::workspace_root().join("target/ingress-bench.json");
+    let mut cmd = crate::cargo();
+    cmd.args([
+        "run",
+        "--quiet",
+        "-p",
+        "sluice-ingress",
+        "--example",
+        "bench",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.args(["--", "--seconds", "5", "--clients", "16", "--json"])
+        .arg(&out);
+    crate::run(&mut cmd)?;
+    let measured: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
+    for row in measured {
+        let target = row["target"].as_str().unwrap_or("?").to_owned();
+        let number = |key: &str| row[key].as_f64().unwrap_or(f64::NAN);
+        rows.push(Row {
+            group: "ingress",
+            name: format!("{target}: requests/s"),
+            value: number("rps"),
+            unit: "req/s",
+        });
+        rows.push(Row {
+            group: "ingress",
+            name: format!("{target}: p99 latency"),
+            value: number("p99_ms"),
+            unit: "ms",
         });
     }
     Ok(())
