@@ -39,7 +39,7 @@ use sluice_model::{DesiredState, NodeInfo, Snapshot};
 
 pub use error::{Problem, Warning};
 pub use node::{node_info, node_info_checked, node_port_addresses};
-pub use service::compute_service;
+pub use service::{compute_service, port_endpoints};
 
 /// Node-independent configuration of the computation (agent flags).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use sluice_model::{
-    NodeInfo, ObjectKey, Protocol, ServicePortName, ServicePortState, TrafficPolicy,
+    Endpoint, NodeInfo, ObjectKey, Protocol, ServicePortName, ServicePortState, TrafficPolicy,
 };
 
 use crate::endpoints::{self, port_number};
@@ -28,6 +28,26 @@ enum Kind {
     ClusterIp,
     NodePort,
     LoadBalancer,
+}
+
+/// The endpoints of one port of a Service that kube-proxy would use under the Cluster policy:
+/// the ready ones (topology hints applied), else the serving+terminating ones. Unlike
+/// [`compute_service`] it also serves headless Services, for consumers that send to endpoints
+/// directly (the Ingress proxy). `port_name` is the Service port's name ("" when unnamed).
+/// Problems with the slices are appended to `warnings`.
+pub fn port_endpoints(
+    service: &Service,
+    port_name: &str,
+    protocol: Protocol,
+    slices: &[&Arc<EndpointSlice>],
+    node: &NodeInfo,
+    warnings: &mut Vec<Warning>,
+) -> Vec<Endpoint> {
+    let candidates = endpoints::collect(slices, &node.name, warnings);
+    candidates
+        .get(&(port_name.to_owned(), protocol))
+        .map(|list| topology::categorize(list, topology::topology_requested(service), node).cluster)
+        .unwrap_or_default()
 }
 
 /// One Service's ports (lets a caller recompute only changed services).

@@ -339,3 +339,75 @@ fn duplicate_endpoint_keeps_the_best_condition_whatever_the_order() {
         assert!(state.cluster_endpoints[0].ready, "{case}");
     }
 }
+
+#[test]
+fn port_endpoints_serve_headless_services_with_the_same_rules() {
+    let headless = service(
+        "web",
+        json!({"clusterIP": "None", "ports": [{"name": "http", "port": 80}]}),
+    );
+    let ready = slice(
+        "web-a",
+        "web",
+        "IPv4",
+        json!([{"name": "http", "port": 8080}, {"name": "metrics", "port": 9100}]),
+        json!([ep("10.244.0.2", "n1"), ep_cond("10.244.0.1", "n1", Some(false), Some(true), Some(true)), {"addresses": ["bad"]}]),
+    );
+    let slices = [std::sync::Arc::new(ready)];
+    let refs: Vec<_> = slices.iter().collect();
+    let mut warnings = Vec::new();
+    let eps = sluice_compute::port_endpoints(
+        &headless,
+        "http",
+        Protocol::Tcp,
+        &refs,
+        &node(),
+        &mut warnings,
+    );
+    assert_eq!(
+        addrs(&eps),
+        ["10.244.0.2:8080"],
+        "ready only, the named port's target"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.object == "EndpointSlice default/web-a" && w.message.contains("\"bad\"")),
+        "{warnings:?}"
+    );
+    // No ready endpoint left: the serving+terminating one is the fallback.
+    let terminating_only = slice(
+        "web-a",
+        "web",
+        "IPv4",
+        json!([{"name": "http", "port": 8080}]),
+        json!([ep_cond(
+            "10.244.0.1",
+            "n1",
+            Some(false),
+            Some(true),
+            Some(true)
+        )]),
+    );
+    let slices = [std::sync::Arc::new(terminating_only)];
+    let refs: Vec<_> = slices.iter().collect();
+    let eps = sluice_compute::port_endpoints(
+        &headless,
+        "http",
+        Protocol::Tcp,
+        &refs,
+        &node(),
+        &mut Vec::new(),
+    );
+    assert_eq!(addrs(&eps), ["10.244.0.1:8080"]);
+    assert!(!eps[0].ready);
+    let eps = sluice_compute::port_endpoints(
+        &headless,
+        "other",
+        Protocol::Tcp,
+        &refs,
+        &node(),
+        &mut Vec::new(),
+    );
+    assert!(eps.is_empty(), "unknown port name");
+}

@@ -2,13 +2,13 @@
 //! certificate resolution. Pure: no I/O, deterministic for a given snapshot.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 use rustls::sign::CertifiedKey;
-use sluice_model::{ObjectKey, Snapshot};
+use sluice_model::{NodeInfo, ObjectKey, Protocol, Snapshot};
 
 use super::matching::{HostRoutes, PathKind};
 use super::{Backend, RouteTable, Warning};
@@ -358,56 +358,36 @@ impl Builder<'_> {
             return Vec::new();
         };
         let port_name = service_port.name.as_deref().unwrap_or("");
-        let mut addrs = Vec::new();
-        // Serving but terminating endpoints, used only when none is ready (as kube-proxy).
-        let mut fallback = Vec::new();
-        let mut bad = Vec::new();
-        for slice in self.slices.get(service_key).into_iter().flatten() {
-            if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
-                continue;
-            }
-            let slice_port = slice.ports.iter().flatten().find(|p| {
-                p.name.as_deref().unwrap_or("") == port_name
-                    && p.protocol.as_deref().unwrap_or("TCP") == "TCP"
-            });
-            let Some(target) = slice_port
-                .and_then(|p| p.port)
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p != 0)
-            else {
-                continue;
-            };
-            for ep in slice.endpoints.iter().flatten() {
-                // Absent `ready` means ready (API semantics).
-                let c = ep.conditions.as_ref();
-                let ready = c.and_then(|c| c.ready) != Some(false);
-                let serving_terminating =
-                    c.is_some_and(|c| c.serving.unwrap_or(false) && c.terminating.unwrap_or(false));
-                if !ready && !serving_terminating {
-                    continue;
-                }
-                // As kube-proxy: only the first address is used.
-                let Some(address) = ep.addresses.first() else {
-                    continue;
-                };
-                match address.parse::<IpAddr>() {
-                    Ok(ip) if ready => addrs.push(SocketAddr::new(ip, target)),
-                    Ok(ip) => fallback.push(SocketAddr::new(ip, target)),
-                    Err(_) => bad.push((ObjectKey::of(&slice.metadata), address.clone())),
-                }
-            }
+        // Which endpoints serve (ready, else serving+terminating, first address, the slice
+        // port of the same name) is kube-proxy's rule, kept once in compute. No node: topology
+        // hints and locality do not apply to the proxy.
+        let mut slice_warnings = Vec::new();
+        let slices = self
+            .slices
+            .get(service_key)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let endpoints = sluice_compute::port_endpoints(
+            service,
+            port_name,
+            Protocol::Tcp,
+            slices,
+            &NodeInfo::default(),
+            &mut slice_warnings,
+        );
+        for warning in slice_warnings {
+            let slice = warning
+                .object
+                .strip_prefix("EndpointSlice ")
+                .and_then(|key| key.split_once('/'))
+                .map(|(namespace, name)| ObjectKey::new(namespace, name))
+                .unwrap_or_else(|| service_key.clone());
+            self.warn("EndpointSlice", &slice, warning.message);
         }
-        for (slice, address) in bad {
-            let slice = slice.unwrap_or_else(|| service_key.clone());
-            self.warn(
-                "EndpointSlice",
-                &slice,
-                format!("endpoint address {address:?} is not an IP address; skipped"),
-            );
-        }
-        if addrs.is_empty() {
-            addrs = fallback;
-        }
+        let mut addrs: Vec<SocketAddr> = endpoints
+            .iter()
+            .map(|e| SocketAddr::new(e.ip, e.port))
+            .collect();
         addrs.sort();
         addrs.dedup();
         addrs

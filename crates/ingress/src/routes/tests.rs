@@ -396,7 +396,7 @@ fn endpoints_are_ready_ones_on_the_named_slice_port() {
     assert_eq!(w.len(), 1, "{w:?}");
     assert_eq!(
         w[0].to_string(),
-        "EndpointSlice default/web-1: endpoint address \"not-an-ip\" is not an IP address; skipped"
+        "EndpointSlice default/web-1: invalid endpoints[].addresses[0] \"not-an-ip\": invalid IP address syntax"
     );
 }
 
