@@ -2,7 +2,6 @@
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 
 use crate::render::Family;
 use crate::transaction::{Existing, TABLE};
@@ -241,68 +240,4 @@ pub(crate) fn udp_dnat_targets(
             Some((ip, port))
         })
         .collect()
-}
-
-/// Records scripts and conntrack flushes instead of running them (tests).
-#[derive(Debug, Clone, Default)]
-pub struct RecordingRunner {
-    pub scripts: Arc<Mutex<Vec<String>>>,
-    pub conntrack: Arc<Mutex<Vec<ConntrackFlush>>>,
-    pub existing: Arc<Mutex<std::collections::BTreeMap<Family, Existing>>>,
-}
-
-impl NftRunner for RecordingRunner {
-    fn apply(&mut self, script: &str) -> Result<(), String> {
-        self.scripts
-            .lock()
-            .map_err(|e| e.to_string())?
-            .push(script.to_owned());
-        Ok(())
-    }
-
-    fn existing(&mut self, family: Family) -> Result<Existing, String> {
-        Ok(self
-            .existing
-            .lock()
-            .map_err(|e| e.to_string())?
-            .get(&family)
-            .cloned()
-            .unwrap_or_default())
-    }
-
-    fn flush_conntrack(&mut self, flush: &ConntrackFlush) -> Result<(), String> {
-        self.conntrack
-            .lock()
-            .map_err(|e| e.to_string())?
-            .push(flush.clone());
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn udp_dnat_targets_come_from_udp_endpoint_chains_only() {
-        let json = serde_json::json!({"nftables": [
-            {"metainfo": {"version": "1.0.6"}},
-            {"table": {"family": "ip", "name": "sluice"}},
-            {"rule": {"family": "ip", "table": "sluice", "chain": "ep-AAAA-default/web/udp/dns",
-                "expr": [{"mangle": {"key": {"meta": {"key": "mark"}}, "value": 1}},
-                         {"dnat": {"addr": "10.244.1.2", "port": 8080}}]}},
-            {"rule": {"family": "ip", "table": "sluice", "chain": "ep-BBBB-default/web/tcp/http",
-                "expr": [{"dnat": {"addr": "10.244.1.3", "port": 8080}}]}},
-            {"rule": {"family": "ip6", "table": "sluice", "chain": "ep-CCCC-default/web/udp/dns",
-                "expr": [{"dnat": {"addr": "fd00:10:244:1::2", "port": 53}}]}},
-        ]});
-        let got: Vec<_> = udp_dnat_targets(&json).into_iter().collect();
-        assert_eq!(
-            got,
-            vec![
-                ("10.244.1.2".parse().unwrap(), 8080),
-                ("fd00:10:244:1::2".parse().unwrap(), 53)
-            ]
-        );
-    }
 }

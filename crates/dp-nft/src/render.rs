@@ -105,8 +105,6 @@ pub struct Rendered {
     pub elements: BTreeMap<&'static str, BTreeMap<String, Option<String>>>,
     /// Affinity sets: name → timeout in seconds.
     pub affinity_sets: BTreeMap<String, u32>,
-    /// Service port that owns each chain and set (for change accounting).
-    pub owners: BTreeMap<String, ServicePortName>,
 }
 
 /// Renders the desired state for one address family.
@@ -384,8 +382,7 @@ impl ServiceRenderer<'_> {
         if let Some(timeout) = affinity {
             let set = affinity_set_name(&name);
             rules.push(format!("update @{set} {{ {a} saddr }}"));
-            self.out.affinity_sets.insert(set.clone(), timeout);
-            self.out.owners.insert(set, self.name.clone());
+            self.out.affinity_sets.insert(set, timeout);
         }
         rules.push(format!(
             "meta l4proto {} dnat to {dest}",
@@ -397,7 +394,6 @@ impl ServiceRenderer<'_> {
 
     fn chain(&mut self, name: &str, rules: Vec<String>) {
         self.out.chains.insert(name.to_owned(), rules);
-        self.out.owners.insert(name.to_owned(), self.name.clone());
     }
 
     fn element(&mut self, container: &'static str, key: String, value: &str) {

@@ -11,4 +11,4 @@ mod parse;
 mod watch;
 
 pub use parse::{LoadWarning, ParsedFile, parse_manifests};
-pub use watch::{DirSource, DirSourceError, load_dir};
+pub use watch::{DirSource, DirSourceError};

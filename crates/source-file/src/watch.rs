@@ -140,12 +140,6 @@ impl DirSource {
     }
 }
 
-/// Reads a directory once (for `--cleanup`-less one-shot uses, tests and benchmarks).
-pub fn load_dir(dir: &Path) -> Result<(Snapshot, Vec<LoadWarning>), DirSourceError> {
-    let mut source = DirSource::new(dir);
-    Ok(source.refresh()?.unwrap_or_default())
-}
-
 fn list_manifest_files(dir: &Path) -> Result<Vec<(PathBuf, FileStamp)>, DirSourceError> {
     let read_err = |source| DirSourceError::ReadDir {
         dir: dir.to_owned(),
@@ -242,6 +236,12 @@ fn merge<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads a directory once.
+    fn load_dir(dir: &Path) -> Result<(Snapshot, Vec<LoadWarning>), DirSourceError> {
+        let mut source = DirSource::new(dir);
+        Ok(source.refresh()?.unwrap_or_default())
+    }
 
     fn tempdir(tag: &str) -> PathBuf {
         let dir =
