@@ -422,6 +422,28 @@ mod tests {
     }
 
     #[test]
+    fn ingress_status_addresses_parse_and_bad_ones_are_named() {
+        assert!(
+            validate(&[]).unwrap().ingress_status_addresses.is_empty(),
+            "default: node addresses"
+        );
+        let c = validate(&["--ingress-status-address", "203.0.113.7,2001:db8::7"]).unwrap();
+        assert_eq!(
+            c.ingress_status_addresses,
+            vec![
+                "203.0.113.7".parse::<std::net::IpAddr>().unwrap(),
+                "2001:db8::7".parse().unwrap()
+            ]
+        );
+        let err = validate(&["--ingress-status-address", "lb.example.com"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("--ingress-status-address: \"lb.example.com\""),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn empty_ingress_binds_disable_the_proxy() {
         let c = validate(&["--ingress-http-bind", "", "--ingress-https-bind", ""]).unwrap();
         assert!(c.ingress.is_none());
