@@ -287,6 +287,22 @@ fn load_obj(pin_dir: &Path, obj: &[u8], what: &str) -> Result<Ebpf, DataplaneErr
         .map_err(|e| kerr(format!("load {what} object"), error_chain(&e)))
 }
 
+/// A program of a loaded object, as its concrete type (`action` names the step in errors).
+fn typed_program<'a, T>(
+    obj: &'a mut Ebpf,
+    name: &str,
+    action: &str,
+) -> Result<&'a mut T, DataplaneError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program>,
+    <&'a mut T as TryFrom<&'a mut aya::programs::Program>>::Error: std::fmt::Display,
+{
+    obj.program_mut(name)
+        .ok_or_else(|| kerr(action, format!("program {name} missing from object")))?
+        .try_into()
+        .map_err(|e| kerr(format!("{action} {name}"), e))
+}
+
 /// Pins an attachment's link so it outlives the agent (tc and XDP links alike).
 fn pin_link<L>(link: L, program: &str, pin: &Path) -> Result<(), DataplaneError>
 where
@@ -314,11 +330,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 fn load_sock_progs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     for name in SOCK_PROGS {
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or_else(|| kerr("load", format!("program {name} missing from object")))?
-            .try_into()
-            .map_err(|e| kerr(format!("load {name}"), e))?;
+        let prog: &mut CgroupSockAddr = typed_program(ebpf, name, "load")?;
         prog.load()
             .map_err(|e| kerr(format!("load {name}"), error_chain(&e)))?;
     }
@@ -326,22 +338,14 @@ fn load_sock_progs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
 }
 
 fn load_xdp_prog(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
-    let prog: &mut Xdp = ebpf
-        .program_mut(XDP_PROG)
-        .ok_or_else(|| kerr("load", format!("program {XDP_PROG} missing from object")))?
-        .try_into()
-        .map_err(|e| kerr(format!("load {XDP_PROG}"), e))?;
+    let prog: &mut Xdp = typed_program(ebpf, XDP_PROG, "load")?;
     prog.load()
         .map_err(|e| kerr(format!("load {XDP_PROG}"), error_chain(&e)))
 }
 
 fn load_tc_progs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     for name in [TC_INGRESS, TC_EGRESS] {
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or_else(|| kerr("load", format!("program {name} missing from object")))?
-            .try_into()
-            .map_err(|e| kerr(format!("load {name}"), e))?;
+        let prog: &mut SchedClassifier = typed_program(ebpf, name, "load")?;
         prog.load()
             .map_err(|e| kerr(format!("load {name}"), error_chain(&e)))?;
     }
@@ -429,11 +433,7 @@ impl Kernel {
             .map_err(|e| io_err(format!("open cgroup {}", config.cgroup_path.display()), e))?;
         for name in SOCK_PROGS {
             let pin = links_dir.join(format!("cg_{name}"));
-            let prog: &mut CgroupSockAddr = sock
-                .program_mut(name)
-                .ok_or_else(|| kerr("attach", format!("program {name} missing")))?
-                .try_into()
-                .map_err(|e| kerr(format!("attach {name}"), e))?;
+            let prog: &mut CgroupSockAddr = typed_program(&mut sock, name, "attach")?;
             let prog_fd = prog.fd().map_err(|e| kerr(format!("attach {name}"), e))?;
             if take_over(&pin, prog_fd.as_fd().as_raw_fd()) {
                 continue;
@@ -555,12 +555,7 @@ impl Attacher {
             (TC_EGRESS, TcAttachType::Egress, "eg"),
         ] {
             let pin = self.links_dir.join(format!("tc_{ifindex}_{suffix}"));
-            let prog: &mut SchedClassifier = self
-                .tc
-                .program_mut(name)
-                .ok_or_else(|| kerr("attach", format!("program {name} missing")))?
-                .try_into()
-                .map_err(|e| kerr(format!("attach {name}"), e))?;
+            let prog: &mut SchedClassifier = typed_program(&mut self.tc, name, "attach")?;
             let prog_fd = prog.fd().map_err(|e| kerr(format!("attach {name}"), e))?;
             if take_over(&pin, prog_fd.as_fd().as_raw_fd()) {
                 continue;
@@ -579,12 +574,7 @@ impl Attacher {
             XdpMode::Generic => AyaXdpMode::Skb,
         };
         let pin = self.links_dir.join(format!("xdp_{ifindex}"));
-        let prog: &mut Xdp = self
-            .xdp
-            .program_mut(XDP_PROG)
-            .ok_or_else(|| kerr("attach", format!("program {XDP_PROG} missing")))?
-            .try_into()
-            .map_err(|e| kerr(format!("attach {XDP_PROG}"), e))?;
+        let prog: &mut Xdp = typed_program(&mut self.xdp, XDP_PROG, "attach")?;
         let prog_fd = prog
             .fd()
             .map_err(|e| kerr(format!("attach {XDP_PROG}"), e))?;
