@@ -21,15 +21,9 @@ int sl_tc_ingress(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	void *meta = (void *)(long)skb->data_meta;
 	struct pkt p = {};
 	struct ext_verdict v = {};
 
-	/* Already translated by sl_xdp: only the masquerade request is left to do. */
-	if (meta + sizeof(__u32) <= data && *(__u32 *)meta == SL_META_MASQ) {
-		skb->mark |= SL_MASQ_MARK;
-		return TC_ACT_OK;
-	}
 	if (parse(data, data_end, &p))
 		return TC_ACT_OK;
 	ext_decide(&p, &v);

@@ -2,9 +2,10 @@
 /*
  * XDP accelerator for the external path (NodePort / externalIP / LB IP from outside): the
  * same decision as sl_tc_ingress (shared maps, shared conntrack), the DNAT done in place
- * before an skb exists, then XDP_PASS so the kernel routes the packet. A masquerade request
- * travels to sl_tc_ingress in the packet metadata (XDP cannot set skb->mark). Replies are
- * still reverse-NATed by sl_tc_egress.
+ * before an skb exists, then XDP_PASS so the kernel routes the packet. Flows that must be
+ * masqueraded are left untranslated: XDP cannot set skb->mark, and packet metadata
+ * (bpf_xdp_adjust_meta) is refused on some kernels, so sl_tc_ingress translates them from the
+ * conntrack entry created here. Replies are reverse-NATed by sl_tc_egress.
  *
  * The checksum update is incremental (RFC 1624) and so needs full checksums on received
  * packets: true for real NICs; veth pairs need tx checksum offload off on the peer.
@@ -97,17 +98,11 @@ int sl_xdp(struct xdp_md *ctx)
 	ext_decide(&p, &v);
 	if (v.action == EXT_DROP)
 		return XDP_DROP;
-	if (v.action != EXT_NAT)
+	/* Masqueraded flows need skb->mark: tc translates them from the conntrack entry. */
+	if (v.action != EXT_NAT || v.masq)
 		return XDP_PASS;
 	if (xdp_nat_dst(data, data_end, &p, &v))
 		return XDP_DROP;
-	if (v.masq && bpf_xdp_adjust_meta(ctx, -(int)sizeof(__u32)) == 0) {
-		__u32 *meta = (void *)(long)ctx->data_meta;
-
-		data = (void *)(long)ctx->data;
-		if ((void *)(meta + 1) <= data)
-			*meta = SL_META_MASQ;
-	}
 	return XDP_PASS;
 }
 

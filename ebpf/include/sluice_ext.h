@@ -15,9 +15,6 @@
 #define EXT_DROP 1
 #define EXT_NAT 2  /* rewrite the destination to addr:port */
 
-/* XDP hands the masquerade request to tc in 4 bytes of metadata. */
-#define SL_META_MASQ 0x51c3a5e0
-
 struct ext_verdict {
 	__u32 addr[4];
 	__u16 port;
