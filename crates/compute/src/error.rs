@@ -56,6 +56,37 @@ pub enum Problem {
         address: std::net::IpAddr,
         address_type: String,
     },
+    #[error(
+        "{kind} frontend {frontend} is already used by Service {owner} (which wins: {rule}); skipped here"
+    )]
+    FrontendTaken {
+        kind: &'static str,
+        frontend: String,
+        owner: String,
+        rule: &'static str,
+    },
+    #[error(
+        "externalIP {ip} is an address of this node; refused (it would capture the node's own port {port}; allow with --allow-external-ips-on-node-addresses)"
+    )]
+    ExternalIpIsNodeAddress { ip: std::net::IpAddr, port: u16 },
+    #[error("nodePort {port} of port {port_name:?} is outside the node port range {low}-{high}")]
+    NodePortOutsideRange {
+        port_name: String,
+        port: u16,
+        low: u16,
+        high: u16,
+    },
+    #[error(
+        "nodePort {port} of port {port_name:?} is the port of this agent's Ingress listener; NodePort skipped"
+    )]
+    NodePortReserved { port_name: String, port: u16 },
+    #[error("{field} {ip} has no cluster IP of its family; skipped")]
+    FamilyWithoutClusterIp {
+        field: &'static str,
+        ip: std::net::IpAddr,
+    },
+    #[error("healthCheckNodePort {port} is already served for Service {owner}; skipped here")]
+    HealthCheckPortTaken { port: u16, owner: String },
 }
 
 /// A problem with one object: logged by the agent, the object (or its bad part) skipped.

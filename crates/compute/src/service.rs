@@ -1,26 +1,84 @@
-//! One Service → its service ports (kube-proxy's `serviceport.go` / service change tracker).
+//! One Service (and its EndpointSlices) → what each of its ports wants: frontends, policies,
+//! categorised endpoints. Conflicts with other Services are resolved later (`conflicts`),
+//! routes decided last (`decide`).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use sluice_model::{
-    Endpoint, NodeInfo, ObjectKey, Protocol, ServicePortName, ServicePortState, TrafficPolicy,
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use sluice_model::{NodeInfo, ObjectKey};
+use sluice_plan::{
+    Backend, Family, FrontendAddr, FrontendKey, FrontendKind, Protocol, ServicePortName,
 };
 
 use crate::endpoints::{self, port_number};
+use crate::fields::{self, TrafficPolicy};
 use crate::topology::{self, Categorized};
-use crate::{Problem, Warning, sorted_unique};
+use crate::{ComputeConfig, Problem, Warning};
 
-/// Default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours), as the API server's.
-pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
-/// Largest valid affinity timeout (one day).
-const MAX_AFFINITY_TIMEOUT: i32 = 86_400;
-/// Annotation form of `spec.loadBalancerSourceRanges` (comma-separated CIDRs).
-pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+/// Label naming the proxy responsible for a Service (kube-proxy skips labelled Services).
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+
+/// Conflict order of a Service: older first; Services without a creation time after all that
+/// have one (a manifest without it must not win every conflict); then namespace/name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Rank {
+    no_timestamp: bool,
+    created: Option<Time>,
+    pub key: ObjectKey,
+}
+
+impl Rank {
+    pub fn of(key: &ObjectKey, service: &Service) -> Rank {
+        let created = service.metadata.creation_timestamp.clone();
+        Rank {
+            no_timestamp: created.is_none(),
+            created,
+            key: key.clone(),
+        }
+    }
+}
+
+/// What one Service wants, before conflicts with other Services are resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServiceIntent {
+    pub rank: Rank,
+    pub ports: Vec<PortIntent>,
+    /// `healthCheckNodePort` of a LoadBalancer with eTP=Local, and the ready local endpoints
+    /// it reports (the largest over the ports).
+    pub health_check: Option<(u16, usize)>,
+}
+
+/// What one service port wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PortIntent {
+    pub name: ServicePortName,
+    /// Wanted frontends, sorted by key, unique.
+    pub frontends: Vec<(FrontendKey, FrontendKind)>,
+    pub external_local: bool,
+    pub internal_local: bool,
+    pub affinity_timeout: Option<u32>,
+    /// `loadBalancerSourceRanges` (LoadBalancer only), sorted, unique.
+    pub source_ranges: Vec<IpNet>,
+    pub endpoints: Categorized,
+}
+
+/// Service-level facts shared by all ports.
+struct Common {
+    kind: Kind,
+    cluster_ips: Vec<IpAddr>,
+    external_ips: Vec<IpAddr>,
+    load_balancer_ips: Vec<IpAddr>,
+    source_ranges: Vec<IpNet>,
+    external_local: bool,
+    internal_local: bool,
+    affinity_timeout: Option<u32>,
+    topology: bool,
+}
 
 /// `spec.type`, as far as forwarding cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,50 +88,93 @@ enum Kind {
     LoadBalancer,
 }
 
-/// The endpoints of one port of a Service that kube-proxy would use under the Cluster policy:
-/// the ready ones (topology hints applied), else the serving+terminating ones. Unlike
-/// [`compute_service`] it also serves headless Services, for consumers that send to endpoints
-/// directly (the Ingress proxy). `port_name` is the Service port's name ("" when unnamed).
-/// Problems with the slices are appended to `warnings`.
-pub fn port_endpoints(
-    service: &Service,
-    port_name: &str,
-    protocol: Protocol,
-    slices: &[&Arc<EndpointSlice>],
-    node: &NodeInfo,
-    warnings: &mut Vec<Warning>,
-) -> Vec<Endpoint> {
-    let candidates = endpoints::collect(slices, &node.name, warnings);
-    candidates
-        .get(&(port_name.to_owned(), protocol))
-        .map(|list| topology::categorize(list, topology::topology_requested(service), node).cluster)
-        .unwrap_or_default()
+/// Whether this proxy handles the Service at all (`service.kubernetes.io/service-proxy-name`:
+/// only Services naming us, or none, are ours).
+pub(crate) fn is_ours(service: &Service, config: &ComputeConfig) -> bool {
+    let label = service
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL));
+    match label {
+        None => true,
+        Some(value) => config.service_proxy_name.as_deref() == Some(value.as_str()),
+    }
 }
 
-/// One Service's ports (lets a caller recompute only changed services).
-///
-/// `slices` are the EndpointSlices labelled with this service's name in its namespace.
-/// Returns nothing for ExternalName and headless services and services without a cluster
-/// IP. Problems are appended to `warnings`; only the bad part is skipped.
-pub fn compute_service(
+/// Parses one Service with its slices. `None` for Services that are not forwarded at all
+/// (ExternalName, headless, no cluster IP, another proxy's), with their warnings.
+pub(crate) fn intent(
     key: &ObjectKey,
     service: &Service,
     slices: &[&Arc<EndpointSlice>],
     node: &NodeInfo,
-    warnings: &mut Vec<Warning>,
-) -> Vec<(ServicePortName, ServicePortState)> {
+    config: &ComputeConfig,
+) -> (Option<ServiceIntent>, Vec<Warning>) {
     let object = format!("Service {key}");
-    let mut warn = |problem: Problem| warnings.push(Warning::new(&object, &problem));
+    let mut warnings = Vec::new();
+    if !is_ours(service, config) {
+        return (None, warnings);
+    }
+    let Some(common) = common(service, &mut |p| warnings.push(Warning::new(&object, &p))) else {
+        return (None, warnings);
+    };
+    let candidates = endpoints::collect(slices, &node.name, &mut warnings);
+    let spec = service.spec.as_ref().expect("common() checked the spec");
+    let mut health_check = health_check_port(&common, spec, &object, &mut warnings).map(|p| (p, 0));
+    let mut seen = BTreeSet::new();
+    let mut ports = Vec::new();
+    for port in spec.ports.iter().flatten() {
+        let mut warn = |p: Problem| warnings.push(Warning::new(&object, &p));
+        let Some((name, number)) = port_identity(key, port, &mut warn) else {
+            continue;
+        };
+        if !seen.insert((name.port_name.clone(), name.protocol)) {
+            warn(Problem::DuplicatePort {
+                port_name: name.port_name.to_string(),
+                protocol: name.protocol.to_string(),
+            });
+            continue;
+        }
+        let node_port = node_port(&common, port, &name, config, &mut warn);
+        let endpoints = candidates
+            .get(&(name.port_name.to_string(), name.protocol))
+            .map(|list| topology::categorize(list, common.topology, node))
+            .unwrap_or_default();
+        if let Some((_, count)) = health_check.as_mut() {
+            *count = (*count).max(endpoints.local_ready);
+        }
+        let frontends = frontends(&common, &name, number, node_port, node, config, &mut warn);
+        ports.push(PortIntent {
+            name,
+            frontends,
+            external_local: common.external_local,
+            internal_local: common.internal_local,
+            affinity_timeout: common.affinity_timeout,
+            source_ranges: common.source_ranges.clone(),
+            endpoints,
+        });
+    }
+    let intent = ServiceIntent {
+        rank: Rank::of(key, service),
+        ports,
+        health_check,
+    };
+    (Some(intent), warnings)
+}
+
+/// The service-level fields; `None` when nothing of the Service is forwarded.
+fn common(service: &Service, warn: &mut impl FnMut(Problem)) -> Option<Common> {
     let Some(spec) = service.spec.as_ref() else {
         warn(Problem::MissingSpec);
-        return Vec::new();
+        return None;
     };
     let kind = match spec.type_.as_deref() {
         None | Some("ClusterIP") => Kind::ClusterIp,
         Some("NodePort") => Kind::NodePort,
         Some("LoadBalancer") => Kind::LoadBalancer,
         // DNS-only: nothing to forward.
-        Some("ExternalName") => return Vec::new(),
+        Some("ExternalName") => return None,
         Some(other) => {
             warn(Problem::UnknownValue {
                 field: "spec.type",
@@ -83,306 +184,206 @@ pub fn compute_service(
             Kind::ClusterIp
         }
     };
-    let Some(cluster_ips) = cluster_ips(spec, &mut warn) else {
-        return Vec::new();
-    };
-
-    let external_ips = parse_ips(
+    let cluster_ips = fields::cluster_ips(spec, warn)?;
+    let external_ips = fields::parse_ips(
         spec.external_ips.iter().flatten().map(String::as_str),
         "spec.externalIPs[]",
-        &mut warn,
+        warn,
     );
-    let (load_balancer_ips, load_balancer_source_ranges) = if kind == Kind::LoadBalancer {
+    let (load_balancer_ips, source_ranges) = if kind == Kind::LoadBalancer {
         (
-            load_balancer_ips(service, &mut warn),
-            source_ranges(service, spec, &mut warn),
+            fields::load_balancer_ips(service, warn),
+            fields::source_ranges(service, spec, warn),
         )
     } else {
         (Vec::new(), Vec::new())
     };
-
     let externally_reachable = kind != Kind::ClusterIp || !external_ips.is_empty();
-    let external_traffic_policy = match policy(
+    let etp = fields::policy(
         spec.external_traffic_policy.as_deref(),
         "spec.externalTrafficPolicy",
-        &mut warn,
-    ) {
-        TrafficPolicy::Local if externally_reachable => TrafficPolicy::Local,
-        _ => TrafficPolicy::Cluster,
-    };
-    let internal_traffic_policy = policy(
+        warn,
+    );
+    let itp = fields::policy(
         spec.internal_traffic_policy.as_deref(),
         "spec.internalTrafficPolicy",
-        &mut warn,
+        warn,
     );
-    let health_check_node_port =
-        if kind == Kind::LoadBalancer && external_traffic_policy == TrafficPolicy::Local {
-            health_check_node_port(spec, &mut warn)
-        } else {
-            None
-        };
-    let session_affinity_timeout = session_affinity(spec, &mut warn);
-    let topology = topology::topology_requested(service);
-
-    // (The closure's borrow of `warnings` ends here; the slices report their own objects.)
-    let candidates = endpoints::collect(slices, &node.name, warnings);
-    let mut warn = |problem: Problem| warnings.push(Warning::new(&object, &problem));
-
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
-    for port in spec.ports.iter().flatten() {
-        let port_name = port.name.clone().unwrap_or_default();
-        let Some(protocol) = Protocol::from_k8s(port.protocol.as_deref()) else {
-            warn(Problem::UnknownProtocol {
-                port_name,
-                protocol: port.protocol.clone().unwrap_or_default(),
-            });
-            continue;
-        };
-        let Some(number) = port_number(port.port) else {
-            warn(Problem::PortOutOfRange {
-                field: "port",
-                port_name,
-                value: port.port,
-            });
-            continue;
-        };
-        if !seen.insert((port_name.clone(), protocol)) {
-            warn(Problem::DuplicatePort {
-                port_name,
-                protocol: protocol.to_string(),
-            });
-            continue;
-        }
-        let node_port = match (kind, port.node_port) {
-            (Kind::ClusterIp, _) | (_, None | Some(0)) => None,
-            (_, Some(value)) => {
-                let checked = port_number(value);
-                if checked.is_none() {
-                    warn(Problem::PortOutOfRange {
-                        field: "nodePort",
-                        port_name: port_name.clone(),
-                        value,
-                    });
-                }
-                checked
-            }
-        };
-        let categorized = candidates
-            .get(&(port_name.clone(), protocol))
-            .map(|list| topology::categorize(list, topology, node))
-            .unwrap_or_default();
-        let Categorized {
-            cluster,
-            local,
-            has_any,
-        } = categorized;
-        let name = ServicePortName {
-            namespace: key.namespace.clone(),
-            name: key.name.clone(),
-            port_name,
-            protocol,
-        };
-        let state = ServicePortState {
-            port: number,
-            cluster_ips: cluster_ips.clone(),
-            node_port,
-            external_ips: external_ips.clone(),
-            load_balancer_ips: load_balancer_ips.clone(),
-            load_balancer_source_ranges: load_balancer_source_ranges.clone(),
-            external_traffic_policy,
-            internal_traffic_policy,
-            session_affinity_timeout,
-            health_check_node_port,
-            cluster_endpoints: cluster,
-            local_endpoints: local,
-            has_any_endpoints: has_any,
-        };
-        out.push((name, state));
-    }
-    out
+    Some(Common {
+        kind,
+        cluster_ips,
+        external_ips,
+        load_balancer_ips,
+        source_ranges,
+        external_local: etp == TrafficPolicy::Local && externally_reachable,
+        internal_local: itp == TrafficPolicy::Local,
+        affinity_timeout: fields::session_affinity(spec, warn),
+        topology: topology::topology_requested(service),
+    })
 }
 
-/// `spec.clusterIPs` (falling back to `spec.clusterIP`) in spec order (primary family
-/// first); `None` when the service has no usable cluster IP (headless, unset, all invalid).
-fn cluster_ips(spec: &ServiceSpec, warn: &mut impl FnMut(Problem)) -> Option<Vec<IpAddr>> {
-    let raw: Vec<&str> = match spec.cluster_ips.as_deref() {
-        Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
-        _ => spec.cluster_ip.as_deref().into_iter().collect(),
-    };
-    match raw.first() {
-        // Headless or not (yet) allocated: nothing to forward, not an error.
-        None | Some(&"" | &"None") => return None,
-        Some(_) => {}
-    }
-    let mut ips: Vec<IpAddr> = Vec::with_capacity(raw.len());
-    for value in raw {
-        match value.trim().parse::<IpAddr>() {
-            Ok(ip) if !ips.contains(&ip) => ips.push(ip),
-            Ok(_) => {}
-            Err(source) => warn(Problem::InvalidIp {
-                field: "spec.clusterIPs[]",
-                value: value.to_owned(),
-                source,
-            }),
-        }
-    }
-    if ips.is_empty() {
-        warn(Problem::NoClusterIp);
+fn health_check_port(
+    common: &Common,
+    spec: &ServiceSpec,
+    object: &str,
+    warnings: &mut Vec<Warning>,
+) -> Option<u16> {
+    if common.kind != Kind::LoadBalancer || !common.external_local {
         return None;
     }
-    Some(ips)
+    fields::health_check_node_port(spec, &mut |p| warnings.push(Warning::new(object, &p)))
 }
 
-/// Parses `values`, warning about and skipping bad ones. Unordered input: sorted and unique.
-fn parse_ips<'a>(
-    values: impl Iterator<Item = &'a str>,
-    field: &'static str,
+/// The port's identity and number; `None` (with a warning) when unusable.
+fn port_identity(
+    key: &ObjectKey,
+    port: &ServicePort,
     warn: &mut impl FnMut(Problem),
-) -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    for value in values {
-        match value.trim().parse::<IpAddr>() {
-            Ok(ip) => out.push(ip),
-            Err(source) => warn(Problem::InvalidIp {
-                field,
-                value: value.to_owned(),
-                source,
-            }),
-        }
-    }
-    sorted_unique(out)
-}
-
-/// `status.loadBalancer.ingress[].ip`, except `ipMode: Proxy` entries (the load balancer
-/// proxies those itself, so the node must not capture the address).
-fn load_balancer_ips(service: &Service, warn: &mut impl FnMut(Problem)) -> Vec<IpAddr> {
-    let ingress = service
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_deref())
-        .unwrap_or_default();
-    let ips = ingress
-        .iter()
-        .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
-        .filter_map(|i| i.ip.as_deref())
-        .filter(|ip| !ip.is_empty());
-    parse_ips(ips, "status.loadBalancer.ingress[].ip", warn)
-}
-
-/// `spec.loadBalancerSourceRanges`, or else the annotation; normalised to network
-/// addresses (as Go's `ParseCIDR`), sorted, unique.
-fn source_ranges(
-    service: &Service,
-    spec: &ServiceSpec,
-    warn: &mut impl FnMut(Problem),
-) -> Vec<IpNet> {
-    let (field, raw): (&'static str, Vec<&str>) = match spec.load_balancer_source_ranges.as_deref()
-    {
-        Some(ranges) if !ranges.is_empty() => (
-            "spec.loadBalancerSourceRanges[]",
-            ranges.iter().map(String::as_str).collect(),
-        ),
-        _ => (
-            SOURCE_RANGES_ANNOTATION,
-            service
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(SOURCE_RANGES_ANNOTATION))
-                .map(|v| v.split(',').collect())
-                .unwrap_or_default(),
-        ),
+) -> Option<(ServicePortName, u16)> {
+    let port_name = port.name.clone().unwrap_or_default();
+    let Some(protocol) = Protocol::from_k8s(port.protocol.as_deref()) else {
+        warn(Problem::UnknownProtocol {
+            port_name,
+            protocol: port.protocol.clone().unwrap_or_default(),
+        });
+        return None;
     };
-    let mut out = Vec::new();
-    for value in raw {
-        let trimmed = value.trim();
-        if trimmed.is_empty() {
-            continue;
-        }
-        match trimmed.parse::<IpNet>() {
-            Ok(net) => out.push(net.trunc()),
-            Err(source) => warn(Problem::InvalidCidr {
-                field,
-                value: value.to_owned(),
-                source,
-            }),
+    let Some(number) = port_number(port.port) else {
+        warn(Problem::PortOutOfRange {
+            field: "port",
+            port_name,
+            value: port.port,
+        });
+        return None;
+    };
+    let name = ServicePortName::new(
+        key.namespace.as_str(),
+        key.name.as_str(),
+        port_name,
+        protocol,
+    );
+    Some((name, number))
+}
+
+/// `nodePort` of a NodePort/LoadBalancer port, unless invalid or reserved for our listeners.
+fn node_port(
+    common: &Common,
+    port: &ServicePort,
+    name: &ServicePortName,
+    config: &ComputeConfig,
+    warn: &mut impl FnMut(Problem),
+) -> Option<u16> {
+    let value = match (common.kind, port.node_port) {
+        (Kind::ClusterIp, _) | (_, None | Some(0)) => return None,
+        (_, Some(value)) => value,
+    };
+    let port_name = name.port_name.to_string();
+    let Some(number) = port_number(value) else {
+        warn(Problem::PortOutOfRange {
+            field: "nodePort",
+            port_name,
+            value,
+        });
+        return None;
+    };
+    if config.reserved_node_ports.contains(&number) {
+        warn(Problem::NodePortReserved {
+            port_name,
+            port: number,
+        });
+        return None;
+    }
+    if let Some((low, high)) = config.node_port_range
+        && !(low..=high).contains(&number)
+    {
+        warn(Problem::NodePortOutsideRange {
+            port_name,
+            port: number,
+            low,
+            high,
+        });
+    }
+    Some(number)
+}
+
+/// Every frontend the port wants, sorted and unique (the first kind wins a duplicate, in the
+/// order cluster IP, node port, external IP, LB IP).
+fn frontends(
+    common: &Common,
+    name: &ServicePortName,
+    port: u16,
+    node_port: Option<u16>,
+    node: &NodeInfo,
+    config: &ComputeConfig,
+    warn: &mut impl FnMut(Problem),
+) -> Vec<(FrontendKey, FrontendKind)> {
+    let protocol = name.protocol;
+    let key = |addr, port| FrontendKey {
+        addr,
+        protocol,
+        port,
+    };
+    let families: BTreeSet<Family> = common.cluster_ips.iter().map(Family::of).collect();
+    let mut out: Vec<(FrontendKey, FrontendKind)> = Vec::new();
+    for ip in &common.cluster_ips {
+        out.push((key(FrontendAddr::Ip(*ip), port), FrontendKind::ClusterIp));
+    }
+    if let Some(node_port) = node_port {
+        for family in &families {
+            let addr = FrontendAddr::NodePorts(*family);
+            out.push((key(addr, node_port), FrontendKind::NodePort));
         }
     }
-    out.sort_unstable();
-    out.dedup();
+    let extra = [
+        (
+            &common.external_ips,
+            FrontendKind::ExternalIp,
+            "spec.externalIPs[]",
+        ),
+        (
+            &common.load_balancer_ips,
+            FrontendKind::LoadBalancerIp,
+            "status.loadBalancer.ingress[].ip",
+        ),
+    ];
+    for (ips, kind, field) in extra {
+        for ip in ips {
+            if !families.contains(&Family::of(ip)) {
+                warn(Problem::FamilyWithoutClusterIp { field, ip: *ip });
+                continue;
+            }
+            if kind == FrontendKind::ExternalIp
+                && !config.allow_external_ips_on_node_addresses
+                && node.addresses.contains(ip)
+            {
+                warn(Problem::ExternalIpIsNodeAddress { ip: *ip, port });
+                continue;
+            }
+            out.push((key(FrontendAddr::Ip(*ip), port), kind));
+        }
+    }
+    // Stable sort keeps the first kind of a duplicated key first; dedup keeps it.
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.dedup_by(|later, first| later.0 == first.0);
     out
 }
 
-fn policy(
-    value: Option<&str>,
-    field: &'static str,
-    warn: &mut impl FnMut(Problem),
-) -> TrafficPolicy {
-    match value {
-        None | Some("Cluster") => TrafficPolicy::Cluster,
-        Some("Local") => TrafficPolicy::Local,
-        Some(other) => {
-            warn(Problem::UnknownValue {
-                field,
-                value: other.to_owned(),
-                fallback: "Cluster",
-            });
-            TrafficPolicy::Cluster
-        }
-    }
-}
-
-fn health_check_node_port(spec: &ServiceSpec, warn: &mut impl FnMut(Problem)) -> Option<u16> {
-    match spec.health_check_node_port {
-        None | Some(0) => {
-            warn(Problem::MissingHealthCheckNodePort);
-            None
-        }
-        Some(value) => {
-            let port = port_number(value);
-            if port.is_none() {
-                warn(Problem::PortOutOfRange {
-                    field: "healthCheckNodePort",
-                    port_name: String::new(),
-                    value,
-                });
-            }
-            port
-        }
-    }
-}
-
-/// `sessionAffinity: ClientIP` → its timeout in seconds.
-fn session_affinity(spec: &ServiceSpec, warn: &mut impl FnMut(Problem)) -> Option<u32> {
-    match spec.session_affinity.as_deref() {
-        None | Some("None") => None,
-        Some("ClientIP") => {
-            let configured = spec
-                .session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds);
-            match configured {
-                None => Some(DEFAULT_AFFINITY_TIMEOUT),
-                Some(value @ 1..=MAX_AFFINITY_TIMEOUT) => u32::try_from(value).ok(),
-                Some(value) => {
-                    warn(Problem::AffinityTimeoutOutOfRange {
-                        value,
-                        fallback: DEFAULT_AFFINITY_TIMEOUT,
-                    });
-                    Some(DEFAULT_AFFINITY_TIMEOUT)
-                }
-            }
-        }
-        Some(other) => {
-            warn(Problem::UnknownValue {
-                field: "spec.sessionAffinity",
-                value: other.to_owned(),
-                fallback: "None",
-            });
-            None
-        }
-    }
+/// The endpoints of one port of a Service that kube-proxy would use under the Cluster policy:
+/// the ready ones (topology hints applied), else the serving+terminating ones. Unlike the
+/// L4 plan it also serves headless Services, for consumers that send to endpoints directly
+/// (the Ingress proxy). `port_name` is the Service port's name ("" when unnamed). Problems
+/// with the slices are appended to `warnings`.
+pub fn port_endpoints(
+    service: &Service,
+    port_name: &str,
+    protocol: Protocol,
+    slices: &[&Arc<EndpointSlice>],
+    node: &NodeInfo,
+    warnings: &mut Vec<Warning>,
+) -> Vec<Backend> {
+    let candidates = endpoints::collect(slices, &node.name, warnings);
+    candidates
+        .get(&(port_name.to_owned(), protocol))
+        .map(|list| topology::categorize(list, topology::topology_requested(service), node).cluster)
+        .unwrap_or_default()
 }

@@ -1,8 +1,15 @@
 //! kube-proxy's `CategorizeEndpoints`: which endpoints this node uses for Cluster and for
 //! Local traffic policy, with the serving-terminating fallback and topology hints.
+//!
+//! Categorisation runs per address family, as kube-proxy's per-family proxiers do: hints,
+//! the fallback and "has any endpoint" of IPv4 never depend on IPv6 endpoints.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
-use sluice_model::{Endpoint, NodeInfo};
+use sluice_model::NodeInfo;
+use sluice_plan::{Backend, Family};
 
 use crate::endpoints::Candidate;
 
@@ -31,11 +38,30 @@ pub(crate) fn topology_requested(service: &Service) -> bool {
 }
 
 /// Endpoint lists of one service port as this node uses them.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Categorized {
-    pub cluster: Vec<Endpoint>,
-    pub local: Vec<Endpoint>,
-    pub has_any: bool,
+    /// Backends for Cluster policies, both families, sorted.
+    pub cluster: Vec<Backend>,
+    /// This node's backends for Local policies, both families, sorted.
+    pub local: Vec<Backend>,
+    /// Per family (v4, v6): some endpoint is ready or serving-terminating anywhere.
+    pub any: [bool; 2],
+    /// Ready (not terminating) endpoints on this node, distinct addresses of the larger family:
+    /// what a health check node port reports.
+    pub local_ready: usize,
+}
+
+impl Categorized {
+    pub fn has_any(&self, family: Family) -> bool {
+        self.any[family_index(family)]
+    }
+}
+
+fn family_index(family: Family) -> usize {
+    match family {
+        Family::V4 => 0,
+        Family::V6 => 1,
+    }
 }
 
 /// Which hints restrict the cluster endpoints.
@@ -46,38 +72,46 @@ enum Mode {
     SameZone,
 }
 
-/// Splits `candidates` (sorted, unique) into cluster and local endpoint lists.
+/// Splits `candidates` (sorted, unique) into cluster and local backend lists, per family.
 pub(crate) fn categorize(candidates: &[Candidate], topology: bool, node: &NodeInfo) -> Categorized {
-    let mode = if topology {
-        mode_from_hints(candidates, node)
-    } else {
-        Mode::All
-    };
-    let mut cluster = select(candidates, |c| c.ready && available(c, mode, node));
-    if cluster.is_empty() {
-        // Topology only ever narrows when a ready endpoint matches it, so an empty list here
-        // means nothing is ready anywhere: fall back to endpoints still finishing requests.
-        cluster = select(candidates, Candidate::serving_terminating);
+    let mut out = Categorized::default();
+    for family in Family::ALL {
+        let of_family: Vec<&Candidate> = candidates
+            .iter()
+            .filter(|c| family.contains(&c.ip))
+            .collect();
+        let mode = if topology {
+            mode_from_hints(&of_family, node)
+        } else {
+            Mode::All
+        };
+        let mut cluster = select(&of_family, |c| c.ready && available(c, mode, node));
+        if cluster.is_empty() {
+            // Topology only ever narrows when a ready endpoint matches it, so an empty list here
+            // means nothing is ready: fall back to endpoints still finishing requests.
+            cluster = select(&of_family, |c| c.serving_terminating());
+        }
+        // Topology never applies to Local policy; its fallback is decided on local endpoints alone.
+        let mut local = select(&of_family, |c| c.is_local && c.ready);
+        let ready_here: BTreeSet<IpAddr> = local.iter().map(|b| b.ip).collect();
+        out.local_ready = out.local_ready.max(ready_here.len());
+        if local.is_empty() {
+            local = select(&of_family, |c| c.is_local && c.serving_terminating());
+        }
+        out.any[family_index(family)] =
+            of_family.iter().any(|c| c.ready || c.serving_terminating());
+        out.cluster.extend(cluster);
+        out.local.extend(local);
     }
-    // Topology never applies to Local policy; its fallback is decided on local endpoints alone.
-    let mut local = select(candidates, |c| c.is_local && c.ready);
-    if local.is_empty() {
-        local = select(candidates, |c| c.is_local && c.serving_terminating());
-    }
-    let has_any = candidates
-        .iter()
-        .any(|c| c.ready || c.serving_terminating());
-    Categorized {
-        cluster,
-        local,
-        has_any,
-    }
+    out.cluster.sort_unstable();
+    out.local.sort_unstable();
+    out
 }
 
 /// kube-proxy's `topologyModeFromHints`: node hints if every ready endpoint has some and one
 /// names this node; else zone hints likewise; else no filtering.
-fn mode_from_hints(candidates: &[Candidate], node: &NodeInfo) -> Mode {
-    let ready: Vec<&Candidate> = candidates.iter().filter(|c| c.ready).collect();
+fn mode_from_hints(candidates: &[&Candidate], node: &NodeInfo) -> Mode {
+    let ready: Vec<&Candidate> = candidates.iter().copied().filter(|c| c.ready).collect();
     if ready.is_empty() {
         return Mode::All;
     }
@@ -105,16 +139,10 @@ fn available(candidate: &Candidate, mode: Mode, node: &NodeInfo) -> bool {
     }
 }
 
-fn select(candidates: &[Candidate], keep: impl Fn(&Candidate) -> bool) -> Vec<Endpoint> {
+fn select(candidates: &[&Candidate], keep: impl Fn(&Candidate) -> bool) -> Vec<Backend> {
     candidates
         .iter()
         .filter(|c| keep(c))
-        .map(|c| Endpoint {
-            ip: c.ip,
-            port: c.port,
-            node_name: c.node_name.clone(),
-            is_local: c.is_local,
-            ready: c.ready,
-        })
+        .map(|c| Backend::new(c.ip, c.port))
         .collect()
 }

@@ -1,18 +1,21 @@
-//! Types shared by every sluice crate.
+//! Types shared by the control-plane crates.
 //!
 //! * [`Snapshot`]: the Kubernetes objects a source (API server or manifest directory) has seen,
-//!   as plain `k8s-openapi` types.
+//!   as plain `k8s-openapi` types, and [`ChangeSet`]: which of them changed.
 //! * [`NodeInfo`]: what the agent knows about the node it runs on.
-//! * [`DesiredState`]: what the L4 dataplanes must program, computed purely from the above.
+//!
+//! What the dataplanes program is the plan (`sluice-plan`), computed purely from these by
+//! `sluice-compute`; the dataplanes never see Kubernetes types.
 
-mod desired;
+#![forbid(unsafe_code)]
+
+mod changes;
 mod key;
 mod node;
 mod snapshot;
 
-pub use desired::{
-    DesiredState, Endpoint, Protocol, ServicePortName, ServicePortState, TrafficPolicy,
-};
+pub use changes::ChangeSet;
 pub use key::ObjectKey;
 pub use node::NodeInfo;
-pub use snapshot::{Snapshot, SnapshotKind};
+pub use sluice_plan::{Protocol, ServiceName, ServicePortName};
+pub use snapshot::{SERVICE_NAME_LABEL, Snapshot, SnapshotKind};
