@@ -1,24 +1,60 @@
 //! The contract between the agent and an L4 dataplane backend (eBPF, nftables, fake).
 //!
-//! The agent calls [`Dataplane::restore`] once at start, then [`Dataplane::apply`] with every
-//! new [`DesiredState`], and [`Dataplane::cleanup`] for `sluice agent --cleanup`. Backends are
+//! A backend translates the decided [`Plan`] into kernel state and decides nothing itself: it
+//! sees no Kubernetes object, traffic policy or endpoint condition (it depends on
+//! `sluice-plan`, not on `k8s-openapi`).
+//!
+//! The agent calls [`Dataplane::restore`] once at start, [`Dataplane::resync`] for the first
+//! programming (and to repair after a failure or on the slow resync timer), then
+//! [`Dataplane::apply`] with each [`PlanDelta`] — whose cost must be proportional to the delta,
+//! not to the cluster. [`Dataplane::cleanup`] serves `sluice agent --cleanup`. Backends are
 //! synchronous: the agent runs them on a blocking thread, one call at a time.
+
+#![forbid(unsafe_code)]
 
 mod fake;
 
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+
 pub use fake::{FakeCall, FakeDataplane};
+use sluice_plan::{Plan, PlanDelta, Protocol, ServicePortName};
 
-use sluice_model::DesiredState;
+/// What an earlier run left programmed, as far as the agent must know.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Backends that connectionless service traffic was translated to (protocol, ip, port):
+    /// flows toward those no longer planned went stale while the agent was down.
+    pub backends: BTreeSet<(Protocol, IpAddr, u16)>,
+}
 
-/// How much one `apply` changed, for logs and metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ApplyStats {
+/// A service port that could not be programmed. Everything else of the same apply was; the
+/// failed one keeps its previous programming where the backend can (else it is absent), and
+/// the agent retries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceFailure {
+    pub service: ServicePortName,
+    pub reason: String,
+}
+
+impl fmt::Display for ServiceFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.service, self.reason)
+    }
+}
+
+/// How much one `apply` or `resync` did, for logs and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
     /// Service ports whose programming was added, changed or removed.
     pub services_changed: usize,
-    /// Backend-specific size of the update (nftables: transaction lines; eBPF: map writes).
+    /// Backend-specific size of the update (nftables: transaction commands; eBPF: map writes).
     pub operations: usize,
-    /// Whether this apply rewrote everything (start or periodic resync) rather than a diff.
+    /// Whether this was a resync (compare and rewrite everything) rather than a delta.
     pub full_sync: bool,
+    /// Service ports left out (see [`ServiceFailure`]).
+    pub failed: Vec<ServiceFailure>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +64,7 @@ pub enum DataplaneError {
         backend: &'static str,
         reason: String,
     },
-    #[error("{backend}: {action} failed: {source}")]
+    #[error("{backend}: {action} failed")]
     Io {
         backend: &'static str,
         action: String,
@@ -41,25 +77,27 @@ pub enum DataplaneError {
         action: String,
         detail: String,
     },
+    #[error("{backend}: refusing an invalid plan")]
+    InvalidPlan {
+        backend: &'static str,
+        #[source]
+        source: sluice_plan::PlanError,
+    },
 }
 
-/// Service ports added, changed or removed between two desired states (all of them when there
-/// is no previous state), for [`ApplyStats::services_changed`].
-pub fn count_changed_services(previous: Option<&DesiredState>, desired: &DesiredState) -> usize {
-    let Some(previous) = previous else {
-        return desired.services.len();
-    };
-    let changed_or_added = desired
-        .services
-        .iter()
-        .filter(|(name, state)| previous.services.get(*name) != Some(*state))
-        .count();
-    let removed = previous
-        .services
-        .keys()
-        .filter(|name| !desired.services.contains_key(*name))
-        .count();
-    changed_or_added + removed
+/// The error with all its causes, `: `-separated (what logs and `Error:` lines must show).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let inner_text = inner.to_string();
+        if !inner_text.is_empty() && !text.ends_with(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        cause = inner.source();
+    }
+    text
 }
 
 /// An L4 dataplane backend.
@@ -68,17 +106,17 @@ pub trait Dataplane: Send {
     fn name(&self) -> &'static str;
 
     /// Reads back what an earlier run programmed (pinned maps, an existing nftables table) so
-    /// the first `apply` reconciles instead of flushing. Must not interrupt forwarding.
-    fn restore(&mut self) -> Result<(), DataplaneError>;
+    /// the first `resync` reconciles instead of flushing. Must not interrupt forwarding.
+    fn restore(&mut self) -> Result<Restored, DataplaneError>;
 
-    /// Brings the kernel to `desired`, changing only what differs from the last apply
-    /// (or from what `restore` found). `full_resync` asks for a complete rewrite check
-    /// (periodic resync), still without a flush.
-    fn apply(
-        &mut self,
-        desired: &DesiredState,
-        full_resync: bool,
-    ) -> Result<ApplyStats, DataplaneError>;
+    /// Makes the kernel hold exactly `plan`, without a flush: what matches stays untouched.
+    /// Used for the first programming, after a failed apply, and on the slow resync timer
+    /// (where backends should make it a cheap check when nothing drifted).
+    fn resync(&mut self, plan: &Plan) -> Result<ApplyReport, DataplaneError>;
+
+    /// Programs one delta on top of what the previous `resync`/`apply` programmed. Touches only
+    /// what the delta names. Removes the delta's stale flows after programming.
+    fn apply(&mut self, delta: &PlanDelta) -> Result<ApplyReport, DataplaneError>;
 
     /// Removes everything this backend ever created on the node.
     fn cleanup(&mut self) -> Result<(), DataplaneError>;
@@ -86,65 +124,24 @@ pub trait Dataplane: Send {
 
 #[cfg(test)]
 mod tests {
-    use sluice_model::{Protocol, ServicePortName, ServicePortState};
-
     use super::*;
 
-    fn state(ports: &[(&str, u16)]) -> DesiredState {
-        let mut d = DesiredState::default();
-        for (name, port) in ports {
-            let key = ServicePortName {
-                namespace: "ns".into(),
-                name: (*name).into(),
-                port_name: String::new(),
-                protocol: Protocol::Tcp,
-            };
-            d.services.insert(
-                key,
-                ServicePortState {
-                    port: *port,
-                    ..ServicePortState::default()
-                },
-            );
-        }
-        d
-    }
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
 
     #[test]
-    fn counts_added_changed_and_removed_service_ports() {
-        let before = state(&[("a", 80), ("b", 80), ("c", 80)]);
-        let after = state(&[("a", 80), ("b", 81), ("d", 80)]);
-        assert_eq!(count_changed_services(None, &after), 3);
-        assert_eq!(count_changed_services(Some(&before), &before), 0);
-        // b changed, d added, c removed.
-        assert_eq!(count_changed_services(Some(&before), &after), 3);
-    }
-
-    #[test]
-    fn the_fake_records_calls_in_order() {
-        let mut fake = FakeDataplane::new();
-        let probe = fake.clone();
-        fake.restore().unwrap();
-        let stats = fake.apply(&state(&[("a", 80)]), true).unwrap();
+    fn error_chain_prints_every_cause_once() {
+        let err = Outer(std::io::Error::other("inner cause"));
+        assert_eq!(error_chain(&err), "outer: inner cause");
+        let wrapped = DataplaneError::Io {
+            backend: "ebpf",
+            action: "open cgroup /x".into(),
+            source: std::io::Error::other("not a cgroup2 directory"),
+        };
         assert_eq!(
-            stats,
-            ApplyStats {
-                services_changed: 1,
-                operations: 1,
-                full_sync: true
-            }
+            error_chain(&wrapped),
+            "ebpf: open cgroup /x failed: not a cgroup2 directory"
         );
-        assert_eq!(
-            fake.apply(&state(&[("a", 80)]), false)
-                .unwrap()
-                .services_changed,
-            0
-        );
-        fake.cleanup().unwrap();
-        let calls = probe.calls();
-        assert_eq!(calls.len(), 4);
-        assert_eq!(calls[0], FakeCall::Restore);
-        assert_eq!(calls[3], FakeCall::Cleanup);
-        assert_eq!(probe.last_applied(), Some(state(&[("a", 80)])));
     }
 }

@@ -1,32 +1,55 @@
-//! Running nft (and conntrack) behind a trait, so tests can capture scripts instead.
+//! The kernel seam of the nftables backend: running scripts, reading the table back and
+//! removing conntrack entries, behind [`NftExecutor`] so tests can use [`FakeNft`].
 
+use std::collections::BTreeSet;
 use std::io::Write as _;
+use std::net::IpAddr;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::render::Family;
+use sluice_plan::{Family, Protocol, StaleFlow};
+
+use crate::conntrack;
+use crate::readback;
+use crate::render::table_family;
 use crate::transaction::{Existing, TABLE};
 
-/// A stale UDP flow to remove from conntrack.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ConntrackFlush {
-    /// Flows NATed to an endpoint that went away (`--reply-src IP --reply-port-src PORT`).
-    ToEndpoint { ip: std::net::IpAddr, port: u16 },
-    /// Flows to a frontend that had no endpoint and now has one (`--orig-dst IP --dport PORT`),
-    /// or to a node port (`ip` = None).
-    ToFrontend {
-        ip: Option<std::net::IpAddr>,
-        port: u16,
+/// Why an nft or conntrack command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("cannot run `{program}`{hint}")]
+    Spawn {
+        program: String,
+        hint: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed: {stderr}")]
+    Failed { command: String, stderr: String },
+    #[error("unreadable `{command}` output")]
+    Unreadable {
+        command: String,
+        #[source]
+        source: serde_json::Error,
     },
 }
 
+/// What a previous run left in one family's table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Readback {
+    pub existing: Existing,
+    /// DNAT targets of connectionless service traffic: (protocol, ip, port).
+    pub backends: BTreeSet<(Protocol, IpAddr, u16)>,
+}
+
 /// What the nftables dataplane needs from the system.
-pub trait NftRunner: Send {
+pub trait NftExecutor: Send {
     /// Applies one script as one atomic transaction (`nft -f -`).
-    fn apply(&mut self, script: &str) -> Result<(), String>;
-    /// Chains and sets of our table in `family` (empty when the table does not exist).
-    fn existing(&mut self, family: Family) -> Result<Existing, String>;
-    /// Deletes UDP conntrack entries matching `flush`.
-    fn flush_conntrack(&mut self, flush: &ConntrackFlush) -> Result<(), String>;
+    fn apply(&mut self, script: &str) -> Result<(), NftError>;
+    /// Our table in `family` (empty when it does not exist).
+    fn read_back(&mut self, family: Family) -> Result<Readback, NftError>;
+    /// Deletes the conntrack entries of one stale flow.
+    fn flush_conntrack(&mut self, flow: &StaleFlow) -> Result<(), NftError>;
 }
 
 /// The real thing: the `nft` and `conntrack` binaries in the agent's network namespace.
@@ -69,43 +92,43 @@ impl NftCommand {
         }
     }
 
-    /// `Err(reason)` when nft cannot be run or the kernel lacks nf_tables.
-    pub fn check(&self) -> Result<(), String> {
+    fn output(&self, program: &str, args: &[&str], hint: &'static str) -> Result<Vec<u8>, NftError> {
+        let shown = format!("{program} {}", args.join(" "));
         let out = self
-            .command(&self.nft)
-            .args(["list", "tables"])
+            .command(program)
+            .args(args)
             .output()
-            .map_err(|e| {
-                format!(
-                    "cannot run `{}`: {e} (install the `nftables` package)",
-                    self.nft
-                )
+            .map_err(|source| NftError::Spawn {
+                program: program.to_owned(),
+                hint,
+                source,
             })?;
         if !out.status.success() {
-            return Err(format!(
-                "`nft list tables` failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
+            return Err(NftError::Failed {
+                command: shown,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
         }
-        Ok(())
+        Ok(out.stdout)
     }
 
-    fn list_json(&self, what: &str, family: Family) -> Result<serde_json::Value, String> {
-        let out = self
-            .command(&self.nft)
-            .args(["-j", "list", what, family.table_family()])
-            .output()
-            .map_err(|e| format!("cannot run nft: {e}"))?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
-        }
-        serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("unreadable `nft -j list {what}` output: {e}"))
+    /// Fails when nft cannot be run or the kernel lacks nf_tables.
+    pub fn check(&self) -> Result<(), NftError> {
+        self.output(&self.nft, &["list", "tables"], NFT_HINT)
+            .map(|_| ())
     }
 }
 
-impl NftRunner for NftCommand {
-    fn apply(&mut self, script: &str) -> Result<(), String> {
+const NFT_HINT: &str = " (install the `nftables` package)";
+const CONNTRACK_HINT: &str = " (install the `conntrack` package)";
+
+impl NftExecutor for NftCommand {
+    fn apply(&mut self, script: &str) -> Result<(), NftError> {
+        let spawn_err = |source| NftError::Spawn {
+            program: self.nft.clone(),
+            hint: NFT_HINT,
+            source,
+        };
         let mut child = self
             .command(&self.nft)
             .args(["-f", "-"])
@@ -113,131 +136,112 @@ impl NftRunner for NftCommand {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("cannot run `{}`: {e}", self.nft))?;
-        let mut stdin = child.stdin.take().ok_or("nft stdin unavailable")?;
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(|e| format!("writing to nft: {e}"))?;
-        drop(stdin);
-        let out = child
-            .wait_with_output()
-            .map_err(|e| format!("waiting for nft: {e}"))?;
+            .map_err(spawn_err)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A write error means nft exited early; its stderr says why.
+            let _ = stdin.write_all(script.as_bytes());
+        }
+        let out = child.wait_with_output().map_err(spawn_err)?;
         if out.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+            return Ok(());
         }
+        Err(NftError::Failed {
+            command: "nft -f -".to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 
-    fn existing(&mut self, family: Family) -> Result<Existing, String> {
-        let mut existing = Existing::default();
-        for (what, key, into) in [("chains", "chain", 0), ("sets", "set", 1)] {
-            let json = self.list_json(what, family)?;
-            let items = json
-                .get("nftables")
-                .and_then(|v| v.as_array())
-                .cloned()
-                .unwrap_or_default();
-            for item in items {
-                let Some(obj) = item.get(key) else { continue };
-                if obj.get("table").and_then(|t| t.as_str()) != Some(TABLE) {
-                    continue;
-                }
-                if let Some(name) = obj.get("name").and_then(|n| n.as_str()) {
-                    if into == 0 {
-                        existing.chains.insert(name.to_owned());
-                    } else {
-                        existing.sets.insert(name.to_owned());
-                    }
-                }
-            }
+    fn read_back(&mut self, family: Family) -> Result<Readback, NftError> {
+        let tables = self.output(&self.nft, &["-j", "list", "tables", table_family(family)], NFT_HINT)?;
+        let tables = readback::parse(&tables).map_err(|source| NftError::Unreadable {
+            command: "nft -j list tables".to_owned(),
+            source,
+        })?;
+        if !readback::has_table(&tables, TABLE) {
+            return Ok(Readback::default());
         }
-        if existing.chains.iter().any(|c| udp_endpoint_chain(c)) {
-            let out = self
-                .command(&self.nft)
-                .args(["-j", "list", "table", family.table_family(), TABLE])
-                .output()
-                .map_err(|e| format!("cannot run nft: {e}"))?;
-            if out.status.success() {
-                let json: serde_json::Value = serde_json::from_slice(&out.stdout)
-                    .map_err(|e| format!("unreadable `nft -j list table` output: {e}"))?;
-                existing.udp_endpoints = udp_dnat_targets(&json);
-            }
-        }
-        Ok(existing)
+        let args = ["-j", "list", "table", table_family(family), TABLE];
+        let json = self.output(&self.nft, &args, NFT_HINT)?;
+        let parsed = readback::parse(&json).map_err(|source| NftError::Unreadable {
+            command: args.join(" "),
+            source,
+        })?;
+        Ok(readback::readback(&parsed))
     }
 
-    fn flush_conntrack(&mut self, flush: &ConntrackFlush) -> Result<(), String> {
-        let mut args: Vec<String> = vec!["-D".into(), "-p".into(), "udp".into()];
-        match flush {
-            ConntrackFlush::ToEndpoint { ip, port } => {
-                let fam = if ip.is_ipv4() { "ipv4" } else { "ipv6" };
-                args.extend([
-                    "-f".into(),
-                    fam.into(),
-                    "--reply-src".into(),
-                    ip.to_string(),
-                ]);
-                args.extend(["--reply-port-src".into(), port.to_string()]);
-            }
-            ConntrackFlush::ToFrontend { ip: Some(ip), port } => {
-                let fam = if ip.is_ipv4() { "ipv4" } else { "ipv6" };
-                args.extend(["-f".into(), fam.into(), "--orig-dst".into(), ip.to_string()]);
-                args.extend(["--orig-port-dst".into(), port.to_string()]);
-            }
-            ConntrackFlush::ToFrontend { ip: None, port } => {
-                args.extend(["--orig-port-dst".into(), port.to_string()]);
-            }
-        }
-        let out = self
-            .command(&self.conntrack)
-            .args(&args)
-            .output()
-            .map_err(|e| {
-                format!(
-                    "cannot run `{}`: {e} (install the `conntrack` package)",
-                    self.conntrack
-                )
-            })?;
-        // conntrack exits 1 when nothing matched: that is success for us.
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() || stderr.contains("0 flow entries") {
-            Ok(())
-        } else {
-            Err(format!("conntrack {}: {}", args.join(" "), stderr.trim()))
+    fn flush_conntrack(&mut self, flow: &StaleFlow) -> Result<(), NftError> {
+        let args = conntrack::delete_args(flow);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        match self.output(&self.conntrack, &args, CONNTRACK_HINT) {
+            Ok(_) => Ok(()),
+            // conntrack exits 1 when nothing matched: that is success for us.
+            Err(NftError::Failed { stderr, .. }) if stderr.contains("0 flow entries") => Ok(()),
+            Err(err) => Err(err),
         }
     }
 }
 
-/// An endpoint chain of a UDP service port (`ep-HASH-namespace/name/udp/port`).
-fn udp_endpoint_chain(chain: &str) -> bool {
-    chain.starts_with("ep-") && chain.contains("/udp/")
+/// What the fake has seen and will do.
+#[derive(Debug, Default)]
+pub struct FakeNftState {
+    /// Every script applied successfully, in order.
+    pub applied: Vec<String>,
+    /// Every script offered (including refused ones).
+    pub offered: Vec<String>,
+    /// Conntrack flushes asked for.
+    pub flushed: Vec<StaleFlow>,
+    /// What `read_back` returns, per family.
+    pub readback: Vec<(Family, Readback)>,
+    /// Refuse the next this-many scripts.
+    pub fail_next: usize,
+    /// Refuse every script containing one of these strings (a kernel that rejects one object).
+    pub poison: Vec<String>,
 }
 
-/// `(addr, port)` of every `dnat` in the UDP endpoint chains of `nft -j list table` output.
-pub(crate) fn udp_dnat_targets(
-    json: &serde_json::Value,
-) -> std::collections::BTreeSet<(std::net::IpAddr, u16)> {
-    let items = json
-        .get("nftables")
-        .and_then(|v| v.as_array())
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    items
-        .iter()
-        .filter_map(|item| item.get("rule"))
-        .filter(|rule| {
-            rule.get("chain")
-                .and_then(|c| c.as_str())
-                .is_some_and(udp_endpoint_chain)
-        })
-        .filter_map(|rule| rule.get("expr").and_then(|e| e.as_array()))
-        .flatten()
-        .filter_map(|expr| expr.get("dnat"))
-        .filter_map(|dnat| {
-            let ip = dnat.get("addr")?.as_str()?.parse().ok()?;
-            let port = u16::try_from(dnat.get("port")?.as_u64()?).ok()?;
-            Some((ip, port))
-        })
-        .collect()
+/// An in-memory [`NftExecutor`] that records scripts and fails on demand. Clones share state.
+#[derive(Debug, Clone, Default)]
+pub struct FakeNft {
+    state: Arc<Mutex<FakeNftState>>,
+}
+
+impl FakeNft {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, FakeNftState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl NftExecutor for FakeNft {
+    fn apply(&mut self, script: &str) -> Result<(), NftError> {
+        let mut state = self.state();
+        state.offered.push(script.to_owned());
+        let poisoned = state.poison.iter().any(|p| script.contains(p.as_str()));
+        if state.fail_next > 0 || poisoned {
+            state.fail_next = state.fail_next.saturating_sub(1);
+            return Err(NftError::Failed {
+                command: "nft -f -".to_owned(),
+                stderr: "injected failure".to_owned(),
+            });
+        }
+        state.applied.push(script.to_owned());
+        Ok(())
+    }
+
+    fn read_back(&mut self, family: Family) -> Result<Readback, NftError> {
+        let state = self.state();
+        Ok(state
+            .readback
+            .iter()
+            .find(|(f, _)| *f == family)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default())
+    }
+
+    fn flush_conntrack(&mut self, flow: &StaleFlow) -> Result<(), NftError> {
+        self.state().flushed.push(*flow);
+        Ok(())
+    }
 }

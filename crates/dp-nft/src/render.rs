@@ -1,70 +1,33 @@
-//! Pure rendering of the desired state into nftables objects for one address family.
+//! Pure translation of the plan into nftables objects, one service port and one address
+//! family at a time (so a change re-renders only the service it touches).
 //!
-//! Layout (per family table `ip sluice` / `ip6 sluice`):
-//! * verdict map `service-ips`: `addr . proto . port` of cluster, external and LB IPs →
-//!   `goto svc-*` (cluster IPs) or `goto ext-*` (external frontends);
-//! * verdict map `service-nodeports`: `proto . port` → `goto ext-*`, for destinations in the
+//! Layout (per family table `ip sluice` / `ip6 sluice`), modelled on kube-proxy's:
+//! * verdict map `service-ips`: `addr . proto . port` of cluster, external and LB IPs that
+//!   forward for some source → `goto` the frontend's route chain;
+//! * verdict map `service-nodeports`: `proto . port` → route chain, for destinations in the
 //!   `nodeport-ips` set;
-//! * `no-endpoint-services` / `no-endpoint-nodeports`: frontends of services without usable
-//!   endpoints → `goto reject-chain` (no endpoint anywhere) or `drop` (endpoints exist but none
-//!   is usable from this node), checked in the filter hooks;
-//! * `firewall-ips`: LB IPs with `loadBalancerSourceRanges` → `goto fw-*`;
-//! * per service port: `svc-*` (ClusterIP entry: masquerade traffic from outside the pod
-//!   CIDRs), `ext-*` (external entry: masquerade for eTP=Cluster; eTP=Local short-circuits pods
-//!   and the node to the cluster set and sends everyone else to local endpoints only),
-//!   `cl-*` / `lo-*` (affinity, then a uniform random choice over the cluster / local endpoints);
-//! * per endpoint: `ep-*` (hairpin masquerade, affinity update, DNAT).
+//! * `no-endpoint-services` / `no-endpoint-nodeports`: frontends that refuse everyone
+//!   (`reject` / `drop`), checked in the filter hooks after DNAT;
+//! * `firewall-ips`: LB IPs with allowed source ranges → `goto fw-*` (filter prerouting,
+//!   before DNAT);
+//! * route chains `svc-*` (cluster IPs) and `ext-*` (other frontends): one rule per source
+//!   class whose route differs from the outside route (`ip saddr @cluster-cidrs` for pods,
+//!   `fib saddr type local` for the node), then the outside route — each a `goto` of a
+//!   dispatch chain (with the masquerade mark set in the same rule when asked) or `drop`;
+//! * dispatch chains `cl-*` / `lo-*` (affinity, then a uniform random choice) over the backends
+//!   of the set and family; per backend `ep-*` (hairpin masquerade, affinity update, DNAT).
 //!
-//! Chain names carry a stable hash plus a readable suffix, like kube-proxy's.
+//! Chain names carry a stable hash plus a readable, sanitised suffix (any Service or port name
+//! is safe: unusual characters become `_`, long names are cut; the hash keeps them unique).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use ipnet::IpNet;
-use sluice_model::{DesiredState, Endpoint, ServicePortName, ServicePortState, TrafficPolicy};
-
-/// Address family of one table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    Ipv4,
-    Ipv6,
-}
-
-impl Family {
-    pub const ALL: [Family; 2] = [Family::Ipv4, Family::Ipv6];
-
-    /// nftables table family keyword.
-    pub fn table_family(self) -> &'static str {
-        match self {
-            Family::Ipv4 => "ip",
-            Family::Ipv6 => "ip6",
-        }
-    }
-
-    /// Payload keyword for address matches (`ip saddr`, `ip6 saddr`).
-    pub fn addr_keyword(self) -> &'static str {
-        self.table_family()
-    }
-
-    pub fn addr_type(self) -> &'static str {
-        match self {
-            Family::Ipv4 => "ipv4_addr",
-            Family::Ipv6 => "ipv6_addr",
-        }
-    }
-
-    pub fn contains(self, ip: &IpAddr) -> bool {
-        matches!(
-            (self, ip),
-            (Family::Ipv4, IpAddr::V4(_)) | (Family::Ipv6, IpAddr::V6(_))
-        )
-    }
-
-    fn contains_net(self, net: &IpNet) -> bool {
-        self.contains(&net.addr())
-    }
-}
+use sluice_plan::{
+    Backend, Family, FrontendAddr, FrontendKind, FrontendPlan, NodePlan, Route, ServicePlan,
+    ServicePortName, SetName, SourceClass,
+};
 
 /// Names of the verdict maps and sets whose elements are rendered per service.
 pub const SERVICE_IPS: &str = "service-ips";
@@ -75,9 +38,32 @@ pub const FIREWALL_IPS: &str = "firewall-ips";
 pub const NODEPORT_IPS: &str = "nodeport-ips";
 pub const CLUSTER_CIDRS: &str = "cluster-cidrs";
 
-/// Every map/set whose elements come from the desired state: (name, `map`/`set`, type body).
+/// Longest readable part of a chain name (the hash keeps names unique).
+const READABLE_MAX: usize = 64;
+
+/// nftables table family keyword (`ip` / `ip6`).
+pub fn table_family(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
+}
+
+/// Payload keyword for address matches (`ip saddr`, `ip6 saddr`).
+pub fn addr_keyword(family: Family) -> &'static str {
+    table_family(family)
+}
+
+pub fn addr_type(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ipv4_addr",
+        Family::V6 => "ipv6_addr",
+    }
+}
+
+/// Every map/set whose elements come from the plan: (name, `map`/`set`, type body).
 pub fn element_containers(family: Family) -> [(&'static str, &'static str, String); 7] {
-    let addr = family.addr_type();
+    let addr = addr_type(family);
     let frontend_map = format!("{{ type {addr} . inet_proto . inet_service : verdict ; }}");
     let port_map = "{ type inet_proto . inet_service : verdict ; }".to_owned();
     [
@@ -95,290 +81,216 @@ pub fn element_containers(family: Family) -> [(&'static str, &'static str, Strin
     ]
 }
 
-/// Everything of one family that depends on the desired state (the static base chains are in
-/// [`crate::transaction`]). Ordered collections keep the output deterministic.
+/// One map or set element: container, key, value (`None` for set elements).
+pub type Element = (&'static str, String, Option<String>);
+
+/// What one service port contributes to one family's table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Rendered {
-    /// Per-service and per-endpoint chains: name → rules.
+pub struct ServiceRules {
+    /// Chains: name → rules.
     pub chains: BTreeMap<String, Vec<String>>,
-    /// Map or set name → element key → element value (`None` for plain set elements).
-    pub elements: BTreeMap<&'static str, BTreeMap<String, Option<String>>>,
+    /// Map elements, sorted.
+    pub elements: Vec<Element>,
     /// Affinity sets: name → timeout in seconds.
     pub affinity_sets: BTreeMap<String, u32>,
 }
 
-/// Renders the desired state for one address family.
-pub fn render(desired: &DesiredState, family: Family) -> Rendered {
-    let mut out = Rendered::default();
-    for (container, _, _) in element_containers(family) {
-        out.elements.insert(container, BTreeMap::new());
+impl ServiceRules {
+    pub fn is_empty(&self) -> bool {
+        self.chains.is_empty() && self.elements.is_empty() && self.affinity_sets.is_empty()
     }
-    let cidrs: Vec<IpNet> = desired
-        .cluster_cidrs
+}
+
+/// The node-wide set elements of one family.
+pub fn render_node(node: &NodePlan, family: Family) -> Vec<Element> {
+    let mut out: Vec<Element> = node
+        .pod_cidrs
         .iter()
-        .filter(|c| family.contains_net(c))
-        .copied()
+        .filter(|c| family.contains(&c.addr()))
+        .map(|c| (CLUSTER_CIDRS, c.to_string(), None))
         .collect();
-    for cidr in &cidrs {
-        out.elements
-            .get_mut(CLUSTER_CIDRS)
-            .expect("declared")
-            .insert(cidr.to_string(), None);
-    }
-    for ip in desired
-        .node_port_addresses
-        .iter()
-        .filter(|ip| family.contains(ip))
-    {
-        out.elements
-            .get_mut(NODEPORT_IPS)
-            .expect("declared")
-            .insert(ip.to_string(), None);
-    }
-    for (name, state) in &desired.services {
-        ServiceRenderer {
-            family,
-            name,
-            state,
-            cidrs: &cidrs,
-            out: &mut out,
-        }
-        .render();
-    }
+    out.extend(
+        node.nodeport_addresses(family)
+            .map(|ip| (NODEPORT_IPS, ip.to_string(), None)),
+    );
+    out.sort();
     out
 }
 
-struct ServiceRenderer<'a> {
-    family: Family,
-    name: &'a ServicePortName,
-    state: &'a ServicePortState,
-    cidrs: &'a [IpNet],
-    out: &'a mut Rendered,
+/// Renders one service port for one family.
+pub fn render_service(plan: &ServicePlan, family: Family) -> ServiceRules {
+    let mut r = Renderer {
+        plan,
+        family,
+        out: ServiceRules::default(),
+    };
+    for frontend in plan.frontends.iter().filter(|f| f.key.family() == family) {
+        r.frontend(frontend);
+    }
+    r.out.elements.sort();
+    r.out
 }
 
-impl ServiceRenderer<'_> {
-    fn render(mut self) {
-        let fam = self.family;
-        let state = self.state;
-        let proto = self.name.protocol.as_str();
-        let cluster_ips: Vec<&IpAddr> = state
-            .cluster_ips
-            .iter()
-            .filter(|ip| fam.contains(ip))
-            .collect();
-        let external_ips: Vec<&IpAddr> = state
-            .external_ips
-            .iter()
-            .chain(&state.load_balancer_ips)
-            .filter(|ip| fam.contains(ip))
-            .collect();
-        let cluster_eps: Vec<&Endpoint> = state
-            .cluster_endpoints
-            .iter()
-            .filter(|e| fam.contains(&e.ip))
-            .collect();
-        let local_eps: Vec<&Endpoint> = state
-            .local_endpoints
-            .iter()
-            .filter(|e| fam.contains(&e.ip))
-            .collect();
-        let internal_local = state.internal_traffic_policy == TrafficPolicy::Local;
-        let external_local = state.external_traffic_policy == TrafficPolicy::Local;
-        let internal_eps = if internal_local {
-            &local_eps
-        } else {
-            &cluster_eps
+struct Renderer<'a> {
+    plan: &'a ServicePlan,
+    family: Family,
+    out: ServiceRules,
+}
+
+impl Renderer<'_> {
+    fn frontend(&mut self, fe: &FrontendPlan) {
+        let (forward_map, refuse_map, key) = match fe.key.addr {
+            FrontendAddr::Ip(ip) => (
+                SERVICE_IPS,
+                NO_ENDPOINT_SERVICES,
+                frontend_key(&ip, fe.key.protocol.as_str(), fe.key.port),
+            ),
+            FrontendAddr::NodePorts(_) => (
+                SERVICE_NODEPORTS,
+                NO_ENDPOINT_NODEPORTS,
+                format!("{} . {}", fe.key.protocol, fe.key.port),
+            ),
         };
-        // Without any usable endpoint the frontends are rejected (no endpoint anywhere) or
-        // dropped (endpoints exist, but not for this node), as kube-proxy does.
-        let no_endpoint_verdict = if state.has_any_endpoints {
-            "drop"
-        } else {
-            "goto reject-chain"
-        };
-
-        let hash = short_hash(&self.name.to_string());
-        let suffix = readable(self.name);
-        let svc = format!("svc-{hash}-{suffix}");
-        let ext = format!("ext-{hash}-{suffix}");
-        let cl = format!("cl-{hash}-{suffix}");
-        let lo = format!("lo-{hash}-{suffix}");
-        let fw = format!("fw-{hash}-{suffix}");
-
-        // --- ClusterIP frontends
-        if !cluster_ips.is_empty() {
-            if internal_eps.is_empty() {
-                for ip in &cluster_ips {
-                    self.element(
-                        NO_ENDPOINT_SERVICES,
-                        frontend_key(ip, proto, state.port),
-                        no_endpoint_verdict,
-                    );
-                }
-            } else {
-                let mut rules = Vec::new();
-                if !self.cidrs.is_empty() {
-                    // Traffic from outside the pod network (the node itself, other hosts) is
-                    // masqueraded so replies come back through this node. (A named set: nft
-                    // 1.0.x creates anonymous sets in quadratic time, see docs/nftables.md.)
-                    rules.push(format!(
-                        "{} saddr != @{CLUSTER_CIDRS} jump mark-for-masquerade",
-                        fam.addr_keyword()
-                    ));
-                }
-                rules.push(format!("goto {}", if internal_local { &lo } else { &cl }));
-                self.chain(&svc, rules);
-                for ip in &cluster_ips {
-                    self.element(
-                        SERVICE_IPS,
-                        frontend_key(ip, proto, state.port),
-                        &format!("goto {svc}"),
-                    );
-                }
-            }
+        if fe.forwards() {
+            let chain = self.route_chain(fe);
+            self.element(forward_map, key.clone(), format!("goto {chain}"));
+        } else if let Some(refusal) = fe.refusal() {
+            // Nobody is forwarded: refused after NAT in the filter hooks, as kube-proxy does.
+            let verdict = match refusal {
+                Route::Reject => "goto reject-chain",
+                _ => "drop",
+            };
+            self.element(refuse_map, key.clone(), verdict.to_owned());
         }
-
-        // --- External frontends (NodePort, externalIPs, LB IPs)
-        let node_port = state.node_port;
-        let has_external = node_port.is_some() || !external_ips.is_empty();
-        let usable_external = !cluster_eps.is_empty() || !local_eps.is_empty();
-        if has_external && usable_external {
-            let a = fam.addr_keyword();
-            let mut rules = Vec::new();
-            if external_local {
-                if !self.cidrs.is_empty() {
-                    // Pods reaching an external address short-circuit to any endpoint.
-                    rules.push(format!("{a} saddr @{CLUSTER_CIDRS} goto {cl}"));
-                }
-                // So does the node itself (masqueraded: its address may not be routable back).
-                rules.push("fib saddr type local jump mark-for-masquerade".to_owned());
-                rules.push(format!("fib saddr type local goto {cl}"));
-                rules.push(format!("goto {lo}"));
-            } else {
-                rules.push("jump mark-for-masquerade".to_owned());
-                rules.push(format!("goto {cl}"));
-            }
-            self.chain(&ext, rules);
-            for ip in &external_ips {
-                self.element(
-                    SERVICE_IPS,
-                    frontend_key(ip, proto, state.port),
-                    &format!("goto {ext}"),
-                );
-            }
-            if let Some(port) = node_port {
-                self.element(
-                    SERVICE_NODEPORTS,
-                    format!("{proto} . {port}"),
-                    &format!("goto {ext}"),
-                );
-            }
-        } else if has_external {
-            for ip in &external_ips {
-                self.element(
-                    NO_ENDPOINT_SERVICES,
-                    frontend_key(ip, proto, state.port),
-                    no_endpoint_verdict,
-                );
-            }
-            if let Some(port) = node_port {
-                self.element(
-                    NO_ENDPOINT_NODEPORTS,
-                    format!("{proto} . {port}"),
-                    no_endpoint_verdict,
-                );
-            }
-        }
-
-        // --- loadBalancerSourceRanges on LB IPs
-        let lb_ips: Vec<&IpAddr> = state
-            .load_balancer_ips
-            .iter()
-            .filter(|ip| fam.contains(ip))
-            .collect();
-        if !state.load_balancer_source_ranges.is_empty() && !lb_ips.is_empty() {
-            // One rule per range: an inline set would be an anonymous set (see above).
-            let mut rules: Vec<String> = state
-                .load_balancer_source_ranges
-                .iter()
-                .filter(|r| fam.contains_net(r))
-                .map(|r| format!("{} saddr {r} return", fam.addr_keyword()))
-                .collect();
-            rules.push("drop".to_owned());
-            self.chain(&fw, rules);
-            for ip in lb_ips {
-                self.element(
-                    FIREWALL_IPS,
-                    frontend_key(ip, proto, state.port),
-                    &format!("goto {fw}"),
-                );
-            }
-        }
-
-        // --- endpoint dispatch chains, only those referenced above
-        let needs_cl = self.out.chains.contains_key(&ext)
-            || (self.out.chains.contains_key(&svc) && !internal_local);
-        let needs_lo = (self.out.chains.contains_key(&ext) && external_local)
-            || (self.out.chains.contains_key(&svc) && internal_local);
-        if needs_cl {
-            self.dispatch_chain(&cl, &cluster_eps);
-        }
-        if needs_lo {
-            self.dispatch_chain(&lo, &local_eps);
+        if !fe.allowed_sources.is_empty()
+            && let FrontendAddr::Ip(_) = fe.key.addr
+        {
+            let chain = self.firewall_chain(fe);
+            self.element(FIREWALL_IPS, key, format!("goto {chain}"));
         }
     }
 
-    /// Affinity lookups, then a random choice among `endpoints` (drop when there are none:
-    /// only reachable for eTP=Local without local endpoints).
-    fn dispatch_chain(&mut self, chain: &str, endpoints: &[&Endpoint]) {
-        if endpoints.is_empty() {
-            self.chain(chain, vec!["drop".to_owned()]);
-            return;
+    /// The chain applying `fe`'s routes (shared by the service's frontends with equal routes).
+    fn route_chain(&mut self, fe: &FrontendPlan) -> String {
+        let prefix = if fe.kind == FrontendKind::ClusterIp {
+            "svc"
+        } else {
+            "ext"
+        };
+        let routes = format!("{:?}", [fe.pods, fe.node, fe.outside]);
+        let name = self.chain_name(prefix, &routes);
+        if self.out.chains.contains_key(&name) {
+            return name;
         }
-        let a = self.family.addr_keyword();
+        let a = addr_keyword(self.family);
         let mut rules = Vec::new();
+        for class in [SourceClass::Pods, SourceClass::Node] {
+            let route = fe.route(class);
+            if route == fe.outside {
+                continue;
+            }
+            let matcher = match class {
+                SourceClass::Pods => format!("{a} saddr @{CLUSTER_CIDRS}"),
+                _ => "fib saddr type local".to_owned(),
+            };
+            rules.push(format!("{matcher} {}", self.verdict(route)));
+        }
+        rules.push(self.verdict(fe.outside));
+        self.out.chains.insert(name.clone(), rules);
+        name
+    }
+
+    /// The statement(s) of one route (dispatch chains rendered on first use).
+    fn verdict(&mut self, route: Route) -> String {
+        match route {
+            Route::Forward { set, masquerade } => {
+                let chain = self.dispatch_chain(set);
+                if masquerade {
+                    format!("meta mark set meta mark | {MASQUERADE_MARK} goto {chain}")
+                } else {
+                    format!("goto {chain}")
+                }
+            }
+            Route::Drop => "drop".to_owned(),
+            // Not reachable through a route chain (a rejecting frontend rejects everyone and
+            // is refused in the filter hooks), kept total for safety.
+            Route::Reject => "goto reject-chain".to_owned(),
+        }
+    }
+
+    /// `fw-*`: sources in the allowed ranges go on, everything else is dropped.
+    fn firewall_chain(&mut self, fe: &FrontendPlan) -> String {
+        let ranges = format!("{:?}", fe.allowed_sources);
+        let name = self.chain_name("fw", &ranges);
+        if !self.out.chains.contains_key(&name) {
+            // One rule per range: an inline set would be an anonymous set, which nft 1.0.x
+            // creates in quadratic time (docs/nftables.md).
+            let mut rules: Vec<String> = fe
+                .allowed_sources
+                .iter()
+                .map(|r| format!("{} saddr {r} return", addr_keyword(self.family)))
+                .collect();
+            rules.push("drop".to_owned());
+            self.out.chains.insert(name.clone(), rules);
+        }
+        name
+    }
+
+    /// `cl-*` / `lo-*`: affinity lookups, then a uniform random choice among the backends of
+    /// `set` and this family (never empty: the plan forwards only to sets with backends).
+    fn dispatch_chain(&mut self, set: SetName) -> String {
+        let prefix = match set {
+            SetName::Cluster => "cl",
+            SetName::Local => "lo",
+        };
+        let name = self.chain_name(prefix, "");
+        if self.out.chains.contains_key(&name) {
+            return name;
+        }
+        let backends: Vec<Backend> = self.plan.backends(set, self.family).copied().collect();
         let endpoint_chains: Vec<String> =
-            endpoints.iter().map(|ep| self.endpoint_chain(ep)).collect();
-        if self.state.session_affinity_timeout.is_some() {
-            for ep_chain in &endpoint_chains {
-                rules.push(format!(
-                    "{a} saddr @{} goto {ep_chain}",
-                    affinity_set_name(ep_chain)
-                ));
+            backends.iter().map(|b| self.endpoint_chain(b)).collect();
+        let a = addr_keyword(self.family);
+        let mut rules = Vec::new();
+        if self.plan.affinity_timeout.is_some() {
+            for ep in &endpoint_chains {
+                rules.push(format!("{a} saddr @{} goto {ep}", affinity_set_name(ep)));
             }
         }
         // A uniform choice as a cascade (endpoint i taken with probability 1/(N-i) among the
         // rest), not `numgen ... vmap { ... }`: nft 1.0.x creates anonymous maps in quadratic
         // time, which made a 10k-service sync take minutes.
-        let last = endpoint_chains.len() - 1;
-        for (i, ep_chain) in endpoint_chains.iter().enumerate() {
-            if i == last {
-                rules.push(format!("goto {ep_chain}"));
+        let count = endpoint_chains.len();
+        for (i, ep) in endpoint_chains.iter().enumerate() {
+            if i + 1 == count {
+                rules.push(format!("goto {ep}"));
             } else {
-                let remaining = endpoint_chains.len() - i;
-                rules.push(format!(
-                    "numgen random mod {remaining} == 0 goto {ep_chain}"
-                ));
+                rules.push(format!("numgen random mod {} == 0 goto {ep}", count - i));
             }
         }
-        self.chain(chain, rules);
+        if rules.is_empty() {
+            rules.push("drop".to_owned());
+        }
+        self.out.chains.insert(name.clone(), rules);
+        name
     }
 
-    /// Renders `ep-*` for one endpoint (shared by the cluster and local sets) and returns its name.
-    fn endpoint_chain(&mut self, ep: &Endpoint) -> String {
-        let a = self.family.addr_keyword();
-        let affinity = self.state.session_affinity_timeout;
+    /// `ep-*` for one backend (shared by both sets) and its name.
+    fn endpoint_chain(&mut self, backend: &Backend) -> String {
+        let affinity = self.plan.affinity_timeout;
         // The affinity timeout is part of the identity: changing it re-creates the set.
-        let identity = format!("{}|{}|{}|{:?}", self.name, ep.ip, ep.port, affinity);
-        let name = format!("ep-{}-{}", short_hash(&identity), readable(self.name));
+        let identity = format!("{}|{}|{affinity:?}", backend.ip, backend.port);
+        let name = self.chain_name("ep", &identity);
         if self.out.chains.contains_key(&name) {
             return name;
         }
-        let dest = match ep.ip {
-            IpAddr::V4(ip) => format!("{ip}:{}", ep.port),
-            IpAddr::V6(ip) => format!("[{ip}]:{}", ep.port),
+        let a = addr_keyword(self.family);
+        let dest = match backend.ip {
+            IpAddr::V4(ip) => format!("{ip}:{}", backend.port),
+            IpAddr::V6(ip) => format!("[{ip}]:{}", backend.port),
         };
-        let mut rules = vec![format!("{a} saddr {} jump mark-for-masquerade", ep.ip)];
+        // Hairpin: a pod reaching itself through the service must see another source.
+        let mut rules = vec![format!("{a} saddr {} jump mark-for-masquerade", backend.ip)];
         if let Some(timeout) = affinity {
             let set = affinity_set_name(&name);
             rules.push(format!("update @{set} {{ {a} saddr }}"));
@@ -386,24 +298,25 @@ impl ServiceRenderer<'_> {
         }
         rules.push(format!(
             "meta l4proto {} dnat to {dest}",
-            self.name.protocol.as_str()
+            self.plan.name.protocol
         ));
-        self.chain(&name, rules);
+        self.out.chains.insert(name.clone(), rules);
         name
     }
 
-    fn chain(&mut self, name: &str, rules: Vec<String>) {
-        self.out.chains.insert(name.to_owned(), rules);
+    /// `{prefix}-{hash of service and identity}-{readable service}`.
+    fn chain_name(&self, prefix: &str, identity: &str) -> String {
+        let hash = short_hash(&format!("{}|{identity}", self.plan.name));
+        format!("{prefix}-{hash}-{}", readable(&self.plan.name))
     }
 
-    fn element(&mut self, container: &'static str, key: String, value: &str) {
-        self.out
-            .elements
-            .get_mut(container)
-            .expect("declared")
-            .insert(key, Some(value.to_owned()));
+    fn element(&mut self, container: &'static str, key: String, value: String) {
+        self.out.elements.push((container, key, Some(value)));
     }
 }
+
+/// Mark bit meaning "masquerade this connection on the way out" (kube-proxy uses the same bit).
+pub const MASQUERADE_MARK: &str = "0x4000";
 
 fn frontend_key(ip: &IpAddr, proto: &str, port: u16) -> String {
     format!("{ip} . {proto} . {port}")
@@ -415,13 +328,25 @@ pub fn affinity_set_name(endpoint_chain: &str) -> String {
     format!("aff-{hash}")
 }
 
-/// `namespace/name/proto/portname` — kube-proxy's readable chain-name suffix.
-fn readable(name: &ServicePortName) -> String {
-    let mut s = format!("{}/{}/{}", name.namespace, name.name, name.protocol);
+/// `namespace/name/proto/portname` — kube-proxy's readable chain-name suffix — restricted to
+/// characters nft accepts in an unquoted name, and cut to [`READABLE_MAX`] bytes.
+pub fn readable(name: &ServicePortName) -> String {
+    let mut s = format!("{}/{}/{}", name.namespace(), name.name(), name.protocol);
     if !name.port_name.is_empty() {
         let _ = write!(s, "/{}", name.port_name);
     }
-    s
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    out.truncate(READABLE_MAX);
+    out
 }
 
 /// 8 base32 characters of FNV-1a 64: stable across builds and Rust versions (chain names must
@@ -436,4 +361,28 @@ pub fn short_hash(input: &str) -> String {
     (0..8)
         .map(|i| ALPHABET[((hash >> (i * 5)) & 31) as usize] as char)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_plan::Protocol;
+
+    #[test]
+    fn readable_names_are_safe_for_nft_and_short() {
+        let odd = ServicePortName::new(
+            "default",
+            "we b;\"x\ny\u{e9}",
+            "a".repeat(300),
+            Protocol::Tcp,
+        );
+        let name = readable(&odd);
+        assert!(name.len() <= READABLE_MAX, "{name}");
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/-_.".contains(c)),
+            "{name}"
+        );
+        assert!(name.starts_with("default/we_b__x_y_/tcp/aaa"), "{name}");
+    }
 }

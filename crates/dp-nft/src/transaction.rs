@@ -1,31 +1,29 @@
-//! Pure construction of `nft -f` scripts: a full resync of one family, or only the difference
-//! between what is programmed and what should be. Every script is applied as one atomic
-//! transaction by nft, so packets never see a half-updated table.
+//! Pure construction of `nft -f` scripts: a full resync of one family, or only what changed
+//! for some service ports. nft applies every script as one atomic transaction, so packets
+//! never see a half-updated table.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use crate::render::{Family, Rendered, element_containers};
+use sluice_plan::Family;
+
+use crate::render::{
+    Element, MASQUERADE_MARK, ServiceRules, addr_keyword, addr_type, element_containers,
+    table_family,
+};
 
 pub const TABLE: &str = "sluice";
-
-/// Mark bit meaning "masquerade this connection on the way out" (kube-proxy uses the same bit).
-pub const MASQUERADE_MARK: &str = "0x4000";
 
 /// What already exists in the kernel for one family, as read back by `restore`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Existing {
     pub chains: BTreeSet<String>,
     pub sets: BTreeSet<String>,
-    /// `(ip, port)` the found ruleset DNATs UDP service traffic to (its `ep-*` chains of UDP
-    /// service ports): the endpoints a previous agent programmed, so the first sync after a
-    /// restart can remove conntrack entries toward those that went away meanwhile.
-    pub udp_endpoints: BTreeSet<(std::net::IpAddr, u16)>,
 }
 
 /// Static chains: (name, base-chain declaration or empty, rules).
 fn base_chains(family: Family) -> Vec<(&'static str, &'static str, Vec<String>)> {
-    let a = family.addr_keyword();
+    let a = addr_keyword(family);
     vec![
         (
             "nat-prerouting",
@@ -110,192 +108,243 @@ pub fn is_base_chain(family: Family, name: &str) -> bool {
     base_chains(family).iter().any(|(n, _, _)| *n == name)
 }
 
+/// A transaction being built, in phases that keep every intermediate step valid: objects are
+/// created before anything refers to them, and unreferenced before they are deleted; a map key
+/// that moves to another value is deleted before it is added again.
 struct Script {
     prefix: String,
-    text: String,
+    add_sets: Vec<String>,
+    add_chains: Vec<String>,
+    flush_chains: Vec<String>,
+    add_rules: Vec<String>,
+    /// `flush map|set` lines (full resync only).
+    flush_containers: Vec<String>,
+    delete_elements: Vec<Element>,
+    add_elements: Vec<Element>,
+    delete_chains: Vec<String>,
+    delete_sets: Vec<String>,
 }
 
 impl Script {
     fn new(family: Family) -> Self {
         Self {
-            prefix: format!("{} {TABLE}", family.table_family()),
-            text: String::new(),
+            prefix: format!("{} {TABLE}", table_family(family)),
+            add_sets: Vec::new(),
+            add_chains: Vec::new(),
+            flush_chains: Vec::new(),
+            add_rules: Vec::new(),
+            flush_containers: Vec::new(),
+            delete_elements: Vec::new(),
+            add_elements: Vec::new(),
+            delete_chains: Vec::new(),
+            delete_sets: Vec::new(),
         }
     }
 
-    fn line(&mut self, verb: &str, rest: std::fmt::Arguments<'_>) {
-        let _ = writeln!(self.text, "{verb} {} {rest}", self.prefix);
+    fn affinity_set(&mut self, family: Family, name: &str, timeout: u32) {
+        self.add_sets.push(format!(
+            "add set {} {name} {{ type {} ; flags dynamic,timeout ; timeout {timeout}s ; }}",
+            self.prefix,
+            addr_type(family)
+        ));
     }
 
     fn rules(&mut self, chain: &str, rules: &[String]) {
         for rule in rules {
-            self.line("add rule", format_args!("{chain} {rule}"));
+            self.add_rules
+                .push(format!("add rule {} {chain} {rule}", self.prefix));
         }
     }
 
-    fn elements(&mut self, verb: &str, container: &str, items: &[String]) {
-        // Chunked so one line never grows unbounded with the cluster.
-        for chunk in items.chunks(1000) {
-            self.line(verb, format_args!("{container} {{ {} }}", chunk.join(", ")));
+    /// Adds the difference between two renderings of one service port.
+    fn service(&mut self, family: Family, old: &ServiceRules, new: &ServiceRules) {
+        for (name, timeout) in &new.affinity_sets {
+            if !old.affinity_sets.contains_key(name) {
+                self.affinity_set(family, name, *timeout);
+            }
+        }
+        for (name, rules) in &new.chains {
+            match old.chains.get(name) {
+                None => {
+                    self.add_chains.push(name.clone());
+                    self.rules(name, rules);
+                }
+                Some(before) if before != rules => {
+                    self.flush_chains.push(name.clone());
+                    self.rules(name, rules);
+                }
+                Some(_) => {}
+            }
+        }
+        for name in old.chains.keys().filter(|c| !new.chains.contains_key(*c)) {
+            // Flushed first, so nothing it jumps to is still referenced when that goes too.
+            self.flush_chains.push(name.clone());
+            self.delete_chains.push(name.clone());
+        }
+        self.elements(&old.elements, &new.elements);
+        for name in old
+            .affinity_sets
+            .keys()
+            .filter(|n| !new.affinity_sets.contains_key(*n))
+        {
+            self.delete_sets.push(name.clone());
+        }
+    }
+
+    /// Element changes: a changed value is a delete plus an add (nft refuses to overwrite a
+    /// map key).
+    fn elements(&mut self, old: &[Element], new: &[Element]) {
+        let before: BTreeSet<&Element> = old.iter().collect();
+        let after: BTreeSet<&Element> = new.iter().collect();
+        self.delete_elements
+            .extend(before.difference(&after).map(|e| (*e).clone()));
+        self.add_elements
+            .extend(after.difference(&before).map(|e| (*e).clone()));
+    }
+
+    fn finish(self) -> String {
+        let p = &self.prefix;
+        let mut text = String::new();
+        for line in &self.add_sets {
+            let _ = writeln!(text, "{line}");
+        }
+        for name in &self.add_chains {
+            let _ = writeln!(text, "add chain {p} {name}");
+        }
+        for name in &self.flush_chains {
+            let _ = writeln!(text, "flush chain {p} {name}");
+        }
+        for line in &self.add_rules {
+            let _ = writeln!(text, "{line}");
+        }
+        for line in &self.flush_containers {
+            let _ = writeln!(text, "{line}");
+        }
+        element_lines(&mut text, p, "delete element", &self.delete_elements);
+        element_lines(&mut text, p, "add element", &self.add_elements);
+        for name in &self.delete_chains {
+            let _ = writeln!(text, "delete chain {p} {name}");
+        }
+        for name in &self.delete_sets {
+            let _ = writeln!(text, "delete set {p} {name}");
+        }
+        text
+    }
+}
+
+/// Element commands grouped by container, chunked so one line never grows with the cluster.
+fn element_lines(text: &mut String, prefix: &str, verb: &str, elements: &[Element]) {
+    let mut sorted: Vec<&Element> = elements.iter().collect();
+    sorted.sort();
+    for group in sorted.chunk_by(|a, b| a.0 == b.0) {
+        let container = group[0].0;
+        for chunk in group.chunks(1000) {
+            let items: Vec<String> = chunk
+                .iter()
+                .map(|(_, key, value)| match (verb, value) {
+                    // A delete names the key only.
+                    ("add element", Some(v)) => format!("{key} : {v}"),
+                    _ => key.clone(),
+                })
+                .collect();
+            let _ = writeln!(text, "{verb} {prefix} {container} {{ {} }}", items.join(", "));
         }
     }
 }
 
-fn element_text(key: &str, value: &Option<String>) -> String {
-    match value {
-        Some(v) => format!("{key} : {v}"),
-        None => key.to_owned(),
+/// Only what changed: for each service port (old rendering, new rendering) and, when the node
+/// changed, the node-wide elements. Empty when nothing differs.
+pub fn delta<'a>(
+    family: Family,
+    services: impl IntoIterator<Item = (&'a ServiceRules, &'a ServiceRules)>,
+    node: Option<(&[Element], &[Element])>,
+) -> String {
+    let mut s = Script::new(family);
+    for (old, new) in services {
+        s.service(family, old, new);
     }
+    if let Some((old, new)) = node {
+        s.elements(old, new);
+    }
+    s.finish()
 }
 
 /// A complete resync of one family: declares the table and every static object (idempotent
 /// `add`), rewrites every chain and map, and deletes chains and sets that `existing` has but
-/// `desired` does not. No table flush: conntrack state and affinity sets survive.
-pub fn full(family: Family, desired: &Rendered, existing: &Existing) -> String {
-    let mut s = Script::new(family);
-    let _ = writeln!(s.text, "add table {}", s.prefix);
+/// the plan does not. No table flush: conntrack state and affinity sets survive.
+pub fn full<'a>(
+    family: Family,
+    services: impl IntoIterator<Item = &'a ServiceRules>,
+    node: &[Element],
+    existing: &Existing,
+) -> String {
+    let mut text = String::new();
+    let prefix = format!("{} {TABLE}", table_family(family));
+    let _ = writeln!(text, "add table {prefix}");
     for (name, kind, body) in element_containers(family) {
-        let _ = writeln!(s.text, "add {kind} {} {name} {body}", s.prefix);
-    }
-    for (name, timeout) in &desired.affinity_sets {
-        s.line(
-            "add set",
-            format_args!(
-                "{name} {{ type {} ; flags dynamic,timeout ; timeout {timeout}s ; }}",
-                family.addr_type()
-            ),
-        );
+        let _ = writeln!(text, "add {kind} {prefix} {name} {body}");
     }
     let bases = base_chains(family);
     for (name, decl, _) in &bases {
         if decl.is_empty() {
-            s.line("add chain", format_args!("{name}"));
+            let _ = writeln!(text, "add chain {prefix} {name}");
         } else {
-            s.line("add chain", format_args!("{name} {{ {decl} }}"));
+            let _ = writeln!(text, "add chain {prefix} {name} {{ {decl} }}");
         }
     }
-    for name in desired.chains.keys() {
-        s.line("add chain", format_args!("{name}"));
+    let mut s = Script::new(family);
+    for (name, _, rules) in &bases {
+        s.flush_chains.push((*name).to_owned());
+        s.rules(name, rules);
     }
-    let stale_chains: Vec<&String> = existing
+    let mut wanted_chains = BTreeSet::new();
+    let mut wanted_sets = BTreeSet::new();
+    let mut elements: Vec<Element> = node.to_vec();
+    for rules in services {
+        for (name, timeout) in &rules.affinity_sets {
+            s.affinity_set(family, name, *timeout);
+            wanted_sets.insert(name.clone());
+        }
+        for (name, chain_rules) in &rules.chains {
+            s.add_chains.push(name.clone());
+            s.flush_chains.push(name.clone());
+            s.rules(name, chain_rules);
+            wanted_chains.insert(name.clone());
+        }
+        elements.extend(rules.elements.iter().cloned());
+    }
+    for name in existing
         .chains
         .iter()
-        .filter(|c| !desired.chains.contains_key(*c) && !is_base_chain(family, c))
-        .collect();
-    for (name, _, _) in &bases {
-        s.line("flush chain", format_args!("{name}"));
-    }
-    for name in desired.chains.keys().chain(stale_chains.iter().copied()) {
-        s.line("flush chain", format_args!("{name}"));
-    }
-    for (name, _, rules) in &bases {
-        s.rules(name, rules);
-    }
-    for (name, rules) in &desired.chains {
-        s.rules(name, rules);
-    }
-    for (container, kind, _) in element_containers(family) {
-        let _ = writeln!(s.text, "flush {kind} {} {container}", s.prefix);
-        let items: Vec<String> = desired
-            .elements
-            .get(container)
-            .into_iter()
-            .flatten()
-            .map(|(k, v)| element_text(k, v))
-            .collect();
-        s.elements("add element", container, &items);
-    }
-    for name in stale_chains {
-        s.line("delete chain", format_args!("{name}"));
+        .filter(|c| !wanted_chains.contains(*c) && !is_base_chain(family, c))
+    {
+        s.flush_chains.push(name.clone());
+        s.delete_chains.push(name.clone());
     }
     for name in existing
         .sets
         .iter()
-        .filter(|n| n.starts_with("aff-") && !desired.affinity_sets.contains_key(*n))
+        .filter(|n| n.starts_with("aff-") && !wanted_sets.contains(*n))
     {
-        s.line("delete set", format_args!("{name}"));
+        s.delete_sets.push(name.clone());
     }
-    s.text
-}
-
-/// Only the difference between `old` (what is programmed) and `new`. Empty when equal.
-pub fn diff(family: Family, old: &Rendered, new: &Rendered) -> String {
-    let mut s = Script::new(family);
-    for (name, timeout) in &new.affinity_sets {
-        if !old.affinity_sets.contains_key(name) {
-            s.line(
-                "add set",
-                format_args!(
-                    "{name} {{ type {} ; flags dynamic,timeout ; timeout {timeout}s ; }}",
-                    family.addr_type()
-                ),
-            );
-        }
-    }
-    let added: Vec<&String> = new
-        .chains
-        .keys()
-        .filter(|c| !old.chains.contains_key(*c))
-        .collect();
-    let changed: Vec<&String> = new
-        .chains
+    // Maps are rewritten whole: flushed (after the rules that use them are in place) and
+    // refilled, all in the same transaction.
+    s.flush_containers = element_containers(family)
         .iter()
-        .filter(|(c, rules)| old.chains.get(*c).is_some_and(|r| r != *rules))
-        .map(|(c, _)| c)
+        .map(|(name, kind, _)| format!("flush {kind} {prefix} {name}"))
         .collect();
-    let removed: Vec<&String> = old
-        .chains
-        .keys()
-        .filter(|c| !new.chains.contains_key(*c))
-        .collect();
-    for name in &added {
-        s.line("add chain", format_args!("{name}"));
-    }
-    // Removed chains are flushed first so nothing they jump to is still referenced.
-    for name in changed.iter().chain(&removed) {
-        s.line("flush chain", format_args!("{name}"));
-    }
-    for name in added.iter().chain(&changed) {
-        s.rules(name, &new.chains[*name]);
-    }
-    let empty = BTreeMap::new();
-    let containers: BTreeSet<&&str> = old.elements.keys().chain(new.elements.keys()).collect();
-    for container in containers {
-        let before = old.elements.get(*container).unwrap_or(&empty);
-        let after = new.elements.get(*container).unwrap_or(&empty);
-        // A changed value is a delete plus an add (nft refuses to overwrite a map key).
-        let gone: Vec<String> = before
-            .iter()
-            .filter(|(k, v)| after.get(*k) != Some(*v))
-            .map(|(k, _)| k.clone())
-            .collect();
-        let new_items: Vec<String> = after
-            .iter()
-            .filter(|(k, v)| before.get(*k) != Some(*v))
-            .map(|(k, v)| element_text(k, v))
-            .collect();
-        s.elements("delete element", container, &gone);
-        s.elements("add element", container, &new_items);
-    }
-    for name in &removed {
-        s.line("delete chain", format_args!("{name}"));
-    }
-    for name in old
-        .affinity_sets
-        .keys()
-        .filter(|n| !new.affinity_sets.contains_key(*n))
-    {
-        s.line("delete set", format_args!("{name}"));
-    }
-    s.text
+    s.add_elements = elements;
+    text.push_str(&s.finish());
+    text
 }
 
 /// Removes both tables whether or not they exist (`add` first makes `delete` always valid).
 pub fn cleanup() -> String {
     let mut text = String::new();
     for family in Family::ALL {
-        let _ = writeln!(text, "add table {} {TABLE}", family.table_family());
-        let _ = writeln!(text, "delete table {} {TABLE}", family.table_family());
+        let _ = writeln!(text, "add table {} {TABLE}", table_family(family));
+        let _ = writeln!(text, "delete table {} {TABLE}", table_family(family));
     }
     text
 }

@@ -7,6 +7,7 @@ use std::process::Command;
 
 use sluice_dataplane::Dataplane;
 use sluice_dp_nft::{NftCommand, NftDataplane};
+use sluice_plan::PlanDelta;
 
 struct Netns(String);
 
@@ -55,11 +56,11 @@ fn unsafe_is_not_root() -> bool {
 #[test]
 fn apply_diff_restart_and_cleanup_in_the_kernel() {
     let Some(ns) = Netns::new("life") else { return };
-    let mut dp = NftDataplane::with_runner(NftCommand::in_netns(&ns.0));
+    let mut dp = NftDataplane::with_executor(NftCommand::in_netns(&ns.0));
     dp.restore().expect("restore on an empty namespace");
-    let desired = fixture::desired();
-    let stats = dp.apply(&desired, false).expect("first apply");
-    assert!(stats.full_sync);
+    let plan = fixture::plan();
+    let report = dp.resync(&plan).expect("first programming");
+    assert!(report.full_sync && report.failed.is_empty(), "{report:?}");
     let ruleset = ns.nft_list();
     assert!(ruleset.contains("dnat to 10.244.2.2:8080"), "{ruleset}");
     assert!(
@@ -68,36 +69,29 @@ fn apply_diff_restart_and_cleanup_in_the_kernel() {
     );
 
     // Incremental: drop one endpoint; only that endpoint's chain disappears.
-    let mut smaller = desired.clone();
-    smaller
-        .services
-        .values_mut()
-        .find(|s| s.port == 80)
-        .unwrap()
-        .cluster_endpoints
-        .retain(|e| e.ip.to_string() != "10.244.2.2");
-    let stats = dp.apply(&smaller, false).expect("incremental apply");
-    assert!(!stats.full_sync);
-    assert_eq!(stats.services_changed, 1);
-    assert!(stats.operations < 10, "{stats:?}");
+    let smaller = fixture::without_web_endpoint();
+    let report = dp
+        .apply(&PlanDelta::between(&plan, &smaller))
+        .expect("incremental apply");
+    assert!(!report.full_sync);
+    assert_eq!(report.services_changed, 1);
+    assert!(report.operations < 10, "{report:?}");
     let ruleset = ns.nft_list();
     assert!(
         !ruleset.contains("10.244.2.2:8080") && ruleset.contains("10.244.1.2:8080"),
         "{ruleset}"
     );
-    assert_eq!(
-        dp.apply(&smaller, false).expect("no-op apply").operations,
-        0
-    );
+    let report = dp.resync(&smaller).expect("resync with nothing to do");
+    assert_eq!(report.operations, 0, "{report:?}");
 
     // A new agent finds the table, reconciles without deleting it, and removes what is stale.
-    let mut restarted = NftDataplane::with_runner(NftCommand::in_netns(&ns.0));
+    let mut restarted = NftDataplane::with_executor(NftCommand::in_netns(&ns.0));
     restarted.restore().expect("restore");
     let mut without_front = smaller.clone();
-    without_front.services.retain(|k, _| k.name != "front");
+    without_front.services.retain(|k, _| k.name() != "front");
     restarted
-        .apply(&without_front, false)
-        .expect("reconciling apply");
+        .resync(&without_front)
+        .expect("reconciling resync");
     let ruleset = ns.nft_list();
     assert!(
         !ruleset.contains("shop/front"),
@@ -111,37 +105,62 @@ fn apply_diff_restart_and_cleanup_in_the_kernel() {
 }
 
 #[test]
-fn a_failed_transaction_leaves_the_previous_rules_and_forces_a_full_resync() {
+fn a_refused_change_is_reported_and_the_next_resync_repairs_everything() {
     let Some(ns) = Netns::new("fail") else { return };
-    let mut dp = NftDataplane::with_runner(NftCommand::in_netns(&ns.0));
+    let mut dp = NftDataplane::with_executor(NftCommand::in_netns(&ns.0));
     dp.restore().unwrap();
-    dp.apply(&fixture::desired(), false).unwrap();
-    // Someone deletes one of our chains behind our back: the next diff fails atomically...
+    let plan = fixture::plan();
+    dp.resync(&plan).unwrap();
+    // Someone deletes one of our tables behind our back: the change to web fails...
     let status = Command::new("ip")
         .args([
-            "netns", "exec", &ns.0, "nft", "delete", "table", "ip6", "sluice",
+            "netns", "exec", &ns.0, "nft", "delete", "table", "ip", "sluice",
         ])
         .status()
         .unwrap();
     assert!(status.success());
-    let mut changed = fixture::desired();
-    changed
-        .services
-        .values_mut()
-        .find(|s| s.port == 80)
-        .unwrap()
-        .cluster_endpoints
-        .pop();
-    let err = dp
-        .apply(&changed, false)
-        .expect_err("diff against a missing table fails");
-    assert!(err.to_string().contains("nft transaction"), "{err}");
+    let changed = fixture::without_web_endpoint();
+    let report = dp
+        .apply(&PlanDelta::between(&plan, &changed))
+        .expect("the other services are unaffected");
+    let failed: Vec<String> = report.failed.iter().map(|f| f.service.to_string()).collect();
+    assert_eq!(failed, vec!["shop/web:http/tcp"]);
     assert!(
-        ns.nft_list().contains("10.244.2.2:8080"),
-        "v4 table untouched by the failed transaction"
+        report.failed[0].reason.contains("nft -f"),
+        "the reason carries nft's message: {report:?}"
     );
-    // ...and the following apply is a full resync that repairs everything.
-    let stats = dp.apply(&changed, false).unwrap();
-    assert!(stats.full_sync);
-    assert!(ns.nft_list().contains("table ip6 sluice"));
+    assert!(
+        ns.nft_list().contains("[fd00:10:244:2::2]:8080"),
+        "the v6 table is untouched by the refused transaction"
+    );
+    // ...and the following resync rewrites everything.
+    let report = dp.resync(&changed).unwrap();
+    assert!(report.full_sync && report.failed.is_empty(), "{report:?}");
+    let ruleset = ns.nft_list();
+    assert!(ruleset.contains("table ip sluice"));
+    assert!(ruleset.contains("10.244.1.2:8080"), "{ruleset}");
+    assert!(!ruleset.contains("10.244.2.2:8080"), "{ruleset}");
+}
+
+#[test]
+fn restore_reads_back_udp_backends_of_unnamed_ports() {
+    let Some(ns) = Netns::new("back") else { return };
+    let mut dp = NftDataplane::with_executor(NftCommand::in_netns(&ns.0));
+    dp.restore().unwrap();
+    let mut s = fixture::snapshot();
+    fixture::add_service(&mut s, "kube-system", "dns", serde_json::json!({
+        "clusterIP": "10.96.0.53",
+        "ports": [{ "port": 53, "protocol": "UDP" }],
+    }));
+    fixture::add_slice(&mut s, "kube-system", "dns-1", "dns", "IPv4",
+        serde_json::json!([{ "port": 5353, "protocol": "UDP" }]), &[("10.244.1.9", "node-a")]);
+    dp.resync(&fixture::plan_of(&s)).unwrap();
+    let mut restarted = NftDataplane::with_executor(NftCommand::in_netns(&ns.0));
+    let restored = restarted.restore().unwrap();
+    let backends: Vec<String> = restored
+        .backends
+        .iter()
+        .map(|(p, ip, port)| format!("{p} {ip}:{port}"))
+        .collect();
+    assert_eq!(backends, vec!["udp 10.244.1.9:5353"]);
 }

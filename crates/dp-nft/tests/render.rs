@@ -4,10 +4,15 @@
 mod fixture;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use sluice_dp_nft::render::{Family, render};
+use serde_json::json;
+use sluice_dp_nft::render::{ServiceRules, render_node, render_service};
 use sluice_dp_nft::transaction::{self, Existing};
-use sluice_model::{DesiredState, Protocol, ServicePortState};
+use sluice_dp_nft::{FakeNft, NftDataplane};
+use sluice_dataplane::Dataplane;
+use sluice_model::Snapshot;
+use sluice_plan::{Family, Plan, PlanDelta};
 
 fn golden(name: &str, actual: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -26,52 +31,60 @@ fn golden(name: &str, actual: &str) {
     );
 }
 
+fn rules(plan: &Plan, family: Family) -> Vec<ServiceRules> {
+    plan.services
+        .values()
+        .map(|s| render_service(s, family))
+        .collect()
+}
+
+fn full(plan: &Plan, family: Family, existing: &Existing) -> String {
+    transaction::full(
+        family,
+        &rules(plan, family),
+        &render_node(&plan.node, family),
+        existing,
+    )
+}
+
+fn delta(before: &Plan, after: &Plan, family: Family) -> String {
+    let changes = PlanDelta::between(before, after);
+    let empty = ServiceRules::default();
+    let rendered: Vec<(ServiceRules, ServiceRules)> = changes
+        .services
+        .iter()
+        .map(|c| {
+            let r = |p: &Option<Arc<sluice_plan::ServicePlan>>| {
+                p.as_deref()
+                    .map(|p| render_service(p, family))
+                    .unwrap_or_else(|| empty.clone())
+            };
+            (r(&c.before), r(&c.after))
+        })
+        .collect();
+    transaction::delta(family, rendered.iter().map(|(a, b)| (a, b)), None)
+}
+
 #[test]
 fn full_resync_ipv4_matches_golden() {
-    let text = transaction::full(
-        Family::Ipv4,
-        &render(&fixture::desired(), Family::Ipv4),
-        &Existing::default(),
-    );
-    golden("full-ipv4.nft", &text);
+    golden("full-ipv4.nft", &full(&fixture::plan(), Family::V4, &Existing::default()));
 }
 
 #[test]
 fn full_resync_ipv6_matches_golden() {
-    let text = transaction::full(
-        Family::Ipv6,
-        &render(&fixture::desired(), Family::Ipv6),
-        &Existing::default(),
-    );
-    golden("full-ipv6.nft", &text);
+    golden("full-ipv6.nft", &full(&fixture::plan(), Family::V6, &Existing::default()));
 }
 
 #[test]
 fn removing_one_endpoint_matches_golden_diff() {
-    let before = fixture::desired();
-    let mut after = before.clone();
-    let web = after.services.values_mut().find(|s| s.port == 80).unwrap();
-    web.cluster_endpoints
-        .retain(|e| e.ip.to_string() != "10.244.2.2");
-    let text = transaction::diff(
-        Family::Ipv4,
-        &render(&before, Family::Ipv4),
-        &render(&after, Family::Ipv4),
-    );
+    let text = delta(&fixture::plan(), &fixture::without_web_endpoint(), Family::V4);
     golden("diff-remove-endpoint.nft", &text);
 }
 
 #[test]
-fn equal_states_give_an_empty_diff() {
-    let d = fixture::desired();
-    assert_eq!(
-        transaction::diff(
-            Family::Ipv4,
-            &render(&d, Family::Ipv4),
-            &render(&d, Family::Ipv4)
-        ),
-        ""
-    );
+fn equal_plans_give_an_empty_diff() {
+    let plan = fixture::plan();
+    assert_eq!(delta(&plan, &plan, Family::V4), "");
 }
 
 #[test]
@@ -80,11 +93,7 @@ fn full_resync_deletes_chains_found_at_restore_that_are_no_longer_wanted() {
     existing.chains.insert("svc-OLD00000-shop/gone/tcp".into());
     existing.chains.insert("services".into());
     existing.sets.insert("aff-OLD00000".into());
-    let text = transaction::full(
-        Family::Ipv4,
-        &render(&fixture::desired(), Family::Ipv4),
-        &existing,
-    );
+    let text = full(&fixture::plan(), Family::V4, &existing);
     assert!(text.contains("delete chain ip sluice svc-OLD00000-shop/gone/tcp\n"));
     assert!(text.contains("delete set ip sluice aff-OLD00000\n"));
     assert!(
@@ -97,87 +106,85 @@ fn full_resync_deletes_chains_found_at_restore_that_are_no_longer_wanted() {
     );
 }
 
-fn many_services(n: usize) -> DesiredState {
-    let mut d = DesiredState {
-        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
-        ..DesiredState::default()
-    };
+fn many_services(n: usize, port_of_4321: u16) -> Snapshot {
+    let mut s = Snapshot::default();
     for i in 0..n {
-        let eps = (0..3)
-            .map(|j| {
-                fixture::ep(
-                    &format!("10.{}.{}.{}", 100 + j, i / 250, i % 250 + 1),
-                    8080,
-                    "node-b",
-                    false,
-                )
-            })
+        let name = format!("svc-{i}");
+        fixture::add_service(&mut s, "bulk", &name, json!({
+            "type": "NodePort",
+            "clusterIP": format!("10.96.{}.{}", i / 250, i % 250 + 1),
+            "ports": [{ "name": "http", "port": 80, "nodePort": 30000 + (i % 2000) }],
+        }));
+        let port = if i == 4321 { port_of_4321 } else { 8080 };
+        let eps: Vec<String> = (0..3)
+            .map(|j| format!("10.{}.{}.{}", 100 + j, i / 250, i % 250 + 1))
             .collect();
-        d.services.insert(
-            fixture::name("bulk", &format!("svc-{i}"), "http", Protocol::Tcp),
-            ServicePortState {
-                port: 80,
-                cluster_ips: vec![fixture::ip(&format!("10.96.{}.{}", i / 250, i % 250 + 1))],
-                node_port: Some(30000 + (i % 2000) as u16),
-                cluster_endpoints: eps,
-                has_any_endpoints: true,
-                ..ServicePortState::default()
-            },
-        );
+        let eps: Vec<(&str, &str)> = eps.iter().map(|e| (e.as_str(), "node-b")).collect();
+        fixture::add_slice(&mut s, "bulk", &format!("{name}-1"), &name, "IPv4",
+            json!([{ "name": "http", "port": port }]), &eps);
     }
-    d
+    s
+}
+
+fn quiet_plan(s: &Snapshot) -> Plan {
+    // Two thousand node ports shared by ten thousand services: conflicts are expected here.
+    sluice_compute::compute(s, &fixture::node(), &fixture::config()).plan
 }
 
 #[test]
 fn one_endpoint_change_among_ten_thousand_services_is_a_small_transaction() {
-    let before = many_services(10_000);
-    let mut after = before.clone();
-    let svc = after.services.values_mut().nth(4321).unwrap();
-    svc.cluster_endpoints[1].port = 9090;
-    let full = transaction::full(
-        Family::Ipv4,
-        &render(&before, Family::Ipv4),
-        &Existing::default(),
-    );
-    let diff = transaction::diff(
-        Family::Ipv4,
-        &render(&before, Family::Ipv4),
-        &render(&after, Family::Ipv4),
-    );
+    let before = quiet_plan(&many_services(10_000, 8080));
+    let after = quiet_plan(&many_services(10_000, 9090));
+    let full_text = full(&before, Family::V4, &Existing::default());
+    let diff = delta(&before, &after, Family::V4);
     let diff_lines = diff.lines().count();
-    // New endpoint chain (add chain + 2 rules), re-dispatch of the cluster chain (flush + 1 rule),
-    // removal of the old endpoint chain (flush + delete).
-    assert!(diff_lines <= 10, "diff has {diff_lines} lines:\n{diff}");
+    // Three new endpoint chains (add + 2 rules each), the dispatch chain rewritten (flush +
+    // 3 rules), the three old endpoint chains flushed and deleted.
+    assert!(diff_lines <= 20, "diff has {diff_lines} lines:\n{diff}");
+    assert!(full_text.lines().count() > 100_000 / 2, "sanity: the full sync is large");
+    assert!(diff.contains("dnat to 10.101.17.72:9090"), "{diff}");
     assert!(
-        full.lines().count() > 100_000 / 2,
-        "sanity: the full sync is large"
-    );
-    assert!(diff.contains("dnat to 10.101."), "{diff}");
-    assert!(
-        !diff.contains("svc-") || diff.lines().all(|l| !l.contains("add rule ip sluice svc-")),
-        "service entry chain untouched"
+        diff.lines().all(|l| !l.contains("add rule ip sluice svc-")),
+        "service entry chain untouched:\n{diff}"
     );
 }
 
 #[test]
 fn adding_a_service_touches_only_its_own_objects() {
-    let before = many_services(1000);
-    let mut after = before.clone();
-    after.services.insert(
-        fixture::name("bulk", "new", "", Protocol::Udp),
-        ServicePortState {
-            port: 53,
-            cluster_ips: vec![fixture::ip("10.97.0.1")],
-            ..ServicePortState::default()
-        },
-    );
-    let diff = transaction::diff(
-        Family::Ipv4,
-        &render(&before, Family::Ipv4),
-        &render(&after, Family::Ipv4),
-    );
+    let before_snapshot = many_services(1000, 8080);
+    let mut after_snapshot = before_snapshot.clone();
+    fixture::add_service(&mut after_snapshot, "bulk", "new", json!({
+        "clusterIP": "10.97.0.1",
+        "ports": [{ "port": 53, "protocol": "UDP" }],
+    }));
+    let diff = delta(&quiet_plan(&before_snapshot), &quiet_plan(&after_snapshot), Family::V4);
     assert_eq!(
         diff,
         "add element ip sluice no-endpoint-services { 10.97.0.1 . udp . 53 : goto reject-chain }\n"
     );
+}
+
+#[test]
+fn a_refused_service_is_isolated_and_everything_else_applies() {
+    let fake = FakeNft::new();
+    let mut dp = NftDataplane::with_executor(fake.clone());
+    dp.restore().unwrap();
+    let before = fixture::plan();
+    dp.resync(&before).unwrap();
+    // The kernel refuses anything about the cache service (e.g. a module it lacks).
+    fake.state().poison.push("shop/cache".into());
+    let mut s = fixture::snapshot();
+    fixture::add_service(&mut s, "shop", "cache", json!({
+        "clusterIP": "10.96.0.31",
+        "ports": [{ "port": 6379 }],
+    }));
+    fixture::add_slice(&mut s, "shop", "web-v4", "web", "IPv4",
+        json!([{ "name": "http", "port": 8080 }]), &[("10.244.1.2", "node-a")]);
+    let after = fixture::plan_of(&s);
+    let report = dp.apply(&PlanDelta::between(&before, &after)).unwrap();
+    let failed: Vec<String> = report.failed.iter().map(|f| f.service.to_string()).collect();
+    assert_eq!(failed, vec!["shop/cache/tcp"]);
+    assert_eq!(report.services_changed, 1, "web applied: {report:?}");
+    let applied = fake.state().applied.join("");
+    assert!(applied.contains("delete chain ip sluice ep-"), "web's removed endpoint went:\n{applied}");
 }
