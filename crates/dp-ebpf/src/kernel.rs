@@ -18,7 +18,6 @@ use aya::programs::{
 };
 use aya::{Ebpf, EbpfLoader};
 use sluice_dataplane::DataplaneError;
-use sluice_model::DesiredState;
 
 use crate::maps::Maps;
 use crate::{BACKEND, EbpfConfig, SOCK_OBJ, TC_OBJ, XDP_OBJ, XdpMode, abi, kerr};
@@ -484,9 +483,9 @@ impl Kernel {
 
     /// Remembers the node addresses and attaches the tc programs to every wanted interface
     /// that does not have them yet (the watcher thread does the same when links change).
-    pub fn sync_interfaces(&mut self, desired: &DesiredState) {
+    pub fn sync_interfaces(&mut self, nodeport_addresses: &[IpAddr]) {
         let mut a = self.attacher();
-        a.addresses = desired.node_port_addresses.clone();
+        a.addresses = nodeport_addresses.to_vec();
         a.sync();
     }
 

@@ -15,6 +15,7 @@
 //! This avoids a port allocator in BPF at the cost of relying on nf_conntrack for that path.
 
 pub mod abi;
+mod dump;
 mod kernel;
 pub mod maglev;
 mod maps;
@@ -23,8 +24,10 @@ pub mod state;
 use std::fmt::Display;
 use std::path::PathBuf;
 
-use sluice_dataplane::{ApplyStats, Dataplane, DataplaneError};
-use sluice_model::DesiredState;
+use std::sync::Arc;
+
+use sluice_dataplane::{ApplyReport, Dataplane, DataplaneError, Restored};
+use sluice_plan::{Plan, PlanDelta};
 
 pub use kernel::{TestRun, find_cgroup2_root};
 
@@ -95,8 +98,8 @@ pub struct EbpfDataplane {
     /// What the agent-owned maps hold (read back by `restore`, then kept in step).
     current: Option<state::MapContent>,
     groups: state::Groups,
-    /// The last state applied, for change accounting.
-    last: Option<DesiredState>,
+    /// The plan programmed last (deltas are applied to it).
+    plan: Option<Plan>,
 }
 
 impl EbpfDataplane {
@@ -108,12 +111,18 @@ impl EbpfDataplane {
             kernel,
             current: None,
             groups: state::Groups::default(),
-            last: None,
+            plan: None,
         })
     }
 
     pub fn config(&self) -> &EbpfConfig {
         &self.config
+    }
+
+    /// The map entries `plan` translates to, as readable rows (what `sluice plan` shows).
+    pub fn render_plan(plan: &Plan) -> String {
+        let groups = state::assign_groups(plan, &state::Groups::default(), &Default::default());
+        dump::rows(&state::render(plan, &groups))
     }
 
     /// Runs a tc program once on `packet` (an Ethernet frame) through `BPF_PROG_TEST_RUN`,
@@ -131,6 +140,45 @@ impl EbpfDataplane {
     pub fn attached_interfaces(&self) -> Vec<(String, u32)> {
         self.kernel.attached_interfaces()
     }
+
+    /// Writes the difference between what the maps hold and `plan`.
+    fn program(&mut self, plan: &Plan, full: bool) -> Result<ApplyReport, DataplaneError> {
+        if self.current.is_none() || full {
+            // Compare with what the kernel really has: survives restarts and repairs drift.
+            self.current = Some(self.kernel.maps.read()?);
+        }
+        let current = self.current.take().unwrap_or_default();
+        let groups = state::assign_groups(plan, &self.groups, &current);
+        let want = state::render(plan, &groups);
+        let svc = state::diff_map(&current.svc, &want.svc);
+        let slot = state::diff_map(&current.slot, &want.slot);
+        let maglev = state::diff_map(&current.maglev, &want.maglev);
+        let src = state::diff_map(&current.src, &want.src);
+        let cidr = state::diff_map(&current.cidr, &want.cidr);
+        let operations = svc.len() + slot.len() + maglev.len() + src.len() + cidr.len();
+        if let Err(e) = self.kernel.maps.write(&svc, &slot, &maglev, &src, &cidr) {
+            // Partially written: re-read on the next apply.
+            self.current = None;
+            return Err(e);
+        }
+        self.current = Some(want);
+        self.groups = groups;
+        let wants_masq = plan.services.values().any(|s| {
+            s.frontends
+                .iter()
+                .any(|fe| matches!(fe.outside, sluice_plan::Route::Forward { masquerade: true, .. }))
+        });
+        self.kernel.sync_interfaces(&plan.node.nodeport_addresses);
+        if wants_masq {
+            self.kernel.ensure_masquerade();
+        }
+        Ok(ApplyReport {
+            services_changed: 0,
+            operations,
+            full_sync: full,
+            failed: Vec::new(),
+        })
+    }
 }
 
 impl Dataplane for EbpfDataplane {
@@ -138,7 +186,7 @@ impl Dataplane for EbpfDataplane {
         BACKEND
     }
 
-    fn restore(&mut self) -> Result<(), DataplaneError> {
+    fn restore(&mut self) -> Result<Restored, DataplaneError> {
         let content = self.kernel.maps.read()?;
         tracing::info!(
             frontends = content.svc.len(),
@@ -146,67 +194,49 @@ impl Dataplane for EbpfDataplane {
             maglev_slots = content.maglev.len(),
             "ebpf: restored pinned maps"
         );
+        let restored = Restored {
+            backends: state::connectionless_backends(&content),
+        };
         self.current = Some(content);
-        Ok(())
+        Ok(restored)
     }
 
-    fn apply(
-        &mut self,
-        desired: &DesiredState,
-        full_resync: bool,
-    ) -> Result<ApplyStats, DataplaneError> {
-        if self.current.is_none() || full_resync {
-            // Compare with what the kernel really has: survives restarts and repairs drift.
-            self.current = Some(self.kernel.maps.read()?);
-        }
-        let current = self.current.take().unwrap_or_default();
-        let groups = state::assign_groups(desired, &self.groups, &current);
-        let want = state::render(desired, &groups);
-        let svc = state::diff_map(&current.svc, &want.svc);
-        let slot = state::diff_map(&current.slot, &want.slot);
-        let maglev = state::diff_map(&current.maglev, &want.maglev);
-        let src = state::diff_map(&current.src, &want.src);
-        let cidr = state::diff_map(&current.cidr, &want.cidr);
-        let removed = state::removed_backends(&current, &want);
-        let ops = svc.len() + slot.len() + maglev.len() + src.len() + cidr.len();
-        if let Err(e) = self.kernel.maps.write(&svc, &slot, &maglev, &src, &cidr) {
-            // Partially written: re-read on the next apply.
-            self.current = None;
-            return Err(e);
-        }
-        let pruned = self.kernel.maps.prune(&removed);
-        self.current = Some(want);
-        self.groups = groups;
+    fn resync(&mut self, plan: &Plan) -> Result<ApplyReport, DataplaneError> {
+        let mut report = self.program(plan, true)?;
+        report.services_changed = plan.services.len();
+        self.plan = Some(plan.clone());
+        Ok(report)
+    }
 
-        let wants_masq = desired.services.values().any(|s| {
-            s.has_external_frontends()
-                && s.external_traffic_policy == sluice_model::TrafficPolicy::Cluster
-        });
-        self.kernel.sync_interfaces(desired);
-        if wants_masq {
-            self.kernel.ensure_masquerade();
+    fn apply(&mut self, delta: &PlanDelta) -> Result<ApplyReport, DataplaneError> {
+        let mut plan = self.plan.take().unwrap_or_default();
+        plan.node = Arc::clone(&delta.node);
+        for change in &delta.services {
+            match &change.after {
+                Some(after) => plan.services.insert(change.name.clone(), Arc::clone(after)),
+                None => plan.services.remove(&change.name),
+            };
         }
-
-        let services_changed =
-            sluice_dataplane::count_changed_services(self.last.as_ref(), desired);
-        self.last = Some(desired.clone());
-        tracing::debug!(ops, pruned, services_changed, "ebpf: applied");
-        Ok(ApplyStats {
-            services_changed,
-            operations: ops,
-            full_sync: full_resync,
-        })
+        if let Some(checks) = &delta.health_checks {
+            plan.health_checks = checks.clone();
+        }
+        let result = self.program(&plan, false);
+        self.plan = Some(plan);
+        let mut report = result?;
+        report.services_changed = delta.services.len();
+        let pruned = self.kernel.maps.prune(&delta.stale_flows);
+        tracing::debug!(operations = report.operations, pruned, "ebpf: applied");
+        Ok(report)
     }
 
     fn cleanup(&mut self) -> Result<(), DataplaneError> {
         self.kernel.stop_watcher();
         self.current = None;
-        self.last = None;
+        self.plan = None;
         self.groups = state::Groups::default();
         kernel::cleanup(&self.config)
     }
 }
-
 /// Removes everything under `config` without loading anything (`sluice agent --cleanup`
 /// when the backend cannot or need not be constructed).
 pub fn cleanup(config: &EbpfConfig) -> Result<(), DataplaneError> {

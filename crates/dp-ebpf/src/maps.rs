@@ -11,7 +11,8 @@ use crate::abi::{
     self, AffKey, AffVal, Backend, CidrKeyData, CtKey, CtVal, SlotKey, SrcKeyData, SvcKey, SvcVal,
 };
 use crate::kerr;
-use crate::state::{MapContent, MapDiff};
+use crate::state::{MapContent, MapDiff, ip_words};
+use sluice_plan::StaleFlow;
 
 pub struct Maps {
     pub svc: HashMap<MapData, SvcKey, SvcVal>,
@@ -131,26 +132,30 @@ impl Maps {
         Ok(())
     }
 
-    /// Drops UDP conntrack entries and affinity entries that lead to a removed backend, so
-    /// clients (DNS...) move to a live backend at once. TCP flows are left alone.
-    pub fn prune(&mut self, removed: &std::collections::BTreeSet<(u32, Backend)>) -> usize {
-        if removed.is_empty() {
+    /// Removes the datapath's conntrack and affinity entries of the stale flows compute
+    /// named (flows toward a backend that left), so clients move to a live backend at once.
+    pub fn prune(&mut self, flows: &[StaleFlow]) -> usize {
+        let gone: Vec<(u8, [u32; 4], u16)> = flows
+            .iter()
+            .filter_map(|flow| match flow {
+                StaleFlow::Backend { protocol, ip, port } => {
+                    Some((protocol.number(), ip_words(*ip).0, port.to_be()))
+                }
+                StaleFlow::Frontend { .. } => None,
+            })
+            .collect();
+        if gone.is_empty() {
             return 0;
         }
-        let is_removed = |group: u32, addr: [u32; 4], port: u16| {
-            removed
-                .iter()
-                .any(|(g, b)| *g == group && b.addr == addr && b.port == port)
+        let is_gone = |proto: u8, addr: [u32; 4], port: u16| {
+            gone.iter().any(|g| *g == (proto, addr, port))
         };
         let mut stale_ct = Vec::new();
         for (k, v) in self.ct.iter().flatten() {
-            if k.proto != 17 {
-                continue;
-            }
             let hit = if k.dir == abi::CT_DIR_ORIG {
-                is_removed(v.group, v.nat_addr, v.nat_port)
+                is_gone(k.proto, v.nat_addr, v.nat_port)
             } else {
-                is_removed(v.group, k.saddr, k.sport)
+                is_gone(k.proto, k.saddr, k.sport)
             };
             if hit {
                 stale_ct.push(k);
@@ -158,7 +163,10 @@ impl Maps {
         }
         let mut stale_aff = Vec::new();
         for (k, v) in self.aff.iter().flatten() {
-            if removed.contains(&(k.group, v.backend)) {
+            if gone
+                .iter()
+                .any(|(_, addr, port)| v.backend.addr == *addr && v.backend.port == *port)
+            {
                 stale_aff.push(k);
             }
         }

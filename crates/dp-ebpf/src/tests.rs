@@ -4,9 +4,7 @@ use std::collections::BTreeMap;
 use std::mem::{offset_of, size_of};
 use std::net::IpAddr;
 
-use sluice_model::{
-    DesiredState, Endpoint, Protocol, ServicePortName, ServicePortState, TrafficPolicy,
-};
+use sluice_plan::{Protocol, ServicePortName, SetName};
 
 use crate::abi::*;
 use crate::state::{self, GroupKind, Groups, MapContent};
@@ -156,22 +154,20 @@ fn layout_matches_btf() {
 
 // ---- rendering ----
 
+#[path = "../tests/common/shim.rs"]
+#[allow(dead_code)]
+mod shim;
+use shim::{DesiredState, Endpoint, ServicePortState, TrafficPolicy};
+
 fn name(n: &str, proto: Protocol) -> ServicePortName {
-    ServicePortName {
-        namespace: "default".into(),
-        name: n.into(),
-        port_name: String::new(),
-        protocol: proto,
-    }
+    ServicePortName::new("default", n, "", proto)
 }
 
 fn ep(ip: &str, port: u16, local: bool) -> Endpoint {
     Endpoint {
         ip: ip.parse().expect("ip"),
         port,
-        node_name: Some(if local { "node-a" } else { "node-b" }.into()),
         is_local: local,
-        ready: true,
     }
 }
 
@@ -180,16 +176,13 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn nodeport_service() -> ServicePortState {
-    let eps = vec![ep("10.244.1.2", 8080, true), ep("10.244.2.2", 8080, false)];
     ServicePortState {
         port: 80,
         cluster_ips: vec![ip("10.96.0.10")],
         node_port: Some(30080),
         load_balancer_ips: vec![ip("192.0.2.10")],
         load_balancer_source_ranges: vec!["198.51.100.0/24".parse().expect("cidr")],
-        local_endpoints: vec![eps[0].clone()],
-        cluster_endpoints: eps,
-        has_any_endpoints: true,
+        endpoints: vec![ep("10.244.1.2", 8080, true), ep("10.244.2.2", 8080, false)],
         ..Default::default()
     }
 }
@@ -197,6 +190,7 @@ fn nodeport_service() -> ServicePortState {
 fn desired_with(svc: ServicePortState) -> DesiredState {
     let mut d = DesiredState {
         node_port_addresses: vec![ip("172.18.0.2")],
+        cluster_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")],
         ..Default::default()
     };
     d.services.insert(name("web", Protocol::Tcp), svc);
@@ -204,8 +198,9 @@ fn desired_with(svc: ServicePortState) -> DesiredState {
 }
 
 fn render(d: &DesiredState) -> (Groups, MapContent) {
-    let g = state::assign_groups(d, &Groups::default(), &MapContent::default());
-    let c = state::render(d, &g);
+    let plan = d.plan();
+    let g = state::assign_groups(&plan, &Groups::default(), &MapContent::default());
+    let c = state::render(&plan, &g);
     (g, c)
 }
 
@@ -221,7 +216,7 @@ fn svc_key(addr: &str, port: u16, scope: u8) -> SvcKey {
 #[test]
 fn renders_every_frontend_with_its_flags() {
     let (g, c) = render(&desired_with(nodeport_service()));
-    // ClusterIP (both scopes) + nodeport and LB IP in both scopes.
+    // ClusterIP, node port and LB IP, each in both scopes.
     assert_eq!(c.svc.len(), 6);
     let cip_ext = c.svc[&svc_key("10.96.0.10", 80, SCOPE_EXT)];
     assert_eq!(
@@ -237,12 +232,19 @@ fn renders_every_frontend_with_its_flags() {
     assert_eq!(lb_ext.flags, SVC_MAGLEV | SVC_MASQ | SVC_SRC_RANGES);
     assert_eq!(np_ext.group, lb_ext.group);
     assert_eq!(
-        g.ids[&(name("web", Protocol::Tcp), GroupKind::External, FAMILY_V4)],
+        g.ids[&(
+            name("web", Protocol::Tcp),
+            GroupKind::Maglev(SetName::Cluster),
+            FAMILY_V4
+        )],
         np_ext.group
     );
-    // Maglev table for the external group, plain slots for the socket groups.
+    // The node's own address is outside the source ranges: node-local clients are refused.
+    let lb_sock = c.svc[&svc_key("192.0.2.10", 80, SCOPE_SOCK)];
+    assert_eq!((lb_sock.count, lb_sock.flags & SVC_REJECT), (0, 0));
+    // One Maglev table for the external group, one slot group shared by the random entries.
     assert_eq!(c.maglev.len(), MAGLEV_M as usize);
-    assert_eq!(c.slot.len(), 4);
+    assert_eq!(c.slot.len(), 2);
     assert_eq!(c.src.len(), 1);
     let ((plen, data), _) = c.src.iter().next().expect("range");
     assert_eq!(*plen, 64 + 24);
@@ -270,14 +272,14 @@ fn local_policy_uses_local_endpoints_without_masquerade() {
 #[test]
 fn no_endpoints_rejects_and_remote_only_drops() {
     let mut svc = nodeport_service();
-    svc.cluster_endpoints.clear();
-    svc.local_endpoints.clear();
-    svc.has_any_endpoints = false;
-    let (_, c) = render(&desired_with(svc.clone()));
+    svc.endpoints.clear();
+    let (_, c) = render(&desired_with(svc));
     let v = c.svc[&svc_key("10.96.0.10", 80, SCOPE_SOCK)];
     assert_eq!((v.count, v.flags & SVC_REJECT), (0, SVC_REJECT));
 
-    svc.has_any_endpoints = true;
+    let mut svc = nodeport_service();
+    svc.internal_traffic_policy = TrafficPolicy::Local;
+    svc.endpoints = vec![ep("10.244.2.2", 8080, false)];
     let (_, c) = render(&desired_with(svc));
     let v = c.svc[&svc_key("10.96.0.10", 80, SCOPE_SOCK)];
     assert_eq!((v.count, v.flags & SVC_REJECT), (0, 0));
@@ -286,16 +288,17 @@ fn no_endpoints_rejects_and_remote_only_drops() {
 #[test]
 fn one_endpoint_change_touches_few_entries() {
     let mut svc = nodeport_service();
-    svc.cluster_endpoints = (1..=10)
+    svc.endpoints = (1..=10)
         .map(|i| ep(&format!("10.244.2.{i}"), 8080, false))
         .collect();
     let d1 = desired_with(svc.clone());
     let (g1, c1) = render(&d1);
-    svc.cluster_endpoints.remove(4);
+    svc.endpoints.remove(4);
     let d2 = desired_with(svc);
-    let g2 = state::assign_groups(&d2, &g1, &c1);
+    let plan2 = d2.plan();
+    let g2 = state::assign_groups(&plan2, &g1, &c1);
     assert_eq!(g1, g2, "group ids are stable");
-    let c2 = state::render(&d2, &g2);
+    let c2 = state::render(&plan2, &g2);
     let maglev = state::diff_map(&c1.maglev, &c2.maglev);
     assert!(maglev.delete.is_empty());
     // The removed backend owned ~M/10 slots; Maglev moves little else.
@@ -305,9 +308,13 @@ fn one_endpoint_change_touches_few_entries() {
         maglev.upsert.len()
     );
     let svc_diff = state::diff_map(&c1.svc, &c2.svc);
-    // ClusterIP, NodePort and LB IP (both scopes) all use cluster endpoints: only counts change.
-    assert_eq!(svc_diff.upsert.len(), 6);
+    // Only backend counts change on frontends.
     assert!(svc_diff.delete.is_empty());
+    for (key, after) in &svc_diff.upsert {
+        let before = c1.svc[key];
+        assert_eq!((before.count, after.count), (10, 9), "{key:?}");
+        assert_eq!((before.group, before.flags), (after.group, after.flags));
+    }
     let removed = state::removed_backends(&c1, &c2);
     assert!(!removed.is_empty());
     assert!(
@@ -322,8 +329,9 @@ fn restart_reuses_group_ids_from_kernel_content() {
     let d = desired_with(nodeport_service());
     let (_, c) = render(&d);
     // A new process knows nothing but what the maps hold.
-    let g = state::assign_groups(&d, &Groups::default(), &c);
-    let again = state::render(&d, &g);
+    let plan = d.plan();
+    let g = state::assign_groups(&plan, &Groups::default(), &c);
+    let again = state::render(&plan, &g);
     assert_eq!(again, c);
     assert!(state::diff_map(&c.svc, &again.svc).is_empty());
 }
@@ -341,7 +349,7 @@ fn new_service_never_reuses_an_id_still_in_the_kernel() {
     other.node_port = Some(30099);
     other.load_balancer_ips.clear();
     d2.services.insert(name("other", Protocol::Tcp), other);
-    let g2 = state::assign_groups(&d2, &Groups::default(), &c);
+    let g2 = state::assign_groups(&d2.plan(), &Groups::default(), &c);
     let old: std::collections::BTreeSet<u32> = c.svc.values().map(|v| v.group).collect();
     assert!(g2.ids.values().all(|id| !old.contains(id)));
 }
@@ -350,7 +358,7 @@ fn new_service_never_reuses_an_id_still_in_the_kernel() {
 fn families_get_their_own_groups() {
     let mut svc = nodeport_service();
     svc.cluster_ips.push(ip("fd00::10"));
-    svc.cluster_endpoints.push(ep("fd00:244::2", 8080, false));
+    svc.endpoints.push(ep("fd00:244::2", 8080, false));
     let (_, c) = render(&desired_with(svc));
     let v4 = c.svc[&svc_key("10.96.0.10", 80, SCOPE_SOCK)];
     let v6 = c.svc[&svc_key("fd00::10", 80, SCOPE_SOCK)];
@@ -366,17 +374,15 @@ fn restart_with_two_dual_stack_services_rewrites_nothing() {
     other.cluster_ips = vec![ip("10.96.0.11")];
     other.node_port = Some(30090);
     other.load_balancer_ips.clear();
-    for e in other
-        .cluster_endpoints
-        .iter_mut()
-        .chain(other.local_endpoints.iter_mut())
-    {
+    other.load_balancer_source_ranges.clear();
+    for e in &mut other.endpoints {
         e.port = 9090;
     }
-    other.cluster_endpoints.push(ep("fd78::2", 9090, true));
+    other.endpoints.push(ep("fd78::2", 9090, true));
     d.services.insert(name("lines", Protocol::Tcp), other);
     let (g1, c) = render(&d);
-    let g2 = state::assign_groups(&d, &Groups::default(), &c);
+    let plan = d.plan();
+    let g2 = state::assign_groups(&plan, &Groups::default(), &c);
     assert_eq!(g1, g2);
-    assert_eq!(state::render(&d, &g2), c);
+    assert_eq!(state::render(&plan, &g2), c);
 }

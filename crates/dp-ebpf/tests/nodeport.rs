@@ -15,7 +15,7 @@ use anyhow::Result;
 use common::*;
 use sluice_dataplane::Dataplane;
 use sluice_dp_ebpf::EbpfDataplane;
-use sluice_model::{DesiredState, Protocol, ServicePortState, TrafficPolicy};
+use sluice_plan::Protocol;
 
 // Drop order: dataplane pins first, then cgroup, then namespaces.
 struct Topo {
@@ -98,14 +98,16 @@ fn desired(etp: TrafficPolicy, with_endpoint: bool, ranges: &[&str]) -> DesiredS
         spn("web", Protocol::Tcp),
         ServicePortState {
             port: 80,
-            cluster_ips: vec!["10.96.0.10".parse().expect("ip")],
+            // Dual-stack: NodePorts are served in the families the Service has.
+            cluster_ips: vec![
+                "10.96.0.10".parse().expect("ip"),
+                "fd96::10".parse().expect("ip"),
+            ],
             node_port: Some(30080),
             load_balancer_ips: vec!["10.77.0.100".parse().expect("ip")],
             load_balancer_source_ranges: ranges.iter().map(|r| r.parse().expect("cidr")).collect(),
             external_traffic_policy: etp,
-            has_any_endpoints: with_endpoint,
-            local_endpoints: eps.clone(),
-            cluster_endpoints: eps,
+            endpoints: eps,
             ..Default::default()
         },
     );
@@ -113,7 +115,8 @@ fn desired(etp: TrafficPolicy, with_endpoint: bool, ranges: &[&str]) -> DesiredS
 }
 
 fn apply(t: &Topo, dp: &mut EbpfDataplane, d: &DesiredState) -> Result<()> {
-    in_ns(&t.node.name, || dp.apply(d, false))?;
+    let plan = d.plan();
+    in_ns(&t.node.name, || dp.resync(&plan))?;
     Ok(())
 }
 
@@ -236,11 +239,7 @@ fn with_lines_port(mut d: DesiredState) -> DesiredState {
     svc.cluster_ips = vec!["10.96.0.11".parse().expect("ip")];
     svc.node_port = Some(30090);
     svc.load_balancer_ips.clear();
-    for ep in svc
-        .cluster_endpoints
-        .iter_mut()
-        .chain(svc.local_endpoints.iter_mut())
-    {
+    for ep in &mut svc.endpoints {
         ep.port = 9090;
     }
     d.services.insert(spn("lines", Protocol::Tcp), svc);
@@ -270,7 +269,7 @@ fn forwarding_continues_while_the_agent_is_down() -> Result<()> {
     );
     let mut dp = new_dp(&t)?;
     in_ns(&t.node.name, || dp.restore())?;
-    let stats = in_ns(&t.node.name, || dp.apply(&d, false))?;
+    let stats = in_ns(&t.node.name, || dp.resync(&d.plan()))?;
     assert_eq!(
         stats.operations, 0,
         "restart with the same state rewrites nothing"

@@ -10,7 +10,7 @@ use anyhow::Result;
 use common::*;
 use sluice_dataplane::Dataplane;
 use sluice_dp_ebpf::EbpfDataplane;
-use sluice_model::{DesiredState, Protocol, ServicePortState};
+use sluice_plan::Protocol;
 
 const TCP_CLIENT: &str = "
 import socket
@@ -69,9 +69,7 @@ fn web(endpoints: &[(&str, u16)], affinity: Option<u32>) -> DesiredState {
             port: 80,
             cluster_ips: vec!["10.96.0.10".parse().expect("ip")],
             session_affinity_timeout: affinity,
-            has_any_endpoints: !eps.is_empty(),
-            local_endpoints: eps.clone(),
-            cluster_endpoints: eps,
+            endpoints: eps,
             ..Default::default()
         },
     );
@@ -80,8 +78,7 @@ fn web(endpoints: &[(&str, u16)], affinity: Option<u32>) -> DesiredState {
         ServicePortState {
             port: 53,
             cluster_ips: vec!["10.96.0.53".parse().expect("ip")],
-            has_any_endpoints: true,
-            cluster_endpoints: vec![ep("10.0.0.2", 5353, true)],
+            endpoints: vec![ep("10.0.0.2", 5353, true)],
             ..Default::default()
         },
     );
@@ -101,7 +98,7 @@ fn clusterip_tcp_reaches_every_backend_and_hides_it() -> Result<()> {
     let s = setup()?;
     let mut dp = EbpfDataplane::new(s.config.clone())?;
     dp.restore()?;
-    dp.apply(&two_backends(), false)?;
+    dp.resync(&two_backends().plan())?;
 
     let mut seen = BTreeSet::new();
     for _ in 0..20 {
@@ -134,7 +131,7 @@ fn clusterip_udp_unconnected_reply_comes_from_the_service() -> Result<()> {
     }
     let s = setup()?;
     let mut dp = EbpfDataplane::new(s.config.clone())?;
-    dp.apply(&two_backends(), false)?;
+    dp.resync(&two_backends().plan())?;
     let out = s.cg.python(
         &s.ns,
         "
@@ -159,10 +156,7 @@ fn session_affinity_sticks_to_one_backend() -> Result<()> {
     }
     let s = setup()?;
     let mut dp = EbpfDataplane::new(s.config.clone())?;
-    dp.apply(
-        &web(&[("10.0.0.2", 8080), ("10.0.0.3", 8080)], Some(300)),
-        false,
-    )?;
+    dp.resync(&web(&[("10.0.0.2", 8080), ("10.0.0.3", 8080)], Some(300)).plan())?;
     let mut seen = BTreeSet::new();
     for _ in 0..10 {
         let out = s.cg.python(&s.ns, TCP_CLIENT)?;
@@ -186,7 +180,7 @@ fn service_without_endpoints_is_refused() -> Result<()> {
     }
     let s = setup()?;
     let mut dp = EbpfDataplane::new(s.config.clone())?;
-    dp.apply(&web(&[], None), false)?;
+    dp.resync(&web(&[], None).plan())?;
     let start = std::time::Instant::now();
     let out = s.cg.python(&s.ns, TCP_CLIENT)?;
     assert_eq!(
@@ -212,7 +206,7 @@ fn forwarding_survives_the_agent_and_restore_is_incremental() -> Result<()> {
     {
         let mut dp = EbpfDataplane::new(s.config.clone())?;
         dp.restore()?;
-        let stats = dp.apply(&two_backends(), false)?;
+        let stats = dp.resync(&two_backends().plan())?;
         assert!(stats.operations > 0);
     } // the "agent" is gone: programs and maps stay pinned
     let out = s.cg.python(&s.ns, TCP_CLIENT)?;
@@ -220,7 +214,7 @@ fn forwarding_survives_the_agent_and_restore_is_incremental() -> Result<()> {
 
     let mut dp = EbpfDataplane::new(s.config.clone())?;
     dp.restore()?;
-    let stats = dp.apply(&two_backends(), false)?;
+    let stats = dp.resync(&two_backends().plan())?;
     assert_eq!(
         stats.operations, 0,
         "restart with the same state rewrites nothing"
@@ -235,7 +229,7 @@ fn forwarding_survives_the_agent_and_restore_is_incremental() -> Result<()> {
         1
     );
 
-    let stats = dp.apply(&web(&[("10.0.0.3", 8080)], None), false)?;
+    let stats = dp.resync(&web(&[("10.0.0.3", 8080)], None).plan())?;
     // Slot 0 now holds be-b, slot 1 is deleted, the count is updated on the ClusterIP entry
     // (socket and external scope): nothing else.
     assert_eq!(stats.operations, 4, "{stats:?}");
@@ -265,9 +259,9 @@ fn dual_stack_and_v4_mapped_sockets() -> Result<()> {
     let mut d = web(&[("10.0.0.2", 8080)], None);
     if let Some(svc) = d.services.get_mut(&spn("web", Protocol::Tcp)) {
         svc.cluster_ips.push("fd00:96::10".parse()?);
-        svc.cluster_endpoints.push(ep("fd00::2", 8080, true));
+        svc.endpoints.push(ep("fd00::2", 8080, true));
     }
-    dp.apply(&d, false)?;
+    dp.resync(&d.plan())?;
     let client = |addr: &str| {
         format!(
             "

@@ -8,9 +8,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::Result;
 use common::*;
-use sluice_dataplane::Dataplane;
 use sluice_dp_ebpf::{EbpfDataplane, TestRun, abi};
-use sluice_model::{DesiredState, Endpoint, Protocol, ServicePortState, TrafficPolicy};
+use sluice_plan::Protocol;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -100,7 +99,6 @@ fn frame(proto: Protocol, src: (&str, u16), dst: (&str, u16), payload: &[u8]) ->
 }
 
 fn service(eps: Vec<Endpoint>, etp: TrafficPolicy) -> ServicePortState {
-    let local: Vec<_> = eps.iter().filter(|e| e.is_local).cloned().collect();
     ServicePortState {
         port: 80,
         cluster_ips: vec!["10.96.0.10".parse().expect("ip")],
@@ -108,9 +106,7 @@ fn service(eps: Vec<Endpoint>, etp: TrafficPolicy) -> ServicePortState {
         load_balancer_ips: vec![LB_IP.parse().expect("ip")],
         load_balancer_source_ranges: vec!["198.51.100.0/24".parse().expect("cidr")],
         external_traffic_policy: etp,
-        has_any_endpoints: !eps.is_empty(),
-        local_endpoints: local,
-        cluster_endpoints: eps,
+        endpoints: eps,
         ..Default::default()
     }
 }
@@ -124,9 +120,17 @@ fn desired(proto: Protocol, svc: ServicePortState) -> DesiredState {
     d
 }
 
+/// NodePorts are served in the families a Service has cluster IPs of.
+fn add_v6_cluster_ip(d: &mut DesiredState) {
+    for svc in d.services.values_mut() {
+        svc.cluster_ips.push("fd00:96::10".parse().expect("ip"));
+    }
+}
+
 /// A dataplane in its own namespace (its masquerade table must not touch the host).
 struct Fixture {
     dp: Option<EbpfDataplane>,
+    programmer: Programmer,
     _guard: PinGuard,
     _cg: TestCgroup,
     ns: Netns,
@@ -144,6 +148,7 @@ impl Fixture {
         let dp = in_ns(&ns.name, || EbpfDataplane::new(config))?;
         Ok(Fixture {
             dp: Some(dp),
+            programmer: Programmer::default(),
             _guard: guard,
             _cg: cg,
             ns,
@@ -152,7 +157,8 @@ impl Fixture {
 
     fn apply(&mut self, d: &DesiredState) -> Result<()> {
         let dp = self.dp.as_mut().expect("dp");
-        in_ns(&self.ns.name, || dp.apply(d, false))?;
+        let programmer = &mut self.programmer;
+        in_ns(&self.ns.name, || programmer.program(dp, d))?;
         Ok(())
     }
 
@@ -404,6 +410,7 @@ fn ipv6_nodeport_dnat_and_reverse_nat() -> Result<()> {
         ),
     );
     d.node_port_addresses.push("2001:db8::11".parse()?);
+    add_v6_cluster_ip(&mut d);
     fx.apply(&d)?;
     let client = "2001:db8::100";
     let syn = frame(Protocol::Tcp, (client, 40000), ("2001:db8::11", 30080), b"");
@@ -437,10 +444,11 @@ fn ipv6_nodeport_dnat_and_reverse_nat() -> Result<()> {
         fx.run(true, &reply)?.packet,
         frame(Protocol::Tcp, ("2001:db8::11", 30080), (client, 40000), b"")
     );
-    // An IPv4 frontend never sends to an IPv6 backend: the service has endpoints, none of
-    // this family, so it drops (kube-proxy's "no usable endpoints" case).
+    // An IPv4 frontend never sends to an IPv6 backend: IPv4 has no endpoint at all, so, as in
+    // kube-proxy's IPv4 proxier, it is rejected (left untranslated for the stack to refuse).
     let v4 = frame(Protocol::Tcp, (CLIENT, 40000), (NODE, 30080), b"");
-    assert_eq!(fx.run(false, &v4)?.verdict, TC_ACT_SHOT);
+    let out = fx.run(false, &v4)?;
+    assert_eq!((out.verdict, &out.packet), (TC_ACT_OK, &v4));
     Ok(())
 }
 
@@ -521,6 +529,7 @@ fn xdp_ipv6_dnat() -> Result<()> {
         ),
     );
     d.node_port_addresses.push("2001:db8::11".parse()?);
+    add_v6_cluster_ip(&mut d);
     fx.apply(&d)?;
     let syn = frame(
         Protocol::Tcp,

@@ -12,8 +12,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use sluice_dp_ebpf::{EbpfConfig, XdpMode, find_cgroup2_root};
-use sluice_model::{Endpoint, Protocol, ServicePortName};
+use sluice_dp_ebpf::{EbpfConfig, EbpfDataplane, XdpMode, find_cgroup2_root};
+use sluice_plan::{Protocol, ServicePortName};
+
+mod shim;
+pub use shim::*;
+
+use sluice_compute::Planner;
+use sluice_dataplane::{ApplyReport, Dataplane};
+use sluice_model::ChangeSet;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -327,21 +334,14 @@ impl Drop for PinGuard {
 }
 
 pub fn spn(name: &str, proto: Protocol) -> ServicePortName {
-    ServicePortName {
-        namespace: "default".into(),
-        name: name.into(),
-        port_name: String::new(),
-        protocol: proto,
-    }
+    ServicePortName::new("default", name, "", proto)
 }
 
 pub fn ep(ip: &str, port: u16, local: bool) -> Endpoint {
     Endpoint {
         ip: ip.parse().expect("ip"),
         port,
-        node_name: Some(if local { "node-a" } else { "node-b" }.into()),
         is_local: local,
-        ready: true,
     }
 }
 
@@ -391,4 +391,29 @@ pub fn ifindex(name: &str) -> u32 {
     let c = std::ffi::CString::new(name).expect("name");
     // SAFETY: `c` is a valid NUL-terminated string.
     unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+/// Programs a dataplane the way the agent does: the first state by `resync`, every later one
+/// as the planner's delta (with its stale flows).
+#[derive(Default)]
+pub struct Programmer {
+    planner: Option<Planner>,
+}
+
+impl Programmer {
+    pub fn program(&mut self, dp: &mut EbpfDataplane, d: &DesiredState) -> Result<ApplyReport> {
+        match self.planner.as_mut() {
+            None => {
+                let mut planner = Planner::new(d.config());
+                planner.update(&d.snapshot(), &ChangeSet::everything(), &d.node());
+                let report = dp.resync(planner.plan())?;
+                self.planner = Some(planner);
+                Ok(report)
+            }
+            Some(planner) => {
+                let delta = planner.update(&d.snapshot(), &ChangeSet::everything(), &d.node());
+                Ok(dp.apply(&delta)?)
+            }
+        }
+    }
 }
