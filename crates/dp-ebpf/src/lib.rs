@@ -16,6 +16,7 @@
 
 pub mod abi;
 mod kernel;
+mod links;
 pub mod maglev;
 mod maps;
 pub mod state;
