@@ -144,6 +144,9 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
         health: Arc::clone(&health),
         ingress: ingress.clone(),
         k8s_client,
+        local_addresses: interfaces::LocalAddresses::new(
+            Arc::new(sluice_hostnet::RtNetlink::new()),
+        ),
     };
     let sync_task = tokio::spawn(sync_loop.run(snapshot_rx, shutdown_rx.clone()));
 

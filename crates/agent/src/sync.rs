@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::cli::AgentConfig;
 use crate::health::{HealthState, ServiceHealthServers};
-use crate::interfaces::local_addresses;
+use crate::interfaces::LocalAddresses;
 use crate::metrics::Metrics;
 
 pub struct SyncLoop {
@@ -24,6 +24,7 @@ pub struct SyncLoop {
     pub health: Arc<HealthState>,
     pub ingress: Option<Arc<sluice_ingress::IngressProxy>>,
     pub k8s_client: Option<kube::Client>,
+    pub local_addresses: LocalAddresses,
 }
 
 /// Logs each distinct warning once, and again only after it went away and came back.
@@ -89,7 +90,7 @@ impl SyncLoop {
             let node = sluice_compute::node_info(
                 &self.config.node_name,
                 node_object.map(|n| n.as_ref()),
-                &local_addresses(),
+                &self.local_addresses.current(),
             );
             let computed = sluice_compute::compute(&snapshot, &node, &self.config.compute);
             service_warnings.update(
@@ -320,6 +321,7 @@ mod tests {
             metrics: Arc::new(Metrics::new(None)),
             ingress: None,
             k8s_client: None,
+            local_addresses: LocalAddresses::new(Arc::new(sluice_hostnet::FakeHostNetwork::new())),
         };
         let (tx, rx) = watch::channel(None);
         let (stop_tx, stop_rx) = watch::channel(false);

@@ -2,14 +2,12 @@
 //! `BPF_PROG_TEST_RUN`: everything that talks to the kernel apart from map contents.
 
 use std::collections::BTreeMap;
-use std::ffi::CStr;
 use std::fs::File;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use aya::programs::links::{FdLink, PinnedLink};
@@ -18,7 +16,9 @@ use aya::programs::{
 };
 use aya::{Ebpf, EbpfLoader};
 use sluice_dataplane::DataplaneError;
+use sluice_hostnet::{HostNetwork, RtNetlink};
 
+use crate::links::{Watcher, wanted_interfaces};
 use crate::maps::Maps;
 use crate::{BACKEND, EbpfConfig, SOCK_OBJ, TC_OBJ, XDP_OBJ, XdpMode, abi, kerr};
 
@@ -60,137 +60,8 @@ struct Attacher {
     /// `--interfaces` when given; else the interfaces carrying `addresses`.
     interfaces: Vec<String>,
     addresses: Vec<IpAddr>,
-}
-
-struct Watcher {
-    stop: Arc<AtomicBool>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Watcher {
-    /// Starts a thread that listens to rtnetlink link and address events and re-runs the
-    /// attacher on each, so links that appear (or get a node address) later are covered
-    /// without waiting for the next apply. The thread inherits the caller's network
-    /// namespace. Without a netlink socket it falls back to the apply-time check only.
-    fn spawn(attacher: Arc<Mutex<Attacher>>) -> Option<Watcher> {
-        let sock = match NetlinkEvents::open() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "ebpf: no rtnetlink events; new links are picked up on apply");
-                return None;
-            }
-        };
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = Arc::clone(&stop);
-        let handle = std::thread::Builder::new()
-            .name("sluice-ebpf-links".into())
-            .spawn(move || {
-                while !stop2.load(Ordering::Relaxed) {
-                    if sock.wait_event() {
-                        let mut a = attacher.lock().unwrap_or_else(|p| p.into_inner());
-                        a.sync();
-                    }
-                }
-            })
-            .ok()?;
-        Some(Watcher {
-            stop,
-            handle: Some(handle),
-        })
-    }
-}
-
-/// A NETLINK_ROUTE socket subscribed to link and address changes.
-struct NetlinkEvents {
-    fd: std::os::fd::OwnedFd,
-}
-
-impl NetlinkEvents {
-    fn open() -> std::io::Result<Self> {
-        use std::os::fd::FromRawFd as _;
-        // SAFETY: plain socket(2); the fd is owned by OwnedFd right after the check.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh, valid fd that nothing else owns.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sockaddr_nl is plain data; zeroed is a valid initial value.
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as u16;
-        sa.nl_groups =
-            (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
-        // SAFETY: `sa` is a valid sockaddr_nl of the size passed.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sa as *const libc::sockaddr_nl as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // Wake up regularly to notice the stop flag.
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 300_000,
-        };
-        // SAFETY: `tv` is a valid timeval of the size passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(NetlinkEvents { fd })
-    }
-
-    /// True when at least one event arrived (the content does not matter: any link or
-    /// address change triggers a re-check). Drains what is queued.
-    fn wait_event(&self) -> bool {
-        let mut buf = [0u8; 8192];
-        let mut got = false;
-        loop {
-            let flags = if got { libc::MSG_DONTWAIT } else { 0 };
-            // SAFETY: recv writes at most buf.len() bytes into `buf`.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                    flags,
-                )
-            };
-            if n <= 0 {
-                // Timeout, nothing more queued, or ENOBUFS (events lost: re-check anyway).
-                let overrun = std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS);
-                return got || overrun;
-            }
-            got = true;
-        }
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
+    /// Where links and addresses are read from.
+    net: Arc<dyn HostNetwork>,
 }
 
 /// Result of one `BPF_PROG_TEST_RUN`.
@@ -453,6 +324,7 @@ impl Kernel {
         }
         tracing::info!(cgroup = %config.cgroup_path.display(), pins = %dir.display(),
             "ebpf: socket-LB attached");
+        let net: Arc<dyn HostNetwork> = Arc::new(RtNetlink::new());
         let attacher = Arc::new(Mutex::new(Attacher {
             tc,
             xdp,
@@ -461,8 +333,16 @@ impl Kernel {
             attached: BTreeMap::new(),
             interfaces: config.interfaces.clone(),
             addresses: Vec::new(),
+            net: Arc::clone(&net),
         }));
-        let watcher = Watcher::spawn(Arc::clone(&attacher));
+        let watcher = {
+            let attacher = Arc::clone(&attacher);
+            // Links that appear (or get a node address) later are covered without an apply.
+            Watcher::spawn(net, move || {
+                let mut a = attacher.lock().unwrap_or_else(|p| p.into_inner());
+                a.sync();
+            })
+        };
         Ok(Kernel {
             _sock: sock,
             maps,
@@ -525,16 +405,8 @@ impl Attacher {
     /// Attaches to every wanted interface that does not have the programs yet. Failures on
     /// one interface are logged and do not stop the others.
     fn sync(&mut self) {
-        let wanted: Vec<String> = if self.interfaces.is_empty() {
-            interfaces_with(&self.addresses)
-        } else {
-            self.interfaces.clone()
-        };
-        for ifname in wanted {
-            let Some(ifindex) = if_index(&ifname) else {
-                tracing::warn!(interface = %ifname, "ebpf: interface not found");
-                continue;
-            };
+        let wanted = wanted_interfaces(self.net.as_ref(), &self.interfaces, &self.addresses);
+        for (ifname, ifindex) in wanted {
             if self.attached.contains_key(&(ifname.clone(), ifindex)) {
                 continue;
             }
@@ -721,62 +593,6 @@ fn remove_masquerade() {
     let _ = run_nft(&format!(
         "table inet {NFT_TABLE} {{}}\ndelete table inet {NFT_TABLE}\n"
     ));
-}
-
-fn if_index(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: `c` is a valid NUL-terminated string.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (idx != 0).then_some(idx)
-}
-
-/// Names of the interfaces carrying any of `addrs` (the node addresses NodePorts serve on).
-fn interfaces_with(addrs: &[IpAddr]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `ifap` with a list we free below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
-        return out;
-    }
-    let mut cur = ifap;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned, valid until freeifaddrs.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
-            continue;
-        }
-        // SAFETY: ifa_addr is non-null and points at a sockaddr of the family it declares.
-        let ip = unsafe {
-            match i32::from((*ifa.ifa_addr).sa_family) {
-                libc::AF_INET => {
-                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    Some(IpAddr::from(
-                        u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
-                    ))
-                }
-                libc::AF_INET6 => {
-                    let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                    Some(IpAddr::from(sin6.sin6_addr.s6_addr))
-                }
-                _ => None,
-            }
-        };
-        let Some(ip) = ip else { continue };
-        if !addrs.contains(&ip) {
-            continue;
-        }
-        // SAFETY: ifa_name is a non-null NUL-terminated string owned by the list.
-        let name = unsafe { CStr::from_ptr(ifa.ifa_name) }
-            .to_string_lossy()
-            .into_owned();
-        if name != "lo" && !out.contains(&name) {
-            out.push(name);
-        }
-    }
-    // SAFETY: `ifap` came from a successful getifaddrs and is freed exactly once.
-    unsafe { libc::freeifaddrs(ifap) };
-    out
 }
 
 /// `union bpf_attr` for BPF_PROG_TEST_RUN (the `test` member).

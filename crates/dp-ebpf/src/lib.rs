@@ -17,6 +17,7 @@
 pub mod abi;
 mod dump;
 mod kernel;
+mod links;
 pub mod maglev;
 mod maps;
 pub mod state;
