@@ -363,7 +363,7 @@ fn frontends(
         }
     }
     // Stable sort keeps the first kind of a duplicated key first; dedup keeps it.
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.sort_by_key(|(key, _)| *key);
     out.dedup_by(|later, first| later.0 == first.0);
     out
 }
