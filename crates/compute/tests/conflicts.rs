@@ -572,6 +572,28 @@ fn health_check_counts_ready_local_endpoints_only() {
             1,
         ),
         (
+            // kube-proxy counts distinct ready local addresses over all ports of the Service.
+            "pods serving different ports each count",
+            two_ports.clone(),
+            vec![
+                slice(
+                    "s-http",
+                    "web",
+                    "IPv4",
+                    json!([{ "name": "http", "port": 8080 }]),
+                    json!([ep("10.244.1.1", NODE)]),
+                ),
+                slice(
+                    "s-https",
+                    "web",
+                    "IPv4",
+                    json!([{ "name": "https", "port": 8443 }]),
+                    json!([ep("10.244.1.2", NODE)]),
+                ),
+            ],
+            2,
+        ),
+        (
             "a pod serving two ports counts once",
             two_ports,
             vec![slice(
