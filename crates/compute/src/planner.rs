@@ -259,7 +259,9 @@ impl Planner {
                 intent,
                 warnings,
                 conflicts: old.conflicts,
-                health_conflict: old.health_conflict,
+                // Decided again by `update_health_checks` if the Service still claims a port
+                // (`claim` touched it); a Service that no longer claims one has no conflict.
+                health_conflict: None,
             },
         );
     }

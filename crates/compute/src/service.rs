@@ -49,7 +49,7 @@ pub(crate) struct ServiceIntent {
     pub rank: Rank,
     pub ports: Vec<PortIntent>,
     /// `healthCheckNodePort` of a LoadBalancer with eTP=Local, and the ready local endpoints
-    /// it reports (the largest over the ports).
+    /// it reports ([`health_check_count`]).
     pub health_check: Option<(u16, usize)>,
 }
 
@@ -121,7 +121,8 @@ pub(crate) fn intent(
     };
     let candidates = endpoints::collect(slices, &node.name, &mut warnings);
     let spec = service.spec.as_ref().expect("common() checked the spec");
-    let mut health_check = health_check_port(&common, spec, &object, &mut warnings).map(|p| (p, 0));
+    let health_port = health_check_port(&common, spec, &object, &mut warnings);
+    let mut local_ready = BTreeSet::new();
     let mut seen = BTreeSet::new();
     let mut ports = Vec::new();
     for port in spec.ports.iter().flatten() {
@@ -141,9 +142,7 @@ pub(crate) fn intent(
             .get(&(name.port_name.to_string(), name.protocol))
             .map(|list| topology::categorize(list, common.topology, node))
             .unwrap_or_default();
-        if let Some((_, count)) = health_check.as_mut() {
-            *count = (*count).max(endpoints.local_ready);
-        }
+        local_ready.extend(endpoints.local_ready.iter().copied());
         let frontends = frontends(&common, &name, number, node_port, node, config, &mut warn);
         ports.push(PortIntent {
             name,
@@ -158,7 +157,7 @@ pub(crate) fn intent(
     let intent = ServiceIntent {
         rank: Rank::of(key, service),
         ports,
-        health_check,
+        health_check: health_port.map(|port| (port, health_check_count(&local_ready))),
     };
     (Some(intent), warnings)
 }
@@ -220,6 +219,14 @@ fn common(service: &Service, warn: &mut impl FnMut(Problem)) -> Option<Common> {
         affinity_timeout: fields::session_affinity(spec, warn),
         topology: topology::topology_requested(service),
     })
+}
+
+/// What kube-proxy's health check reports: distinct addresses of ready local endpoints over
+/// all ports of the service (`LocalReadyEndpoints`), per family as each family's proxier
+/// counts them; the larger family, so a dual-stack pod counts once.
+fn health_check_count(local_ready: &BTreeSet<IpAddr>) -> usize {
+    let v4 = local_ready.iter().filter(|ip| ip.is_ipv4()).count();
+    v4.max(local_ready.len() - v4)
 }
 
 fn health_check_port(
@@ -363,7 +370,7 @@ fn frontends(
         }
     }
     // Stable sort keeps the first kind of a duplicated key first; dedup keeps it.
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.sort_by_key(|(key, _)| *key);
     out.dedup_by(|later, first| later.0 == first.0);
     out
 }

@@ -46,9 +46,9 @@ pub(crate) struct Categorized {
     pub local: Vec<Backend>,
     /// Per family (v4, v6): some endpoint is ready or serving-terminating anywhere.
     pub any: [bool; 2],
-    /// Ready (not terminating) endpoints on this node, distinct addresses of the larger family:
-    /// what a health check node port reports.
-    pub local_ready: usize,
+    /// Addresses of the ready (not terminating) endpoints on this node, both families: what
+    /// a health check node port counts (over all ports of the service, see `service`).
+    pub local_ready: BTreeSet<IpAddr>,
 }
 
 impl Categorized {
@@ -93,8 +93,7 @@ pub(crate) fn categorize(candidates: &[Candidate], topology: bool, node: &NodeIn
         }
         // Topology never applies to Local policy; its fallback is decided on local endpoints alone.
         let mut local = select(&of_family, |c| c.is_local && c.ready);
-        let ready_here: BTreeSet<IpAddr> = local.iter().map(|b| b.ip).collect();
-        out.local_ready = out.local_ready.max(ready_here.len());
+        out.local_ready.extend(local.iter().map(|b| b.ip));
         if local.is_empty() {
             local = select(&of_family, |c| c.is_local && c.serving_terminating());
         }

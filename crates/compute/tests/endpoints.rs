@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use sluice_model::Protocol;
+use sluice_plan::{Protocol, SourceClass};
 
 #[test]
 fn endpoints_merge_across_slices_deduplicated_and_sorted() {
@@ -73,7 +73,7 @@ fn endpoints_merge_across_slices_deduplicated_and_sorted() {
     for (case, slices, expected) in cases {
         let computed = run(vec![service("web", json!({}))], slices);
         assert_eq!(
-            addrs(&tcp_port(&computed, "web", case).cluster_endpoints),
+            addrs(&tcp_port(&computed, "web", case).cluster),
             expected,
             "{case}"
         );
@@ -99,7 +99,7 @@ fn fqdn_slices_are_ignored() {
     ];
     let computed = run(vec![service("web", json!({}))], slices);
     assert_eq!(
-        addrs(&tcp_port(&computed, "web", "fqdn").cluster_endpoints),
+        addrs(&tcp_port(&computed, "web", "fqdn").cluster),
         ["10.244.0.1:8080"]
     );
     assert!(computed.warnings.is_empty(), "{:?}", computed.warnings);
@@ -133,9 +133,7 @@ fn named_target_port_resolves_through_slice_port_name_and_protocol() {
         ),
     ];
     let computed = run(vec![svc], slices);
-    let get = |name: &str, proto| {
-        addrs(&computed.state.services[&port_name("web", name, proto)].cluster_endpoints)
-    };
+    let get = |name: &str, proto| addrs(&port_plan(&computed, "web", name, proto, name).cluster);
     assert_eq!(
         get("http", Protocol::Tcp),
         ["10.244.0.1:8080", "10.244.0.2:8888"]
@@ -147,51 +145,83 @@ fn named_target_port_resolves_through_slice_port_name_and_protocol() {
 
 #[test]
 fn endpoint_conditions_defaults() {
-    // (ready, serving, terminating) → (used as cluster endpoint?, reported ready flag)
+    // (ready, serving, terminating) → is the endpoint used when it is alone, and next to a
+    // ready endpoint? (A serving+terminating endpoint is only a fallback: a ready one hides it.)
     let cases = [
-        ("all unset = ready", None, None, None, Some(true)),
-        ("ready", Some(true), None, Some(false), Some(true)),
+        ("all unset = ready", None, None, None, true, true),
+        ("ready", Some(true), None, Some(false), true, true),
         (
             "not ready, serving unset follows ready",
             Some(false),
             None,
             Some(true),
-            None,
+            false,
+            false,
         ),
         (
             "serving+terminating fallback",
             Some(false),
             Some(true),
             Some(true),
-            Some(false),
+            true,
+            false,
         ),
         (
             "serving but not terminating",
             Some(false),
             Some(true),
             None,
-            None,
+            false,
+            false,
         ),
         (
             "terminating, not serving",
             Some(false),
             Some(false),
             Some(true),
-            None,
+            false,
+            false,
         ),
     ];
-    for (case, ready, serving, terminating, expected) in cases {
-        let slices = vec![slice4(
-            "web-a",
-            "web",
-            8080,
-            json!([ep_cond("10.244.0.1", "n1", ready, serving, terminating)]),
-        )];
-        let computed = run(vec![service("web", json!({}))], slices);
-        let state = tcp_port(&computed, "web", case);
-        let got = state.cluster_endpoints.first().map(|e| e.ready);
-        assert_eq!(got, expected, "{case}");
-        assert_eq!(state.has_any_endpoints, expected.is_some(), "{case}");
+    for (case, ready, serving, terminating, alone, beside_ready) in cases {
+        let tested = ep_cond("10.244.0.1", "n1", ready, serving, terminating);
+        let computed = run(
+            vec![service("web", json!({}))],
+            vec![slice4("web-a", "web", 8080, json!([tested]))],
+        );
+        let plan = tcp_port(&computed, "web", case);
+        let expected: Vec<&str> = if alone {
+            vec!["10.244.0.1:8080"]
+        } else {
+            vec![]
+        };
+        assert_eq!(addrs(&plan.cluster), expected, "{case}: alone");
+        // Nothing usable at all: the cluster IP refuses instead of forwarding.
+        let fe = frontend(plan, "10.96.0.1:80/tcp", case);
+        assert_eq!(
+            routes(fe),
+            [if alone { FWD_C } else { REJECT }; 3],
+            "{case}"
+        );
+
+        let computed = run(
+            vec![service("web", json!({}))],
+            vec![slice4(
+                "web-a",
+                "web",
+                8080,
+                json!([tested, ep("10.244.0.2", "n2")]),
+            )],
+        );
+        let mut expected = vec!["10.244.0.2:8080"];
+        if beside_ready {
+            expected.insert(0, "10.244.0.1:8080");
+        }
+        assert_eq!(
+            addrs(&tcp_port(&computed, "web", case).cluster),
+            expected,
+            "{case}: next to a ready endpoint"
+        );
     }
 }
 
@@ -208,17 +238,23 @@ fn endpoint_is_local_when_node_name_is_ours() {
             None => json!({ "addresses": ["10.244.0.1"] }),
         };
         let computed = run(
-            vec![service("web", json!({}))],
+            vec![service("web", json!({ "internalTrafficPolicy": "Local" }))],
             vec![slice4("web-a", "web", 8080, json!([endpoint]))],
         );
-        let state = tcp_port(&computed, "web", case);
-        assert_eq!(state.cluster_endpoints[0].is_local, expected, "{case}");
+        let plan = tcp_port(&computed, "web", case);
+        assert_eq!(addrs(&plan.cluster), ["10.244.0.1:8080"], "{case}");
+        let local: Vec<&str> = if expected {
+            vec!["10.244.0.1:8080"]
+        } else {
+            vec![]
+        };
+        assert_eq!(addrs(&plan.local), local, "{case}");
+        // iTP=Local: the cluster IP forwards to it only when it is ours.
         assert_eq!(
-            state.cluster_endpoints[0].node_name.as_deref(),
-            node_name,
+            route(&computed, "web", "10.96.0.1:80/tcp", SourceClass::Pods),
+            if expected { FWD_L } else { DROP },
             "{case}"
         );
-        assert_eq!(state.local_endpoints.len(), usize::from(expected), "{case}");
     }
 }
 
@@ -232,7 +268,7 @@ fn only_the_first_address_is_used() {
     )];
     let computed = run(vec![service("web", json!({}))], slices);
     assert_eq!(
-        addrs(&tcp_port(&computed, "web", "first").cluster_endpoints),
+        addrs(&tcp_port(&computed, "web", "first").cluster),
         ["10.244.0.1:8080"]
     );
 }
@@ -283,7 +319,7 @@ fn malformed_slice_data_is_skipped_with_a_warning_naming_the_slice() {
             vec![slice("web-a", "web", address_type, ports, endpoints)],
         );
         assert_eq!(
-            addrs(&tcp_port(&computed, "web", case).cluster_endpoints),
+            addrs(&tcp_port(&computed, "web", case).cluster),
             ["10.244.0.1:8080"],
             "{case}"
         );
@@ -303,7 +339,7 @@ fn malformed_slice_data_is_skipped_with_a_warning_naming_the_slice() {
     let computed = run(vec![service("web", json!({}))], vec![unknown]);
     assert!(
         tcp_port(&computed, "web", "unknown addressType")
-            .cluster_endpoints
+            .cluster
             .is_empty()
     );
     assert!(
@@ -330,13 +366,14 @@ fn duplicate_endpoint_keeps_the_best_condition_whatever_the_order() {
             slice4("web-b", "web", 8080, json!([b])),
         ];
         let computed = run(vec![service("web", json!({}))], slices);
-        let state = tcp_port(&computed, "web", case);
+        // The stale copy (neither ready nor serving) would leave nothing to forward to.
+        let plan = tcp_port(&computed, "web", case);
+        assert_eq!(addrs(&plan.cluster), ["10.244.0.1:8080"], "{case}");
         assert_eq!(
-            addrs(&state.cluster_endpoints),
-            ["10.244.0.1:8080"],
+            routes(frontend(plan, "10.96.0.1:80/tcp", case)),
+            [FWD_C; 3],
             "{case}"
         );
-        assert!(state.cluster_endpoints[0].ready, "{case}");
     }
 }
 
@@ -400,7 +437,6 @@ fn port_endpoints_serve_headless_services_with_the_same_rules() {
         &mut Vec::new(),
     );
     assert_eq!(addrs(&eps), ["10.244.0.1:8080"]);
-    assert!(!eps[0].ready);
     let eps = sluice_compute::port_endpoints(
         &headless,
         "other",

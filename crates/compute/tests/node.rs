@@ -111,11 +111,11 @@ fn node_port_addresses_filtered_by_cidrs() {
         node.addresses = addresses.clone();
         let config = ComputeConfig {
             nodeport_addresses: cidrs,
-            cluster_cidrs: vec![],
+            ..ComputeConfig::default()
         };
         let computed = compute(&snapshot(vec![], vec![]), &node, &config);
         assert_eq!(
-            computed.state.node_port_addresses,
+            computed.plan.node.nodeport_addresses,
             ips(&expected),
             "{case}: compute"
         );
@@ -123,15 +123,37 @@ fn node_port_addresses_filtered_by_cidrs() {
 }
 
 #[test]
-fn compute_copies_cluster_cidrs() {
+fn compute_copies_cluster_cidrs_and_the_node_name() {
     let cidrs: Vec<ipnet::IpNet> = vec![
         "10.244.0.0/16".parse().expect("cidr"),
         "fd10::/56".parse().expect("cidr"),
     ];
     let config = ComputeConfig {
-        nodeport_addresses: vec![],
         cluster_cidrs: cidrs.clone(),
+        ..ComputeConfig::default()
     };
     let computed = compute(&snapshot(vec![], vec![]), &node(), &config);
-    assert_eq!(computed.state.cluster_cidrs, cidrs);
+    assert_eq!(computed.plan.node.pod_cidrs, cidrs);
+    assert_eq!(computed.plan.node.name, NODE);
+}
+
+#[test]
+fn node_port_frontends_do_not_depend_on_node_addresses() {
+    // A NodePort frontend stands for "every NodePort address of the family": a node address
+    // change touches the node plan only, never a service.
+    let svc = || {
+        service(
+            "web",
+            json!({ "type": "NodePort", "ports": [{ "port": 80, "nodePort": 30080 }] }),
+        )
+    };
+    let before = compute(&snapshot(vec![svc()], vec![]), &node(), &Default::default());
+    let mut moved = node();
+    moved.addresses = ips(&["192.168.0.99", "fd00::99"]);
+    let after = compute(&snapshot(vec![svc()], vec![]), &moved, &Default::default());
+    assert_eq!(before.plan.services, after.plan.services);
+    assert_eq!(
+        after.plan.node.nodeport_addresses,
+        ips(&["192.168.0.99", "fd00::99"])
+    );
 }

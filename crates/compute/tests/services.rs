@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use sluice_model::{Protocol, TrafficPolicy};
+use sluice_plan::{FrontendKind, Protocol, SourceClass};
 
 #[test]
 fn skips_external_name_headless_and_services_without_cluster_ip() {
@@ -31,7 +31,7 @@ fn skips_external_name_headless_and_services_without_cluster_ip() {
     ];
     for (case, spec, expected) in cases {
         let computed = run(vec![service("web", spec)], vec![]);
-        assert_eq!(!computed.state.services.is_empty(), expected, "{case}");
+        assert_eq!(!computed.plan.services.is_empty(), expected, "{case}");
         assert!(
             computed.warnings.is_empty(),
             "{case}: {:?}",
@@ -42,29 +42,31 @@ fn skips_external_name_headless_and_services_without_cluster_ip() {
 
 #[test]
 fn cluster_ips_come_from_cluster_ips_then_cluster_ip() {
+    // The plan lists frontends sorted by key, so the primary family (spec order) is no longer
+    // visible; what is observable is which cluster IPs get a frontend.
     let cases: [(&str, serde_json::Value, Option<Vec<&str>>, bool); 5] = [
         (
             "dual-stack",
             json!({ "clusterIPs": ["10.96.0.7", "fd00::7"] }),
-            Some(vec!["10.96.0.7", "fd00::7"]),
+            Some(vec!["10.96.0.7:80/tcp", "[fd00::7]:80/tcp"]),
             false,
         ),
         (
-            "IPv6 primary keeps spec order",
+            "IPv6 primary: both families, sorted",
             json!({ "clusterIPs": ["fd00::7", "10.96.0.7"] }),
-            Some(vec!["fd00::7", "10.96.0.7"]),
+            Some(vec!["10.96.0.7:80/tcp", "[fd00::7]:80/tcp"]),
             false,
         ),
         (
             "only clusterIP",
             json!({ "clusterIP": "10.96.0.8" }),
-            Some(vec!["10.96.0.8"]),
+            Some(vec!["10.96.0.8:80/tcp"]),
             false,
         ),
         (
             "one unparsable",
             json!({ "clusterIPs": ["10.96.0.999", "fd00::9"] }),
-            Some(vec!["fd00::9"]),
+            Some(vec!["[fd00::9]:80/tcp"]),
             true,
         ),
         (
@@ -77,11 +79,12 @@ fn cluster_ips_come_from_cluster_ips_then_cluster_ip() {
     for (case, spec, expected, warns) in cases {
         let computed = run(vec![service("web", spec)], vec![]);
         let got = computed
-            .state
+            .plan
             .services
             .get(&port_name("web", "", Protocol::Tcp))
-            .map(|s| s.cluster_ips.clone());
-        assert_eq!(got, expected.map(|e| ips(&e)), "{case}");
+            .map(|s| frontends_of(s, FrontendKind::ClusterIp));
+        let expected = expected.map(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>());
+        assert_eq!(got, expected, "{case}");
         assert_eq!(
             has_warning(&computed, "Service default/web", "clusterIPs"),
             warns,
@@ -98,15 +101,15 @@ fn one_service_port_name_per_valid_port() {
         (
             "unnamed defaults to TCP",
             json!([{ "port": 80 }]),
-            vec![(p("", Protocol::Tcp), 80)],
+            vec![(p("", Protocol::Tcp), "10.96.0.1:80/tcp")],
             None,
         ),
         (
             "named UDP and SCTP",
             json!([{ "name": "dns", "port": 53, "protocol": "UDP" }, { "name": "sig", "port": 3868, "protocol": "SCTP" }]),
             vec![
-                (p("dns", Protocol::Udp), 53),
-                (p("sig", Protocol::Sctp), 3868),
+                (p("dns", Protocol::Udp), "10.96.0.1:53/udp"),
+                (p("sig", Protocol::Sctp), "10.96.0.1:3868/sctp"),
             ],
             None,
         ),
@@ -114,21 +117,21 @@ fn one_service_port_name_per_valid_port() {
             "same number, two protocols",
             json!([{ "name": "dns-udp", "port": 53, "protocol": "UDP" }, { "name": "dns-tcp", "port": 53, "protocol": "TCP" }]),
             vec![
-                (p("dns-tcp", Protocol::Tcp), 53),
-                (p("dns-udp", Protocol::Udp), 53),
+                (p("dns-tcp", Protocol::Tcp), "10.96.0.1:53/tcp"),
+                (p("dns-udp", Protocol::Udp), "10.96.0.1:53/udp"),
             ],
             None,
         ),
         (
             "unknown protocol skipped",
             json!([{ "name": "a", "port": 1, "protocol": "ICMP" }, { "name": "b", "port": 2 }]),
-            vec![(p("b", Protocol::Tcp), 2)],
+            vec![(p("b", Protocol::Tcp), "10.96.0.1:2/tcp")],
             Some("unknown protocol \"ICMP\""),
         ),
         (
             "port out of range skipped",
             json!([{ "name": "a", "port": 70000 }, { "name": "b", "port": 2 }]),
-            vec![(p("b", Protocol::Tcp), 2)],
+            vec![(p("b", Protocol::Tcp), "10.96.0.1:2/tcp")],
             Some("port 70000"),
         ),
         (
@@ -140,17 +143,21 @@ fn one_service_port_name_per_valid_port() {
         (
             "duplicate name skipped",
             json!([{ "name": "a", "port": 1 }, { "name": "a", "port": 2 }]),
-            vec![(p("a", Protocol::Tcp), 1)],
+            vec![(p("a", Protocol::Tcp), "10.96.0.1:1/tcp")],
             Some("duplicate port"),
         ),
     ];
     for (case, ports, expected, warning) in cases {
         let computed = run(vec![service("web", json!({ "ports": ports }))], vec![]);
         let got: Vec<_> = computed
-            .state
+            .plan
             .services
             .iter()
-            .map(|(k, v)| (k.clone(), v.port))
+            .map(|(k, v)| (k.clone(), frontend_list(v)))
+            .collect();
+        let expected: Vec<_> = expected
+            .into_iter()
+            .map(|(name, key)| (name, vec![format!("{key} cluster-ip")]))
             .collect();
         assert_eq!(got, expected, "{case}");
         match warning {
@@ -175,31 +182,47 @@ fn node_port_only_for_node_port_and_load_balancer() {
             "ClusterIP ignores a stray nodePort",
             "ClusterIP",
             json!(30080),
-            None,
+            vec![],
             false,
         ),
-        ("NodePort", "NodePort", json!(30080), Some(30080), false),
+        (
+            "NodePort",
+            "NodePort",
+            json!(30080),
+            vec!["nodeports-v4:30080/tcp"],
+            false,
+        ),
         (
             "LoadBalancer",
             "LoadBalancer",
             json!(30080),
-            Some(30080),
+            vec!["nodeports-v4:30080/tcp"],
             false,
         ),
         (
             "LoadBalancer without node ports",
             "LoadBalancer",
             json!(null),
-            None,
+            vec![],
             false,
         ),
-        ("nodePort out of range", "NodePort", json!(-1), None, true),
+        ("nodePort out of range", "NodePort", json!(-1), vec![], true),
     ];
     for (case, kind, node_port, expected, warns) in cases {
         let spec = json!({ "type": kind, "ports": [{ "port": 80, "nodePort": node_port }] });
         let computed = run(vec![service("web", spec)], vec![]);
-        let state = tcp_port(&computed, "web", case);
-        assert_eq!(state.node_port, expected, "{case}");
+        let plan = tcp_port(&computed, "web", case);
+        assert_eq!(
+            frontends_of(plan, FrontendKind::NodePort),
+            expected,
+            "{case}"
+        );
+        // The cluster IP frontend is there whatever happens to the node port.
+        assert_eq!(
+            frontends_of(plan, FrontendKind::ClusterIp),
+            ["10.96.0.1:80/tcp"],
+            "{case}"
+        );
         assert_eq!(
             has_warning(&computed, "Service default/web", "nodePort"),
             warns,
@@ -210,42 +233,82 @@ fn node_port_only_for_node_port_and_load_balancer() {
 }
 
 #[test]
+fn node_ports_exist_per_cluster_ip_family() {
+    let cases = [
+        ("IPv4", json!(["10.96.0.1"]), vec!["nodeports-v4:30080/tcp"]),
+        ("IPv6", json!(["fd00::1"]), vec!["nodeports-v6:30080/tcp"]),
+        (
+            "dual-stack",
+            json!(["fd00::1", "10.96.0.1"]),
+            vec!["nodeports-v4:30080/tcp", "nodeports-v6:30080/tcp"],
+        ),
+    ];
+    for (case, cluster_ips, expected) in cases {
+        let spec = json!({ "type": "NodePort", "clusterIPs": cluster_ips, "ports": [{ "port": 80, "nodePort": 30080 }] });
+        let computed = run(vec![service("web", spec)], vec![]);
+        assert_eq!(
+            frontends_of(tcp_port(&computed, "web", case), FrontendKind::NodePort),
+            expected,
+            "{case}"
+        );
+    }
+}
+
+#[test]
 fn external_ips_apply_to_any_type_sorted_and_unique() {
     let cases = [
         (
             "ClusterIP",
             "ClusterIP",
+            json!(["10.96.0.1"]),
             json!(["203.0.113.9", "203.0.113.2", "203.0.113.9"]),
-            vec!["203.0.113.2", "203.0.113.9"],
+            vec!["203.0.113.2:80/tcp", "203.0.113.9:80/tcp"],
             false,
         ),
         (
             "NodePort, dual-stack",
             "NodePort",
+            json!(["10.96.0.1", "fd00::1"]),
             json!(["2001:db8::1", "203.0.113.2"]),
-            vec!["203.0.113.2", "2001:db8::1"],
+            vec!["203.0.113.2:80/tcp", "[2001:db8::1]:80/tcp"],
             false,
+        ),
+        (
+            "IPv6 externalIP on an IPv4-only service skipped",
+            "ClusterIP",
+            json!(["10.96.0.1"]),
+            json!(["2001:db8::1", "203.0.113.2"]),
+            vec!["203.0.113.2:80/tcp"],
+            true,
         ),
         (
             "bad one skipped",
             "ClusterIP",
+            json!(["10.96.0.1"]),
             json!(["203.0.113.300", "203.0.113.2"]),
-            vec!["203.0.113.2"],
+            vec!["203.0.113.2:80/tcp"],
             true,
         ),
-        ("none", "ClusterIP", json!(null), vec![], false),
+        (
+            "none",
+            "ClusterIP",
+            json!(["10.96.0.1"]),
+            json!(null),
+            vec![],
+            false,
+        ),
     ];
-    for (case, kind, external, expected, warns) in cases {
+    for (case, kind, cluster_ips, external, expected, warns) in cases {
         let computed = run(
             vec![service(
                 "web",
-                json!({ "type": kind, "externalIPs": external }),
+                json!({ "type": kind, "clusterIPs": cluster_ips, "externalIPs": external }),
             )],
             vec![],
         );
         assert_eq!(
-            tcp_port(&computed, "web", case).external_ips,
-            ips(&expected),
+            frontends_of(tcp_port(&computed, "web", case), FrontendKind::ExternalIp),
+            expected,
             "{case}"
         );
         assert_eq!(
@@ -270,7 +333,7 @@ fn load_balancer_ips_from_status_of_load_balancers_only() {
             "LoadBalancer",
             "LoadBalancer",
             ingress.clone(),
-            vec!["198.51.100.3", "198.51.100.7"],
+            vec!["198.51.100.3:80/tcp", "198.51.100.7:80/tcp"],
             false,
         ),
         (
@@ -284,7 +347,7 @@ fn load_balancer_ips_from_status_of_load_balancers_only() {
             "bad IP skipped",
             "LoadBalancer",
             json!([{ "ip": "not-an-ip" }, { "ip": "198.51.100.1" }]),
-            vec!["198.51.100.1"],
+            vec!["198.51.100.1:80/tcp"],
             true,
         ),
     ];
@@ -296,8 +359,11 @@ fn load_balancer_ips_from_status_of_load_balancers_only() {
         }));
         let computed = run(vec![svc], vec![]);
         assert_eq!(
-            tcp_port(&computed, "web", case).load_balancer_ips,
-            ips(&expected),
+            frontends_of(
+                tcp_port(&computed, "web", case),
+                FrontendKind::LoadBalancerIp
+            ),
+            expected,
             "{case}"
         );
         assert_eq!(
@@ -353,18 +419,36 @@ fn load_balancer_source_ranges_from_spec_or_annotation() {
         let annotations = annotation
             .map(|a| json!({ ANNOTATION: a }))
             .unwrap_or(json!({}));
+        // Dual-stack with an LB IP per family: the ranges become each LB IP's allowed sources,
+        // per family.
         let svc = service_full(json!({
             "metadata": { "namespace": "default", "name": "web", "annotations": annotations },
-            "spec": { "type": "LoadBalancer", "loadBalancerSourceRanges": ranges },
+            "spec": {
+                "type": "LoadBalancer",
+                "clusterIPs": ["10.96.0.1", "fd00::1"],
+                "loadBalancerSourceRanges": ranges,
+            },
+            "status": { "loadBalancer": { "ingress": [{ "ip": "198.51.100.7" }, { "ip": "2001:db8:1::7" }] } },
         }));
         let computed = run(vec![svc], vec![]);
-        let expected: Vec<ipnet::IpNet> =
-            expected.iter().map(|s| s.parse().expect("cidr")).collect();
-        assert_eq!(
-            tcp_port(&computed, "web", case).load_balancer_source_ranges,
-            expected,
-            "{case}"
-        );
+        let plan = tcp_port(&computed, "web", case);
+        let mut allowed = Vec::new();
+        for fe in &plan.frontends {
+            if fe.kind != FrontendKind::LoadBalancerIp {
+                assert!(fe.allowed_sources.is_empty(), "{case}: {fe}");
+                continue;
+            }
+            let family = fe.key.family();
+            assert!(
+                fe.allowed_sources
+                    .iter()
+                    .all(|net| family.contains(&net.addr())),
+                "{case}: ranges of the other family on {fe}"
+            );
+            allowed.extend(fe.allowed_sources.iter().copied());
+        }
+        allowed.sort();
+        assert_eq!(allowed, nets(&expected), "{case}");
         assert_eq!(
             computed.warnings.len(),
             usize::from(warns),
@@ -382,7 +466,7 @@ fn health_check_node_port_only_for_local_load_balancers() {
             "LoadBalancer",
             "Local",
             json!(32000),
-            Some(32000),
+            vec![32000],
             false,
         ),
         (
@@ -390,7 +474,7 @@ fn health_check_node_port_only_for_local_load_balancers() {
             "LoadBalancer",
             "Cluster",
             json!(32000),
-            None,
+            vec![],
             false,
         ),
         (
@@ -398,7 +482,7 @@ fn health_check_node_port_only_for_local_load_balancers() {
             "NodePort",
             "Local",
             json!(32000),
-            None,
+            vec![],
             false,
         ),
         (
@@ -406,7 +490,7 @@ fn health_check_node_port_only_for_local_load_balancers() {
             "LoadBalancer",
             "Local",
             json!(null),
-            None,
+            vec![],
             true,
         ),
     ];
@@ -414,11 +498,11 @@ fn health_check_node_port_only_for_local_load_balancers() {
         let spec =
             json!({ "type": kind, "externalTrafficPolicy": policy, "healthCheckNodePort": hc });
         let computed = run(vec![service("web", spec)], vec![]);
-        assert_eq!(
-            tcp_port(&computed, "web", case).health_check_node_port,
-            expected,
-            "{case}"
-        );
+        let ports: Vec<u16> = computed.plan.health_checks.keys().copied().collect();
+        assert_eq!(ports, expected, "{case}");
+        for check in computed.plan.health_checks.values() {
+            assert_eq!(check.service.to_string(), "default/web", "{case}");
+        }
         assert_eq!(
             has_warning(&computed, "Service default/web", "healthCheckNodePort"),
             warns,
@@ -460,7 +544,7 @@ fn session_affinity_client_ip_timeout() {
         let spec = json!({ "sessionAffinity": affinity, "sessionAffinityConfig": config });
         let computed = run(vec![service("web", spec)], vec![]);
         assert_eq!(
-            tcp_port(&computed, "web", case).session_affinity_timeout,
+            tcp_port(&computed, "web", case).affinity_timeout,
             expected,
             "{case}"
         );
@@ -475,59 +559,80 @@ fn session_affinity_client_ip_timeout() {
 
 #[test]
 fn external_traffic_policy_local_only_when_externally_reachable() {
-    use TrafficPolicy::{Cluster, Local};
+    // The only endpoint runs on another node: with eTP=Local, outside clients of an external
+    // frontend are dropped here; with Cluster they are forwarded (masqueraded).
+    let remote = || slice4("web-a", "web", 8080, json!([ep("10.244.2.1", "node-b")]));
     let cases = [
         (
-            "ClusterIP + Local is meaningless",
-            json!({ "externalTrafficPolicy": "Local" }),
-            Cluster,
+            "NodePort + Local",
+            json!({ "type": "NodePort", "externalTrafficPolicy": "Local", "ports": [{ "port": 80, "nodePort": 30080 }] }),
+            "nodeports-v4:30080/tcp",
+            DROP,
         ),
         (
             "ClusterIP + externalIPs + Local",
             json!({ "externalTrafficPolicy": "Local", "externalIPs": ["203.0.113.1"] }),
-            Local,
-        ),
-        (
-            "NodePort + Local",
-            json!({ "type": "NodePort", "externalTrafficPolicy": "Local" }),
-            Local,
+            "203.0.113.1:80/tcp",
+            DROP,
         ),
         (
             "LoadBalancer + Cluster",
-            json!({ "type": "LoadBalancer", "externalTrafficPolicy": "Cluster" }),
-            Cluster,
+            json!({ "type": "LoadBalancer", "externalTrafficPolicy": "Cluster", "ports": [{ "port": 80, "nodePort": 30080 }] }),
+            "nodeports-v4:30080/tcp",
+            MASQ_C,
         ),
-        ("NodePort default", json!({ "type": "NodePort" }), Cluster),
+        (
+            "NodePort default",
+            json!({ "type": "NodePort", "ports": [{ "port": 80, "nodePort": 30080 }] }),
+            "nodeports-v4:30080/tcp",
+            MASQ_C,
+        ),
     ];
-    for (case, spec, expected) in cases {
-        let computed = run(vec![service("web", spec)], vec![]);
+    for (case, spec, key, expected) in cases {
+        let computed = run(vec![service("web", spec)], vec![remote()]);
         assert_eq!(
-            tcp_port(&computed, "web", case).external_traffic_policy,
+            route(&computed, "web", key, SourceClass::Outside),
             expected,
             "{case}"
         );
+        // The cluster IP is never subject to the external policy.
+        assert_eq!(
+            route(&computed, "web", "10.96.0.1:80/tcp", SourceClass::Outside),
+            FWD_C,
+            "{case}"
+        );
     }
+    // A ClusterIP service without external frontends: eTP=Local changes nothing at all.
+    let plain = run(vec![service("web", json!({}))], vec![remote()]);
+    let local = run(
+        vec![service("web", json!({ "externalTrafficPolicy": "Local" }))],
+        vec![remote()],
+    );
+    assert_eq!(local, plain, "ClusterIP + Local is meaningless");
 }
 
 #[test]
 fn internal_traffic_policy_from_spec() {
-    use TrafficPolicy::{Cluster, Local};
+    // The only endpoint runs on another node: iTP=Local leaves the cluster IP without a usable
+    // endpoint (dropped); Cluster forwards to it.
     let cases = [
-        ("absent", json!(null), Cluster, false),
-        ("Cluster", json!("Cluster"), Cluster, false),
-        ("Local", json!("Local"), Local, false),
-        ("unknown", json!("Nearby"), Cluster, true),
+        ("absent", json!(null), FWD_C, false),
+        ("Cluster", json!("Cluster"), FWD_C, false),
+        ("Local", json!("Local"), DROP, false),
+        ("unknown", json!("Nearby"), FWD_C, true),
     ];
     for (case, policy, expected, warns) in cases {
         let computed = run(
             vec![service("web", json!({ "internalTrafficPolicy": policy }))],
-            vec![],
+            vec![slice4(
+                "web-a",
+                "web",
+                8080,
+                json!([ep("10.244.2.1", "node-b")]),
+            )],
         );
-        assert_eq!(
-            tcp_port(&computed, "web", case).internal_traffic_policy,
-            expected,
-            "{case}"
-        );
+        let fe = frontend(tcp_port(&computed, "web", case), "10.96.0.1:80/tcp", case);
+        assert_eq!(routes(fe), [expected; 3], "{case}");
         assert_eq!(
             has_warning(&computed, "Service default/web", "internalTrafficPolicy"),
             warns,
@@ -549,9 +654,12 @@ fn selectorless_service_uses_manual_endpoint_slices() {
         json!([{ "addresses": ["172.16.0.9"] }]),
     );
     let computed = run(vec![svc], vec![manual]);
-    let state = tcp_port(&computed, "ext-db", "selectorless");
-    assert_eq!(addrs(&state.cluster_endpoints), ["172.16.0.9:5432"]);
-    assert!(state.has_any_endpoints);
+    let plan = tcp_port(&computed, "ext-db", "selectorless");
+    assert_eq!(addrs(&plan.cluster), ["172.16.0.9:5432"]);
+    assert_eq!(
+        routes(frontend(plan, "10.96.1.1:5432/tcp", "selectorless")),
+        [FWD_C; 3]
+    );
 }
 
 #[test]
@@ -578,7 +686,7 @@ fn malformed_service_does_not_disturb_others() {
         vec![good(), bad_spec, no_spec],
         vec![good_slice(), bad_slice],
     );
-    assert_eq!(mixed.state, alone.state);
+    assert_eq!(mixed.plan, alone.plan);
     assert!(
         has_warning(&mixed, "Service default/bad", "clusterIPs"),
         "{:?}",

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
+use sluice_plan::SourceClass;
 
 /// Endpoint with zone hints (and optional node hints), ready unless `ready` is false.
 fn hinted(ip: &str, node: &str, zones: &[&str], nodes: &[&str]) -> Value {
@@ -34,10 +35,6 @@ fn hinted(ip: &str, node: &str, zones: &[&str], nodes: &[&str]) -> Value {
     json!({ "addresses": [ip], "nodeName": node, "hints": hints })
 }
 
-fn terminating(ip: &str, node: &str) -> Value {
-    ep_cond(ip, node, Some(false), Some(true), Some(true))
-}
-
 #[test]
 fn ready_endpoints_win_else_serving_terminating_fallback() {
     let cases = [
@@ -45,7 +42,7 @@ fn ready_endpoints_win_else_serving_terminating_fallback() {
             "ready only",
             json!([ep("10.0.0.1", "n1"), terminating("10.0.0.2", "n2")]),
             vec!["10.0.0.1:80"],
-            true,
+            FWD_C,
         ),
         (
             "fallback when nothing ready",
@@ -54,7 +51,7 @@ fn ready_endpoints_win_else_serving_terminating_fallback() {
                 ep_cond("10.0.0.3", "n2", Some(false), None, None)
             ]),
             vec!["10.0.0.2:80"],
-            true,
+            FWD_C,
         ),
         (
             "terminating but not serving is never used",
@@ -66,75 +63,87 @@ fn ready_endpoints_win_else_serving_terminating_fallback() {
                 Some(true)
             )]),
             vec![],
-            false,
+            REJECT,
         ),
-        ("no endpoints", json!([]), vec![], false),
+        ("no endpoints", json!([]), vec![], REJECT),
     ];
-    for (case, endpoints, expected, any) in cases {
+    for (case, endpoints, expected, route) in cases {
         let computed = run(
             vec![service("web", json!({}))],
             vec![slice4("web-a", "web", 80, endpoints)],
         );
-        let state = tcp_port(&computed, "web", case);
-        assert_eq!(addrs(&state.cluster_endpoints), expected, "{case}");
-        assert_eq!(state.has_any_endpoints, any, "{case}");
+        let plan = tcp_port(&computed, "web", case);
+        assert_eq!(addrs(&plan.cluster), expected, "{case}");
+        assert_eq!(
+            routes(frontend(plan, "10.96.0.1:80/tcp", case)),
+            [route; 3],
+            "{case}"
+        );
     }
 }
 
 #[test]
 fn local_endpoints_have_their_own_fallback() {
-    // (endpoints, expected cluster, expected local, has_any)
+    // (endpoints, expected cluster, expected local); no case is without endpoints, so every
+    // route forwards or drops, never rejects.
     let cases = [
         (
             "local ready",
             json!([ep("10.0.0.1", NODE), ep("10.0.0.2", "node-b")]),
             vec!["10.0.0.1:80", "10.0.0.2:80"],
             vec!["10.0.0.1:80"],
-            true,
         ),
         (
             "remote ready, local terminating",
             json!([ep("10.0.0.2", "node-b"), terminating("10.0.0.1", NODE)]),
             vec!["10.0.0.2:80"],
             vec!["10.0.0.1:80"],
-            true,
         ),
         (
             "only remote",
             json!([ep("10.0.0.2", "node-b")]),
             vec!["10.0.0.2:80"],
             vec![],
-            true,
         ),
         (
             "local ready hides local terminating",
             json!([ep("10.0.0.1", NODE), terminating("10.0.0.3", NODE)]),
             vec!["10.0.0.1:80"],
             vec!["10.0.0.1:80"],
-            true,
         ),
     ];
-    for (case, endpoints, cluster, local, any) in cases {
-        let spec = json!({ "type": "NodePort", "externalTrafficPolicy": "Local", "internalTrafficPolicy": "Local" });
+    for (case, endpoints, cluster, local) in cases {
+        let spec = json!({
+            "type": "NodePort", "externalTrafficPolicy": "Local", "internalTrafficPolicy": "Local",
+            "ports": [{ "port": 80, "nodePort": 30080 }],
+        });
         let computed = run(
             vec![service("web", spec)],
             vec![slice4("web-a", "web", 80, endpoints)],
         );
-        let state = tcp_port(&computed, "web", case);
-        assert_eq!(addrs(&state.cluster_endpoints), cluster, "{case}");
-        assert_eq!(addrs(&state.local_endpoints), local, "{case}");
+        let plan = tcp_port(&computed, "web", case);
+        assert_eq!(addrs(&plan.cluster), cluster, "{case}");
+        assert_eq!(addrs(&plan.local), local, "{case}");
+        let (internal, external) = if local.is_empty() {
+            (DROP, DROP)
+        } else {
+            (FWD_L, FWD_L)
+        };
         assert_eq!(
-            addrs(state.internal_endpoints()),
-            local,
+            route(&computed, "web", "10.96.0.1:80/tcp", SourceClass::Pods),
+            internal,
             "{case}: internal policy Local"
         );
         assert_eq!(
-            addrs(state.external_endpoints()),
-            local,
+            route(
+                &computed,
+                "web",
+                "nodeports-v4:30080/tcp",
+                SourceClass::Outside
+            ),
+            external,
             "{case}: external policy Local"
         );
-        assert!(state.local_endpoints.iter().all(|e| e.is_local), "{case}");
-        assert_eq!(state.has_any_endpoints, any, "{case}");
     }
 }
 
@@ -222,7 +231,7 @@ fn zone_hints_apply_only_when_requested_complete_and_matching() {
             vec![slice4("web-a", "web", 80, endpoints)],
         );
         assert_eq!(
-            addrs(&tcp_port(&computed, "web", case).cluster_endpoints),
+            addrs(&tcp_port(&computed, "web", case).cluster),
             expected,
             "{case}"
         );
@@ -246,7 +255,7 @@ fn zone_hints_ignored_when_node_has_no_zone() {
     let computed =
         sluice_compute::compute(&snapshot(vec![svc], slices), &node, &Default::default());
     assert_eq!(
-        addrs(&tcp_port(&computed, "web", "no zone").cluster_endpoints),
+        addrs(&tcp_port(&computed, "web", "no zone").cluster),
         ["10.0.0.1:80", "10.0.0.2:80"]
     );
 }
@@ -284,7 +293,7 @@ fn prefer_same_node_uses_node_hints_then_zone_hints() {
         let svc = service("web", json!({ "trafficDistribution": "PreferSameNode" }));
         let computed = run(vec![svc], vec![slice4("web-a", "web", 80, endpoints)]);
         assert_eq!(
-            addrs(&tcp_port(&computed, "web", case).cluster_endpoints),
+            addrs(&tcp_port(&computed, "web", case).cluster),
             expected,
             "{case}"
         );
@@ -305,10 +314,10 @@ fn topology_does_not_narrow_local_sets_or_terminating_fallback() {
         vec![svc.clone()],
         vec![slice4("web-a", "web", 80, endpoints)],
     );
-    let state = tcp_port(&computed, "web", "local");
-    assert_eq!(addrs(&state.cluster_endpoints), ["10.0.0.2:80"]);
+    let plan = tcp_port(&computed, "web", "local");
+    assert_eq!(addrs(&plan.cluster), ["10.0.0.2:80"]);
     assert_eq!(
-        addrs(&state.local_endpoints),
+        addrs(&plan.local),
         ["10.0.0.1:80"],
         "local endpoint hinted elsewhere stays local"
     );
@@ -326,7 +335,7 @@ fn topology_does_not_narrow_local_sets_or_terminating_fallback() {
         )],
     );
     assert_eq!(
-        addrs(&tcp_port(&computed, "web", "fallback").cluster_endpoints),
+        addrs(&tcp_port(&computed, "web", "fallback").cluster),
         ["10.0.0.1:80", "10.0.0.2:80"]
     );
 }
