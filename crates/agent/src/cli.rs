@@ -68,6 +68,18 @@ pub struct AgentArgs {
     /// CIDRs (comma-separated) of node addresses that serve NodePorts (default: all).
     #[arg(long, env = "SLUICE_NODEPORT_ADDRESSES", value_delimiter = ',')]
     pub nodeport_addresses: Vec<String>,
+    /// Serve Services labelled `service.kubernetes.io/service-proxy-name` with this value
+    /// (Services labelled with another value are left to that proxy; unlabelled ones are ours).
+    #[arg(long, env = "SLUICE_SERVICE_PROXY_NAME")]
+    pub service_proxy_name: Option<String>,
+    /// Accept Service externalIPs that are addresses of this node (refused by default: such an
+    /// externalIP would capture the node's own port, the CVE-2020-8554 class).
+    #[arg(long, env = "SLUICE_ALLOW_EXTERNAL_IPS_ON_NODE_ADDRESSES")]
+    pub allow_external_ips_on_node_addresses: bool,
+    /// The cluster's NodePort range (the API server's `--service-node-port-range`); NodePorts
+    /// outside it are reported.
+    #[arg(long, env = "SLUICE_SERVICE_NODE_PORT_RANGE", default_value = "30000-32767")]
+    pub service_node_port_range: String,
     #[arg(
         long,
         env = "SLUICE_HEALTHZ_BIND_ADDRESS",
@@ -221,6 +233,17 @@ impl AgentArgs {
         let compute = ComputeConfig {
             cluster_cidrs: cidrs("cluster-cidr", &self.cluster_cidr)?,
             nodeport_addresses: cidrs("nodeport-addresses", &self.nodeport_addresses)?,
+            service_proxy_name: self
+                .service_proxy_name
+                .as_deref()
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned),
+            allow_external_ips_on_node_addresses: self.allow_external_ips_on_node_addresses,
+            reserved_node_ports: Vec::new(),
+            node_port_range: Some(parse_port_range(&self.service_node_port_range).map_err(
+                |e| invalid("service-node-port-range", &self.service_node_port_range, e),
+            )?),
         };
         let addr =
             |flag: &'static str, v: &str| v.parse::<SocketAddr>().map_err(|e| invalid(flag, v, e));
@@ -291,6 +314,14 @@ impl AgentArgs {
                     .map_err(|e| invalid("ingress-status-address", v, e))
             })
             .collect::<Result<_, _>>()?;
+        let mut compute = compute;
+        // NodePorts on our own Ingress listeners' ports would capture their traffic.
+        compute.reserved_node_ports = ingress
+            .iter()
+            .flat_map(|i: &IngressConfig| [i.http_bind, i.https_bind])
+            .flatten()
+            .map(|a| a.port())
+            .collect();
         Ok(AgentConfig {
             source,
             proxy_mode: self.proxy_mode,
@@ -307,6 +338,20 @@ impl AgentArgs {
             log_format: self.log_format,
         })
     }
+}
+
+/// `LOW-HIGH` (inclusive), as kube-apiserver's `--service-node-port-range`.
+fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let (low, high) = text
+        .trim()
+        .split_once('-')
+        .ok_or("expected LOW-HIGH, e.g. 30000-32767")?;
+    let parse = |v: &str| v.trim().parse::<u16>().map_err(|e| format!("{v:?}: {e}"));
+    let (low, high) = (parse(low)?, parse(high)?);
+    if low == 0 || low > high {
+        return Err("LOW must be at least 1 and at most HIGH".to_owned());
+    }
+    Ok((low, high))
 }
 
 fn hostname() -> Option<String> {

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sluice_model::{DesiredState, ObjectKey, TrafficPolicy};
+use sluice_model::ObjectKey;
+use sluice_plan::HealthCheck;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -116,22 +117,19 @@ pub struct ServiceHealthServers {
 }
 
 impl ServiceHealthServers {
-    pub async fn update(&mut self, desired: &DesiredState) {
-        let mut wanted: BTreeMap<u16, (ObjectKey, usize)> = BTreeMap::new();
-        for (name, state) in &desired.services {
-            let Some(port) = state.health_check_node_port else {
-                continue;
-            };
-            if state.external_traffic_policy != TrafficPolicy::Local {
-                continue;
-            }
-            let entry = wanted
-                .entry(port)
-                .or_insert_with(|| (ObjectKey::new(&name.namespace, &name.name), 0));
-            // Ports of one service share the check. A dual-stack pod is one endpoint per family
-            // (as each of kube-proxy's per-family proxiers counts it): take the larger family.
-            entry.1 = entry.1.max(local_endpoint_count(&state.local_endpoints));
-        }
+    /// Opens, updates and closes listeners to match `checks` (decided by compute: ready local
+    /// endpoints only, a dual-stack pod counted once).
+    pub async fn update(&mut self, checks: &BTreeMap<u16, HealthCheck>) {
+        let wanted: BTreeMap<u16, (ObjectKey, usize)> = checks
+            .iter()
+            .map(|(port, check)| {
+                let service = ObjectKey::new(
+                    check.service.namespace.as_ref(),
+                    check.service.name.as_ref(),
+                );
+                (*port, (service, check.local_endpoints))
+            })
+            .collect();
         self.servers.retain(|port, server| {
             let keep = wanted
                 .get(port)
@@ -156,19 +154,6 @@ impl ServiceHealthServers {
             }
         }
     }
-}
-
-/// Distinct local endpoint addresses of the larger address family.
-fn local_endpoint_count(endpoints: &[sluice_model::Endpoint]) -> usize {
-    let distinct = |v4: bool| {
-        endpoints
-            .iter()
-            .filter(|e| e.ip.is_ipv4() == v4)
-            .map(|e| e.ip)
-            .collect::<std::collections::BTreeSet<_>>()
-            .len()
-    };
-    distinct(true).max(distinct(false))
 }
 
 async fn start_health_check(
@@ -248,25 +233,6 @@ mod tests {
             rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
             "2000-02-29T00:00:00Z"
         );
-    }
-
-    #[test]
-    fn a_dual_stack_pod_counts_once() {
-        let ep = |ip: &str, port| sluice_model::Endpoint {
-            ip: ip.parse().unwrap(),
-            port,
-            node_name: None,
-            is_local: true,
-            ready: true,
-        };
-        let eps = [
-            ep("10.244.1.2", 80),
-            ep("fd00::2", 80),
-            ep("10.244.1.2", 81),
-            ep("10.244.1.3", 80),
-        ];
-        assert_eq!(local_endpoint_count(&eps), 2);
-        assert_eq!(local_endpoint_count(&[]), 0);
     }
 
     #[test]

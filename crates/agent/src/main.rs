@@ -46,24 +46,55 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// Picks the dataplane for `--proxy-mode`, logging the choice (and why, for `auto`).
+/// Picks the dataplane for `--proxy-mode`, logging the choice (and why, for `auto`), and
+/// removes what the other mode may have left on this node (a mode switch).
 fn select_dataplane(config: &AgentConfig) -> anyhow::Result<Box<dyn Dataplane>> {
     let ebpf = || sluice_dp_ebpf::EbpfDataplane::new(config.ebpf.clone());
     let nft = || sluice_dp_nft::NftDataplane::new();
-    Ok(match config.proxy_mode {
-        ProxyMode::Ebpf => Box::new(ebpf().context("eBPF dataplane")?),
-        ProxyMode::Nftables => Box::new(nft().context("nftables dataplane")?),
+    let mode = match config.proxy_mode {
         ProxyMode::Auto => match sluice_dp_ebpf::check_support(&config.ebpf) {
             Ok(()) => {
                 tracing::info!("proxy mode auto: using eBPF (the kernel supports it)");
-                Box::new(ebpf().context("eBPF dataplane")?)
+                ProxyMode::Ebpf
             }
             Err(reason) => {
                 tracing::info!("proxy mode auto: using nftables, eBPF unavailable: {reason}");
-                Box::new(nft().context("nftables dataplane")?)
+                ProxyMode::Nftables
             }
         },
-    })
+        explicit => explicit,
+    };
+    let dataplane: Box<dyn Dataplane> = match mode {
+        ProxyMode::Nftables => Box::new(nft().context("nftables dataplane")?),
+        _ => Box::new(ebpf().context("eBPF dataplane")?),
+    };
+    remove_other_mode(config, mode);
+    Ok(dataplane)
+}
+
+/// Leftovers of the mode not in use (after a `--proxy-mode` change) would keep translating
+/// traffic with stale rules: remove them, logged.
+fn remove_other_mode(config: &AgentConfig, in_use: ProxyMode) {
+    let result = match in_use {
+        ProxyMode::Nftables if config.ebpf.bpffs_path.exists() => {
+            Some(("eBPF", sluice_dp_ebpf::cleanup(&config.ebpf).map(|()| true)))
+        }
+        ProxyMode::Ebpf => Some((
+            "nftables",
+            sluice_dp_nft::NftDataplane::new().and_then(|mut dp| dp.remove_tables_if_present()),
+        )),
+        _ => None,
+    };
+    match result {
+        Some((other, Err(err))) => tracing::warn!(
+            "cannot remove what the {other} mode left on this node: {}",
+            sluice_dataplane::error_chain(&err)
+        ),
+        Some((other, Ok(true))) => {
+            tracing::info!("removed what the {other} mode left on this node")
+        }
+        _ => {}
+    }
 }
 
 async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
@@ -72,7 +103,7 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
     }
     tracing::info!(node = %config.node_name, source = %config.source, "sluice agent starting");
     let mut dataplane = select_dataplane(&config)?;
-    dataplane
+    let restored = dataplane
         .restore()
         .with_context(|| format!("restoring {} state", dataplane.name()))?;
 
@@ -109,10 +140,6 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
     ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let ingress = config
-        .ingress
-        .clone()
-        .map(|c| Arc::new(sluice_ingress::IngressProxy::new(c)));
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(proxy) = &ingress {
         let proxy = Arc::clone(proxy);
@@ -140,6 +167,7 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
     let sync_loop = sync::SyncLoop {
         config: config.clone(),
         dataplane: Some(dataplane),
+        restored,
         metrics: Arc::clone(&metrics),
         health: Arc::clone(&health),
         ingress: ingress.clone(),

@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use sluice_dataplane::ApplyStats;
+use sluice_dataplane::ApplyReport;
 
 use crate::http::{Handler, response};
 
@@ -27,6 +27,7 @@ pub struct Metrics {
     last_sync_timestamp: Gauge<f64, AtomicU64>,
     service_changes: Counter,
     sync_errors: Counter,
+    service_failures: Counter,
     dataplane_operations: Counter,
     service_ports: Gauge,
 }
@@ -52,6 +53,7 @@ impl Metrics {
             last_sync_timestamp: Gauge::default(),
             service_changes: Counter::default(),
             sync_errors: Counter::default(),
+            service_failures: Counter::default(),
             dataplane_operations: Counter::default(),
             service_ports: Gauge::default(),
             registry: Registry::default(),
@@ -92,6 +94,11 @@ impl Metrics {
             m.sync_errors.clone(),
         );
         registry.register(
+            "sluice_service_program_failures",
+            "Service ports a dataplane refused to program (logged with their name; retried)",
+            m.service_failures.clone(),
+        );
+        registry.register(
             "sluice_dataplane_operations",
             "Dataplane operations sent (nft lines, map writes)",
             m.dataplane_operations.clone(),
@@ -107,7 +114,7 @@ impl Metrics {
     pub fn record_sync(
         &self,
         elapsed: Duration,
-        result: Result<ApplyStats, ()>,
+        result: Result<&ApplyReport, ()>,
         service_ports: usize,
     ) {
         let secs = elapsed.as_secs_f64();
@@ -121,6 +128,7 @@ impl Metrics {
                 }
                 .observe(secs);
                 self.service_changes.inc_by(stats.services_changed as u64);
+                self.service_failures.inc_by(stats.failed.len() as u64);
                 self.dataplane_operations.inc_by(stats.operations as u64);
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -255,10 +263,19 @@ mod tests {
         let m = Metrics::new(None);
         m.record_sync(
             Duration::from_millis(3),
-            Ok(ApplyStats {
+            Ok(&ApplyReport {
                 services_changed: 2,
                 operations: 7,
                 full_sync: true,
+                failed: vec![sluice_dataplane::ServiceFailure {
+                    service: sluice_model::ServicePortName::new(
+                        "default",
+                        "web",
+                        "",
+                        sluice_model::Protocol::Tcp,
+                    ),
+                    reason: "refused".into(),
+                }],
             }),
             5,
         );
@@ -277,6 +294,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sluice_sync_errors_total 1"), "{text}");
+        assert!(
+            text.contains("sluice_service_program_failures_total 1"),
+            "{text}"
+        );
         assert!(text.contains("sluice_service_ports 5"), "{text}");
     }
 

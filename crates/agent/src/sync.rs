@@ -1,14 +1,18 @@
-//! The sync loop: snapshot → compute → dataplane (+ ingress routes, health check ports).
+//! The sync loop: snapshot → planner (only what changed) → dataplane delta (+ ingress routes,
+//! health check ports).
 //!
-//! Batches changes like kube-proxy: at most one sync per `--min-sync-period`, a full resync
-//! every `--sync-period`, and a retry with backoff when the dataplane refuses an update.
+//! Batches changes like kube-proxy: at most one sync per `--min-sync-period`, a resync every
+//! `--sync-period`, and a retry with backoff when the dataplane refuses an update (all of it,
+//! or some service ports).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_dataplane::Dataplane;
-use sluice_model::{DesiredState, ObjectKey, Snapshot};
+use sluice_compute::Planner;
+use sluice_dataplane::{ApplyReport, Dataplane, DataplaneError, Restored, error_chain};
+use sluice_model::{ChangeSet, ObjectKey, Snapshot};
+use sluice_plan::{Plan, PlanDelta};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -20,6 +24,8 @@ use crate::metrics::Metrics;
 pub struct SyncLoop {
     pub config: AgentConfig,
     pub dataplane: Option<Box<dyn Dataplane>>,
+    /// What `restore` found (connectionless backends of an earlier run).
+    pub restored: Restored,
     pub metrics: Arc<Metrics>,
     pub health: Arc<HealthState>,
     pub ingress: Option<Arc<sluice_ingress::IngressProxy>>,
@@ -43,6 +49,26 @@ impl WarningLog {
     }
 }
 
+/// What the dataplane must do next.
+enum Work {
+    /// Make the kernel hold the whole plan (first programming, repair, periodic check).
+    Resync(Box<Plan>),
+    /// Program one delta.
+    Apply(Box<PlanDelta>),
+}
+
+/// Dataplane bookkeeping across iterations.
+struct Programming {
+    /// The dataplane holds the planner's plan (every delta so far applied).
+    in_step: bool,
+    /// A resync is due (first programming, timer, or after a failure).
+    resync_due: bool,
+    next_resync: Instant,
+    retry: Option<(Instant, Duration)>,
+    /// First programming after start: flows an earlier run left toward gone backends.
+    first: bool,
+}
+
 impl SyncLoop {
     pub async fn run(
         mut self,
@@ -50,14 +76,19 @@ impl SyncLoop {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut dataplane = self.dataplane.take();
+        let mut planner = Planner::new(self.config.compute.clone());
+        let mut previous: Option<Arc<Snapshot>> = None;
+        let mut pending = ChangeSet::default();
         let mut health_servers = ServiceHealthServers::default();
-        let mut service_warnings = WarningLog::default();
         let mut ingress_warnings = WarningLog::default();
-        let mut programmed: Option<DesiredState> = None;
+        let mut prog = Programming {
+            in_step: false,
+            resync_due: true,
+            next_resync: Instant::now() + self.config.sync_period,
+            retry: None,
+            first: true,
+        };
         let mut last_sync: Option<Instant> = None;
-        let mut next_full = Instant::now() + self.config.sync_period;
-        let mut retry: Option<(Instant, Duration)> = None;
-        let mut full = true;
         let mut status_written: Option<(Vec<ObjectKey>, Vec<std::net::IpAddr>)> = None;
         let mut trigger_times = crate::trigger::TriggerTimes::default();
         // Endpoint changes seen but not yet applied (kept across failed syncs).
@@ -67,8 +98,8 @@ impl SyncLoop {
             let ready = snapshots.borrow().is_some();
             tokio::select! {
                 changed = snapshots.changed() => if changed.is_err() { return },
-                _ = tokio::time::sleep_until(next_full), if ready => full = true,
-                _ = sleep_until_opt(retry.map(|r| r.0)), if ready => {},
+                _ = tokio::time::sleep_until(prog.next_resync), if ready => prog.resync_due = true,
+                _ = sleep_until_opt(prog.retry.map(|r| r.0)), if ready => {},
                 _ = shutdown.wait_for(|s| *s) => return,
             }
             // Batch whatever else arrives during the minimum sync period.
@@ -82,7 +113,13 @@ impl SyncLoop {
             let Some(snapshot) = snapshots.borrow_and_update().clone() else {
                 continue;
             };
-            pending_triggers.extend(trigger_times.new_triggers(&snapshot));
+            let changes = match &previous {
+                Some(before) => ChangeSet::between(before, &snapshot),
+                None => ChangeSet::everything(),
+            };
+            pending_triggers.extend(trigger_times.new_triggers(&snapshot, &changes));
+            pending.merge(changes);
+            previous = Some(Arc::clone(&snapshot));
 
             let node_object = snapshot
                 .nodes
@@ -92,88 +129,118 @@ impl SyncLoop {
                 node_object.map(|n| n.as_ref()),
                 &self.local_addresses.current(),
             );
-            let computed = sluice_compute::compute(&snapshot, &node, &self.config.compute);
-            service_warnings.update(
-                "services",
-                computed.warnings.iter().map(ToString::to_string),
-            );
+            let delta = planner.update(&snapshot, &std::mem::take(&mut pending), &node);
+            for warning in planner.fresh_warnings() {
+                tracing::warn!("services: skipped {warning}");
+            }
             if let Some(proxy) = &self.ingress {
                 ingress_warnings.update(
                     "ingress",
                     proxy.update(&snapshot).iter().map(ToString::to_string),
                 );
             }
-            health_servers.update(&computed.state).await;
+            if delta.health_checks.is_some() || prog.first {
+                health_servers.update(&planner.plan().health_checks).await;
+            }
 
-            let unchanged = programmed.as_ref() == Some(&computed.state);
-            if unchanged && !full && retry.is_none() {
+            let Some(work) = next_work(&mut prog, planner.plan(), delta) else {
                 // Nothing to program: those endpoint changes are in effect already.
+                self.metrics
+                    .record_network_programming(crate::trigger::latencies(
+                        &pending_triggers,
+                        std::time::SystemTime::now(),
+                    ));
+                pending_triggers.clear();
+                last_sync = Some(Instant::now());
+                continue;
+            };
+            let Some(dp) = dataplane.take() else {
+                return;
+            };
+            let restored = prog.first.then(|| std::mem::take(&mut self.restored));
+            let service_ports = planner.plan().services.len();
+            let started = std::time::Instant::now();
+            let joined =
+                tokio::task::spawn_blocking(move || program(dp, work, restored)).await;
+            let Ok((dp, result)) = joined else {
+                tracing::error!("the dataplane panicked; stopping the sync loop");
+                return;
+            };
+            dataplane = Some(dp);
+            last_sync = Some(Instant::now());
+            let ok = self.record(&mut prog, started.elapsed(), result, service_ports);
+            if ok {
                 let now = std::time::SystemTime::now();
                 self.metrics
                     .record_network_programming(crate::trigger::latencies(&pending_triggers, now));
                 pending_triggers.clear();
-                last_sync = Some(Instant::now());
-                continue;
-            }
-            let Some(mut dp) = dataplane.take() else {
-                return;
-            };
-            let state = computed.state;
-            let do_full = full;
-            let started = std::time::Instant::now();
-            let joined = tokio::task::spawn_blocking(move || {
-                let result = dp.apply(&state, do_full);
-                (dp, state, result)
-            })
-            .await;
-            let Ok((dp, state, result)) = joined else {
-                tracing::error!("the dataplane panicked; stopping the sync loop");
-                return;
-            };
-            let elapsed = started.elapsed();
-            let service_ports = state.services.len();
-            dataplane = Some(dp);
-            last_sync = Some(Instant::now());
-            match result {
-                Ok(stats) => {
-                    tracing::info!(
-                        service_ports,
-                        changed = stats.services_changed,
-                        operations = stats.operations,
-                        full = stats.full_sync,
-                        elapsed_ms = elapsed.as_millis() as u64,
-                        "synced"
-                    );
-                    self.metrics.record_sync(elapsed, Ok(stats), service_ports);
-                    let now = std::time::SystemTime::now();
-                    self.metrics
-                        .record_network_programming(crate::trigger::latencies(
-                            &pending_triggers,
-                            now,
-                        ));
-                    pending_triggers.clear();
-                    self.health.record(true);
-                    programmed = Some(state);
-                    retry = None;
-                    if full {
-                        full = false;
-                        next_full = Instant::now() + self.config.sync_period;
-                    }
-                }
-                Err(err) => {
-                    let backoff = retry.map_or(Duration::from_millis(500), |(_, b)| {
-                        (b * 2).min(self.config.sync_period)
-                    });
-                    tracing::error!("sync failed, retrying in {backoff:?}: {err}");
-                    self.metrics.record_sync(elapsed, Err(()), service_ports);
-                    self.health.record(false);
-                    retry = Some((Instant::now() + backoff, backoff));
-                }
             }
             let status_ips = node_object_addresses(node_object.map(|n| n.as_ref()))
                 .unwrap_or_else(|| node.addresses.clone());
             self.write_ingress_status(status_ips, &mut status_written);
         }
+    }
+
+    /// Logs and counts one dataplane call; schedules the retry or the next resync. Returns
+    /// whether everything was programmed.
+    fn record(
+        &self,
+        prog: &mut Programming,
+        elapsed: Duration,
+        result: Result<ApplyReport, DataplaneError>,
+        service_ports: usize,
+    ) -> bool {
+        match result {
+            Ok(report) => {
+                tracing::info!(
+                    service_ports,
+                    changed = report.services_changed,
+                    operations = report.operations,
+                    full = report.full_sync,
+                    failed = report.failed.len(),
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    "synced"
+                );
+                for failure in &report.failed {
+                    tracing::warn!(service = %failure.service, "not programmed, will retry: {}", failure.reason);
+                }
+                self.metrics
+                    .record_sync(elapsed, Ok(&report), service_ports);
+                if report.full_sync {
+                    prog.next_resync = Instant::now() + self.config.sync_period;
+                }
+                prog.first = false;
+                if report.failed.is_empty() {
+                    self.health.record(true);
+                    prog.retry = None;
+                    return true;
+                }
+                // Partly refused: the rest is in place; retry the rest with a resync.
+                self.health.record(false);
+                self.schedule_retry(prog);
+                false
+            }
+            Err(err) => {
+                self.metrics.record_sync(elapsed, Err(()), service_ports);
+                self.health.record(false);
+                let backoff = self.schedule_retry(prog);
+                tracing::error!(
+                    "sync failed, retrying in {backoff:?}: {}",
+                    error_chain(&err)
+                );
+                false
+            }
+        }
+    }
+
+    fn schedule_retry(&self, prog: &mut Programming) -> Duration {
+        let backoff = prog.retry.map_or(Duration::from_millis(500), |(_, b)| {
+            (b * 2).min(self.config.sync_period)
+        });
+        prog.retry = Some((Instant::now() + backoff, backoff));
+        prog.resync_due = true;
+        prog.in_step = false;
+        backoff
     }
 
     /// Ingress `status.loadBalancer` for the Ingresses we serve (API source only).
@@ -206,6 +273,52 @@ impl SyncLoop {
     }
 }
 
+/// Decides what the dataplane does with this iteration's delta. `None`: nothing.
+fn next_work(prog: &mut Programming, plan: &Plan, delta: PlanDelta) -> Option<Work> {
+    if prog.retry.is_some_and(|(at, _)| Instant::now() < at) {
+        // Backing off: the delta is folded into the resync that follows.
+        prog.resync_due = true;
+        prog.in_step = false;
+        return None;
+    }
+    if prog.resync_due || !prog.in_step {
+        prog.resync_due = false;
+        prog.in_step = true;
+        return Some(Work::Resync(Box::new(plan.clone())));
+    }
+    (!delta.is_empty()).then(|| Work::Apply(Box::new(delta)))
+}
+
+/// Runs one dataplane call (on a blocking thread). After the first resync of a run, removes
+/// the flows an earlier run left toward backends that are gone.
+fn program(
+    mut dp: Box<dyn Dataplane>,
+    work: Work,
+    restored: Option<Restored>,
+) -> (Box<dyn Dataplane>, Result<ApplyReport, DataplaneError>) {
+    let result = match work {
+        Work::Resync(plan) => {
+            let mut result = dp.resync(&plan);
+            if let (Ok(_), Some(restored)) = (&result, restored) {
+                let stale = sluice_compute::stale_after_restore(&restored.backends, &plan);
+                if !stale.is_empty() {
+                    let flows = PlanDelta {
+                        node: Arc::clone(&plan.node),
+                        stale_flows: stale,
+                        ..PlanDelta::default()
+                    };
+                    if let Err(err) = dp.apply(&flows) {
+                        result = Err(err);
+                    }
+                }
+            }
+            result
+        }
+        Work::Apply(delta) => dp.apply(&delta),
+    };
+    (dp, result)
+}
+
 /// The Node object's InternalIP and ExternalIP addresses (what clients can reach), if any.
 fn node_object_addresses(
     node: Option<&k8s_openapi::api::core::v1::Node>,
@@ -227,165 +340,4 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Mutex;
-
-    use clap::Parser as _;
-    use k8s_openapi::api::core::v1::Service;
-    use sluice_dataplane::{ApplyStats, DataplaneError};
-
-    use super::*;
-    use crate::cli::{Cli, Command};
-
-    /// Records applies; fails the first `failures` of them.
-    #[derive(Clone, Default)]
-    struct ScriptedDataplane {
-        applies: Arc<Mutex<Vec<(usize, bool)>>>,
-        failures: Arc<Mutex<usize>>,
-    }
-
-    impl Dataplane for ScriptedDataplane {
-        fn name(&self) -> &'static str {
-            "scripted"
-        }
-        fn restore(&mut self) -> Result<(), DataplaneError> {
-            Ok(())
-        }
-        fn apply(
-            &mut self,
-            desired: &DesiredState,
-            full: bool,
-        ) -> Result<ApplyStats, DataplaneError> {
-            self.applies
-                .lock()
-                .unwrap()
-                .push((desired.services.len(), full));
-            let mut failures = self.failures.lock().unwrap();
-            if *failures > 0 {
-                *failures -= 1;
-                return Err(DataplaneError::Kernel {
-                    backend: "scripted",
-                    action: "apply".into(),
-                    detail: "no".into(),
-                });
-            }
-            Ok(ApplyStats::default())
-        }
-        fn cleanup(&mut self) -> Result<(), DataplaneError> {
-            Ok(())
-        }
-    }
-
-    fn config(min_sync: &str) -> AgentConfig {
-        let argv = [
-            "sluice",
-            "agent",
-            "--source",
-            "dir:/x",
-            "--min-sync-period",
-            min_sync,
-            "--disable-ingress",
-        ];
-        let Command::Agent(args) = Cli::try_parse_from(argv).unwrap().command;
-        args.validate_with_hostname(|| Some("node-a".into()))
-            .unwrap()
-    }
-
-    fn snapshot(services: usize) -> Arc<Snapshot> {
-        let mut s = Snapshot::default();
-        for i in 0..services {
-            let svc: Service = serde_json::from_value(serde_json::json!({
-                "metadata": {"namespace": "default", "name": format!("s{i}")},
-                "spec": {"clusterIP": format!("10.96.0.{}", i + 1), "ports": [{"port": 80}]},
-            }))
-            .unwrap();
-            s.services
-                .insert(ObjectKey::new("default", format!("s{i}")), Arc::new(svc));
-        }
-        Arc::new(s)
-    }
-
-    fn start(
-        dp: &ScriptedDataplane,
-        min_sync: &str,
-    ) -> (
-        watch::Sender<Option<Arc<Snapshot>>>,
-        watch::Sender<bool>,
-        tokio::task::JoinHandle<()>,
-    ) {
-        let config = config(min_sync);
-        let sync = SyncLoop {
-            health: Arc::new(HealthState::new("node-a".into(), config.sync_period)),
-            config,
-            dataplane: Some(Box::new(dp.clone())),
-            metrics: Arc::new(Metrics::new(None)),
-            ingress: None,
-            k8s_client: None,
-            local_addresses: LocalAddresses::new(Arc::new(sluice_hostnet::FakeHostNetwork::new())),
-        };
-        let (tx, rx) = watch::channel(None);
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(sync.run(rx, stop_rx));
-        (tx, stop_tx, task)
-    }
-
-    async fn settle() {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-
-    #[tokio::test]
-    async fn nothing_is_applied_before_the_first_snapshot_and_the_first_apply_is_full() {
-        let dp = ScriptedDataplane::default();
-        let (tx, stop, task) = start(&dp, "0s");
-        settle().await;
-        assert!(dp.applies.lock().unwrap().is_empty());
-        tx.send(Some(snapshot(2))).unwrap();
-        settle().await;
-        assert_eq!(*dp.applies.lock().unwrap(), vec![(2, true)]);
-        // The same content again is not re-applied.
-        tx.send(Some(snapshot(2))).unwrap();
-        settle().await;
-        assert_eq!(dp.applies.lock().unwrap().len(), 1);
-        stop.send(true).unwrap();
-        task.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn changes_within_the_minimum_sync_period_are_batched() {
-        let dp = ScriptedDataplane::default();
-        let (tx, stop, task) = start(&dp, "500ms");
-        tx.send(Some(snapshot(1))).unwrap();
-        settle().await;
-        for n in 2..=5 {
-            tx.send(Some(snapshot(n))).unwrap();
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(900)).await;
-        let applies = dp.applies.lock().unwrap().clone();
-        assert_eq!(applies.first(), Some(&(1, true)));
-        assert_eq!(applies.last(), Some(&(5, false)), "{applies:?}");
-        assert!(
-            applies.len() <= 3,
-            "four changes in 80 ms batched: {applies:?}"
-        );
-        stop.send(true).unwrap();
-        task.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_failed_apply_is_retried_without_a_new_change() {
-        let dp = ScriptedDataplane::default();
-        *dp.failures.lock().unwrap() = 1;
-        let (tx, stop, task) = start(&dp, "0s");
-        tx.send(Some(snapshot(3))).unwrap();
-        tokio::time::sleep(Duration::from_millis(1200)).await;
-        let applies = dp.applies.lock().unwrap().clone();
-        assert_eq!(
-            applies,
-            vec![(3, true), (3, true)],
-            "failed full sync retried as a full sync"
-        );
-        stop.send(true).unwrap();
-        task.await.unwrap();
-    }
-}
+mod tests;

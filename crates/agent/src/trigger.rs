@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sluice_model::{ObjectKey, Snapshot};
+use sluice_model::{ChangeSet, ObjectKey, Snapshot};
 
 pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
@@ -17,33 +17,53 @@ pub struct TriggerTimes {
 }
 
 impl TriggerTimes {
-    /// New trigger times in `snapshot` since the last call (none on the first call: objects
-    /// that existed before the agent started say nothing about programming latency).
-    pub fn new_triggers(&mut self, snapshot: &Snapshot) -> Vec<SystemTime> {
+    /// New trigger times among the slices `changes` names (all of them when it says
+    /// "everything"). None on the first call: objects that existed before the agent started
+    /// say nothing about programming latency.
+    pub fn new_triggers(&mut self, snapshot: &Snapshot, changes: &ChangeSet) -> Vec<SystemTime> {
         let first = self.seen.is_none();
         let seen = self.seen.get_or_insert_with(HashMap::new);
-        let mut fresh = Vec::new();
-        let mut current = HashMap::with_capacity(seen.len());
-        for (key, slice) in &snapshot.endpoint_slices {
-            let Some(value) = slice
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION))
-            else {
-                continue;
-            };
-            if !first
-                && seen.get(key) != Some(value)
-                && let Some(time) = parse_rfc3339(value)
-            {
-                fresh.push(time);
+        if first || changes.everything {
+            let mut fresh = Vec::new();
+            let mut current = HashMap::with_capacity(seen.len());
+            for key in snapshot.endpoint_slices.keys() {
+                if let Some(value) = trigger_of(snapshot, key) {
+                    if !first && seen.get(key) != Some(&value) {
+                        fresh.extend(parse_rfc3339(&value));
+                    }
+                    current.insert(key.clone(), value);
+                }
             }
-            current.insert(key.clone(), value.clone());
+            *seen = current;
+            return fresh;
         }
-        *seen = current;
+        let mut fresh = Vec::new();
+        for key in &changes.endpoint_slices {
+            match trigger_of(snapshot, key) {
+                Some(value) => {
+                    if seen.get(key) != Some(&value) {
+                        fresh.extend(parse_rfc3339(&value));
+                    }
+                    seen.insert(key.clone(), value);
+                }
+                None => {
+                    seen.remove(key);
+                }
+            }
+        }
         fresh
     }
+}
+
+fn trigger_of(snapshot: &Snapshot, key: &ObjectKey) -> Option<String> {
+    snapshot
+        .endpoint_slices
+        .get(key)?
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(TRIGGER_TIME_ANNOTATION)
+        .cloned()
 }
 
 /// Latencies of `triggers` as of `now` (a trigger in the future, from clock skew, counts 0).
@@ -127,14 +147,17 @@ mod tests {
     #[test]
     fn only_changes_after_the_first_sync_count_and_each_once() {
         let mut t = TriggerTimes::default();
+        let first = snapshot("2026-11-25T10:00:00Z");
         assert!(
-            t.new_triggers(&snapshot("2026-11-25T10:00:00Z")).is_empty(),
+            t.new_triggers(&first, &ChangeSet::everything()).is_empty(),
             "pre-existing"
         );
-        let fresh = t.new_triggers(&snapshot("2026-11-25T10:00:05Z"));
+        let second = snapshot("2026-11-25T10:00:05Z");
+        let changes = ChangeSet::between(&first, &second);
+        let fresh = t.new_triggers(&second, &changes);
         assert_eq!(fresh, vec![UNIX_EPOCH + Duration::from_secs(1_795_600_805)]);
         assert!(
-            t.new_triggers(&snapshot("2026-11-25T10:00:05Z")).is_empty(),
+            t.new_triggers(&second, &changes).is_empty(),
             "counted once"
         );
         let now = UNIX_EPOCH + Duration::from_secs(1_795_600_807);

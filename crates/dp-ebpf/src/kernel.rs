@@ -222,13 +222,36 @@ fn load_tc_progs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-pub fn check_support(config: &EbpfConfig) -> Result<(), String> {
-    if fs_magic(&config.cgroup_path) != Some(CGROUP2_SUPER_MAGIC) {
+/// `Err(reason)` when `path` cannot take socket-LB programs.
+fn check_cgroup2(path: &Path) -> Result<(), String> {
+    if fs_magic(path) == Some(CGROUP2_SUPER_MAGIC) {
+        return Ok(());
+    }
+    let mounted = find_cgroup2_root()
+        .map(|root| format!("cgroup2 is mounted at {}", root.display()))
+        .unwrap_or_else(|| "no cgroup2 file system is mounted".to_owned());
+    Err(format!(
+        "{} is not a cgroup v2 directory ({mounted}; set --cgroup-path)",
+        path.display()
+    ))
+}
+
+/// tc programs are attached as tcx links (kernel 6.6+), which can be pinned so forwarding
+/// survives the agent; older kernels would attach unpinnable qdisc filters.
+fn check_tcx() -> Result<(), String> {
+    let version = aya::util::KernelVersion::current()
+        .map_err(|e| format!("cannot read the kernel version: {e}"))?;
+    if version < aya::util::KernelVersion::new(6, 6, 0) {
         return Err(format!(
-            "{} is not a cgroup v2 directory",
-            config.cgroup_path.display()
+            "kernel {version:?} has no tcx (6.6 or newer needed for pinned tc links)"
         ));
     }
+    Ok(())
+}
+
+pub fn check_support(config: &EbpfConfig) -> Result<(), String> {
+    check_cgroup2(&config.cgroup_path)?;
+    check_tcx()?;
     // Load everything through the verifier with maps pinned in a throw-away directory.
     let base = config
         .bpffs_path
@@ -288,6 +311,12 @@ pub fn cleanup(config: &EbpfConfig) -> Result<(), DataplaneError> {
 
 impl Kernel {
     pub fn load(config: &EbpfConfig) -> Result<Self, DataplaneError> {
+        check_cgroup2(&config.cgroup_path)
+            .and_then(|()| check_tcx())
+            .map_err(|reason| DataplaneError::Unavailable {
+                backend: BACKEND,
+                reason,
+            })?;
         let dir = &config.bpffs_path;
         ensure_bpffs(dir)?;
         let links_dir = dir.join("links");

@@ -75,6 +75,22 @@ impl<E: NftExecutor> NftDataplane<E> {
         &self.exec
     }
 
+    /// Removes our tables when a previous run (in nftables mode) left them; whether it did.
+    pub fn remove_tables_if_present(&mut self) -> Result<bool, DataplaneError> {
+        let mut present = false;
+        for family in Family::ALL {
+            let back = self
+                .exec
+                .read_back(family)
+                .map_err(|e| kernel_err("reading back the ruleset", &e))?;
+            present |= !back.existing.chains.is_empty();
+        }
+        if present {
+            self.cleanup()?;
+        }
+        Ok(present)
+    }
+
     /// The full ruleset `plan` translates to (what `sluice plan` shows): one `nft -f` script
     /// per family, from an empty kernel.
     pub fn render_plan(plan: &Plan) -> String {
