@@ -2,13 +2,23 @@
 //! EndpointSlice, Node, Ingress, IngressClass, Secret) stands in for the API server. Used by
 //! the demo, the tests and the benchmarks, and handy for clusters-without-a-cluster.
 //!
-//! Files are re-read when their size, mtime or inode changes (polling: no inotify dependency,
-//! and it works for files replaced by rename). Each file is parsed on its own and cached, so
-//! a change costs a re-parse of that file only. A malformed document is reported with file
-//! name, document index and reason; every other document still applies.
+//! See the crate README for what is read, what is skipped and what is reported.
 
+#![forbid(unsafe_code)]
+
+mod documents;
+mod files;
+mod kinds;
+mod names;
+mod nesting;
 mod parse;
+mod value;
+mod warning;
 mod watch;
 
-pub use parse::{LoadWarning, ParsedFile, parse_manifests};
+pub use parse::{
+    DEFAULT_MAX_DEPTH, DEFAULT_MAX_FILE_SIZE, Limits, ParsedFile, parse_manifests,
+    parse_manifests_with,
+};
+pub use warning::{LoadWarning, ObjectRef, Problem};
 pub use watch::{DirSource, DirSourceError};
