@@ -563,4 +563,179 @@ spec:
         assert!(depth_ok(doc, 8));
         assert!(!depth_ok(doc, 7));
     }
+
+    /// Differential check against the real parser on generated and mutated documents: the
+    /// scan must never see fewer levels than libyaml (each level the scan counts covers at most
+    /// two of the parser's: a mapping plus a sequence at its key's column), so whatever
+    /// serde_yaml refuses as too deep (> 128 levels), the scan refuses at 64.
+    #[test]
+    fn never_sees_fewer_levels_than_the_yaml_parser() {
+        let mut rng = Rng(0x5eed_1234_abcd_ef01);
+        let (mut parsed, mut too_deep) = (0, 0);
+        for round in 0..4000 {
+            let depth = if round % 10 == 0 {
+                140
+            } else {
+                (rng.next() % 40) as usize
+            };
+            let mut doc = format!("root:{}", block_node(&mut rng, depth, 0));
+            if round % 2 == 1 {
+                mutate(&mut rng, &mut doc);
+            }
+            let scanned = scan_depth(&doc);
+            match serde_yaml::from_str::<serde_yaml::Value>(&doc) {
+                Ok(value) => {
+                    parsed += 1;
+                    let levels = value_depth(&value);
+                    assert!(
+                        levels <= 2 * scanned,
+                        "parser {levels} > 2 x scan {scanned}:\n{doc}"
+                    );
+                }
+                Err(err) if err.to_string().starts_with("recursion limit exceeded") => {
+                    too_deep += 1;
+                    assert!(
+                        scanned > 64,
+                        "scan {scanned} for a too-deep document:\n{doc}"
+                    );
+                }
+                Err(_) => {}
+            }
+        }
+        // The generator must produce mostly valid YAML, some of it too deep, or this proves
+        // nothing.
+        assert!(
+            parsed > 2000 && too_deep > 100,
+            "parsed {parsed}, too deep {too_deep}"
+        );
+    }
+
+    fn scan_depth(doc: &str) -> usize {
+        (0..)
+            .find(|&limit| check_depth(doc, limit).is_ok())
+            .unwrap()
+    }
+
+    fn value_depth(value: &serde_yaml::Value) -> usize {
+        use serde_yaml::Value;
+        match value {
+            Value::Sequence(items) => 1 + items.iter().map(value_depth).max().unwrap_or(0),
+            Value::Mapping(map) => {
+                let inner = map.iter().map(|(k, v)| value_depth(k).max(value_depth(v)));
+                1 + inner.max().unwrap_or(0)
+            }
+            Value::Tagged(tagged) => value_depth(&tagged.value),
+            _ => 0,
+        }
+    }
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn pick<'a>(&mut self, options: &[&'a str]) -> &'a str {
+            options[(self.next() % options.len() as u64) as usize]
+        }
+    }
+
+    /// Scalars that look like structure to a careless scanner.
+    fn scalar(rng: &mut Rng, flow: bool) -> String {
+        let tricky_anywhere = [
+            "x",
+            "\"[[{{\\\"]]\"",
+            "'it''s [[['",
+            "\"multi\n  line [[[\"",
+            "!tag v",
+            "&anchor v",
+            "'{{'",
+        ];
+        let tricky_in_block = ["it's", "a[b{c", "x 'y [[", "x # [[[ comment", "a -[b"];
+        if !flow && rng.next() % 2 == 0 {
+            rng.pick(&tricky_in_block).to_owned()
+        } else {
+            rng.pick(&tricky_anywhere).to_owned()
+        }
+    }
+
+    fn flow_node(rng: &mut Rng, depth: usize) -> String {
+        if depth == 0 {
+            return scalar(rng, true);
+        }
+        match rng.next() % 4 {
+            0 => format!("[{}, {}]", scalar(rng, true), flow_node(rng, depth - 1)),
+            1 => format!("{{k: {}, '[q': x}}", flow_node(rng, depth - 1)),
+            2 => format!(
+                "[\n {},\n {}]",
+                flow_node(rng, depth - 1),
+                scalar(rng, true)
+            ),
+            _ => format!("{{\"{{k\": {}}}", flow_node(rng, depth - 1)),
+        }
+    }
+
+    /// Text following `key:` at column `indent`.
+    fn block_node(rng: &mut Rng, depth: usize, indent: usize) -> String {
+        let pad = |n: usize| " ".repeat(n);
+        if depth == 0 {
+            return format!(" {}\n", scalar(rng, false));
+        }
+        let inner = indent + 2;
+        let key = format!("k{}", rng.next() % 1_000_000_000);
+        match rng.next() % 7 {
+            0 | 1 => format!(
+                "\n{}{key}:{}{}'[k2': {}\n",
+                pad(inner),
+                block_node(rng, depth - 1, inner),
+                pad(inner),
+                scalar(rng, false)
+            ),
+            2 => format!(
+                "\n{}- {}\n{}- {key}:{}",
+                pad(inner),
+                scalar(rng, false),
+                pad(inner),
+                block_node(rng, depth - 1, inner + 2)
+            ),
+            3 => format!(
+                "\n{}- {key}:{}",
+                pad(indent),
+                block_node(rng, depth - 1, indent + 2)
+            ),
+            4 => format!(" {}\n", flow_node(rng, depth)),
+            5 => format!(
+                " |\n{}[[[ {{{{ text\n\n{}more ]]] '\n{}{key}:{}",
+                pad(inner),
+                pad(inner + 1),
+                pad(indent),
+                block_node(rng, depth - 1, indent)
+            ),
+            _ => format!(
+                " # [[[\n{}{key}:{}",
+                pad(inner),
+                block_node(rng, depth - 1, inner)
+            ),
+        }
+    }
+
+    /// Inserts or deletes one character that changes how text is tokenized.
+    fn mutate(rng: &mut Rng, doc: &mut String) {
+        let boundaries: Vec<usize> = (0..=doc.len())
+            .filter(|&i| doc.is_char_boundary(i))
+            .collect();
+        let at = boundaries[(rng.next() % boundaries.len() as u64) as usize];
+        if rng.next() % 3 == 0 && at < doc.len() {
+            doc.remove(at);
+        } else {
+            let c = rng.pick(&[
+                "'", "\"", "[", "{", "#", " ", "\n", "\t", ":", "-", "|", "\\",
+            ]);
+            doc.insert_str(at, c);
+        }
+    }
 }
