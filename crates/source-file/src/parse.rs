@@ -144,7 +144,14 @@ fn parse_document(out: &mut ParsedFile, file: &str, document: Document<'_>, limi
         return out.warn(file, origin, None, problem);
     }
     match value::parse(document.text) {
-        Ok(value) => add_value(out, file, origin, value),
+        // `<<: *defaults` merge keys, which kubectl applies too.
+        Ok(mut value) => match value.apply_merge() {
+            Ok(()) => add_value(out, file, origin, value),
+            Err(err) => {
+                let reason = format!("bad `<<` merge key: {err}");
+                out.warn(file, origin, None, Problem::InvalidYaml { reason })
+            }
+        },
         Err(ValueError::TooManyNodes { limit }) => {
             out.warn(file, origin, None, Problem::TooManyNodes { limit })
         }
@@ -259,11 +266,33 @@ struct Place<'a> {
 
 type List<T> = fn(&mut ParsedFile) -> &mut Vec<(ObjectKey, Arc<T>)>;
 
+/// A kind of ours, with what the API server changes on write.
+trait Object: DeserializeOwned + k8s_openapi::Metadata<Ty = ObjectMeta> {
+    fn normalize(&mut self) {}
+}
+
+impl Object for Service {}
+impl Object for EndpointSlice {}
+impl Object for Node {}
+impl Object for Ingress {}
+impl Object for IngressClass {}
+
+impl Object for Secret {
+    /// The API server merges `stringData` into `data` (`stringData` wins); consumers only
+    /// read `data`.
+    fn normalize(&mut self) {
+        let Some(string_data) = self.string_data.take() else {
+            return;
+        };
+        let data = self.data.get_or_insert_with(Default::default);
+        for (key, text) in string_data {
+            data.insert(key, k8s_openapi::ByteString(text.into_bytes()));
+        }
+    }
+}
+
 /// Typed decoding of one object of ours, then the checks the API server would have made.
-fn decode<T>(out: &mut ParsedFile, place: Place<'_>, value: Value, list: List<T>)
-where
-    T: DeserializeOwned + k8s_openapi::Metadata<Ty = ObjectMeta>,
-{
+fn decode<T: Object>(out: &mut ParsedFile, place: Place<'_>, value: Value, list: List<T>) {
     let object = object_ref(kinds::name(place.kind), Some(place.kind), &value);
     let warn = |out: &mut ParsedFile, problem| {
         out.warn(place.file, place.origin, Some(object.clone()), problem)
@@ -282,6 +311,7 @@ where
         Ok(key) => key,
         Err(problem) => return warn(out, problem),
     };
+    decoded.normalize();
     insert(out, place, key, Arc::new(decoded), list);
 }
 
@@ -702,5 +732,18 @@ spec: {clusterIP: 10.96.0.11, ports: [{port: 80}]}
             shift_line_numbers("key \"line 5\" at line 1 column 2", 1),
             "key \"line 5\" at line 2 column 2"
         );
+    }
+
+    #[test]
+    fn merge_keys_and_secret_string_data_are_applied_like_the_api_server_does() {
+        let text = "x: &common {apiVersion: v1, kind: Service}\n<<: *common\nmetadata: {name: merged}\n---\n\
+                    apiVersion: v1\nkind: Secret\nmetadata: {name: tls}\ntype: kubernetes.io/tls\n\
+                    data: {tls.crt: b2xk, tls.key: a2V5}\nstringData: {tls.crt: new}\n";
+        let parsed = parse_manifests("a.yaml", text);
+        assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+        assert_eq!(names(&parsed.services), ["default/merged"]);
+        let data = parsed.secrets[0].1.data.clone().unwrap();
+        assert_eq!(data["tls.crt"].0, b"new");
+        assert_eq!(data["tls.key"].0, b"key");
     }
 }
