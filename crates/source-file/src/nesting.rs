@@ -205,7 +205,7 @@ impl<'a> Scanner<'a> {
             }
             b'!' => {
                 self.save_simple_key();
-                while !self.is_blankz(0) && !(flow && self.at(0) == b',') {
+                while !(self.is_blankz(0) || (flow && self.at(0) == b',')) {
                     self.bump();
                 }
                 self.simple_key_allowed = false;
@@ -656,7 +656,7 @@ spec:
             "'{{'",
         ];
         let tricky_in_block = ["it's", "a[b{c", "x 'y [[", "x # [[[ comment", "a -[b"];
-        if !flow && rng.next() % 2 == 0 {
+        if !flow && rng.next().is_multiple_of(2) {
             rng.pick(&tricky_in_block).to_owned()
         } else {
             rng.pick(&tricky_anywhere).to_owned()
@@ -729,7 +729,7 @@ spec:
             .filter(|&i| doc.is_char_boundary(i))
             .collect();
         let at = boundaries[(rng.next() % boundaries.len() as u64) as usize];
-        if rng.next() % 3 == 0 && at < doc.len() {
+        if rng.next().is_multiple_of(3) && at < doc.len() {
             doc.remove(at);
         } else {
             let c = rng.pick(&[
