@@ -17,8 +17,8 @@ mod warning;
 mod watch;
 
 pub use parse::{
-    DEFAULT_MAX_DEPTH, DEFAULT_MAX_FILE_SIZE, Limits, ParsedFile, parse_manifests,
-    parse_manifests_with,
+    DEFAULT_MAX_DEPTH, DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_NODES, Limits, ParsedFile,
+    parse_manifests, parse_manifests_with,
 };
 pub use warning::{LoadWarning, ObjectRef, Problem};
 pub use watch::{DirSource, DirSourceError};

@@ -19,18 +19,40 @@ pub(crate) struct TooDeep {
     pub line: usize,
 }
 
-/// Checks that `doc` never nests more than `limit` levels (block indentation levels plus open
-/// flow collections). Linear in the length of `doc`; stops at the first level over the limit.
-pub(crate) fn check_depth(doc: &str, limit: usize) -> Result<(), TooDeep> {
-    let mut scanner = Scanner::new(doc.as_bytes(), limit);
+/// Why a document is refused before parsing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    TooDeep(TooDeep),
+    /// More nodes than allowed: the parser's memory grows with them (about 200 bytes each).
+    TooManyNodes,
+}
+
+/// Checks that `doc` never nests more than `max_depth` levels (block indentation levels plus
+/// open flow collections) and has at most `max_nodes` nodes (scalars, collections, aliases and
+/// empty entries; what aliases repeat is bounded later, when values are built). Linear in the
+/// length of `doc`; stops at the first limit crossed.
+pub(crate) fn prescan(doc: &str, max_depth: usize, max_nodes: usize) -> Result<(), Refused> {
+    let mut scanner = Scanner::new(doc.as_bytes(), max_depth);
+    scanner.max_nodes = max_nodes;
     match scanner.run() {
         Ok(()) | Err(Halt::SyntaxError) => Ok(()),
-        Err(Halt::TooDeep) => Err(TooDeep { line: scanner.line }),
+        Err(Halt::TooDeep) => Err(Refused::TooDeep(TooDeep { line: scanner.line })),
+        Err(Halt::TooManyNodes) => Err(Refused::TooManyNodes),
+    }
+}
+
+/// [`prescan`] for depth only.
+#[cfg(test)]
+pub(crate) fn check_depth(doc: &str, limit: usize) -> Result<(), TooDeep> {
+    match prescan(doc, limit, usize::MAX) {
+        Ok(()) | Err(Refused::TooManyNodes) => Ok(()),
+        Err(Refused::TooDeep(too_deep)) => Err(too_deep),
     }
 }
 
 enum Halt {
     TooDeep,
+    TooManyNodes,
     /// libyaml stops here with an error, so nothing after this point reaches the parser.
     SyntaxError,
 }
@@ -50,6 +72,8 @@ struct Scanner<'a> {
     simple_key_allowed: bool,
     /// Where a possible block mapping key starts: (line, column).
     simple_key: Option<(usize, usize)>,
+    nodes: usize,
+    max_nodes: usize,
 }
 
 impl<'a> Scanner<'a> {
@@ -64,6 +88,8 @@ impl<'a> Scanner<'a> {
             flow_level: 0,
             simple_key_allowed: true,
             simple_key: None,
+            nodes: 0,
+            max_nodes: usize::MAX,
         }
     }
 
@@ -133,6 +159,13 @@ impl<'a> Scanner<'a> {
                 return Err(Halt::SyntaxError);
             }
             self.unroll_indent(self.column);
+            // Every token but `,` and closing brackets starts a node (or an empty one).
+            if !matches!(self.at(0), b',' | b']' | b'}') {
+                self.nodes += 1;
+                if self.nodes > self.max_nodes {
+                    return Err(Halt::TooManyNodes);
+                }
+            }
             self.next_token()?;
         }
     }
@@ -493,6 +526,19 @@ mod tests {
         assert_eq!(check_depth(doc, 4), Err(TooDeep { line: 2 }));
         let deep = format!("spec: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(check_depth(&deep, 64), Err(TooDeep { line: 1 }));
+    }
+
+    #[test]
+    fn counts_nodes_including_empty_entries() {
+        // a, :, [, 1, 2, {, b, :, c
+        assert_eq!(prescan("a: [1, 2, {b: c}]\n", 64, 9), Ok(()));
+        assert_eq!(
+            prescan("a: [1, 2, {b: c}]\n", 64, 8),
+            Err(Refused::TooManyNodes)
+        );
+        // `-` entries with nothing after them are null nodes.
+        let nulls = "-\n".repeat(100);
+        assert_eq!(prescan(&nulls, 64, 99), Err(Refused::TooManyNodes));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use sluice_model::{ObjectKey, SnapshotKind};
 use crate::documents::{self, Document};
 use crate::kinds::{self, Foreign};
 use crate::names::NameRule;
-use crate::nesting;
+use crate::nesting::{self, Refused};
 use crate::value::{self, ValueError};
 use crate::warning::{LoadWarning, ObjectRef, Problem};
 
@@ -22,6 +22,9 @@ use crate::warning::{LoadWarning, ObjectRef, Problem};
 pub const DEFAULT_MAX_FILE_SIZE: u64 = 8 << 20;
 /// Default for [`Limits::max_depth`]: Kubernetes objects nest about 20 levels deep.
 pub const DEFAULT_MAX_DEPTH: usize = 64;
+/// Default for [`Limits::max_nodes`]: a Service with 1000 ports has about 3000 nodes, an
+/// EndpointSlice with its maximum of 1000 endpoints about 10,000.
+pub const DEFAULT_MAX_NODES: usize = 500_000;
 
 /// Bounds on what one manifest may cost to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +34,9 @@ pub struct Limits {
     /// Documents nesting deeper than this (block indentation levels plus `[`/`{` levels) are
     /// skipped (with a warning) before the YAML parser sees them.
     pub max_depth: usize,
+    /// Documents with more YAML nodes than this (counting what aliases repeat) are skipped
+    /// (with a warning): parsing costs about 200 bytes of memory per node.
+    pub max_nodes: usize,
 }
 
 impl Default for Limits {
@@ -38,6 +44,7 @@ impl Default for Limits {
         Self {
             max_file_size: DEFAULT_MAX_FILE_SIZE,
             max_depth: DEFAULT_MAX_DEPTH,
+            max_nodes: DEFAULT_MAX_NODES,
         }
     }
 }
@@ -136,14 +143,20 @@ fn parse_document(out: &mut ParsedFile, file: &str, document: Document<'_>, limi
         item: None,
     };
     let file_line = |line: usize| document.first_line + line - 1;
-    if let Err(too_deep) = nesting::check_depth(document.text, limits.max_depth) {
-        let problem = Problem::TooDeep {
-            limit: limits.max_depth,
-            line: file_line(too_deep.line),
+    let prescan = nesting::prescan(document.text, limits.max_depth, limits.max_nodes);
+    if let Err(refused) = prescan {
+        let problem = match refused {
+            Refused::TooDeep(too_deep) => Problem::TooDeep {
+                limit: limits.max_depth,
+                line: file_line(too_deep.line),
+            },
+            Refused::TooManyNodes => Problem::TooManyNodes {
+                limit: limits.max_nodes,
+            },
         };
         return out.warn(file, origin, None, problem);
     }
-    match value::parse(document.text) {
+    match value::parse(document.text, limits.max_nodes) {
         // `<<: *defaults` merge keys, which kubectl applies too.
         Ok(mut value) => match value.apply_merge() {
             Ok(()) => add_value(out, file, origin, value),

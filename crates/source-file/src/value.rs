@@ -21,9 +21,9 @@ pub(crate) enum ValueError {
     Yaml(serde_yaml::Error),
 }
 
-/// Parses one YAML document.
-pub(crate) fn parse(document: &str) -> Result<Value, ValueError> {
-    let limit = document.len() + ALLOWANCE;
+/// Parses one YAML document into at most `max_nodes` nodes.
+pub(crate) fn parse(document: &str, max_nodes: usize) -> Result<Value, ValueError> {
+    let limit = document.len().saturating_add(ALLOWANCE).min(max_nodes);
     let budget = Budget {
         left: Cell::new(limit),
     };
@@ -171,7 +171,7 @@ mod tests {
     use super::*;
 
     fn parsed(text: &str) -> Value {
-        match parse(text) {
+        match parse(text, usize::MAX) {
             Ok(value) => value,
             Err(ValueError::TooManyNodes { limit }) => panic!("too many nodes ({limit})"),
             Err(ValueError::Yaml(err)) => panic!("{err}"),
@@ -192,14 +192,14 @@ mod tests {
         text.push_str(&vec!["*a"; 50].join(","));
         text.push_str("]\n");
         assert!(matches!(
-            parse(&text),
+            parse(&text, usize::MAX),
             Err(ValueError::TooManyNodes { limit }) if limit == text.len() + ALLOWANCE
         ));
     }
 
     #[test]
     fn duplicate_keys_are_errors() {
-        let Err(ValueError::Yaml(err)) = parse("a: 1\nb: 2\na: 3\n") else {
+        let Err(ValueError::Yaml(err)) = parse("a: 1\nb: 2\na: 3\n", usize::MAX) else {
             panic!("duplicate key accepted")
         };
         assert!(

@@ -51,7 +51,10 @@ pub enum Problem {
          (Kubernetes objects need about 20; the limit is DirSource::with_max_depth)"
     )]
     TooDeep { limit: usize, line: usize },
-    #[error("expands to more than {limit} YAML nodes (YAML aliases repeat their anchor); skipped")]
+    #[error(
+        "has more than {limit} YAML nodes (counting what aliases repeat); skipped (the limit \
+         is DirSource::with_max_nodes)"
+    )]
     TooManyNodes { limit: usize },
     #[error("not valid YAML: {reason}")]
     InvalidYaml { reason: String },

@@ -71,6 +71,13 @@ impl DirSource {
         self
     }
 
+    /// Documents with more YAML nodes than `nodes` (counting what aliases repeat) are skipped
+    /// with a warning (default [`crate::DEFAULT_MAX_NODES`], 500,000: about 100 MB to parse).
+    pub fn with_max_nodes(mut self, nodes: usize) -> Self {
+        self.limits.max_nodes = nodes;
+        self
+    }
+
     pub fn limits(&self) -> Limits {
         self.limits
     }

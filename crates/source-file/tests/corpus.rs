@@ -264,6 +264,13 @@ fn generated_huge_inputs_are_refused_and_disturb_nothing() {
             ),
         ),
         (
+            "many-nodes.yaml",
+            format!(
+                "# breaks: one document of 600,000 list items (the limit is 500,000 nodes).\n# expect: warn document 1: has more than 500000 YAML nodes\nkind: Service\nspec: [{}]\n",
+                vec!["1"; 600_000].join(",")
+            ),
+        ),
+        (
             "many-documents.yaml",
             format!(
                 "# breaks: 20,000 empty documents, then one too deep.\n# expect: warn document 20000: nested more than 64 levels deep (at line 20003)\n{}{}\n",
