@@ -282,14 +282,14 @@ impl EventRecorder {
         let config = &self.shared.config;
         let now = Instant::now();
         let mut correlator = self.shared.lock();
-        if let Some(series) = correlator.series.get_mut(&event) {
-            if now.duration_since(series.last_seen) <= config.series_window {
-                series.count = series.count.saturating_add(1);
-                series.last_observed = Timestamp::now();
-                series.last_seen = now;
-                bump(&self.shared.counters.deduplicated);
-                return;
-            }
+        if let Some(series) = correlator.series.get_mut(&event)
+            && now.duration_since(series.last_seen) <= config.series_window
+        {
+            series.count = series.count.saturating_add(1);
+            series.last_observed = Timestamp::now();
+            series.last_seen = now;
+            bump(&self.shared.counters.deduplicated);
+            return;
         }
         if !correlator.take_token(&event.regarding, now, config) {
             bump(&self.shared.counters.dropped_rate_limited);
@@ -478,11 +478,10 @@ impl Writer {
                         source: kube::Error::Api(status),
                         ..
                     } = &err
+                        && status.is_not_found()
                     {
-                        if status.is_not_found() {
-                            // The API server expired the Event; the next repeat starts anew.
-                            self.shared.lock().series.remove(&event);
-                        }
+                        // The API server expired the Event; the next repeat starts anew.
+                        self.shared.lock().series.remove(&event);
                     }
                     self.failed(&event, &err);
                 }

@@ -232,7 +232,10 @@ impl WriterState {
             if is_leader {
                 self.dispatch();
             }
-            let retry_at = is_leader.then(|| self.next_retry()).flatten();
+            // With every slot busy a due retry must wait for a write to finish (the join
+            // branch wakes us), or this loop would spin on a deadline in the past.
+            let has_slot = self.in_flight.len() < self.config.max_in_flight.max(1);
+            let retry_at = (is_leader && has_slot).then(|| self.next_retry()).flatten();
             tokio::select! {
                 changed = desired.changed() => {
                     if changed.is_err() {

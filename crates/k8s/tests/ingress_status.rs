@@ -448,3 +448,36 @@ async fn deleted_ingress_is_retried_until_the_caller_forgets_it() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(attempts(), settled, "still writing a forgotten Ingress");
 }
+
+#[tokio::test]
+async fn many_ingresses_are_written_with_bounded_concurrency() {
+    let fake = FakeApiServer::start().await;
+    let names = ["a", "b", "c", "d", "e", "f"];
+    for name in names {
+        fake.apply(ingress_with_status(name, json!([])));
+    }
+    // One of them fails first, so a retry comes due while both slots are busy (the first
+    // matching fault applies, so this one goes first).
+    fake.fail_requests("PATCH", "/ingresses/a/status", 1, 500);
+    fake.delay_requests("PATCH", "/status", Duration::from_millis(300));
+    let (_leader, leader_rx) = watch::channel(true);
+    let config = IngressStatusWriterConfig {
+        max_in_flight: 2,
+        ..fast_config()
+    };
+    let writer = IngressStatusWriter::spawn(fake.client(), leader_rx, config);
+    let started = Instant::now();
+    let entries: Vec<(&str, &[&str])> = names.iter().map(|n| (*n, &["10.0.0.1"][..])).collect();
+    writer.set_desired(serve(&entries));
+    eventually("all written", || {
+        names.iter().all(|n| status_of(&fake, n) == ["10.0.0.1"])
+    })
+    .await;
+    let took = started.elapsed();
+    // Six 300 ms writes two at a time: three rounds at least.
+    assert!(
+        took >= Duration::from_millis(850),
+        "more than 2 at once? {took:?}"
+    );
+    assert_eq!((writer.stats().written, writer.stats().failed), (6, 1));
+}

@@ -180,7 +180,7 @@ fn track(known: impl Fn(&str) -> Option<Heartbeat>, lease: &Lease) -> Option<(St
 /// duration back, which is enough to count as expired).
 fn first_seen_change_time(renewed: Option<Timestamp>, duration: Duration, now: Instant) -> Instant {
     let age = match renewed {
-        // A negative age (the writer's clock is ahead) does not fail the conversion to zero.
+        // A negative age (the writer's clock is ahead) fails the conversion: count it as 0.
         Some(renewed) => {
             Duration::try_from(Timestamp::now().duration_since(renewed)).unwrap_or_default()
         }

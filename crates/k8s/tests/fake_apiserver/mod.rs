@@ -860,25 +860,33 @@ fn replace(shared: &Shared, route: &Route, body: &str) -> Response<Body> {
     })
 }
 
-/// The 409 Conflict answer when `request` names a resourceVersion other than `stored`'s.
-fn stale(stored: &Value, request: &Value) -> Option<Response<Body>> {
+/// Why a write was refused: a Status answer.
+struct Refusal {
+    code: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+/// 409 Conflict when `request` names a resourceVersion other than `stored`'s.
+fn stale(stored: &Value, request: &Value) -> Option<Refusal> {
     let wanted = request["metadata"]["resourceVersion"].as_str()?;
     let current = stored["metadata"]["resourceVersion"].as_str().unwrap_or("");
-    (wanted != current).then(|| {
-        let message = format!(
+    (wanted != current).then(|| Refusal {
+        code: StatusCode::CONFLICT,
+        reason: "Conflict",
+        message: format!(
             "Operation cannot be fulfilled: the object has been modified; please apply your \
              changes to the latest version and try again (have {current}, got {wanted})"
-        );
-        status_response(StatusCode::CONFLICT, "Conflict", &message)
+        ),
     })
 }
 
 /// Applies `change` to the stored object (404 if there is none), gives it the next
-/// resourceVersion and records a MODIFIED event. `change` may refuse with a response.
+/// resourceVersion and records a MODIFIED event. `change` may refuse the write.
 fn write_object(
     shared: &Shared,
     route: &Route,
-    change: impl FnOnce(&mut Value) -> Result<(), Response<Body>>,
+    change: impl FnOnce(&mut Value) -> Result<(), Refusal>,
 ) -> Response<Body> {
     let key = (
         route.namespace.clone().unwrap_or_default(),
@@ -899,7 +907,7 @@ fn write_object(
     };
     let mut changed = object.clone();
     if let Err(refused) = change(&mut changed) {
-        return refused;
+        return status_response(refused.code, refused.reason, &refused.message);
     }
     changed["metadata"]["resourceVersion"] = json!(rv.to_string());
     *object = changed.clone();
