@@ -293,7 +293,8 @@ impl EventRecorder {
         }
         if !correlator.take_token(&event.regarding, now, config) {
             bump(&self.shared.counters.dropped_rate_limited);
-            debug!(object = %event.regarding, reason = %event.reason, "event dropped by the rate limit");
+            debug!(object = %event.regarding, reason = %event.reason,
+                   "event dropped by the rate limit");
             return;
         }
         let timestamp = Timestamp::now();
@@ -493,9 +494,11 @@ impl Writer {
         bump(&self.shared.counters.failed);
         if self.logged_failures.insert(event.reason.clone()) {
             warn!(reason = %event.reason, object = %event.regarding,
-                  "writing a Kubernetes Event failed (further failures of this reason are logged at debug): {err}");
+                  "writing a Kubernetes Event failed (further failures of this reason are \
+                   logged at debug): {err}");
         } else {
-            debug!(reason = %event.reason, object = %event.regarding, "writing a Kubernetes Event failed: {err}");
+            debug!(reason = %event.reason, object = %event.regarding,
+                   "writing a Kubernetes Event failed: {err}");
         }
     }
 

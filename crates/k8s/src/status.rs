@@ -18,8 +18,9 @@ use crate::K8sError;
 /// writes nothing when it already lists exactly these IPs (in any order, without hostnames or
 /// ports), so calling this on every sync does not churn the object.
 ///
-/// This is one write without retries, on any node; [`IngressStatusWriter`](crate::IngressStatusWriter)
-/// is the leader-only, retrying writer built on it.
+/// This is one write without retries, on any node;
+/// [`IngressStatusWriter`](crate::IngressStatusWriter) is the leader-only, retrying writer
+/// built on it.
 pub async fn update_ingress_status(
     client: &Client,
     ingress: &ObjectKey,

@@ -360,7 +360,8 @@ impl WriterState {
                     }
                     _ => self.config.retry_initial,
                 };
-                warn!(ingress = %key, retry_in = ?delay, "writing the Ingress status failed: {err}");
+                warn!(ingress = %key, retry_in = ?delay,
+                      "writing the Ingress status failed: {err}");
                 let at = Instant::now() + delay;
                 self.retries.insert(key, Retry { target, delay, at });
             }

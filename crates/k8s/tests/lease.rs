@@ -111,6 +111,7 @@ async fn candidate_takes_over_after_the_lease_expires_when_the_holder_stops() {
     drop(a);
     let took_over = wait_held(&mut b_rx, true, "node-b").await;
     let after = took_over - stopped;
+    eprintln!("takeover {after:?} after the holder stopped (2 s lease)");
     // It waited for the 2 s lease to expire (minus at most one 300 ms renew period)...
     assert!(
         after >= Duration::from_millis(1500),
@@ -149,6 +150,7 @@ async fn released_lease_is_taken_over_without_waiting_for_expiry() {
     );
     let took_over = wait_held(&mut b.subscribe(), true, "node-b").await;
     let after = took_over - stopped;
+    eprintln!("takeover {after:?} after release (30 s lease)");
     // A 30 s lease, taken over within about one 200 ms retry period.
     assert!(after <= Duration::from_secs(2), "took {after:?}");
     assert_eq!(holder_of(&fake, LEASE).as_deref(), Some("node-b"));
@@ -178,6 +180,7 @@ async fn holder_steps_down_before_expiry_when_renewals_fail() {
     let stepped_down = wait_held(&mut rx, false, "node-a").await;
     let last_renewal = last_put_before(&fake, failing_since);
     let held_for = stepped_down - last_renewal;
+    eprintln!("failing renewals: stepped down {held_for:?} after the last renewal");
     // Others may take over 2 s after they saw that renewal; we are out well before.
     assert!(
         held_for < Duration::from_secs(2),
@@ -206,6 +209,7 @@ async fn holder_steps_down_before_expiry_when_the_api_server_hangs() {
     fake.delay_requests("PUT", LEASE_PATH, Duration::from_secs(60));
     let stepped_down = wait_held(&mut rx, false, "node-a").await;
     let held_for = stepped_down - last_put_before(&fake, hanging_since);
+    eprintln!("hanging API server: stepped down {held_for:?} after the last renewal");
     assert!(
         held_for < Duration::from_secs(2),
         "stepped down {held_for:?} after the last renewal"
@@ -243,6 +247,7 @@ async fn live_nodes_shrink_when_an_agent_stops_renewing_and_at_once_on_release()
         .expect("node-b dropped out")
         .expect("watcher alive");
     let after = stopped.elapsed();
+    eprintln!("dead node left the live set {after:?} after it stopped (2 s lease)");
     assert!(
         after >= Duration::from_millis(1500),
         "dropped out before expiry: {after:?}"

@@ -211,8 +211,12 @@ async fn run(mut lock: LeaseLock, held: Arc<watch::Sender<bool>>, mut stop: watc
                 next_attempt = Instant::now() + config.retry_period;
             }
             (started, outcome) = attempt => {
-                renewed_at = record_attempt(&lease, &config.identity, renewed_at, started, outcome, &held);
-                let wait = if renewed_at.is_some() { config.renew_period } else { config.retry_period };
+                renewed_at =
+                    record_attempt(&lease, &config.identity, renewed_at, started, outcome, &held);
+                let wait = match renewed_at {
+                    Some(_) => config.renew_period,
+                    None => config.retry_period,
+                };
                 next_attempt = Instant::now() + wait;
             }
         }
