@@ -7,20 +7,39 @@
 //! The last good snapshot stays published while the API server is unreachable; a relist
 //! (after reconnecting or a 410 Gone) replaces a store atomically.
 //!
-//! [`update_ingress_status`] writes the load-balancer addresses of an Ingress sluice serves.
+//! Control-plane pieces built on the API server:
+//! * [`LeaseHolder`]: leader election ([`LeaseConfig::leader_election`]) and this node's
+//!   heartbeat Lease ([`LeaseConfig::node_heartbeat`]); [`LiveNodes`] watches the heartbeats;
+//! * [`IngressStatusWriter`]: the Ingress `status.loadBalancer`, written by the leader only,
+//!   with retries ([`update_ingress_status`] is its single, unretried write);
+//! * [`EventRecorder`]: `events.k8s.io/v1` Events, de-duplicated and rate-limited.
 
+mod events;
+mod lease;
 mod source;
 mod status;
+mod status_writer;
 mod store;
 
 use std::path::{Path, PathBuf};
 
 use sluice_model::ObjectKey;
 
+pub use events::{
+    Event, EventRecorder, EventRecorderConfig, EventStats, EventType, ObjectRef,
+    REPORTING_CONTROLLER,
+};
+pub use lease::{
+    LEASE_KIND_LABEL, LeaseConfig, LeaseHolder, LiveNodes, NODE_HEARTBEAT_LABEL_VALUE,
+    NODE_HEARTBEAT_PREFIX,
+};
 pub use source::{
     COALESCE_WINDOW, K8sSource, K8sSourceConfig, SECRET_FETCH_GRACE, TLS_SECRET_TYPE,
 };
 pub use status::update_ingress_status;
+pub use status_writer::{
+    DesiredIngressStatus, IngressStatusWriter, IngressStatusWriterConfig, StatusWriterStats,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum K8sError {
@@ -57,6 +76,26 @@ pub enum K8sError {
     },
     #[error("the Kubernetes watch streams ended unexpectedly")]
     WatchEnded,
+    #[error("invalid configuration of lease {lease}: {reason}")]
+    InvalidLeaseConfig { lease: String, reason: String },
+    #[error("cannot read or write lease {lease}: {source}")]
+    Lease {
+        lease: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot write Event {reason} about {object}: {source}")]
+    WriteEvent {
+        object: String,
+        reason: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{operation} timed out after {after:?}")]
+    Timeout {
+        operation: String,
+        after: std::time::Duration,
+    },
 }
 
 /// Read timeout of clients made by [`client`] (unless the configuration sets one).

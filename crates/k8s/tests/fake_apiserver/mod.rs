@@ -7,11 +7,16 @@
 //! * `...?watch=true&resourceVersion=N`: a chunked stream of `{"type":..,"object":..}` lines
 //!   with every change after N, a BOOKMARK, then live changes; a watch from before the last
 //!   compaction gets `410 Gone` (an ERROR event like kube-apiserver, or an HTTP 410);
-//! * `GET .../NAME` and `.../NAME/status`; `PATCH .../NAME/status` (JSON merge patch);
-//! * `fieldSelector` with `a.b=v` terms (`metadata.name=..`, `type=..`); `limit`/`continue`
-//!   paging.
+//! * `GET .../NAME` and `.../NAME/status`; `PATCH .../NAME` and `.../NAME/status` (JSON merge
+//!   patch); `POST` to a namespaced collection (create, 409 AlreadyExists); `PUT .../NAME`
+//!   (replace). Writes that carry `metadata.resourceVersion` get 409 Conflict when it is not the
+//!   stored one (optimistic concurrency, as Lease locks use it);
+//! * `fieldSelector` with `a.b=v` terms (`metadata.name=..`, `type=..`), `labelSelector` with
+//!   `k=v` terms; `limit`/`continue` paging.
 //!
-//! Every write gets the next global resourceVersion, as in etcd. Every request is recorded.
+//! Every write gets the next global resourceVersion, as in etcd. Every request is recorded
+//! (with its arrival time). Faults can be injected per method and path: the next N matching
+//! requests (or all of them) fail with a status code, or are answered late.
 
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
@@ -41,6 +46,8 @@ const KINDS: &[(&str, &str, &str)] = &[
     ("networking.k8s.io/v1", "Ingress", "ingresses"),
     ("networking.k8s.io/v1", "IngressClass", "ingressclasses"),
     ("v1", "Secret", "secrets"),
+    ("coordination.k8s.io/v1", "Lease", "leases"),
+    ("events.k8s.io/v1", "Event", "events"),
 ];
 
 /// How a watch from an expired resourceVersion is refused.
@@ -60,6 +67,27 @@ pub struct Recorded {
     pub query: String,
     pub content_type: Option<String>,
     pub body: String,
+    /// When the request arrived.
+    pub at: std::time::Instant,
+}
+
+/// What an injected fault does to a matching request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultAction {
+    /// Answer with this HTTP status code and a Status body (the object is not touched).
+    Fail(u16),
+    /// Answer normally, but only after this long.
+    Delay(std::time::Duration),
+}
+
+/// A fault for requests whose method is `method` and whose path contains `path_contains`.
+#[derive(Debug, Clone)]
+struct Fault {
+    method: String,
+    path_contains: String,
+    /// How many more requests it applies to; `None` = until cleared.
+    remaining: Option<usize>,
+    action: FaultAction,
 }
 
 pub struct FakeApiServer {
@@ -88,6 +116,7 @@ struct State {
     held: BTreeSet<String>,
     /// Collections whose single-object GETs answer 403 Forbidden.
     forbidden_gets: BTreeSet<String>,
+    faults: Vec<Fault>,
     requests: Vec<Recorded>,
 }
 
@@ -148,6 +177,7 @@ impl FakeApiServer {
                 gone_style: GoneStyle::ErrorEvent,
                 held: BTreeSet::new(),
                 forbidden_gets: BTreeSet::new(),
+                faults: Vec::new(),
                 requests: Vec::new(),
             }),
             changed: watch::channel(0).0,
@@ -264,6 +294,58 @@ impl FakeApiServer {
         });
     }
 
+    /// The next `times` requests with this method whose path contains `path_contains` are
+    /// answered with HTTP `code` (e.g. 500, 409, 403) without touching any object.
+    pub fn fail_requests(&self, method: &str, path_contains: &str, times: usize, code: u16) {
+        if times == 0 {
+            return;
+        }
+        self.add_fault(method, path_contains, Some(times), FaultAction::Fail(code));
+    }
+
+    /// Every request with this method whose path contains `path_contains` is answered with
+    /// HTTP `code` until [`clear_faults`](Self::clear_faults).
+    pub fn fail_requests_always(&self, method: &str, path_contains: &str, code: u16) {
+        self.add_fault(method, path_contains, None, FaultAction::Fail(code));
+    }
+
+    /// Every matching request is answered `delay` late until [`clear_faults`](Self::clear_faults).
+    pub fn delay_requests(&self, method: &str, path_contains: &str, delay: std::time::Duration) {
+        self.add_fault(method, path_contains, None, FaultAction::Delay(delay));
+    }
+
+    pub fn clear_faults(&self) {
+        self.write(|state| state.faults.clear());
+    }
+
+    fn add_fault(
+        &self,
+        method: &str,
+        path_contains: &str,
+        remaining: Option<usize>,
+        action: FaultAction,
+    ) {
+        let fault = Fault {
+            method: method.to_owned(),
+            path_contains: path_contains.to_owned(),
+            remaining,
+            action,
+        };
+        self.write(|state| state.faults.push(fault));
+    }
+
+    /// Objects of one kind (in one namespace, or all with `None`), in name order.
+    pub fn objects(&self, kind: &str, namespace: Option<&str>) -> Vec<Value> {
+        let mut state = self.lock();
+        state
+            .collection(kind)
+            .objects
+            .iter()
+            .filter(|((ns, _), _)| namespace.is_none_or(|wanted| ns == wanted))
+            .map(|(_, object)| object.clone())
+            .collect()
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.lock().requests.clone()
     }
@@ -328,6 +410,23 @@ impl State {
             .unwrap_or_else(|| panic!("fake apiserver: no {kind} {namespace}/{name} to delete"));
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
         collection.events.push((rv, "DELETED", object));
+    }
+
+    /// The action of the first fault matching this request (using up one of its count).
+    fn take_fault(&mut self, method: &str, path: &str) -> Option<FaultAction> {
+        let index = self
+            .faults
+            .iter()
+            .position(|f| f.method == method && path.contains(&f.path_contains))?;
+        let fault = &mut self.faults[index];
+        let action = fault.action;
+        if let Some(remaining) = &mut fault.remaining {
+            *remaining -= 1;
+            if *remaining == 0 {
+                self.faults.remove(index);
+            }
+        }
+        Some(action)
     }
 
     fn compact(&mut self) {
@@ -428,7 +527,14 @@ async fn handle(
             query: query.clone(),
             content_type,
             body: body.clone(),
+            at: std::time::Instant::now(),
         });
+    }
+    let fault = shared.lock().take_fault(method.as_str(), &path);
+    match fault {
+        Some(FaultAction::Fail(code)) => return Ok(injected_failure(code)),
+        Some(FaultAction::Delay(delay)) => tokio::time::sleep(delay).await,
+        None => {}
     }
     let params = parse_query(&query);
     let Some(route) = route(&path) else {
@@ -453,7 +559,9 @@ async fn handle(
         }
         (&Method::GET, None) => list(shared, route, &params).await,
         (&Method::GET, Some(_)) => get(&shared, &route),
-        (&Method::PATCH, Some(_)) if route.status => patch_status(&shared, &route, &body),
+        (&Method::PATCH, Some(_)) => patch(&shared, &route, &body),
+        (&Method::POST, None) if route.namespace.is_some() => create(&shared, &route, &body),
+        (&Method::PUT, Some(_)) if !route.status => replace(&shared, &route, &body),
         _ => status_response(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
@@ -505,25 +613,29 @@ fn percent_decode(text: &str) -> String {
 struct Filter {
     namespace: Option<String>,
     fields: Vec<(String, String)>,
+    labels: Vec<(String, String)>,
 }
 
 impl Filter {
     fn new(route: &Route, params: &BTreeMap<String, String>) -> Self {
-        let fields = params
-            .get("fieldSelector")
-            .map(|selector| {
-                selector
-                    .split(',')
-                    .filter_map(|term| term.split_once('='))
-                    .map(|(path, value)| {
-                        (path.to_owned(), value.trim_start_matches('=').to_owned())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let terms = |name: &str| -> Vec<(String, String)> {
+            params
+                .get(name)
+                .map(|selector| {
+                    selector
+                        .split(',')
+                        .filter_map(|term| term.split_once('='))
+                        .map(|(path, value)| {
+                            (path.to_owned(), value.trim_start_matches('=').to_owned())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
         Self {
             namespace: route.namespace.clone(),
-            fields,
+            fields: terms("fieldSelector"),
+            labels: terms("labelSelector"),
         }
     }
 
@@ -532,7 +644,11 @@ impl Filter {
             .namespace
             .as_deref()
             .is_none_or(|ns| object["metadata"]["namespace"].as_str() == Some(ns));
+        let labels_ok = self.labels.iter().all(|(label, value)| {
+            object["metadata"]["labels"][label.as_str()].as_str() == Some(value.as_str())
+        });
         namespace_ok
+            && labels_ok
             && self.fields.iter().all(|(path, value)| {
                 let field = path.split('.').fold(object, |v, part| &v[part]);
                 field.as_str().unwrap_or("") == value
@@ -700,16 +816,84 @@ fn get(shared: &Shared, route: &Route) -> Response<Body> {
     }
 }
 
-fn patch_status(shared: &Shared, route: &Route, body: &str) -> Response<Body> {
+/// `PATCH .../NAME` (the whole object) or `.../NAME/status` (only its status), JSON merge
+/// patch; a `metadata.resourceVersion` in the patch is a precondition (409 when stale).
+fn patch(shared: &Shared, route: &Route, body: &str) -> Response<Body> {
     let Ok(patch) = serde_json::from_str::<Value>(body) else {
         return status_response(StatusCode::BAD_REQUEST, "BadRequest", "patch is not JSON");
     };
+    let status_only = route.status;
+    write_object(shared, route, |object| {
+        if let Some(conflict) = stale(object, &patch) {
+            return Err(conflict);
+        }
+        if status_only {
+            // The status subresource only takes the status part of the patch.
+            merge_patch(&mut object["status"], &patch["status"]);
+        } else {
+            let mut patch = patch.clone();
+            if let Some(metadata) = patch["metadata"].as_object_mut() {
+                metadata.remove("resourceVersion");
+            }
+            merge_patch(object, &patch);
+        }
+        Ok(())
+    })
+}
+
+/// `PUT .../NAME`: replaces the object; its `metadata.resourceVersion`, if given, must be the
+/// stored one.
+fn replace(shared: &Shared, route: &Route, body: &str) -> Response<Body> {
+    let Ok(new_object) = serde_json::from_str::<Value>(body) else {
+        return status_response(StatusCode::BAD_REQUEST, "BadRequest", "body is not JSON");
+    };
+    write_object(shared, route, |object| {
+        if let Some(conflict) = stale(object, &new_object) {
+            return Err(conflict);
+        }
+        let kept_metadata = object["metadata"].clone();
+        *object = new_object.clone();
+        for field in ["uid", "creationTimestamp", "namespace", "name"] {
+            object["metadata"][field] = kept_metadata[field].clone();
+        }
+        Ok(())
+    })
+}
+
+/// Why a write was refused: a Status answer.
+struct Refusal {
+    code: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+/// 409 Conflict when `request` names a resourceVersion other than `stored`'s.
+fn stale(stored: &Value, request: &Value) -> Option<Refusal> {
+    let wanted = request["metadata"]["resourceVersion"].as_str()?;
+    let current = stored["metadata"]["resourceVersion"].as_str().unwrap_or("");
+    (wanted != current).then(|| Refusal {
+        code: StatusCode::CONFLICT,
+        reason: "Conflict",
+        message: format!(
+            "Operation cannot be fulfilled: the object has been modified; please apply your \
+             changes to the latest version and try again (have {current}, got {wanted})"
+        ),
+    })
+}
+
+/// Applies `change` to the stored object (404 if there is none), gives it the next
+/// resourceVersion and records a MODIFIED event. `change` may refuse the write.
+fn write_object(
+    shared: &Shared,
+    route: &Route,
+    change: impl FnOnce(&mut Value) -> Result<(), Refusal>,
+) -> Response<Body> {
     let key = (
         route.namespace.clone().unwrap_or_default(),
         route.name.clone().unwrap_or_default(),
     );
     let mut state = shared.lock();
-    let rv = state.next_resource_version();
+    let rv = state.resource_version + 1;
     let collection = state
         .collections
         .get_mut(&route.collection)
@@ -721,14 +905,55 @@ fn patch_status(shared: &Shared, route: &Route, body: &str) -> Response<Body> {
             &format!("{} not found", key.1),
         );
     };
-    // The status subresource only takes the status part of the patch.
-    merge_patch(&mut object["status"], &patch["status"]);
-    object["metadata"]["resourceVersion"] = json!(rv.to_string());
-    let object = object.clone();
-    collection.events.push((rv, "MODIFIED", object.clone()));
+    let mut changed = object.clone();
+    if let Err(refused) = change(&mut changed) {
+        return status_response(refused.code, refused.reason, &refused.message);
+    }
+    changed["metadata"]["resourceVersion"] = json!(rv.to_string());
+    *object = changed.clone();
+    collection.events.push((rv, "MODIFIED", changed.clone()));
+    state.resource_version = rv;
     drop(state);
     shared.notify();
-    json_response(StatusCode::OK, &object)
+    json_response(StatusCode::OK, &changed)
+}
+
+/// `POST` to a namespaced collection: creates the object (409 AlreadyExists if its name is
+/// taken), with a uid, the next resourceVersion and an ADDED event.
+fn create(shared: &Shared, route: &Route, body: &str) -> Response<Body> {
+    let Ok(mut object) = serde_json::from_str::<Value>(body) else {
+        return status_response(StatusCode::BAD_REQUEST, "BadRequest", "body is not JSON");
+    };
+    let namespace = route.namespace.clone().unwrap_or_default();
+    let Some(name) = object["metadata"]["name"].as_str().map(str::to_owned) else {
+        return status_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "name is required",
+        );
+    };
+    let mut state = shared.lock();
+    let rv = state.resource_version + 1;
+    let collection = state
+        .collections
+        .get_mut(&route.collection)
+        .expect("checked");
+    let key = (namespace.clone(), name.clone());
+    if collection.objects.contains_key(&key) {
+        let message = format!("{} \"{name}\" already exists", collection.kind);
+        return status_response(StatusCode::CONFLICT, "AlreadyExists", &message);
+    }
+    object["apiVersion"] = json!(collection.api_version);
+    object["kind"] = json!(collection.kind);
+    object["metadata"]["namespace"] = json!(namespace);
+    object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    object["metadata"]["uid"] = json!(format!("uid-{rv}"));
+    collection.objects.insert(key, object.clone());
+    collection.events.push((rv, "ADDED", object.clone()));
+    state.resource_version = rv;
+    drop(state);
+    shared.notify();
+    json_response(StatusCode::CREATED, &object)
 }
 
 /// RFC 7386 JSON merge patch.
@@ -748,6 +973,19 @@ fn merge_patch(target: &mut Value, patch: &Value) {
             merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
         }
     }
+}
+
+fn injected_failure(code: u16) -> Response<Body> {
+    let reason = match code {
+        403 => "Forbidden",
+        404 => "NotFound",
+        409 => "Conflict",
+        429 => "TooManyRequests",
+        503 => "ServiceUnavailable",
+        _ => "InternalError",
+    };
+    let code = StatusCode::from_u16(code).expect("valid injected status code");
+    status_response(code, reason, "injected failure")
 }
 
 fn status_body(code: u16, reason: &str, message: &str) -> Value {
