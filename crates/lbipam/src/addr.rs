@@ -28,14 +28,6 @@ impl IpFamily {
             _ => None,
         }
     }
-
-    /// The other family.
-    pub fn other(self) -> Self {
-        match self {
-            IpFamily::V4 => IpFamily::V6,
-            IpFamily::V6 => IpFamily::V4,
-        }
-    }
 }
 
 impl fmt::Display for IpFamily {
