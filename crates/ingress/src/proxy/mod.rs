@@ -33,6 +33,9 @@ use headers::HeadLimits;
 const MIN_HTTP1_BUFFER: usize = 8 * 1024;
 /// Idle pooled connections kept per endpoint (never more than the per-endpoint cap).
 const POOL_IDLE_PER_ENDPOINT: usize = 256;
+/// Largest read buffer of an upstream connection, which bounds the response head a backend
+/// may send (nginx allows 4–8 KiB) and the memory each pooled connection can hold.
+const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
 
 /// The ingress proxy: listeners plus the current [`RouteTable`].
 pub struct IngressProxy {
@@ -178,6 +181,7 @@ fn upstream_client(
             POOL_IDLE_PER_ENDPOINT.min(config.max_upstream_connections_per_endpoint),
         )
         .pool_timer(TokioTimer::new())
+        .http1_max_buf_size(UPSTREAM_READ_BUFFER)
         .build(connector)
 }
 
