@@ -18,18 +18,45 @@ pub struct IngressConfig {
     pub default_certificate: Option<ObjectKey>,
     /// Time to establish a TCP connection to an endpoint.
     pub connect_timeout: Duration,
-    /// Time from sending a request upstream until its response headers arrive; also the
+    /// Time from the end of the request (its body fully sent) until the response headers
+    /// arrive; also the longest the upstream may stop reading a streamed request body, and the
     /// longest pause allowed between two reads of the response body.
     pub response_timeout: Duration,
     /// Downstream HTTP/1 keep-alive idle time, which is also the time allowed to send the
     /// request headers.
     pub client_idle_timeout: Duration,
+    /// Longest pause between two reads of a request body (nginx's `client_body_timeout`);
+    /// after it the client gets 408 and no backend is blamed.
+    pub client_body_timeout: Duration,
     /// Time a downstream TLS handshake may take.
     pub tls_handshake_timeout: Duration,
     /// Idle upstream keep-alive connections are closed after this long.
     pub upstream_idle_timeout: Duration,
     /// Largest request body accepted (413 beyond).
     pub max_request_body_bytes: u64,
+    /// Request bodies up to this size are read completely before an endpoint is chosen and
+    /// dialled (like nginx's `client_body_buffer_size`), so a slow client holds no backend
+    /// connection; larger bodies are streamed after their first `request_buffer_bytes`.
+    pub request_buffer_bytes: usize,
+    /// Longest request line (URI) and longest single header line (414 / 431 beyond), like
+    /// nginx's `large_client_header_buffers` buffer size.
+    pub max_header_line_bytes: usize,
+    /// Largest request head (request line plus all headers; 431 beyond). HTTP/1 values below
+    /// 8 KiB are raised to 8 KiB (hyper's smallest read buffer); HTTP/2 uses the value as
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE`.
+    pub max_header_bytes: usize,
+    /// Downstream connections open at once; at the cap the listeners stop accepting until one
+    /// closes (the kernel's backlog holds the rest).
+    pub max_client_connections: usize,
+    /// Upstream connections open at once (in use, pooled idle and upgraded tunnels) over all
+    /// endpoints; a request that would need another one gets 503.
+    pub max_upstream_connections: usize,
+    /// Upstream connections open at once to any one endpoint (503 beyond, after trying
+    /// another endpoint for requests that may be retried).
+    pub max_upstream_connections_per_endpoint: usize,
+    /// `Upgrade` protocols tunnelled to backends (case-insensitive, version suffix ignored).
+    /// Other upgrade offers are removed and the request is served as plain HTTP.
+    pub allowed_upgrades: Vec<String>,
     /// On shutdown, how long open connections get to finish.
     pub shutdown_grace: Duration,
     /// Keep and append to `X-Forwarded-*` headers sent by the client (only behind a trusted
@@ -47,11 +74,93 @@ impl Default for IngressConfig {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             client_idle_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(60),
             tls_handshake_timeout: Duration::from_secs(10),
             upstream_idle_timeout: Duration::from_secs(60),
             max_request_body_bytes: 1024 * 1024,
+            request_buffer_bytes: 16 * 1024,
+            max_header_line_bytes: 8 * 1024,
+            max_header_bytes: 32 * 1024,
+            max_client_connections: 8192,
+            max_upstream_connections: 8192,
+            max_upstream_connections_per_endpoint: 1024,
+            allowed_upgrades: vec!["websocket".to_owned()],
             shutdown_grace: Duration::from_secs(30),
             trust_forwarded_headers: false,
         }
+    }
+}
+
+/// Descriptors a proxy needs besides its connections: listeners, the runtime, TLS files.
+const PROXY_OWN_DESCRIPTORS: usize = 16;
+
+impl IngressConfig {
+    /// The most file descriptors this configuration lets the proxy hold: every downstream and
+    /// upstream connection it may open, plus its own few.
+    pub fn descriptor_budget(&self) -> usize {
+        self.max_client_connections
+            .saturating_add(self.max_upstream_connections)
+            .saturating_add(PROXY_OWN_DESCRIPTORS)
+    }
+
+    /// Shrinks the connection caps, keeping their ratio, so that
+    /// [`descriptor_budget`](Self::descriptor_budget) stays within `fd_limit` minus `reserve`
+    /// (descriptors the rest of the process needs: health, metrics, API watches, the
+    /// dataplane). Caps that already fit are kept. Returns whether anything changed.
+    ///
+    /// The agent calls this with `RLIMIT_NOFILE` (after raising the soft limit to the hard
+    /// one), so that running out of descriptors can never stop health checks or the sync loop.
+    pub fn fit_descriptor_limit(&mut self, fd_limit: u64, reserve: u64) -> bool {
+        let available = usize::try_from(fd_limit.saturating_sub(reserve))
+            .unwrap_or(usize::MAX)
+            .saturating_sub(PROXY_OWN_DESCRIPTORS);
+        let wanted = self
+            .max_client_connections
+            .saturating_add(self.max_upstream_connections);
+        if wanted <= available {
+            return false;
+        }
+        // At least one connection each way, so the proxy still answers something.
+        let scale = |n: usize| {
+            let scaled = (n as u128 * available as u128 / wanted.max(1) as u128) as usize;
+            scaled.max(1)
+        };
+        self.max_client_connections = scale(self.max_client_connections);
+        self.max_upstream_connections = scale(self.max_upstream_connections);
+        self.max_upstream_connections_per_endpoint = self
+            .max_upstream_connections_per_endpoint
+            .min(self.max_upstream_connections);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fit_a_20000_descriptor_limit_with_reserve() {
+        let mut c = IngressConfig::default();
+        assert!(c.descriptor_budget() <= 20_000 - 1024);
+        assert!(!c.fit_descriptor_limit(20_000, 1024));
+        assert_eq!(c, IngressConfig::default());
+    }
+
+    #[test]
+    fn small_descriptor_limit_shrinks_caps_keeping_the_reserve() {
+        let mut c = IngressConfig::default();
+        assert!(c.fit_descriptor_limit(1024, 256));
+        assert!(c.descriptor_budget() <= 1024 - 256, "{c:?}");
+        assert_eq!(c.max_client_connections, c.max_upstream_connections);
+        assert!(c.max_upstream_connections_per_endpoint <= c.max_upstream_connections);
+    }
+
+    #[test]
+    fn tiny_limit_still_leaves_one_connection_each_way() {
+        let mut c = IngressConfig::default();
+        c.fit_descriptor_limit(10, 100);
+        assert_eq!(c.max_client_connections, 1);
+        assert_eq!(c.max_upstream_connections, 1);
+        assert_eq!(c.max_upstream_connections_per_endpoint, 1);
     }
 }

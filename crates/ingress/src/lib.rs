@@ -7,11 +7,15 @@
 //!   table they started with, new requests see the new one. The request path never locks.
 //!
 //! Module map: `routes` (class handling, host/path matching, normalisation), `tls` (secrets,
-//! SNI resolver), `upstream` (endpoint pools, power-of-two-choices least-requests), `proxy`
-//! (the per-request service), `server` (listeners, connections, graceful shutdown).
+//! SNI resolver), `upstream` (endpoint pools, power-of-two-choices least-requests, connection
+//! caps), `loops` (request-loop protection), `proxy` (the per-request service), `server`
+//! (listeners, connections, accept limits, graceful shutdown).
+
+#![forbid(unsafe_code)]
 
 mod config;
 mod error;
+mod loops;
 mod proxy;
 mod routes;
 mod server;

@@ -10,11 +10,12 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::proxy::{ConnInfo, handle};
-use crate::stats::ActiveConnection;
+use crate::stats::{self, ActiveConnection, Counters};
 use crate::{IngressError, IngressProxy, tls};
 
 impl IngressProxy {
@@ -50,36 +51,53 @@ impl IngressProxy {
             )),
             None => None,
         };
+        let mut bound = Vec::new();
         for (name, listener) in [("http", &http), ("https", &https)] {
             if let Some(l) = listener {
                 let addr = l
                     .local_addr()
                     .map_err(|source| IngressError::LocalAddr { source })?;
                 tracing::info!(%addr, "ingress: serving {name}");
+                bound.push(addr);
             }
         }
+        // From now on an endpoint on one of these addresses is never dialled (a loop).
+        self.set_listener_addresses(&bound);
         let (stop_tx, stop_rx) = watch::channel(false);
         // Every connection task holds a sender; `recv` returns None once all are gone.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+        let slots = Arc::new(Semaphore::new(
+            self.config
+                .max_client_connections
+                .clamp(1, Semaphore::MAX_PERMITS),
+        ));
+        let mut accept_log = AcceptLog::default();
         tokio::pin!(shutdown);
         loop {
+            let Some(slot) = self
+                .connection_slot(&slots, &mut accept_log, &mut shutdown)
+                .await
+            else {
+                break;
+            };
             let (stream, peer, tls) = tokio::select! {
                 () = &mut shutdown => break,
                 res = accept(http.as_ref()) => match res {
                     Ok((s, p)) => (s, p, None),
-                    Err(e) => { accept_error(e).await; continue; }
+                    Err(e) => { accept_log.failed(&self.counters, &e).await; continue; }
                 },
                 res = accept(https.as_ref()) => match res {
                     Ok((s, p)) => (s, p, acceptor.clone()),
-                    Err(e) => { accept_error(e).await; continue; }
+                    Err(e) => { accept_log.failed(&self.counters, &e).await; continue; }
                 },
             };
+            accept_log.succeeded();
             let proxy = Arc::clone(&self);
             let stop = stop_rx.clone();
             let alive = alive_tx.clone();
             tokio::spawn(async move {
                 connection(proxy, stream, peer, tls, stop).await;
-                drop(alive);
+                drop((slot, alive));
             });
         }
         drop((http, https));
@@ -94,6 +112,90 @@ impl IngressProxy {
         tracing::info!("ingress: stopped");
         Ok(())
     }
+
+    /// A place for one more downstream connection. At `max_client_connections` this waits
+    /// (not accepting: new connections wait in the kernel's listen backlog) until a
+    /// connection closes; `None` on shutdown.
+    async fn connection_slot<F: Future<Output = ()>>(
+        &self,
+        slots: &Arc<Semaphore>,
+        log: &mut AcceptLog,
+        shutdown: &mut std::pin::Pin<&mut F>,
+    ) -> Option<OwnedSemaphorePermit> {
+        if let Ok(slot) = Arc::clone(slots).try_acquire_owned() {
+            return Some(slot);
+        }
+        stats::inc(&self.counters.accept_pauses);
+        log.paused(self.config.max_client_connections);
+        tokio::select! {
+            () = shutdown.as_mut() => None,
+            slot = Arc::clone(slots).acquire_owned() => slot.ok(),
+        }
+    }
+}
+
+/// Backoff and quiet logging for the accept loop. A failed accept (EMFILE: no descriptor
+/// left) leaves the connection in the backlog, so retrying at once would spin: the loop
+/// sleeps, doubling the pause up to [`MAX_ACCEPT_BACKOFF`], and warns once per episode (at
+/// most every [`WARN_INTERVAL`]), counting the failures.
+#[derive(Debug, Default)]
+struct AcceptLog {
+    /// Consecutive failed accepts.
+    failures: u64,
+    last_failure_warning: Option<Instant>,
+    last_pause_warning: Option<Instant>,
+}
+
+const FIRST_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
+const WARN_INTERVAL: Duration = Duration::from_secs(60);
+
+fn due(last: &mut Option<Instant>) -> bool {
+    let now = Instant::now();
+    if last.is_some_and(|at| now.duration_since(at) < WARN_INTERVAL) {
+        return false;
+    }
+    *last = Some(now);
+    true
+}
+
+impl AcceptLog {
+    async fn failed(&mut self, counters: &Counters, e: &std::io::Error) {
+        stats::inc(&counters.accept_errors);
+        self.failures += 1;
+        if self.failures == 1 && due(&mut self.last_failure_warning) {
+            tracing::warn!(error = %e, "ingress: accept failed; backing off until connections can be accepted again");
+        } else {
+            tracing::debug!(error = %e, failures = self.failures, "ingress: accept failed");
+        }
+        tokio::time::sleep(accept_backoff(self.failures)).await;
+    }
+
+    fn succeeded(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(
+                failed = self.failures,
+                "ingress: accepting connections again"
+            );
+            self.failures = 0;
+        }
+    }
+
+    fn paused(&mut self, max: usize) {
+        if due(&mut self.last_pause_warning) {
+            tracing::warn!(
+                "ingress: {max} client connections open (max_client_connections); new connections wait until one closes"
+            );
+        }
+    }
+}
+
+/// The pause after the `failures`-th consecutive failed accept.
+fn accept_backoff(failures: u64) -> Duration {
+    let doublings = u32::try_from(failures.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(16);
+    (FIRST_ACCEPT_BACKOFF * 2u32.pow(doublings)).min(MAX_ACCEPT_BACKOFF)
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, IngressError> {
@@ -107,12 +209,6 @@ async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, S
         Some(l) => l.accept().await,
         None => std::future::pending().await,
     }
-}
-
-async fn accept_error(e: std::io::Error) {
-    // Typically EMFILE: back off instead of spinning.
-    tracing::warn!(error = %e, "ingress: accept failed");
-    tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
 async fn connection(
@@ -176,5 +272,19 @@ async fn serve_io<I>(
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_backoff_doubles_up_to_the_cap() {
+        assert_eq!(accept_backoff(1), Duration::from_millis(5));
+        assert_eq!(accept_backoff(2), Duration::from_millis(10));
+        assert_eq!(accept_backoff(5), Duration::from_millis(80));
+        assert_eq!(accept_backoff(8), MAX_ACCEPT_BACKOFF);
+        assert_eq!(accept_backoff(u64::MAX), MAX_ACCEPT_BACKOFF);
     }
 }

@@ -18,6 +18,22 @@ pub struct IngressStats {
     pub upstream_timeouts: u64,
     /// Requests sent again to another endpoint after a connect failure.
     pub retries: u64,
+    /// Requests refused with 508 because they would loop back into this proxy (an endpoint
+    /// that is one of its own listeners, or a request that already passed through it).
+    pub loops_detected: u64,
+    /// Upstream connections open now (in use, pooled idle, upgraded tunnels).
+    pub upstream_connections_active: u64,
+    /// Requests answered 503 because an upstream connection cap was reached or the process
+    /// had no file descriptor left for a new upstream connection.
+    pub upstream_connection_limit_hits: u64,
+    /// Request bodies that were malformed or aborted by the client (400).
+    pub client_body_errors: u64,
+    /// Request bodies that stalled longer than `client_body_timeout` (408).
+    pub client_body_timeouts: u64,
+    /// Failed `accept` calls on the listeners (typically EMFILE: out of descriptors).
+    pub accept_errors: u64,
+    /// Times the listeners stopped accepting because `max_client_connections` were open.
+    pub accept_pauses: u64,
 }
 
 #[derive(Debug, Default)]
@@ -30,6 +46,12 @@ pub(crate) struct Counters {
     pub(crate) upstream_connect_failures: AtomicU64,
     pub(crate) upstream_timeouts: AtomicU64,
     pub(crate) retries: AtomicU64,
+    pub(crate) loops_detected: AtomicU64,
+    pub(crate) upstream_connection_limit_hits: AtomicU64,
+    pub(crate) client_body_errors: AtomicU64,
+    pub(crate) client_body_timeouts: AtomicU64,
+    pub(crate) accept_errors: AtomicU64,
+    pub(crate) accept_pauses: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -46,7 +68,8 @@ impl Counters {
         }
     }
 
-    pub(crate) fn snapshot(&self) -> IngressStats {
+    /// The counters, with the number of upstream connections open now.
+    pub(crate) fn snapshot(&self, upstream_connections_active: u64) -> IngressStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         IngressStats {
             connections_total: get(&self.connections_total),
@@ -57,6 +80,13 @@ impl Counters {
             upstream_connect_failures: get(&self.upstream_connect_failures),
             upstream_timeouts: get(&self.upstream_timeouts),
             retries: get(&self.retries),
+            loops_detected: get(&self.loops_detected),
+            upstream_connections_active,
+            upstream_connection_limit_hits: get(&self.upstream_connection_limit_hits),
+            client_body_errors: get(&self.client_body_errors),
+            client_body_timeouts: get(&self.client_body_timeouts),
+            accept_errors: get(&self.accept_errors),
+            accept_pauses: get(&self.accept_pauses),
         }
     }
 }

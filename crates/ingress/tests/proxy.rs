@@ -532,17 +532,6 @@ async fn served_ingresses_follow_updates() {
     );
 }
 
-/// Raw HTTP/1.1 exchange: writes `request`, returns everything read until the server closes
-/// or 3 s pass.
-async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(request).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_body_over_limit_gives_413() {
     let (objects, _backends, _) = cafe().await;

@@ -1,50 +1,284 @@
-//! Body types without boxing: the request body sent upstream and the response body sent
-//! downstream.
+//! Body types without boxing: the request body sent upstream (read by the client-facing
+//! rules: size limit, client body timeout, client faults told apart from backend faults) and
+//! the response body sent downstream.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Limited;
+use hyper::HeaderMap;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep, sleep};
 
 use crate::upstream::InFlight;
 
-/// Request body forwarded upstream: the client's body under the size limit, or nothing.
-#[derive(Debug)]
-pub(crate) enum ReqBody {
-    Client(Limited<Incoming>),
-    Empty,
+/// A problem with the request body that is the client's doing, never the backend's.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClientBodyError {
+    #[error("malformed or aborted request body: {source}")]
+    Invalid {
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("the client sent no request body data for {timeout:?}")]
+    Timeout { timeout: Duration },
+    #[error("request body larger than {limit} bytes")]
+    TooLarge { limit: u64 },
 }
 
-impl Body for ReqBody {
+/// A timer that runs while a body has nothing to read and fires after `timeout` of that.
+#[derive(Debug)]
+struct StallTimer {
+    timeout: Duration,
+    /// Created on the first stall only: bodies that never wait allocate nothing.
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl StallTimer {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            sleep: None,
+            armed: false,
+        }
+    }
+
+    /// The body has data (or ended): the next stall starts a fresh timeout.
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    /// The body has nothing to read: `Ready` once that has lasted `timeout`.
+    fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                if !self.armed {
+                    sleep.as_mut().reset(Instant::now() + self.timeout);
+                }
+                sleep
+            }
+            None => self.sleep.insert(Box::pin(sleep(self.timeout))),
+        };
+        self.armed = true;
+        sleep.as_mut().poll(cx)
+    }
+}
+
+/// The client's request body under the size limit and the client body timeout; errors are
+/// [`ClientBodyError`]s.
+#[derive(Debug)]
+pub(crate) struct ClientBody {
+    body: Incoming,
+    received: u64,
+    limit: u64,
+    stall: StallTimer,
+    /// Set once the body is streamed upstream (see [`UploadProgress`]).
+    progress: Option<Arc<UploadProgress>>,
+}
+
+impl ClientBody {
+    pub(crate) fn new(body: Incoming, limit: u64, timeout: Duration) -> Self {
+        Self {
+            body,
+            received: 0,
+            limit,
+            stall: StallTimer::new(timeout),
+            progress: None,
+        }
+    }
+
+    /// Tracks how the upload goes from now on and returns the tracker.
+    pub(crate) fn track_progress(&mut self) -> Arc<UploadProgress> {
+        let progress = Arc::new(UploadProgress::new());
+        self.progress = Some(Arc::clone(&progress));
+        progress
+    }
+
+    fn frame_read(&mut self, frame: Frame<Bytes>) -> Result<Frame<Bytes>, ClientBodyError> {
+        if let Some(data) = frame.data_ref() {
+            self.received += data.len() as u64;
+            if self.received > self.limit {
+                return Err(ClientBodyError::TooLarge { limit: self.limit });
+            }
+        }
+        if let Some(p) = &self.progress {
+            p.advanced(self.body.is_end_stream());
+        }
+        Ok(frame)
+    }
+}
+
+impl Body for ClientBody {
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Some(p) = &this.progress {
+            p.waiting_on_client
+                .store(polled.is_pending(), Ordering::Relaxed);
+        }
+        match polled {
+            Poll::Pending => match this.stall.poll_stalled(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(ClientBodyError::Timeout {
+                    timeout: this.stall.timeout,
+                }))),
+                Poll::Pending => Poll::Pending,
+            },
+            Poll::Ready(None) => {
+                this.stall.disarm();
+                if let Some(p) = &this.progress {
+                    p.advanced(true);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(source))) => {
+                Poll::Ready(Some(Err(ClientBodyError::Invalid { source })))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                this.stall.disarm();
+                Poll::Ready(Some(this.frame_read(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// How a streamed upload is going, shared between the body (which the pooled client polls)
+/// and the request's response timer: the response timeout counts from the end of the upload,
+/// or from the last progress while the upstream is not reading it.
+#[derive(Debug)]
+pub(crate) struct UploadProgress {
+    started: Instant,
+    /// Milliseconds since `started` of the last frame (or of the end).
+    last_ms: AtomicU64,
+    done: AtomicBool,
+    /// The body waits for the client (whose own timeout then applies), not for the upstream.
+    waiting_on_client: AtomicBool,
+}
+
+impl UploadProgress {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            done: AtomicBool::new(false),
+            waiting_on_client: AtomicBool::new(false),
+        }
+    }
+
+    fn advanced(&self, done: bool) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+        if done {
+            self.done.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// When the response timeout ends, given what the upload did so far.
+    pub(crate) fn response_deadline(&self, timeout: Duration) -> Instant {
+        let uploading = !self.done.load(Ordering::Relaxed);
+        if uploading && self.waiting_on_client.load(Ordering::Relaxed) {
+            // The client body timeout is running; the response timer has not started.
+            return Instant::now() + timeout;
+        }
+        self.started + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + timeout
+    }
+}
+
+/// Request body forwarded upstream.
+#[derive(Debug)]
+pub(crate) enum ReqBody {
+    Empty,
+    /// Read completely before an endpoint was chosen.
+    Buffered {
+        data: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+    },
+    /// The part read before dialling, then the rest of the client's body.
+    Streamed {
+        prefix: Option<Bytes>,
+        rest: ClientBody,
+    },
+}
+
+impl ReqBody {
+    /// A copy to send again, when the whole body is in memory.
+    pub(crate) fn try_clone(&self) -> Option<ReqBody> {
+        match self {
+            ReqBody::Empty => Some(ReqBody::Empty),
+            ReqBody::Buffered { data, trailers } => Some(ReqBody::Buffered {
+                data: data.clone(),
+                trailers: trailers.clone(),
+            }),
+            ReqBody::Streamed { .. } => None,
+        }
+    }
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         match self.get_mut() {
-            ReqBody::Client(body) => Pin::new(body).poll_frame(cx),
             ReqBody::Empty => Poll::Ready(None),
+            ReqBody::Buffered { data, trailers } => Poll::Ready(
+                data.take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
+            ReqBody::Streamed { prefix, rest } => match prefix.take() {
+                Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                None => Pin::new(rest).poll_frame(cx),
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ReqBody::Client(body) => body.is_end_stream(),
             ReqBody::Empty => true,
+            ReqBody::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
+            ReqBody::Streamed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ReqBody::Client(body) => body.size_hint(),
             ReqBody::Empty => SizeHint::with_exact(0),
+            ReqBody::Buffered { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            ReqBody::Streamed { prefix, rest } => {
+                let before = prefix.as_ref().map_or(0, |d| d.len() as u64);
+                let hint = rest.size_hint();
+                let mut sum = SizeHint::new();
+                sum.set_lower(hint.lower() + before);
+                if let Some(upper) = hint.upper() {
+                    sum.set_upper(upper + before);
+                }
+                sum
+            }
         }
     }
 }
@@ -62,10 +296,7 @@ pub(crate) enum ProxyBody {
 pub(crate) struct UpstreamBody {
     body: Incoming,
     _in_flight: Option<InFlight>,
-    read_timeout: Duration,
-    /// Armed when the upstream has no data ready; disarmed by the next frame.
-    stall: Option<Pin<Box<Sleep>>>,
-    armed: bool,
+    stall: StallTimer,
 }
 
 /// The upstream sent nothing for longer than the read timeout.
@@ -84,9 +315,7 @@ impl ProxyBody {
         ProxyBody::Upstream(UpstreamBody {
             body,
             _in_flight: in_flight,
-            read_timeout,
-            stall: None,
-            armed: false,
+            stall: StallTimer::new(read_timeout),
         })
     }
 
@@ -110,27 +339,15 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Upstream(up) => match Pin::new(&mut up.body).poll_frame(cx) {
                 Poll::Ready(frame) => {
-                    up.armed = false;
+                    up.stall.disarm();
                     Poll::Ready(frame.map(|f| f.map_err(Into::into)))
                 }
-                Poll::Pending => {
-                    let stall = match &mut up.stall {
-                        Some(stall) => {
-                            if !up.armed {
-                                stall.as_mut().reset(Instant::now() + up.read_timeout);
-                            }
-                            stall
-                        }
-                        None => up.stall.insert(Box::pin(sleep(up.read_timeout))),
-                    };
-                    up.armed = true;
-                    match stall.as_mut().poll(cx) {
-                        Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ReadTimeout {
-                            timeout: up.read_timeout,
-                        })))),
-                        Poll::Pending => Poll::Pending,
-                    }
-                }
+                Poll::Pending => match up.stall.poll_stalled(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ReadTimeout {
+                        timeout: up.stall.timeout,
+                    })))),
+                    Poll::Pending => Poll::Pending,
+                },
             },
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }

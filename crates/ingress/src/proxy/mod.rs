@@ -1,9 +1,14 @@
 //! The proxy object the agent holds, and the per-request service.
 
 mod body;
+mod forward;
 mod headers;
 mod service;
+mod upgrade;
+mod upload;
 
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,17 +22,33 @@ use sluice_model::{ObjectKey, Snapshot};
 pub(crate) use body::{ProxyBody, ReqBody};
 pub(crate) use service::{ConnInfo, handle};
 
+use crate::loops::{HopId, OwnAddresses};
 use crate::routes::build;
 use crate::stats::Counters;
+use crate::upstream::{ConnectionLimits, CountingConnector};
 use crate::{IngressConfig, IngressStats, RouteTable, Warning};
+use headers::HeadLimits;
+
+/// hyper's smallest HTTP/1 read buffer.
+const MIN_HTTP1_BUFFER: usize = 8 * 1024;
+/// Idle pooled connections kept per endpoint (never more than the per-endpoint cap).
+const POOL_IDLE_PER_ENDPOINT: usize = 256;
+/// Largest read buffer of an upstream connection, which bounds the response head a backend
+/// may send (nginx allows 4–8 KiB) and the memory each pooled connection can hold.
+const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
 
 /// The ingress proxy: listeners plus the current [`RouteTable`].
 pub struct IngressProxy {
     pub(crate) config: IngressConfig,
     pub(crate) table: Arc<ArcSwap<RouteTable>>,
-    pub(crate) client: Client<HttpConnector, ReqBody>,
+    pub(crate) client: Client<CountingConnector, ReqBody>,
     pub(crate) server: auto::Builder<TokioExecutor>,
     pub(crate) counters: Counters,
+    pub(crate) limits: Arc<ConnectionLimits>,
+    pub(crate) hop_id: HopId,
+    /// Addresses that reach our own listeners: never dialled.
+    pub(crate) own_addresses: ArcSwap<OwnAddresses>,
+    pub(crate) head_limits: HeadLimits,
 }
 
 impl std::fmt::Debug for IngressProxy {
@@ -42,41 +63,41 @@ impl IngressProxy {
     /// A proxy with an empty route table (every request gets the built-in 404 until the first
     /// [`update`](Self::update)).
     pub fn new(config: IngressConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.upstream_idle_timeout)
-            .pool_max_idle_per_host(256)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        let mut server = auto::Builder::new(TokioExecutor::new());
-        server
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.client_idle_timeout)
-            .keep_alive(true);
-        server
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(20));
+        let table = Arc::new(ArcSwap::from_pointee(RouteTable::default()));
+        let limits = Arc::new(ConnectionLimits::new(
+            config.max_upstream_connections,
+            config.max_upstream_connections_per_endpoint,
+        ));
+        let client = upstream_client(&config, &limits, &table);
         Self {
+            server: server_builder(&config),
+            head_limits: HeadLimits {
+                line: config.max_header_line_bytes,
+                total: config.max_header_bytes,
+            },
             config,
-            table: Arc::new(ArcSwap::from_pointee(RouteTable::default())),
+            table,
             client,
-            server,
             counters: Counters::default(),
+            limits,
+            hop_id: HopId::random(),
+            own_addresses: ArcSwap::from_pointee(OwnAddresses::default()),
         }
     }
 
     /// Rebuilds the route table from `snapshot` and swaps it in atomically. Requests already
     /// routed finish on the table they started with; open connections stay open. Endpoint
     /// request counters carry over so balancing is not reset.
+    ///
+    /// Returns the problems found (bad objects, endpoints that are this proxy's own
+    /// listeners); nothing is logged here: the caller logs them (the agent logs each new one
+    /// once).
     pub fn update(&self, snapshot: &Snapshot) -> Vec<Warning> {
         let previous = self.table.load();
-        let (table, warnings) = build::build(snapshot, &self.config, Some(&previous));
+        let (mut table, mut warnings) = build::build(snapshot, &self.config, Some(&previous));
         drop(previous);
+        table.index_endpoints();
+        warnings.extend(self.own_listener_warnings(&table));
         tracing::debug!(
             ingresses = table.served_ingresses().len(),
             warnings = warnings.len(),
@@ -84,6 +105,22 @@ impl IngressProxy {
         );
         self.table.store(Arc::new(table));
         warnings
+    }
+
+    /// This host's addresses. For a listener bound to `0.0.0.0` or `::`, an endpoint on any
+    /// of them (or on loopback) at the listener's port is the proxy itself and is never
+    /// dialled (508). The agent refreshes them when the node's addresses change; they apply
+    /// to the next request at once, and to the warnings of the next [`update`](Self::update).
+    pub fn set_local_addresses(&self, addresses: impl IntoIterator<Item = IpAddr>) {
+        let addresses: Vec<IpAddr> = addresses.into_iter().collect();
+        self.own_addresses
+            .rcu(|own| own.with_local_ips(addresses.iter().copied()));
+    }
+
+    /// Records the addresses the listeners are bound to (done when serving starts).
+    pub(crate) fn set_listener_addresses(&self, listeners: &[SocketAddr]) {
+        self.own_addresses
+            .rcu(|own| own.with_listeners(listeners.to_vec()));
     }
 
     /// Ingresses this proxy currently serves (for the agent to write their status).
@@ -98,10 +135,71 @@ impl IngressProxy {
 
     /// Counters since creation (for metrics).
     pub fn stats(&self) -> IngressStats {
-        self.counters.snapshot()
+        self.counters.snapshot(self.limits.open() as u64)
     }
 
     pub fn config(&self) -> &IngressConfig {
         &self.config
     }
+
+    /// One warning per service endpoint that is one of our own listeners.
+    fn own_listener_warnings(&self, table: &RouteTable) -> Vec<Warning> {
+        let own = self.own_addresses.load();
+        let mut seen = BTreeSet::new();
+        let mut warnings = Vec::new();
+        for backend in table.backends() {
+            for endpoint in &backend.pool.endpoints {
+                if own.contains(endpoint.addr) && seen.insert((&backend.service, endpoint.addr)) {
+                    warnings.push(Warning {
+                        kind: "Service",
+                        object: backend.service.clone(),
+                        message: format!(
+                            "endpoint {} is this proxy's own listener; requests routed to it get 508 Loop Detected",
+                            endpoint.addr
+                        ),
+                    });
+                }
+            }
+        }
+        warnings
+    }
+}
+
+/// The pooled HTTP/1.1 client to the endpoints, dialling through the connection caps.
+fn upstream_client(
+    config: &IngressConfig,
+    limits: &Arc<ConnectionLimits>,
+    table: &Arc<ArcSwap<RouteTable>>,
+) -> Client<CountingConnector, ReqBody> {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(config.connect_timeout));
+    http.set_nodelay(true);
+    let connector = CountingConnector::new(http, Arc::clone(limits), Arc::clone(table));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(config.upstream_idle_timeout)
+        .pool_max_idle_per_host(
+            POOL_IDLE_PER_ENDPOINT.min(config.max_upstream_connections_per_endpoint),
+        )
+        .pool_timer(TokioTimer::new())
+        .http1_max_buf_size(UPSTREAM_READ_BUFFER)
+        .build(connector)
+}
+
+/// Downstream HTTP/1.1 and HTTP/2 with the configured timeouts and header limits.
+fn server_builder(config: &IngressConfig) -> auto::Builder<TokioExecutor> {
+    let mut server = auto::Builder::new(TokioExecutor::new());
+    server
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.client_idle_timeout)
+        // The whole request head must fit the read buffer: 431 beyond (hyper answers).
+        .max_buf_size(config.max_header_bytes.max(MIN_HTTP1_BUFFER))
+        .keep_alive(true);
+    server
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    server
 }

@@ -133,8 +133,8 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
+    /// Records a problem; the caller of the build logs it (once, not on every rebuild).
     fn warn(&mut self, kind: &'static str, object: &ObjectKey, message: String) {
-        tracing::warn!("{kind} {object}: {message}");
         self.warnings.push(Warning {
             kind,
             object: object.clone(),

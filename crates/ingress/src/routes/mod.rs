@@ -92,6 +92,9 @@ pub struct RouteTable {
     pub(crate) certs: CertStore,
     pub(crate) cert_cache: CertCache,
     served: Vec<ObjectKey>,
+    /// Every endpoint by address, for the upstream connector's per-endpoint connection
+    /// count; filled by [`index_endpoints`](Self::index_endpoints) before the table is served.
+    endpoint_index: HashMap<SocketAddr, Arc<UpstreamEndpoint>>,
 }
 
 impl RouteTable {
@@ -126,8 +129,9 @@ impl RouteTable {
         self.certs.resolve(server_name).is_some()
     }
 
-    /// Endpoint states by address, so a rebuilt table keeps the request counters.
-    pub(crate) fn endpoint_states(&self) -> HashMap<SocketAddr, Arc<UpstreamEndpoint>> {
+    /// Every backend some route (or default) points at; a backend shared by several routes
+    /// comes once per route.
+    pub(crate) fn backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
         let hosts = self
             .exact_hosts
             .values()
@@ -141,9 +145,24 @@ impl RouteTable {
                     .chain(h.default_backend.iter())
             })
             .chain(self.default_backend.iter())
+    }
+
+    /// Endpoint states by address, so a rebuilt table keeps the request counters.
+    pub(crate) fn endpoint_states(&self) -> HashMap<SocketAddr, Arc<UpstreamEndpoint>> {
+        self.backends()
             .flat_map(|b| b.pool.endpoints.iter())
             .map(|e| (e.addr, Arc::clone(e)))
             .collect()
+    }
+
+    /// Fills the endpoint index (done once per table, off the request path).
+    pub(crate) fn index_endpoints(&mut self) {
+        self.endpoint_index = self.endpoint_states();
+    }
+
+    /// The endpoint at `addr`, if the table has one.
+    pub(crate) fn endpoint(&self, addr: SocketAddr) -> Option<&Arc<UpstreamEndpoint>> {
+        self.endpoint_index.get(&addr)
     }
 }
 

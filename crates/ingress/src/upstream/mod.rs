@@ -2,13 +2,18 @@
 //! requests). Endpoint state (the in-flight counter) is shared across route-table reloads so
 //! a reload does not reset the balance.
 
+mod connector;
 mod lb;
+mod limits;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hyper::http::uri::Authority;
+
+pub(crate) use connector::{Counted, CountingConnector};
+pub(crate) use limits::{ConnectionLimits, ConnectionPermit, LimitReached};
 
 /// One endpoint address (`ip:port`) with its live request count.
 #[derive(Debug)]
@@ -17,6 +22,8 @@ pub(crate) struct UpstreamEndpoint {
     /// `ip:port` ready to put in an upstream URI.
     pub(crate) authority: Authority,
     in_flight: AtomicUsize,
+    /// Upstream connections open to this endpoint (see [`ConnectionLimits`]).
+    connections: AtomicUsize,
 }
 
 impl UpstreamEndpoint {
@@ -26,6 +33,7 @@ impl UpstreamEndpoint {
             addr,
             authority,
             in_flight: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
         })
     }
 

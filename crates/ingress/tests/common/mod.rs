@@ -462,3 +462,185 @@ pub async fn ws_roundtrip(s: &mut TcpStream, msg: &str) -> Result<String> {
     let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await??;
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
+
+/// Raw HTTP/1.1 exchange: writes `request`, returns everything read until the server closes
+/// or 3 s pass.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A raw HTTP/1.1 backend that records each request head exactly as it arrived. Upgrade
+/// requests get `101` and then every chunk is echoed back as `rec:...`; other requests get
+/// `200 ok` and the connection is closed.
+pub struct RecordingBackend {
+    pub addr: SocketAddr,
+    pub heads: Arc<std::sync::Mutex<Vec<String>>>,
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    _stop: oneshot::Sender<()>,
+}
+
+pub async fn recording_backend() -> RecordingBackend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    let (h, c) = (heads.clone(), connections.clone());
+    tokio::spawn(async move {
+        loop {
+            let mut s = tokio::select! {
+                _ = &mut stopped => return,
+                r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+            };
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let h = h.clone();
+            tokio::spawn(async move {
+                let Some(head) = read_head(&mut s).await else {
+                    return;
+                };
+                let upgrade = head.to_ascii_lowercase().contains("\r\nupgrade:");
+                h.lock().unwrap().push(head);
+                if !upgrade {
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                        )
+                        .await;
+                    return;
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+                    .await;
+                let mut buf = [0u8; 1024];
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let mut out = b"rec:".to_vec();
+                    out.extend_from_slice(&buf[..n]);
+                    if s.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    RecordingBackend {
+        addr,
+        heads,
+        connections,
+        _stop: stop,
+    }
+}
+
+/// Reads a request or response head (up to the blank line) byte by byte.
+pub async fn read_head(s: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// A TCP relay on 127.0.0.1 to `target` that accepts at most `max` connections (later ones
+/// are closed at once), so that a test of a request loop stays bounded even when the proxy
+/// under test would loop. Returns its address and the number of connections it relayed.
+pub async fn relay(
+    target: SocketAddr,
+    max: usize,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut down, _)) = listener.accept().await {
+            if counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= max {
+                continue;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut up) = TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// Resident memory of this process in KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Waits up to `within` for `cond`, polling every 10 ms.
+pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
+
+/// Log lines written while the guard lives on this thread (use a current-thread runtime so
+/// the proxy's tasks log on this thread too).
+pub struct CapturedLogs {
+    buf: Arc<std::sync::Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl CapturedLogs {
+    pub fn start() -> Self {
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || LogWriter(writer.clone()))
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        Self { buf, _guard: guard }
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf.lock().unwrap()).into_owned()
+    }
+
+    /// Lines at WARN or ERROR level.
+    pub fn warnings(&self) -> Vec<String> {
+        self.text()
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

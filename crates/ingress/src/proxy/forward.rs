@@ -1,0 +1,354 @@
+//! Forwarding to an endpoint through the pooled client: endpoint choice (never one of our
+//! own listeners), one retry for idempotent requests, and failures mapped to clear status
+//! codes that blame the right party (client, backend, or this proxy's own limits).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::http::uri::{PathAndQuery, Scheme};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+
+use super::body::{ClientBodyError, UploadProgress};
+use super::headers;
+use super::service::error;
+use super::{IngressProxy, ProxyBody, ReqBody};
+use crate::routes::Backend;
+use crate::stats;
+use crate::upstream::{InFlight, LimitReached, UpstreamEndpoint};
+
+/// Linux errno values: out of file descriptors for the process / the system.
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+
+/// The parts of the upstream request that a retry needs again.
+#[derive(Clone)]
+pub(super) struct Upstream {
+    pub(super) method: Method,
+    pub(super) path_and_query: PathAndQuery,
+    pub(super) headers: HeaderMap,
+}
+
+impl Upstream {
+    /// For the pooled client, which picks the connection by the URI's authority and sends
+    /// the request in origin form.
+    fn into_pooled_request<B>(self, endpoint: &UpstreamEndpoint, body: B) -> Request<B> {
+        let mut parts = hyper::http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(endpoint.authority.clone());
+        parts.path_and_query = Some(self.path_and_query.clone());
+        // Scheme, authority and path are all set: building cannot fail.
+        let uri = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from(self.path_and_query.clone()));
+        self.build(uri, body)
+    }
+
+    /// In origin form (`GET /path`), for a connection of our own.
+    pub(super) fn into_origin_request<B>(self, body: B) -> Request<B> {
+        let uri = Uri::from(self.path_and_query.clone());
+        self.build(uri, body)
+    }
+
+    fn build<B>(self, uri: Uri, body: B) -> Request<B> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = self.headers;
+        req
+    }
+}
+
+/// Why no endpoint can be dialled.
+pub(super) enum NoEndpoint {
+    Empty,
+    /// The only usable endpoints are this proxy's own listeners (a request loop).
+    OwnListener(SocketAddr),
+}
+
+/// An endpoint to send to (power of two choices, never `exclude`), skipping endpoints that
+/// are our own listeners.
+pub(super) fn pick_endpoint(
+    proxy: &IngressProxy,
+    backend: &Backend,
+    exclude: Option<SocketAddr>,
+) -> Result<Arc<UpstreamEndpoint>, NoEndpoint> {
+    let first = backend.pool.pick(exclude).ok_or(NoEndpoint::Empty)?;
+    let own = proxy.own_addresses.load();
+    if !own.contains(first.addr) {
+        return Ok(first);
+    }
+    backend
+        .pool
+        .endpoints
+        .iter()
+        .find(|e| Some(e.addr) != exclude && !own.contains(e.addr))
+        .cloned()
+        .ok_or(NoEndpoint::OwnListener(first.addr))
+}
+
+pub(super) fn no_endpoint(
+    proxy: &IngressProxy,
+    backend: &Backend,
+    why: NoEndpoint,
+) -> Response<ProxyBody> {
+    match why {
+        NoEndpoint::Empty => no_ready_endpoints(backend),
+        NoEndpoint::OwnListener(addr) => {
+            stats::inc(&proxy.counters.loops_detected);
+            tracing::debug!(backend = %backend, endpoint = %addr, "ingress: endpoint is this proxy's own listener; not forwarded");
+            error(
+                StatusCode::LOOP_DETECTED,
+                format!(
+                    "508 Loop Detected: endpoint {addr} of service {backend} is this proxy's own listener; the request was not forwarded\n"
+                ),
+            )
+        }
+    }
+}
+
+pub(super) fn no_ready_endpoints(backend: &Backend) -> Response<ProxyBody> {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("503 Service Unavailable: no ready endpoints for service {backend}\n"),
+    )
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Sends the request to an endpoint; an idempotent request whose body is in memory is sent
+/// again once if nothing reached the endpoint (connect failed, connection cap) or the
+/// connection closed before any response (a stale keep-alive connection).
+pub(super) async fn forward(
+    proxy: &IngressProxy,
+    backend: &Backend,
+    request: Upstream,
+    body: ReqBody,
+    upload: Option<Arc<UploadProgress>>,
+) -> Response<ProxyBody> {
+    let endpoint = match pick_endpoint(proxy, backend, None) {
+        Ok(endpoint) => endpoint,
+        Err(why) => return no_endpoint(proxy, backend, why),
+    };
+    let retry = is_idempotent(&request.method)
+        .then(|| body.try_clone().map(|b| (request.clone(), b)))
+        .flatten();
+    let first = Arc::clone(&endpoint);
+    let sent = send(proxy, backend, endpoint, request, body, upload.as_deref()).await;
+    let (failed, same_endpoint_ok) = match sent {
+        Ok(resp) | Err(SendError::Other(resp)) => return resp,
+        Err(SendError::Connect(resp)) => (resp, false),
+        Err(SendError::Closed(resp)) => (resp, true),
+    };
+    // After a connect failure only another endpoint helps; after a keep-alive connection
+    // closed under us the same endpoint (on a new connection) is fine too.
+    let next = pick_endpoint(proxy, backend, Some(first.addr))
+        .ok()
+        .or_else(|| same_endpoint_ok.then_some(first));
+    let (Some((request, body)), Some(next)) = (retry, next) else {
+        return failed;
+    };
+    tracing::debug!(backend = %backend, retry = %next.addr, "ingress: retrying idempotent request");
+    stats::inc(&proxy.counters.retries);
+    match send(proxy, backend, next, request, body, None).await {
+        Ok(resp) => resp,
+        Err(SendError::Connect(resp) | SendError::Closed(resp) | SendError::Other(resp)) => resp,
+    }
+}
+
+enum SendError {
+    /// Nothing reached the endpoint (connect failed, connection cap): a retry is safe.
+    Connect(Response<ProxyBody>),
+    /// The connection closed before any response: safe to retry idempotent requests.
+    Closed(Response<ProxyBody>),
+    Other(Response<ProxyBody>),
+}
+
+async fn send(
+    proxy: &IngressProxy,
+    backend: &Backend,
+    endpoint: Arc<UpstreamEndpoint>,
+    request: Upstream,
+    body: ReqBody,
+    upload: Option<&UploadProgress>,
+) -> Result<Response<ProxyBody>, SendError> {
+    let in_flight = endpoint.start();
+    let req = request.into_pooled_request(&endpoint, body);
+    let timeout = proxy.config.response_timeout;
+    match within_response_timeout(proxy.client.request(req), timeout, upload).await {
+        Some(Ok(resp)) => Ok(downstream_response(resp, in_flight, timeout)),
+        Some(Err(e)) => Err(upstream_error(proxy, backend, &endpoint, &e)),
+        None => Err(SendError::Other(gateway_timeout(proxy, backend))),
+    }
+}
+
+pub(super) fn gateway_timeout(proxy: &IngressProxy, backend: &Backend) -> Response<ProxyBody> {
+    stats::inc(&proxy.counters.upstream_timeouts);
+    error(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!(
+            "504 Gateway Timeout: service {backend} did not answer within {}s\n",
+            proxy.config.response_timeout.as_secs_f32()
+        ),
+    )
+}
+
+/// Awaits the response headers. Without a streamed upload that is `timeout` from now; with
+/// one, `timeout` from the end of the upload, or from its last progress while the upstream
+/// does not read it (a stalled client is left to the client body timeout).
+pub(super) async fn within_response_timeout<F: Future>(
+    response: F,
+    timeout: Duration,
+    upload: Option<&UploadProgress>,
+) -> Option<F::Output> {
+    let Some(upload) = upload else {
+        return tokio::time::timeout(timeout, response).await.ok();
+    };
+    tokio::pin!(response);
+    loop {
+        let deadline = upload.response_deadline(timeout);
+        if deadline <= tokio::time::Instant::now() {
+            return None;
+        }
+        if let Ok(out) = tokio::time::timeout_at(deadline, &mut response).await {
+            return Some(out);
+        }
+    }
+}
+
+/// The first error of type `E` in `err`'s chain of causes.
+fn find_cause<'a, E: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// What a failed exchange with the pooled client means, and whose fault it is.
+fn upstream_error(
+    proxy: &IngressProxy,
+    backend: &Backend,
+    endpoint: &UpstreamEndpoint,
+    e: &hyper_util::client::legacy::Error,
+) -> SendError {
+    if let Some(body_error) = find_cause::<ClientBodyError>(e) {
+        return SendError::Other(client_body_error(proxy, backend, body_error));
+    }
+    if let Some(limit) = find_cause::<LimitReached>(e) {
+        let resp = connection_limit(proxy, backend, limit);
+        return match limit {
+            LimitReached::Endpoint { .. } => SendError::Connect(resp),
+            LimitReached::Total { .. } => SendError::Other(resp),
+        };
+    }
+    let errno = find_cause::<std::io::Error>(e).and_then(std::io::Error::raw_os_error);
+    if matches!(errno, Some(EMFILE | ENFILE)) {
+        stats::inc(&proxy.counters.upstream_connection_limit_hits);
+        tracing::debug!(backend = %backend, error = %e, "ingress: no file descriptor left for an upstream connection");
+        return SendError::Other(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "503 Service Unavailable: the proxy has no file descriptor left for a connection to service {backend}\n"
+            ),
+        ));
+    }
+    if e.is_connect() {
+        stats::inc(&proxy.counters.upstream_connect_failures);
+        tracing::warn!(backend = %backend, endpoint = %endpoint.addr, error = %e, "ingress: cannot connect to endpoint");
+        return SendError::Connect(error(
+            StatusCode::BAD_GATEWAY,
+            format!("502 Bad Gateway: cannot connect to service {backend}\n"),
+        ));
+    }
+    if find_cause::<hyper::Error>(e).is_some_and(|h| h.is_incomplete_message() || h.is_canceled()) {
+        // Typically a keep-alive connection the upstream had just timed out.
+        tracing::debug!(backend = %backend, endpoint = %endpoint.addr, error = %e, "ingress: upstream closed the connection before responding");
+        return SendError::Closed(error(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "502 Bad Gateway: service {backend} closed the connection without a response\n"
+            ),
+        ));
+    }
+    tracing::warn!(backend = %backend, endpoint = %endpoint.addr, error = %e, "ingress: upstream request failed");
+    SendError::Other(error(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "502 Bad Gateway: service {backend} closed the connection or sent an invalid response\n"
+        ),
+    ))
+}
+
+/// 503 for a connection cap: the proxy protecting itself, not the backend failing.
+pub(super) fn connection_limit(
+    proxy: &IngressProxy,
+    backend: &Backend,
+    limit: &LimitReached,
+) -> Response<ProxyBody> {
+    stats::inc(&proxy.counters.upstream_connection_limit_hits);
+    tracing::debug!(backend = %backend, %limit, "ingress: upstream connection limit reached");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "503 Service Unavailable: upstream connection limit reached for service {backend}: {limit}\n"
+        ),
+    )
+}
+
+/// The client's body was at fault: 400 / 408 / 413, logged at debug and counted, never a
+/// backend failure.
+pub(super) fn client_body_error(
+    proxy: &IngressProxy,
+    backend: &Backend,
+    e: &ClientBodyError,
+) -> Response<ProxyBody> {
+    tracing::debug!(backend = %backend, error = %e, "ingress: request body refused");
+    match e {
+        ClientBodyError::Invalid { .. } => {
+            stats::inc(&proxy.counters.client_body_errors);
+            error(
+                StatusCode::BAD_REQUEST,
+                "400 Bad Request: malformed or incomplete request body\n",
+            )
+        }
+        ClientBodyError::Timeout { timeout } => {
+            stats::inc(&proxy.counters.client_body_timeouts);
+            error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "408 Request Timeout: no request body data for {}s\n",
+                    timeout.as_secs_f32()
+                ),
+            )
+        }
+        ClientBodyError::TooLarge { limit } => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("413 Payload Too Large: request bodies are limited to {limit} bytes\n"),
+        ),
+    }
+}
+
+pub(super) fn downstream_response(
+    resp: Response<Incoming>,
+    in_flight: InFlight,
+    read_timeout: Duration,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    Response::from_parts(
+        parts,
+        ProxyBody::upstream(body, Some(in_flight), read_timeout),
+    )
+}

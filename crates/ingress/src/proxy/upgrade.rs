@@ -1,0 +1,117 @@
+//! Upgrades (WebSocket, or another protocol in `allowed_upgrades`): a dedicated upstream
+//! connection under the connection caps, the request in origin form; after `101` both sides
+//! are joined byte for byte until either closes. The tunnel does not depend on the route
+//! table, so reloads never cut it.
+
+use std::sync::Arc;
+
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderValue};
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use super::forward::{
+    Upstream, connection_limit, downstream_response, gateway_timeout, no_endpoint, pick_endpoint,
+};
+use super::service::error;
+use super::{IngressProxy, ProxyBody, ReqBody};
+use crate::routes::Backend;
+use crate::stats;
+use crate::upstream::{Counted, UpstreamEndpoint};
+
+pub(super) async fn forward(
+    proxy: &IngressProxy,
+    backend: &Backend,
+    mut request: Upstream,
+    upgrade: HeaderValue,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) -> Response<ProxyBody> {
+    let endpoint = match pick_endpoint(proxy, backend, None) {
+        Ok(endpoint) => endpoint,
+        Err(why) => return no_endpoint(proxy, backend, why),
+    };
+    let in_flight = endpoint.start();
+    let mut sender = match connect(proxy, backend, &endpoint).await {
+        Ok(sender) => sender,
+        Err(resp) => return resp,
+    };
+    request
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    request.headers.insert(header::UPGRADE, upgrade);
+    let req = request.into_origin_request(ReqBody::Empty);
+    let timeout = proxy.config.response_timeout;
+    let mut resp = match tokio::time::timeout(timeout, sender.send_request(req)).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
+            tracing::warn!(backend = %backend, error = %e, "ingress: upgrade request failed");
+            return bad_gateway(backend);
+        }
+        Err(_) => return gateway_timeout(proxy, backend),
+    };
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return downstream_response(resp, in_flight, timeout);
+    }
+    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+    let backend_name = backend.to_string();
+    tokio::spawn(async move {
+        // Counts as an outstanding request on the endpoint while the tunnel is open; the
+        // upstream connection (with its place under the caps) lives in `up`.
+        let _in_flight = in_flight;
+        match tokio::try_join!(on_upgrade, upstream_upgrade) {
+            Ok((down, up)) => {
+                let mut down = TokioIo::new(down);
+                let mut up = TokioIo::new(up);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                    tracing::debug!(backend = %backend_name, error = %e, "ingress: upgraded connection closed with error");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(backend = %backend_name, error = %e, "ingress: upgrade failed")
+            }
+        }
+    });
+    // Keep `Connection: upgrade` and `Upgrade`: the client needs them on a 101.
+    let (parts, _empty) = resp.into_parts();
+    Response::from_parts(parts, ProxyBody::empty())
+}
+
+fn bad_gateway(backend: &Backend) -> Response<ProxyBody> {
+    error(
+        StatusCode::BAD_GATEWAY,
+        format!("502 Bad Gateway: cannot connect to service {backend}\n"),
+    )
+}
+
+/// A new HTTP/1.1 connection to `endpoint`, counted under the connection caps.
+async fn connect(
+    proxy: &IngressProxy,
+    backend: &Backend,
+    endpoint: &Arc<UpstreamEndpoint>,
+) -> Result<SendRequest<ReqBody>, Response<ProxyBody>> {
+    let permit = proxy
+        .limits
+        .acquire(Some(endpoint))
+        .map_err(|limit| connection_limit(proxy, backend, &limit))?;
+    let connect = tokio::net::TcpStream::connect(endpoint.addr);
+    let stream = match tokio::time::timeout(proxy.config.connect_timeout, connect).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            stats::inc(&proxy.counters.upstream_connect_failures);
+            tracing::warn!(backend = %backend, endpoint = %endpoint.addr, error = %e, "ingress: cannot connect to endpoint for upgrade");
+            return Err(bad_gateway(backend));
+        }
+        Err(_) => return Err(bad_gateway(backend)),
+    };
+    let _ = stream.set_nodelay(true);
+    let io = Counted::new(TokioIo::new(stream), permit);
+    let (sender, connection) = hyper::client::conn::http1::handshake::<_, ReqBody>(io)
+        .await
+        .map_err(|_| bad_gateway(backend))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!(error = %e, "ingress: upgraded upstream connection ended");
+        }
+    });
+    Ok(sender)
+}

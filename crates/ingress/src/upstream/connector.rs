@@ -1,0 +1,137 @@
+//! The upstream connector: hyper-util's HTTP connector behind the connection caps. Each
+//! connection carries its [`ConnectionPermit`], so the count drops when hyper closes it,
+//! whether it was in use or idle in the pool.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use hyper::Uri;
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::{ConnectionLimits, ConnectionPermit};
+use crate::RouteTable;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Dials endpoints for the pooled client, refusing (with [`super::LimitReached`] as the
+/// error) when a connection cap is reached.
+#[derive(Clone)]
+pub(crate) struct CountingConnector {
+    http: HttpConnector,
+    limits: Arc<ConnectionLimits>,
+    /// To find the endpoint (and its connection count) of the address being dialled.
+    table: Arc<ArcSwap<RouteTable>>,
+}
+
+impl CountingConnector {
+    pub(crate) fn new(
+        http: HttpConnector,
+        limits: Arc<ConnectionLimits>,
+        table: Arc<ArcSwap<RouteTable>>,
+    ) -> Self {
+        Self {
+            http,
+            limits,
+            table,
+        }
+    }
+}
+
+impl tower_service::Service<Uri> for CountingConnector {
+    type Response = Counted<TokioIo<TcpStream>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let addr: Option<SocketAddr> = uri.authority().and_then(|a| a.as_str().parse().ok());
+        let permit = {
+            let table = self.table.load();
+            self.limits
+                .acquire(addr.and_then(|addr| table.endpoint(addr)))
+        };
+        match permit {
+            Err(limit) => Box::pin(std::future::ready(Err(limit.into()))),
+            Ok(permit) => {
+                let connecting = self.http.call(uri);
+                Box::pin(async move {
+                    let io = connecting.await?;
+                    Ok(Counted::new(io, permit))
+                })
+            }
+        }
+    }
+}
+
+/// A connection that holds its place under the caps until dropped.
+#[derive(Debug)]
+pub(crate) struct Counted<T> {
+    io: T,
+    _permit: ConnectionPermit,
+}
+
+impl<T> Counted<T> {
+    pub(crate) fn new(io: T, permit: ConnectionPermit) -> Self {
+        Self {
+            io,
+            _permit: permit,
+        }
+    }
+}
+
+impl<T: Read + Unpin> Read for Counted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: Write + Unpin> Write for Counted<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+}
+
+impl<T: Connection> Connection for Counted<T> {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
