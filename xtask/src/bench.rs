@@ -16,7 +16,10 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::json;
 use sluice_dataplane::Dataplane;
 use sluice_dp_nft::{NftCommand, NftDataplane};
-use sluice_model::{DesiredState, Endpoint, Protocol, ServicePortName, ServicePortState};
+use sluice_plan::{
+    Backend, Family, FrontendAddr, FrontendKey, FrontendKind, FrontendPlan, NodePlan, Plan,
+    PlanDelta, Protocol, Route, Selection, ServicePlan, ServicePortName, SetName,
+};
 use sluice_tests::manifests::{Port, Service};
 use sluice_tests::{At, Cluster, Mode, ProbeOpts, Proto};
 
@@ -88,39 +91,62 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("bench IP")
 }
 
-fn many_services(n: usize) -> DesiredState {
-    let mut d = DesiredState {
-        cluster_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")],
-        ..DesiredState::default()
+/// A ClusterIP + NodePort service port forwarding to `backends`, as compute plans it.
+fn bench_service(i: usize, backends: Vec<Backend>) -> ServicePlan {
+    let name = ServicePortName::new("bench", format!("svc-{i}"), "http", Protocol::Tcp);
+    let frontend = |addr, port, kind, selection| FrontendPlan {
+        key: FrontendKey {
+            addr,
+            protocol: Protocol::Tcp,
+            port,
+        },
+        kind,
+        allowed_sources: Vec::new(),
+        pods: Route::forward(SetName::Cluster),
+        node: Route::masqueraded(SetName::Cluster),
+        outside: Route::masqueraded(SetName::Cluster),
+        selection,
+    };
+    ServicePlan {
+        name,
+        frontends: vec![
+            frontend(
+                FrontendAddr::Ip(ip(&format!("10.96.{}.{}", i / 250, i % 250 + 1))),
+                80,
+                FrontendKind::ClusterIp,
+                Selection::Random,
+            ),
+            frontend(
+                FrontendAddr::NodePorts(Family::V4),
+                30000 + (i % 2000) as u16,
+                FrontendKind::NodePort,
+                Selection::ConsistentHash,
+            ),
+        ],
+        cluster: backends,
+        local: Vec::new(),
+        affinity_timeout: None,
+    }
+}
+
+fn many_services(n: usize) -> Plan {
+    let mut plan = Plan {
+        node: std::sync::Arc::new(NodePlan {
+            name: "bench".into(),
+            nodeport_addresses: Vec::new(),
+            pod_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")],
+        }),
+        ..Plan::default()
     };
     for i in 0..n {
-        let endpoints = (0..3)
-            .map(|j| Endpoint {
-                ip: ip(&format!("10.{}.{}.{}", 100 + j, i / 250, i % 250 + 1)),
-                port: 8080,
-                node_name: None,
-                is_local: false,
-                ready: true,
-            })
+        let backends = (0..3)
+            .map(|j| Backend::new(ip(&format!("10.{}.{}.{}", 100 + j, i / 250, i % 250 + 1)), 8080))
             .collect();
-        d.services.insert(
-            ServicePortName {
-                namespace: "bench".into(),
-                name: format!("svc-{i}"),
-                port_name: "http".into(),
-                protocol: Protocol::Tcp,
-            },
-            ServicePortState {
-                port: 80,
-                cluster_ips: vec![ip(&format!("10.96.{}.{}", i / 250, i % 250 + 1))],
-                node_port: Some(30000 + (i % 2000) as u16),
-                cluster_endpoints: endpoints,
-                has_any_endpoints: true,
-                ..ServicePortState::default()
-            },
-        );
+        let svc = bench_service(i, backends);
+        plan.services
+            .insert(svc.name.clone(), std::sync::Arc::new(svc));
     }
-    d
+    plan
 }
 
 /// Full sync vs. incremental one-endpoint change vs. no-op, in a scratch network namespace.
@@ -129,24 +155,24 @@ fn nft_sync(n: usize, rows: &mut Vec<Row>) -> Result<()> {
     let ns = format!("sluice-bench-{}", std::process::id());
     crate::run(Command::new("ip").args(["netns", "add", &ns]))?;
     let result = (|| -> Result<()> {
-        let mut dp = NftDataplane::with_runner(NftCommand::in_netns(&ns));
+        let mut dp = NftDataplane::with_executor(NftCommand::in_netns(&ns));
         dp.restore()?;
         let state = many_services(n);
         let t = Instant::now();
-        let full = dp.apply(&state, false)?;
+        let full = dp.resync(&state)?;
         let full_ms = ms(t.elapsed());
         let mut changed = state.clone();
         if let Some(svc) = changed.services.values_mut().nth(n / 2) {
-            svc.cluster_endpoints[1].port = 9090;
+            std::sync::Arc::make_mut(svc).cluster[1].port = 9090;
         }
         let t = Instant::now();
-        let one = dp.apply(&changed, false)?;
+        let one = dp.apply(&PlanDelta::between(&state, &changed))?;
         let one_ms = ms(t.elapsed());
         let t = Instant::now();
-        dp.apply(&changed, false)?;
+        dp.apply(&PlanDelta::between(&changed, &changed))?;
         let noop_ms = ms(t.elapsed());
         let t = Instant::now();
-        let resync = dp.apply(&changed, true)?;
+        let resync = dp.resync(&changed)?;
         let resync_ms = ms(t.elapsed());
         rows.push(Row {
             group: "nft-sync",

@@ -26,6 +26,51 @@ pub struct Cli {
 pub enum Command {
     /// Run the node agent.
     Agent(Box<AgentArgs>),
+    /// Print the plan for a directory of manifests and what each dataplane would program
+    /// (no root, no kernel). Exits 1 when objects had to be skipped.
+    Plan(Box<PlanArgs>),
+}
+
+/// Which translations `sluice plan` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlanMode {
+    Nftables,
+    Ebpf,
+    /// Both dataplanes.
+    Both,
+    /// The plan only.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlanArgs {
+    /// `dir:PATH`: a directory of manifests.
+    #[arg(long)]
+    pub source: String,
+    /// The node to plan for, as in EndpointSlice `nodeName`; its Node object (if in the
+    /// directory) gives its addresses and zone.
+    #[arg(long)]
+    pub hostname_override: String,
+    /// More addresses of the node (comma-separated), as its interfaces would have them.
+    #[arg(long, value_delimiter = ',')]
+    pub node_address: Vec<std::net::IpAddr>,
+    #[arg(long, value_enum, default_value = "both")]
+    pub proxy_mode: PlanMode,
+    /// Also print the Ingress route table (IngressClass controller `--ingress-controller`).
+    #[arg(long)]
+    pub ingress: bool,
+    #[arg(long, default_value = "sluice.dev/ingress")]
+    pub ingress_controller: String,
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub compute: ComputeFlags,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -49,19 +94,9 @@ pub enum LogFormat {
     Json,
 }
 
+/// The flags that shape the plan, shared by `sluice agent` and `sluice plan`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct AgentArgs {
-    /// Where objects come from: `k8s` (the API server) or `dir:PATH` (a directory of manifests).
-    #[arg(long, env = "SLUICE_SOURCE", default_value = "k8s")]
-    pub source: String,
-    /// kubeconfig file for `--source k8s` (default: in-cluster config, then ~/.kube/config).
-    #[arg(long, env = "KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    #[arg(long, env = "SLUICE_PROXY_MODE", value_enum, default_value = "auto")]
-    pub proxy_mode: ProxyMode,
-    /// This node's name, as in EndpointSlice `nodeName` (default: the hostname).
-    #[arg(long, env = "SLUICE_HOSTNAME_OVERRIDE")]
-    pub hostname_override: Option<String>,
+pub struct ComputeFlags {
     /// Pod CIDRs (comma-separated): traffic to ClusterIPs from elsewhere is masqueraded.
     #[arg(long, env = "SLUICE_CLUSTER_CIDR", value_delimiter = ',')]
     pub cluster_cidr: Vec<String>,
@@ -80,6 +115,23 @@ pub struct AgentArgs {
     /// outside it are reported.
     #[arg(long, env = "SLUICE_SERVICE_NODE_PORT_RANGE", default_value = "30000-32767")]
     pub service_node_port_range: String,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Where objects come from: `k8s` (the API server) or `dir:PATH` (a directory of manifests).
+    #[arg(long, env = "SLUICE_SOURCE", default_value = "k8s")]
+    pub source: String,
+    /// kubeconfig file for `--source k8s` (default: in-cluster config, then ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    #[arg(long, env = "SLUICE_PROXY_MODE", value_enum, default_value = "auto")]
+    pub proxy_mode: ProxyMode,
+    /// This node's name, as in EndpointSlice `nodeName` (default: the hostname).
+    #[arg(long, env = "SLUICE_HOSTNAME_OVERRIDE")]
+    pub hostname_override: Option<String>,
+    #[command(flatten)]
+    pub compute: ComputeFlags,
     #[arg(
         long,
         env = "SLUICE_HEALTHZ_BIND_ADDRESS",
@@ -218,33 +270,7 @@ impl AgentArgs {
                 )
             })?,
         };
-        let cidrs = |flag: &'static str, values: &[String]| -> Result<Vec<IpNet>, ConfigError> {
-            values
-                .iter()
-                .filter(|v| !v.trim().is_empty())
-                .map(|v| {
-                    v.trim()
-                        .parse::<IpNet>()
-                        .map(|n| n.trunc())
-                        .map_err(|e| invalid(flag, v, e))
-                })
-                .collect()
-        };
-        let compute = ComputeConfig {
-            cluster_cidrs: cidrs("cluster-cidr", &self.cluster_cidr)?,
-            nodeport_addresses: cidrs("nodeport-addresses", &self.nodeport_addresses)?,
-            service_proxy_name: self
-                .service_proxy_name
-                .as_deref()
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .map(str::to_owned),
-            allow_external_ips_on_node_addresses: self.allow_external_ips_on_node_addresses,
-            reserved_node_ports: Vec::new(),
-            node_port_range: Some(parse_port_range(&self.service_node_port_range).map_err(
-                |e| invalid("service-node-port-range", &self.service_node_port_range, e),
-            )?),
-        };
+        let compute = self.compute.to_config()?;
         let addr =
             |flag: &'static str, v: &str| v.parse::<SocketAddr>().map_err(|e| invalid(flag, v, e));
         let optional_addr =
@@ -340,6 +366,39 @@ impl AgentArgs {
     }
 }
 
+impl ComputeFlags {
+    /// Pure validation into the compute configuration.
+    pub fn to_config(&self) -> Result<ComputeConfig, ConfigError> {
+        let cidrs = |flag: &'static str, values: &[String]| -> Result<Vec<IpNet>, ConfigError> {
+            values
+                .iter()
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| {
+                    v.trim()
+                        .parse::<IpNet>()
+                        .map(|n| n.trunc())
+                        .map_err(|e| invalid(flag, v, e))
+                })
+                .collect()
+        };
+        Ok(ComputeConfig {
+            cluster_cidrs: cidrs("cluster-cidr", &self.cluster_cidr)?,
+            nodeport_addresses: cidrs("nodeport-addresses", &self.nodeport_addresses)?,
+            service_proxy_name: self
+                .service_proxy_name
+                .as_deref()
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned),
+            allow_external_ips_on_node_addresses: self.allow_external_ips_on_node_addresses,
+            reserved_node_ports: Vec::new(),
+            node_port_range: Some(parse_port_range(&self.service_node_port_range).map_err(
+                |e| invalid("service-node-port-range", &self.service_node_port_range, e),
+            )?),
+        })
+    }
+}
+
 /// `LOW-HIGH` (inclusive), as kube-apiserver's `--service-node-port-range`.
 fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
     let (low, high) = text
@@ -391,6 +450,7 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).expect("flags parse").command {
             Command::Agent(args) => *args,
+            Command::Plan(_) => panic!("agent flags expected"),
         }
     }
 
@@ -524,7 +584,9 @@ mod manifest_tests {
             argv.push(arg.as_str().expect("string arg").to_owned());
         }
         let cli = super::Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
-        let super::Command::Agent(args) = cli.command;
+        let super::Command::Agent(args) = cli.command else {
+            panic!("agent command expected");
+        };
         let config = args
             .validate_with_hostname(|| Some("node-1".into()))
             .expect("valid");

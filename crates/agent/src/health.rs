@@ -149,7 +149,7 @@ impl ServiceHealthServers {
                     self.servers.insert(port, server);
                 }
                 Err(err) => {
-                    tracing::warn!(service = %service, port, "cannot open the health check node port: {err}")
+                    tracing::warn!(service = %service, port, "cannot open the health check node port: {}", sluice_dataplane::error_chain(&err))
                 }
             }
         }

@@ -6,6 +6,7 @@ mod health;
 mod http;
 mod interfaces;
 mod metrics;
+mod plan;
 mod sync;
 mod trigger;
 
@@ -31,6 +32,7 @@ fn main() -> anyhow::Result<()> {
                 .context("starting the tokio runtime")?;
             runtime.block_on(run_agent(config))
         }
+        Command::Plan(args) => plan::run(&args),
     }
 }
 
@@ -220,7 +222,7 @@ fn cleanup(config: &AgentConfig) -> anyhow::Result<()> {
         };
         match result {
             Ok(()) => tracing::info!("{mode:?}: cleaned up"),
-            Err(err) => failures.push(format!("{mode:?}: {err}")),
+            Err(err) => failures.push(format!("{mode:?}: {}", sluice_dataplane::error_chain(&err))),
         }
     }
     if failures.is_empty() {

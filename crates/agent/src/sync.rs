@@ -266,7 +266,7 @@ impl SyncLoop {
         tokio::spawn(async move {
             for ingress in served {
                 if let Err(err) = sluice_k8s::update_ingress_status(&client, &ingress, &ips).await {
-                    tracing::warn!(ingress = %ingress, "writing the Ingress status failed: {err}");
+                    tracing::warn!(ingress = %ingress, "writing the Ingress status failed: {}", error_chain(&err));
                 }
             }
         });

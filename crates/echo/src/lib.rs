@@ -19,14 +19,14 @@ use std::net::SocketAddr;
 /// Errors of the echo server and probe.
 #[derive(Debug, thiserror::Error)]
 pub enum EchoError {
-    #[error("cannot listen on {proto} {addr}: {source}")]
+    #[error("cannot listen on {proto} {addr}")]
     Bind {
         proto: &'static str,
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("{proto} server on {addr} failed: {source}")]
+    #[error("{proto} server on {addr} failed")]
     Serve {
         proto: &'static str,
         addr: SocketAddr,
@@ -35,7 +35,7 @@ pub enum EchoError {
     },
     #[error("nothing to serve: give at least one of --tcp, --udp, --http, --sctp")]
     NothingToServe,
-    #[error("reading standard input failed: {source}")]
+    #[error("reading standard input failed")]
     Stdin {
         #[source]
         source: std::io::Error,

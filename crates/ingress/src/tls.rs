@@ -37,6 +37,17 @@ impl CertStore {
         map.entry(key.into()).or_insert_with(|| Arc::clone(cert));
     }
 
+    /// Host names with a certificate (sorted; wildcards as `*.parent`), then `default`.
+    pub(crate) fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.exact.keys().map(|h| h.to_string()).collect();
+        names.extend(self.wildcard.keys().map(|p| format!("*.{p}")));
+        names.sort();
+        if self.default.is_some() {
+            names.push("default".to_owned());
+        }
+        names
+    }
+
     pub(crate) fn set_default_if_unset(&mut self, cert: &Arc<CertifiedKey>) {
         self.default.get_or_insert_with(|| Arc::clone(cert));
     }

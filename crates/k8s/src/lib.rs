@@ -43,7 +43,7 @@ pub use status_writer::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum K8sError {
-    #[error("cannot load kubeconfig {path}: {source}")]
+    #[error("cannot load kubeconfig {path}")]
     Kubeconfig {
         path: PathBuf,
         #[source]
@@ -57,18 +57,18 @@ pub enum K8sError {
         #[source]
         source: kube::config::InferConfigError,
     },
-    #[error("cannot build the Kubernetes client: {source}")]
+    #[error("cannot build the Kubernetes client")]
     Client {
         #[source]
         source: kube::Error,
     },
-    #[error("cannot read Ingress {ingress}: {source}")]
+    #[error("cannot read Ingress {ingress}")]
     GetIngress {
         ingress: ObjectKey,
         #[source]
         source: kube::Error,
     },
-    #[error("cannot write the status of Ingress {ingress}: {source}")]
+    #[error("cannot write the status of Ingress {ingress}")]
     PatchIngressStatus {
         ingress: ObjectKey,
         #[source]
@@ -78,13 +78,13 @@ pub enum K8sError {
     WatchEnded,
     #[error("invalid configuration of lease {lease}: {reason}")]
     InvalidLeaseConfig { lease: String, reason: String },
-    #[error("cannot read or write lease {lease}: {source}")]
+    #[error("cannot read or write lease {lease}")]
     Lease {
         lease: String,
         #[source]
         source: kube::Error,
     },
-    #[error("cannot write Event {reason} about {object}: {source}")]
+    #[error("cannot write Event {reason} about {object}")]
     WriteEvent {
         object: String,
         reason: String,

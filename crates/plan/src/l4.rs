@@ -363,6 +363,8 @@ pub struct HealthCheck {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Plan {
     pub node: Arc<NodePlan>,
+    /// By name; serialised as a list (each service plan carries its name).
+    #[serde(serialize_with = "values_as_list")]
     pub services: BTreeMap<ServicePortName, Arc<ServicePlan>>,
     /// Health check node ports to serve, by port.
     pub health_checks: BTreeMap<u16, HealthCheck>,
@@ -378,6 +380,13 @@ impl Plan {
                 .map(|fe| (svc.as_ref(), fe))
         })
     }
+}
+
+fn values_as_list<S: serde::Serializer>(
+    map: &BTreeMap<ServicePortName, Arc<ServicePlan>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(map.values())
 }
 
 /// A plan that breaks an invariant (a compute bug; dataplanes refuse it).

@@ -21,6 +21,7 @@ use std::fmt::{self, Display, Write as _};
 
 use crate::l4::{FrontendPlan, NodePlan, Plan, Selection, ServicePlan, SourceClass};
 
+/// Items separated by spaces; `-` for none (no trailing blanks in golden files).
 fn join<T: Display>(items: impl IntoIterator<Item = T>) -> String {
     let mut out = String::new();
     for (i, item) in items.into_iter().enumerate() {
@@ -28,6 +29,9 @@ fn join<T: Display>(items: impl IntoIterator<Item = T>) -> String {
             out.push(' ');
         }
         let _ = write!(out, "{item}");
+    }
+    if out.is_empty() {
+        out.push('-');
     }
     out
 }

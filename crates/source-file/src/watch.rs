@@ -16,7 +16,7 @@ use crate::warning::{LoadWarning, ObjectRef, Problem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirSourceError {
-    #[error("cannot read manifest directory {dir}: {source}")]
+    #[error("cannot read manifest directory {dir}")]
     ReadDir {
         dir: PathBuf,
         #[source]

@@ -19,7 +19,7 @@ use crate::upstream::InFlight;
 /// A problem with the request body that is the client's doing, never the backend's.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ClientBodyError {
-    #[error("malformed or aborted request body: {source}")]
+    #[error("malformed or aborted request body")]
     Invalid {
         #[source]
         source: hyper::Error,

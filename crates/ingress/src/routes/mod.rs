@@ -119,6 +119,63 @@ impl RouteTable {
             .or(self.default_backend.as_ref())
     }
 
+    /// The table as sorted text, one route per line (`sluice plan --ingress`, goldens):
+    ///
+    /// ```text
+    /// host cafe.example.com
+    ///   exact /tea -> default/tea-svc:80 [10.244.1.2:8080]
+    ///   prefix /coffee -> default/coffee-svc:http [10.244.2.3:8080]
+    ///   default -> default/fallback:80 []
+    /// host *.example.com
+    /// any-host
+    /// default-backend -> default/fallback:80 []
+    /// tls cafe.example.com, *.example.com, default
+    /// ```
+    pub fn describe(&self) -> String {
+        use std::fmt::Write as _;
+        let backend = |b: &Backend| {
+            let eps: Vec<String> = b.endpoints().iter().map(ToString::to_string).collect();
+            format!("{b} [{}]", eps.join(" "))
+        };
+        let host = |out: &mut String, name: &str, routes: &HostRoutes| {
+            let _ = writeln!(out, "host {name}");
+            let mut exact: Vec<_> = routes.exact.iter().collect();
+            exact.sort_by(|a, b| a.0.cmp(b.0));
+            for (path, b) in exact {
+                let _ = writeln!(out, "  exact {path} -> {}", backend(b));
+            }
+            for (prefix, b) in &routes.prefixes {
+                let shown = if prefix.is_empty() { "/" } else { prefix };
+                let _ = writeln!(out, "  prefix {shown} -> {}", backend(b));
+            }
+            if let Some(b) = &routes.default_backend {
+                let _ = writeln!(out, "  default -> {}", backend(b));
+            }
+        };
+        let mut out = String::new();
+        let mut exact: Vec<_> = self.exact_hosts.iter().collect();
+        exact.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, routes) in exact {
+            host(&mut out, name, routes);
+        }
+        let mut wildcard: Vec<_> = self.wildcard_hosts.iter().collect();
+        wildcard.sort_by(|a, b| a.0.cmp(b.0));
+        for (parent, routes) in wildcard {
+            host(&mut out, &format!("*.{parent}"), routes);
+        }
+        if let Some(routes) = &self.any_host {
+            host(&mut out, "*", routes);
+        }
+        if let Some(b) = &self.default_backend {
+            let _ = writeln!(out, "default-backend -> {}", backend(b));
+        }
+        let tls = self.certs.names();
+        if !tls.is_empty() {
+            let _ = writeln!(out, "tls {}", tls.join(", "));
+        }
+        out
+    }
+
     /// Ingresses of our class that this table serves (for their status).
     pub fn served_ingresses(&self) -> &[ObjectKey] {
         &self.served
