@@ -16,10 +16,11 @@ backend_tests!(
     bad_manifests_are_named_in_the_log_and_disturb_nothing,
 );
 
+/// Dual-stack: NodePorts are served in the families a Service has (as kube-proxy's proxiers).
 fn web() -> Service {
     Service::new("default", "web")
         .kind("NodePort")
-        .cluster_ips(&["10.96.0.10"])
+        .cluster_ips(&["10.96.0.10", "fd00:10:96::10"])
         .port(Port::tcp(80, 8080).named("http").node_port(30080))
 }
 

@@ -140,7 +140,12 @@ fn many_services(n: usize) -> Plan {
     };
     for i in 0..n {
         let backends = (0..3)
-            .map(|j| Backend::new(ip(&format!("10.{}.{}.{}", 100 + j, i / 250, i % 250 + 1)), 8080))
+            .map(|j| {
+                Backend::new(
+                    ip(&format!("10.{}.{}.{}", 100 + j, i / 250, i % 250 + 1)),
+                    8080,
+                )
+            })
             .collect();
         let svc = bench_service(i, backends);
         plan.services

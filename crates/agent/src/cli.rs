@@ -113,7 +113,11 @@ pub struct ComputeFlags {
     pub allow_external_ips_on_node_addresses: bool,
     /// The cluster's NodePort range (the API server's `--service-node-port-range`); NodePorts
     /// outside it are reported.
-    #[arg(long, env = "SLUICE_SERVICE_NODE_PORT_RANGE", default_value = "30000-32767")]
+    #[arg(
+        long,
+        env = "SLUICE_SERVICE_NODE_PORT_RANGE",
+        default_value = "30000-32767"
+    )]
     pub service_node_port_range: String,
 }
 

@@ -91,7 +91,10 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         for warning in &out.warnings {
             eprintln!("warning: skipped {warning}");
         }
-        bail!("{} problem(s) in the input; the rest is planned", out.warnings.len());
+        bail!(
+            "{} problem(s) in the input; the rest is planned",
+            out.warnings.len()
+        );
     }
     Ok(())
 }

@@ -160,8 +160,7 @@ impl SyncLoop {
             let restored = prog.first.then(|| std::mem::take(&mut self.restored));
             let service_ports = planner.plan().services.len();
             let started = std::time::Instant::now();
-            let joined =
-                tokio::task::spawn_blocking(move || program(dp, work, restored)).await;
+            let joined = tokio::task::spawn_blocking(move || program(dp, work, restored)).await;
             let Ok((dp, result)) = joined else {
                 tracing::error!("the dataplane panicked; stopping the sync loop");
                 return;

@@ -156,10 +156,7 @@ mod tests {
         let changes = ChangeSet::between(&first, &second);
         let fresh = t.new_triggers(&second, &changes);
         assert_eq!(fresh, vec![UNIX_EPOCH + Duration::from_secs(1_795_600_805)]);
-        assert!(
-            t.new_triggers(&second, &changes).is_empty(),
-            "counted once"
-        );
+        assert!(t.new_triggers(&second, &changes).is_empty(), "counted once");
         let now = UNIX_EPOCH + Duration::from_secs(1_795_600_807);
         assert_eq!(latencies(&fresh, now), vec![Duration::from_secs(2)]);
     }

@@ -89,7 +89,11 @@ fn flags(v: &SvcVal) -> String {
 pub fn rows(content: &MapContent) -> String {
     let mut out = String::new();
     for (k, v) in &content.svc {
-        let scope = if k.scope == abi::SCOPE_EXT { "ext" } else { "sock" };
+        let scope = if k.scope == abi::SCOPE_EXT {
+            "ext"
+        } else {
+            "sock"
+        };
         let _ = writeln!(
             out,
             "{} {}/{} {scope} -> group {} count {}{}",
@@ -113,13 +117,22 @@ pub fn rows(content: &MapContent) -> String {
     }
     let mut maglev: BTreeMap<u32, BTreeMap<String, usize>> = BTreeMap::new();
     for (k, b) in &content.maglev {
-        *maglev.entry(k.group).or_default().entry(backend(b)).or_default() += 1;
+        *maglev
+            .entry(k.group)
+            .or_default()
+            .entry(backend(b))
+            .or_default() += 1;
     }
     for (group, shares) in maglev {
         let shares: Vec<String> = shares.iter().map(|(b, n)| format!("{b} x{n}")).collect();
-        let _ = writeln!(out, "{} group {group} -> {}", abi::MAP_MAGLEV, shares.join(", "));
+        let _ = writeln!(
+            out,
+            "{} group {group} -> {}",
+            abi::MAP_MAGLEV,
+            shares.join(", ")
+        );
     }
-    for ((plen, data), _) in &content.src {
+    for (plen, data) in content.src.keys() {
         let bits = plen - 64;
         let _ = writeln!(
             out,
@@ -129,8 +142,14 @@ pub fn rows(content: &MapContent) -> String {
             addr(data.addr, data.family)
         );
     }
-    for ((plen, data), _) in &content.cidr {
-        let _ = writeln!(out, "{} {}/{}", abi::MAP_CIDR, addr(data.addr, data.family), plen - 32);
+    for (plen, data) in content.cidr.keys() {
+        let _ = writeln!(
+            out,
+            "{} {}/{}",
+            abi::MAP_CIDR,
+            addr(data.addr, data.family),
+            plen - 32
+        );
     }
     out
 }

@@ -444,7 +444,9 @@ impl Attacher {
                     tracing::info!(interface = %ifname, "ebpf: tc programs attached");
                     self.attached.insert((ifname, ifindex), ());
                 }
-                Err(e) => tracing::warn!(interface = %ifname, error = %sluice_dataplane::error_chain(&e), "ebpf: cannot attach tc"),
+                Err(e) => {
+                    tracing::warn!(interface = %ifname, error = %sluice_dataplane::error_chain(&e), "ebpf: cannot attach tc")
+                }
             }
         }
     }

@@ -165,9 +165,15 @@ impl EbpfDataplane {
         self.current = Some(want);
         self.groups = groups;
         let wants_masq = plan.services.values().any(|s| {
-            s.frontends
-                .iter()
-                .any(|fe| matches!(fe.outside, sluice_plan::Route::Forward { masquerade: true, .. }))
+            s.frontends.iter().any(|fe| {
+                matches!(
+                    fe.outside,
+                    sluice_plan::Route::Forward {
+                        masquerade: true,
+                        ..
+                    }
+                )
+            })
         });
         self.kernel.sync_interfaces(&plan.node.nodeport_addresses);
         if wants_masq {

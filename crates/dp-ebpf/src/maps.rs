@@ -147,9 +147,7 @@ impl Maps {
         if gone.is_empty() {
             return 0;
         }
-        let is_gone = |proto: u8, addr: [u32; 4], port: u16| {
-            gone.iter().any(|g| *g == (proto, addr, port))
-        };
+        let is_gone = |proto: u8, addr: [u32; 4], port: u16| gone.contains(&(proto, addr, port));
         let mut stale_ct = Vec::new();
         for (k, v) in self.ct.iter().flatten() {
             let hit = if k.dir == abi::CT_DIR_ORIG {

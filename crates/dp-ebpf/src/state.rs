@@ -112,8 +112,20 @@ fn entries(fe: &FrontendPlan, node: &NodePlan) -> Vec<Entry> {
         ext_flags |= abi::SVC_SRC_RANGES;
     }
     if fe.kind == FrontendKind::ClusterIp
-        && matches!(fe.outside, Route::Forward { masquerade: true, .. })
-        && matches!(fe.pods, Route::Forward { masquerade: false, .. })
+        && matches!(
+            fe.outside,
+            Route::Forward {
+                masquerade: true,
+                ..
+            }
+        )
+        && matches!(
+            fe.pods,
+            Route::Forward {
+                masquerade: false,
+                ..
+            }
+        )
     {
         // Sources inside the cluster CIDRs keep their address; others are masqueraded.
         ext_flags |= abi::SVC_MASQ_OFFCLUSTER;
@@ -232,9 +244,12 @@ fn render_frontend(
     let family = fe.key.family();
     for entry in entries(fe, node) {
         let key = svc_key(&entry, name.protocol);
-        let group = entry
-            .group
-            .and_then(|kind| groups.ids.get(&(name.clone(), kind, family_code(family))).map(|id| (kind, *id)));
+        let group = entry.group.and_then(|kind| {
+            groups
+                .ids
+                .get(&(name.clone(), kind, family_code(family)))
+                .map(|id| (kind, *id))
+        });
         let mut flags = entry.flags;
         let (group_id, count) = match (entry.route, group) {
             (Route::Forward { masquerade, .. }, Some((kind, id))) => {
@@ -292,7 +307,10 @@ fn fill_group(out: &mut MapContent, kind: GroupKind, group: u32, backends: &[&Ba
         GroupKind::Maglev(_) => {
             // The names hashed are `ip:port` (no brackets for IPv6): kept stable across versions so an
             // upgrade does not move flows.
-            let names: Vec<String> = backends.iter().map(|b| format!("{}:{}", b.ip, b.port)).collect();
+            let names: Vec<String> = backends
+                .iter()
+                .map(|b| format!("{}:{}", b.ip, b.port))
+                .collect();
             for (slot, idx) in maglev::table(&names, abi::MAGLEV_M).into_iter().enumerate() {
                 out.maglev.insert(
                     SlotKey {
@@ -384,9 +402,7 @@ pub fn removed_backends(current: &MapContent, want: &MapContent) -> BTreeSet<(u3
 
 /// Backends of connectionless (UDP) frontends found in the maps: after a restart, compute
 /// decides which of them went stale while the agent was down.
-pub fn connectionless_backends(
-    content: &MapContent,
-) -> BTreeSet<(Protocol, IpAddr, u16)> {
+pub fn connectionless_backends(content: &MapContent) -> BTreeSet<(Protocol, IpAddr, u16)> {
     let udp_groups: BTreeSet<u32> = content
         .svc
         .iter()

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use sluice_dataplane::{ApplyReport, Dataplane, DataplaneError, Restored, ServiceFailure, error_chain};
+use sluice_dataplane::{
+    ApplyReport, Dataplane, DataplaneError, Restored, ServiceFailure, error_chain,
+};
 use sluice_plan::{Family, NodePlan, Plan, PlanDelta, ServicePlan, ServicePortName, StaleFlow};
 
 use crate::exec::{NftCommand, NftError, NftExecutor};
@@ -224,7 +226,10 @@ fn node_script(state: &BTreeMap<Family, FamilyState>, node: &NodePlan) -> String
     Family::ALL
         .iter()
         .map(|family| {
-            let old = state.get(family).map(|s| s.node.clone()).unwrap_or_default();
+            let old = state
+                .get(family)
+                .map(|s| s.node.clone())
+                .unwrap_or_default();
             let new = render_node(node, *family);
             transaction::delta(*family, std::iter::empty(), Some((&old, &new)))
         })

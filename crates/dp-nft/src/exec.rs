@@ -92,7 +92,12 @@ impl NftCommand {
         }
     }
 
-    fn output(&self, program: &str, args: &[&str], hint: &'static str) -> Result<Vec<u8>, NftError> {
+    fn output(
+        &self,
+        program: &str,
+        args: &[&str],
+        hint: &'static str,
+    ) -> Result<Vec<u8>, NftError> {
         let shown = format!("{program} {}", args.join(" "));
         let out = self
             .command(program)
@@ -152,7 +157,11 @@ impl NftExecutor for NftCommand {
     }
 
     fn read_back(&mut self, family: Family) -> Result<Readback, NftError> {
-        let tables = self.output(&self.nft, &["-j", "list", "tables", table_family(family)], NFT_HINT)?;
+        let tables = self.output(
+            &self.nft,
+            &["-j", "list", "tables", table_family(family)],
+            NFT_HINT,
+        )?;
         let tables = readback::parse(&tables).map_err(|source| NftError::Unreadable {
             command: "nft -j list tables".to_owned(),
             source,

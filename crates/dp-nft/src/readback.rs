@@ -66,7 +66,7 @@ pub fn readback(doc: &Nftables<'_>) -> Readback {
 
 /// `meta l4proto udp dnat to IP:PORT` → (udp, IP, PORT). Only connectionless protocols
 /// matter (their flows outlive a backend).
-fn dnat_target(statements: &Cow<'_, [Statement<'_>]>) -> Option<(Protocol, IpAddr, u16)> {
+fn dnat_target(statements: &[Statement<'_>]) -> Option<(Protocol, IpAddr, u16)> {
     let protocol = statements.iter().find_map(|s| match s {
         Statement::Match(Match { left, right, .. }) if is_l4proto(left) => match right {
             Expression::String(p) if p == "udp" => Some(Protocol::Udp),
@@ -119,7 +119,11 @@ mod tests {
     fn finds_chains_sets_and_udp_targets_whatever_the_chain_name() {
         let doc = parse(LISTING.as_bytes()).expect("nft 1.0.6 JSON parses");
         let back = readback(&doc);
-        assert!(back.existing.chains.contains("ep-ABCDEFGH-kube-system/dns/udp"));
+        assert!(
+            back.existing
+                .chains
+                .contains("ep-ABCDEFGH-kube-system/dns/udp")
+        );
         assert!(back.existing.sets.contains("aff-ABCDEFGH"));
         assert_eq!(
             back.backends.into_iter().collect::<Vec<_>>(),

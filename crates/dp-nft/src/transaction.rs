@@ -247,7 +247,11 @@ fn element_lines(text: &mut String, prefix: &str, verb: &str, elements: &[Elemen
                     _ => key.clone(),
                 })
                 .collect();
-            let _ = writeln!(text, "{verb} {prefix} {container} {{ {} }}", items.join(", "));
+            let _ = writeln!(
+                text,
+                "{verb} {prefix} {container} {{ {} }}",
+                items.join(", ")
+            );
         }
     }
 }

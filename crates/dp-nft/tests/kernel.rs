@@ -123,7 +123,11 @@ fn a_refused_change_is_reported_and_the_next_resync_repairs_everything() {
     let report = dp
         .apply(&PlanDelta::between(&plan, &changed))
         .expect("the other services are unaffected");
-    let failed: Vec<String> = report.failed.iter().map(|f| f.service.to_string()).collect();
+    let failed: Vec<String> = report
+        .failed
+        .iter()
+        .map(|f| f.service.to_string())
+        .collect();
     assert_eq!(failed, vec!["shop/web:http/tcp"]);
     assert!(
         report.failed[0].reason.contains("nft -f"),
@@ -148,12 +152,24 @@ fn restore_reads_back_udp_backends_of_unnamed_ports() {
     let mut dp = NftDataplane::with_executor(NftCommand::in_netns(&ns.0));
     dp.restore().unwrap();
     let mut s = fixture::snapshot();
-    fixture::add_service(&mut s, "kube-system", "dns", serde_json::json!({
-        "clusterIP": "10.96.0.53",
-        "ports": [{ "port": 53, "protocol": "UDP" }],
-    }));
-    fixture::add_slice(&mut s, "kube-system", "dns-1", "dns", "IPv4",
-        serde_json::json!([{ "port": 5353, "protocol": "UDP" }]), &[("10.244.1.9", "node-a")]);
+    fixture::add_service(
+        &mut s,
+        "kube-system",
+        "dns",
+        serde_json::json!({
+            "clusterIP": "10.96.0.53",
+            "ports": [{ "port": 53, "protocol": "UDP" }],
+        }),
+    );
+    fixture::add_slice(
+        &mut s,
+        "kube-system",
+        "dns-1",
+        "dns",
+        "IPv4",
+        serde_json::json!([{ "port": 5353, "protocol": "UDP" }]),
+        &[("10.244.1.9", "node-a")],
+    );
     dp.resync(&fixture::plan_of(&s)).unwrap();
     let mut restarted = NftDataplane::with_executor(NftCommand::in_netns(&ns.0));
     let restored = restarted.restore().unwrap();

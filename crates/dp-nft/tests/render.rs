@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::json;
+use sluice_dataplane::Dataplane;
 use sluice_dp_nft::render::{ServiceRules, render_node, render_service};
 use sluice_dp_nft::transaction::{self, Existing};
 use sluice_dp_nft::{FakeNft, NftDataplane};
-use sluice_dataplane::Dataplane;
 use sluice_model::Snapshot;
 use sluice_plan::{Family, Plan, PlanDelta};
 
@@ -67,17 +67,27 @@ fn delta(before: &Plan, after: &Plan, family: Family) -> String {
 
 #[test]
 fn full_resync_ipv4_matches_golden() {
-    golden("full-ipv4.nft", &full(&fixture::plan(), Family::V4, &Existing::default()));
+    golden(
+        "full-ipv4.nft",
+        &full(&fixture::plan(), Family::V4, &Existing::default()),
+    );
 }
 
 #[test]
 fn full_resync_ipv6_matches_golden() {
-    golden("full-ipv6.nft", &full(&fixture::plan(), Family::V6, &Existing::default()));
+    golden(
+        "full-ipv6.nft",
+        &full(&fixture::plan(), Family::V6, &Existing::default()),
+    );
 }
 
 #[test]
 fn removing_one_endpoint_matches_golden_diff() {
-    let text = delta(&fixture::plan(), &fixture::without_web_endpoint(), Family::V4);
+    let text = delta(
+        &fixture::plan(),
+        &fixture::without_web_endpoint(),
+        Family::V4,
+    );
     golden("diff-remove-endpoint.nft", &text);
 }
 
@@ -110,18 +120,30 @@ fn many_services(n: usize, port_of_4321: u16) -> Snapshot {
     let mut s = Snapshot::default();
     for i in 0..n {
         let name = format!("svc-{i}");
-        fixture::add_service(&mut s, "bulk", &name, json!({
-            "type": "NodePort",
-            "clusterIP": format!("10.96.{}.{}", i / 250, i % 250 + 1),
-            "ports": [{ "name": "http", "port": 80, "nodePort": 30000 + (i % 2000) }],
-        }));
+        fixture::add_service(
+            &mut s,
+            "bulk",
+            &name,
+            json!({
+                "type": "NodePort",
+                "clusterIP": format!("10.96.{}.{}", i / 250, i % 250 + 1),
+                "ports": [{ "name": "http", "port": 80, "nodePort": 30000 + (i % 2000) }],
+            }),
+        );
         let port = if i == 4321 { port_of_4321 } else { 8080 };
         let eps: Vec<String> = (0..3)
             .map(|j| format!("10.{}.{}.{}", 100 + j, i / 250, i % 250 + 1))
             .collect();
         let eps: Vec<(&str, &str)> = eps.iter().map(|e| (e.as_str(), "node-b")).collect();
-        fixture::add_slice(&mut s, "bulk", &format!("{name}-1"), &name, "IPv4",
-            json!([{ "name": "http", "port": port }]), &eps);
+        fixture::add_slice(
+            &mut s,
+            "bulk",
+            &format!("{name}-1"),
+            &name,
+            "IPv4",
+            json!([{ "name": "http", "port": port }]),
+            &eps,
+        );
     }
     s
 }
@@ -141,7 +163,10 @@ fn one_endpoint_change_among_ten_thousand_services_is_a_small_transaction() {
     // Three new endpoint chains (add + 2 rules each), the dispatch chain rewritten (flush +
     // 3 rules), the three old endpoint chains flushed and deleted.
     assert!(diff_lines <= 20, "diff has {diff_lines} lines:\n{diff}");
-    assert!(full_text.lines().count() > 100_000 / 2, "sanity: the full sync is large");
+    assert!(
+        full_text.lines().count() > 100_000 / 2,
+        "sanity: the full sync is large"
+    );
     assert!(diff.contains("dnat to 10.101.17.72:9090"), "{diff}");
     assert!(
         diff.lines().all(|l| !l.contains("add rule ip sluice svc-")),
@@ -153,11 +178,20 @@ fn one_endpoint_change_among_ten_thousand_services_is_a_small_transaction() {
 fn adding_a_service_touches_only_its_own_objects() {
     let before_snapshot = many_services(1000, 8080);
     let mut after_snapshot = before_snapshot.clone();
-    fixture::add_service(&mut after_snapshot, "bulk", "new", json!({
-        "clusterIP": "10.97.0.1",
-        "ports": [{ "port": 53, "protocol": "UDP" }],
-    }));
-    let diff = delta(&quiet_plan(&before_snapshot), &quiet_plan(&after_snapshot), Family::V4);
+    fixture::add_service(
+        &mut after_snapshot,
+        "bulk",
+        "new",
+        json!({
+            "clusterIP": "10.97.0.1",
+            "ports": [{ "port": 53, "protocol": "UDP" }],
+        }),
+    );
+    let diff = delta(
+        &quiet_plan(&before_snapshot),
+        &quiet_plan(&after_snapshot),
+        Family::V4,
+    );
     assert_eq!(
         diff,
         "add element ip sluice no-endpoint-services { 10.97.0.1 . udp . 53 : goto reject-chain }\n"
@@ -174,17 +208,36 @@ fn a_refused_service_is_isolated_and_everything_else_applies() {
     // The kernel refuses anything about the cache service (e.g. a module it lacks).
     fake.state().poison.push("shop/cache".into());
     let mut s = fixture::snapshot();
-    fixture::add_service(&mut s, "shop", "cache", json!({
-        "clusterIP": "10.96.0.31",
-        "ports": [{ "port": 6379 }],
-    }));
-    fixture::add_slice(&mut s, "shop", "web-v4", "web", "IPv4",
-        json!([{ "name": "http", "port": 8080 }]), &[("10.244.1.2", "node-a")]);
+    fixture::add_service(
+        &mut s,
+        "shop",
+        "cache",
+        json!({
+            "clusterIP": "10.96.0.31",
+            "ports": [{ "port": 6379 }],
+        }),
+    );
+    fixture::add_slice(
+        &mut s,
+        "shop",
+        "web-v4",
+        "web",
+        "IPv4",
+        json!([{ "name": "http", "port": 8080 }]),
+        &[("10.244.1.2", "node-a")],
+    );
     let after = fixture::plan_of(&s);
     let report = dp.apply(&PlanDelta::between(&before, &after)).unwrap();
-    let failed: Vec<String> = report.failed.iter().map(|f| f.service.to_string()).collect();
+    let failed: Vec<String> = report
+        .failed
+        .iter()
+        .map(|f| f.service.to_string())
+        .collect();
     assert_eq!(failed, vec!["shop/cache/tcp"]);
     assert_eq!(report.services_changed, 1, "web applied: {report:?}");
     let applied = fake.state().applied.join("");
-    assert!(applied.contains("delete chain ip sluice ep-"), "web's removed endpoint went:\n{applied}");
+    assert!(
+        applied.contains("delete chain ip sluice ep-"),
+        "web's removed endpoint went:\n{applied}"
+    );
 }

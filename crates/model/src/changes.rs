@@ -138,7 +138,9 @@ mod tests {
         let mut after = Snapshot::default();
         // An equal copy of `a` is no change; `b` changed, `c` added.
         after.services.insert(ka, Arc::new((*a).clone()));
-        after.services.insert(kb.clone(), service("b", "10.96.0.9").1);
+        after
+            .services
+            .insert(kb.clone(), service("b", "10.96.0.9").1);
         after.services.insert(kc.clone(), c);
         let changes = ChangeSet::between(&before, &after);
         assert_eq!(changes.services, [kb.clone(), kc.clone()].into());

@@ -262,7 +262,11 @@ pub struct Backend {
 
 impl Backend {
     pub fn new(ip: IpAddr, port: u16) -> Backend {
-        Backend { ip, port, weight: 1 }
+        Backend {
+            ip,
+            port,
+            weight: 1,
+        }
     }
 }
 
@@ -300,9 +304,7 @@ impl ServicePlan {
 
     /// The backends of `set` of one family, in order.
     pub fn backends(&self, set: SetName, family: Family) -> impl Iterator<Item = &Backend> {
-        self.set(set)
-            .iter()
-            .filter(move |b| family.contains(&b.ip))
+        self.set(set).iter().filter(move |b| family.contains(&b.ip))
     }
 
     /// Every backend of the plan (both sets, both families), sorted and unique.

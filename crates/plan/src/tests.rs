@@ -53,11 +53,7 @@ fn validate_refuses_what_a_dataplane_could_not_execute() {
     let cases = [
         (
             "forward to an empty family",
-            service(
-                "web",
-                vec![frontend("10.96.0.1", [FWD; 3])],
-                &["fd00::2"],
-            ),
+            service("web", vec![frontend("10.96.0.1", [FWD; 3])], &["fd00::2"]),
             "forwards to a set without backends",
         ),
         (
@@ -100,7 +96,9 @@ fn delta_between_lists_added_changed_and_removed_services_in_order() {
     before.services.insert(a.name.clone(), Arc::clone(&a));
     before.services.insert(b.name.clone(), Arc::clone(&b));
     let mut after = Plan::default();
-    after.services.insert(a.name.clone(), Arc::new((*a).clone()));
+    after
+        .services
+        .insert(a.name.clone(), Arc::new((*a).clone()));
     after.services.insert(b.name.clone(), Arc::clone(&b2));
     after.services.insert(c.name.clone(), Arc::clone(&c));
     let delta = PlanDelta::between(&before, &after);

@@ -39,11 +39,7 @@ fn join<T: Display>(items: impl IntoIterator<Item = T>) -> String {
 impl Display for NodePlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "node {}", self.name)?;
-        writeln!(
-            f,
-            "  nodeport-addresses {}",
-            join(&self.nodeport_addresses)
-        )?;
+        writeln!(f, "  nodeport-addresses {}", join(&self.nodeport_addresses))?;
         writeln!(f, "  pod-cidrs {}", join(&self.pod_cidrs))
     }
 }
@@ -54,7 +50,12 @@ impl Display for FrontendPlan {
             Selection::Random => "random",
             Selection::ConsistentHash => "consistent-hash",
         };
-        writeln!(f, "  frontend {} {} {selection}", self.key, self.kind.as_str())?;
+        writeln!(
+            f,
+            "  frontend {} {} {selection}",
+            self.key,
+            self.kind.as_str()
+        )?;
         if !self.allowed_sources.is_empty() {
             writeln!(f, "    allow {}", join(&self.allowed_sources))?;
         }

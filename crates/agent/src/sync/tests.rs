@@ -42,8 +42,10 @@ fn service(i: usize, protocol: &str) -> Arc<Service> {
 fn snapshot(services: usize) -> Arc<Snapshot> {
     let mut s = Snapshot::default();
     for i in 0..services {
-        s.services
-            .insert(ObjectKey::new("default", format!("s{i}")), service(i, "TCP"));
+        s.services.insert(
+            ObjectKey::new("default", format!("s{i}")),
+            service(i, "TCP"),
+        );
     }
     Arc::new(s)
 }
@@ -184,8 +186,7 @@ async fn a_refused_service_is_retried_and_programmed_once_the_kernel_accepts_it(
 }
 
 #[tokio::test]
-async fn flows_toward_backends_gone_while_the_agent_was_down_are_removed_after_the_first_resync()
-{
+async fn flows_toward_backends_gone_while_the_agent_was_down_are_removed_after_the_first_resync() {
     let dp = FakeDataplane::new();
     let gone: (Protocol, std::net::IpAddr, u16) =
         (Protocol::Udp, "10.244.1.9".parse().unwrap(), 5353);

@@ -91,8 +91,12 @@ fn service_object(name: &ServicePortName, s: &ServicePortState) -> Service {
         spec["externalTrafficPolicy"] = json!(policy(s.external_traffic_policy));
     }
     if is_lb {
-        spec["loadBalancerSourceRanges"] =
-            json!(s.load_balancer_source_ranges.iter().map(ToString::to_string).collect::<Vec<_>>());
+        spec["loadBalancerSourceRanges"] = json!(
+            s.load_balancer_source_ranges
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        );
         if s.external_traffic_policy == TrafficPolicy::Local {
             spec["healthCheckNodePort"] = json!(32000);
         }
@@ -119,7 +123,10 @@ fn service_object(name: &ServicePortName, s: &ServicePortState) -> Service {
 fn slice_objects(name: &ServicePortName, s: &ServicePortState) -> Vec<(ObjectKey, EndpointSlice)> {
     let mut groups: BTreeMap<(bool, u16), Vec<&Endpoint>> = BTreeMap::new();
     for ep in &s.endpoints {
-        groups.entry((ep.ip.is_ipv4(), ep.port)).or_default().push(ep);
+        groups
+            .entry((ep.ip.is_ipv4(), ep.port))
+            .or_default()
+            .push(ep);
     }
     groups
         .into_iter()
@@ -127,10 +134,12 @@ fn slice_objects(name: &ServicePortName, s: &ServicePortState) -> Vec<(ObjectKey
             let slice_name = format!("{}-{}-{port}", name.name(), if v4 { 4 } else { 6 });
             let endpoints: Vec<Value> = eps
                 .iter()
-                .map(|e| json!({
-                    "addresses": [e.ip.to_string()],
-                    "nodeName": if e.is_local { "node-a" } else { "node-b" },
-                }))
+                .map(|e| {
+                    json!({
+                        "addresses": [e.ip.to_string()],
+                        "nodeName": if e.is_local { "node-a" } else { "node-b" },
+                    })
+                })
                 .collect();
             let slice: EndpointSlice = serde_json::from_value(json!({
                 "metadata": { "namespace": name.namespace(), "name": slice_name,
@@ -179,4 +188,3 @@ impl DesiredState {
         sluice_compute::compute(&self.snapshot(), &self.node(), &self.config()).plan
     }
 }
-
