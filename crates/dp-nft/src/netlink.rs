@@ -1,0 +1,384 @@
+//! [`NetlinkNft`]: an [`NftExecutor`] that writes each transaction as one nf_tables netlink
+//! batch itself, instead of handing a script to `nft` (which first reads the whole ruleset
+//! back from the kernel to build its cache: seconds at 10,000 services). It remembers the
+//! ruleset generation its last batch produced, so "has anyone changed the ruleset since?" is
+//! one small request.
+//!
+//! Reading the table back at start (chain names, UDP DNAT targets) still goes through
+//! `nft -j` ([`NftCommand`]), as do conntrack deletions (`conntrack`).
+
+use sluice_nftnl::consts::{chain, data, elem, msg, rule, set, table};
+use sluice_nftnl::{Attrs, Batch, NfSocket, Refusal, attributes};
+use sluice_plan::{Family, StaleFlow};
+
+use crate::exec::{Drift, NftCommand, NftError, NftExecutor, Readback};
+use crate::ir::{BaseChain, ChainType, Container, ContainerKind, Element, Hook, Key};
+use crate::lower;
+use crate::transaction::{Command, Existing, TABLE, Transaction};
+
+use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE};
+
+/// Set user data nft 1.0.6 attaches, copied so `nft list` prints our sets exactly like its
+/// own: key byte order "big endian" for address sets; for verdict maps, the byte orders and
+/// type information nft records for concatenated keys.
+const ADDR_SET_UDATA: &[u8] = &[0, 4, 2, 0, 0, 0];
+const VMAP_UDATA: &[u8] = &[
+    0, 4, 0, 0, 0, 0, 1, 4, 0, 0, 0, 0, 3, 8, 0, 4, 0x0d, 0, 0, 0, 1, 0, 6, 4, 0, 0, 0, 0,
+];
+/// Element user data "interval open at the top" (a range reaching the last address).
+const OPEN_INTERVAL_UDATA: &[u8] = &[1, 4, 1, 0, 0, 0];
+
+/// nft's datatype numbers (`enum datatypes`), and how concatenations combine them.
+const TYPE_IPV4_ADDR: u32 = 7;
+const TYPE_IPV6_ADDR: u32 = 8;
+const TYPE_INET_PROTO: u32 = 12;
+const TYPE_INET_SERVICE: u32 = 13;
+const TYPE_BITS: u32 = 6;
+
+/// `NF_ACCEPT` as a base chain policy.
+const POLICY_ACCEPT: u32 = 1;
+
+/// The netlink executor. See the module docs.
+#[derive(Debug)]
+pub struct NetlinkNft {
+    sock: NfSocket,
+    tools: NftCommand,
+    /// The generation our last committed batch produced (or the last one checked), when known.
+    generation: Option<u32>,
+}
+
+fn netlink(action: &'static str) -> impl FnOnce(sluice_nftnl::Error) -> NftError {
+    move |source| NftError::Netlink { action, source }
+}
+
+impl NetlinkNft {
+    /// Opens a socket in the calling thread's network namespace and checks that nf_tables
+    /// answers; `tools` reads back at start and deletes conntrack entries.
+    pub fn with_tools(tools: NftCommand) -> Result<Self, NftError> {
+        let mut sock = NfSocket::open().map_err(netlink("opening a socket"))?;
+        sock.generation()
+            .map_err(netlink("reading the ruleset generation"))?;
+        Ok(Self {
+            sock,
+            tools,
+            generation: None,
+        })
+    }
+
+    /// In the agent's own network namespace, with the `nft` and `conntrack` binaries.
+    pub fn new() -> Result<Self, NftError> {
+        Self::with_tools(NftCommand::default())
+    }
+
+    /// The tools used for read-back and conntrack.
+    pub fn tools(&self) -> &NftCommand {
+        &self.tools
+    }
+
+    fn dump_names(
+        &mut self,
+        family: Family,
+        request: u8,
+        name_attr: u16,
+        skip: impl Fn(&[u8]) -> bool,
+    ) -> Result<Vec<String>, NftError> {
+        let mut names = Vec::new();
+        self.sock
+            .dump(
+                request,
+                lower::nfproto(family),
+                |a| {
+                    a.str(1, TABLE);
+                },
+                |attrs| {
+                    let mut table = None;
+                    let mut name = None;
+                    for (kind, value) in attributes(attrs) {
+                        match kind {
+                            1 => table = Some(c_str(value)),
+                            k if k == name_attr => name = Some(c_str(value)),
+                            _ => {}
+                        }
+                    }
+                    if let (Some(TABLE), Some(name)) = (table.as_deref(), name)
+                        && !skip(attrs)
+                    {
+                        names.push(name);
+                    }
+                },
+            )
+            .map_err(netlink("listing our chains and sets"))?;
+        Ok(names)
+    }
+}
+
+fn c_str(value: &[u8]) -> String {
+    String::from_utf8_lossy(value.strip_suffix(&[0]).unwrap_or(value)).into_owned()
+}
+
+/// Anonymous sets (`NFT_SET_ANONYMOUS`) belong to rules, not to the table's namespace.
+fn is_anonymous_set(attrs: &[u8]) -> bool {
+    attributes(attrs)
+        .find(|(kind, _)| *kind == set::FLAGS)
+        .and_then(|(_, v)| v.try_into().ok().map(u32::from_be_bytes))
+        .is_some_and(|flags| flags & 1 != 0)
+}
+
+impl NftExecutor for NetlinkNft {
+    fn apply(&mut self, tx: &Transaction<'_>) -> Result<(), NftError> {
+        let mut batch = self.sock.batch();
+        let first = batch.first_seq();
+        for (family, command) in tx.commands() {
+            encode(&mut batch, family, command);
+        }
+        match self.sock.commit(batch) {
+            Ok(commit) => {
+                self.generation = commit.ours();
+                Ok(())
+            }
+            Err(sluice_nftnl::Error::Refused { refusals, lost }) => {
+                Err(refused(tx, first, refusals, lost))
+            }
+            Err(source) => {
+                self.generation = None;
+                Err(netlink("committing a transaction")(source))
+            }
+        }
+    }
+
+    fn read_back(&mut self, family: Family) -> Result<Readback, NftError> {
+        self.tools.read_back(family)
+    }
+
+    fn flush_conntrack(&mut self, flow: &StaleFlow) -> Result<(), NftError> {
+        self.tools.flush_conntrack(flow)
+    }
+
+    fn drift(&mut self) -> Result<Drift, NftError> {
+        let now = self
+            .sock
+            .generation()
+            .map_err(netlink("reading the ruleset generation"))?;
+        if self.generation == Some(now) {
+            return Ok(Drift::None);
+        }
+        self.generation = Some(now);
+        Ok(Drift::Possible)
+    }
+
+    fn read_names(&mut self, family: Family) -> Result<Existing, NftError> {
+        let chains = self.dump_names(family, msg::GETCHAIN, chain::NAME, |_| false)?;
+        let sets = self.dump_names(family, msg::GETSET, set::NAME, is_anonymous_set)?;
+        Ok(Existing {
+            chains: chains.into_iter().collect(),
+            sets: sets.into_iter().collect(),
+        })
+    }
+}
+
+/// The error of a refused batch: the first refused command in `nft` syntax, and how many more.
+fn refused(tx: &Transaction<'_>, first: u32, mut refusals: Vec<Refusal>, lost: bool) -> NftError {
+    refusals.sort_by_key(|r| r.seq.wrapping_sub(first));
+    let count = refusals.len();
+    let Some(refusal) = refusals.into_iter().next() else {
+        return NftError::Netlink {
+            action: "committing a transaction",
+            source: sluice_nftnl::Error::Refused {
+                refusals: Vec::new(),
+                lost,
+            },
+        };
+    };
+    // Message i of the batch has sequence number first + 1 + i; `first` itself is the batch
+    // (the commit as a whole failed).
+    let index = refusal.seq.wrapping_sub(first).wrapping_sub(1) as usize;
+    let command = tx
+        .commands()
+        .nth(index)
+        .map(|(family, c)| c.text(family).to_string())
+        .unwrap_or_else(|| "the transaction as a whole".to_owned());
+    let more = match (count, lost) {
+        (1, false) => String::new(),
+        (n, false) => format!(" (and {} more refused commands)", n - 1),
+        (n, true) => format!(" (and {} or more refused commands)", n),
+    };
+    NftError::Refused {
+        command,
+        more,
+        source: refusal,
+    }
+}
+
+/// Appends the message of one command.
+fn encode(batch: &mut Batch, family: Family, command: &Command<'_>) {
+    let fam = lower::nfproto(family);
+    let create = NLM_F_CREATE;
+    // The kernel insists on an id with every new set (rules of the same batch may refer to it).
+    let set_id = batch.next_seq();
+    match command {
+        Command::AddTable => batch.message(msg::NEWTABLE, fam, 0, |a| {
+            a.str(table::NAME, TABLE).u32(table::FLAGS, 0);
+        }),
+        Command::DeleteTable => batch.message(msg::DELTABLE, fam, 0, |a| {
+            a.str(table::NAME, TABLE);
+        }),
+        Command::AddContainer(c) => batch.message(msg::NEWSET, fam, create, |a| {
+            container(a, c, family);
+            a.u32(set::ID, set_id);
+        }),
+        Command::AddAffinitySet { name, timeout } => batch.message(msg::NEWSET, fam, create, |a| {
+            a.str(set::TABLE, TABLE).str(set::NAME, name);
+            a.u32(set::FLAGS, set::F_TIMEOUT | set::F_EVAL);
+            addr_key(a, family);
+            a.u64(set::TIMEOUT, u64::from(*timeout) * 1000);
+            a.u32(set::ID, set_id);
+            a.bytes(set::USERDATA, ADDR_SET_UDATA);
+        }),
+        Command::AddChain { name, base } => batch.message(msg::NEWCHAIN, fam, create, |a| {
+            a.str(chain::TABLE, TABLE).str(chain::NAME, name);
+            if let Some(base) = base {
+                base_chain(a, base);
+            }
+        }),
+        Command::FlushChain(name) => batch.message(msg::DELRULE, fam, 0, |a| {
+            a.str(rule::TABLE, TABLE).str(rule::CHAIN, name);
+        }),
+        Command::AddRule { chain, rule } => {
+            let exprs = lower::rule(rule, family);
+            batch.message(msg::NEWRULE, fam, create | NLM_F_APPEND, |a| {
+                a.str(rule::TABLE, TABLE).str(rule::CHAIN, chain);
+                a.nest(rule::EXPRESSIONS, |list| {
+                    exprs.iter().for_each(|e| e.write(list));
+                });
+            })
+        }
+        Command::FlushContainer(c) => batch.message(msg::DELSETELEM, fam, 0, |a| {
+            a.str(elem::LIST_TABLE, TABLE).str(elem::LIST_SET, c.name);
+        }),
+        Command::DeleteElements { set, elements } => batch.message(msg::DELSETELEM, fam, 0, |a| {
+            element_list(a, set, elements, false)
+        }),
+        Command::AddElements { set, elements } => {
+            batch.message(msg::NEWSETELEM, fam, create, |a| {
+                element_list(a, set, elements, true);
+            })
+        }
+        Command::DeleteChain(name) => batch.message(msg::DELCHAIN, fam, 0, |a| {
+            a.str(chain::TABLE, TABLE).str(chain::NAME, name);
+        }),
+        Command::DeleteSet(name) => batch.message(msg::DELSET, fam, 0, |a| {
+            a.str(set::TABLE, TABLE).str(set::NAME, name);
+        }),
+    };
+}
+
+fn addr_key(a: &mut Attrs<'_>, family: Family) {
+    let (kind, len) = match family {
+        Family::V4 => (TYPE_IPV4_ADDR, 4),
+        Family::V6 => (TYPE_IPV6_ADDR, 16),
+    };
+    a.u32(set::KEY_TYPE, kind).u32(set::KEY_LEN, len);
+}
+
+fn container(a: &mut Attrs<'_>, c: &Container, family: Family) {
+    a.str(set::TABLE, TABLE).str(set::NAME, c.name);
+    let concat = |types: &[u32]| types.iter().fold(0, |acc, t| (acc << TYPE_BITS) | t);
+    let (addr_type, addr_len) = match family {
+        Family::V4 => (TYPE_IPV4_ADDR, 4),
+        Family::V6 => (TYPE_IPV6_ADDR, 16),
+    };
+    let vmap = |a: &mut Attrs<'_>, key_type: u32, key_len: u32| {
+        a.u32(set::FLAGS, set::F_MAP)
+            .u32(set::KEY_TYPE, key_type)
+            .u32(set::KEY_LEN, key_len)
+            .u32(set::DATA_TYPE, set::DATA_VERDICT)
+            .u32(set::DATA_LEN, 0)
+            .bytes(set::USERDATA, VMAP_UDATA);
+    };
+    match c.kind {
+        ContainerKind::FrontendVmap => vmap(
+            a,
+            concat(&[addr_type, TYPE_INET_PROTO, TYPE_INET_SERVICE]),
+            addr_len + 8,
+        ),
+        ContainerKind::PortVmap => vmap(a, concat(&[TYPE_INET_PROTO, TYPE_INET_SERVICE]), 8),
+        ContainerKind::Addrs | ContainerKind::Prefixes => {
+            let flags = match c.kind {
+                ContainerKind::Prefixes => set::F_INTERVAL,
+                _ => 0,
+            };
+            a.u32(set::FLAGS, flags);
+            addr_key(a, family);
+            a.bytes(set::USERDATA, ADDR_SET_UDATA);
+        }
+    }
+}
+
+fn base_chain(a: &mut Attrs<'_>, base: &BaseChain) {
+    use sluice_nftnl::consts::hook;
+    let kind = match base.kind {
+        ChainType::Nat => "nat",
+        ChainType::Filter => "filter",
+    };
+    let hooknum = match base.hook {
+        Hook::Prerouting => hook::PREROUTING,
+        Hook::Input => hook::INPUT,
+        Hook::Forward => hook::FORWARD,
+        Hook::Output => hook::OUTPUT,
+        Hook::Postrouting => hook::POSTROUTING,
+    };
+    a.str(chain::TYPE, kind).u32(chain::POLICY, POLICY_ACCEPT);
+    a.nest(chain::HOOK, |h| {
+        h.u32(chain::HOOK_HOOKNUM, hooknum)
+            .i32(chain::HOOK_PRIORITY, base.priority);
+    });
+}
+
+/// `NFTA_SET_ELEM_LIST_*` with the elements (and their verdicts when `with_data`).
+fn element_list(a: &mut Attrs<'_>, set_name: &str, elements: &[&Element], with_data: bool) {
+    a.str(elem::LIST_TABLE, TABLE).str(elem::LIST_SET, set_name);
+    a.nest(elem::LIST_ELEMENTS, |list| {
+        let mut index = 0u16;
+        let mut next = || {
+            index += 1;
+            index
+        };
+        for e in elements {
+            let value = e.value.as_ref().filter(|_| with_data);
+            match &e.key {
+                Key::Prefix(net) => {
+                    let (start, end) = lower::interval(net);
+                    element(list, next(), &start, None, value, end.is_none());
+                    if let Some(end) = end {
+                        element(list, next(), &end, Some(elem::F_INTERVAL_END), None, false);
+                    }
+                }
+                key => element(list, next(), &lower::key_bytes(key), None, value, false),
+            }
+        }
+    });
+}
+
+fn element(
+    list: &mut Attrs<'_>,
+    index: u16,
+    key: &[u8],
+    flags: Option<u32>,
+    value: Option<&crate::ir::Verdict>,
+    open: bool,
+) {
+    list.nest(index, |el| {
+        if let Some(flags) = flags {
+            el.u32(elem::FLAGS, flags);
+        }
+        el.nest(elem::KEY, |k| {
+            k.bytes(data::VALUE, key);
+        });
+        if let Some(v) = value {
+            el.nest(elem::DATA, |d| lower::element_verdict(v).write(d));
+        }
+        if open {
+            el.bytes(elem::USERDATA, OPEN_INTERVAL_UDATA);
+        }
+    });
+}
