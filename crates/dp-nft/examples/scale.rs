@@ -9,14 +9,21 @@
 //! Options: `--services N` (1000), `--endpoints E` (10), `--changes K` (21 single-port
 //! changes), `--executor text|netlink` (netlink). Needs root; it creates and deletes a network
 //! namespace and re-runs itself inside it. A measurement, not a test.
+//!
+//! With the netlink executor it also probes the kernel's own cost of a commit on this
+//! ruleset: a set element added and deleted (no rule: the floor of any commit), and a chain
+//! with one `goto` rule added and deleted (a rule with a verdict makes the kernel validate the
+//! whole table before committing).
 
 use std::net::IpAddr;
-use std::process::Command;
+use std::process::Command as Process;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_dataplane::Dataplane;
-use sluice_dp_nft::transaction::Existing;
+use sluice_dp_nft::ir::{Element, Key, Rule, Verdict};
+use sluice_dp_nft::render::{MARK_FOR_MASQUERADE, NODEPORT_IPS};
+use sluice_dp_nft::transaction::{Command, Existing};
 use sluice_dp_nft::{
     Drift, NftCommand, NftDataplane, NftError, NftExecutor, Readback, Transaction,
 };
@@ -57,19 +64,19 @@ fn main() {
 /// Creates a scratch namespace and runs this program again inside it.
 fn outside(args: &[String]) -> i32 {
     let ns = format!("sluice-scale-{}", std::process::id());
-    let ok = |c: &mut Command| c.status().is_ok_and(|s| s.success());
+    let ok = |c: &mut Process| c.status().is_ok_and(|s| s.success());
     assert!(
-        ok(Command::new("ip").args(["netns", "add", &ns])),
+        ok(Process::new("ip").args(["netns", "add", &ns])),
         "ip netns add (root?)"
     );
     let exe = std::env::current_exe().expect("own path");
-    let status = Command::new("ip")
+    let status = Process::new("ip")
         .args(["netns", "exec", &ns])
         .arg(exe)
         .args(args)
         .env(INSIDE, "1")
         .status();
-    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    let _ = Process::new("ip").args(["netns", "del", &ns]).status();
     status.ok().and_then(|s| s.code()).unwrap_or(1)
 }
 
@@ -261,6 +268,69 @@ fn measure<E: NftExecutor>(exec: Timed<E>, services: usize, endpoints: usize, ch
     }
     print_samples("periodic resync, nothing drifted", &idle);
     println!("peak RSS {} MiB", rss_mib());
+    if let Ok(mut probe) = sluice_dp_nft::NetlinkNft::new() {
+        kernel_floor(&mut probe, changes);
+    }
+}
+
+/// Times transactions that change (almost) nothing, straight through a netlink executor.
+fn kernel_floor(exec: &mut impl NftExecutor, samples: usize) {
+    let element = Element {
+        set: NODEPORT_IPS,
+        key: Key::Addr(ip("198.18.0.1")),
+        value: None,
+    };
+    let goto = Rule::verdict(Verdict::goto(MARK_FOR_MASQUERADE));
+    let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..samples {
+        let mut add = Transaction::default();
+        add.push(
+            Family::V4,
+            Command::AddElements {
+                set: NODEPORT_IPS,
+                elements: vec![&element],
+            },
+        );
+        let mut delete = Transaction::default();
+        delete.push(
+            Family::V4,
+            Command::DeleteElements {
+                set: NODEPORT_IPS,
+                elements: vec![&element],
+            },
+        );
+        let t = Instant::now();
+        exec.apply(&add).expect("add element");
+        exec.apply(&delete).expect("delete element");
+        times[0].push(ms(t.elapsed()) / 2.0);
+        let mut chain = Transaction::default();
+        let name = "probe";
+        chain.push(Family::V4, Command::AddChain { name, base: None });
+        chain.push(
+            Family::V4,
+            Command::AddRule {
+                chain: name,
+                rule: &goto,
+            },
+        );
+        let mut gone = Transaction::default();
+        gone.push(Family::V4, Command::FlushChain(name));
+        gone.push(Family::V4, Command::DeleteChain(name));
+        let t = Instant::now();
+        exec.apply(&chain).expect("add chain");
+        times[1].push(ms(t.elapsed()));
+        exec.apply(&gone).expect("delete chain");
+    }
+    for (what, mut v) in [
+        "kernel: commit of one set element",
+        "kernel: commit of one rule with a goto",
+    ]
+    .into_iter()
+    .zip(times)
+    {
+        v.sort_by(f64::total_cmp);
+        println!("{what}: p50 {:.1} ms", v[v.len() / 2]);
+    }
 }
 
 fn print_samples(what: &str, samples: &[(f64, f64)]) {

@@ -33,7 +33,7 @@ struct FamilyState {
 struct Programmed {
     families: BTreeMap<Family, FamilyState>,
     /// The plan each programmed service port was rendered from.
-    plans: HashMap<ServicePortName, Arc<ServicePlan>>,
+    plans: BTreeMap<ServicePortName, Arc<ServicePlan>>,
 }
 
 /// One service port's change, rendered for both families.
@@ -568,29 +568,38 @@ fn delta_from_state(state: &Programmed, plan: &Plan) -> PlanDelta {
         let old = state.families.get(f).map(|s| s.node.as_slice());
         old.unwrap_or_default() != render_node(&plan.node, *f)
     });
-    for (name, service) in &plan.services {
-        let same = state
-            .plans
-            .get(name)
-            .is_some_and(|old| Arc::ptr_eq(old, service) || **old == **service);
-        if !same {
-            delta.services.push(sluice_plan::ServiceChange {
-                name: name.clone(),
-                before: None,
-                after: Some(Arc::clone(service)),
-            });
-        }
-    }
-    let gone: BTreeSet<&ServicePortName> = state
-        .plans
-        .keys()
-        .filter(|name| !plan.services.contains_key(*name))
-        .collect();
-    for name in gone {
+    // Both sides are sorted by name: one merge walk, no hashing.
+    let mut old = state.plans.iter().peekable();
+    let mut new = plan.services.iter().peekable();
+    loop {
+        let order = match (old.peek(), new.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((a, _)), Some((b, _))) => a.cmp(b),
+        };
+        let (name, after) = match order {
+            std::cmp::Ordering::Less => {
+                let (name, _) = old.next().expect("peeked");
+                (name, None)
+            }
+            std::cmp::Ordering::Greater => {
+                let (name, service) = new.next().expect("peeked");
+                (name, Some(service))
+            }
+            std::cmp::Ordering::Equal => {
+                let (name, before) = old.next().expect("peeked");
+                let (_, after) = new.next().expect("peeked");
+                if Arc::ptr_eq(before, after) || before == after {
+                    continue;
+                }
+                (name, Some(after))
+            }
+        };
         delta.services.push(sluice_plan::ServiceChange {
             name: name.clone(),
             before: None,
-            after: None,
+            after: after.map(Arc::clone),
         });
     }
     delta

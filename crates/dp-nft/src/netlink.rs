@@ -128,8 +128,11 @@ impl NftExecutor for NetlinkNft {
     fn apply(&mut self, tx: &Transaction<'_>) -> Result<(), NftError> {
         let mut batch = self.sock.batch();
         let first = batch.first_seq();
-        for (family, command) in tx.commands() {
-            encode(&mut batch, family, command);
+        // Which command each message came from (long element lists take several messages).
+        let mut origin: Vec<usize> = Vec::with_capacity(tx.len());
+        for (index, (family, command)) in tx.commands().enumerate() {
+            let messages = encode(&mut batch, family, command);
+            origin.extend(std::iter::repeat_n(index, messages));
         }
         match self.sock.commit(batch) {
             Ok(commit) => {
@@ -137,7 +140,7 @@ impl NftExecutor for NetlinkNft {
                 Ok(())
             }
             Err(sluice_nftnl::Error::Refused { refusals, lost }) => {
-                Err(refused(tx, first, refusals, lost))
+                Err(refused(tx, first, &origin, refusals, lost))
             }
             Err(source) => {
                 self.generation = None;
@@ -177,7 +180,13 @@ impl NftExecutor for NetlinkNft {
 }
 
 /// The error of a refused batch: the first refused command in `nft` syntax, and how many more.
-fn refused(tx: &Transaction<'_>, first: u32, mut refusals: Vec<Refusal>, lost: bool) -> NftError {
+fn refused(
+    tx: &Transaction<'_>,
+    first: u32,
+    origin: &[usize],
+    mut refusals: Vec<Refusal>,
+    lost: bool,
+) -> NftError {
     refusals.sort_by_key(|r| r.seq.wrapping_sub(first));
     let count = refusals.len();
     let Some(refusal) = refusals.into_iter().next() else {
@@ -191,10 +200,10 @@ fn refused(tx: &Transaction<'_>, first: u32, mut refusals: Vec<Refusal>, lost: b
     };
     // Message i of the batch has sequence number first + 1 + i; `first` itself is the batch
     // (the commit as a whole failed).
-    let index = refusal.seq.wrapping_sub(first).wrapping_sub(1) as usize;
-    let command = tx
-        .commands()
-        .nth(index)
+    let message = refusal.seq.wrapping_sub(first).wrapping_sub(1) as usize;
+    let command = origin
+        .get(message)
+        .and_then(|index| tx.commands().nth(*index))
         .map(|(family, c)| c.text(family).to_string())
         .unwrap_or_else(|| "the transaction as a whole".to_owned());
     let more = match (count, lost) {
@@ -209,8 +218,8 @@ fn refused(tx: &Transaction<'_>, first: u32, mut refusals: Vec<Refusal>, lost: b
     }
 }
 
-/// Appends the message of one command.
-fn encode(batch: &mut Batch, family: Family, command: &Command<'_>) {
+/// Appends the message(s) of one command; returns how many.
+fn encode(batch: &mut Batch, family: Family, command: &Command<'_>) -> usize {
     let fam = lower::nfproto(family);
     let create = NLM_F_CREATE;
     // The kernel insists on an id with every new set (rules of the same batch may refer to it).
@@ -255,13 +264,11 @@ fn encode(batch: &mut Batch, family: Family, command: &Command<'_>) {
         Command::FlushContainer(c) => batch.message(msg::DELSETELEM, fam, 0, |a| {
             a.str(elem::LIST_TABLE, TABLE).str(elem::LIST_SET, c.name);
         }),
-        Command::DeleteElements { set, elements } => batch.message(msg::DELSETELEM, fam, 0, |a| {
-            element_list(a, set, elements, false)
-        }),
+        Command::DeleteElements { set, elements } => {
+            return element_messages(batch, fam, msg::DELSETELEM, 0, set, elements);
+        }
         Command::AddElements { set, elements } => {
-            batch.message(msg::NEWSETELEM, fam, create, |a| {
-                element_list(a, set, elements, true);
-            })
+            return element_messages(batch, fam, msg::NEWSETELEM, create, set, elements);
         }
         Command::DeleteChain(name) => batch.message(msg::DELCHAIN, fam, 0, |a| {
             a.str(chain::TABLE, TABLE).str(chain::NAME, name);
@@ -270,6 +277,52 @@ fn encode(batch: &mut Batch, family: Family, command: &Command<'_>) {
             a.str(set::TABLE, TABLE).str(set::NAME, name);
         }),
     };
+    1
+}
+
+/// Bytes of element list per message: a netlink attribute (the list is one) holds at most
+/// 64 KiB.
+const ELEMENT_LIST_BYTES: usize = 48 * 1024;
+
+/// Element messages, as many as the list needs; returns how many.
+fn element_messages(
+    batch: &mut Batch,
+    family: u8,
+    kind: u8,
+    flags: u16,
+    set_name: &str,
+    elements: &[&Element],
+) -> usize {
+    let with_data = kind == msg::NEWSETELEM;
+    let mut messages = 0;
+    let mut rest = elements;
+    while !rest.is_empty() {
+        let mut bytes = 0;
+        let count = rest
+            .iter()
+            .take_while(|e| {
+                bytes += encoded_size(e);
+                bytes <= ELEMENT_LIST_BYTES
+            })
+            .count()
+            .max(1);
+        let (chunk, tail) = rest.split_at(count);
+        batch.message(kind, family, flags, |a| {
+            element_list(a, set_name, chunk, with_data);
+        });
+        messages += 1;
+        rest = tail;
+    }
+    messages
+}
+
+/// An upper bound of one element's encoded size (an interval is two elements).
+fn encoded_size(e: &Element) -> usize {
+    let chain = match &e.value {
+        Some(crate::ir::Verdict::Jump(c) | crate::ir::Verdict::Goto(c)) => c.len(),
+        _ => 0,
+    };
+    2 * (64 + 24 + chain)
 }
 
 fn addr_key(a: &mut Attrs<'_>, family: Family) {

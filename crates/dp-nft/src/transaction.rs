@@ -148,7 +148,8 @@ impl<'a> Transaction<'a> {
         self.commands.extend(other.commands);
     }
 
-    fn push(&mut self, family: Family, command: Command<'a>) {
+    /// Appends one command.
+    pub fn push(&mut self, family: Family, command: Command<'a>) {
         self.commands.push((family, command));
     }
 }
