@@ -147,6 +147,9 @@ fn backends(i: usize, endpoints: usize, port: u16) -> Vec<Backend> {
     out
 }
 
+/// Services past this number get no NodePort (the port range is exhausted).
+const NODE_PORTS: usize = 30_000;
+
 /// A ClusterIP + NodePort service port, as compute plans `type: NodePort`.
 fn service(i: usize, endpoints: usize, port: u16) -> ServicePlan {
     let frontend = |addr, port, kind| FrontendPlan {
@@ -162,17 +165,28 @@ fn service(i: usize, endpoints: usize, port: u16) -> ServicePlan {
         outside: Route::masqueraded(SetName::Cluster),
         selection: Selection::Random,
     };
-    let cluster_ip = ip(&format!("10.96.{}.{}", (i >> 8) & 255, i & 255));
+    // Unique ClusterIPs in 10.96.0.0/12; NodePorts while the port range lasts.
+    let cluster_ip = ip(&format!(
+        "10.{}.{}.{}",
+        96 + (i >> 16),
+        (i >> 8) & 255,
+        i & 255
+    ));
+    let mut frontends = vec![frontend(
+        FrontendAddr::Ip(cluster_ip),
+        80,
+        FrontendKind::ClusterIp,
+    )];
+    if i < NODE_PORTS {
+        frontends.push(frontend(
+            FrontendAddr::NodePorts(Family::V4),
+            30000 + i as u16,
+            FrontendKind::NodePort,
+        ));
+    }
     ServicePlan {
         name: ServicePortName::new("scale", format!("svc-{i}"), "http", Protocol::Tcp),
-        frontends: vec![
-            frontend(FrontendAddr::Ip(cluster_ip), 80, FrontendKind::ClusterIp),
-            frontend(
-                FrontendAddr::NodePorts(Family::V4),
-                30000 + (i % 30000) as u16,
-                FrontendKind::NodePort,
-            ),
-        ],
+        frontends,
         cluster: backends(i, endpoints, port),
         local: Vec::new(),
         affinity_timeout: None,
