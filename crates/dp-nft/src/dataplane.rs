@@ -57,15 +57,12 @@ pub struct NftDataplane<E: NftExecutor = NetlinkNft> {
 }
 
 impl NftDataplane<NetlinkNft> {
-    /// The real backend, writing netlink batches; fails when the kernel lacks nf_tables or the
-    /// `nft` binary (used to read the table back at start) is missing.
+    /// The real backend, writing netlink batches; fails when the kernel lacks nf_tables.
     pub fn new() -> Result<Self, DataplaneError> {
-        let unavailable = |e: NftError| DataplaneError::Unavailable {
+        let exec = NetlinkNft::new().map_err(|e| DataplaneError::Unavailable {
             backend: NAME,
             reason: error_chain(&e),
-        };
-        let exec = NetlinkNft::new().map_err(unavailable)?;
-        exec.tools().check().map_err(unavailable)?;
+        })?;
         Ok(Self::with_executor(exec))
     }
 }

@@ -4,12 +4,17 @@
 //! ruleset generation its last batch produced, so "has anyone changed the ruleset since?" is
 //! one small request.
 //!
-//! Reading the table back at start (chain names, UDP DNAT targets) still goes through
-//! `nft -j` ([`NftCommand`]), as do conntrack deletions (`conntrack`).
+//! Reading the table back (chain and set names, UDP DNAT targets) is done with netlink dumps
+//! too; conntrack deletions run `conntrack` ([`NftCommand`]).
 
 use sluice_nftnl::consts::{chain, data, elem, msg, rule, set, table};
 use sluice_nftnl::{Attrs, Batch, NfSocket, Refusal, attributes};
-use sluice_plan::{Family, StaleFlow};
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use sluice_nftnl::consts::{EXPR_DATA, EXPR_NAME, LIST_ELEM};
+use sluice_nftnl::expr::NAT_DNAT;
+use sluice_plan::{Family, Protocol, StaleFlow};
 
 use crate::exec::{Drift, NftCommand, NftError, NftExecutor, Readback};
 use crate::ir::{BaseChain, ChainType, Container, ContainerKind, Element, Hook, Key};
@@ -53,7 +58,7 @@ fn netlink(action: &'static str) -> impl FnOnce(sluice_nftnl::Error) -> NftError
 
 impl NetlinkNft {
     /// Opens a socket in the calling thread's network namespace and checks that nf_tables
-    /// answers; `tools` reads back at start and deletes conntrack entries.
+    /// answers; `tools` deletes conntrack entries.
     pub fn with_tools(tools: NftCommand) -> Result<Self, NftError> {
         let mut sock = NfSocket::open().map_err(netlink("opening a socket"))?;
         sock.generation()
@@ -65,14 +70,9 @@ impl NetlinkNft {
         })
     }
 
-    /// In the agent's own network namespace, with the `nft` and `conntrack` binaries.
+    /// In the agent's own network namespace (conntrack entries deleted with `conntrack`).
     pub fn new() -> Result<Self, NftError> {
         Self::with_tools(NftCommand::default())
-    }
-
-    /// The tools used for read-back and conntrack.
-    pub fn tools(&self) -> &NftCommand {
-        &self.tools
     }
 
     fn dump_names(
@@ -107,13 +107,83 @@ impl NetlinkNft {
                     }
                 },
             )
+            .or_else(table_absent)
             .map_err(netlink("listing our chains and sets"))?;
         Ok(names)
     }
 }
 
+/// A dump filtered by a table that does not exist fails with ENOENT: nothing to list.
+fn table_absent(err: sluice_nftnl::Error) -> Result<(), sluice_nftnl::Error> {
+    match &err {
+        sluice_nftnl::Error::Request { source, .. }
+            if source.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        _ => Err(err),
+    }
+}
+
 fn c_str(value: &[u8]) -> String {
     String::from_utf8_lossy(value.strip_suffix(&[0]).unwrap_or(value)).into_owned()
+}
+
+/// `meta l4proto udp dnat to IP:PORT` in a dumped rule → (udp, IP, PORT): the registers the
+/// `nat` expression reads were loaded by `immediate`s. Only connectionless protocols matter
+/// (their flows outlive a backend).
+fn udp_dnat_target(rule_attrs: &[u8]) -> Option<(Protocol, IpAddr, u16)> {
+    let table = attributes(rule_attrs).find(|(k, _)| *k == rule::TABLE)?;
+    if c_str(table.1) != TABLE {
+        return None;
+    }
+    let (_, exprs) = attributes(rule_attrs).find(|(k, _)| *k == rule::EXPRESSIONS)?;
+    let mut udp = false;
+    let mut registers: HashMap<u32, Vec<u8>> = HashMap::new();
+    let mut meta_l4proto = false;
+    for (_, expr) in attributes(exprs).filter(|(k, _)| *k == LIST_ELEM) {
+        let name = attributes(expr)
+            .find(|(k, _)| *k == EXPR_NAME)
+            .map(|(_, v)| c_str(v))?;
+        let (_, data) = attributes(expr).find(|(k, _)| *k == EXPR_DATA)?;
+        let u32_attr = |kind: u16| {
+            attributes(data)
+                .find(|(k, _)| *k == kind)
+                .and_then(|(_, v)| v.try_into().ok().map(u32::from_be_bytes))
+        };
+        let value = |kind: u16| {
+            let (_, nest) = attributes(data).find(|(k, _)| *k == kind)?;
+            attributes(nest)
+                .find(|(k, _)| *k == data::VALUE)
+                .map(|(_, v)| v.to_vec())
+        };
+        match name.as_str() {
+            // NFTA_META_KEY
+            "meta" => meta_l4proto = u32_attr(2) == Some(sluice_nftnl::MetaKey::L4Proto as u32),
+            // NFTA_CMP_DATA after the l4proto load
+            "cmp" => udp |= meta_l4proto && value(3).as_deref() == Some(&[17][..]),
+            // NFTA_IMMEDIATE_DREG, NFTA_IMMEDIATE_DATA
+            "immediate" => {
+                if let (Some(dreg), Some(v)) = (u32_attr(1), value(2)) {
+                    registers.insert(dreg, v);
+                }
+            }
+            // NFTA_NAT_TYPE, NFTA_NAT_REG_ADDR_MIN, NFTA_NAT_REG_PROTO_MIN
+            "nat" if udp && u32_attr(1) == Some(NAT_DNAT) => {
+                let addr = registers.get(&u32_attr(3)?)?;
+                let port = registers.get(&u32_attr(5)?)?;
+                let ip = match addr.len() {
+                    4 => IpAddr::from(<[u8; 4]>::try_from(addr.as_slice()).ok()?),
+                    16 => IpAddr::from(<[u8; 16]>::try_from(addr.as_slice()).ok()?),
+                    _ => return None,
+                };
+                let port = u16::from_be_bytes(port.get(..2)?.try_into().ok()?);
+                return Some((Protocol::Udp, ip, port));
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Anonymous sets (`NFT_SET_ANONYMOUS`) belong to rules, not to the table's namespace.
@@ -150,7 +220,23 @@ impl NftExecutor for NetlinkNft {
     }
 
     fn read_back(&mut self, family: Family) -> Result<Readback, NftError> {
-        self.tools.read_back(family)
+        let existing = self.read_names(family)?;
+        if existing.chains.is_empty() {
+            return Ok(Readback::default());
+        }
+        let mut backends = BTreeSet::new();
+        self.sock
+            .dump(
+                msg::GETRULE,
+                lower::nfproto(family),
+                |a| {
+                    a.str(rule::TABLE, TABLE);
+                },
+                |attrs| backends.extend(udp_dnat_target(attrs)),
+            )
+            .or_else(table_absent)
+            .map_err(netlink("listing our rules"))?;
+        Ok(Readback { existing, backends })
     }
 
     fn flush_conntrack(&mut self, flow: &StaleFlow) -> Result<(), NftError> {
