@@ -98,6 +98,13 @@ pub fn rule<'a>(rule: &'a Rule, family: Family) -> Vec<Expr<'a>> {
 }
 
 fn stmt_exprs<'a>(stmt: &'a Stmt, family: Family, out: &mut Vec<Expr<'a>>) {
+    if !match_exprs(stmt, family, out) {
+        action_exprs(stmt, family, out);
+    }
+}
+
+/// Matches (loads and comparisons); `false` when `stmt` is not one.
+fn match_exprs<'a>(stmt: &'a Stmt, family: Family, out: &mut Vec<Expr<'a>>) -> bool {
     match stmt {
         Stmt::SaddrIs(ip) => {
             out.push(load(PayloadBase::Network, saddr(family), reg::R1));
@@ -145,6 +152,14 @@ fn stmt_exprs<'a>(stmt: &'a Stmt, family: Family, out: &mut Vec<Expr<'a>>) {
             });
             out.push(cmp(CmpOp::Eq, Data::host_u32(0)));
         }
+        _ => return false,
+    }
+    true
+}
+
+/// Everything that is not a match: marks, map lookups, NAT, verdicts.
+fn action_exprs<'a>(stmt: &'a Stmt, family: Family, out: &mut Vec<Expr<'a>>) {
+    match stmt {
         Stmt::MarkSetOr(bits) => set_mark(!*bits, *bits, out),
         Stmt::MarkSetXor(bits) => set_mark(u32::MAX, *bits, out),
         Stmt::FrontendVmap(map) => frontend_vmap(map, family, out),
@@ -173,6 +188,16 @@ fn stmt_exprs<'a>(stmt: &'a Stmt, family: Family, out: &mut Vec<Expr<'a>>) {
             },
         }),
         Stmt::Verdict(v) => out.push(Expr::Verdict(verdict(v))),
+        // Lowered by `match_exprs`.
+        Stmt::SaddrIs(_)
+        | Stmt::SaddrIn(_)
+        | Stmt::SaddrInSet(_)
+        | Stmt::DaddrInSet(_)
+        | Stmt::FibSaddrLocal
+        | Stmt::CtStateNew
+        | Stmt::MarkClear(_)
+        | Stmt::L4Proto(_)
+        | Stmt::OneIn(_) => {}
     }
 }
 

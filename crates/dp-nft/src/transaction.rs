@@ -171,15 +171,21 @@ pub struct StaticChain {
     pub rules: Vec<Rule>,
 }
 
-static BASE_CHAINS_V4: LazyLock<Vec<StaticChain>> = LazyLock::new(|| base_chains(Family::V4));
-static BASE_CHAINS_V6: LazyLock<Vec<StaticChain>> = LazyLock::new(|| base_chains(Family::V6));
+/// The same in both families' tables (addresses are typed per family when printed or
+/// lowered).
+static STATIC_CHAINS: LazyLock<Vec<StaticChain>> = LazyLock::new(|| {
+    let mut chains = hook_chains();
+    chains.extend(shared_chains());
+    chains
+});
 
 /// The static chains of `family`'s table.
-pub fn static_chains(family: Family) -> &'static [StaticChain] {
-    match family {
-        Family::V4 => &BASE_CHAINS_V4,
-        Family::V6 => &BASE_CHAINS_V6,
-    }
+pub fn static_chains(_family: Family) -> &'static [StaticChain] {
+    &STATIC_CHAINS
+}
+
+fn chain(name: &'static str, base: Option<BaseChain>, rules: Vec<Rule>) -> StaticChain {
+    StaticChain { name, base, rules }
 }
 
 fn base(kind: ChainType, hook: Hook, priority: i32) -> Option<BaseChain> {
@@ -190,8 +196,8 @@ fn base(kind: ChainType, hook: Hook, priority: i32) -> Option<BaseChain> {
     })
 }
 
-fn jump(chain: &str) -> Rule {
-    Rule::verdict(Verdict::jump(chain))
+fn jump(chain: &str) -> Vec<Rule> {
+    vec![Rule::verdict(Verdict::jump(chain))]
 }
 
 fn new_then_jump(chain: &str) -> Vec<Rule> {
@@ -201,29 +207,25 @@ fn new_then_jump(chain: &str) -> Vec<Rule> {
     ])]
 }
 
-fn base_chains(_family: Family) -> Vec<StaticChain> {
-    use crate::render::{
-        FIREWALL_IPS, NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES, NODEPORT_IPS, SERVICE_IPS,
-        SERVICE_NODEPORTS,
-    };
-    let chain = |name, base, rules| StaticChain { name, base, rules };
-    let nodeport_vmap = |map| Rule::new([Stmt::DaddrInSet(NODEPORT_IPS), Stmt::PortVmap(map)]);
+/// The base chains: NAT hooks into the service dispatch and masquerading, filter hooks into
+/// the firewall and no-endpoint checks (new connections only).
+fn hook_chains() -> Vec<StaticChain> {
     let (nat, filter) = (ChainType::Nat, ChainType::Filter);
     vec![
         chain(
             "nat-prerouting",
             base(nat, Hook::Prerouting, -100),
-            vec![jump("services")],
+            jump("services"),
         ),
         chain(
             "nat-output",
             base(nat, Hook::Output, -100),
-            vec![jump("services")],
+            jump("services"),
         ),
         chain(
             "nat-postrouting",
             base(nat, Hook::Postrouting, 100),
-            vec![jump("masquerading")],
+            jump("masquerading"),
         ),
         chain(
             "filter-prerouting",
@@ -245,25 +247,38 @@ fn base_chains(_family: Family) -> Vec<StaticChain> {
             base(filter, Hook::Output, -110),
             new_then_jump("endpoints-check"),
         ),
+    ]
+}
+
+/// The chains every service shares: map lookups, masquerade marking, rejection.
+fn shared_chains() -> Vec<StaticChain> {
+    use crate::render::{
+        FIREWALL_IPS, NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES, NODEPORT_IPS, SERVICE_IPS,
+        SERVICE_NODEPORTS,
+    };
+    let by_frontend = |map| Rule::new([Stmt::FrontendVmap(map)]);
+    let by_node_port = |map| Rule::new([Stmt::DaddrInSet(NODEPORT_IPS), Stmt::PortVmap(map)]);
+    let masquerading = vec![
+        Rule::new([
+            Stmt::MarkClear(MASQUERADE_MARK),
+            Stmt::Verdict(Verdict::Return),
+        ]),
+        Rule::new([Stmt::MarkSetXor(MASQUERADE_MARK)]),
+        Rule::new([Stmt::MasqueradeFullyRandom]),
+    ];
+    vec![
         chain(
             "services",
             None,
-            vec![
-                Rule::new([Stmt::FrontendVmap(SERVICE_IPS)]),
-                nodeport_vmap(SERVICE_NODEPORTS),
-            ],
+            vec![by_frontend(SERVICE_IPS), by_node_port(SERVICE_NODEPORTS)],
         ),
-        chain(
-            "firewall-check",
-            None,
-            vec![Rule::new([Stmt::FrontendVmap(FIREWALL_IPS)])],
-        ),
+        chain("firewall-check", None, vec![by_frontend(FIREWALL_IPS)]),
         chain(
             "endpoints-check",
             None,
             vec![
-                Rule::new([Stmt::FrontendVmap(NO_ENDPOINT_SERVICES)]),
-                nodeport_vmap(NO_ENDPOINT_NODEPORTS),
+                by_frontend(NO_ENDPOINT_SERVICES),
+                by_node_port(NO_ENDPOINT_NODEPORTS),
             ],
         ),
         chain(
@@ -271,18 +286,7 @@ fn base_chains(_family: Family) -> Vec<StaticChain> {
             None,
             vec![Rule::new([Stmt::MarkSetOr(MASQUERADE_MARK)])],
         ),
-        chain(
-            "masquerading",
-            None,
-            vec![
-                Rule::new([
-                    Stmt::MarkClear(MASQUERADE_MARK),
-                    Stmt::Verdict(Verdict::Return),
-                ]),
-                Rule::new([Stmt::MarkSetXor(MASQUERADE_MARK)]),
-                Rule::new([Stmt::MasqueradeFullyRandom]),
-            ],
-        ),
+        chain("masquerading", None, masquerading),
         chain(REJECT_CHAIN, None, vec![Rule::new([Stmt::Reject])]),
     ]
 }

@@ -204,6 +204,13 @@ impl Expr<'_> {
     }
 
     fn write_data(&self, d: &mut Attrs<'_>) {
+        if !self.write_match_data(d) {
+            self.write_action_data(d);
+        }
+    }
+
+    /// Loads, comparisons and lookups; `false` for other expressions.
+    fn write_match_data(&self, d: &mut Attrs<'_>) -> bool {
         match *self {
             Expr::Payload {
                 base,
@@ -260,6 +267,14 @@ impl Expr<'_> {
                     d.u32(3, dreg);
                 }
             }
+            _ => return false,
+        }
+        true
+    }
+
+    /// Immediates, verdicts and statements.
+    fn write_action_data(&self, d: &mut Attrs<'_>) {
+        match *self {
             Expr::Immediate { dreg, data } => {
                 // NFTA_IMMEDIATE_DREG, _DATA { NFTA_DATA_VALUE }
                 d.u32(1, dreg);
@@ -313,6 +328,14 @@ impl Expr<'_> {
                 // NFTA_DYNSET_SREG_KEY, _OP, _SET_NAME
                 d.u32(4, sreg_key).u32(3, op).str(1, set);
             }
+            // Written by `write_match_data`.
+            Expr::Payload { .. }
+            | Expr::Meta { .. }
+            | Expr::MetaSet { .. }
+            | Expr::Ct { .. }
+            | Expr::Cmp { .. }
+            | Expr::Bitwise { .. }
+            | Expr::Lookup { .. } => {}
         }
     }
 }
