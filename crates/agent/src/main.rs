@@ -19,6 +19,9 @@ use tokio::sync::watch;
 
 use crate::cli::{AgentConfig, Cli, Command, LogFormat, ProxyMode, SourceConfig};
 
+/// Batches of source events waiting for the sync loop.
+const SOURCE_QUEUE: usize = 64;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -109,12 +112,15 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
         .restore()
         .with_context(|| format!("restoring {} state", dataplane.name()))?;
 
-    let (snapshot_tx, snapshot_rx) = watch::channel(None);
+    // The sources report changed objects; the sync loop owns the store they update. A small
+    // queue: a source waits (and the API server's watch stream with it) while the loop is
+    // busy, instead of piling up superseded versions.
+    let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(SOURCE_QUEUE);
     let mut k8s_client = None;
     let source_task = match &config.source {
         SourceConfig::Dir(dir) => {
             let source = sluice_source_file::DirSource::new(dir.clone());
-            tokio::spawn(async move { source.run(snapshot_tx).await.map_err(anyhow::Error::from) })
+            tokio::spawn(async move { source.run(batch_tx).await.map_err(anyhow::Error::from) })
         }
         SourceConfig::Kubernetes { kubeconfig } => {
             let client = sluice_k8s::client(kubeconfig.as_deref())
@@ -123,11 +129,9 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
             k8s_client = Some(client.clone());
             let source = sluice_k8s::K8sSource::new(
                 client,
-                sluice_k8s::K8sSourceConfig {
-                    node_name: config.node_name.clone(),
-                },
+                sluice_k8s::K8sSourceConfig::new(config.node_name.clone()),
             );
-            tokio::spawn(async move { source.run(snapshot_tx).await.map_err(anyhow::Error::from) })
+            tokio::spawn(async move { source.run(batch_tx).await.map_err(anyhow::Error::from) })
         }
     };
 
@@ -178,7 +182,7 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
             Arc::new(sluice_hostnet::RtNetlink::new()),
         ),
     };
-    let sync_task = tokio::spawn(sync_loop.run(snapshot_rx, shutdown_rx.clone()));
+    let sync_task = tokio::spawn(sync_loop.run(batch_rx, shutdown_rx.clone()));
 
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down; programmed forwarding stays in place"),
