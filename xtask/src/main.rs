@@ -4,11 +4,13 @@
 //!   agent on each node, show traffic through ClusterIP, NodePort, eTP=Local and the Ingress.
 //! * `cargo xtask test`  — every test (unit, golden, kernel and namespaced end-to-end), plus
 //!   fmt and clippy.
-//! * `cargo xtask bench` — side-by-side benchmarks (release build).
+//! * `cargo xtask bench` — side-by-side benchmarks (release build); `cargo xtask bench scale`:
+//!   how each stage's cost grows from 1k to 100k Services.
 //! * `cargo xtask deps`  — install (as root on Debian/Ubuntu) or list the system packages.
 
 mod bench;
 mod demo;
+mod scale;
 mod system;
 
 use std::process::Command;
@@ -25,6 +27,7 @@ fn main() -> Result<()> {
     match command {
         "test" => test(rest),
         "demo" => demo::run(rest),
+        "bench" if rest.first().is_some_and(|a| a == "scale") => scale::run(&rest[1..]),
         "bench" => bench::run(rest),
         "deps" => system::ensure_packages(),
         _ => {
@@ -34,6 +37,8 @@ fn main() -> Result<()> {
                  test   run every test, then fmt and clippy (root for the kernel tests)\n\
                         --no-lint: skip fmt and clippy; anything after `--` goes to cargo test\n\
                  bench  side-by-side benchmarks in release mode (root)\n\
+                 bench scale [--quick] [--mode M] [--sizes 1000,10000] [--changes N] [--e2e N]\n\
+                        each stage's cost from 1k to 100k Services (root, release)\n\
                  deps   install the system packages sluice needs (root, Debian/Ubuntu)"
             );
             if command == "help" {

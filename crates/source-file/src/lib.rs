@@ -56,4 +56,4 @@ pub use parse::{
     parse_manifests, parse_manifests_with,
 };
 pub use warning::{LoadWarning, ObjectRef, Problem};
-pub use watch::{DirSource, DirSourceError, load_dir};
+pub use watch::{DirSource, DirSourceError, Refreshed, load_dir};

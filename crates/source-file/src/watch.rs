@@ -22,6 +22,9 @@ pub enum DirSourceError {
     },
 }
 
+/// What one [`DirSource::refresh`] found: the events for the changed objects, and warnings.
+pub type Refreshed = (Vec<SourceEvent>, Vec<LoadWarning>);
+
 /// Watches a directory of manifests and reports every changed object as a [`SourceEvent`].
 ///
 /// Files are re-read when their size, mtime, inode or symlink target changes (polling: no
@@ -83,9 +86,7 @@ impl DirSource {
     /// call: every object) and this round's warnings (about the files read in this round, and
     /// every losing copy of an object they define), or `None` when no file changed. Blocking:
     /// reads files and parses YAML.
-    pub fn refresh(
-        &mut self,
-    ) -> Result<Option<(Vec<SourceEvent>, Vec<LoadWarning>)>, DirSourceError> {
+    pub fn refresh(&mut self) -> Result<Option<Refreshed>, DirSourceError> {
         let files = files::list(&self.dir).map_err(|source| DirSourceError::ReadDir {
             dir: self.dir.clone(),
             source,
