@@ -5,6 +5,7 @@ mod cli;
 mod health;
 mod http;
 mod interfaces;
+mod limits;
 mod metrics;
 mod plan;
 mod sync;
@@ -131,10 +132,10 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
         }
     };
 
-    let ingress = config
-        .ingress
-        .clone()
-        .map(|c| Arc::new(sluice_ingress::IngressProxy::new(c)));
+    let ingress = config.ingress.clone().map(|mut c| {
+        fit_ingress_to_descriptors(&mut c);
+        Arc::new(sluice_ingress::IngressProxy::new(c))
+    });
     let metrics = Arc::new(metrics::Metrics::new(ingress.clone()));
     let health = Arc::new(health::HealthState::new(
         config.node_name.clone(),
@@ -229,6 +230,24 @@ fn cleanup(config: &AgentConfig) -> anyhow::Result<()> {
         Ok(())
     } else {
         Err(anyhow::anyhow!("cleanup failed: {}", failures.join("; ")))
+    }
+}
+
+/// Shrinks the Ingress proxy's connection caps to the descriptor limit minus a reserve for
+/// everything else the agent must keep doing.
+fn fit_ingress_to_descriptors(config: &mut sluice_ingress::IngressConfig) {
+    match limits::raise_descriptor_limit() {
+        Ok(limit) => {
+            if config.fit_descriptor_limit(limit, limits::RESERVED_DESCRIPTORS) {
+                tracing::info!(
+                    descriptor_limit = limit,
+                    client_connections = config.max_client_connections,
+                    upstream_connections = config.max_upstream_connections,
+                    "ingress connection caps lowered to fit the descriptor limit"
+                );
+            }
+        }
+        Err(err) => tracing::warn!("cannot read the descriptor limit: {err}"),
     }
 }
 

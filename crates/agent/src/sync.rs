@@ -134,6 +134,9 @@ impl SyncLoop {
                 tracing::warn!("services: skipped {warning}");
             }
             if let Some(proxy) = &self.ingress {
+                // The proxy never dials its own listeners (a request loop would eat every
+                // descriptor): it must know all of this node's addresses.
+                proxy.set_local_addresses(node.addresses.iter().copied());
                 ingress_warnings.update(
                     "ingress",
                     proxy.update(&snapshot).iter().map(ToString::to_string),
