@@ -5,9 +5,11 @@
 //! * `cargo xtask test`  — every test (unit, golden, kernel and namespaced end-to-end), plus
 //!   fmt and clippy.
 //! * `cargo xtask bench` — side-by-side benchmarks (release build).
+//! * `cargo xtask bless` — rewrite the golden files (`UPDATE_GOLDEN=1`) and show what changed.
 //! * `cargo xtask deps`  — install (as root on Debian/Ubuntu) or list the system packages.
 
 mod bench;
+mod bless;
 mod demo;
 mod system;
 
@@ -26,6 +28,7 @@ fn main() -> Result<()> {
         "test" => test(rest),
         "demo" => demo::run(rest),
         "bench" => bench::run(rest),
+        "bless" => bless::run(),
         "deps" => system::ensure_packages(),
         _ => {
             eprintln!(
@@ -34,6 +37,7 @@ fn main() -> Result<()> {
                  test   run every test, then fmt and clippy (root for the kernel tests)\n\
                         --no-lint: skip fmt and clippy; anything after `--` goes to cargo test\n\
                  bench  side-by-side benchmarks in release mode (root)\n\
+                 bless  rewrite the golden files from the current code, show what changed\n\
                  deps   install the system packages sluice needs (root, Debian/Ubuntu)"
             );
             if command == "help" {
