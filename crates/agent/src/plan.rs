@@ -97,7 +97,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     }
     if !out.warnings.is_empty() {
         for warning in &out.warnings {
-            eprintln!("warning: skipped {warning}");
+            eprintln!("warning: {warning}");
         }
         bail!(
             "{} problem(s) in the input; the rest is planned",

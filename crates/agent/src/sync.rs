@@ -131,7 +131,7 @@ impl SyncLoop {
             );
             let delta = planner.update(&snapshot, &std::mem::take(&mut pending), &node);
             for warning in planner.fresh_warnings() {
-                tracing::warn!("services: skipped {warning}");
+                tracing::warn!("services: {warning}");
             }
             if let Some(proxy) = &self.ingress {
                 // The proxy never dials its own listeners (a request loop would eat every
