@@ -109,8 +109,10 @@ async fn a_malformed_pool_is_skipped_and_its_last_good_version_kept() {
     let mut rx = watch.subscribe();
     wait_for(&mut rx, "the first list", |p| p.len() == 1).await;
 
-    fake.apply(json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "LoadBalancerIPPool",
-                      "metadata": {"name": "lan"}, "spec": {"blocks": "not-a-list"}}));
+    fake.apply(
+        json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "LoadBalancerIPPool",
+                      "metadata": {"name": "lan"}, "spec": {"blocks": "not-a-list"}}),
+    );
     fake.apply(pool("team-a", "192.0.2.0/27"));
     let seen = wait_for(&mut rx, "the next good pool", |p| p.len() == 2).await;
     assert_eq!(
@@ -124,9 +126,11 @@ async fn a_malformed_pool_is_skipped_and_its_last_good_version_kept() {
 async fn every_node_is_watched_without_its_image_list() {
     let fake = FakeApiServer::start().await;
     for name in ["node-a", "node-b"] {
-        fake.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+        fake.apply(
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
             "status": {"conditions": [{"type": "Ready", "status": "True"}],
-                       "images": [{"names": ["registry.example/app:1"], "sizeBytes": 1000}]}}));
+                       "images": [{"names": ["registry.example/app:1"], "sizeBytes": 1000}]}}),
+        );
     }
     let watch = ObjectWatch::<Node>::spawn(fake.client(), watcher::Config::default(), trim_node);
     let mut rx = watch.subscribe();

@@ -281,7 +281,11 @@ async fn serve_counted_counts_replies_announcements_and_failures() {
     };
     let counting = std::sync::Arc::clone(&stats);
     let task = tokio::spawn(async move { serve_counted(link, rx, config, &counting).await });
-    assert_eq!(handle.wait_sent(2, WAIT).await, 2, "two takeover announcements");
+    assert_eq!(
+        handle.wait_sent(2, WAIT).await,
+        2,
+        "two takeover announcements"
+    );
     handle.take_sent();
     handle.inject(arp_request(v4()));
     handle.inject(arp_request(v4()));
