@@ -28,7 +28,7 @@ pub type SnapshotRx = watch::Receiver<Option<Arc<Snapshot>>>;
 pub enum Role {
     /// The API server: the elected agent writes.
     Cluster {
-        writer: Writer,
+        writer: Box<Writer>,
         leader: watch::Receiver<bool>,
     },
     /// A directory: the allocation is applied in memory and passed on to the sync loop.
@@ -93,7 +93,7 @@ impl IpamLoop {
             role,
         } = self;
         let (mut writer, mut leader, overlay) = match role {
-            Role::Cluster { writer, leader } => (Some(writer), Some(leader), None),
+            Role::Cluster { writer, leader } => (Some(*writer), Some(leader), None),
             Role::Directory { overlay } => (None, None, Some(overlay)),
         };
         let mut cache = Cache::default();

@@ -116,7 +116,11 @@ pub fn start(
             let recorder =
                 EventRecorder::spawn(client.clone(), EventRecorderConfig::new(&setup.node));
             let role = Role::Cluster {
-                writer: writes::Writer::new(client.clone(), recorder, Arc::clone(&setup.stats)),
+                writer: Box::new(writes::Writer::new(
+                    client.clone(),
+                    recorder,
+                    Arc::clone(&setup.stats),
+                )),
                 leader: leader.subscribe(),
             };
             tasks.spawn(base(role).run(snapshots.clone(), pools.subscribe(), shutdown.clone()));
