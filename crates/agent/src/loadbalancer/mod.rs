@@ -14,6 +14,8 @@
 //! every agent applies the same allocation to its own copy of the Services.
 
 mod announce;
+#[cfg(test)]
+mod cluster_tests;
 mod dir_pools;
 mod ipam;
 mod l2;
@@ -21,6 +23,11 @@ mod metrics;
 #[cfg(test)]
 mod tests;
 mod writes;
+
+/// The fake API server of crates/k8s, for `cluster_tests`.
+#[cfg(test)]
+#[path = "../../../k8s/tests/fake_apiserver/mod.rs"]
+mod fake_apiserver;
 
 use std::sync::Arc;
 
