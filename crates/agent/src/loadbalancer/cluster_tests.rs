@@ -41,18 +41,16 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
     }
 }
 
-#[tokio::test]
-async fn only_the_leader_writes_retrying_failures_and_writing_each_status_once() {
-    let fake = FakeApiServer::start().await;
-    fake.apply(json!({"apiVersion": "v1", "kind": "Service",
-        "metadata": {"namespace": "default", "name": "web", "uid": "uid-web"},
-        "spec": {"type": "LoadBalancer", "ipFamilies": ["IPv4"],
-                 "ports": [{"port": 80, "protocol": "TCP"}]}}));
-    fake.apply(
-        json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "LoadBalancerIPPool",
-        "metadata": {"name": "lan", "uid": "uid-lan", "generation": 1},
-        "spec": {"blocks": [{"cidr": "192.0.2.200/30"}]}}),
-    );
+struct Running {
+    leader: watch::Sender<bool>,
+    l2: watch::Receiver<Option<Arc<super::announce::L2Input>>>,
+    _pools: ObjectWatch<LoadBalancerIPPool>,
+    _shutdown: watch::Sender<bool>,
+}
+
+/// The real source and pool watch against `fake`, feeding an allocation loop whose
+/// leadership the test decides.
+fn start(fake: &FakeApiServer) -> Running {
     let client = fake.client();
     let (snapshot_tx, snapshots) = watch::channel(None);
     let source = K8sSource::new(
@@ -67,9 +65,9 @@ async fn only_the_leader_writes_retrying_failures_and_writing_each_status_once()
         watcher::Config::default(),
         keep_as_is,
     );
-    let (leader_tx, leader) = watch::channel(false);
-    let (l2_tx, mut l2) = watch::channel(None);
-    let (_shutdown, shutdown_rx) = watch::channel(false);
+    let (leader, leader_rx) = watch::channel(false);
+    let (l2_tx, l2) = watch::channel(None);
+    let (shutdown, shutdown_rx) = watch::channel(false);
     let stats = Arc::new(LbStats::default());
     let recorder = EventRecorder::spawn(client.clone(), EventRecorderConfig::new("node-a"));
     let ipam = IpamLoop {
@@ -78,14 +76,35 @@ async fn only_the_leader_writes_retrying_failures_and_writing_each_status_once()
         stats: Arc::clone(&stats),
         l2: l2_tx,
         role: Role::Cluster {
-            writer: Box::new(Writer::new(client, recorder, Arc::clone(&stats))),
-            leader,
+            writer: Box::new(Writer::new(client, recorder, stats)),
+            leader: leader_rx,
         },
     };
     tokio::spawn(ipam.run(snapshots, pools.subscribe(), shutdown_rx));
+    Running {
+        leader,
+        l2,
+        _pools: pools,
+        _shutdown: shutdown,
+    }
+}
+
+#[tokio::test]
+async fn only_the_leader_writes_retrying_failures_and_writing_each_status_once() {
+    let fake = FakeApiServer::start().await;
+    fake.apply(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"namespace": "default", "name": "web", "uid": "uid-web"},
+        "spec": {"type": "LoadBalancer", "ipFamilies": ["IPv4"],
+                 "ports": [{"port": 80, "protocol": "TCP"}]}}));
+    fake.apply(
+        json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "LoadBalancerIPPool",
+        "metadata": {"name": "lan", "uid": "uid-lan", "generation": 1},
+        "spec": {"blocks": [{"cidr": "192.0.2.200/30"}]}}),
+    );
+    let mut r = start(&fake);
 
     // Not elected: the allocation runs (the L2 side hears of it) but nothing is written.
-    tokio::time::timeout(WAIT, l2.wait_for(Option::is_some))
+    tokio::time::timeout(WAIT, r.l2.wait_for(Option::is_some))
         .await
         .expect("an allocation run")
         .unwrap();
@@ -97,7 +116,7 @@ async fn only_the_leader_writes_retrying_failures_and_writing_each_status_once()
 
     // Elected, with the API server failing the first two status writes.
     fake.fail_requests("PATCH", STATUS_PATH, 2, 500);
-    leader_tx.send_replace(true);
+    r.leader.send_replace(true);
     eventually("the status written", || {
         status(&fake) == Some(json!([{"ip": "192.0.2.200", "ipMode": "VIP"}]))
     })
@@ -117,7 +136,7 @@ async fn only_the_leader_writes_retrying_failures_and_writing_each_status_once()
     // The written address reaches the L2 side...
     let input = tokio::time::timeout(
         WAIT,
-        l2.wait_for(|i| i.as_ref().is_some_and(|i| !i.targets.is_empty())),
+        r.l2.wait_for(|i| i.as_ref().is_some_and(|i| !i.targets.is_empty())),
     )
     .await
     .expect("the target")
@@ -131,7 +150,7 @@ async fn only_the_leader_writes_retrying_failures_and_writing_each_status_once()
     assert_eq!(patches(&fake, pool_path), 1);
 
     // No longer elected: a change is not written.
-    leader_tx.send_replace(false);
+    r.leader.send_replace(false);
     fake.delete("LoadBalancerIPPool", "", "lan");
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
@@ -139,7 +158,7 @@ async fn only_the_leader_writes_retrying_failures_and_writing_each_status_once()
         3,
         "a follower does not release"
     );
-    leader_tx.send_replace(true);
+    r.leader.send_replace(true);
     eventually("the release by the new leader", || {
         status(&fake) == Some(json!([]))
     })

@@ -128,25 +128,16 @@ impl IpamLoop {
                     let applied = apply_in_memory(&snapshot, &allocation, &pools_now);
                     overlay.send_replace(Some(Arc::clone(&applied)));
                     if fresh {
-                        for event in dir_events.fresh(&allocation.events) {
-                            super::log_event(&event);
-                        }
+                        dir_events
+                            .fresh(&allocation.events)
+                            .iter()
+                            .for_each(super::log_event);
                     }
                     applied
                 }
                 None => Arc::clone(&snapshot),
             };
-            let input = L2Input {
-                targets: l2_targets(&allocation, &effective),
-                node_addresses: node_addresses(&effective, &node),
-            };
-            l2.send_if_modified(|current| {
-                let changed = current.as_deref() != Some(&input);
-                if changed {
-                    *current = Some(Arc::new(input));
-                }
-                changed
-            });
+            publish_l2(&l2, &allocation, &effective, &node);
             if let (Some(writer), Some(leader)) = (writer.as_mut(), leader.as_ref()) {
                 let is_leader = *leader.borrow();
                 lead(
@@ -165,6 +156,26 @@ impl IpamLoop {
             }
         }
     }
+}
+
+/// Tells the L2 announcer what to announce (only when that changed).
+fn publish_l2(
+    l2: &watch::Sender<Option<Arc<L2Input>>>,
+    allocation: &Allocation,
+    snapshot: &Snapshot,
+    node: &str,
+) {
+    let input = L2Input {
+        targets: l2_targets(allocation, snapshot),
+        node_addresses: node_addresses(snapshot, node),
+    };
+    l2.send_if_modified(|current| {
+        let changed = current.as_deref() != Some(&input);
+        if changed {
+            *current = Some(Arc::new(input));
+        }
+        changed
+    });
 }
 
 /// The leader's part of a run: Events (new ones only) and status writes.

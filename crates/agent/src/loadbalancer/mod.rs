@@ -92,77 +92,27 @@ pub fn start(
 ) -> anyhow::Result<Running> {
     let (l2_tx, l2_rx) = watch::channel(None);
     let (membership_tx, membership_rx) = watch::channel(Membership::Unknown);
-    let mut tasks = JoinSet::new();
-    let mut leases = Vec::new();
-    let allocator = AllocatorConfig {
-        load_balancer_class: setup.config.class.clone(),
-    };
-    let base = |role| IpamLoop {
-        node: setup.node.clone(),
-        allocator: allocator.clone(),
-        stats: Arc::clone(&setup.stats),
-        l2: l2_tx.clone(),
-        role,
+    let mut started = Started {
+        tasks: JoinSet::new(),
+        leases: Vec::new(),
+        ipam: IpamSettings {
+            node: setup.node.clone(),
+            allocator: AllocatorConfig {
+                load_balancer_class: setup.config.class.clone(),
+            },
+            stats: Arc::clone(&setup.stats),
+            l2: l2_tx,
+        },
+        membership: membership_tx,
+        shutdown: shutdown.clone(),
     };
     let for_sync = match (&setup.source, &setup.client) {
         (SourceConfig::Kubernetes { .. }, Some(client)) => {
-            let ns = &setup.config.lease_namespace;
-            let heartbeat =
-                LeaseHolder::spawn(client.clone(), LeaseConfig::node_heartbeat(ns, &setup.node))
-                    .context("node heartbeat lease")?;
-            let leader = LeaseHolder::spawn(
-                client.clone(),
-                LeaseConfig::leader_election(ns, LEADER_LEASE, &setup.node),
-            )
-            .context("leader election lease")?;
-            let pools = ObjectWatch::<LoadBalancerIPPool>::spawn(
-                client.clone(),
-                watcher::Config::default(),
-                keep_as_is,
-            );
-            let recorder =
-                EventRecorder::spawn(client.clone(), EventRecorderConfig::new(&setup.node));
-            let role = Role::Cluster {
-                writer: Box::new(writes::Writer::new(
-                    client.clone(),
-                    recorder,
-                    Arc::clone(&setup.stats),
-                )),
-                leader: leader.subscribe(),
-            };
-            tasks.spawn(base(role).run(snapshots.clone(), pools.subscribe(), shutdown.clone()));
-            tasks.spawn(keep_alive(pools, shutdown.clone()));
-            tasks.spawn(cluster_members(
-                client.clone(),
-                ns.clone(),
-                heartbeat.subscribe(),
-                membership_tx,
-                shutdown.clone(),
-            ));
-            leases.extend([heartbeat, leader]);
-            snapshots
+            start_cluster(&setup, client, snapshots, &mut started)?
         }
-        _ => {
-            let SourceConfig::Dir(dir) = &setup.source else {
-                anyhow::bail!("the API source needs a Kubernetes client");
-            };
-            let (pools_tx, pools_rx) = watch::channel(None);
-            let (overlay_tx, overlay_rx) = watch::channel(None);
-            tasks.spawn(dir_pools::watch_dir_pools(
-                dir.clone(),
-                pools_tx,
-                shutdown.clone(),
-            ));
-            let role = Role::Directory {
-                overlay: overlay_tx,
-            };
-            tasks.spawn(base(role).run(snapshots, pools_rx, shutdown.clone()));
-            tasks.spawn(directory_members(
-                overlay_rx.clone(),
-                membership_tx,
-                shutdown.clone(),
-            ));
-            overlay_rx
+        (SourceConfig::Dir(dir), _) => start_directory(dir, snapshots, &mut started),
+        (SourceConfig::Kubernetes { .. }, None) => {
+            anyhow::bail!("the API source needs a Kubernetes client")
         }
     };
     let announcer = L2Announcer {
@@ -173,12 +123,115 @@ pub fn start(
         config: ResponderConfig::default(),
         stats: Arc::clone(&setup.stats),
     };
+    let Started {
+        mut tasks, leases, ..
+    } = started;
     tasks.spawn(announcer.run(l2_rx, membership_rx, shutdown));
     Ok(Running {
         snapshots: for_sync,
         tasks,
         leases,
     })
+}
+
+/// What [`start`] builds up, shared by the source-specific parts.
+struct Started {
+    tasks: JoinSet<()>,
+    leases: Vec<LeaseHolder>,
+    /// The allocation loop without its role (the source-specific part adds it).
+    ipam: IpamSettings,
+    membership: watch::Sender<Membership>,
+    shutdown: watch::Receiver<bool>,
+}
+
+struct IpamSettings {
+    node: String,
+    allocator: AllocatorConfig,
+    stats: Arc<LbStats>,
+    l2: watch::Sender<Option<Arc<announce::L2Input>>>,
+}
+
+impl IpamSettings {
+    fn with_role(&self, role: Role) -> IpamLoop {
+        IpamLoop {
+            node: self.node.clone(),
+            allocator: self.allocator.clone(),
+            stats: Arc::clone(&self.stats),
+            l2: self.l2.clone(),
+            role,
+        }
+    }
+}
+
+/// `--source k8s`: Leases, the pool watch, the leader's writer, membership from heartbeats.
+/// Returns what the sync loop reads (the source's snapshots).
+fn start_cluster(
+    setup: &Setup,
+    client: &kube::Client,
+    snapshots: SnapshotRx,
+    started: &mut Started,
+) -> anyhow::Result<SnapshotRx> {
+    let ns = &setup.config.lease_namespace;
+    let heartbeat =
+        LeaseHolder::spawn(client.clone(), LeaseConfig::node_heartbeat(ns, &setup.node))
+            .context("node heartbeat lease")?;
+    let leader = LeaseHolder::spawn(
+        client.clone(),
+        LeaseConfig::leader_election(ns, LEADER_LEASE, &setup.node),
+    )
+    .context("leader election lease")?;
+    let pools = ObjectWatch::<LoadBalancerIPPool>::spawn(
+        client.clone(),
+        watcher::Config::default(),
+        keep_as_is,
+    );
+    let recorder = EventRecorder::spawn(client.clone(), EventRecorderConfig::new(&setup.node));
+    let writer = writes::Writer::new(client.clone(), recorder, Arc::clone(&setup.stats));
+    let ipam = started.ipam.with_role(Role::Cluster {
+        writer: Box::new(writer),
+        leader: leader.subscribe(),
+    });
+    let shutdown = started.shutdown.clone();
+    let tasks = &mut started.tasks;
+    tasks.spawn(ipam.run(snapshots.clone(), pools.subscribe(), shutdown.clone()));
+    tasks.spawn(keep_alive(pools, shutdown.clone()));
+    tasks.spawn(cluster_members(
+        client.clone(),
+        ns.clone(),
+        heartbeat.subscribe(),
+        started.membership.clone(),
+        shutdown,
+    ));
+    started.leases.extend([heartbeat, leader]);
+    Ok(snapshots)
+}
+
+/// `dir:`: pools from the directory, the allocation applied in memory, every Node alive.
+/// Returns what the sync loop reads (the snapshots with the addresses applied).
+fn start_directory(
+    dir: &std::path::Path,
+    snapshots: SnapshotRx,
+    started: &mut Started,
+) -> SnapshotRx {
+    let (pools_tx, pools_rx) = watch::channel(None);
+    let (overlay_tx, overlay_rx) = watch::channel(None);
+    let shutdown = started.shutdown.clone();
+    let ipam = started.ipam.with_role(Role::Directory {
+        overlay: overlay_tx,
+    });
+    let tasks = &mut started.tasks;
+    tasks.spawn(dir_pools::watch_dir_pools(
+        dir.to_owned(),
+        pools_tx,
+        shutdown.clone(),
+    ));
+    tasks.spawn(ipam.run(snapshots, pools_rx, shutdown.clone()));
+    tasks.spawn(directory_members(
+        overlay_rx.clone(),
+        started.membership.clone(),
+        shutdown,
+    ));
+    overlay_rx
 }
 
 /// Holds a watch until shutdown (its task ends when the handle is dropped).
