@@ -543,6 +543,15 @@ impl Cluster {
         netns::ip_batch(&self.client_ns(), &[cmd])
     }
 
+    /// The network namespace name of a place (e.g. to bind a listener inside it).
+    pub fn netns_name(&self, at: At<'_>) -> Result<String> {
+        Ok(match at {
+            At::Pod(name) => self.pod(name)?.netns.clone(),
+            At::Node(name) => self.node(name)?.netns.clone(),
+            At::Client => self.client_ns(),
+        })
+    }
+
     pub(crate) fn place(&self, at: At<'_>) -> Result<Place> {
         Ok(match at {
             At::Pod(name) => {

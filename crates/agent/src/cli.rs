@@ -185,11 +185,77 @@ pub struct AgentArgs {
     /// Do not run the Ingress proxy.
     #[arg(long, env = "SLUICE_DISABLE_INGRESS")]
     pub disable_ingress: bool,
+    #[command(flatten)]
+    pub load_balancer: LoadBalancerFlags,
     /// Remove everything sluice programmed on this node and exit.
     #[arg(long)]
     pub cleanup: bool,
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// LoadBalancer address assignment (pools) and L2 announcement; see docs/loadbalancer.md.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadBalancerFlags {
+    /// `spec.loadBalancerClass` handled (Services without a class are handled too).
+    #[arg(
+        long,
+        env = "SLUICE_LOAD_BALANCER_CLASS",
+        default_value = sluice_lbipam::DEFAULT_LOAD_BALANCER_CLASS
+    )]
+    pub load_balancer_class: String,
+    /// Neither assign LoadBalancer addresses from LoadBalancerIPPools nor announce them
+    /// (another controller, e.g. a cloud or MetalLB, does).
+    #[arg(long, env = "SLUICE_DISABLE_LOAD_BALANCER_IPAM")]
+    pub disable_load_balancer_ipam: bool,
+    /// Namespace of the agents' Leases (leader election, node heartbeats): the agent's own.
+    #[arg(long, env = "SLUICE_LEASE_NAMESPACE", default_value = "kube-system")]
+    pub lease_namespace: String,
+}
+
+/// Validated [`LoadBalancerFlags`]; `None` in [`AgentConfig`] when disabled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadBalancerConfig {
+    pub class: String,
+    pub lease_namespace: String,
+}
+
+impl LoadBalancerFlags {
+    fn to_config(&self) -> Result<Option<LoadBalancerConfig>, ConfigError> {
+        if self.disable_load_balancer_ipam {
+            return Ok(None);
+        }
+        let class = self.load_balancer_class.trim();
+        if class.is_empty() {
+            return Err(invalid(
+                "load-balancer-class",
+                &self.load_balancer_class,
+                "must not be empty (use --disable-load-balancer-ipam to turn assignment off)",
+            ));
+        }
+        let namespace = self.lease_namespace.trim();
+        if !is_dns_label(namespace) {
+            return Err(invalid(
+                "lease-namespace",
+                &self.lease_namespace,
+                "not a namespace name (lower-case letters, digits and '-', at most 63)",
+            ));
+        }
+        Ok(Some(LoadBalancerConfig {
+            class: class.to_owned(),
+            lease_namespace: namespace.to_owned(),
+        }))
+    }
+}
+
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 /// Where snapshots come from.
@@ -222,6 +288,8 @@ pub struct AgentConfig {
     pub ebpf: EbpfConfig,
     pub ingress: Option<IngressConfig>,
     pub ingress_status_addresses: Vec<std::net::IpAddr>,
+    /// `None`: `--disable-load-balancer-ipam`.
+    pub load_balancer: Option<LoadBalancerConfig>,
     pub cleanup: bool,
     pub log_format: LogFormat,
 }
@@ -364,6 +432,7 @@ impl AgentArgs {
             ebpf,
             ingress,
             ingress_status_addresses,
+            load_balancer: self.load_balancer.to_config()?,
             cleanup: self.cleanup,
             log_format: self.log_format,
         })
@@ -557,6 +626,43 @@ mod tests {
         let c = validate(&["--ingress-http-bind", "", "--ingress-https-bind", ""]).unwrap();
         assert!(c.ingress.is_none());
         assert!(validate(&["--disable-ingress"]).unwrap().ingress.is_none());
+    }
+
+    #[test]
+    fn load_balancer_flags() {
+        let c = validate(&[]).unwrap().load_balancer.unwrap();
+        assert_eq!(c.class, "sluice.dev/lb");
+        assert_eq!(c.lease_namespace, "kube-system");
+        let c = validate(&[
+            "--load-balancer-class",
+            "example.com/lb",
+            "--lease-namespace",
+            "sluice",
+        ])
+        .unwrap()
+        .load_balancer
+        .unwrap();
+        assert_eq!(
+            (c.class.as_str(), c.lease_namespace.as_str()),
+            ("example.com/lb", "sluice")
+        );
+        assert!(
+            validate(&["--disable-load-balancer-ipam"])
+                .unwrap()
+                .load_balancer
+                .is_none()
+        );
+        let err = validate(&["--load-balancer-class", " "]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("--load-balancer-class"),
+            "{err}"
+        );
+        let err = validate(&["--lease-namespace", "Kube_System"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("--lease-namespace: \"Kube_System\""),
+            "{err}"
+        );
     }
 
     #[test]

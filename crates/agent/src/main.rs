@@ -6,6 +6,7 @@ mod health;
 mod http;
 mod interfaces;
 mod limits;
+mod loadbalancer;
 mod metrics;
 mod plan;
 mod sync;
@@ -132,16 +133,41 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
         }
     };
 
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let lb_stats = Arc::new(loadbalancer::LbStats::default());
+    let load_balancer = match &config.load_balancer {
+        Some(lb) => {
+            let setup = loadbalancer::Setup {
+                config: lb.clone(),
+                node: config.node_name.clone(),
+                source: config.source.clone(),
+                interfaces: config.ebpf.interfaces.clone(),
+                client: k8s_client.clone(),
+                stats: Arc::clone(&lb_stats),
+            };
+            Some(loadbalancer::start(
+                setup,
+                snapshot_rx.clone(),
+                shutdown_rx.clone(),
+            )?)
+        }
+        None => None,
+    };
+    // In `dir:` mode the sync loop reads the snapshots with the assigned addresses applied.
+    let snapshot_rx = load_balancer
+        .as_ref()
+        .map_or(snapshot_rx, |lb| lb.snapshots.clone());
+
     let ingress = config.ingress.clone().map(|mut c| {
         fit_ingress_to_descriptors(&mut c);
         Arc::new(sluice_ingress::IngressProxy::new(c))
     });
-    let metrics = Arc::new(metrics::Metrics::new(ingress.clone()));
+    let lb_metrics = Box::new(loadbalancer::LbCollector(Arc::clone(&lb_stats)));
+    let metrics = Arc::new(metrics::Metrics::new(ingress.clone(), vec![lb_metrics]));
     let health = Arc::new(health::HealthState::new(
         config.node_name.clone(),
         config.sync_period,
     ));
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(proxy) = &ingress {
@@ -203,6 +229,10 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
     let _ = shutdown_tx.send(true);
     let _ = sync_task.await;
     while tasks.join_next().await.is_some() {}
+    if let Some(lb) = load_balancer {
+        // Releasing the Leases lets the other agents take over this node's addresses at once.
+        lb.stop().await;
+    }
     Ok(())
 }
 
