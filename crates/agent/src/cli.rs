@@ -29,6 +29,12 @@ pub enum Command {
     /// Print the plan for a directory of manifests and what each dataplane would program
     /// (no root, no kernel). Exits 1 when objects had to be skipped.
     Plan(Box<PlanArgs>),
+    /// Show what is programmed on this node (kernel state, joined with the running agent's
+    /// names): services, frontends, backends, conntrack, Ingress routes.
+    Inspect(Box<crate::inspect::InspectArgs>),
+    /// Walk a packet (`IP:PORT[/PROTO] [--from SRC]`) or an Ingress request (`https://HOST/PATH`)
+    /// through the live state and say what happens to it, and why.
+    Explain(Box<crate::explain::ExplainArgs>),
 }
 
 /// Which translations `sluice plan` prints.
@@ -188,6 +194,8 @@ pub struct AgentArgs {
     /// Remove everything sluice programmed on this node and exit.
     #[arg(long)]
     pub cleanup: bool,
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterFlags,
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }
@@ -224,6 +232,7 @@ pub struct AgentConfig {
     pub ingress_status_addresses: Vec<std::net::IpAddr>,
     pub cleanup: bool,
     pub log_format: LogFormat,
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -366,6 +375,7 @@ impl AgentArgs {
             ingress_status_addresses,
             cleanup: self.cleanup,
             log_format: self.log_format,
+            cluster: self.cluster.validate()?,
         })
     }
 }
@@ -454,7 +464,7 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).expect("flags parse").command {
             Command::Agent(args) => *args,
-            Command::Plan(_) => panic!("agent flags expected"),
+            _ => panic!("agent flags expected"),
         }
     }
 

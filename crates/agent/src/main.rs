@@ -1,11 +1,17 @@
 //! `sluice`: the node agent. Wiring only — flags, sources, the sync loop, health and metrics
 //! servers; all semantics live in the library crates.
 
+mod admin;
 mod cli;
+mod cluster;
+mod explain;
 mod health;
 mod http;
+mod inspect;
 mod interfaces;
+mod kubeproxy;
 mod metrics;
+mod observe;
 mod plan;
 mod sync;
 mod trigger;
@@ -33,6 +39,8 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(run_agent(config))
         }
         Command::Plan(args) => plan::run(&args),
+        Command::Inspect(args) => inspect::run(&args),
+        Command::Explain(args) => explain::run(&args),
     }
 }
 
@@ -104,7 +112,11 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
         return cleanup(&config);
     }
     tracing::info!(node = %config.node_name, source = %config.source, "sluice agent starting");
+    if config.cluster.cleanup_kube_proxy {
+        kubeproxy::cleanup_and_log();
+    }
     let mut dataplane = select_dataplane(&config)?;
+    let dataplane_name = dataplane.name();
     let restored = dataplane
         .restore()
         .with_context(|| format!("restoring {} state", dataplane.name()))?;
@@ -141,8 +153,37 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
         config.sync_period,
     ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let cluster = match k8s_client {
+        Some(client) => Some(Arc::new(
+            cluster::ClusterLink::start(
+                client,
+                cluster::ClusterSetup {
+                    node: &config.node_name,
+                    dataplane: dataplane_name,
+                    config: &config.cluster,
+                    ingress: ingress.is_some(),
+                    status_addresses: config.ingress_status_addresses.clone(),
+                },
+            )
+            .context("leader election")?,
+        )),
+        None => None,
+    };
+    let live = Arc::new(admin::LiveState::new(
+        &config.node_name,
+        dataplane_name,
+        ingress.clone(),
+        cluster.clone(),
+    ));
 
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(socket) = &config.cluster.admin_socket {
+        tasks.spawn(admin::serve(
+            socket.clone(),
+            Arc::clone(&live),
+            shutdown_rx.clone(),
+        ));
+    }
     if let Some(proxy) = &ingress {
         let proxy = Arc::clone(proxy);
         let mut stop = shutdown_rx.clone();
@@ -173,36 +214,42 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
         metrics: Arc::clone(&metrics),
         health: Arc::clone(&health),
         ingress: ingress.clone(),
-        k8s_client,
+        observers: observe::Observers {
+            live,
+            cluster: cluster.clone(),
+        },
         local_addresses: interfaces::LocalAddresses::new(
             Arc::new(sluice_hostnet::RtNetlink::new()),
         ),
     };
     let sync_task = tokio::spawn(sync_loop.run(snapshot_rx, shutdown_rx.clone()));
 
-    tokio::select! {
-        _ = shutdown_signal() => tracing::info!("shutting down; programmed forwarding stays in place"),
-        result = source_task => {
-            let _ = shutdown_tx.send(true);
-            return match result {
-                Ok(Ok(())) => Err(anyhow::anyhow!("the source stopped")),
-                Ok(Err(err)) => Err(err.context("source")),
-                Err(err) => Err(anyhow::anyhow!("source task panicked: {err}")),
-            };
+    let outcome = tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down; programmed forwarding stays in place");
+            Ok(())
         }
-        Some(result) = tasks.join_next() => {
-            let _ = shutdown_tx.send(true);
-            return match result {
-                Ok(Ok(())) => Err(anyhow::anyhow!("a server stopped unexpectedly")),
-                Ok(Err(err)) => Err(err),
-                Err(err) => Err(anyhow::anyhow!("server task panicked: {err}")),
-            };
-        }
-    }
+        result = source_task => match result {
+            Ok(Ok(())) => Err(anyhow::anyhow!("the source stopped")),
+            Ok(Err(err)) => Err(err.context("source")),
+            Err(err) => Err(anyhow::anyhow!("source task panicked: {err}")),
+        },
+        Some(result) = tasks.join_next() => match result {
+            Ok(Ok(())) => Err(anyhow::anyhow!("a server stopped unexpectedly")),
+            Ok(Err(err)) => Err(err),
+            Err(err) => Err(anyhow::anyhow!("server task panicked: {err}")),
+        },
+    };
     let _ = shutdown_tx.send(true);
-    let _ = sync_task.await;
-    while tasks.join_next().await.is_some() {}
-    Ok(())
+    // Release the leader Lease first, so another agent takes over at once.
+    if let Some(cluster) = &cluster {
+        cluster.shutdown().await;
+    }
+    if outcome.is_ok() {
+        let _ = sync_task.await;
+        while tasks.join_next().await.is_some() {}
+    }
+    outcome
 }
 
 /// `sluice agent --cleanup`: remove everything any dataplane mode created, then exit.
