@@ -14,6 +14,8 @@ const NEEDS: &[(&str, &str)] = &[
     ("bin:ip", "iproute2"),
     ("bin:tc", "iproute2"),
     ("bin:conntrack", "conntrack"),
+    // `--cleanup-kube-proxy` and its test (kube-proxy's iptables rules).
+    ("bin:iptables-nft-save", "iptables"),
     ("bin:ethtool", "ethtool"),
     ("bin:curl", "curl"),
     ("bin:nsenter", "util-linux"),
