@@ -19,6 +19,7 @@ use sluice_tests::{
 backend_tests!(
     explain_and_inspect_tell_each_verdict_running_and_stopped,
     healthz_follows_the_node_and_health_check_ports_follow_healthz,
+    agent_works_with_only_the_daemonsets_capabilities,
 );
 
 /// A self-signed certificate for `host` (PEM certificate and key).
@@ -464,6 +465,115 @@ fn cleanup_kube_proxy_removes_its_rules_and_keeps_others() -> Result<()> {
                 "removed iptables-nft-save: table nat: 2 chains (KUBE-SERVICES, KUBE-SVC-ABC)"
             ),
             "{log}"
+        );
+    }
+    Ok(())
+}
+
+/// Capabilities granted to the agent's container in manifests/daemonset.yaml.
+fn daemonset_capabilities() -> Result<Vec<String>> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/daemonset.yaml");
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(serde::Deserialize::deserialize)
+        .collect::<Result<_, _>>()?;
+    let ds = docs
+        .iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .context("a DaemonSet")?;
+    let security = &ds["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    ensure!(
+        security["privileged"] != serde_yaml::Value::Bool(true),
+        "the agent must not need privileged"
+    );
+    let add = security["capabilities"]["add"]
+        .as_sequence()
+        .context("capabilities.add")?;
+    Ok(add
+        .iter()
+        .filter_map(|c| c.as_str().map(str::to_lowercase))
+        .collect())
+}
+
+/// The agent with only the DaemonSet's capabilities (its bounding set cut down by `setpriv`
+/// before exec; as root, that is then exactly its permitted set): forwarding from pods, the
+/// node and outside, the Ingress on port 80, the admin socket, and kube-proxy's iptables
+/// rules (legacy backend) removed.
+fn agent_works_with_only_the_daemonsets_capabilities(mode: Mode) -> Result<()> {
+    let caps = match std::env::var("SLUICE_TEST_CAPS") {
+        Ok(list) => list.split(',').map(str::to_owned).collect(),
+        Err(_) => daemonset_capabilities()?,
+    };
+    let mut c = cluster()?;
+    let wrapper = c.workdir().join("sluice-with-caps");
+    let bounding: Vec<String> = caps.iter().map(|cap| format!("+{cap}")).collect();
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec setpriv --bounding-set=-all,{} {} \"$@\"\n",
+            bounding.join(","),
+            sluice_tests::bins::agent()?.display()
+        ),
+    )?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    let legacy = std::process::Command::new("iptables-legacy-save")
+        .output()
+        .is_ok();
+    if legacy {
+        for argv in [
+            &["iptables-legacy", "-t", "nat", "-N", "KUBE-SERVICES"][..],
+            &[
+                "iptables-legacy",
+                "-t",
+                "nat",
+                "-A",
+                "OUTPUT",
+                "-j",
+                "KUBE-SERVICES",
+            ],
+        ] {
+            let out = run_in_node(&c, argv)?;
+            ensure!(
+                out.status.success(),
+                "{argv:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    c.set_agent_binary(&wrapper);
+    c.start_agent("node-a", mode, &["--cleanup-kube-proxy"])
+        .with_context(|| format!("agent with capabilities {caps:?}"))?;
+    let log = c.agent_log("node-a");
+    ensure!(
+        !log.contains("Operation not permitted") && !log.contains("EPERM"),
+        "{log}"
+    );
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    ensure!(status.contains("CapBnd"), "proc status readable");
+    let r = c.tcp(At::Pod("probe"), "10.96.0.10:80", 4)?;
+    ensure!(r.iter().all(Result::is_ok), "pod to ClusterIP: {r:?}");
+    let r = c.tcp(At::Node("node-a"), "10.96.0.10:80", 4)?;
+    ensure!(r.iter().all(Result::is_ok), "node to ClusterIP: {r:?}");
+    let r = c.tcp(At::Client, "192.0.2.11:30081", 4)?;
+    ensure!(r.iter().all(Result::is_ok), "client to NodePort: {r:?}");
+    let reply = c.http(
+        At::Client,
+        "http://cafe.example.test/",
+        &["--resolve", "cafe.example.test:80:192.0.2.11"],
+    )?;
+    ensure!(
+        reply.status == 200 && reply.field("pod") == Some("web-1"),
+        "ingress: {}",
+        reply.status
+    );
+    sluice(&c, mode, &["inspect", "services"])?;
+    if legacy {
+        let saved = run_in_node(&c, &["iptables-legacy-save", "-t", "nat"])?;
+        let saved = String::from_utf8_lossy(&saved.stdout);
+        ensure!(
+            !saved.contains("KUBE-SERVICES"),
+            "kube-proxy's chain removed: {saved}\n{log}"
         );
     }
     Ok(())

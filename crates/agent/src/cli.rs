@@ -593,7 +593,8 @@ mod manifest_tests {
         let text = std::fs::read_to_string(path).expect("manifests/daemonset.yaml");
         let ds: serde_yaml::Value = serde_yaml::from_str(&text).expect("daemonset.yaml is YAML");
         let container = &ds["spec"]["template"]["spec"]["containers"][0];
-        let mut argv = vec!["sluice".to_owned(), "agent".to_owned()];
+        // The image's entrypoint is `sluice`; the args start with the command.
+        let mut argv = vec!["sluice".to_owned()];
         for arg in container["args"].as_sequence().expect("args") {
             argv.push(arg.as_str().expect("string arg").to_owned());
         }

@@ -209,8 +209,16 @@ fn cleanup_nft_table(runner: &dyn Runner, family: &str, report: &mut CleanupRepo
 fn cleanup_iptables(runner: &dyn Runner, save: &str, restore: &str, report: &mut CleanupReport) {
     let saved = match runner.run(save, &[], None) {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
-        // Not installed, or this backend unusable here: nothing of kube-proxy's to find.
-        _ => return,
+        // Installed but refused (e.g. without CAP_NET_RAW, which the legacy backend needs).
+        Ok(o) => {
+            report.errors.push(format!(
+                "{save} failed, its rules were not checked: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+            return;
+        }
+        // Not installed: nothing of kube-proxy's can be there through it.
+        Err(_) => return,
     };
     for table in parse_save(&saved) {
         let (script, kept) = removal_script(&table);
@@ -365,6 +373,20 @@ COMMIT\n";
         assert!(script.ends_with("COMMIT\n"));
         let (filter, _) = removal_script(&tables[1]);
         assert_eq!(filter, None, "KUBE-FIREWALL is the kubelet's");
+    }
+
+    #[test]
+    fn a_save_command_that_fails_is_reported() {
+        let mut fake = FakeRunner::default();
+        fake.answers
+            .insert("iptables-legacy-save".into(), (4, String::new()));
+        let report = cleanup(&fake);
+        assert_eq!(report.errors.len(), 1);
+        assert!(
+            report.errors[0].starts_with("iptables-legacy-save failed"),
+            "{:?}",
+            report.errors
+        );
     }
 
     #[test]

@@ -4,6 +4,8 @@
 mod admin;
 mod cli;
 mod cluster;
+#[cfg(test)]
+mod deploy_tests;
 mod explain;
 mod health;
 mod http;

@@ -1,8 +1,11 @@
 //! Walks through the plan and through the kernel, one per verdict, on the fixture of
 //! `inspect/testdata/ebpf-objects.yaml` (node-a, 192.0.2.11).
 
+use sluice_plan::Plan;
+
 use super::*;
 use crate::inspect::ebpf::{Pinned, decode};
+use crate::inspect::kernel::KernelView;
 use crate::inspect::tests::plan_of;
 
 fn fixture() -> Plan {
