@@ -6,9 +6,11 @@
 //!   fmt and clippy.
 //! * `cargo xtask bench` — side-by-side benchmarks (release build).
 //! * `cargo xtask deps`  — install (as root on Debian/Ubuntu) or list the system packages.
+//! * `cargo xtask image` — the agent's container image, from Debian packages (root).
 
 mod bench;
 mod demo;
+mod image;
 mod system;
 
 use std::process::Command;
@@ -27,6 +29,7 @@ fn main() -> Result<()> {
         "demo" => demo::run(rest),
         "bench" => bench::run(rest),
         "deps" => system::ensure_packages(),
+        "image" => image::run_image(rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -34,7 +37,9 @@ fn main() -> Result<()> {
                  test   run every test, then fmt and clippy (root for the kernel tests)\n\
                         --no-lint: skip fmt and clippy; anything after `--` goes to cargo test\n\
                  bench  side-by-side benchmarks in release mode (root)\n\
-                 deps   install the system packages sluice needs (root, Debian/Ubuntu)"
+                 deps   install the system packages sluice needs (root, Debian/Ubuntu)\n\
+                 image  build the agent's container image from Debian packages and run it\n\
+                        (root; --debug: the dev build; --refresh-base: rebuild the base)"
             );
             if command == "help" {
                 Ok(())
