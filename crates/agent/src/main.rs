@@ -155,22 +155,9 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
         config.sync_period,
     ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let cluster = match k8s_client {
-        Some(client) => Some(Arc::new(
-            cluster::ClusterLink::start(
-                client,
-                cluster::ClusterSetup {
-                    node: &config.node_name,
-                    dataplane: dataplane_name,
-                    config: &config.cluster,
-                    ingress: ingress.is_some(),
-                    status_addresses: config.ingress_status_addresses.clone(),
-                },
-            )
-            .context("leader election")?,
-        )),
-        None => None,
-    };
+    let cluster = k8s_client
+        .map(|client| cluster_link(client, &config, dataplane_name, ingress.is_some()))
+        .transpose()?;
     let live = Arc::new(admin::LiveState::new(
         &config.node_name,
         dataplane_name,
@@ -252,6 +239,24 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
         while tasks.join_next().await.is_some() {}
     }
     outcome
+}
+
+/// Leader election, the Ingress status writer and the Event recorder (API source).
+fn cluster_link(
+    client: kube::Client,
+    config: &AgentConfig,
+    dataplane: &str,
+    ingress: bool,
+) -> anyhow::Result<Arc<cluster::ClusterLink>> {
+    let setup = cluster::ClusterSetup {
+        node: &config.node_name,
+        dataplane,
+        config: &config.cluster,
+        ingress,
+        status_addresses: config.ingress_status_addresses.clone(),
+    };
+    let link = cluster::ClusterLink::start(client, setup).context("leader election")?;
+    Ok(Arc::new(link))
 }
 
 /// `sluice agent --cleanup`: remove everything any dataplane mode created, then exit.

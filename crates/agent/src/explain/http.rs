@@ -87,21 +87,27 @@ fn route_request(
     if https && !tls_step(&mut walk, table, host) {
         return walk;
     }
+    walk.verdict = route_verdict(&mut walk.steps, table, host, path);
+    walk
+}
+
+/// The route table's answer for `host` and `path`.
+fn route_verdict(
+    steps: &mut Vec<Step>,
+    table: &sluice_ingress::RouteTable,
+    host: &str,
+    path: &str,
+) -> Verdict {
     let normalized = match sluice_ingress::normalize_path(path) {
         Ok(p) => p.into_owned(),
         Err(err) => {
-            walk.verdict = verdict(
-                Outcome::Reject,
-                "no-route",
-                format!("400: path {path:?}: {err:?}"),
-            );
-            return walk;
+            let reason = format!("400: path {path:?}: {err:?}");
+            return verdict(Outcome::Reject, "no-route", reason);
         }
     };
-    walk.steps
-        .push(step("request", format!("host {host}, path {normalized}")));
+    steps.push(step("request", format!("host {host}, path {normalized}")));
     let Some(backend) = table.lookup(host, &normalized) else {
-        walk.verdict = verdict(
+        return verdict(
             Outcome::Reject,
             "no-route",
             format!(
@@ -109,14 +115,13 @@ fn route_request(
                  default backend"
             ),
         );
-        return walk;
     };
     let endpoints: Vec<String> = backend
         .endpoints()
         .iter()
         .map(ToString::to_string)
         .collect();
-    walk.steps.push(step(
+    steps.push(step(
         "route",
         format!(
             "backend {backend} (Service {}, port {})",
@@ -124,25 +129,23 @@ fn route_request(
             backend.port()
         ),
     ));
-    walk.verdict = if endpoints.is_empty() {
-        verdict(
+    if endpoints.is_empty() {
+        return verdict(
             Outcome::Reject,
             "no-endpoints",
             format!("503: {backend} has no ready endpoint"),
-        )
-    } else {
-        walk.steps.push(step("endpoints", list(&endpoints)));
-        Verdict {
-            outcome: Outcome::Forward,
-            code: "routed".into(),
-            reason: format!(
-                "proxied to one of {} endpoint(s) (least outstanding requests)",
-                endpoints.len()
-            ),
-            backends: endpoints,
-        }
-    };
-    walk
+        );
+    }
+    steps.push(step("endpoints", list(&endpoints)));
+    Verdict {
+        outcome: Outcome::Forward,
+        code: "routed".into(),
+        reason: format!(
+            "proxied to one of {} endpoint(s) (least outstanding requests)",
+            endpoints.len()
+        ),
+        backends: endpoints,
+    }
 }
 
 /// How the TLS handshake for `host` goes.

@@ -71,6 +71,36 @@ pub fn walk_plan(
         .collect()
 }
 
+/// Where a destination leads in the plan.
+enum PlanLookup<'a> {
+    Found(&'a ServicePlan, &'a FrontendPlan),
+    /// The port is a NodePort of this service port, but the address does not serve NodePorts.
+    NotNodePortAddress(&'a ServicePlan, FrontendKey),
+    None,
+}
+
+fn find_frontend<'a>(plan: &'a Plan, dst: &Destination) -> PlanLookup<'a> {
+    let exact = FrontendKey {
+        addr: FrontendAddr::Ip(dst.ip),
+        protocol: dst.protocol,
+        port: dst.port,
+    };
+    if let Some((svc, fe)) = plan.frontend(&exact) {
+        return PlanLookup::Found(svc, fe);
+    }
+    let nodeports = FrontendKey {
+        addr: FrontendAddr::NodePorts(Family::of(&dst.ip)),
+        ..exact
+    };
+    match plan.frontend(&nodeports) {
+        Some((svc, fe)) if plan.node.nodeport_addresses.contains(&dst.ip) => {
+            PlanLookup::Found(svc, fe)
+        }
+        Some((svc, _)) => PlanLookup::NotNodePortAddress(svc, nodeports),
+        None => PlanLookup::None,
+    }
+}
+
 fn walk_plan_class(
     walk: &mut L4Walk,
     plan: &Plan,
@@ -79,45 +109,33 @@ fn walk_plan_class(
     from: Option<IpAddr>,
     class: SourceClass,
 ) {
-    let exact = FrontendKey {
-        addr: FrontendAddr::Ip(dst.ip),
-        protocol: dst.protocol,
-        port: dst.port,
-    };
-    let nodeports = FrontendKey {
-        addr: FrontendAddr::NodePorts(Family::of(&dst.ip)),
-        ..exact
-    };
-    let found = plan.frontend(&exact).or_else(|| {
-        let (svc, fe) = plan.frontend(&nodeports)?;
-        if plan.node.nodeport_addresses.contains(&dst.ip) {
-            return Some((svc, fe));
+    let (svc, fe) = match find_frontend(plan, dst) {
+        PlanLookup::Found(svc, fe) => (svc, fe),
+        PlanLookup::NotNodePortAddress(svc, key) => {
+            walk.steps.push(step(
+                "frontend",
+                format!(
+                    "{key} is NodePort {} of service port {}",
+                    dst.port, svc.name
+                ),
+            ));
+            walk.verdict = verdict(
+                Outcome::NotHandled,
+                "not-a-nodeport-address",
+                format!(
+                    "{} is not a NodePort address of node {} (NodePorts listen on: {}); the \
+                     packet is not translated",
+                    dst.ip,
+                    plan.node.name,
+                    list(&plan.node.nodeport_addresses)
+                ),
+            );
+            return;
         }
-        walk.steps.push(step(
-            "frontend",
-            format!(
-                "{} is NodePort {} of service port {}",
-                nodeports, dst.port, svc.name
-            ),
-        ));
-        walk.verdict = verdict(
-            Outcome::NotHandled,
-            "not-a-nodeport-address",
-            format!(
-                "{} is not a NodePort address of node {} (NodePorts listen on: {}); the packet \
-                 is not translated",
-                dst.ip,
-                plan.node.name,
-                list(&plan.node.nodeport_addresses)
-            ),
-        );
-        None
-    });
-    let Some((svc, fe)) = found else {
-        if walk.verdict.code == "no-route" {
+        PlanLookup::None => {
             walk.verdict = no_frontend(plan, dst);
+            return;
         }
-        return;
     };
     walk.steps.push(step(
         "frontend",
@@ -128,7 +146,7 @@ fn walk_plan_class(
             svc.name
         ),
     ));
-    if fe.key.addr != exact.addr {
+    if fe.key.addr != FrontendAddr::Ip(dst.ip) {
         walk.steps.push(step(
             "nodeport",
             format!(
