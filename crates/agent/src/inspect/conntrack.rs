@@ -56,7 +56,7 @@ pub fn ebpf_flows(dir: &Path) -> Result<Vec<Flow>, InspectError> {
             })
         })
         .collect();
-    flows.sort_by(|a, b| (a.frontend, a.client).cmp(&(b.frontend, b.client)));
+    flows.sort_by_key(|f| (f.frontend, f.client));
     Ok(flows)
 }
 
@@ -86,7 +86,7 @@ pub fn nft_flows(view: &KernelView) -> Result<Vec<Flow>, InspectError> {
         view.frontend(flow.frontend.ip(), protocol, flow.frontend.port())
             .is_some()
     });
-    flows.sort_by(|a, b| (a.frontend, a.client).cmp(&(b.frontend, b.client)));
+    flows.sort_by_key(|f| (f.frontend, f.client));
     Ok(flows)
 }
 

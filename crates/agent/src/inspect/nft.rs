@@ -177,7 +177,7 @@ pub fn decode_into(doc: &Value, family: Family, view: &mut KernelView) {
             });
         }
     }
-    view.frontends.sort_by(|a, b| a.key.cmp(&b.key));
+    view.frontends.sort_by_key(|fe| fe.key);
 }
 
 /// A map key (`addr . proto . port` or `proto . port`) as a frontend of `family`.
