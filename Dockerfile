@@ -10,7 +10,8 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p sluice-agent \
- && cp target/release/sluice /usr/local/bin/sluice
+ && cp target/release/sluice /usr/local/bin/sluice \
+ && strip --strip-debug /usr/local/bin/sluice
 
 FROM docker.io/library/debian:bookworm-slim
 # nft (nftables dataplane), conntrack (UDP flow cleanup), iptables (--cleanup-kube-proxy),

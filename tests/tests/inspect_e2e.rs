@@ -372,19 +372,25 @@ fn healthz_follows_the_node_and_health_check_ports_follow_healthz(mode: Mode) ->
         "health check port: {status} {body}"
     );
 
-    // Being deleted: the same; back to normal: healthy again.
+    // Back to normal, then being deleted: the same; back to normal: healthy again.
+    let plain = nodes_with(&c, serde_json::json!({}), serde_json::json!({}));
+    c.write_manifest("nodes.yaml", &plain)?;
+    wait_until(
+        Duration::from_secs(5),
+        "/healthz 200 without the taint",
+        || Ok(c.agent_healthz("node-a")? == 200),
+    )?;
     let deleting = nodes_with(
         &c,
         serde_json::json!({"deletionTimestamp": "2026-01-01T00:00:00Z"}),
         serde_json::json!({}),
     );
     c.write_manifest("nodes.yaml", &deleting)?;
-    std::thread::sleep(Duration::from_millis(500));
-    ensure!(c.agent_healthz("node-a")? == 503, "being deleted");
-    c.write_manifest(
-        "nodes.yaml",
-        &nodes_with(&c, serde_json::json!({}), serde_json::json!({})),
-    )?;
+    wait_until(Duration::from_secs(5), "/healthz 503 while deleted", || {
+        Ok(c.agent_healthz("node-a")? == 503)
+    })?;
+    ensure!(get(&c, check)?.0 == 503, "health check port while deleted");
+    c.write_manifest("nodes.yaml", &plain)?;
     wait_until(Duration::from_secs(5), "/healthz 200", || {
         Ok(c.agent_healthz("node-a")? == 200)
     })?;

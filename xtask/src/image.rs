@@ -1,7 +1,8 @@
 //! `cargo xtask image [--debug] [--refresh-base]`: the agent's container image, built with
 //! no registry at hand (only Debian's package archive), then checked by running it.
 //!
-//! 1. the agent binary (`cargo build --release -p sluice-agent`; `--debug`: the dev build);
+//! 1. the agent binary (`cargo build --release -p sluice-agent`; `--debug`: the dev build),
+//!    without debug information (`strip --strip-debug`);
 //! 2. the base filesystem: Debian bookworm's essential packages plus the runtime packages the
 //!    `Dockerfile` installs, by `mmdebstrap` from deb.debian.org (cached in `target/image/`
 //!    until the package list changes, or `--refresh-base`);
@@ -39,6 +40,7 @@ const MIRRORS: &[&str] = &[
 ];
 pub const TAG: &str = "docker.io/library/sluice:dev";
 const TOOLS: &[(&str, &str)] = &[
+    ("bin:strip", "binutils"),
     ("bin:buildah", "buildah"),
     ("bin:podman", "podman"),
     ("bin:mmdebstrap", "mmdebstrap"),
@@ -54,9 +56,14 @@ pub fn run_image(args: &[String]) -> Result<()> {
     system::ensure(TOOLS)?;
     let dir = workspace_root().join("target/image");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let binary = build_binary(debug)?;
+    let binary = stripped(&build_binary(debug)?, &dir)?;
     let rootfs = base_filesystem(&dir, refresh)?;
+    let previous = output(Command::new("buildah").args(["images", "--quiet", TAG])).ok();
     build(&rootfs, &binary)?;
+    // The image this one replaces would stay behind untagged.
+    if let Some(old) = previous.filter(|id| !id.is_empty()) {
+        let _ = Command::new("buildah").args(["rmi", &old]).output();
+    }
     let archive = dir.join("sluice-image.tar");
     let _ = std::fs::remove_file(&archive);
     run(Command::new("buildah").args([
@@ -83,6 +90,15 @@ fn build_binary(debug: bool) -> Result<PathBuf> {
     run(&mut cmd)?;
     let profile = if debug { "debug" } else { "release" };
     Ok(workspace_root().join("target").join(profile).join("sluice"))
+}
+
+/// A copy of the binary without its DWARF line tables (the release profile keeps them for
+/// backtraces; the symbols stay, so panics still name functions): half the size.
+fn stripped(binary: &Path, dir: &Path) -> Result<PathBuf> {
+    let copy = dir.join("sluice");
+    std::fs::copy(binary, &copy).with_context(|| format!("copying {}", binary.display()))?;
+    run(Command::new("strip").arg("--strip-debug").arg(&copy))?;
+    Ok(copy)
 }
 
 /// The package list the cached filesystem was made from.
