@@ -7,10 +7,12 @@
 //! * `cargo xtask bench` — side-by-side benchmarks (release build).
 //! * `cargo xtask bless` — rewrite the golden files (`UPDATE_GOLDEN=1`) and show what changed.
 //! * `cargo xtask deps`  — install (as root on Debian/Ubuntu) or list the system packages.
+//! * `cargo xtask image` — the agent's container image, from Debian packages (root).
 
 mod bench;
 mod bless;
 mod demo;
+mod image;
 mod system;
 
 use std::process::Command;
@@ -30,6 +32,7 @@ fn main() -> Result<()> {
         "bench" => bench::run(rest),
         "bless" => bless::run(),
         "deps" => system::ensure_packages(),
+        "image" => image::run_image(rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -38,7 +41,9 @@ fn main() -> Result<()> {
                         --no-lint: skip fmt and clippy; anything after `--` goes to cargo test\n\
                  bench  side-by-side benchmarks in release mode (root)\n\
                  bless  rewrite the golden files from the current code, show what changed\n\
-                 deps   install the system packages sluice needs (root, Debian/Ubuntu)"
+                 deps   install the system packages sluice needs (root, Debian/Ubuntu)\n\
+                 image  build the agent's container image from Debian packages and run it\n\
+                        (root; --debug: the dev build; --refresh-base: rebuild the base)"
             );
             if command == "help" {
                 Ok(())
