@@ -1,5 +1,8 @@
 //! `cargo xtask bench scale [--quick] [--mode nftables|ebpf] [--sizes 1000,10000]
-//! [--changes 1000] [--e2e 30]`: how each stage's cost grows with the cluster.
+//! [--changes 1000] [--e2e 30] [--budget 180]`: how each stage's cost grows with the cluster.
+//! `--budget` bounds the seconds spent on the changes (and half of it on the end-to-end
+//! samples) per run: fewer are made where one change takes seconds, and the report says how
+//! many.
 //!
 //! For 1k, 10k and (without `--quick`) 100k Services × 10 endpoints, through the `dir:`
 //! source, with the release agent on one node of the namespaced test cluster, per dataplane:
@@ -35,6 +38,8 @@ struct Options {
     modes: Vec<Mode>,
     changes: usize,
     e2e: usize,
+    /// Time for the changes of one run (half of it for the end-to-end samples).
+    budget: Duration,
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -114,6 +119,7 @@ fn options(args: &[String]) -> Result<Options> {
         modes,
         changes: number("--changes", 1_000)?,
         e2e: number("--e2e", 30)?,
+        budget: Duration::from_secs(number("--budget", 180)? as u64),
     })
 }
 
@@ -153,7 +159,7 @@ fn measure(mode: Mode, services: usize, options: &Options) -> Result<Value> {
         first_wall.as_secs_f64() * 1e3
     );
 
-    let e2e = end_to_end(&c, &web, &mut log, options.e2e)?;
+    let e2e = end_to_end(&c, &web, &mut log, options.e2e, options.budget / 2)?;
     println!(
         "   end to end: p50 {:.1} ms p99 {:.1} ms ({} samples)",
         percentile(&e2e, 50.0),
@@ -162,7 +168,8 @@ fn measure(mode: Mode, services: usize, options: &Options) -> Result<Value> {
     );
     let cpu_before_changes = cpu_seconds(pid)?;
     let changes_started = Instant::now();
-    let syncs = cluster.change_many(&c, &mut log, options.changes)?;
+    let (syncs, rss_curve) =
+        cluster.change_many(&c, &mut log, options.changes, options.budget, pid)?;
     let changes_wall = changes_started.elapsed();
     std::thread::sleep(Duration::from_millis(500));
     let rss_after = rss_mib(pid)?;
@@ -174,6 +181,7 @@ fn measure(mode: Mode, services: usize, options: &Options) -> Result<Value> {
         stage("dataplane_us"),
         stage("source_us"),
     );
+    println!("   RSS every 100 changes (MiB): {rss_curve:.0?}");
     println!(
         "   {} changes: in the agent p50 {:.2} ms p99 {:.2} ms (source {:.2}, planner {:.3}, dataplane {:.2} p50); RSS {rss_after:.0} MiB",
         syncs.len(),
@@ -205,6 +213,7 @@ fn measure(mode: Mode, services: usize, options: &Options) -> Result<Value> {
         "rss_after_first_programming_mib": rss_first,
         "rss_after_changes_mib": rss_after,
         "rss_growth_percent": (rss_after / rss_first - 1.0) * 100.0,
+        "rss_every_100_changes_mib": rss_curve,
         "cpu_seconds_first_programming": cpu_first,
         "cpu_seconds_changes": cpu_total - cpu_before_changes,
         "cpu_seconds_total": cpu_total,
@@ -213,11 +222,21 @@ fn measure(mode: Mode, services: usize, options: &Options) -> Result<Value> {
 
 /// Rewrites the probe Service's manifest to the other pod until traffic follows, `samples`
 /// times; milliseconds each.
-fn end_to_end(c: &Cluster, web: &[Pod; 2], log: &mut LogTail, samples: usize) -> Result<Vec<f64>> {
+fn end_to_end(
+    c: &Cluster,
+    web: &[Pod; 2],
+    log: &mut LogTail,
+    samples: usize,
+    budget: Duration,
+) -> Result<Vec<f64>> {
     let vip = format!("{PROBE_VIP}:80");
     wait_for_pod(c, &vip, &web[0].name, Duration::from_secs(30)).context("probe Service")?;
     let mut times = Vec::new();
+    let started = Instant::now();
     for n in 0..samples {
+        if started.elapsed() > budget {
+            break;
+        }
         let target = &web[(n + 1) % 2];
         let started = Instant::now();
         c.write_manifest("probe.yaml", &probe_yaml(target))?;
@@ -318,25 +337,42 @@ impl Manifests {
     }
 
     /// `count` changes, one at a time: one Service's first endpoint moves (its file is
-    /// rewritten); waits for the agent's sync of each. Returns the sync log lines.
-    fn change_many(&mut self, c: &Cluster, log: &mut LogTail, count: usize) -> Result<Vec<Value>> {
+    /// rewritten); waits for the agent's sync of each. Returns the sync log lines and the
+    /// agent's RSS every 100 changes (MiB).
+    fn change_many(
+        &mut self,
+        c: &Cluster,
+        log: &mut LogTail,
+        count: usize,
+        budget: Duration,
+        pid: u32,
+    ) -> Result<(Vec<Value>, Vec<f64>)> {
         log.skip();
         let mut syncs = Vec::new();
+        let mut rss = Vec::new();
         let mut lost = 0;
+        let started = Instant::now();
         for k in 0..count {
+            if started.elapsed() > budget {
+                eprintln!("   time budget spent after {k} changes");
+                break;
+            }
+            if k % 100 == 0 {
+                rss.push(rss_mib(pid)?);
+            }
             // Spread over the cluster (7919 is prime: visits every Service of small sizes).
             let i = (k * 7919) % self.services;
             *self.moved.entry(i).or_default() += 1;
             self.write_file(c, i / PER_FILE)?;
-            match log.next_sync(Duration::from_secs(10)) {
+            match log.next_sync(Duration::from_secs(30)) {
                 Ok(sync) => syncs.push(sync),
                 Err(_) => lost += 1,
             }
         }
         if lost > 0 {
-            eprintln!("   {lost} changes without a sync line within 10 s");
+            eprintln!("   {lost} changes without a sync line within 30 s");
         }
-        Ok(syncs)
+        Ok((syncs, rss))
     }
 }
 

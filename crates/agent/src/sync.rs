@@ -6,12 +6,13 @@
 //! `--sync-period`, and a retry with backoff when the dataplane refuses an update (all of it,
 //! or some service ports).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_compute::Planner;
 use sluice_dataplane::{ApplyReport, Dataplane, DataplaneError, Restored, error_chain};
-use sluice_model::{ObjectKey, SourceBatch, Store};
+use sluice_model::{ChangeSet, ObjectKey, Snapshot, SourceBatch, Store};
 use sluice_plan::{Plan, PlanDelta};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -31,7 +32,8 @@ pub struct SyncLoop {
     pub metrics: Arc<Metrics>,
     pub health: Arc<HealthState>,
     pub ingress: Option<Arc<sluice_ingress::IngressProxy>>,
-    pub k8s_client: Option<kube::Client>,
+    /// The admin endpoint's state, and the Ingress status and Events (API source).
+    pub observers: crate::observe::Observers,
     pub local_addresses: LocalAddresses,
 }
 
@@ -107,7 +109,7 @@ impl SyncLoop {
         let mut dataplane = self.dataplane.take();
         let mut planner = Planner::new(self.config.compute.clone());
         let mut store = Inbox::default();
-        let mut health_servers = ServiceHealthServers::default();
+        let mut health_servers = ServiceHealthServers::new(Arc::clone(&self.health));
         let mut ingress = IngressFeed::default();
         let mut prog = Programming {
             in_step: false,
@@ -117,7 +119,6 @@ impl SyncLoop {
             first: true,
         };
         let mut last_sync: Option<Instant> = None;
-        let mut status_written: Option<(Vec<ObjectKey>, Vec<std::net::IpAddr>)> = None;
         let mut trigger_times = crate::trigger::TriggerTimes::default();
         // Endpoint changes seen but not yet applied (kept across failed syncs).
         let mut pending_triggers = Vec::new();
@@ -133,6 +134,7 @@ impl SyncLoop {
                 _ = sleep_until_opt(prog.retry.map(|r| r.0)), if ready => {},
                 _ = shutdown.wait_for(|s| *s) => return,
             }
+            self.health.tick();
             // Batch whatever else arrives during the minimum sync period.
             if let Some(last) = last_sync.filter(|_| store.store.is_synced()) {
                 let earliest = last + self.config.min_sync_period;
@@ -151,11 +153,15 @@ impl SyncLoop {
             let dequeued = std::time::Instant::now();
             let changes = store.store.take_changes();
             let snapshot = store.store.snapshot();
+            if !changes.is_empty() {
+                self.health.queued();
+            }
             pending_triggers.extend(trigger_times.new_triggers(snapshot, &changes));
 
             let node_object = snapshot
                 .nodes
                 .get(&ObjectKey::cluster(self.config.node_name.clone()));
+            self.health.set_node(node_object.map(|n| n.as_ref()));
             let node = sluice_compute::node_info(
                 &self.config.node_name,
                 node_object.map(|n| n.as_ref()),
@@ -164,18 +170,21 @@ impl SyncLoop {
             let planned = std::time::Instant::now();
             let delta = planner.update(snapshot, &changes, &node);
             let plan_time = planned.elapsed();
+            self.observers
+                .planned(&planner, &delta, prog.first, &node.addresses);
             for warning in planner.fresh_warnings() {
-                tracing::warn!("services: skipped {warning}");
+                tracing::warn!("services: {warning}");
             }
             if delta.health_checks.is_some() || prog.first {
                 health_servers.update(&planner.plan().health_checks).await;
             }
-            let status_ips = node_object_addresses(node_object.map(|n| n.as_ref()))
-                .unwrap_or_else(|| node.addresses.clone());
 
             let Some(work) = next_work(&mut prog, planner.plan(), delta) else {
                 // Nothing to program: those endpoint changes are in effect already.
-                ingress.feed(self.ingress.as_deref(), snapshot, &changes);
+                self.feed_ingress(&mut ingress, snapshot, &changes, &node.addresses);
+                if prog.retry.is_none() {
+                    self.health.record(true);
+                }
                 self.metrics
                     .record_network_programming(crate::trigger::latencies(
                         &pending_triggers,
@@ -192,7 +201,7 @@ impl SyncLoop {
             let service_ports = planner.plan().services.len();
             let programming = tokio::task::spawn_blocking(move || program(dp, work, restored));
             // The Ingress routes are rebuilt while the kernel is programmed: L4 never waits.
-            ingress.feed(self.ingress.as_deref(), snapshot, &changes);
+            self.feed_ingress(&mut ingress, snapshot, &changes, &node.addresses);
             let Ok((dp, result, dataplane_time)) = programming.await else {
                 tracing::error!("the dataplane panicked; stopping the sync loop");
                 return;
@@ -210,6 +219,7 @@ impl SyncLoop {
                 dataplane: dataplane_time,
                 total: observed.unwrap_or(dequeued).elapsed(),
             };
+            self.observers.programmed(&result);
             let ok = self.record(&mut prog, &timing, result, service_ports);
             if ok {
                 let now = std::time::SystemTime::now();
@@ -217,7 +227,32 @@ impl SyncLoop {
                     .record_network_programming(crate::trigger::latencies(&pending_triggers, now));
                 pending_triggers.clear();
             }
-            self.write_ingress_status(status_ips, &mut status_written);
+        }
+    }
+
+    /// Rebuilds the Ingress routes when something they use changed; the status and Events
+    /// follow the routes and the node's addresses.
+    fn feed_ingress(
+        &self,
+        feed: &mut IngressFeed,
+        snapshot: &Snapshot,
+        changes: &ChangeSet,
+        addresses: &[IpAddr],
+    ) {
+        let Some(proxy) = self.ingress.as_deref() else {
+            return;
+        };
+        if let Some(warnings) = feed.feed(proxy, snapshot, changes, addresses) {
+            let node = snapshot
+                .nodes
+                .get(&ObjectKey::cluster(self.config.node_name.clone()));
+            self.observers.ingress_updated(
+                snapshot,
+                proxy,
+                warnings,
+                node.map(|n| n.as_ref()),
+                addresses,
+            );
         }
     }
 
@@ -288,35 +323,6 @@ impl SyncLoop {
         prog.in_step = false;
         backoff
     }
-
-    /// Ingress `status.loadBalancer` for the Ingresses we serve (API source only).
-    fn write_ingress_status(
-        &mut self,
-        node_ips: Vec<std::net::IpAddr>,
-        written: &mut Option<(Vec<ObjectKey>, Vec<std::net::IpAddr>)>,
-    ) {
-        let (Some(client), Some(proxy)) = (&self.k8s_client, &self.ingress) else {
-            return;
-        };
-        let served = proxy.served_ingresses();
-        let mut ips = self.config.ingress_status_addresses.clone();
-        if ips.is_empty() {
-            ips = node_ips;
-        }
-        let now = Some((served.clone(), ips.clone()));
-        if *written == now {
-            return;
-        }
-        *written = now;
-        let client = client.clone();
-        tokio::spawn(async move {
-            for ingress in served {
-                if let Err(err) = sluice_k8s::update_ingress_status(&client, &ingress, &ips).await {
-                    tracing::warn!(ingress = %ingress, "writing the Ingress status failed: {}", error_chain(&err));
-                }
-            }
-        });
-    }
 }
 
 /// Decides what the dataplane does with this iteration's delta. `None`: nothing.
@@ -368,19 +374,6 @@ fn program(
         Work::Apply(delta) => dp.apply(&delta),
     };
     (dp, result, started.elapsed())
-}
-
-/// The Node object's InternalIP and ExternalIP addresses (what clients can reach), if any.
-fn node_object_addresses(
-    node: Option<&k8s_openapi::api::core::v1::Node>,
-) -> Option<Vec<std::net::IpAddr>> {
-    let addresses = node?.status.as_ref()?.addresses.as_ref()?;
-    let ips: Vec<std::net::IpAddr> = addresses
-        .iter()
-        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
-        .filter_map(|a| a.address.parse().ok())
-        .collect();
-    (!ips.is_empty()).then_some(ips)
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

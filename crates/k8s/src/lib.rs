@@ -12,10 +12,13 @@
 //!   heartbeat Lease ([`LeaseConfig::node_heartbeat`]); [`LiveNodes`] watches the heartbeats;
 //! * [`IngressStatusWriter`]: the Ingress `status.loadBalancer`, written by the leader only,
 //!   with retries ([`update_ingress_status`] is its single, unretried write);
-//! * [`EventRecorder`]: `events.k8s.io/v1` Events, de-duplicated and rate-limited.
+//! * [`EventRecorder`]: `events.k8s.io/v1` Events, de-duplicated and rate-limited;
+//! * [`ObjectWatch`]: every object of one kind (e.g. `LoadBalancerIPPool`s, all Nodes) on a
+//!   watch channel, for what the snapshot does not carry.
 
 mod events;
 mod lease;
+mod object_watch;
 mod secrets;
 mod source;
 mod status;
@@ -34,6 +37,7 @@ pub use lease::{
     LEASE_KIND_LABEL, LeaseConfig, LeaseHolder, LiveNodes, NODE_HEARTBEAT_LABEL_VALUE,
     NODE_HEARTBEAT_PREFIX,
 };
+pub use object_watch::{ObjectWatch, Objects, Prepare, keep_as_is, trim_node};
 pub use source::{
     DEFAULT_PAGE_SIZE, InitialList, K8sSource, K8sSourceConfig, SECRET_FETCH_GRACE, TLS_SECRET_TYPE,
 };

@@ -3,33 +3,47 @@
 //! routes to, or its EndpointSlices), so that a change elsewhere costs it nothing.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
-use sluice_ingress::IngressProxy;
+use sluice_ingress::{IngressProxy, Warning};
 use sluice_model::{ChangeSet, ObjectKey, SERVICE_NAME_LABEL, Snapshot};
 
 #[derive(Default)]
 pub(super) struct IngressFeed {
     /// Services some Ingress routes to (as of the last Ingress change).
     backends: BTreeSet<ObjectKey>,
-    warnings: WarningLog,
+    /// This node's addresses as last given to the proxy.
+    local_addresses: Vec<IpAddr>,
+    /// What the last rebuild skipped.
+    warnings: Vec<Warning>,
+    log: WarningLog,
 }
 
 impl IngressFeed {
-    /// Rebuilds the proxy's routes when `changes` touch anything they use.
+    /// Tells the proxy this node's addresses when they changed (it never dials its own
+    /// listeners: a request loop would eat every descriptor) and rebuilds its routes when
+    /// `changes` touch anything they use. Returns the warnings of the current routes when
+    /// either happened (for the Ingress status and Events), `None` when nothing did.
     pub(super) fn feed(
         &mut self,
-        proxy: Option<&IngressProxy>,
+        proxy: &IngressProxy,
         snapshot: &Snapshot,
         changes: &ChangeSet,
-    ) {
-        let Some(proxy) = proxy else { return };
-        if !self.relevant(snapshot, changes) {
-            return;
+        local_addresses: &[IpAddr],
+    ) -> Option<&[Warning]> {
+        let moved = self.local_addresses != local_addresses;
+        if moved {
+            self.local_addresses = local_addresses.to_vec();
+            proxy.set_local_addresses(local_addresses.iter().copied());
         }
-        let warnings = proxy.update(snapshot);
-        self.warnings
-            .update("ingress", warnings.iter().map(ToString::to_string));
+        let relevant = self.relevant(snapshot, changes);
+        if relevant {
+            self.warnings = proxy.update(snapshot);
+            self.log
+                .update("ingress", self.warnings.iter().map(ToString::to_string));
+        }
+        (relevant || moved || !changes.nodes.is_empty()).then_some(self.warnings.as_slice())
     }
 
     fn relevant(&mut self, snapshot: &Snapshot, changes: &ChangeSet) -> bool {

@@ -96,9 +96,9 @@ fn start(dp: &FakeDataplane, min_sync: &str, restored: Restored) -> Handles {
         config,
         dataplane: Some(Box::new(dp.clone())),
         restored,
-        metrics: Arc::new(Metrics::new(None)),
+        metrics: Arc::new(Metrics::new(None, Vec::new())),
         ingress: None,
-        k8s_client: None,
+        observers: Default::default(),
         local_addresses: LocalAddresses::new(Arc::new(sluice_hostnet::FakeHostNetwork::new())),
     };
     let (tx, rx) = mpsc::channel(16);

@@ -49,6 +49,12 @@ const KINDS: &[(&str, &str, &str)] = &[
     ("v1", "Secret", "secrets"),
     ("coordination.k8s.io/v1", "Lease", "leases"),
     ("events.k8s.io/v1", "Event", "events"),
+    // The custom resource of crates/lbipam (cluster-scoped).
+    (
+        "sluice.dev/v1alpha1",
+        "LoadBalancerIPPool",
+        "loadbalancerippools",
+    ),
 ];
 
 /// How a watch from an expired resourceVersion is refused.
