@@ -281,6 +281,19 @@ fn measure<E: NftExecutor>(exec: Timed<E>, services: usize, endpoints: usize, ch
         idle.push((agent, kernel));
     }
     print_samples("periodic resync, nothing drifted", &idle);
+    // Someone else commits (another table): the resync lists our names and finds them intact.
+    let mut foreign = Vec::new();
+    for k in 0..3 {
+        let ok = Process::new("nft")
+            .args(["add", "table", "inet", &format!("someone-else-{k}")])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "nft add table");
+        let (report, agent, kernel) = timed(&mut dp, |dp| dp.resync(&current));
+        assert_eq!(report.expect("resync").operations, 0, "nothing rewritten");
+        foreign.push((agent, kernel));
+    }
+    print_samples("periodic resync after a foreign commit (names checked)", &foreign);
     println!("peak RSS {} MiB", rss_mib());
     if let Ok(mut probe) = sluice_dp_nft::NetlinkNft::new() {
         kernel_floor(&mut probe, changes);
