@@ -293,7 +293,10 @@ fn measure<E: NftExecutor>(exec: Timed<E>, services: usize, endpoints: usize, ch
         assert_eq!(report.expect("resync").operations, 0, "nothing rewritten");
         foreign.push((agent, kernel));
     }
-    print_samples("periodic resync after a foreign commit (names checked)", &foreign);
+    print_samples(
+        "periodic resync after a foreign commit (names checked)",
+        &foreign,
+    );
     println!("peak RSS {} MiB", rss_mib());
     if let Ok(mut probe) = sluice_dp_nft::NetlinkNft::new() {
         kernel_floor(&mut probe, changes);

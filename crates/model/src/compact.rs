@@ -11,12 +11,14 @@
 //! references, finalizers, `generateName`, `selfLink`. Per kind: Service conditions and
 //! selector (endpoints come from EndpointSlices); EndpointSlice endpoint `targetRef`,
 //! `hostname` and `deprecatedTopology`, labels other than `kubernetes.io/service-name` and
-//! annotations other than the trigger time; Node spec, images, conditions, capacity and the
-//! rest of its status but addresses, labels other than the zone.
+//! annotations other than the trigger time; Node spec but taints (`/healthz` reads the
+//! autoscaler's), images, capacity, conditions other than `Ready` (the LoadBalancer
+//! announcer's choice) and the rest of its status but addresses, labels other than the zone
+//! and the exclusion from external load balancers.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, NodeStatus, Secret, Service};
+use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -29,6 +31,8 @@ pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-co
 pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 /// Node label with the node's zone (topology-aware routing).
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// Node label that keeps a node from announcing LoadBalancer addresses.
+pub const EXCLUDE_FROM_LB_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
 
 /// Drops the fields nothing in sluice reads.
 pub trait Compact {
@@ -90,11 +94,24 @@ impl Compact for EndpointSlice {
 impl Compact for Node {
     fn compact(&mut self) {
         compact_meta(&mut self.metadata);
-        keep_only(&mut self.metadata.labels, ZONE_LABEL);
+        if let Some(labels) = self.metadata.labels.as_mut() {
+            labels.retain(|key, _| key == ZONE_LABEL || key == EXCLUDE_FROM_LB_LABEL);
+        }
+        drop_if_empty(&mut self.metadata.labels);
         self.metadata.annotations = None;
-        self.spec = None;
+        self.spec = self
+            .spec
+            .take()
+            .and_then(|spec| spec.taints)
+            .map(|taints| NodeSpec {
+                taints: Some(taints),
+                ..NodeSpec::default()
+            });
         self.status = self.status.take().map(|status| NodeStatus {
             addresses: status.addresses,
+            conditions: status
+                .conditions
+                .map(|c| c.into_iter().filter(|c| c.type_ == "Ready").collect()),
             ..NodeStatus::default()
         });
     }
@@ -180,19 +197,28 @@ mod tests {
     }
 
     #[test]
-    fn nodes_keep_addresses_and_zone_only() {
+    fn nodes_keep_addresses_zone_taints_and_readiness_only() {
+        let taint =
+            serde_json::json!({"key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule"});
+        let ready = serde_json::json!({"type": "Ready", "status": "False"});
         let mut node: Node = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "node-a", "labels": {ZONE_LABEL: "z1", "kubernetes.io/os": "linux"},
+            "metadata": {"name": "node-a", "deletionTimestamp": "2026-01-01T00:00:00Z",
+                         "labels": {ZONE_LABEL: "z1", "kubernetes.io/os": "linux",
+                                    EXCLUDE_FROM_LB_LABEL: ""},
                          "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
-            "spec": {"podCIDR": "10.244.1.0/24"},
+            "spec": {"podCIDR": "10.244.1.0/24", "taints": [taint]},
             "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.11"}],
+                       "conditions": [ready, {"type": "MemoryPressure", "status": "False"}],
                        "images": [{"names": ["registry/image:1"], "sizeBytes": 1}]}
         }))
         .unwrap();
         node.compact();
         let kept: Node = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "node-a", "labels": {ZONE_LABEL: "z1"}},
-            "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.11"}]}
+            "metadata": {"name": "node-a", "deletionTimestamp": "2026-01-01T00:00:00Z",
+                         "labels": {ZONE_LABEL: "z1", EXCLUDE_FROM_LB_LABEL: ""}},
+            "spec": {"taints": [taint]},
+            "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.11"}],
+                       "conditions": [ready]}
         }))
         .unwrap();
         assert_eq!(node, kept);
