@@ -129,8 +129,9 @@ pub fn start(
     let Started {
         mut tasks, leases, ..
     } = started;
+    let relay = relay::Relay::new();
+    tasks.spawn(relay.run(batches, to_sync, snapshots_tx, overlay, shutdown.clone()));
     tasks.spawn(announcer.run(l2_rx, membership_rx, shutdown));
-    tasks.spawn(relay::Relay::new().run(batches, to_sync, snapshots_tx, overlay));
     Ok((Running { tasks, leases }, for_sync))
 }
 

@@ -41,16 +41,18 @@ impl Relay {
         }
     }
 
-    /// Runs until the sources or the sync loop are gone.
+    /// Runs until the sources or the sync loop are gone, or `shutdown` says so.
     pub async fn run(
         mut self,
         mut from_sources: mpsc::Receiver<SourceBatch>,
         to_sync: mpsc::Sender<SourceBatch>,
         snapshots: watch::Sender<Option<Arc<Snapshot>>>,
         mut overlay: Option<OverlayRx>,
+        mut shutdown: watch::Receiver<bool>,
     ) {
         loop {
             let batch = tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return,
                 batch = from_sources.recv() => match batch {
                     Some(batch) => self.receive(batch, &snapshots),
                     None => return,
@@ -60,8 +62,12 @@ impl Relay {
                     Err(_) => return,
                 },
             };
-            if !batch.events.is_empty() && to_sync.send(batch).await.is_err() {
-                return;
+            if batch.events.is_empty() {
+                continue;
+            }
+            tokio::select! {
+                sent = to_sync.send(batch) => if sent.is_err() { return },
+                _ = shutdown.wait_for(|s| *s) => return,
             }
         }
     }
