@@ -186,12 +186,16 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
         config.node_name.clone(),
         config.sync_period,
     ));
-    let live = Arc::new(admin::LiveState::new(
+    let mut live = admin::LiveState::new(
         &config.node_name,
         dataplane_name,
         ingress.clone(),
         cluster.clone(),
-    ));
+    );
+    if load_balancer.is_some() {
+        live = live.with_load_balancer(Arc::clone(&lb_stats));
+    }
+    let live = Arc::new(live);
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(socket) = &config.cluster.admin_socket {

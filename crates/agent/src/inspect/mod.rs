@@ -1,8 +1,9 @@
-//! `sluice inspect services|frontends|backends|conntrack|routes`: what is actually programmed
-//! on this node, read from the kernel (the eBPF dataplane's pinned maps or the nftables
-//! tables) — so it works with the agent stopped — and joined with the running agent's names
-//! and decisions from its admin endpoint when it runs. Ingress routes live only in the
-//! agent's memory: `routes` needs it running.
+//! `sluice inspect services|frontends|backends|conntrack|routes|announcements`: what is
+//! actually programmed on this node, read from the kernel (the eBPF dataplane's pinned maps or
+//! the nftables tables) — so it works with the agent stopped — and joined with the running
+//! agent's names and decisions from its admin endpoint when it runs. Ingress routes and
+//! LoadBalancer announcements live only in the agent's memory: `routes` and `announcements`
+//! need it running.
 //!
 //! Output is a `kubectl get`-style table, or JSON with `-o json`.
 
@@ -63,6 +64,8 @@ pub enum What {
     Conntrack,
     /// The Ingress route table (needs the running agent).
     Routes,
+    /// The LoadBalancer addresses this node answers ARP/NDP for (needs the running agent).
+    Announcements,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -141,6 +144,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
     let out = match args.what {
         What::Routes => routes(&args.state)?,
         What::Conntrack => conntrack(&args.state)?,
+        What::Announcements => announcements(&args.state)?,
         what => {
             let kernel = read_kernel(&args.state)?;
             let live = live_services(&args.state)?;
@@ -482,6 +486,24 @@ fn conntrack(state: &StateFlags) -> Result<String, InspectError> {
             ]
         },
     ))
+}
+
+fn announcements(state: &StateFlags) -> Result<String, InspectError> {
+    let rows: Vec<crate::admin::AnnouncementRow> =
+        AdminClient::new(&state.admin_socket).get("/v1/announcements")?;
+    Ok(render_announcements(&rows, state.output))
+}
+
+fn render_announcements(rows: &[crate::admin::AnnouncementRow], output: Output) -> String {
+    if output == Output::Json {
+        return serde_json::to_string_pretty(rows).unwrap_or_default() + "\n";
+    }
+    table::render(
+        &["ADDRESS", "SERVICES"],
+        rows.iter()
+            .map(|r| vec![r.address.to_string(), dash_if_empty(r.services.join(","))])
+            .collect(),
+    )
 }
 
 fn routes(state: &StateFlags) -> Result<String, InspectError> {
