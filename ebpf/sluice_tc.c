@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * tc (tcx) programs on the node's external interfaces, IPv4 and IPv6:
- *  - sl_tc_ingress: NodePort / externalIP / LoadBalancer IP from outside -> DNAT to a
- *    backend (Maglev), conntrack, source ranges, masquerade mark for eTP=Cluster.
+ *  - sl_tc_ingress: NodePort / externalIP / LoadBalancer IP / ClusterIP from outside -> DNAT
+ *    to a backend (Maglev), conntrack, source ranges, masquerade mark, and refusals answered
+ *    with ICMP (port) unreachable sent back out of the same interface.
  *  - sl_tc_egress: reverse NAT of replies (backend -> client becomes frontend -> client).
  * Masquerading itself is done by netfilter (a rule matching SL_MASQ_MARK installed by the
  * agent), which also un-NATs the replies before they reach sl_tc_egress.
@@ -15,6 +16,7 @@
 #include "include/sluice_parse.h"
 #include "include/sluice_nat.h"
 #include "include/sluice_ext.h"
+#include "include/sluice_icmp.h"
 
 SEC("classifier")
 int sl_tc_ingress(struct __sk_buff *skb)
@@ -29,6 +31,8 @@ int sl_tc_ingress(struct __sk_buff *skb)
 	ext_decide(&p, &v);
 	if (v.action == EXT_DROP)
 		return TC_ACT_SHOT;
+	if (v.action == EXT_REJECT)
+		return icmp_reject(skb, &p);
 	if (v.action != EXT_NAT)
 		return TC_ACT_OK;
 	if (v.masq)

@@ -13,6 +13,7 @@ use sluice_plan::Protocol;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
 
 const NODE: &str = "172.18.0.2";
 const CLIENT: &str = "198.51.100.7";
@@ -156,10 +157,13 @@ impl Fixture {
     }
 
     fn apply(&mut self, d: &DesiredState) -> Result<()> {
+        self.apply_report(d).map(drop)
+    }
+
+    fn apply_report(&mut self, d: &DesiredState) -> Result<sluice_dataplane::ApplyReport> {
         let dp = self.dp.as_mut().expect("dp");
         let programmer = &mut self.programmer;
-        in_ns(&self.ns.name, || programmer.program(dp, d))?;
-        Ok(())
+        in_ns(&self.ns.name, || programmer.program(dp, d))
     }
 
     fn run(&self, egress: bool, pkt: &[u8]) -> Result<TestRun> {
@@ -280,18 +284,94 @@ fn local_policy_keeps_client_ip_and_drops_without_local_endpoint() -> Result<()>
     Ok(())
 }
 
+/// The ICMP (v4: type 3 code 3) or ICMPv6 (type 1 code 4) port unreachable a client must
+/// get back for `pkt`: MACs swapped, addresses swapped, the original header and the first 8
+/// bytes after it quoted, checksums right.
+fn port_unreachable(pkt: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&pkt[6..12]);
+    f.extend_from_slice(&pkt[0..6]);
+    f.extend_from_slice(&pkt[12..14]);
+    if pkt[12..14] == [0x08, 0x00] {
+        let quote = &pkt[14..14 + 28];
+        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(quote);
+        let c = csum(&icmp, 0).to_be_bytes();
+        icmp[2..4].copy_from_slice(&c);
+        let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0];
+        ip[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&pkt[14 + 16..14 + 20]);
+        ip.extend_from_slice(&pkt[14 + 12..14 + 16]);
+        let c = csum(&ip, 0).to_be_bytes();
+        ip[10..12].copy_from_slice(&c);
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&icmp);
+    } else {
+        let quote = &pkt[14..14 + 48];
+        let (src, dst) = (&pkt[14 + 24..14 + 40], &pkt[14 + 8..14 + 24]);
+        let mut icmp = vec![1, 4, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(quote);
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(src);
+        pseudo.extend_from_slice(dst);
+        pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 58]);
+        pseudo.extend_from_slice(&icmp);
+        let c = csum(&pseudo, 0).to_be_bytes();
+        icmp[2..4].copy_from_slice(&c);
+        f.extend_from_slice(&[0x60, 0, 0, 0]);
+        f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+        f.extend_from_slice(&[58, 64]);
+        f.extend_from_slice(src);
+        f.extend_from_slice(dst);
+        f.extend_from_slice(&icmp);
+    }
+    f
+}
+
 #[test]
-fn no_endpoints_at_all_is_left_to_the_stack_to_reject() -> Result<()> {
+fn no_endpoints_at_all_is_answered_with_icmp_port_unreachable() -> Result<()> {
     root_only!();
     let mut fx = Fixture::new()?;
-    fx.apply(&desired(
-        Protocol::Tcp,
+    let mut d = desired(Protocol::Tcp, service(vec![], TrafficPolicy::Cluster));
+    d.node_port_addresses.push("2001:db8::11".parse()?);
+    add_v6_cluster_ip(&mut d);
+    d.services.insert(
+        spn("dns", Protocol::Udp),
         service(vec![], TrafficPolicy::Cluster),
-    ))?;
-    let syn = frame(Protocol::Tcp, (CLIENT, 40000), (NODE, 30080), b"");
-    let out = fx.run(false, &syn)?;
-    // Passed on unchanged: no listener on the node port, so the kernel answers with a RST.
-    assert_eq!((out.verdict, &out.packet), (TC_ACT_OK, &syn));
+    );
+    fx.apply(&d)?;
+    let probes = [
+        // The node's own NodePort, a cluster IP and an LB IP the node does not own (the
+        // stack would forward those into nothing): refused from tc alike.
+        frame(Protocol::Tcp, (CLIENT, 40000), (NODE, 30080), b""),
+        frame(Protocol::Tcp, (CLIENT, 40000), ("10.96.0.10", 80), b""),
+        frame(Protocol::Tcp, (CLIENT, 40000), (LB_IP, 80), b""),
+        frame(Protocol::Udp, (CLIENT, 5353), (NODE, 30080), b"query"),
+        frame(
+            Protocol::Tcp,
+            ("2001:db8::100", 40000),
+            ("2001:db8::11", 30080),
+            b"",
+        ),
+        frame(
+            Protocol::Tcp,
+            ("2001:db8::100", 40000),
+            ("fd00:96::10", 80),
+            b"",
+        ),
+    ];
+    for syn in &probes {
+        let out = fx.run(false, syn)?;
+        assert_eq!(out.verdict, TC_ACT_REDIRECT, "sent back out: {syn:?}");
+        assert_eq!(out.packet, port_unreachable(syn));
+        // XDP leaves refusals to tc.
+        let out = fx.xdp(syn)?;
+        assert_eq!((out.verdict, &out.packet), (XDP_PASS, syn));
+    }
+    // Source ranges come first: a client outside them is dropped, not told.
+    let outsider = frame(Protocol::Tcp, (OUTSIDER, 40000), (LB_IP, 80), b"");
+    assert_eq!(fx.run(false, &outsider)?.verdict, TC_ACT_SHOT);
     Ok(())
 }
 
@@ -445,10 +525,13 @@ fn ipv6_nodeport_dnat_and_reverse_nat() -> Result<()> {
         frame(Protocol::Tcp, ("2001:db8::11", 30080), (client, 40000), b"")
     );
     // An IPv4 frontend never sends to an IPv6 backend: IPv4 has no endpoint at all, so, as in
-    // kube-proxy's IPv4 proxier, it is rejected (left untranslated for the stack to refuse).
+    // kube-proxy's IPv4 proxier, it is rejected.
     let v4 = frame(Protocol::Tcp, (CLIENT, 40000), (NODE, 30080), b"");
     let out = fx.run(false, &v4)?;
-    assert_eq!((out.verdict, &out.packet), (TC_ACT_OK, &v4));
+    assert_eq!(
+        (out.verdict, out.packet),
+        (TC_ACT_REDIRECT, port_unreachable(&v4))
+    );
     Ok(())
 }
 
@@ -589,5 +672,83 @@ fn cluster_ip_from_outside_masquerades_only_off_cluster_sources() -> Result<()> 
         )
     );
     assert_eq!(out.mark, 0, "pod source kept");
+    Ok(())
+}
+
+#[test]
+fn pods_from_other_nodes_get_the_pods_route_of_a_local_policy_node_port() -> Result<()> {
+    root_only!();
+    let mut fx = Fixture::new()?;
+    // eTP=Local, the only endpoint on another node: outside clients are dropped here, pods
+    // (of any node) are sent to the endpoint with their address kept.
+    let mut d = desired(
+        Protocol::Tcp,
+        service(vec![ep("10.244.2.2", 8080, false)], TrafficPolicy::Local),
+    );
+    d.cluster_cidrs = vec!["10.244.0.0/16".parse()?];
+    fx.apply(&d)?;
+    let outside = frame(Protocol::Tcp, (CLIENT, 40000), (NODE, 30080), b"");
+    assert_eq!(fx.run(false, &outside)?.verdict, TC_ACT_SHOT);
+    let pod = frame(Protocol::Tcp, ("10.244.3.5", 40000), (NODE, 30080), b"");
+    let out = fx.run(false, &pod)?;
+    assert_eq!(out.verdict, TC_ACT_OK);
+    assert_eq!(
+        out.packet,
+        frame(
+            Protocol::Tcp,
+            ("10.244.3.5", 40000),
+            ("10.244.2.2", 8080),
+            b""
+        )
+    );
+    assert_eq!(out.mark, 0);
+    // XDP makes the same two decisions.
+    assert_eq!(fx.xdp(&outside)?.verdict, XDP_DROP);
+    let pod = frame(Protocol::Tcp, ("10.244.3.6", 40000), (NODE, 30080), b"");
+    let out = fx.xdp(&pod)?;
+    assert_eq!(
+        (out.verdict, out.packet),
+        (
+            XDP_PASS,
+            frame(
+                Protocol::Tcp,
+                ("10.244.3.6", 40000),
+                ("10.244.2.2", 8080),
+                b""
+            )
+        )
+    );
+    Ok(())
+}
+
+#[test]
+fn node_ports_follow_the_node_addresses_without_rewriting_frontends() -> Result<()> {
+    root_only!();
+    let mut fx = Fixture::new()?;
+    let mut d = desired(
+        Protocol::Tcp,
+        service(vec![ep("10.244.2.2", 8080, false)], TrafficPolicy::Cluster),
+    );
+    fx.apply(&d)?;
+    let at = |addr: &str| frame(Protocol::Tcp, (CLIENT, 40000), (addr, 30080), b"");
+    let dnat = frame(Protocol::Tcp, (CLIENT, 40000), ("10.244.2.2", 8080), b"");
+    assert_eq!(fx.run(false, &at(NODE))?.packet, dnat);
+    // The node gets another address and loses the first: two writes, no frontend touched.
+    d.node_port_addresses = vec!["172.18.0.3".parse()?];
+    let report = fx.apply_report(&d)?;
+    assert_eq!(report.operations, 2, "{report:?}");
+    let out = fx.run(false, &at("172.18.0.3"))?;
+    assert_eq!(
+        out.packet,
+        frame(Protocol::Tcp, (CLIENT, 40000), ("10.244.2.2", 8080), b"")
+    );
+    // (A new flow: the first one is in conntrack and keeps its translation.)
+    let gone = frame(Protocol::Tcp, (CLIENT, 40001), (NODE, 30080), b"");
+    let out = fx.run(false, &gone)?;
+    assert_eq!(
+        (out.verdict, &out.packet),
+        (TC_ACT_OK, &gone),
+        "no longer a NodePort address"
+    );
     Ok(())
 }
