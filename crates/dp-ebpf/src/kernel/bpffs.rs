@@ -2,10 +2,10 @@
 //! map, and removing everything sluice pinned.
 //!
 //! Map pins are versioned by layout (`_v1`) and by *generation*: the first generation of a
-//! map is pinned under its plain name (`sl_svc_v1`), a map grown later under `sl_svc_v1.g2`,
-//! `sl_svc_v1.g3`, ... A new generation is filled under `<name>.new` and renamed into place
-//! before the programs switch to it, so after a crash the highest generation is always a
-//! complete map, and `.new` pins are leftovers to remove.
+//! map is pinned under its plain name (`sl_svc_v1`), a map grown later under `sl_svc_v1_g2`,
+//! `sl_svc_v1_g3`, ... (bpffs refuses dots in names). A new generation is filled under
+//! `<name>_new` and renamed into place before the programs switch to it, so after a crash the
+//! highest generation is always a complete map, and `_new` pins are leftovers to remove.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -17,7 +17,7 @@ use crate::kernel::sys;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// Suffix of a generation being filled.
-const FILLING: &str = ".new";
+const FILLING: &str = "_new";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpffsError {
@@ -85,7 +85,7 @@ fn pin_name(map: MapKind, generation: u32) -> String {
     if generation <= 1 {
         map.name().to_owned()
     } else {
-        format!("{}.g{generation}", map.name())
+        format!("{}_g{generation}", map.name())
     }
 }
 
@@ -95,7 +95,7 @@ fn generation_of(map: MapKind, file: &str) -> Option<u32> {
     if rest.is_empty() {
         return Some(1);
     }
-    rest.strip_prefix(".g")?.parse().ok().filter(|g| *g > 1)
+    rest.strip_prefix("_g")?.parse().ok().filter(|g| *g > 1)
 }
 
 /// Which pin each map lives in.
@@ -203,11 +203,11 @@ mod tests {
     #[test]
     fn generations_are_recognised_by_name() {
         assert_eq!(generation_of(MapKind::Svc, "sl_svc_v1"), Some(1));
-        assert_eq!(generation_of(MapKind::Svc, "sl_svc_v1.g3"), Some(3));
-        assert_eq!(generation_of(MapKind::Svc, "sl_svc_v1.g3.new"), None);
+        assert_eq!(generation_of(MapKind::Svc, "sl_svc_v1_g3"), Some(3));
+        assert_eq!(generation_of(MapKind::Svc, "sl_svc_v1_g3_new"), None);
         assert_eq!(generation_of(MapKind::Svc, "sl_svc_v2"), None);
         assert_eq!(generation_of(MapKind::Slot, "sl_svc_v1"), None);
         assert_eq!(pin_name(MapKind::Ct, 1), "sl_ct_v1");
-        assert_eq!(pin_name(MapKind::Ct, 2), "sl_ct_v1.g2");
+        assert_eq!(pin_name(MapKind::Ct, 2), "sl_ct_v1_g2");
     }
 }
