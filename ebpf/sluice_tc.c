@@ -48,15 +48,19 @@ int sl_tc_egress(struct __sk_buff *skb)
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct pkt p = {};
+	struct ct_key key = {};
 	struct ct_val *ct;
+	__u64 now;
 	__u32 nat[4];
 
 	if (parse(data, data_end, &p))
 		return TC_ACT_OK;
-	ct = ct_lookup(&p, CT_DIR_REPLY);
+	ct = ct_lookup(&p, CT_DIR_REPLY, &key);
 	if (!ct)
 		return TC_ACT_OK;
-	ct->last_ns = bpf_ktime_get_ns();
+	now = bpf_ktime_get_ns();
+	ct_track_close(&p, &key, ct, now);
+	ct_touch(ct, now);
 	__builtin_memcpy(nat, ct->nat_addr, 16);
 	if (nat_src(skb, &p, nat, ct->nat_port))
 		return TC_ACT_SHOT;

@@ -140,10 +140,14 @@ struct ct_key {
 #define CT_DIR_ORIG 0
 #define CT_DIR_REPLY 1
 
+/* ct_val.flags, next to SL_SVC_MASQ */
+#define CT_F_FIN 0x1    /* a FIN went this entry's direction */
+#define CT_F_CLOSED 0x2 /* RST seen, or FIN both ways: last_ns is the closing time */
+
 struct ct_val {
 	__u32 nat_addr[4]; /* ORIG: backend; REPLY: frontend */
 	__u16 nat_port;
-	__u8 flags;        /* SL_SVC_MASQ */
+	__u8 flags;        /* SL_SVC_MASQ, CT_F_* */
 	__u8 pad;
 	__u32 group;
 	__u64 last_ns;

@@ -49,6 +49,7 @@ static __always_inline struct lb_svc_val *ext_lookup(const struct pkt *p)
 
 static __always_inline void ext_decide(const struct pkt *p, struct ext_verdict *v)
 {
+	struct ct_key ckey = {};
 	struct ct_val *ct;
 	struct lb_svc_val *svc;
 	struct lb_backend *be;
@@ -57,9 +58,12 @@ static __always_inline void ext_decide(const struct pkt *p, struct ext_verdict *
 
 	v->action = EXT_PASS;
 	v->masq = 0;
-	ct = ct_lookup(p, CT_DIR_ORIG);
+	ct = ct_lookup(p, CT_DIR_ORIG, &ckey);
+	if (ct && ct_expire(&ckey, ct, now))
+		ct = 0;
 	if (ct) {
-		ct->last_ns = now;
+		ct_track_close(p, &ckey, ct, now);
+		ct_touch(ct, now);
 		__builtin_memcpy(v->addr, ct->nat_addr, 16);
 		v->port = ct->nat_port;
 		v->masq = (ct->flags & SL_SVC_MASQ) != 0;

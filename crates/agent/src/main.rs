@@ -50,7 +50,9 @@ fn init_tracing(format: LogFormat) {
 
 /// Picks the dataplane for `--proxy-mode`, logging the choice (and why, for `auto`), and
 /// removes what the other mode may have left on this node (a mode switch).
-fn select_dataplane(config: &AgentConfig) -> anyhow::Result<Box<dyn Dataplane>> {
+fn select_dataplane(
+    config: &AgentConfig,
+) -> anyhow::Result<(Box<dyn Dataplane>, Option<sluice_dp_ebpf::OccupancyHandle>)> {
     let ebpf = || sluice_dp_ebpf::EbpfDataplane::new(config.ebpf.clone());
     let nft = || sluice_dp_nft::NftDataplane::new();
     let mode = match config.proxy_mode {
@@ -66,12 +68,16 @@ fn select_dataplane(config: &AgentConfig) -> anyhow::Result<Box<dyn Dataplane>> 
         },
         explicit => explicit,
     };
-    let dataplane: Box<dyn Dataplane> = match mode {
-        ProxyMode::Nftables => Box::new(nft().context("nftables dataplane")?),
-        _ => Box::new(ebpf().context("eBPF dataplane")?),
+    let (dataplane, maps): (Box<dyn Dataplane>, _) = match mode {
+        ProxyMode::Nftables => (Box::new(nft().context("nftables dataplane")?), None),
+        _ => {
+            let dp = ebpf().context("eBPF dataplane")?;
+            let maps = dp.occupancy_handle();
+            (Box::new(dp), Some(maps))
+        }
     };
     remove_other_mode(config, mode);
-    Ok(dataplane)
+    Ok((dataplane, maps))
 }
 
 /// Leftovers of the mode not in use (after a `--proxy-mode` change) would keep translating
@@ -104,7 +110,7 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
         return cleanup(&config);
     }
     tracing::info!(node = %config.node_name, source = %config.source, "sluice agent starting");
-    let mut dataplane = select_dataplane(&config)?;
+    let (mut dataplane, bpf_maps) = select_dataplane(&config)?;
     let restored = dataplane
         .restore()
         .with_context(|| format!("restoring {} state", dataplane.name()))?;
@@ -135,7 +141,7 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
         .ingress
         .clone()
         .map(|c| Arc::new(sluice_ingress::IngressProxy::new(c)));
-    let metrics = Arc::new(metrics::Metrics::new(ingress.clone()));
+    let metrics = Arc::new(metrics::Metrics::new(ingress.clone()).with_bpf_maps(bpf_maps));
     let health = Arc::new(health::HealthState::new(
         config.node_name.clone(),
         config.sync_period,

@@ -33,6 +33,10 @@ pub const MAGLEV_M: u32 = 1021;
 
 pub const CT_DIR_ORIG: u8 = 0;
 pub const CT_DIR_REPLY: u8 = 1;
+/// `ct_val.flags`: a FIN went this entry's direction.
+pub const CT_F_FIN: u8 = 0x1;
+/// `ct_val.flags`: RST seen or FIN both ways; `last_ns` is the closing time.
+pub const CT_F_CLOSED: u8 = 0x2;
 
 pub const MAP_SVC: &str = "sl_svc_v1";
 pub const MAP_SLOT: &str = "sl_slot_v1";

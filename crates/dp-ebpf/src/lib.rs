@@ -33,6 +33,7 @@ mod transition;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sluice_dataplane::{ApplyReport, Dataplane, DataplaneError, Restored};
 use sluice_plan::{Plan, PlanDelta, Route, ServicePlan};
@@ -64,6 +65,26 @@ pub enum XdpMode {
     Off,
 }
 
+/// How long conntrack entries of finished flows stay valid (the next packet of the same
+/// 5-tuple after that is a new flow, with a fresh backend choice). Other TCP entries leave by
+/// LRU eviction only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConntrackTimeouts {
+    /// After a RST, or a FIN in both directions (netfilter's TCP CLOSE timeout is 10 s).
+    pub tcp_closed: Duration,
+    /// Without a packet in either direction.
+    pub udp_idle: Duration,
+}
+
+impl Default for ConntrackTimeouts {
+    fn default() -> Self {
+        ConntrackTimeouts {
+            tcp_closed: Duration::from_secs(10),
+            udp_idle: Duration::from_secs(60),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct EbpfConfig {
     /// Directory on a bpffs for pinned maps and links (default `/sys/fs/bpf/sluice`).
@@ -78,6 +99,7 @@ pub struct EbpfConfig {
     /// Explicit map capacities (`--bpf-map-sizes`); maps not listed are sized automatically
     /// and grow when a plan needs more (see [`sizing`]).
     pub map_sizes: MapSizes,
+    pub conntrack: ConntrackTimeouts,
 }
 
 impl Default for EbpfConfig {
@@ -88,6 +110,7 @@ impl Default for EbpfConfig {
             interfaces: Vec::new(),
             xdp: XdpMode::Off,
             map_sizes: MapSizes::default(),
+            conntrack: ConntrackTimeouts::default(),
         }
     }
 }
@@ -127,7 +150,7 @@ impl OccupancyHandle {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn set(&self, value: Vec<MapOccupancy>) {
+    pub fn set(&self, value: Vec<MapOccupancy>) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = value;
     }
 }
@@ -183,7 +206,7 @@ impl EbpfDataplane {
 
     /// Entries and capacity of every map, counted now.
     pub fn occupancy(&mut self) -> Vec<MapOccupancy> {
-        self.programmer.occupancy(&mut self.kernel)
+        self.programmer.occupancy(&mut self.kernel, true)
     }
 
     /// A handle on the occupancy as of the last sync, for metrics.
@@ -196,18 +219,22 @@ impl EbpfDataplane {
         self.kernel.pin_path(map)
     }
 
-    /// After programming: tc on the node's interfaces, the masquerade rule when needed.
+    /// After programming: tc on the node's interfaces (on resync and node changes; the link
+    /// watcher covers the rest), the masquerade rule when needed, the occupancy (the
+    /// datapath's maps are counted on resync only).
     fn after_programming<'a>(
         &mut self,
-        node: &sluice_plan::NodePlan,
+        node: Option<&sluice_plan::NodePlan>,
         mut plans: impl Iterator<Item = &'a Arc<ServicePlan>>,
     ) {
-        self.kernel.sync_interfaces(&node.nodeport_addresses);
+        if let Some(node) = node {
+            self.kernel.sync_interfaces(&node.nodeport_addresses);
+        }
         if !self.kernel.masquerade_installed() && plans.any(|s| masquerades(s)) {
             self.kernel.ensure_masquerade();
         }
-        self.occupancy
-            .set(self.programmer.occupancy(&mut self.kernel));
+        let occupancy = self.programmer.occupancy(&mut self.kernel, node.is_some());
+        self.occupancy.set(occupancy);
     }
 }
 
@@ -252,7 +279,7 @@ impl Dataplane for EbpfDataplane {
             .programmer
             .resync(&mut self.kernel, plan)
             .map_err(|e| kernel_err("programming the maps", e))?;
-        self.after_programming(&plan.node, plan.services.values());
+        self.after_programming(Some(&plan.node), plan.services.values());
         Ok(report)
     }
 
@@ -261,9 +288,9 @@ impl Dataplane for EbpfDataplane {
             .programmer
             .apply(&mut self.kernel, delta)
             .map_err(|e| kernel_err("programming the maps", e))?;
-        let node = Arc::clone(&delta.node);
+        let node = delta.node_changed.then(|| Arc::clone(&delta.node));
         self.after_programming(
-            &node,
+            node.as_deref(),
             delta.services.iter().filter_map(|c| c.after.as_ref()),
         );
         tracing::debug!(operations = report.operations, "ebpf: applied");

@@ -88,6 +88,8 @@ pub struct MapProgrammer {
     sizes: MapSizes,
     /// What `restore` read, for the first reconcile.
     restored: Option<MapContent>,
+    /// Entries of the datapath's maps when last counted.
+    datapath_counts: BTreeMap<MapKind, usize>,
 }
 
 impl MapProgrammer {
@@ -169,13 +171,28 @@ impl MapProgrammer {
     }
 
     /// Entries / capacity per map: the agent's maps from the bookkeeping (free), the
-    /// datapath's LRU maps counted in the store.
-    pub fn occupancy(&self, store: &mut dyn MapStore) -> Vec<MapOccupancy> {
+    /// datapath's LRU maps as last counted — counted again when `count_datapath` (a walk of
+    /// those maps: done on resync, not on every apply).
+    pub fn occupancy(
+        &mut self,
+        store: &mut dyn MapStore,
+        count_datapath: bool,
+    ) -> Vec<MapOccupancy> {
+        if count_datapath {
+            for map in MapKind::ALL.into_iter().filter(|m| m.datapath_owned()) {
+                match store.count(map) {
+                    Ok(n) => {
+                        self.datapath_counts.insert(map, n);
+                    }
+                    Err(e) => tracing::debug!("ebpf: counting {map}: {}", error_chain(&e)),
+                }
+            }
+        }
         MapKind::ALL
             .into_iter()
             .map(|map| {
                 let entries = if map.datapath_owned() {
-                    store.count(map).unwrap_or(0)
+                    self.datapath_counts.get(&map).copied().unwrap_or(0)
                 } else {
                     self.expected.get(map)
                 };

@@ -132,6 +132,8 @@ pub trait MapStore: Send {
 #[derive(Debug, Default)]
 pub struct FakeMapStore {
     rows: BTreeMap<RowKey, Row>,
+    /// Rows per map (kept in step with `rows`).
+    counts: BTreeMap<MapKind, usize>,
     capacities: BTreeMap<MapKind, u32>,
     /// Writes and deletes attempted so far (successful or not).
     attempts: usize,
@@ -222,16 +224,28 @@ impl FakeMapStore {
 
     /// Changes a row behind the programmer's back (drift), without counting an attempt.
     pub fn tamper(&mut self, row: Row) {
-        self.rows.insert(row.key(), row);
+        self.insert(row);
     }
 
     /// Removes a row behind the programmer's back (drift).
     pub fn tamper_delete(&mut self, key: &RowKey) {
-        self.rows.remove(key);
+        self.remove(key);
     }
 
     fn entries(&self, map: MapKind) -> usize {
-        self.rows.keys().filter(|k| k.map() == map).count()
+        self.counts.get(&map).copied().unwrap_or(0)
+    }
+
+    fn insert(&mut self, row: Row) {
+        if self.rows.insert(row.key(), row).is_none() {
+            *self.counts.entry(row.map()).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, key: &RowKey) {
+        if self.rows.remove(key).is_some() {
+            *self.counts.entry(key.map()).or_default() -= 1;
+        }
     }
 
     fn attempt(&mut self, map: MapKind, op: &'static str) -> Result<(), StoreError> {
@@ -257,13 +271,13 @@ impl MapStore for FakeMapStore {
                 capacity,
             });
         }
-        self.rows.insert(row.key(), *row);
+        self.insert(*row);
         Ok(())
     }
 
     fn delete(&mut self, key: &RowKey) -> Result<(), StoreError> {
         self.attempt(key.map(), "delete")?;
-        self.rows.remove(key);
+        self.remove(key);
         Ok(())
     }
 

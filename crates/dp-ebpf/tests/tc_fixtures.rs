@@ -38,6 +38,22 @@ fn csum(data: &[u8], initial: u32) -> u16 {
 
 /// Ethernet + IPv4/IPv6 + TCP (SYN) or UDP frame with valid checksums.
 fn frame(proto: Protocol, src: (&str, u16), dst: (&str, u16), payload: &[u8]) -> Vec<u8> {
+    frame_flags(proto, src, dst, payload, TCP_SYN)
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_FIN_ACK: u8 = 0x11;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// [`frame`] with these TCP flags.
+fn frame_flags(
+    proto: Protocol,
+    src: (&str, u16),
+    dst: (&str, u16),
+    payload: &[u8],
+    tcp_flags: u8,
+) -> Vec<u8> {
     let s: IpAddr = src.0.parse().expect("ip");
     let d: IpAddr = dst.0.parse().expect("ip");
     let octets = |ip: IpAddr| match ip {
@@ -51,7 +67,7 @@ fn frame(proto: Protocol, src: (&str, u16), dst: (&str, u16), payload: &[u8]) ->
         Protocol::Tcp => {
             l4.extend_from_slice(&1u32.to_be_bytes()); // seq
             l4.extend_from_slice(&0u32.to_be_bytes()); // ack
-            l4.extend_from_slice(&[0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]); // SYN, csum at 16
+            l4.extend_from_slice(&[0x50, tcp_flags, 0xff, 0xff, 0, 0, 0, 0]); // csum at 16
             6u8
         }
         _ => {
@@ -139,9 +155,20 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Result<Self> {
+        Fixture::configured(|_| {})
+    }
+
+    /// A fixture whose maps have these explicit capacities (`--bpf-map-sizes` syntax).
+    fn with_sizes(sizes: &str) -> Result<Self> {
+        let sizes = sizes.parse()?;
+        Fixture::configured(|c| c.map_sizes = sizes)
+    }
+
+    fn configured(change: impl FnOnce(&mut sluice_dp_ebpf::EbpfConfig)) -> Result<Self> {
         let ns = Netns::new("f")?;
         let cg = TestCgroup::new()?;
-        let config = ebpf_config(&cg, vec![]);
+        let mut config = ebpf_config(&cg, vec![]);
+        change(&mut config);
         let guard = PinGuard {
             config: config.clone(),
             ns: ns.name.clone(),
@@ -749,6 +776,145 @@ fn node_ports_follow_the_node_addresses_without_rewriting_frontends() -> Result<
         (out.verdict, &out.packet),
         (TC_ACT_OK, &gone),
         "no longer a NodePort address"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_full_conntrack_keeps_serving_new_flows() -> Result<()> {
+    root_only!();
+    // 64 entries: 32 flows' worth. The LRU evicts the oldest; new flows are never refused.
+    let mut fx = Fixture::with_sizes("ct=64")?;
+    fx.apply(&desired(
+        Protocol::Tcp,
+        service(
+            vec![ep("10.244.2.1", 8080, false), ep("10.244.2.2", 8080, false)],
+            TrafficPolicy::Cluster,
+        ),
+    ))?;
+    let mut last = None;
+    for sport in 20000..20300 {
+        let syn = frame(Protocol::Tcp, (CLIENT, sport), (NODE, 30080), b"");
+        let out = fx.run(false, &syn)?;
+        assert_eq!(out.verdict, TC_ACT_OK, "flow {sport}");
+        let backend = backend_of(&out.packet);
+        assert_eq!(backend.1, 8080, "flow {sport} translated: {backend:?}");
+        last = Some((sport, backend));
+    }
+    // The newest flow is tracked: its reply gets the frontend back.
+    let (sport, (ip, port)) = last.expect("flows ran");
+    let reply = frame(Protocol::Tcp, (&ip.to_string(), port), (CLIENT, sport), b"");
+    assert_eq!(
+        fx.run(true, &reply)?.packet,
+        frame(Protocol::Tcp, (NODE, 30080), (CLIENT, sport), b"")
+    );
+    let ct = fx
+        .dp
+        .as_mut()
+        .expect("dp")
+        .occupancy()
+        .into_iter()
+        .find(|o| o.map == abi::MapKind::Ct)
+        .expect("ct");
+    assert_eq!(ct.capacity, 64);
+    assert!(ct.entries <= 64, "{ct:?}");
+    Ok(())
+}
+
+/// Three flows of `proto` from the client to the NodePort that Maglev sends to 10.244.2.2 once
+/// that backend joins 10.244.2.1 (so a fresh decision is visible).
+fn flows_moving_to_second_backend(fx: &Fixture, proto: Protocol) -> Result<[u16; 3]> {
+    let mut found = Vec::new();
+    for sport in 30000..30400 {
+        let f = frame(proto, (CLIENT, sport), (NODE, 30080), b"q");
+        if backend_of(&fx.run(false, &f)?.packet).0 == Ipv4Addr::new(10, 244, 2, 2) {
+            found.push(sport);
+        }
+        if let [a, b, c] = found[..] {
+            return Ok([a, b, c]);
+        }
+    }
+    anyhow::bail!("not three flows hash to the second backend")
+}
+
+#[test]
+fn closed_tcp_and_idle_udp_flows_expire_and_are_decided_afresh() -> Result<()> {
+    root_only!();
+    let probe = Fixture::new()?;
+    let two = |proto| {
+        desired(
+            proto,
+            service(
+                vec![ep("10.244.2.1", 8080, false), ep("10.244.2.2", 8080, false)],
+                TrafficPolicy::Cluster,
+            ),
+        )
+    };
+    let one = |proto| {
+        desired(
+            proto,
+            service(vec![ep("10.244.2.1", 8080, false)], TrafficPolicy::Cluster),
+        )
+    };
+    let mut probe = probe;
+    probe.apply(&two(Protocol::Tcp))?;
+    let [fin_port, rst_port, open_port] = flows_moving_to_second_backend(&probe, Protocol::Tcp)?;
+    probe.apply(&two(Protocol::Udp))?;
+    let [udp_port, ..] = flows_moving_to_second_backend(&probe, Protocol::Udp)?;
+    drop(probe);
+
+    let timeout = std::time::Duration::from_millis(50);
+    let mut fx = Fixture::configured(|c| {
+        c.conntrack.tcp_closed = timeout;
+        c.conntrack.udp_idle = timeout;
+    })?;
+    let (first, second) = (Ipv4Addr::new(10, 244, 2, 1), Ipv4Addr::new(10, 244, 2, 2));
+    let to = |proto, sport, flags| frame_flags(proto, (CLIENT, sport), (NODE, 30080), b"q", flags);
+    let from = |proto, sport, flags| {
+        frame_flags(proto, ("10.244.2.1", 8080), (CLIENT, sport), b"q", flags)
+    };
+    let backend = |fx: &Fixture, sport, flags| -> Result<Ipv4Addr> {
+        Ok(backend_of(&fx.run(false, &to(Protocol::Tcp, sport, flags))?.packet).0)
+    };
+    // TCP: three connections on the first backend, then the second one joins.
+    fx.apply(&one(Protocol::Tcp))?;
+    for sport in [fin_port, rst_port, open_port] {
+        assert_eq!(backend(&fx, sport, TCP_SYN)?, first);
+    }
+    fx.apply(&two(Protocol::Tcp))?;
+    // FIN from the client and FIN from the backend close one; until the timeout it stays.
+    fx.run(false, &to(Protocol::Tcp, fin_port, TCP_FIN_ACK))?;
+    fx.run(true, &from(Protocol::Tcp, fin_port, TCP_FIN_ACK))?;
+    assert_eq!(backend(&fx, fin_port, TCP_ACK)?, first, "the last ACK");
+    // An RST from the backend closes another.
+    fx.run(true, &from(Protocol::Tcp, rst_port, TCP_RST))?;
+    std::thread::sleep(timeout * 3);
+    assert_eq!(
+        backend(&fx, fin_port, TCP_SYN)?,
+        second,
+        "after FIN: a new flow"
+    );
+    assert_eq!(
+        backend(&fx, rst_port, TCP_SYN)?,
+        second,
+        "after RST: a new flow"
+    );
+    // A connection without FIN or RST is not expired, however long it idles.
+    assert_eq!(backend(&fx, open_port, TCP_ACK)?, first);
+
+    // UDP: the flow stays while it is used, and is decided afresh after idling.
+    fx.apply(&one(Protocol::Udp))?;
+    let q = to(Protocol::Udp, udp_port, 0);
+    assert_eq!(backend_of(&fx.run(false, &q)?.packet).0, first);
+    fx.apply(&two(Protocol::Udp))?;
+    for _ in 0..3 {
+        std::thread::sleep(timeout / 2);
+        assert_eq!(backend_of(&fx.run(false, &q)?.packet).0, first, "in use");
+    }
+    std::thread::sleep(timeout * 3);
+    assert_eq!(
+        backend_of(&fx.run(false, &q)?.packet).0,
+        Ipv4Addr::new(10, 244, 2, 2)
     );
     Ok(())
 }

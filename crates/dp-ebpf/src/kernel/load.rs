@@ -48,11 +48,13 @@ pub enum LoadError {
     },
 }
 
-/// Where each map is pinned and, when it must be created, with how many entries.
+/// Where each map is pinned and, when it must be created, with how many entries; and the
+/// values of the programs' `volatile const` settings.
 #[derive(Debug, Clone)]
 pub struct Layout {
     pub paths: BTreeMap<MapKind, PathBuf>,
     pub capacities: BTreeMap<MapKind, u32>,
+    pub globals: Vec<(&'static str, u64)>,
 }
 
 /// The loaded objects (their programs verified and loaded, not attached).
@@ -116,6 +118,10 @@ fn load_obj(bytes: &[u8], object: &'static str, layout: &Layout) -> Result<Ebpf,
     }
     for (map, capacity) in &layout.capacities {
         loader.map_max_entries(map.name(), *capacity);
+    }
+    for (name, value) in &layout.globals {
+        // Objects that do not use a setting do not carry it.
+        loader.override_global(name, value, false);
     }
     loader
         .load(bytes)

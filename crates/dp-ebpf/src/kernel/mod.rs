@@ -19,12 +19,12 @@ use aya::Ebpf;
 use sluice_hostnet::{HostNetwork, RtNetlink};
 use sluice_plan::StaleFlow;
 
-use crate::EbpfConfig;
 use crate::abi::MapKind;
 use crate::links::Watcher;
 use crate::render::MapContent;
 use crate::sizing::default_capacity;
 use crate::store::{MapStore, Row, RowKey, StoreError};
+use crate::{ConntrackTimeouts, EbpfConfig};
 use attach::{AttachError, Attacher};
 use bpffs::{BpffsError, Pins};
 use load::{LoadError, Programs, TC_EGRESS, TC_INGRESS, XDP_PROG, program_fd};
@@ -38,9 +38,9 @@ pub enum KernelError {
     #[error(transparent)]
     Bpffs(#[from] BpffsError),
     #[error(transparent)]
-    Load(#[from] LoadError),
+    Load(Box<LoadError>),
     #[error(transparent)]
-    Attach(#[from] AttachError),
+    Attach(Box<AttachError>),
     #[error(transparent)]
     Maps(#[from] StoreError),
     #[error("BPF_PROG_TEST_RUN of {program}")]
@@ -49,6 +49,18 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<LoadError> for KernelError {
+    fn from(e: LoadError) -> Self {
+        KernelError::Load(Box::new(e))
+    }
+}
+
+impl From<AttachError> for KernelError {
+    fn from(e: AttachError) -> Self {
+        KernelError::Attach(Box::new(e))
+    }
 }
 
 /// `Err(reason)` when `path` cannot take socket-LB programs.
@@ -91,7 +103,8 @@ pub fn check_support(config: &EbpfConfig) -> Result<(), String> {
     let result = (|| -> Result<(), KernelError> {
         bpffs::ensure_bpffs(&probe)?;
         let pins = Pins::scan(&probe)?;
-        Programs::load(&layout(&pins, &MapSizesView::defaults()))?;
+        let defaults = ConntrackTimeouts::default();
+        Programs::load(&layout(&pins, &MapSizesView::defaults(), &defaults))?;
         Ok(())
     })();
     bpffs::remove_pins(&probe);
@@ -131,13 +144,18 @@ impl MapSizesView {
     }
 }
 
-fn layout(pins: &Pins, sizes: &MapSizesView) -> load::Layout {
+fn layout(pins: &Pins, sizes: &MapSizesView, conntrack: &ConntrackTimeouts) -> load::Layout {
+    let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     load::Layout {
         paths: MapKind::ALL
             .into_iter()
             .map(|m| (m, pins.path(m)))
             .collect(),
         capacities: sizes.0.clone(),
+        globals: vec![
+            ("sl_ct_closed_ns", nanos(conntrack.tcp_closed)),
+            ("sl_ct_udp_idle_ns", nanos(conntrack.udp_idle)),
+        ],
     }
 }
 
@@ -169,7 +187,7 @@ impl Kernel {
         bpffs::ensure_bpffs(dir)?;
         let pins = Pins::scan(dir)?;
         let Programs { mut sock, tc, xdp } =
-            Programs::load(&layout(&pins, &MapSizesView::of(config)))?;
+            Programs::load(&layout(&pins, &MapSizesView::of(config), &config.conntrack))?;
         let maps = KernelMaps::open(&pins)?;
         let links_dir = dir.join("links");
         attach::attach_cgroup(&mut sock, &links_dir, &config.cgroup_path)?;
@@ -297,7 +315,11 @@ impl Kernel {
     /// the datapath added meanwhile, then the old pins removed. Nothing changes on failure
     /// before the switch.
     fn resize_maps(&mut self, capacities: &BTreeMap<MapKind, u32>) -> Result<(), KernelError> {
-        let mut layout = layout(&self.pins, &MapSizesView(BTreeMap::new()));
+        let mut layout = layout(
+            &self.pins,
+            &MapSizesView(BTreeMap::new()),
+            &self.config.conntrack,
+        );
         let mut fresh: Vec<Fresh> = Vec::new();
         for (map, capacity) in capacities {
             let (filling, path) = self.pins.next(*map);

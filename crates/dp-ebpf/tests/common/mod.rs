@@ -310,6 +310,7 @@ pub fn ebpf_config(cgroup: &TestCgroup, interfaces: Vec<String>) -> EbpfConfig {
         interfaces,
         xdp: XdpMode::Off,
         map_sizes: Default::default(),
+        conntrack: Default::default(),
     }
 }
 
