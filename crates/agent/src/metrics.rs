@@ -174,10 +174,17 @@ impl Metrics {
 #[derive(Debug)]
 struct BpfMapCollector(sluice_dp_ebpf::OccupancyHandle);
 
+/// One exported gauge family: name, help, and the value of one map.
+type MapGauge = (
+    &'static str,
+    &'static str,
+    fn(&sluice_dp_ebpf::MapOccupancy) -> i64,
+);
+
 impl Collector for BpfMapCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let maps = self.0.get();
-        let gauges: [(&str, &str, fn(&sluice_dp_ebpf::MapOccupancy) -> i64); 2] = [
+        let gauges: [MapGauge; 2] = [
             ("sluice_bpf_map_entries", "Entries in each eBPF map", |o| {
                 i64::try_from(o.entries).unwrap_or(i64::MAX)
             }),
