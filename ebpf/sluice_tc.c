@@ -5,6 +5,7 @@
  *    to a backend (Maglev), conntrack, source ranges, masquerade mark, and refusals answered
  *    with ICMP (port) unreachable sent back out of the same interface.
  *  - sl_tc_egress: reverse NAT of replies (backend -> client becomes frontend -> client).
+ *  Both translate ICMP errors about translated flows (sluice_icmp_nat.h).
  * Masquerading itself is done by netfilter (a rule matching SL_MASQ_MARK installed by the
  * agent), which also un-NATs the replies before they reach sl_tc_egress.
  */
@@ -17,6 +18,7 @@
 #include "include/sluice_nat.h"
 #include "include/sluice_ext.h"
 #include "include/sluice_icmp.h"
+#include "include/sluice_icmp_nat.h"
 
 SEC("classifier")
 int sl_tc_ingress(struct __sk_buff *skb)
@@ -27,7 +29,7 @@ int sl_tc_ingress(struct __sk_buff *skb)
 	struct ext_verdict v = {};
 
 	if (parse(data, data_end, &p))
-		return TC_ACT_OK;
+		return icmp_err_ingress(skb);
 	ext_decide(&p, &v);
 	if (v.action == EXT_DROP)
 		return TC_ACT_SHOT;
@@ -54,7 +56,7 @@ int sl_tc_egress(struct __sk_buff *skb)
 	__u32 nat[4];
 
 	if (parse(data, data_end, &p))
-		return TC_ACT_OK;
+		return icmp_err_egress(skb);
 	ct = ct_lookup(&p, CT_DIR_REPLY, &key);
 	if (!ct)
 		return TC_ACT_OK;

@@ -918,3 +918,152 @@ fn closed_tcp_and_idle_udp_flows_expire_and_are_decided_afresh() -> Result<()> {
     );
     Ok(())
 }
+
+/// The IP header and the 8 bytes after it of a frame: what an ICMP error quotes.
+fn quote_of(frame: &[u8]) -> Vec<u8> {
+    let len = if frame[12..14] == [0x08, 0x00] {
+        20
+    } else {
+        40
+    };
+    frame[14..14 + len + 8].to_vec()
+}
+
+/// An ICMP (IPv4) or ICMPv6 error from `src` to `dst` with valid checksums.
+fn icmp_error(src: &str, dst: &str, kind: (u8, u8), rest: [u8; 4], quote: &[u8]) -> Vec<u8> {
+    let (s, d): (IpAddr, IpAddr) = (src.parse().expect("ip"), dst.parse().expect("ip"));
+    let mut icmp = vec![kind.0, kind.1, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(quote);
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    match (s, d) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let c = csum(&icmp, 0).to_be_bytes();
+            icmp[2..4].copy_from_slice(&c);
+            let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0];
+            ip[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+            ip.extend_from_slice(&s.octets());
+            ip.extend_from_slice(&d.octets());
+            let c = csum(&ip, 0).to_be_bytes();
+            ip[10..12].copy_from_slice(&c);
+            f.extend_from_slice(&[0x08, 0x00]);
+            f.extend_from_slice(&ip);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut pseudo = Vec::new();
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, 58]);
+            pseudo.extend_from_slice(&icmp);
+            let c = csum(&pseudo, 0).to_be_bytes();
+            icmp[2..4].copy_from_slice(&c);
+            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+            f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+            f.extend_from_slice(&[58, 64]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+        }
+        _ => panic!("mixed families"),
+    }
+    f.extend_from_slice(&icmp);
+    f
+}
+
+#[test]
+fn icmp_errors_about_translated_flows_are_translated_too() -> Result<()> {
+    root_only!();
+    let mut fx = Fixture::new()?;
+    let mut d = desired(
+        Protocol::Tcp,
+        service(
+            vec![
+                ep("10.244.1.5", 8080, true),
+                ep("fd00:10:244:1::5", 8080, true),
+            ],
+            TrafficPolicy::Local,
+        ),
+    );
+    d.node_port_addresses.push("2001:db8::11".parse()?);
+    add_v6_cluster_ip(&mut d);
+    fx.apply(&d)?;
+    let client6 = "2001:db8::100";
+    fx.run(
+        false,
+        &frame(Protocol::Tcp, (CLIENT, 40000), (NODE, 30080), b""),
+    )?;
+    fx.run(
+        false,
+        &frame(
+            Protocol::Tcp,
+            (client6, 40000),
+            ("2001:db8::11", 30080),
+            b"",
+        ),
+    )?;
+    let to_pod = quote_of(&frame(
+        Protocol::Tcp,
+        (CLIENT, 40000),
+        ("10.244.1.5", 8080),
+        b"",
+    ));
+    let to_frontend = quote_of(&frame(Protocol::Tcp, (CLIENT, 40000), (NODE, 30080), b""));
+    let mtu = [0, 0, 0x05, 0x78];
+
+    // This node, forwarding toward the pod, says "fragmentation needed" to the client: the
+    // client must learn it about the frontend it sent to.
+    let frag = icmp_error("10.78.0.1", CLIENT, (3, 4), mtu, &to_pod);
+    let out = fx.run(true, &frag)?;
+    assert_eq!(out.verdict, TC_ACT_OK);
+    assert_eq!(
+        out.packet,
+        icmp_error("10.78.0.1", CLIENT, (3, 4), mtu, &to_frontend)
+    );
+    // The pod itself refuses: the error comes from the frontend.
+    let unreach = icmp_error("10.244.1.5", CLIENT, (3, 3), [0; 4], &to_pod);
+    assert_eq!(
+        fx.run(true, &unreach)?.packet,
+        icmp_error(NODE, CLIENT, (3, 3), [0; 4], &to_frontend)
+    );
+    // A router beyond the node finds a reply too big: the pod gets it, about itself.
+    let reply = quote_of(&frame(Protocol::Tcp, (NODE, 30080), (CLIENT, 40000), b""));
+    let pod_reply = quote_of(&frame(
+        Protocol::Tcp,
+        ("10.244.1.5", 8080),
+        (CLIENT, 40000),
+        b"",
+    ));
+    let too_big = icmp_error("203.0.113.1", NODE, (3, 4), mtu, &reply);
+    assert_eq!(
+        fx.run(false, &too_big)?.packet,
+        icmp_error("203.0.113.1", "10.244.1.5", (3, 4), mtu, &pod_reply)
+    );
+    // IPv6 "packet too big" from this node, leaving.
+    let to_pod6 = quote_of(&frame(
+        Protocol::Tcp,
+        (client6, 40000),
+        ("fd00:10:244:1::5", 8080),
+        b"",
+    ));
+    let to_frontend6 = quote_of(&frame(
+        Protocol::Tcp,
+        (client6, 40000),
+        ("2001:db8::11", 30080),
+        b"",
+    ));
+    let ptb = icmp_error("fd78::1", client6, (2, 0), mtu, &to_pod6);
+    assert_eq!(
+        fx.run(true, &ptb)?.packet,
+        icmp_error("fd78::1", client6, (2, 0), mtu, &to_frontend6)
+    );
+    // Errors about flows nobody translated pass untouched.
+    let other = quote_of(&frame(
+        Protocol::Tcp,
+        (CLIENT, 40001),
+        ("10.244.1.5", 8080),
+        b"",
+    ));
+    let unrelated = icmp_error("10.78.0.1", CLIENT, (3, 4), mtu, &other);
+    assert_eq!(fx.run(true, &unrelated)?.packet, unrelated);
+    Ok(())
+}

@@ -368,12 +368,15 @@ impl Kernel {
     /// the old generations.
     fn switch(&mut self, programs: Programs, fresh: Vec<Fresh>) {
         let links_dir = self.config.bpffs_path.join("links");
-        let moved = attach::relink_all(&links_dir, &programs);
-        tracing::info!(links = moved, "ebpf: programs switched to the grown maps");
-        let Programs { sock, tc, xdp } = programs;
-        self.sock = sock;
         {
-            let mut a = self.attacher();
+            // Held across the switch: the link watcher must not attach a new interface to
+            // the old programs in between.
+            let attacher = Arc::clone(&self.attacher);
+            let mut a = attacher.lock().unwrap_or_else(|p| p.into_inner());
+            let moved = attach::relink_all(&links_dir, &programs);
+            tracing::info!(links = moved, "ebpf: programs switched to the grown maps");
+            let Programs { sock, tc, xdp } = programs;
+            self.sock = sock;
             a.tc = tc;
             a.xdp = xdp;
         }
