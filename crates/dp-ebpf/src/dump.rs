@@ -20,7 +20,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::abi::{self, Backend, SvcKey, SvcVal};
 use crate::render::MapContent;
 
-fn addr(words: [u32; 4], family: u8) -> IpAddr {
+/// An address from network-order words (`IPv4` in the first).
+pub(crate) fn addr(words: [u32; 4], family: u8) -> IpAddr {
     if family == abi::FAMILY_V4 {
         IpAddr::V4(Ipv4Addr::from(words[0].to_ne_bytes()))
     } else {

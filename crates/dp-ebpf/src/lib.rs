@@ -12,6 +12,7 @@
 //! [`MapProgrammer`] keeps per-service bookkeeping and writes only what changed, in a safe
 //! order, through the [`store::MapStore`] seam; the kernel module implements that seam on
 //! pinned maps (and grows them), [`store::FakeMapStore`] in memory for tests.
+//! [`read_pinned`] reads the pins back in plan terms for `sluice inspect` / `sluice explain`.
 //!
 //! Masquerading is delegated to netfilter: the tc program sets [`abi::MASQ_MARK`] on the
 //! packet and a one-rule nftables table `inet sluice_ebpf` (installed by this backend)
@@ -26,6 +27,7 @@ mod links;
 pub mod maglev;
 mod programmer;
 mod prune;
+pub mod readback;
 pub mod render;
 pub mod sizing;
 pub mod store;
@@ -41,6 +43,7 @@ use sluice_plan::{Plan, PlanDelta, Route, ServicePlan};
 pub use kernel::bpffs::find_cgroup2_root;
 pub use kernel::testrun::TestRun;
 pub use programmer::{MapProgrammer, connectionless_backends, estimate};
+pub use readback::{PinnedState, ReadError, ReadFlows, read_pinned};
 pub use sizing::{MapOccupancy, MapSizes};
 
 pub(crate) const BACKEND: &str = "ebpf";

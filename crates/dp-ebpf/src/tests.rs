@@ -143,4 +143,5 @@ fn layout_matches_btf() {
 
 mod helpers;
 mod programmer;
+mod readback;
 mod render;

@@ -460,6 +460,7 @@ fn maps_grow_into_new_pins_without_dropping_established_flows() -> Result<()> {
     for port in [30091, 30092] {
         assert_eq!(get(&t, &format!("10.77.0.1:{port}"))?, "pod1 10.77.0.2");
     }
+    pinned_state_reads_the_grown_maps(&t)?;
     assert_eq!(held.send("after maglev")?, "pod1-lines: after maglev");
     // One set of programs on the interface, and new flows land in the grown conntrack.
     let count = in_ns(&t.node.name, || {
@@ -475,5 +476,47 @@ fn maps_grow_into_new_pins_without_dropping_established_flows() -> Result<()> {
     assert_eq!(maglev.entries, 5 * sluice_dp_ebpf::abi::MAGLEV_M as usize);
     assert!(maglev.capacity as usize > maglev.entries, "{maglev:?}");
     in_ns(&t.node.name, || dp.cleanup())?;
+    Ok(())
+}
+
+/// `read_pinned` (what `sluice inspect` shows) on the grown generations: the NodePort added
+/// by the growth forwards to the pod, the client's flows are there in their original
+/// direction.
+fn pinned_state_reads_the_grown_maps(t: &Topo) -> Result<()> {
+    use sluice_dp_ebpf::readback::EntryAction;
+    use sluice_plan::{Family, FrontendAddr};
+    let state = sluice_dp_ebpf::read_pinned(&t.config.bpffs_path, sluice_dp_ebpf::ReadFlows::Yes)?
+        .expect("pinned");
+    assert_eq!(
+        state.nodeport_addresses,
+        ["10.77.0.1".parse::<std::net::IpAddr>()?, "fd77::1".parse()?]
+    );
+    let extra = state
+        .frontends
+        .iter()
+        .find(|f| f.key.addr == FrontendAddr::NodePorts(Family::V4) && f.key.port == 30092)
+        .expect("NodePort 30092");
+    let ext = extra.ext.as_ref().expect("ext entry");
+    assert_eq!(
+        ext.action,
+        EntryAction::Forward {
+            backends: vec!["10.78.0.2:8080".parse()?],
+            masquerade: false
+        }
+    );
+    assert!(ext.maglev);
+    let client: std::net::IpAddr = "10.77.0.2".parse()?;
+    let frontend: std::net::SocketAddr = "10.77.0.1:30092".parse()?;
+    let backend: std::net::SocketAddr = "10.78.0.2:8080".parse()?;
+    let to_extra: Vec<_> = state
+        .flows
+        .iter()
+        .filter(|f| f.frontend == frontend && f.client.ip() == client)
+        .collect();
+    assert!(!to_extra.is_empty(), "{:?}", state.flows);
+    assert!(
+        to_extra.iter().all(|f| f.backend == backend),
+        "{to_extra:?}"
+    );
     Ok(())
 }

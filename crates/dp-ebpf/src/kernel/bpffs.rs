@@ -109,20 +109,14 @@ impl Pins {
     /// Finds the current generation of every map under `dir` (generation 1 for maps not
     /// pinned yet) and removes filling pins a crash left.
     pub fn scan(dir: &Path) -> Result<Pins, BpffsError> {
-        let mut generation: BTreeMap<MapKind, u32> = BTreeMap::new();
-        for name in file_names(dir)? {
+        let names = file_names(dir)?;
+        for name in &names {
             if name.ends_with(FILLING) && name.starts_with("sl_") {
-                let path = dir.join(&name);
+                let path = dir.join(name);
                 std::fs::remove_file(&path).map_err(io_err("remove", &path))?;
-                continue;
-            }
-            for map in MapKind::ALL {
-                if let Some(g) = generation_of(map, &name) {
-                    let current = generation.entry(map).or_insert(g);
-                    *current = (*current).max(g);
-                }
             }
         }
+        let mut generation = current_generations(&names);
         for map in MapKind::ALL {
             generation.entry(map).or_insert(1);
         }
@@ -130,6 +124,32 @@ impl Pins {
             dir: dir.to_path_buf(),
             generation,
         })
+    }
+
+    /// The pins as they are, changing nothing (a running agent may be filling a `_new`
+    /// generation right now): `None` when `dir` does not exist or holds no frontend map.
+    /// Maps without a pin are at generation 1 (opening them then fails, naming the path).
+    pub fn existing(dir: &Path) -> io::Result<Option<Pins>> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        let mut generation = current_generations(&names);
+        if !generation.contains_key(&MapKind::Svc) {
+            return Ok(None);
+        }
+        for map in MapKind::ALL {
+            generation.entry(map).or_insert(1);
+        }
+        Ok(Some(Pins {
+            dir: dir.to_path_buf(),
+            generation,
+        }))
     }
 
     pub fn path(&self, map: MapKind) -> PathBuf {
@@ -165,6 +185,20 @@ impl Pins {
         }
         Ok(())
     }
+}
+
+/// The highest complete generation of each map pinned among `names` (filling pins excluded).
+fn current_generations(names: &[String]) -> BTreeMap<MapKind, u32> {
+    let mut generation: BTreeMap<MapKind, u32> = BTreeMap::new();
+    for name in names {
+        for map in MapKind::ALL {
+            if let Some(g) = generation_of(map, name) {
+                let current = generation.entry(map).or_insert(g);
+                *current = (*current).max(g);
+            }
+        }
+    }
+    generation
 }
 
 fn file_names(dir: &Path) -> Result<Vec<String>, BpffsError> {
@@ -209,5 +243,23 @@ mod tests {
         assert_eq!(generation_of(MapKind::Slot, "sl_svc_v1"), None);
         assert_eq!(pin_name(MapKind::Ct, 1), "sl_ct_v1");
         assert_eq!(pin_name(MapKind::Ct, 2), "sl_ct_v1_g2");
+    }
+
+    #[test]
+    fn existing_pins_are_found_without_touching_a_generation_being_filled() {
+        let dir = std::env::temp_dir().join(format!("sluice-pins-{}", std::process::id()));
+        assert!(Pins::existing(&dir).unwrap().is_none(), "no directory");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("sl_ct_v1"), "").unwrap();
+        assert!(Pins::existing(&dir).unwrap().is_none(), "no frontend map");
+        for name in ["sl_svc_v1", "sl_svc_v1_g3", "sl_svc_v1_g4_new"] {
+            std::fs::write(dir.join(name), "").unwrap();
+        }
+        let pins = Pins::existing(&dir).unwrap().expect("pinned");
+        assert_eq!(pins.path(MapKind::Svc), dir.join("sl_svc_v1_g3"));
+        assert_eq!(pins.path(MapKind::Ct), dir.join("sl_ct_v1"));
+        assert_eq!(pins.path(MapKind::Slot), dir.join("sl_slot_v1"));
+        assert!(dir.join("sl_svc_v1_g4_new").exists(), "left for its writer");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use aya::maps::MapData;
 use sluice_plan::StaleFlow;
 
-use crate::abi::{self, AffKey, AffVal, CtKey, CtVal, MapKind};
+use crate::abi::{self, AffKey, AffVal, CidrKey, CtKey, CtVal, MapKind, NodeIpKey, SrcKey};
 use crate::kernel::bpffs::Pins;
 use crate::kernel::sys;
 use crate::prune::StaleBackends;
@@ -138,6 +138,50 @@ impl MapHandle {
         }
     }
 
+    /// Adds the rows of this agent-owned map to `c` (rows of another size are skipped: the
+    /// sizes were checked when the map was opened).
+    pub fn read_into(&self, c: &mut MapContent) -> Result<(), StoreError> {
+        match self.kind {
+            MapKind::Svc => self.for_each(|k, v| {
+                if let (Some(k), Some(v)) = (abi::from_bytes(k), abi::from_bytes(v)) {
+                    c.svc.insert(k, v);
+                }
+            }),
+            MapKind::Slot | MapKind::Maglev => {
+                let rows = if self.kind == MapKind::Slot {
+                    &mut c.slot
+                } else {
+                    &mut c.maglev
+                };
+                self.for_each(|k, v| {
+                    if let (Some(k), Some(v)) = (abi::from_bytes(k), abi::from_bytes(v)) {
+                        rows.insert(k, v);
+                    }
+                })
+            }
+            MapKind::Src => self.for_each(|k, _| c.src.extend(abi::from_bytes::<SrcKey>(k))),
+            MapKind::Cidr => self.for_each(|k, _| c.cidr.extend(abi::from_bytes::<CidrKey>(k))),
+            MapKind::NodeIp => {
+                self.for_each(|k, _| c.nodeip.extend(abi::from_bytes::<NodeIpKey>(k)))
+            }
+            MapKind::Aff | MapKind::Rev | MapKind::Ct => Ok(()),
+        }
+    }
+
+    /// The conntrack entries of the original direction (client → frontend), for a
+    /// `sl_ct_v1` handle.
+    pub fn conntrack_orig(&self) -> Result<Vec<(CtKey, CtVal)>, StoreError> {
+        let mut out = Vec::new();
+        self.for_each(|k, v| {
+            if let (Some(k), Some(v)) = (abi::from_bytes::<CtKey>(k), abi::from_bytes(v))
+                && k.dir == abi::CT_DIR_ORIG
+            {
+                out.push((k, v));
+            }
+        })?;
+        Ok(out)
+    }
+
     pub fn count(&self) -> Result<usize, StoreError> {
         let mut n = 0;
         self.for_each(|_, _| n += 1)?;
@@ -191,27 +235,9 @@ impl KernelMaps {
     /// Everything the agent owns, as the kernel has it now.
     pub fn read(&self) -> Result<MapContent, StoreError> {
         let mut c = MapContent::default();
-        self.get(MapKind::Svc).for_each(|k, v| {
-            if let (Some(k), Some(v)) = (abi::from_bytes(k), abi::from_bytes(v)) {
-                c.svc.insert(k, v);
-            }
-        })?;
-        self.get(MapKind::Slot).for_each(|k, v| {
-            if let (Some(k), Some(v)) = (abi::from_bytes(k), abi::from_bytes(v)) {
-                c.slot.insert(k, v);
-            }
-        })?;
-        self.get(MapKind::Maglev).for_each(|k, v| {
-            if let (Some(k), Some(v)) = (abi::from_bytes(k), abi::from_bytes(v)) {
-                c.maglev.insert(k, v);
-            }
-        })?;
-        self.get(MapKind::Src)
-            .for_each(|k, _| c.src.extend(abi::from_bytes::<crate::abi::SrcKey>(k)))?;
-        self.get(MapKind::Cidr)
-            .for_each(|k, _| c.cidr.extend(abi::from_bytes::<crate::abi::CidrKey>(k)))?;
-        self.get(MapKind::NodeIp)
-            .for_each(|k, _| c.nodeip.extend(abi::from_bytes::<crate::abi::NodeIpKey>(k)))?;
+        for map in MapKind::AGENT {
+            self.get(map).read_into(&mut c)?;
+        }
         Ok(c)
     }
 

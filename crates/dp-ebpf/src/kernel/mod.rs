@@ -19,8 +19,9 @@ use aya::Ebpf;
 use sluice_hostnet::{HostNetwork, RtNetlink};
 use sluice_plan::StaleFlow;
 
-use crate::abi::MapKind;
+use crate::abi::{CtKey, CtVal, MapKind};
 use crate::links::Watcher;
+use crate::readback::ReadError;
 use crate::render::MapContent;
 use crate::sizing::default_capacity;
 use crate::store::{MapStore, Row, RowKey, StoreError};
@@ -110,6 +111,54 @@ pub fn check_support(config: &EbpfConfig) -> Result<(), String> {
     bpffs::remove_pins(&probe);
     result.map_err(|e| sluice_dataplane::error_chain(&e))
 }
+
+/// The datapath's conntrack entries of the original direction.
+pub type Conntrack = Vec<(CtKey, CtVal)>;
+
+/// The agent's rows pinned under `dir` (current generations) and, with `conntrack`, the
+/// datapath's original-direction conntrack entries, read without loading or changing
+/// anything; `None` when nothing is pinned there.
+pub fn read_pinned(
+    dir: &Path,
+    conntrack: bool,
+) -> Result<Option<(MapContent, Conntrack)>, ReadError> {
+    let pins = Pins::existing(dir).map_err(|source| ReadError::List {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    let Some(pins) = pins else {
+        return Ok(None);
+    };
+    let open = |map: MapKind| {
+        let path = pins.path(map);
+        MapHandle::open(map, &path).map_err(|source| ReadError::Map {
+            path: path.clone(),
+            source,
+        })
+    };
+    let mut content = MapContent::default();
+    for map in MapKind::AGENT {
+        let handle = open(map)?;
+        handle
+            .read_into(&mut content)
+            .map_err(|source| ReadError::Map {
+                path: pins.path(map),
+                source,
+            })?;
+    }
+    let mut flows = Vec::new();
+    if conntrack {
+        flows = open(MapKind::Ct)?
+            .conntrack_orig()
+            .map_err(|source| ReadError::Map {
+                path: pins.path(MapKind::Ct),
+                source,
+            })?;
+    }
+    Ok(Some((content, flows)))
+}
+
+pub use sys::monotonic_ns;
 
 /// Removes everything under `config` (pins, links, the masquerade table).
 pub fn cleanup(config: &EbpfConfig) -> Result<(), std::io::Error> {

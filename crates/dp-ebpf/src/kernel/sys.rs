@@ -278,3 +278,16 @@ pub fn mount_bpffs() -> io::Result<()> {
     }
     Ok(())
 }
+
+/// `CLOCK_MONOTONIC` now in nanoseconds: the clock of `bpf_ktime_get_ns` (conntrack times).
+pub fn monotonic_ns() -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own; no other preconditions.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let secs = u64::try_from(ts.tv_sec).ok()?;
+    let nanos = u64::try_from(ts.tv_nsec).ok()?;
+    (rc == 0).then(|| secs * 1_000_000_000 + nanos)
+}
