@@ -11,12 +11,12 @@
 //! references, finalizers, `generateName`, `selfLink`. Per kind: Service conditions and
 //! selector (endpoints come from EndpointSlices); EndpointSlice endpoint `targetRef`,
 //! `hostname` and `deprecatedTopology`, labels other than `kubernetes.io/service-name` and
-//! annotations other than the trigger time; Node spec, images, conditions, capacity and the
-//! rest of its status but addresses, labels other than the zone.
+//! annotations other than the trigger time; Node spec but its taints, images, conditions,
+//! capacity and the rest of its status but addresses, labels other than the zone.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, NodeStatus, Secret, Service};
+use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -92,7 +92,15 @@ impl Compact for Node {
         compact_meta(&mut self.metadata);
         keep_only(&mut self.metadata.labels, ZONE_LABEL);
         self.metadata.annotations = None;
-        self.spec = None;
+        // Taints stay: `/healthz` fails while the cluster autoscaler's removal taint is set.
+        self.spec = self
+            .spec
+            .take()
+            .and_then(|spec| spec.taints)
+            .map(|taints| NodeSpec {
+                taints: Some(taints),
+                ..NodeSpec::default()
+            });
         self.status = self.status.take().map(|status| NodeStatus {
             addresses: status.addresses,
             ..NodeStatus::default()
@@ -180,11 +188,13 @@ mod tests {
     }
 
     #[test]
-    fn nodes_keep_addresses_and_zone_only() {
+    fn nodes_keep_addresses_zone_and_taints_only() {
+        let taints = serde_json::json!([{"key": "ToBeDeletedByClusterAutoscaler",
+                                          "value": "1700000000", "effect": "NoSchedule"}]);
         let mut node: Node = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "node-a", "labels": {ZONE_LABEL: "z1", "kubernetes.io/os": "linux"},
                          "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
-            "spec": {"podCIDR": "10.244.1.0/24"},
+            "spec": {"podCIDR": "10.244.1.0/24", "taints": taints},
             "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.11"}],
                        "images": [{"names": ["registry/image:1"], "sizeBytes": 1}]}
         }))
@@ -192,9 +202,16 @@ mod tests {
         node.compact();
         let kept: Node = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "node-a", "labels": {ZONE_LABEL: "z1"}},
+            "spec": {"taints": taints},
             "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.11"}]}
         }))
         .unwrap();
         assert_eq!(node, kept);
+        let mut untainted: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "node-b"}, "spec": {"podCIDR": "10.244.2.0/24"}
+        }))
+        .unwrap();
+        untainted.compact();
+        assert_eq!(untainted.spec, None);
     }
 }
