@@ -77,6 +77,7 @@ fn select_dataplane(
                 ProxyMode::Ebpf
             }
             Err(reason) => {
+                let reason = sluice_dataplane::error_chain(&reason);
                 tracing::info!("proxy mode auto: using nftables, eBPF unavailable: {reason}");
                 ProxyMode::Nftables
             }

@@ -40,6 +40,7 @@ use std::time::Duration;
 use sluice_dataplane::{ApplyReport, Dataplane, DataplaneError, Restored};
 use sluice_plan::{Plan, PlanDelta, Route, ServicePlan};
 
+pub use kernel::Unsupported;
 pub use kernel::bpffs::find_cgroup2_root;
 pub use kernel::testrun::TestRun;
 pub use programmer::{MapProgrammer, connectionless_backends, estimate};
@@ -129,9 +130,9 @@ fn kernel_err(action: &str, err: impl std::error::Error + Send + Sync + 'static)
 
 fn load_err(err: kernel::KernelError) -> DataplaneError {
     match err {
-        kernel::KernelError::Unavailable { reason } => DataplaneError::Unavailable {
+        kernel::KernelError::Unavailable(reason) => DataplaneError::Unavailable {
             backend: BACKEND,
-            reason,
+            reason: sluice_dataplane::error_chain(&reason),
         },
         other => kernel_err("loading the programs", other),
     }
@@ -139,7 +140,7 @@ fn load_err(err: kernel::KernelError) -> DataplaneError {
 
 /// `Ok(())` when this kernel can run the eBPF dataplane, `Err(reason)` otherwise
 /// (for `--proxy-mode auto`). Loads the programs through the verifier without attaching.
-pub fn check_support(config: &EbpfConfig) -> Result<(), String> {
+pub fn check_support(config: &EbpfConfig) -> Result<(), Unsupported> {
     kernel::check_support(config)
 }
 

@@ -34,8 +34,8 @@ use testrun::TestRun;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error("{reason}")]
-    Unavailable { reason: String },
+    #[error(transparent)]
+    Unavailable(#[from] Unsupported),
     #[error(transparent)]
     Bpffs(#[from] BpffsError),
     #[error(transparent)]
@@ -64,35 +64,49 @@ impl From<AttachError> for KernelError {
     }
 }
 
-/// `Err(reason)` when `path` cannot take socket-LB programs.
-fn check_cgroup2(path: &Path) -> Result<(), String> {
+/// Why this machine cannot run the eBPF dataplane.
+#[derive(Debug, thiserror::Error)]
+pub enum Unsupported {
+    #[error("{} is not a cgroup v2 directory ({mounted}; set --cgroup-path)", path.display())]
+    NotCgroup2 { path: PathBuf, mounted: String },
+    #[error("cannot read the kernel version: {detail}")]
+    KernelVersion { detail: String },
+    #[error("kernel {version} has no tcx (6.6 or newer needed for pinned tc links)")]
+    NoTcx { version: String },
+    #[error("the programs do not load")]
+    Load(#[source] Box<KernelError>),
+}
+
+/// Whether `path` can take socket-LB programs.
+fn check_cgroup2(path: &Path) -> Result<(), Unsupported> {
     if sys::fs_magic(path) == Some(bpffs::CGROUP2_SUPER_MAGIC) {
         return Ok(());
     }
     let mounted = bpffs::find_cgroup2_root()
         .map(|root| format!("cgroup2 is mounted at {}", root.display()))
         .unwrap_or_else(|| "no cgroup2 file system is mounted".to_owned());
-    Err(format!(
-        "{} is not a cgroup v2 directory ({mounted}; set --cgroup-path)",
-        path.display()
-    ))
+    Err(Unsupported::NotCgroup2 {
+        path: path.to_path_buf(),
+        mounted,
+    })
 }
 
 /// tc programs are attached as tcx links (kernel 6.6+), which can be pinned so forwarding
 /// survives the agent; older kernels would attach unpinnable qdisc filters.
-fn check_tcx() -> Result<(), String> {
-    let version = aya::util::KernelVersion::current()
-        .map_err(|e| format!("cannot read the kernel version: {e}"))?;
+fn check_tcx() -> Result<(), Unsupported> {
+    let version = aya::util::KernelVersion::current().map_err(|e| Unsupported::KernelVersion {
+        detail: e.to_string(),
+    })?;
     if version < aya::util::KernelVersion::new(6, 6, 0) {
-        return Err(format!(
-            "kernel {version:?} has no tcx (6.6 or newer needed for pinned tc links)"
-        ));
+        return Err(Unsupported::NoTcx {
+            version: format!("{version:?}"),
+        });
     }
     Ok(())
 }
 
 /// Loads everything through the verifier with maps pinned in a throw-away directory.
-pub fn check_support(config: &EbpfConfig) -> Result<(), String> {
+pub fn check_support(config: &EbpfConfig) -> Result<(), Unsupported> {
     check_cgroup2(&config.cgroup_path)?;
     check_tcx()?;
     let base = config
@@ -109,7 +123,7 @@ pub fn check_support(config: &EbpfConfig) -> Result<(), String> {
         Ok(())
     })();
     bpffs::remove_pins(&probe);
-    result.map_err(|e| sluice_dataplane::error_chain(&e))
+    result.map_err(|e| Unsupported::Load(Box::new(e)))
 }
 
 /// The datapath's conntrack entries of the original direction.
@@ -229,9 +243,8 @@ pub struct Kernel {
 
 impl Kernel {
     pub fn load(config: &EbpfConfig) -> Result<Self, KernelError> {
-        check_cgroup2(&config.cgroup_path)
-            .and_then(|()| check_tcx())
-            .map_err(|reason| KernelError::Unavailable { reason })?;
+        check_cgroup2(&config.cgroup_path)?;
+        check_tcx()?;
         let dir = &config.bpffs_path;
         bpffs::ensure_bpffs(dir)?;
         let pins = Pins::scan(dir)?;
