@@ -44,6 +44,10 @@ const UNSAFE_NEEDED: &[(&str, &str)] = &[
         "AF_PACKET sockets for ARP/NDP (sockaddr_ll)",
     ),
     (
+        "sluice-nftnl",
+        "setsockopt(SO_SNDBUFFORCE) so a whole nf_tables batch fits one socket buffer",
+    ),
+    (
         "sluice-agent",
         "setsockopt(IPV6_V6ONLY) on the health listener",
     ),
