@@ -83,7 +83,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let options = options(args)?;
     if !system::is_root() {
-        let missing = system::missing_packages(load::PACKAGES);
+        let missing = system::missing_of(load::PACKAGES);
         bail!(
             "benchmarks build network namespaces and program the kernel: run as root{}",
             if missing.is_empty() {
