@@ -1,25 +1,26 @@
 //! `cargo xtask bench [--quick] [--only GROUP,...] [--readme]`: every headline figure side by
-//! side in one run, release builds only. Groups:
+//! side in one run, release builds only. Groups, in this order:
 //!
 //! * `datapath` — one echo pod through ClusterIP, NodePort and eTP=Local for each dataplane
 //!   (eBPF socket-LB / tc / XDP generic, nftables) next to its pod IP with no proxy, at 10 and
 //!   at 10,000 installed Services ([`datapath`]).
+//! * `control-plane` (alias `scale`) — the scale runs of `cargo xtask bench scale`
+//!   ([`control_plane`], reusing [`crate::scale`]).
 //! * `ingress` — sluice's Ingress proxy vs nginx (as ingress-nginx configures it) and HAProxy
 //!   in front of the same pods ([`ingress`]).
-//! * `scale` — the control plane, from `cargo xtask bench scale` ([`scale_group`]).
 //!
 //! Prints a table (ours, the reference, ours ÷ reference), writes `target/bench/results.json`,
-//! a PNG chart per group and `target/bench/figures.md`; `--readme` also replaces the README's
-//! figures table with it. A measurement that fails is reported as such: benchmarks never fail
-//! on a timing. See docs/benchmarks.md.
+//! an SVG and a PNG chart per group and `target/bench/figures.md`; `--readme` also replaces
+//! the README's figures table with it. A measurement that fails is reported as such:
+//! benchmarks never fail on a timing. See docs/benchmarks.md.
 
 mod chart;
+mod control_plane;
 mod datapath;
 mod ingress;
 mod load;
 mod probe;
 mod report;
-mod scale_group;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -29,7 +30,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::system;
 use report::{Machine, Row};
 
-const GROUPS: [&str; 3] = ["datapath", "ingress", "scale"];
+const GROUPS: [&str; 3] = ["datapath", "control-plane", "ingress"];
 const README_START: &str = "<!-- bench:figures:start (cargo xtask bench --readme) -->";
 const README_END: &str = "<!-- bench:figures:end -->";
 
@@ -55,9 +56,14 @@ fn options(args: &[String]) -> Result<Options> {
                 options.groups = list
                     .split(',')
                     .map(|g| {
-                        GROUPS.iter().copied().find(|known| *known == g).with_context(|| {
-                            format!("--only {g}: groups are {}", GROUPS.join(", "))
-                        })
+                        let g = if g == "scale" { "control-plane" } else { g };
+                        GROUPS
+                            .iter()
+                            .copied()
+                            .find(|known| *known == g)
+                            .with_context(|| {
+                                format!("--only {g}: groups are {}", GROUPS.join(", "))
+                            })
                     })
                     .collect::<Result<_>>()?;
             }
@@ -71,40 +77,40 @@ fn options(args: &[String]) -> Result<Options> {
 }
 
 pub fn run(args: &[String]) -> Result<()> {
-    match args.first().map(String::as_str) {
-        Some(probe::SUBCOMMAND) => return probe::run(&args[1..]),
-        Some("scale") => {
-            // Reached only when no scale module is built in (it dispatches `bench scale`
-            // itself): tell the parent run, which reports the group as skipped.
-            eprintln!("cargo xtask bench scale: the scale group is not part of this xtask build");
-            std::process::exit(scale_group::NOT_BUILT);
-        }
-        _ => {}
+    if args.first().map(String::as_str) == Some(probe::SUBCOMMAND) {
+        return probe::run(&args[1..]);
     }
     let options = options(args)?;
     if !system::is_root() {
-        let missing = system::missing_of(load::PACKAGES);
+        let missing = system::missing_of(system::BENCH_NEEDS);
         bail!(
             "benchmarks build network namespaces and program the kernel: run as root{}",
             if missing.is_empty() {
                 String::new()
             } else {
-                format!(" (they also need: apt-get install -y {})", missing.join(" "))
+                format!(
+                    " (they also need: apt-get install -y {})",
+                    missing.join(" ")
+                )
             }
         );
     }
     system::ensure_packages()?;
-    system::ensure(load::PACKAGES)?;
+    system::ensure(system::BENCH_NEEDS)?;
     let built = Instant::now();
     crate::build_binaries(true)?;
     println!("release build: {:.0?}", built.elapsed());
     // SAFETY: no other thread of this process exists yet; the harness reads this variable.
-    unsafe { std::env::set_var("SLUICE_BIN_DIR", crate::workspace_root().join("target/release")) };
+    unsafe {
+        std::env::set_var(
+            "SLUICE_BIN_DIR",
+            crate::workspace_root().join("target/release"),
+        )
+    };
     let out_dir = crate::workspace_root().join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
-    chart::load_font(Path::new(load::FONT))?;
 
-    let machine = Machine::describe(options.quick);
+    let mut machine = Machine::describe(options.quick);
     println!(
         "{} ({} CPUs), kernel {}, load average {}",
         machine.cpu_model, machine.cpus, machine.kernel, machine.load_at_start
@@ -126,24 +132,40 @@ pub fn run(args: &[String]) -> Result<()> {
         statuses.push((group.to_string(), status));
     }
     println!("{}", report::table(&rows));
+    machine.load_at_end = report::load_average();
     write_outputs(&out_dir, &machine, &statuses, &rows, options.readme)?;
     println!(
-        "benchmarks took {:.0} s (load average now {})",
+        "benchmarks took {:.0} s (load average at the start {}, now {})",
         started.elapsed().as_secs_f64(),
-        report::load_average()
+        machine.load_at_start,
+        machine.load_at_end
     );
     Ok(())
 }
 
-fn run_group(group: &str, options: &Options, out_dir: &Path, rows: &mut Vec<Row>) -> Result<String> {
-    let seconds = |quick: u64, full: u64| Duration::from_secs(if options.quick { quick } else { full });
-    let (new_rows, series) = match group {
+fn run_group(
+    group: &str,
+    options: &Options,
+    out_dir: &Path,
+    rows: &mut Vec<Row>,
+) -> Result<String> {
+    let seconds =
+        |quick: u64, full: u64| Duration::from_secs(if options.quick { quick } else { full });
+    let (new_rows, chart) = match group {
         "datapath" => {
             let datapath = datapath::Options {
                 sizes: vec![10, 10_000],
                 duration: seconds(2, 10),
             };
-            (datapath::run(&datapath)?, Vec::new())
+            let rows = datapath::run(&datapath)?;
+            let chart = ratio_chart(
+                "datapath: ours ÷ pod IP (the limit), and 10,000 ÷ 10 Services",
+                &rows,
+            );
+            (rows, chart)
+        }
+        "control-plane" => {
+            control_plane::run(options.quick, out_dir).map(|(rows, chart)| (rows, Some(chart)))?
         }
         "ingress" => {
             println!("== ingress: sluice vs nginx vs HAProxy, 3 echo pods, wrk -t2 -c16");
@@ -151,36 +173,28 @@ fn run_group(group: &str, options: &Options, out_dir: &Path, rows: &mut Vec<Row>
                 duration: seconds(3, 10),
                 churn: seconds(5, 10),
             };
-            (ingress::run(&ingress)?, Vec::new())
+            let rows = ingress::run(&ingress)?;
+            let chart = ratio_chart("Ingress: sluice ÷ nginx", &rows);
+            (rows, chart)
         }
-        "scale" => match scale_group::run(options.quick, out_dir)? {
-            scale_group::Outcome::Ran(rows, series) => (rows, series),
-            scale_group::Outcome::NotBuilt => {
-                return Ok("skipped: `cargo xtask bench scale` is not part of this build".into());
-            }
-        },
         other => bail!("no group {other}"),
     };
-    let chart = out_dir.join(format!("{group}.png"));
-    let drawn = if group == "scale" {
-        chart::log_log(
-            "control plane: cost against the number of Services (log-log)",
-            "Services",
-            "ms",
-            &series,
-            &chart,
-        )?
-    } else {
-        let headline: Vec<&Row> = new_rows.iter().filter(|r| r.headline).collect();
-        chart::ratio_bars(&format!("{group}: ours ÷ reference"), &headline, &chart)?
+    let drawn = match chart {
+        Some(svg) => match chart::write(&svg, out_dir, group) {
+            Ok((svg, png)) => format!(", charts {} {}", svg.display(), png.display()),
+            Err(err) => format!(", chart not written: {err:#}"),
+        },
+        None => ", no chart (no ratio measured)".into(),
     };
-    let status = format!(
-        "{} rows{}",
-        new_rows.len(),
-        if drawn { format!(", chart {}", chart.display()) } else { String::new() }
-    );
+    let status = format!("{} rows{drawn}", new_rows.len());
     rows.extend(new_rows);
     Ok(status)
+}
+
+/// The bar chart of a group's headline rows.
+fn ratio_chart(title: &str, rows: &[Row]) -> Option<String> {
+    let headline: Vec<&Row> = rows.iter().filter(|r| r.headline).collect();
+    chart::ratio_bars(title, &headline)
 }
 
 fn write_outputs(
@@ -231,9 +245,14 @@ mod tests {
     fn only_selects_known_groups() {
         let o = options(&args(&["--quick", "--only", "ingress,scale"])).expect("options");
         assert!(o.quick);
-        assert_eq!(o.groups, ["ingress", "scale"]);
-        let err = options(&args(&["--only", "nft"])).err().expect("unknown group");
-        assert!(format!("{err:#}").contains("groups are datapath, ingress, scale"), "{err:#}");
+        assert_eq!(o.groups, ["ingress", "control-plane"], "scale is an alias");
+        let err = options(&args(&["--only", "nft"]))
+            .err()
+            .expect("unknown group");
+        assert!(
+            format!("{err:#}").contains("groups are datapath, control-plane, ingress"),
+            "{err:#}"
+        );
         assert_eq!(options(&[]).expect("defaults").groups, GROUPS);
     }
 
@@ -241,7 +260,10 @@ mod tests {
     fn readme_section_is_replaced_between_the_markers() {
         let text = format!("intro\n{README_START}\nold table\n{README_END}\nafter\n");
         let new = replace_section(&text, "| new |\n").expect("replaced");
-        assert_eq!(new, format!("intro\n{README_START}\n| new |\n{README_END}\nafter\n"));
+        assert_eq!(
+            new,
+            format!("intro\n{README_START}\n| new |\n{README_END}\nafter\n")
+        );
         assert!(replace_section("no markers", "x").is_err());
     }
 }

@@ -126,10 +126,7 @@ fn one_size(size: usize, duration: Duration, results: &mut Results) -> Result<()
     c.client_route(&c.node("node-a")?.pod_cidr_v4.clone(), "node-a")?;
     let written = Instant::now();
     write_services(&c, &web, size)?;
-    println!(
-        "   {size} Services written in {:.1?}",
-        written.elapsed()
-    );
+    println!("   {size} Services written in {:.1?}", written.elapsed());
     let node = c.node("node-a")?.clone();
     let load = Load {
         threads: 2,
@@ -154,7 +151,10 @@ fn one_size(size: usize, duration: Duration, results: &mut Results) -> Result<()
         };
         let started = Instant::now();
         if let Err(err) = start_programmed(&mut c, mode, extra, size) {
-            eprintln!("   {}: agent did not program {size} Services: {err:#}", system.label(PathKind::NodePort));
+            eprintln!(
+                "   {}: agent did not program {size} Services: {err:#}",
+                system.label(PathKind::NodePort)
+            );
             continue;
         }
         println!(
@@ -162,7 +162,10 @@ fn one_size(size: usize, duration: Duration, results: &mut Results) -> Result<()
             system.label(PathKind::NodePort),
             started.elapsed()
         );
-        for path in PathKind::ALL.into_iter().filter(|p| System::on(*p).contains(&system)) {
+        for path in PathKind::ALL
+            .into_iter()
+            .filter(|p| System::on(*p).contains(&system))
+        {
             let (at, tcp, http) = frontend(path, &node);
             let runs = measure_path(&c, at, tcp, http, load);
             report(size, path, system, &runs);
@@ -186,10 +189,18 @@ fn frontend(path: PathKind, node: &sluice_tests::Node) -> (At<'static>, SocketAd
     }
 }
 
-fn measure_path(c: &Cluster, at: At<'_>, tcp: SocketAddr, http: SocketAddr, load: Load) -> PathRuns {
+fn measure_path(
+    c: &Cluster,
+    at: At<'_>,
+    tcp: SocketAddr,
+    http: SocketAddr,
+    load: Load,
+) -> PathRuns {
     let probe = Load {
         // Connection setup is mostly waiting on the kernel: more threads than cores.
-        connections: 2 * std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
+        connections: 2 * std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .max(2),
         ..load
     };
     let url = format!("http://{http}/");
@@ -208,7 +219,11 @@ fn report(size: usize, path: PathKind, system: System, runs: &PathRuns) {
         Err(e) => format!("failed: {}", e.lines().next().unwrap_or("")),
     };
     let latency = match &runs.connections {
-        Ok(m) => format!(" first packet p50 {:.0} µs p99 {:.0} µs", m.p50_ms * 1e3, m.p99_ms * 1e3),
+        Ok(m) => format!(
+            " first packet p50 {:.0} µs p99 {:.0} µs",
+            m.p50_ms * 1e3,
+            m.p99_ms * 1e3
+        ),
         Err(_) => String::new(),
     };
     println!(
@@ -229,14 +244,18 @@ fn start_programmed(c: &mut Cluster, mode: Mode, extra: &[&str], size: usize) ->
     c.start_agent("node-a", mode, &args)?;
     // The two benchmark Services have two ports each, the fillers one.
     let expected = size + 2;
-    sluice_tests::wait_until(Duration::from_secs(600), "every Service port programmed", || {
-        let metrics = c.agent_metrics("node-a")?;
-        Ok(metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("sluice_service_ports "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .is_some_and(|n| n as usize >= expected))
-    })
+    sluice_tests::wait_until(
+        Duration::from_secs(600),
+        "every Service port programmed",
+        || {
+            let metrics = c.agent_metrics("node-a")?;
+            Ok(metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("sluice_service_ports "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .is_some_and(|n| n as usize >= expected))
+        },
+    )
     .with_context(|| format!("agent log:\n{}", tail(&c.agent_log("node-a"), 20)))
 }
 
@@ -263,26 +282,48 @@ fn stop_agent(c: &mut Cluster, mode: Mode) {
 /// The two benchmark Services (ClusterIP + NodePort, and eTP=Local NodePort) on the echo pod,
 /// and `size - 2` ClusterIP fillers with three endpoints each that no traffic reaches.
 fn write_services(c: &Cluster, web: &Pod, size: usize) -> Result<()> {
-    let ports = [("tcp", "TCP", ECHO_TCP_PORT), ("http", "TCP", ECHO_HTTP_PORT)];
+    let ports = [
+        ("tcp", "TCP", ECHO_TCP_PORT),
+        ("http", "TCP", ECHO_HTTP_PORT),
+    ];
     let cluster = Service::new(NAMESPACE, "web")
         .kind("NodePort")
         .cluster_ips(&[CLUSTER_IP])
-        .port(Port::tcp(80, ECHO_TCP_PORT).named("tcp").node_port(NODE_PORTS.0))
-        .port(Port::tcp(81, ECHO_HTTP_PORT).named("http").node_port(NODE_PORTS.1));
+        .port(
+            Port::tcp(80, ECHO_TCP_PORT)
+                .named("tcp")
+                .node_port(NODE_PORTS.0),
+        )
+        .port(
+            Port::tcp(81, ECHO_HTTP_PORT)
+                .named("http")
+                .node_port(NODE_PORTS.1),
+        );
     c.write_service(&cluster, &ports, &[web])?;
     let local = Service::new(NAMESPACE, "web-local")
         .kind("NodePort")
         .cluster_ips(&["10.96.0.11"])
         .external_traffic_policy("Local")
-        .port(Port::tcp(80, ECHO_TCP_PORT).named("tcp").node_port(LOCAL_NODE_PORTS.0))
-        .port(Port::tcp(81, ECHO_HTTP_PORT).named("http").node_port(LOCAL_NODE_PORTS.1));
+        .port(
+            Port::tcp(80, ECHO_TCP_PORT)
+                .named("tcp")
+                .node_port(LOCAL_NODE_PORTS.0),
+        )
+        .port(
+            Port::tcp(81, ECHO_HTTP_PORT)
+                .named("http")
+                .node_port(LOCAL_NODE_PORTS.1),
+        );
     c.write_service(&local, &ports, &[web])?;
     let fillers = size.saturating_sub(2);
     for file in 0..fillers.div_ceil(PER_FILE) {
         let docs: Vec<Value> = (file * PER_FILE..((file + 1) * PER_FILE).min(fillers))
             .flat_map(filler)
             .collect();
-        c.write_manifest(&format!("fillers-{file:04}.yaml"), &manifests::yaml_docs(&docs))?;
+        c.write_manifest(
+            &format!("fillers-{file:04}.yaml"),
+            &manifests::yaml_docs(&docs),
+        )?;
     }
     Ok(())
 }
@@ -291,7 +332,8 @@ fn write_services(c: &Cluster, web: &Pod, size: usize) -> Result<()> {
 /// contacted), as a Service and its EndpointSlice.
 fn filler(i: usize) -> Vec<Value> {
     let name = format!("filler-{i}");
-    let ip = |base: usize, n: usize| format!("10.{}.{}.{}", base + n / 65_536, n / 256 % 256, n % 256);
+    let ip =
+        |base: usize, n: usize| format!("10.{}.{}.{}", base + n / 65_536, n / 256 % 256, n % 256);
     let svc = Service::new(NAMESPACE, &name)
         .cluster_ips(&[&ip(100, i + 1)])
         .port(Port::tcp(80, 8080).named("http"));
@@ -314,27 +356,46 @@ fn filler(i: usize) -> Vec<Value> {
 }
 
 /// (what, unit, better, figure) for each metric of a path.
-type Metric = (&'static str, &'static str, Better, fn(&PathRuns) -> Result<f64, String>);
+type Metric = (
+    &'static str,
+    &'static str,
+    Better,
+    fn(&PathRuns) -> Result<f64, String>,
+);
 
 const METRICS: [Metric; 5] = [
     ("new TCP connections/s", "conn/s", Better::Higher, |r| {
         r.connections.as_ref().map(|m| m.rate).map_err(Clone::clone)
     }),
     ("first packet p50", "µs", Better::Lower, |r| {
-        r.connections.as_ref().map(|m| m.p50_ms * 1e3).map_err(Clone::clone)
+        r.connections
+            .as_ref()
+            .map(|m| m.p50_ms * 1e3)
+            .map_err(Clone::clone)
     }),
     ("first packet p99", "µs", Better::Lower, |r| {
-        r.connections.as_ref().map(|m| m.p99_ms * 1e3).map_err(Clone::clone)
+        r.connections
+            .as_ref()
+            .map(|m| m.p99_ms * 1e3)
+            .map_err(Clone::clone)
     }),
-    ("requests/s, new connection each", "req/s", Better::Higher, |r| {
-        r.short.as_ref().map(|m| m.rate).map_err(Clone::clone)
-    }),
+    (
+        "requests/s, new connection each",
+        "req/s",
+        Better::Higher,
+        |r| r.short.as_ref().map(|m| m.rate).map_err(Clone::clone),
+    ),
     ("requests/s, keep-alive", "req/s", Better::Higher, |r| {
         r.keep_alive.as_ref().map(|m| m.rate).map_err(Clone::clone)
     }),
 ];
 
-fn figure(system: &str, results: &Results, key: (usize, PathKind, System), metric: &Metric) -> Figure {
+fn figure(
+    system: &str,
+    results: &Results,
+    key: (usize, PathKind, System),
+    metric: &Metric,
+) -> Figure {
     match results.get(&key).map(metric.3) {
         Some(Ok(v)) => Figure::new(system, Some(v)),
         Some(Err(e)) => Figure::failed(system, e),
@@ -349,9 +410,17 @@ fn rows(results: &Results, sizes: &[usize]) -> Vec<Row> {
     for &size in sizes {
         for path in PathKind::ALL {
             // eTP=Local and eTP=Cluster NodePorts share the client → pod IP limit.
-            let limit_path = if path == PathKind::ClusterIp { path } else { PathKind::NodePort };
+            let limit_path = if path == PathKind::ClusterIp {
+                path
+            } else {
+                PathKind::NodePort
+            };
             for (i, metric) in METRICS.iter().enumerate() {
-                let mut row = Row::new(GROUP, format!("{} · {size} Services: {}", path.label(), metric.0), metric.1);
+                let mut row = Row::new(
+                    GROUP,
+                    format!("{} · {size} Services: {}", path.label(), metric.0),
+                    metric.1,
+                );
                 if metric.2 == Better::Lower {
                     row = row.lower_is_better();
                 }
@@ -360,7 +429,12 @@ fn rows(results: &Results, sizes: &[usize]) -> Vec<Row> {
                     row = row.headline();
                 }
                 for &system in System::on(path) {
-                    row = row.ours(figure(system.label(path), results, (size, path, system), metric));
+                    row = row.ours(figure(
+                        system.label(path),
+                        results,
+                        (size, path, system),
+                        metric,
+                    ));
                 }
                 rows.push(row.reference(figure(
                     System::PodIp.label(path),
@@ -387,7 +461,12 @@ fn scaling_rows(results: &Results, small: usize, large: usize) -> Vec<Row> {
             for (i, metric) in METRICS.iter().enumerate() {
                 let mut row = Row::new(
                     GROUP,
-                    format!("{} {}: {}, {large} ÷ {small} Services", path.label(), system.label(path), metric.0),
+                    format!(
+                        "{} {}: {}, {large} ÷ {small} Services",
+                        path.label(),
+                        system.label(path),
+                        metric.0
+                    ),
                     metric.1,
                 );
                 if metric.2 == Better::Lower {
@@ -397,8 +476,18 @@ fn scaling_rows(results: &Results, small: usize, large: usize) -> Vec<Row> {
                     row = row.headline();
                 }
                 rows.push(
-                    row.ours(figure(&format!("{large} Services"), results, (large, path, system), metric))
-                        .reference(figure(&format!("{small} Services"), results, (small, path, system), metric)),
+                    row.ours(figure(
+                        &format!("{large} Services"),
+                        results,
+                        (large, path, system),
+                        metric,
+                    ))
+                    .reference(figure(
+                        &format!("{small} Services"),
+                        results,
+                        (small, path, system),
+                        metric,
+                    )),
                 );
             }
         }
@@ -431,18 +520,31 @@ mod tests {
         for size in [10, 10_000] {
             results.insert((size, PathKind::ClusterIp, System::PodIp), runs(1000.0));
             results.insert((size, PathKind::NodePort, System::PodIp), runs(800.0));
-            results.insert((size, PathKind::LocalNodePort, System::Nftables), runs(size as f64 / 20.0));
+            results.insert(
+                (size, PathKind::LocalNodePort, System::Nftables),
+                runs(size as f64 / 20.0),
+            );
         }
         let rows = rows(&results, &[10, 10_000]);
         let local = rows
             .iter()
-            .find(|r| r.name == "client → NodePort eTP=Local · 10000 Services: new TCP connections/s")
+            .find(|r| {
+                r.name == "client → NodePort eTP=Local · 10000 Services: new TCP connections/s"
+            })
             .expect("eTP=Local row");
-        let nft = local.ours.iter().find(|f| f.system == "nftables").expect("nft");
+        let nft = local
+            .ours
+            .iter()
+            .find(|f| f.system == "nftables")
+            .expect("nft");
         assert_eq!(nft.value, Some(500.0));
         assert_eq!(local.references[0].system, "pod IP, no proxy");
         assert_eq!(local.main_ratio(nft), Some(500.0 / 800.0));
-        let xdp = local.ours.iter().find(|f| f.system == "eBPF XDP generic").expect("xdp");
+        let xdp = local
+            .ours
+            .iter()
+            .find(|f| f.system == "eBPF XDP generic")
+            .expect("xdp");
         assert_eq!(xdp.note.as_deref(), Some("not measured"));
         let scaled = rows
             .iter()

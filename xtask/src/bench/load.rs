@@ -9,20 +9,6 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use sluice_tests::{At, Cluster};
 
-/// Packages the benchmarks run, beyond what the build and tests need: (what must exist,
-/// Debian package).
-pub const PACKAGES: &[(&str, &str)] = &[
-    ("bin:wrk", "wrk"),
-    ("bin:h2load", "nghttp2-client"),
-    ("bin:nginx", "nginx"),
-    ("bin:haproxy", "haproxy"),
-    ("bin:unshare", "util-linux"),
-    (FONT, "fonts-dejavu-core"),
-];
-
-/// The font the charts are drawn with.
-pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-
 /// What one load run measured. Latencies in milliseconds.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Measured {
@@ -114,7 +100,11 @@ pub fn wrk(
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    parse_wrk(&text).with_context(|| format!("wrk {url} output:\n{text}"))
+    let m = parse_wrk(&text).with_context(|| format!("wrk {url} output:\n{text}"))?;
+    if m.completed == 0 {
+        bail!("wrk {url}: no request completed:\n{text}");
+    }
+    Ok(m)
 }
 
 /// A wrk latency figure (`812.00us`, `1.23ms`, `2.00s`) in milliseconds.
@@ -194,6 +184,9 @@ pub fn h2load(
         bail!("h2load {url} failed ({}): {text}", out.status);
     }
     let mut m = parse_h2load(&text).with_context(|| format!("h2load {url} output:\n{text}"))?;
+    if m.completed == 0 {
+        bail!("h2load {url}: no request succeeded:\n{text}");
+    }
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     let mut latencies = h2load_latencies_ms(&log_text);
     (m.p50_ms, m.p99_ms) = percentiles(&mut latencies);
@@ -251,7 +244,12 @@ pub fn percentiles(values: &mut [f64]) -> (f64, f64) {
 /// New TCP connections per second from `at` to `target` with this binary's probe: each
 /// connection is opened, must greet with `pod=`, and is reset (no TIME_WAIT pile-up). The
 /// latencies are the connect() times: the first packet's round trip through the path.
-pub fn connection_rate(c: &Cluster, at: At<'_>, target: SocketAddr, load: Load) -> Result<Measured> {
+pub fn connection_rate(
+    c: &Cluster,
+    at: At<'_>,
+    target: SocketAddr,
+    load: Load,
+) -> Result<Measured> {
     let exe = std::env::current_exe().context("locating the xtask binary for the probe")?;
     let argv = [
         exe.display().to_string(),
@@ -319,7 +317,8 @@ status codes: 29990 2xx, 0 3xx, 0 4xx, 11 5xx";
         assert_eq!(m.rate, 15000.5);
         assert_eq!(m.completed, 29990);
         assert_eq!(m.failed, 11);
-        let mut lat = h2load_latencies_ms("1700000000000000\t200\t1500\n1700000000000100\t200\t500\n");
+        let mut lat =
+            h2load_latencies_ms("1700000000000000\t200\t1500\n1700000000000100\t200\t500\n");
         assert_eq!(percentiles(&mut lat), (1.5, 1.5));
         assert_eq!(lat, vec![0.5, 1.5]);
     }

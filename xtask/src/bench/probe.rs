@@ -149,7 +149,12 @@ mod tests {
             Instant::now() + Duration::from_millis(300),
         );
         assert!(t.ok > 0 && t.failed > 0, "ok {} failed {}", t.ok, t.failed);
-        assert!(t.ok.abs_diff(t.failed) <= 1, "ok {} failed {}", t.ok, t.failed);
+        assert!(
+            t.ok.abs_diff(t.failed) <= 1,
+            "ok {} failed {}",
+            t.ok,
+            t.failed
+        );
         assert_eq!(t.connect_us.len() as u64, t.ok);
     }
 }

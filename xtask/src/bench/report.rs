@@ -128,7 +128,7 @@ pub fn number(value: f64) -> String {
     if !value.is_finite() {
         return "—".into();
     }
-    if value.abs() >= 1000.0 {
+    if value.abs().round() >= 1000.0 {
         let digits = format!("{:.0}", value.abs());
         let mut out = String::new();
         for (i, c) in digits.chars().enumerate() {
@@ -184,7 +184,11 @@ pub fn table(rows: &[Row]) -> String {
                 "{:<58} {:<30} {:<34} {:>8}",
                 if first { name.as_str() } else { "" },
                 cell(ours),
-                if first { references.join(", ") } else { String::new() },
+                if first {
+                    references.join(", ")
+                } else {
+                    String::new()
+                },
                 ratio_cell(row.main_ratio(ours)),
             );
             first = false;
@@ -209,7 +213,7 @@ fn first_line(text: &str) -> &str {
 pub fn markdown(rows: &[Row], machine: &Machine) -> String {
     let mut out = format!(
         "{} run of `cargo xtask bench{}` on {} ({} CPUs, kernel {}, commit {}), load average \
-         {} at the start; {}. Ratio = ours ÷ the first reference.\n\n\
+         {} at the start and {} at the end; {}. Ratio = ours ÷ the first reference.\n\n\
          | group | measurement | ours (ratio) | reference |\n|---|---|---|---|\n",
         machine.date,
         if machine.quick { " --quick" } else { "" },
@@ -218,6 +222,7 @@ pub fn markdown(rows: &[Row], machine: &Machine) -> String {
         machine.kernel,
         machine.commit,
         machine.load_at_start,
+        machine.load_at_end,
         machine.note,
     );
     for row in rows.iter().filter(|r| r.headline) {
@@ -249,6 +254,8 @@ pub struct Machine {
     pub cpus: usize,
     pub kernel: String,
     pub load_at_start: String,
+    /// Set when the run is over.
+    pub load_at_end: String,
     pub quick: bool,
     pub commit: String,
     pub note: String,
@@ -275,6 +282,7 @@ impl Machine {
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             kernel: run("uname", &["-r"]),
             load_at_start: load_average(),
+            load_at_end: String::new(),
             quick,
             commit: run("git", &["rev-parse", "--short", "HEAD"]),
             note: "client, dataplane, proxies and backends share the machine's cores".into(),
@@ -284,7 +292,7 @@ impl Machine {
     fn to_json(&self) -> Value {
         json!({"date": self.date, "cpu_model": self.cpu_model, "cpus": self.cpus,
                "kernel": self.kernel, "load_average_at_start": self.load_at_start,
-               "load_average_at_end": load_average(), "quick": self.quick,
+               "load_average_at_end": self.load_at_end, "quick": self.quick,
                "commit": self.commit, "note": self.note})
     }
 }
@@ -348,6 +356,7 @@ mod tests {
             cpus: 2,
             kernel: "6.18.0".into(),
             load_at_start: "1.00 2.00 3.00".into(),
+            load_at_end: "4.00 2.00 3.00".into(),
             quick: true,
             commit: "abc1234".into(),
             note: "shared cores".into(),
@@ -375,6 +384,9 @@ mod tests {
     fn a_zero_reference_gives_no_ratio() {
         let ours = Figure::new("sluice", Some(0.0));
         assert_eq!(Row::ratio(&ours, &Figure::new("nginx", Some(0.0))), None);
-        assert_eq!(Row::ratio(&ours, &Figure::new("nginx", Some(5.0))), Some(0.0));
+        assert_eq!(
+            Row::ratio(&ours, &Figure::new("nginx", Some(5.0))),
+            Some(0.0)
+        );
     }
 }
