@@ -156,6 +156,7 @@ fn run_group(
             let datapath = datapath::Options {
                 sizes: vec![10, 10_000],
                 duration: seconds(2, 10),
+                repeats: if options.quick { 2 } else { 3 },
             };
             let rows = datapath::run(&datapath)?;
             let chart = ratio_chart(

@@ -99,6 +99,9 @@ type Results = BTreeMap<(usize, PathKind, System), PathRuns>;
 pub struct Options {
     pub sizes: Vec<usize>,
     pub duration: Duration,
+    /// Runs per measurement; the best is kept (other work on shared cores only ever slows a
+    /// run down, so the best run is the closest to what the path itself allows).
+    pub repeats: usize,
 }
 
 /// Runs every size; a size whose cluster cannot be built is reported and skipped.
@@ -107,7 +110,7 @@ pub fn run(options: &Options) -> Result<Vec<Row>> {
     let mut failures = Vec::new();
     for &size in &options.sizes {
         println!("== datapath: {size} Services installed");
-        if let Err(err) = one_size(size, options.duration, &mut results) {
+        if let Err(err) = one_size(size, options, &mut results) {
             eprintln!("   failed: {err:#}");
             failures.push(format!("{size} Services: {err:#}"));
         }
@@ -118,7 +121,7 @@ pub fn run(options: &Options) -> Result<Vec<Row>> {
     Ok(rows(&results, &options.sizes))
 }
 
-fn one_size(size: usize, duration: Duration, results: &mut Results) -> Result<()> {
+fn one_size(size: usize, options: &Options, results: &mut Results) -> Result<()> {
     let mut c = Cluster::new(&["node-a"])?;
     let web = c.add_pod("node-a", "web-1")?;
     c.add_pod("node-a", "client-1")?;
@@ -131,15 +134,22 @@ fn one_size(size: usize, duration: Duration, results: &mut Results) -> Result<()
     let load = Load {
         threads: 2,
         connections: 16,
-        duration,
+        duration: options.duration,
     };
+    let repeats = options.repeats;
     for path in [PathKind::ClusterIp, PathKind::NodePort] {
         let at = if path == PathKind::ClusterIp {
             At::Pod("client-1")
         } else {
             At::Client
         };
-        let runs = measure_path(&c, at, web.v4(ECHO_TCP_PORT), web.v4(ECHO_HTTP_PORT), load);
+        let runs = measure_path(
+            &c,
+            at,
+            (web.v4(ECHO_TCP_PORT), web.v4(ECHO_HTTP_PORT)),
+            load,
+            repeats,
+        );
         report(size, path, System::PodIp, &runs);
         results.insert((size, path, System::PodIp), runs);
     }
@@ -167,7 +177,7 @@ fn one_size(size: usize, duration: Duration, results: &mut Results) -> Result<()
             .filter(|p| System::on(*p).contains(&system))
         {
             let (at, tcp, http) = frontend(path, &node);
-            let runs = measure_path(&c, at, tcp, http, load);
+            let runs = measure_path(&c, at, (tcp, http), load, repeats);
             report(size, path, system, &runs);
             results.insert((size, path, system), runs);
         }
@@ -189,12 +199,13 @@ fn frontend(path: PathKind, node: &sluice_tests::Node) -> (At<'static>, SocketAd
     }
 }
 
+/// The three load runs of one path, each the best of `repeats`.
 fn measure_path(
     c: &Cluster,
     at: At<'_>,
-    tcp: SocketAddr,
-    http: SocketAddr,
+    (tcp, http): (SocketAddr, SocketAddr),
     load: Load,
+    repeats: usize,
 ) -> PathRuns {
     let probe = Load {
         // Connection setup is mostly waiting on the kernel: more threads than cores.
@@ -204,12 +215,26 @@ fn measure_path(
         ..load
     };
     let url = format!("http://{http}/");
-    let text = |r: Result<Measured>| r.map_err(|e| format!("{e:#}"));
     PathRuns {
-        connections: text(load::connection_rate(c, at, tcp, probe)),
-        short: text(load::wrk(c, at, None, &url, load, true)),
-        keep_alive: text(load::wrk(c, at, None, &url, load, false)),
+        connections: best_of(repeats, || load::connection_rate(c, at, tcp, probe)),
+        short: best_of(repeats, || load::wrk(c, at, None, &url, load, true)),
+        keep_alive: best_of(repeats, || load::wrk(c, at, None, &url, load, false)),
     }
+}
+
+/// The run with the highest rate of `repeats` (at least one); the last error when none
+/// succeeded.
+fn best_of(repeats: usize, mut run: impl FnMut() -> Result<Measured>) -> Result<Measured, String> {
+    let mut best: Option<Measured> = None;
+    let mut error = None;
+    for _ in 0..repeats.max(1) {
+        match run() {
+            Ok(m) if best.as_ref().is_none_or(|b| m.rate > b.rate) => best = Some(m),
+            Ok(_) => {}
+            Err(e) => error = Some(format!("{e:#}")),
+        }
+    }
+    best.ok_or_else(|| error.unwrap_or_default())
 }
 
 fn report(size: usize, path: PathKind, system: System, runs: &PathRuns) {
@@ -424,8 +449,9 @@ fn rows(results: &Results, sizes: &[usize]) -> Vec<Row> {
                 if metric.2 == Better::Lower {
                     row = row.lower_is_better();
                 }
-                // Connections/s, first packet p99, keep-alive requests/s.
-                if i % 2 == 0 {
+                // The README shows the largest size (the 10-Services figures are in the
+                // "÷" rows), without the p50.
+                if Some(&size) == sizes.iter().max() && i != 1 {
                     row = row.headline();
                 }
                 for &system in System::on(path) {
@@ -556,6 +582,27 @@ mod tests {
             .find(|r| r.name == "pod → ClusterIP · 10 Services: requests/s, keep-alive")
             .expect("keep-alive row");
         assert_eq!(keep_alive.references[0].note.as_deref(), Some("wrk failed"));
+    }
+
+    #[test]
+    fn the_best_run_is_kept_and_an_error_only_when_all_failed() {
+        let mut rates = [Ok(5.0), Err("down"), Ok(9.0), Ok(7.0)].into_iter();
+        let best = best_of(4, || match rates.next().expect("one per run") {
+            Ok(rate) => Ok(Measured {
+                rate,
+                ..Measured::default()
+            }),
+            Err(e) => Err(anyhow::anyhow!(e)),
+        });
+        assert_eq!(best.map(|m| m.rate), Ok(9.0));
+        let failed = best_of(2, || Err(anyhow::anyhow!("refused")));
+        assert_eq!(failed.err().as_deref(), Some("refused"));
+        let mut calls = 0;
+        let _ = best_of(0, || {
+            calls += 1;
+            Ok(Measured::default())
+        });
+        assert_eq!(calls, 1, "at least one run");
     }
 
     #[test]
