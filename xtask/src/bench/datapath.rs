@@ -216,8 +216,8 @@ fn measure_path(
     };
     let url = format!("http://{http}/");
     PathRuns {
-        connections: best_of(repeats, || load::connection_rate(c, at, tcp, probe)),
-        short: best_of(repeats, || load::wrk(c, at, None, &url, load, true)),
+        connections: best_of(repeats, || load::connection_rate(c, at, tcp, probe, false)),
+        short: best_of(repeats, || load::connection_rate(c, at, http, probe, true)),
         keep_alive: best_of(repeats, || load::wrk(c, at, None, &url, load, false)),
     }
 }
@@ -479,11 +479,13 @@ fn rows(results: &Results, sizes: &[usize]) -> Vec<Row> {
     rows
 }
 
-/// "10,000 Services ÷ 10 Services" for each path, dataplane and metric.
+/// "10,000 Services ÷ 10 Services" for each path, dataplane and metric; also for the pod
+/// IP, whose work is the same at both sizes: its ratio is this run's noise.
 fn scaling_rows(results: &Results, small: usize, large: usize) -> Vec<Row> {
     let mut rows = Vec::new();
     for path in PathKind::ALL {
-        for &system in System::on(path) {
+        let limit = (path != PathKind::LocalNodePort).then_some(System::PodIp);
+        for system in limit.into_iter().chain(System::on(path).iter().copied()) {
             for (i, metric) in METRICS.iter().enumerate() {
                 let mut row = Row::new(
                     GROUP,
@@ -577,6 +579,14 @@ mod tests {
             .find(|r| r.name == "client → NodePort eTP=Local nftables: new TCP connections/s, 10000 ÷ 10 Services")
             .expect("scaling row");
         assert_eq!(scaled.main_ratio(&scaled.ours[0]), Some(1000.0));
+        let noise = rows
+            .iter()
+            .find(|r| {
+                r.name
+                    == "pod → ClusterIP pod IP, no proxy: new TCP connections/s, 10000 ÷ 10 Services"
+            })
+            .expect("the limit's own scaling row");
+        assert_eq!(noise.main_ratio(&noise.ours[0]), Some(1.0));
         let keep_alive = rows
             .iter()
             .find(|r| r.name == "pod → ClusterIP · 10 Services: requests/s, keep-alive")

@@ -242,16 +242,18 @@ pub fn percentiles(values: &mut [f64]) -> (f64, f64) {
 }
 
 /// New TCP connections per second from `at` to `target` with this binary's probe: each
-/// connection is opened, must greet with `pod=`, and is reset (no TIME_WAIT pile-up). The
-/// latencies are the connect() times: the first packet's round trip through the path.
+/// connection is opened, must greet with `pod=` (or, with `http`, answer one request with
+/// the echo body), and is reset (no TIME_WAIT pile-up). The latencies are the connect()
+/// times (the first packet's round trip through the path), or with `http` each request's.
 pub fn connection_rate(
     c: &Cluster,
     at: At<'_>,
     target: SocketAddr,
     load: Load,
+    http: bool,
 ) -> Result<Measured> {
     let exe = std::env::current_exe().context("locating the xtask binary for the probe")?;
-    let argv = [
+    let mut argv = vec![
         exe.display().to_string(),
         "bench".into(),
         super::probe::SUBCOMMAND.into(),
@@ -259,6 +261,9 @@ pub fn connection_rate(
         load.connections.to_string(),
         load.duration.as_secs_f64().to_string(),
     ];
+    if http {
+        argv.push("http".into());
+    }
     let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
     let out = c.exec_timeout(at, &refs, load.duration + Duration::from_secs(30))?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -269,7 +274,14 @@ pub fn connection_rate(
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    super::probe::parse_report(&text)
+    let m = super::probe::parse_report(&text)?;
+    if m.completed == 0 {
+        bail!(
+            "connection probe to {target}: none succeeded ({} failed)",
+            m.failed
+        );
+    }
+    Ok(m)
 }
 
 #[cfg(test)]
