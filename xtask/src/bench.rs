@@ -11,8 +11,8 @@
 //!
 //! Prints a table (ours, the reference, ours ÷ reference), writes `target/bench/results.json`,
 //! an SVG and a PNG chart per group and `target/bench/figures.md`; `--readme` also replaces
-//! the README's figures table with it. A measurement that fails is reported as such:
-//! benchmarks never fail on a timing. See docs/benchmarks.md.
+//! the figures table of README.md and docs/benchmarks.md with it. A measurement that fails is
+//! reported as such: benchmarks never fail on a timing. See docs/benchmarks.md.
 
 mod chart;
 mod control_plane;
@@ -213,10 +213,14 @@ fn write_outputs(
     std::fs::write(&figures_path, &figures)?;
     println!("written: {}, {}", results.display(), figures_path.display());
     if readme {
-        let path: PathBuf = crate::workspace_root().join("README.md");
-        let text = std::fs::read_to_string(&path)?;
-        std::fs::write(&path, replace_section(&text, &figures)?)?;
-        println!("README.md figures table replaced");
+        // The same table in both: the README shows it, the benchmarks' page reads it.
+        for file in ["README.md", "docs/benchmarks.md"] {
+            let path: PathBuf = crate::workspace_root().join(file);
+            let text = std::fs::read_to_string(&path)?;
+            let replaced = replace_section(&text, &figures).with_context(|| file.to_owned())?;
+            std::fs::write(&path, replaced)?;
+            println!("{file}: figures table replaced");
+        }
     }
     Ok(())
 }
@@ -224,7 +228,7 @@ fn write_outputs(
 /// `text` with everything between the README markers replaced by `section`.
 fn replace_section(text: &str, section: &str) -> Result<String> {
     let (Some(start), Some(end)) = (text.find(README_START), text.find(README_END)) else {
-        bail!("README.md has no {README_START} … {README_END} markers");
+        bail!("no {README_START} … {README_END} markers");
     };
     anyhow::ensure!(start < end, "README markers out of order");
     Ok(format!(
