@@ -65,7 +65,9 @@ fn init_tracing(format: LogFormat) {
 
 /// Picks the dataplane for `--proxy-mode`, logging the choice (and why, for `auto`), and
 /// removes what the other mode may have left on this node (a mode switch).
-fn select_dataplane(config: &AgentConfig) -> anyhow::Result<Box<dyn Dataplane>> {
+fn select_dataplane(
+    config: &AgentConfig,
+) -> anyhow::Result<(Box<dyn Dataplane>, Option<sluice_dp_ebpf::OccupancyHandle>)> {
     let ebpf = || sluice_dp_ebpf::EbpfDataplane::new(config.ebpf.clone());
     let nft = || sluice_dp_nft::NftDataplane::new();
     let mode = match config.proxy_mode {
@@ -81,12 +83,16 @@ fn select_dataplane(config: &AgentConfig) -> anyhow::Result<Box<dyn Dataplane>> 
         },
         explicit => explicit,
     };
-    let dataplane: Box<dyn Dataplane> = match mode {
-        ProxyMode::Nftables => Box::new(nft().context("nftables dataplane")?),
-        _ => Box::new(ebpf().context("eBPF dataplane")?),
+    let (dataplane, maps): (Box<dyn Dataplane>, _) = match mode {
+        ProxyMode::Nftables => (Box::new(nft().context("nftables dataplane")?), None),
+        _ => {
+            let dp = ebpf().context("eBPF dataplane")?;
+            let maps = dp.occupancy_handle();
+            (Box::new(dp), Some(maps))
+        }
     };
     remove_other_mode(config, mode);
-    Ok(dataplane)
+    Ok((dataplane, maps))
 }
 
 /// Leftovers of the mode not in use (after a `--proxy-mode` change) would keep translating
@@ -122,7 +128,7 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
     if config.cluster.cleanup_kube_proxy {
         kubeproxy::cleanup_and_log();
     }
-    let mut dataplane = select_dataplane(&config)?;
+    let (mut dataplane, bpf_maps) = select_dataplane(&config)?;
     let dataplane_name = dataplane.name();
     let restored = dataplane
         .restore()
@@ -181,17 +187,22 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
     };
 
     let lb_metrics = Box::new(loadbalancer::LbCollector(Arc::clone(&lb_stats)));
-    let metrics = Arc::new(metrics::Metrics::new(ingress.clone(), vec![lb_metrics]));
+    let metrics =
+        Arc::new(metrics::Metrics::new(ingress.clone(), vec![lb_metrics]).with_bpf_maps(bpf_maps));
     let health = Arc::new(health::HealthState::new(
         config.node_name.clone(),
         config.sync_period,
     ));
-    let live = Arc::new(admin::LiveState::new(
+    let mut live = admin::LiveState::new(
         &config.node_name,
         dataplane_name,
         ingress.clone(),
         cluster.clone(),
-    ));
+    );
+    if load_balancer.is_some() {
+        live = live.with_load_balancer(Arc::clone(&lb_stats));
+    }
+    let live = Arc::new(live);
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(socket) = &config.cluster.admin_socket {
