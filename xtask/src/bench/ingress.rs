@@ -786,6 +786,7 @@ mod tests {
             rate,
             p50_ms: 1.0,
             p99_ms: 4.0,
+            max_ms: 9.0,
             completed: 100,
             failed,
         })

@@ -16,6 +16,8 @@ pub struct Measured {
     pub rate: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// The slowest request or connection (a retransmitted SYN shows as ≥ 1 s).
+    pub max_ms: f64,
     pub completed: u64,
     /// Requests that got no 2xx/3xx answer, or connections that failed.
     pub failed: u64,
@@ -132,6 +134,9 @@ pub fn parse_wrk(text: &str) -> Result<Measured> {
             ["Requests/sec:", v] => rate = v.parse().ok(),
             ["50%", v] => m.p50_ms = wrk_duration_ms(v).context("p50")?,
             ["99%", v] => m.p99_ms = wrk_duration_ms(v).context("p99")?,
+            ["Latency", _avg, _stdev, max, _] => {
+                m.max_ms = wrk_duration_ms(max).context("max")?;
+            }
             [n, "requests", "in", ..] => m.completed = n.parse().context("request count")?,
             ["Non-2xx", "or", "3xx", "responses:", n] => m.failed += n.parse::<u64>()?,
             ["Socket", "errors:", rest @ ..] => {
@@ -190,6 +195,7 @@ pub fn h2load(
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     let mut latencies = h2load_latencies_ms(&log_text);
     (m.p50_ms, m.p99_ms) = percentiles(&mut latencies);
+    m.max_ms = latencies.iter().copied().fold(0.0, f64::max);
     Ok(m)
 }
 
@@ -311,6 +317,7 @@ Transfer/sec:      3.56MB
         assert_eq!(m.rate, 19506.0);
         assert_eq!(m.p50_ms, 0.75);
         assert_eq!(m.p99_ms, 2.5);
+        assert_eq!(m.max_ms, 8.0);
         assert_eq!(m.completed, 39012);
         assert_eq!(m.failed, 3 + 1 + 2 + 4);
     }

@@ -63,8 +63,10 @@ pub fn run(args: &[String]) -> Result<()> {
         total.latency_us.extend(t.latency_us);
     }
     let (p50, p99) = percentiles(&mut total.latency_us);
+    let max = total.latency_us.last().copied().unwrap_or(0.0);
     println!(
-        "connections={} failed={} seconds={seconds} latency_p50_us={p50:.1} latency_p99_us={p99:.1}",
+        "connections={} failed={} seconds={seconds} latency_p50_us={p50:.1} \
+         latency_p99_us={p99:.1} latency_max_us={max:.1}",
         total.ok, total.failed
     );
     Ok(())
@@ -174,6 +176,7 @@ pub fn parse_report(text: &str) -> Result<Measured> {
         rate: ok / seconds,
         p50_ms: field("latency_p50_us")? / 1000.0,
         p99_ms: field("latency_p99_us")? / 1000.0,
+        max_ms: field("latency_max_us")? / 1000.0,
         completed: ok as u64,
         failed: field("failed")? as u64,
     })
@@ -186,11 +189,12 @@ mod tests {
     #[test]
     fn report_line_round_trips() {
         let m = parse_report(
-            "connections=20000 failed=2 seconds=2 latency_p50_us=45.5 latency_p99_us=300.0\n",
+            "connections=20000 failed=2 seconds=2 latency_p50_us=45.5 latency_p99_us=300.0 \
+             latency_max_us=1003000.0\n",
         )
         .expect("parsed");
         assert_eq!(m.rate, 10000.0);
-        assert_eq!((m.p50_ms, m.p99_ms), (0.0455, 0.3));
+        assert_eq!((m.p50_ms, m.p99_ms, m.max_ms), (0.0455, 0.3, 1003.0));
         assert_eq!((m.completed, m.failed), (20000, 2));
     }
 
