@@ -161,6 +161,13 @@ fn measure(
             ))
         }),
     };
+    print_runs(&runs);
+    runs
+}
+
+/// One proxy's figures as they come in.
+fn print_runs(runs: &ProxyRuns) {
+    let name = runs.name;
     let show = |r: &Result<Measured, String>| match r {
         Ok(m) => format!(
             "{:.0} req/s p50 {:.2} ms p99 {:.2} ms{}",
@@ -197,7 +204,6 @@ fn measure(
         ),
         None => {}
     }
-    runs
 }
 
 /// Keep-alive load while the routes change `CHANGES_PER_SECOND` times a second.
