@@ -34,6 +34,10 @@ fn main() -> Result<()> {
         "bench" if rest.first().is_some_and(|a| a == "scale") => scale::run(&rest[1..]),
         "bench" => bench::run(rest),
         "bless" => bless::run(),
+        "deps" if rest.iter().any(|a| a == "--bench") => {
+            system::ensure_packages()?;
+            system::ensure(system::BENCH_NEEDS)
+        }
         "deps" => system::ensure_packages(),
         "image" => image::run_image(rest),
         _ => {
@@ -47,6 +51,7 @@ fn main() -> Result<()> {
                         each stage's cost from 1k to 100k Services (root, release)\n\
                  bless  rewrite the golden files from the current code, show what changed\n\
                  deps   install the system packages sluice needs (root, Debian/Ubuntu)\n\
+                        --bench: also what the benchmarks run (wrk, h2load, nginx, ...)\n\
                  image  build the agent's container image from Debian packages and run it\n\
                         (root; --debug: the dev build; --refresh-base: rebuild the base)"
             );

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read as _, Seek as _, SeekFrom};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -25,7 +25,7 @@ use sluice_tests::{At, Cluster, Mode, Pod};
 
 use crate::system;
 
-mod chart;
+pub(crate) mod chart;
 
 const NAMESPACE: &str = "scale";
 const ENDPOINTS: usize = 10;
@@ -33,13 +33,32 @@ const ENDPOINTS: usize = 10;
 const PER_FILE: usize = 100;
 const PROBE_VIP: &str = "10.96.0.10";
 
-struct Options {
+pub(crate) struct Options {
     sizes: Vec<usize>,
     modes: Vec<Mode>,
     changes: usize,
     e2e: usize,
     /// Time for the changes of one run (half of it for the end-to-end samples).
     budget: Duration,
+}
+
+impl Options {
+    /// What `cargo xtask bench` measures as its control-plane group: both dataplanes at 1k
+    /// and 10k Services (and 100k without `--quick`); `--quick` makes fewer changes so the
+    /// whole benchmark stays within minutes.
+    pub(crate) fn for_bench(quick: bool) -> Options {
+        Options {
+            sizes: if quick {
+                vec![1_000, 10_000]
+            } else {
+                vec![1_000, 10_000, 100_000]
+            },
+            modes: vec![Mode::Nftables, Mode::Ebpf],
+            changes: if quick { 100 } else { 1_000 },
+            e2e: if quick { 10 } else { 30 },
+            budget: Duration::from_secs(if quick { 20 } else { 180 }),
+        }
+    }
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -52,7 +71,21 @@ pub fn run(args: &[String]) -> Result<()> {
     let bin_dir = crate::workspace_root().join("target/release");
     // SAFETY: called before any other thread of this process exists.
     unsafe { std::env::set_var("SLUICE_BIN_DIR", &bin_dir) };
+    let runs = measure_all(&options);
+    print_table(&runs);
+    let out = crate::workspace_root().join("target/bench");
+    write_outputs(&runs, &options, &out)?;
+    println!(
+        "\nwritten to {} and {}",
+        out.join("scale.json").display(),
+        out.join("scale.svg").display()
+    );
+    Ok(())
+}
 
+/// Every size and mode of `options`, one after the other; a run that fails is kept as
+/// `{"mode", "services", "error"}`. Needs `SLUICE_BIN_DIR` set to the release binaries.
+pub(crate) fn measure_all(options: &Options) -> Vec<Value> {
     let mut runs = Vec::new();
     for &services in &options.sizes {
         for &mode in &options.modes {
@@ -61,7 +94,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 services,
                 mode.as_str()
             );
-            match measure(mode, services, &options) {
+            match measure(mode, services, options) {
                 Ok(run) => runs.push(run),
                 Err(err) => {
                     eprintln!("   failed: {err:#}");
@@ -71,21 +104,19 @@ pub fn run(args: &[String]) -> Result<()> {
             }
         }
     }
-    print_table(&runs);
-    let out = crate::workspace_root().join("target/bench");
-    std::fs::create_dir_all(&out)?;
+    runs
+}
+
+/// `scale.json` (the options and every run) and the log-log chart `scale.svg` in `out`.
+pub(crate) fn write_outputs(runs: &[Value], options: &Options, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out)?;
     let report = json!({"endpoints_per_service": ENDPOINTS, "services_per_file": PER_FILE,
                         "changes": options.changes, "runs": runs});
     std::fs::write(
         out.join("scale.json"),
         serde_json::to_string_pretty(&report)?,
     )?;
-    std::fs::write(out.join("scale.svg"), chart::svg(&runs))?;
-    println!(
-        "\nwritten to {} and {}",
-        out.join("scale.json").display(),
-        out.join("scale.svg").display()
-    );
+    std::fs::write(out.join("scale.svg"), chart::svg(runs))?;
     Ok(())
 }
 
@@ -488,7 +519,7 @@ fn summary(values: &[f64]) -> Value {
            "max": values.iter().copied().fold(f64::NAN, f64::max), "samples": values.len()})
 }
 
-fn print_table(runs: &[Value]) {
+pub(crate) fn print_table(runs: &[Value]) {
     println!(
         "\n{:<9} {:>8} {:>10} {:>12} {:>12} {:>12} {:>12} {:>9} {:>9} {:>7}",
         "mode",

@@ -5,10 +5,10 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-const WIDTH: f64 = 760.0;
+const WIDTH: f64 = 880.0;
 const HEIGHT: f64 = 460.0;
 const LEFT: f64 = 70.0;
-const RIGHT: f64 = 250.0;
+const RIGHT: f64 = 370.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 50.0;
 
