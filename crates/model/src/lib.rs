@@ -24,5 +24,5 @@ pub use compact::Compact;
 pub use key::ObjectKey;
 pub use node::NodeInfo;
 pub use sluice_plan::{Protocol, ServiceName, ServicePortName};
-pub use snapshot::{SERVICE_NAME_LABEL, Snapshot, SnapshotKind};
+pub use snapshot::{SERVICE_NAME_LABEL, Snapshot, SnapshotKind, slice_service};
 pub use store::{Object, SourceBatch, SourceEvent, Store};

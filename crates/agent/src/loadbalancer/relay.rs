@@ -15,9 +15,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Service, ServiceStatus};
 use sluice_lbipam::load_balancer_status;
-use sluice_model::{
-    ChangeSet, Object, ObjectKey, SERVICE_NAME_LABEL, Snapshot, SourceBatch, SourceEvent, Store,
-};
+use sluice_model::{ChangeSet, Object, ObjectKey, Snapshot, SourceBatch, SourceEvent, Store};
 use tokio::sync::{mpsc, watch};
 
 /// The addresses assigned to each Service whose status must differ from its manifest's.
@@ -120,19 +118,10 @@ impl Relay {
             relevant |= now || was;
         }
         relevant
-            || changes.endpoint_slices.iter().any(|key| {
-                // A deleted slice's Service is unknown: look to be safe.
-                let Some(slice) = snapshot.endpoint_slices.get(key) else {
-                    return true;
-                };
-                let labels = slice.metadata.labels.as_ref();
-                labels
-                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                    .is_some_and(|service| {
-                        self.lb_services
-                            .contains(&ObjectKey::new(key.namespace.clone(), service.clone()))
-                    })
-            })
+            || changes
+                .endpoint_slices
+                .iter()
+                .any(|key| snapshot.slice_may_belong_to(key, &self.lb_services))
     }
 
     /// A source event as the sync loop must see it.
@@ -200,6 +189,8 @@ async fn changed_opt(rx: &mut Option<OverlayRx>) -> Result<Arc<Overlay>, watch::
 
 #[cfg(test)]
 mod tests {
+    use sluice_model::SERVICE_NAME_LABEL;
+
     use super::*;
 
     /// A Service as the API server stores it (resourceVersion from its type).

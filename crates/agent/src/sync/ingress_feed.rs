@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 use sluice_ingress::{IngressProxy, Warning};
-use sluice_model::{ChangeSet, ObjectKey, SERVICE_NAME_LABEL, Snapshot};
+use sluice_model::{ChangeSet, ObjectKey, Snapshot};
 
 #[derive(Default)]
 pub(super) struct IngressFeed {
@@ -63,19 +63,10 @@ impl IngressFeed {
             .services
             .iter()
             .any(|key| self.backends.contains(key))
-            || changes.endpoint_slices.iter().any(|key| {
-                // A deleted slice's Service is unknown: rebuild to be safe.
-                let Some(slice) = snapshot.endpoint_slices.get(key) else {
-                    return true;
-                };
-                let labels = slice.metadata.labels.as_ref();
-                labels
-                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                    .is_some_and(|service| {
-                        self.backends
-                            .contains(&ObjectKey::new(key.namespace.clone(), service.clone()))
-                    })
-            })
+            || changes
+                .endpoint_slices
+                .iter()
+                .any(|key| snapshot.slice_may_belong_to(key, &self.backends))
     }
 }
 
@@ -120,6 +111,8 @@ impl WarningLog {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use sluice_model::SERVICE_NAME_LABEL;
 
     use super::*;
 
