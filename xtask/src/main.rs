@@ -5,12 +5,14 @@
 //! * `cargo xtask test`  — every test (unit, golden, kernel and namespaced end-to-end), plus
 //!   fmt and clippy.
 //! * `cargo xtask bench` — side-by-side benchmarks (release build).
+//! * `cargo xtask fuzz --seconds N` — run every fuzz target of `fuzz/` for N seconds (nightly).
 //! * `cargo xtask bless` — rewrite the golden files (`UPDATE_GOLDEN=1`) and show what changed.
 //! * `cargo xtask deps`  — install (as root on Debian/Ubuntu) or list the system packages.
 
 mod bench;
 mod bless;
 mod demo;
+mod fuzz;
 mod system;
 
 use std::process::Command;
@@ -29,6 +31,7 @@ fn main() -> Result<()> {
         "demo" => demo::run(rest),
         "bench" => bench::run(rest),
         "bless" => bless::run(),
+        "fuzz" => fuzz::run_command(rest),
         "deps" => system::ensure_packages(),
         _ => {
             eprintln!(
@@ -38,6 +41,8 @@ fn main() -> Result<()> {
                         --no-lint: skip fmt and clippy; anything after `--` goes to cargo test\n\
                  bench  side-by-side benchmarks in release mode (root)\n\
                  bless  rewrite the golden files from the current code, show what changed\n\
+                 fuzz   run each fuzz target (nightly, cargo-fuzz) for --seconds N (default 60),\n\
+                        print executions and findings; TARGET names pick some\n\
                  deps   install the system packages sluice needs (root, Debian/Ubuntu)"
             );
             if command == "help" {
