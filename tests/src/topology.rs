@@ -644,7 +644,7 @@ impl Cluster {
     /// left to `extra`.
     pub fn agent_args(&self, node: &str, mode: Mode, extra: &[&str]) -> Result<Vec<String>> {
         let n = self.node(node)?;
-        let defaults: [(&str, String); 11] = [
+        let defaults: [(&str, String); 12] = [
             ("--source", format!("dir:{}", self.manifest_dir().display())),
             ("--proxy-mode", mode.as_str().into()),
             ("--hostname-override", n.name.clone()),
@@ -656,6 +656,10 @@ impl Cluster {
             ("--cgroup-path", n.cgroup.display().to_string()),
             ("--ingress-http-bind", "0.0.0.0:80".into()),
             ("--ingress-https-bind", "0.0.0.0:443".into()),
+            (
+                "--admin-socket",
+                self.admin_socket(node).display().to_string(),
+            ),
         ];
         let overridden = |flag: &str| {
             extra
@@ -800,6 +804,34 @@ impl Cluster {
             .with_context(|| format!("no agent running on {node}"))?;
         agent.kill();
         Ok(())
+    }
+
+    /// The agent's admin socket on `node` (in the work directory).
+    pub fn admin_socket(&self, node: &str) -> PathBuf {
+        self.workdir.join(format!("{node}-admin.sock"))
+    }
+
+    /// Runs `sluice ARGS --proxy-mode MODE --bpffs-path .. --admin-socket ..` (the
+    /// `inspect` and `explain` commands) in the node's namespace, whether or not its agent
+    /// runs.
+    pub fn sluice_cli(&self, node: &str, mode: Mode, args: &[&str]) -> Result<Output> {
+        let bin = self.agent_binary()?;
+        let n = self.node(node)?;
+        let mut cmd = Command::new(bin);
+        cmd.args(args).args([
+            "--proxy-mode",
+            mode.as_str(),
+            "--bpffs-path",
+            &n.bpffs.display().to_string(),
+            "--admin-socket",
+            &self.admin_socket(node).display().to_string(),
+        ]);
+        output_in(
+            &self.place(At::Node(node))?,
+            &mut cmd,
+            None,
+            Duration::from_secs(30),
+        )
     }
 
     /// Runs `sluice agent --cleanup --proxy-mode MODE` (with the node's bpffs and cgroup

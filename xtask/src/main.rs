@@ -8,11 +8,13 @@
 //! * `cargo xtask fuzz --seconds N` — run every fuzz target of `fuzz/` for N seconds (nightly).
 //! * `cargo xtask bless` — rewrite the golden files (`UPDATE_GOLDEN=1`) and show what changed.
 //! * `cargo xtask deps`  — install (as root on Debian/Ubuntu) or list the system packages.
+//! * `cargo xtask image` — the agent's container image, from Debian packages (root).
 
 mod bench;
 mod bless;
 mod demo;
 mod fuzz;
+mod image;
 mod system;
 
 use std::process::Command;
@@ -33,6 +35,7 @@ fn main() -> Result<()> {
         "bless" => bless::run(),
         "fuzz" => fuzz::run_command(rest),
         "deps" => system::ensure_packages(),
+        "image" => image::run_image(rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -43,7 +46,9 @@ fn main() -> Result<()> {
                  bless  rewrite the golden files from the current code, show what changed\n\
                  fuzz   run each fuzz target (nightly, cargo-fuzz) for --seconds N (default 60),\n\
                         print executions and findings; TARGET names pick some\n\
-                 deps   install the system packages sluice needs (root, Debian/Ubuntu)"
+                 deps   install the system packages sluice needs (root, Debian/Ubuntu)\n\
+                 image  build the agent's container image from Debian packages and run it\n\
+                        (root; --debug: the dev build; --refresh-base: rebuild the base)"
             );
             if command == "help" {
                 Ok(())

@@ -29,6 +29,12 @@ pub enum Command {
     /// Print the plan for a directory of manifests and what each dataplane would program
     /// (no root, no kernel). Exits 1 when objects had to be skipped.
     Plan(Box<PlanArgs>),
+    /// Show what is programmed on this node (kernel state, joined with the running agent's
+    /// names): services, frontends, backends, conntrack, Ingress routes.
+    Inspect(Box<crate::inspect::InspectArgs>),
+    /// Walk a packet (`IP:PORT[/PROTO] [--from SRC]`) or an Ingress request (`https://HOST/PATH`)
+    /// through the live state and say what happens to it, and why.
+    Explain(Box<crate::explain::ExplainArgs>),
 }
 
 /// Which translations `sluice plan` prints.
@@ -190,6 +196,8 @@ pub struct AgentArgs {
     /// Remove everything sluice programmed on this node and exit.
     #[arg(long)]
     pub cleanup: bool,
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterFlags,
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }
@@ -208,20 +216,18 @@ pub struct LoadBalancerFlags {
     /// (another controller, e.g. a cloud or MetalLB, does).
     #[arg(long, env = "SLUICE_DISABLE_LOAD_BALANCER_IPAM")]
     pub disable_load_balancer_ipam: bool,
-    /// Namespace of the agents' Leases (leader election, node heartbeats): the agent's own.
-    #[arg(long, env = "SLUICE_LEASE_NAMESPACE", default_value = "kube-system")]
-    pub lease_namespace: String,
 }
 
 /// Validated [`LoadBalancerFlags`]; `None` in [`AgentConfig`] when disabled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadBalancerConfig {
     pub class: String,
+    /// `--lease-namespace` (shared with leader election): where the node heartbeats live.
     pub lease_namespace: String,
 }
 
 impl LoadBalancerFlags {
-    fn to_config(&self) -> Result<Option<LoadBalancerConfig>, ConfigError> {
+    fn to_config(&self, lease_namespace: &str) -> Result<Option<LoadBalancerConfig>, ConfigError> {
         if self.disable_load_balancer_ipam {
             return Ok(None);
         }
@@ -233,29 +239,11 @@ impl LoadBalancerFlags {
                 "must not be empty (use --disable-load-balancer-ipam to turn assignment off)",
             ));
         }
-        let namespace = self.lease_namespace.trim();
-        if !is_dns_label(namespace) {
-            return Err(invalid(
-                "lease-namespace",
-                &self.lease_namespace,
-                "not a namespace name (lower-case letters, digits and '-', at most 63)",
-            ));
-        }
         Ok(Some(LoadBalancerConfig {
             class: class.to_owned(),
-            lease_namespace: namespace.to_owned(),
+            lease_namespace: lease_namespace.to_owned(),
         }))
     }
-}
-
-fn is_dns_label(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
 }
 
 /// Where snapshots come from.
@@ -292,6 +280,7 @@ pub struct AgentConfig {
     pub load_balancer: Option<LoadBalancerConfig>,
     pub cleanup: bool,
     pub log_format: LogFormat,
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -412,6 +401,7 @@ impl AgentArgs {
                     .map_err(|e| invalid("ingress-status-address", v, e))
             })
             .collect::<Result<_, _>>()?;
+        let cluster = self.cluster.validate()?;
         let mut compute = compute;
         // NodePorts on our own Ingress listeners' ports would capture their traffic.
         compute.reserved_node_ports = ingress
@@ -432,9 +422,10 @@ impl AgentArgs {
             ebpf,
             ingress,
             ingress_status_addresses,
-            load_balancer: self.load_balancer.to_config()?,
+            load_balancer: self.load_balancer.to_config(&cluster.lease_namespace)?,
             cleanup: self.cleanup,
             log_format: self.log_format,
+            cluster,
         })
     }
 }
@@ -523,7 +514,7 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).expect("flags parse").command {
             Command::Agent(args) => *args,
-            Command::Plan(_) => panic!("agent flags expected"),
+            _ => panic!("agent flags expected"),
         }
     }
 
@@ -689,7 +680,8 @@ mod manifest_tests {
         let text = std::fs::read_to_string(path).expect("manifests/daemonset.yaml");
         let ds: serde_yaml::Value = serde_yaml::from_str(&text).expect("daemonset.yaml is YAML");
         let container = &ds["spec"]["template"]["spec"]["containers"][0];
-        let mut argv = vec!["sluice".to_owned(), "agent".to_owned()];
+        // The image's entrypoint is `sluice`; the args start with the command.
+        let mut argv = vec!["sluice".to_owned()];
         for arg in container["args"].as_sequence().expect("args") {
             argv.push(arg.as_str().expect("string arg").to_owned());
         }

@@ -29,7 +29,8 @@ pub struct SyncLoop {
     pub metrics: Arc<Metrics>,
     pub health: Arc<HealthState>,
     pub ingress: Option<Arc<sluice_ingress::IngressProxy>>,
-    pub k8s_client: Option<kube::Client>,
+    /// The admin endpoint's state, and the Ingress status and Events (API source).
+    pub observers: crate::observe::Observers,
     pub local_addresses: LocalAddresses,
 }
 
@@ -79,7 +80,7 @@ impl SyncLoop {
         let mut planner = Planner::new(self.config.compute.clone());
         let mut previous: Option<Arc<Snapshot>> = None;
         let mut pending = ChangeSet::default();
-        let mut health_servers = ServiceHealthServers::default();
+        let mut health_servers = ServiceHealthServers::new(Arc::clone(&self.health));
         let mut ingress_warnings = WarningLog::default();
         let mut prog = Programming {
             in_step: false,
@@ -89,7 +90,6 @@ impl SyncLoop {
             first: true,
         };
         let mut last_sync: Option<Instant> = None;
-        let mut status_written: Option<(Vec<ObjectKey>, Vec<std::net::IpAddr>)> = None;
         let mut trigger_times = crate::trigger::TriggerTimes::default();
         // Endpoint changes seen but not yet applied (kept across failed syncs).
         let mut pending_triggers = Vec::new();
@@ -102,6 +102,7 @@ impl SyncLoop {
                 _ = sleep_until_opt(prog.retry.map(|r| r.0)), if ready => {},
                 _ = shutdown.wait_for(|s| *s) => return,
             }
+            self.health.tick();
             // Batch whatever else arrives during the minimum sync period.
             if let Some(last) = last_sync {
                 let earliest = last + self.config.min_sync_period;
@@ -117,6 +118,9 @@ impl SyncLoop {
                 Some(before) => ChangeSet::between(before, &snapshot),
                 None => ChangeSet::everything(),
             };
+            if !changes.is_empty() {
+                self.health.queued();
+            }
             pending_triggers.extend(trigger_times.new_triggers(&snapshot, &changes));
             pending.merge(changes);
             previous = Some(Arc::clone(&snapshot));
@@ -124,12 +128,15 @@ impl SyncLoop {
             let node_object = snapshot
                 .nodes
                 .get(&ObjectKey::cluster(self.config.node_name.clone()));
+            self.health.set_node(node_object.map(|n| n.as_ref()));
             let node = sluice_compute::node_info(
                 &self.config.node_name,
                 node_object.map(|n| n.as_ref()),
                 &self.local_addresses.current(),
             );
             let delta = planner.update(&snapshot, &std::mem::take(&mut pending), &node);
+            self.observers
+                .planned(&planner, &delta, prog.first, &node.addresses);
             for warning in planner.fresh_warnings() {
                 tracing::warn!("services: {warning}");
             }
@@ -137,10 +144,15 @@ impl SyncLoop {
                 // The proxy never dials its own listeners (a request loop would eat every
                 // descriptor): it must know all of this node's addresses.
                 proxy.set_local_addresses(node.addresses.iter().copied());
-                ingress_warnings.update(
-                    "ingress",
-                    proxy.update(&snapshot).iter().map(ToString::to_string),
+                let warnings = proxy.update(&snapshot);
+                self.observers.ingress_updated(
+                    &snapshot,
+                    proxy,
+                    &warnings,
+                    node_object.map(|n| n.as_ref()),
+                    &node.addresses,
                 );
+                ingress_warnings.update("ingress", warnings.iter().map(ToString::to_string));
             }
             if delta.health_checks.is_some() || prog.first {
                 health_servers.update(&planner.plan().health_checks).await;
@@ -148,6 +160,9 @@ impl SyncLoop {
 
             let Some(work) = next_work(&mut prog, planner.plan(), delta) else {
                 // Nothing to program: those endpoint changes are in effect already.
+                if prog.retry.is_none() {
+                    self.health.record(true);
+                }
                 self.metrics
                     .record_network_programming(crate::trigger::latencies(
                         &pending_triggers,
@@ -170,6 +185,7 @@ impl SyncLoop {
             };
             dataplane = Some(dp);
             last_sync = Some(Instant::now());
+            self.observers.programmed(&result);
             let ok = self.record(&mut prog, started.elapsed(), result, service_ports);
             if ok {
                 let now = std::time::SystemTime::now();
@@ -177,9 +193,6 @@ impl SyncLoop {
                     .record_network_programming(crate::trigger::latencies(&pending_triggers, now));
                 pending_triggers.clear();
             }
-            let status_ips = node_object_addresses(node_object.map(|n| n.as_ref()))
-                .unwrap_or_else(|| node.addresses.clone());
-            self.write_ingress_status(status_ips, &mut status_written);
         }
     }
 
@@ -244,35 +257,6 @@ impl SyncLoop {
         prog.in_step = false;
         backoff
     }
-
-    /// Ingress `status.loadBalancer` for the Ingresses we serve (API source only).
-    fn write_ingress_status(
-        &mut self,
-        node_ips: Vec<std::net::IpAddr>,
-        written: &mut Option<(Vec<ObjectKey>, Vec<std::net::IpAddr>)>,
-    ) {
-        let (Some(client), Some(proxy)) = (&self.k8s_client, &self.ingress) else {
-            return;
-        };
-        let served = proxy.served_ingresses();
-        let mut ips = self.config.ingress_status_addresses.clone();
-        if ips.is_empty() {
-            ips = node_ips;
-        }
-        let now = Some((served.clone(), ips.clone()));
-        if *written == now {
-            return;
-        }
-        *written = now;
-        let client = client.clone();
-        tokio::spawn(async move {
-            for ingress in served {
-                if let Err(err) = sluice_k8s::update_ingress_status(&client, &ingress, &ips).await {
-                    tracing::warn!(ingress = %ingress, "writing the Ingress status failed: {}", error_chain(&err));
-                }
-            }
-        });
-    }
 }
 
 /// Decides what the dataplane does with this iteration's delta. `None`: nothing.
@@ -319,19 +303,6 @@ fn program(
         Work::Apply(delta) => dp.apply(&delta),
     };
     (dp, result)
-}
-
-/// The Node object's InternalIP and ExternalIP addresses (what clients can reach), if any.
-fn node_object_addresses(
-    node: Option<&k8s_openapi::api::core::v1::Node>,
-) -> Option<Vec<std::net::IpAddr>> {
-    let addresses = node?.status.as_ref()?.addresses.as_ref()?;
-    let ips: Vec<std::net::IpAddr> = addresses
-        .iter()
-        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
-        .filter_map(|a| a.address.parse().ok())
-        .collect();
-    (!ips.is_empty()).then_some(ips)
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

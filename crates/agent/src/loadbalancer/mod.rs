@@ -8,9 +8,9 @@
 //!  nodes + heartbeats (k8s) / Nodes in the dir ─▶ Membership ─┴─▶ L2Announcer ─▶ responders
 //! ```
 //!
-//! With `--source k8s` each agent holds a heartbeat Lease (`sluice-node-<node>`), watches the
-//! others' ([`sluice_k8s::LiveNodes`]) and competes for `sluice-leader`; only the leader
-//! writes. With `dir:` there are no Leases: every Node in the directory counts as alive, and
+//! With `--source k8s` each agent holds a heartbeat Lease (`sluice-node-<node>`) and watches
+//! the others' ([`sluice_k8s::LiveNodes`]); only the agent elected through `sluice-leader`
+//! (held by the cluster link, `crate::cluster`) writes. With `dir:` there are no Leases: every Node in the directory counts as alive, and
 //! every agent applies the same allocation to its own copy of the Services.
 
 mod announce;
@@ -50,9 +50,6 @@ use self::l2::L2Announcer;
 pub use self::metrics::{LbCollector, LbStats};
 use crate::cli::{LoadBalancerConfig, SourceConfig};
 
-/// Name of the leader election Lease (in `--lease-namespace`).
-pub const LEADER_LEASE: &str = "sluice-leader";
-
 /// What [`start`] needs.
 pub struct Setup {
     pub config: LoadBalancerConfig,
@@ -61,6 +58,8 @@ pub struct Setup {
     /// `--interfaces`.
     pub interfaces: Vec<String>,
     pub client: Option<kube::Client>,
+    /// Leadership of `sluice-leader` (API source; the cluster link holds the Lease).
+    pub leader: Option<watch::Receiver<bool>>,
     pub stats: Arc<LbStats>,
 }
 
@@ -175,11 +174,10 @@ fn start_cluster(
     let heartbeat =
         LeaseHolder::spawn(client.clone(), LeaseConfig::node_heartbeat(ns, &setup.node))
             .context("node heartbeat lease")?;
-    let leader = LeaseHolder::spawn(
-        client.clone(),
-        LeaseConfig::leader_election(ns, LEADER_LEASE, &setup.node),
-    )
-    .context("leader election lease")?;
+    let leader = setup
+        .leader
+        .clone()
+        .context("the API source needs leader election")?;
     let pools = ObjectWatch::<LoadBalancerIPPool>::spawn(
         client.clone(),
         watcher::Config::default(),
@@ -189,7 +187,7 @@ fn start_cluster(
     let writer = writes::Writer::new(client.clone(), recorder, Arc::clone(&setup.stats));
     let ipam = started.ipam.with_role(Role::Cluster {
         writer: Box::new(writer),
-        leader: leader.subscribe(),
+        leader,
     });
     let shutdown = started.shutdown.clone();
     let tasks = &mut started.tasks;
@@ -202,7 +200,7 @@ fn start_cluster(
         started.membership.clone(),
         shutdown,
     ));
-    started.leases.extend([heartbeat, leader]);
+    started.leases.push(heartbeat);
     Ok(snapshots)
 }
 

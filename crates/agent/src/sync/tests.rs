@@ -83,7 +83,7 @@ fn start(dp: &FakeDataplane, min_sync: &str, restored: Restored) -> Handles {
         restored,
         metrics: Arc::new(Metrics::new(None, Vec::new())),
         ingress: None,
-        k8s_client: None,
+        observers: Default::default(),
         local_addresses: LocalAddresses::new(Arc::new(sluice_hostnet::FakeHostNetwork::new())),
     };
     let (tx, rx) = watch::channel(None);
