@@ -29,6 +29,9 @@ use crate::probe::{HeldConn, Proto, parse_probe_output};
 use crate::process::output_in;
 use crate::topology::{At, Cluster};
 
+/// Failure times kept per stream.
+pub const MAX_FAILURE_TIMES: usize = 1000;
+
 /// What one stream saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tally {
@@ -38,7 +41,8 @@ pub struct Tally {
     pub failed: u64,
     /// Failures by what went wrong (`refused`, `timeout`, `000`, `503`, ...).
     pub errors: BTreeMap<String, u64>,
-    /// When failures happened, relative to the start of the traffic (at most 50 kept).
+    /// When failures were seen (an attempt's result is read after it ends), relative to the
+    /// start of the traffic (at most [`MAX_FAILURE_TIMES`] kept).
     pub failure_times: Vec<Duration>,
 }
 
@@ -49,7 +53,7 @@ impl Tally {
             Err(why) => {
                 self.failed += 1;
                 *self.errors.entry(why).or_insert(0) += 1;
-                if self.failure_times.len() < 50 {
+                if self.failure_times.len() < MAX_FAILURE_TIMES {
                     self.failure_times.push(since.elapsed());
                 }
             }
@@ -83,6 +87,11 @@ impl Traffic {
         *self.started.get_or_insert_with(Instant::now)
     }
 
+    /// Time since the first stream started (the clock of [`Tally::failure_times`]).
+    pub fn elapsed(&self) -> Duration {
+        self.started.map_or(Duration::ZERO, |s| s.elapsed())
+    }
+
     fn spawn(&mut self, name: &str, run: impl FnOnce() -> Result<Tally> + Send + 'static) {
         self.streams
             .push((name.to_owned(), std::thread::spawn(run)));
@@ -106,8 +115,12 @@ impl Traffic {
             let mut tally = Tally::default();
             while !stop.load(Ordering::Relaxed) {
                 let mut cmd = Command::new(&echo);
-                cmd.args(["probe", proto.as_str(), &addr])
-                    .args(["--count", "10", "--timeout-ms", "1000"]);
+                cmd.args(["probe", proto.as_str(), &addr]).args([
+                    "--count",
+                    "10",
+                    "--timeout-ms",
+                    "1000",
+                ]);
                 let out = output_in(&place, &mut cmd, None, Duration::from_secs(30))?;
                 for result in parse_probe_output(&out)? {
                     tally.add(result.map(drop).map_err(|e| e.to_string()), since);
@@ -197,10 +210,10 @@ impl Traffic {
     }
 
     /// Stops every stream and returns what each saw, by name.
-    pub fn stop(self) -> Result<BTreeMap<String, Tally>> {
+    pub fn stop(mut self) -> Result<BTreeMap<String, Tally>> {
         self.stop.store(true, Ordering::Relaxed);
         let mut out = BTreeMap::new();
-        for (name, handle) in self.streams {
+        for (name, handle) in std::mem::take(&mut self.streams) {
             let tally = handle
                 .join()
                 .map_err(|_| anyhow!("traffic stream {name} panicked"))?

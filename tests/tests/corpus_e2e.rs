@@ -60,7 +60,11 @@ fn expectations() -> Result<Vec<Expectation>> {
             Vec::new()
         };
         out.push(Expectation {
-            file: path.file_name().unwrap_or_default().to_string_lossy().into(),
+            file: path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into(),
             warnings: header("# expect: warn "),
             named,
         });
@@ -93,7 +97,12 @@ fn good(web: &Pod, tls: &KeyPair) -> String {
     docs.push(svc);
     docs.extend(endpoint_slices("corpus-good", "web", HTTP_PORTS, &[web]));
     docs.push(ingress_class("sluice", "sluice.dev/ingress", true));
-    docs.push(tls_secret("corpus-good", "cafe-tls", &tls.cert_pem, &tls.key_pem));
+    docs.push(tls_secret(
+        "corpus-good",
+        "cafe-tls",
+        &tls.cert_pem,
+        &tls.key_pem,
+    ));
     let route = |host: &str| IngressPath {
         host: Some(host.into()),
         path: "/".into(),
@@ -136,7 +145,14 @@ fn extra_tls_ingress(name: &str, host: &str, secret: &str) -> Value {
         port: 81,
     };
     let hosts: &[&str] = &[host];
-    ingress("extra", name, Some("sluice"), &[route], &[(hosts, secret)], None)
+    ingress(
+        "extra",
+        name,
+        Some("sluice"),
+        &[route],
+        &[(hosts, secret)],
+        None,
+    )
 }
 
 /// Generated bad inputs: `(file, bytes, what the log must name)`.
@@ -144,13 +160,21 @@ fn generated(c: &Cluster, web: &Pod, cafe: &KeyPair) -> Result<Vec<(String, Vec<
     let dir = c.workdir();
     let mut files = Vec::new();
     let mut add = |file: &str, docs: Vec<Value>, named: &str| {
-        files.push((file.to_owned(), yaml_docs(&docs).into_bytes(), named.to_owned()));
+        files.push((
+            file.to_owned(),
+            yaml_docs(&docs).into_bytes(),
+            named.to_owned(),
+        ));
     };
     let http = |port: u16| json!({"name": "http", "port": port, "targetPort": 8081});
     // The `extra` namespace's own good backend for the TLS cases.
     add(
         "extra-web.yaml",
-        extra_service("web", json!({"clusterIP": "10.96.201.1", "ports": [http(81)]}), web),
+        extra_service(
+            "web",
+            json!({"clusterIP": "10.96.201.1", "ports": [http(81)]}),
+            web,
+        ),
         "",
     );
     // TLS: a key of another certificate, an expired certificate, a chain of 3,000.
@@ -160,8 +184,18 @@ fn generated(c: &Cluster, web: &Pod, cafe: &KeyPair) -> Result<Vec<(String, Vec<
     let huge = certs::self_signed(dir, "huge.example.com")?;
     let huge_chain = format!("{}{}", huge.cert_pem, chain_link.cert_pem.repeat(3000));
     let tls_cases = [
-        ("key-mismatch", "mismatch.example.com", &mismatch.cert_pem, &cafe.key_pem),
-        ("expired", "expired.example.com", &expired.cert_pem, &expired.key_pem),
+        (
+            "key-mismatch",
+            "mismatch.example.com",
+            &mismatch.cert_pem,
+            &cafe.key_pem,
+        ),
+        (
+            "expired",
+            "expired.example.com",
+            &expired.cert_pem,
+            &expired.key_pem,
+        ),
         ("huge-chain", "huge.example.com", &huge_chain, &huge.key_pem),
     ];
     for (name, host, cert, key) in tls_cases {
@@ -169,29 +203,61 @@ fn generated(c: &Cluster, web: &Pod, cafe: &KeyPair) -> Result<Vec<(String, Vec<
             tls_secret("extra", name, cert, key),
             extra_tls_ingress(name, host, name),
         ];
-        add(&format!("extra-tls-{name}.yaml"), docs, &format!("Secret extra/{name}"));
+        add(
+            &format!("extra-tls-{name}.yaml"),
+            docs,
+            &format!("Secret extra/{name}"),
+        );
     }
     // Ports: the extremes, and the good Service's nodePort claimed again.
     let edge = json!({"type": "NodePort", "clusterIP": "10.96.201.2", "ports": [
         {"name": "max", "port": 65535, "targetPort": 65535, "nodePort": 32767},
         {"name": "min", "port": 1, "targetPort": 1, "protocol": "UDP", "nodePort": 30000},
         {"name": "missing", "port": 2, "targetPort": "no-such-port"}]});
-    add("extra-ports-edge.yaml", extra_service("edge-ports", edge, web), "");
+    add(
+        "extra-ports-edge.yaml",
+        extra_service("edge-ports", edge, web),
+        "",
+    );
     let steal = json!({"type": "NodePort", "clusterIP": "10.96.201.3",
         "ports": [{"name": "http", "port": 80, "targetPort": 8081, "nodePort": 30080}]});
-    add("extra-ports-steal.yaml", extra_service("steal-node-port", steal, web), "Service extra/steal-node-port");
+    add(
+        "extra-ports-steal.yaml",
+        extra_service("steal-node-port", steal, web),
+        "Service extra/steal-node-port",
+    );
     // Addresses: the good Service's cluster IP, a node address as externalIP, a LoadBalancer
     // address equal to the good cluster IP.
     let same_ip = json!({"clusterIP": "10.96.200.1", "ports": [http(80)]});
-    add("extra-ip-same-cluster-ip.yaml", extra_service("same-cluster-ip", same_ip, web), "Service extra/same-cluster-ip");
+    add(
+        "extra-ip-same-cluster-ip.yaml",
+        extra_service("same-cluster-ip", same_ip, web),
+        "Service extra/same-cluster-ip",
+    );
     let node_ip = c.node("node-a")?.ipv4.to_string();
-    let on_node = json!({"clusterIP": "10.96.201.4", "externalIPs": [node_ip], "ports": [http(80)]});
-    add("extra-ip-external-on-node.yaml", extra_service("external-on-node", on_node, web), "Service extra/external-on-node");
-    let mut lb = extra_service("lb-on-cluster-ip", json!({"type": "LoadBalancer", "clusterIP": "10.96.201.5", "ports": [http(80)]}), web);
+    let on_node =
+        json!({"clusterIP": "10.96.201.4", "externalIPs": [node_ip], "ports": [http(80)]});
+    add(
+        "extra-ip-external-on-node.yaml",
+        extra_service("external-on-node", on_node, web),
+        "Service extra/external-on-node",
+    );
+    let mut lb = extra_service(
+        "lb-on-cluster-ip",
+        json!({"type": "LoadBalancer", "clusterIP": "10.96.201.5", "ports": [http(80)]}),
+        web,
+    );
     lb[0]["status"] = json!({"loadBalancer": {"ingress": [{"ip": "10.96.200.1"}]}});
-    add("extra-ip-lb-on-cluster-ip.yaml", lb, "Service extra/lb-on-cluster-ip");
+    add(
+        "extra-ip-lb-on-cluster-ip.yaml",
+        lb,
+        "Service extra/lb-on-cluster-ip",
+    );
     // Size: 7.5 MB (under the 8 MiB file limit: loaded and served) and 10 MB (skipped).
-    for (file, name, mb, ip) in [("extra-big-7mb.yaml", "big", 7.5, "10.96.201.6"), ("extra-huge-10mb.yaml", "huge", 10.0, "10.96.201.7")] {
+    for (file, name, mb, ip) in [
+        ("extra-big-7mb.yaml", "big", 7.5, "10.96.201.6"),
+        ("extra-huge-10mb.yaml", "huge", 10.0, "10.96.201.7"),
+    ] {
         let mut docs = extra_service(name, json!({"clusterIP": ip, "ports": [http(80)]}), web);
         docs[0]["metadata"]["annotations"] = json!({"filler": "x".repeat((mb * 1e6) as usize)});
         let named = if mb > 8.0 { file } else { "" };
@@ -214,7 +280,11 @@ fn corpus_and_generated_bad_inputs_disturb_nothing(mode: Mode) -> Result<()> {
     for entry in std::fs::read_dir(CORPUS)? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "yaml") {
-            let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             write_bytes(&dir, &name, &std::fs::read(&path)?)?;
             corpus_files.push(name);
         }
@@ -228,12 +298,23 @@ fn corpus_and_generated_bad_inputs_disturb_nothing(mode: Mode) -> Result<()> {
         .cluster_ips(&["10.96.200.3"])
         .port(Port::tcp(80, 8080).named("tcp"));
     c.write_service(&late, &[("tcp", "TCP", 8080)], &[&web])?;
-    wait_until(Duration::from_secs(60), "the late good Service answers", || {
-        Ok(c.tcp1(At::Pod("probe"), "10.96.200.3:80")?.is_ok())
-    })?;
-    eprintln!("{}: {} corpus files and {} generated ones loaded", mode.as_str(), corpus_files.len(), generated.len());
+    wait_until(
+        Duration::from_secs(60),
+        "the late good Service answers",
+        || Ok(c.tcp1(At::Pod("probe"), "10.96.200.3:80")?.is_ok()),
+    )?;
+    eprintln!(
+        "{}: {} corpus files and {} generated ones loaded",
+        mode.as_str(),
+        corpus_files.len(),
+        generated.len()
+    );
 
-    ensure!(c.agent_running("node-a"), "the agent exited:\n{}", c.agent_log("node-a"));
+    ensure!(
+        c.agent_running("node-a"),
+        "the agent exited:\n{}",
+        c.agent_log("node-a")
+    );
     check_good(&c, &cafe, "after the corpus")?;
     check_generated_behaviour(&c)?;
     check_log(&c, &generated)
@@ -243,7 +324,8 @@ fn corpus_and_generated_bad_inputs_disturb_nothing(mode: Mode) -> Result<()> {
 /// outside, the Ingress over HTTP and HTTPS (verified against the good certificate).
 fn check_good(c: &Cluster, cafe: &KeyPair, when: &str) -> Result<()> {
     let node = c.node("node-a")?.clone();
-    let only_web = |r: &sluice_tests::ProbeResults| tally(r) == [("web-1".to_string(), r.len())].into();
+    let only_web =
+        |r: &sluice_tests::ProbeResults| tally(r) == [("web-1".to_string(), r.len())].into();
     let tcp = c.tcp(At::Pod("probe"), "10.96.200.1:80", 5)?;
     ensure!(only_web(&tcp), "{when}: ClusterIP TCP {:?}", tally(&tcp));
     let udp = c.udp(At::Pod("probe"), "10.96.200.1:53", 5)?;
@@ -252,7 +334,12 @@ fn check_good(c: &Cluster, cafe: &KeyPair, when: &str) -> Result<()> {
     ensure!(only_web(&np), "{when}: NodePort {:?}", tally(&np));
     for (url, host, port, extra) in [
         ("http://plain.example.com/", "plain.example.com", 80, vec![]),
-        ("https://cafe.example.com/", "cafe.example.com", 443, vec!["--cacert", cafe.cert_path.to_str().unwrap_or_default()]),
+        (
+            "https://cafe.example.com/",
+            "cafe.example.com",
+            443,
+            vec!["--cacert", cafe.cert_path.to_str().unwrap_or_default()],
+        ),
     ] {
         let resolve = format!("{host}:{port}:{}", node.ipv4);
         let mut args = vec!["--resolve", resolve.as_str()];

@@ -41,7 +41,10 @@ fn metric(c: &Cluster, name: &str) -> Result<f64> {
 
 /// The name of the victim's endpoint chain in `ip sluice`.
 fn endpoint_chain(c: &Cluster, service: &str) -> Result<String> {
-    let out = c.exec(At::Node("node-a"), &["nft", "list", "chains", "ip", "sluice"])?;
+    let out = c.exec(
+        At::Node("node-a"),
+        &["nft", "list", "chains", "ip", "sluice"],
+    )?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.split_whitespace()
         .find(|w| w.starts_with("ep-") && w.contains(&format!("default/{service}/")))
@@ -61,7 +64,9 @@ fn nft_refusal_of_one_service_spares_the_others() -> Result<()> {
     c.write_service(&svc("web", "10.96.0.10"), PORTS, &[&w1])?;
     c.write_service(&svc("victim", "10.96.0.20"), PORTS, &[&w1])?;
     c.start_agent("node-a", Mode::Nftables, &[])?;
-    wait_until(Duration::from_secs(5), "victim served", || served_by(&c, "10.96.0.20:80", &w1))?;
+    wait_until(Duration::from_secs(5), "victim served", || {
+        served_by(&c, "10.96.0.20:80", &w1)
+    })?;
 
     // Someone else's map in our table now jumps to the victim's endpoint chain.
     let chain = endpoint_chain(&c, "victim")?;
@@ -70,7 +75,11 @@ fn nft_refusal_of_one_service_spares_the_others() -> Result<()> {
          add element ip sluice zz-hold {{ 1 : goto {chain} }}\n"
     );
     let out = c.exec_input(At::Node("node-a"), &["nft", "-f", "-"], hold.as_bytes())?;
-    ensure!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let failures_before = metric(&c, "sluice_service_program_failures_total")?;
 
     // One sync: the victim's endpoint moves (its old chain must go: refused), web's too, and a
@@ -78,23 +87,34 @@ fn nft_refusal_of_one_service_spares_the_others() -> Result<()> {
     c.write_service(&svc("victim", "10.96.0.20"), PORTS, &[&w2])?;
     c.write_service(&svc("web", "10.96.0.10"), PORTS, &[&w2])?;
     c.write_service(&svc("fresh", "10.96.0.30"), PORTS, &[&w1])?;
-    wait_until(Duration::from_secs(5), "web moved to web-2", || served_by(&c, "10.96.0.10:80", &w2))?;
-    wait_until(Duration::from_secs(5), "fresh served", || served_by(&c, "10.96.0.30:80", &w1))?;
+    wait_until(Duration::from_secs(5), "web moved to web-2", || {
+        served_by(&c, "10.96.0.10:80", &w2)
+    })?;
+    wait_until(Duration::from_secs(5), "fresh served", || {
+        served_by(&c, "10.96.0.30:80", &w1)
+    })?;
     wait_until(Duration::from_secs(5), "the refusal logged", || {
-        Ok(c.agent_log("node-a").contains("nftables refused this service port"))
+        Ok(c.agent_log("node-a")
+            .contains("nftables refused this service port"))
     })?;
     let log = c.agent_log("node-a");
     let line = log
         .lines()
         .find(|l| l.contains("nftables refused this service port"))
         .unwrap_or_default();
-    ensure!(line.contains("default/victim"), "the log line names the Service: {line}");
+    ensure!(
+        line.contains("default/victim"),
+        "the log line names the Service: {line}"
+    );
     ensure!(
         served_by(&c, "10.96.0.20:80", &w1)?,
         "the refused Service keeps its previous endpoint"
     );
     let failures = metric(&c, "sluice_service_program_failures_total")?;
-    ensure!(failures > failures_before, "failures counted: {failures_before} -> {failures}");
+    ensure!(
+        failures > failures_before,
+        "failures counted: {failures_before} -> {failures}"
+    );
 
     // While the victim keeps failing (retried with backoff), how long does a change of
     // another Service take?
@@ -104,11 +124,21 @@ fn nft_refusal_of_one_service_spares_the_others() -> Result<()> {
     let delay = wait_for(Duration::from_secs(40), "web back to web-1", || {
         Ok(served_by(&c, "10.96.0.10:80", &w1)?.then(|| changed.elapsed()))
     })?;
-    ensure!(served_by(&c, "10.96.0.20:80", &w1)?, "victim still on its old endpoint");
+    ensure!(
+        served_by(&c, "10.96.0.20:80", &w1)?,
+        "victim still on its old endpoint"
+    );
 
     // The foreign reference goes: the victim converges on the next retry.
-    let out = c.exec(At::Node("node-a"), &["nft", "delete", "map", "ip", "sluice", "zz-hold"])?;
-    ensure!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
+    let out = c.exec(
+        At::Node("node-a"),
+        &["nft", "delete", "map", "ip", "sluice", "zz-hold"],
+    )?;
+    ensure!(
+        out.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let healed = Instant::now();
     let converged = wait_for(Duration::from_secs(40), "victim on web-2", || {
         Ok(served_by(&c, "10.96.0.20:80", &w2)?.then(|| healed.elapsed()))
@@ -150,15 +180,24 @@ fn ebpf_map_full_spares_the_others() -> Result<()> {
     c.add_pod("node-a", "probe")?;
     c.write_service(&svc("web", "10.96.0.10"), PORTS, &[&w1])?;
     c.start_agent("node-a", Mode::Ebpf, &[])?;
-    wait_until(Duration::from_secs(5), "web served", || served_by(&c, "10.96.0.10:80", &w1))?;
+    wait_until(Duration::from_secs(5), "web served", || {
+        served_by(&c, "10.96.0.10:80", &w1)
+    })?;
 
     c.write_service(&greedy(), PORTS, &[&w1])?;
     wait_until(Duration::from_secs(30), "the full map reported", || {
         Ok(c.agent_log("node-a").contains("sl_src_v1"))
     })?;
     let log = c.agent_log("node-a");
-    let line = log.lines().find(|l| l.contains("sl_src_v1")).unwrap_or_default().to_owned();
-    ensure!(served_by(&c, "10.96.0.10:80", &w1)?, "web keeps being served");
+    let line = log
+        .lines()
+        .find(|l| l.contains("sl_src_v1"))
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(
+        served_by(&c, "10.96.0.10:80", &w1)?,
+        "web keeps being served"
+    );
     // Later changes of other Services still reach the kernel.
     c.write_service(&svc("web", "10.96.0.10"), PORTS, &[&w2])?;
     c.write_service(&svc("fresh", "10.96.0.30"), PORTS, &[&w1])?;
@@ -173,7 +212,10 @@ fn ebpf_map_full_spares_the_others() -> Result<()> {
         "eBPF map full: logged {line:?}; after {:?}: web moved {web_moved:?}, fresh served {fresh:?}",
         changed.elapsed()
     );
-    ensure!(line.contains("default/greedy"), "the log names the Service: {line}");
+    ensure!(
+        line.contains("default/greedy"),
+        "the log names the Service: {line}"
+    );
     web_moved?;
     fresh?;
     ensure!(c.agent_running("node-a"), "agent alive");

@@ -121,7 +121,10 @@ fn snapshot(objects: &[Value]) -> Result<Snapshot> {
                 s.endpoint_slices
                     .insert(key, Arc::new(serde_json::from_value(o)?)),
             ),
-            "Ingress" => drop(s.ingresses.insert(key, Arc::new(serde_json::from_value(o)?))),
+            "Ingress" => drop(
+                s.ingresses
+                    .insert(key, Arc::new(serde_json::from_value(o)?)),
+            ),
             "IngressClass" => drop(
                 s.ingress_classes
                     .insert(key, Arc::new(serde_json::from_value(o)?)),
@@ -303,7 +306,8 @@ async fn slowloris_crowd_does_not_starve_other_clients() -> Result<()> {
     let mut crowd = Vec::new();
     for _ in 0..500 {
         let mut s = TcpStream::connect(p.http).await?;
-        s.write_all(b"GET /public HTTP/1.1\r\nHost: cafe.exa").await?;
+        s.write_all(b"GET /public HTTP/1.1\r\nHost: cafe.exa")
+            .await?;
         crowd.push(s);
     }
     let started = Instant::now();
@@ -340,7 +344,10 @@ async fn slowloris_body_holds_no_backend_connection() -> Result<()> {
     .await?;
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        ensure!(public.seen().is_empty(), "backend dialled before the body was complete");
+        ensure!(
+            public.seen().is_empty(),
+            "backend dialled before the body was complete"
+        );
         s.write_all(b"x").await?;
     }
     let mut reply = String::new();
@@ -366,7 +373,9 @@ async fn request_smuggling_variants_are_refused_or_closed() -> Result<()> {
     let cases: Vec<(&str, String, &[u16])> = vec![
         (
             "CL + TE",
-            format!("{head}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"),
+            format!(
+                "{head}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
             &[400, 200],
         ),
         (
@@ -409,7 +418,9 @@ async fn request_smuggling_variants_are_refused_or_closed() -> Result<()> {
         ),
         (
             "chunk size overflow",
-            format!("{head}Transfer-Encoding: chunked\r\n\r\nfffffffffffffffff1\r\nx\r\n0\r\n\r\n{smuggled}"),
+            format!(
+                "{head}Transfer-Encoding: chunked\r\n\r\nfffffffffffffffff1\r\nx\r\n0\r\n\r\n{smuggled}"
+            ),
             &[400],
         ),
         (
@@ -422,14 +433,34 @@ async fn request_smuggling_variants_are_refused_or_closed() -> Result<()> {
         let before = public.seen().len();
         let reply = raw(p.http, request.as_bytes(), Duration::from_secs(3)).await?;
         let status = reply.statuses.first().copied().unwrap_or(0);
-        eprintln!("smuggling: {name}: {:?}, closed after {:?}", reply.statuses, reply.closed_after);
-        ensure!(allowed.contains(&status), "{name}: status {status}: {}", reply.text);
-        ensure!(reply.statuses.len() == 1, "{name}: one response only: {}", reply.text);
-        ensure!(reply.closed_after.is_some(), "{name}: the connection must be closed");
-        ensure!(admin.paths().is_empty(), "{name}: the hidden request reached admin");
+        eprintln!(
+            "smuggling: {name}: {:?}, closed after {:?}",
+            reply.statuses, reply.closed_after
+        );
+        ensure!(
+            allowed.contains(&status),
+            "{name}: status {status}: {}",
+            reply.text
+        );
+        ensure!(
+            reply.statuses.len() == 1,
+            "{name}: one response only: {}",
+            reply.text
+        );
+        ensure!(
+            reply.closed_after.is_some(),
+            "{name}: the connection must be closed"
+        );
+        ensure!(
+            admin.paths().is_empty(),
+            "{name}: the hidden request reached admin"
+        );
         let new: Vec<Seen> = public.seen().into_iter().skip(before).collect();
         if status == 400 {
-            ensure!(new.is_empty(), "{name}: refused, yet the backend saw {new:?}");
+            ensure!(
+                new.is_empty(),
+                "{name}: refused, yet the backend saw {new:?}"
+            );
         }
         for seen in &new {
             let framing = |h: &str| seen.headers.iter().any(|(k, _)| k == h);
@@ -460,14 +491,29 @@ async fn path_tricks_never_escape_a_route() -> Result<()> {
         ("/public%2F..%2F..%2Fsecret", 404, "", ""),
         ("/public/./x/../y", 200, "public", "/public/y"),
         ("//public//x", 200, "public", "/public/x"),
-        ("/public/%252e%252e/secret", 200, "public", "/public/%252e%252e/secret"),
-        ("/public/%c0%ae%c0%ae/secret", 200, "public", "/public/%C0%AE%C0%AE/secret"),
+        (
+            "/public/%252e%252e/secret",
+            200,
+            "public",
+            "/public/%252e%252e/secret",
+        ),
+        (
+            "/public/%c0%ae%c0%ae/secret",
+            200,
+            "public",
+            "/public/%C0%AE%C0%AE/secret",
+        ),
         ("/public;/../secret", 404, "", ""),
         ("/Public", 404, "", ""),
         ("/publicity", 404, "", ""),
         ("/admin/", 404, "", ""),
         ("/admin/../admin", 200, "admin", "/admin"),
-        ("/public?next=/../admin", 200, "public", "/public?next=/../admin"),
+        (
+            "/public?next=/../admin",
+            200,
+            "public",
+            "/public?next=/../admin",
+        ),
         ("/public/%00", 200, "public", "/public/%00"),
         ("/public/%zz", 400, "", ""),
         ("/public\\..\\admin", 400, "", ""),
@@ -476,24 +522,36 @@ async fn path_tricks_never_escape_a_route() -> Result<()> {
     ];
     for (target, status, backend, seen_path) in cases {
         let (before_public, before_admin) = (public.paths().len(), admin.paths().len());
-        let request = format!(
-            "GET {target} HTTP/1.1\r\nHost: cafe.example.com\r\nConnection: close\r\n\r\n"
-        );
+        let request =
+            format!("GET {target} HTTP/1.1\r\nHost: cafe.example.com\r\nConnection: close\r\n\r\n");
         let reply = raw(p.http, request.as_bytes(), Duration::from_secs(3)).await?;
         let got = reply.statuses.first().copied().unwrap_or(0);
-        ensure!(got == *status, "{target}: {got} (want {status}): {}", reply.text);
+        ensure!(
+            got == *status,
+            "{target}: {got} (want {status}): {}",
+            reply.text
+        );
         let new_public: Vec<String> = public.paths().into_iter().skip(before_public).collect();
         let new_admin: Vec<String> = admin.paths().into_iter().skip(before_admin).collect();
         let (hit, other) = match *backend {
             "public" => (new_public, new_admin),
             "admin" => (new_admin, new_public),
             _ => {
-                ensure!(new_public.is_empty() && new_admin.is_empty(), "{target}: a backend was reached");
+                ensure!(
+                    new_public.is_empty() && new_admin.is_empty(),
+                    "{target}: a backend was reached"
+                );
                 continue;
             }
         };
-        ensure!(hit == [seen_path.to_string()], "{target}: {backend} saw {hit:?}");
-        ensure!(other.is_empty(), "{target}: the other backend saw {other:?}");
+        ensure!(
+            hit == [seen_path.to_string()],
+            "{target}: {backend} saw {hit:?}"
+        );
+        ensure!(
+            other.is_empty(),
+            "{target}: the other backend saw {other:?}"
+        );
     }
     Ok(())
 }
@@ -512,18 +570,24 @@ async fn host_spellings_route_to_the_same_host() -> Result<()> {
         ("evil.test.cafe.example.com", 404),
         ("cafe.example.co", 404),
     ] {
-        let request =
-            format!("GET /public HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let request = format!("GET /public HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         let reply = raw(p.http, request.as_bytes(), Duration::from_secs(3)).await?;
         ensure!(reply.statuses == [status], "Host {host:?}: {}", reply.text);
     }
     for authority in ["CAFE.EXAMPLE.COM", "cafe.example.com.:80"] {
         let mut h2 = H2::connect(p.http).await?;
-        h2.send(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &request_block(authority, "/public")))
-            .await?;
+        h2.send(&frame(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            1,
+            &request_block(authority, "/public"),
+        ))
+        .await?;
         let frames = h2.read_for(Duration::from_secs(2)).await;
         ensure!(
-            frames.iter().any(|f| f.kind == HEADERS && f.stream == 1 && f.payload.first() == Some(&0x88)),
+            frames
+                .iter()
+                .any(|f| f.kind == HEADERS && f.stream == 1 && f.payload.first() == Some(&0x88)),
             ":authority {authority}: no 200 in {frames:?}"
         );
     }
@@ -639,9 +703,7 @@ async fn read_frame(r: &mut tokio::net::tcp::OwnedReadHalf) -> Option<Frame> {
 impl H2 {
     async fn connect(addr: SocketAddr) -> Result<H2> {
         let (mut read, mut write) = TcpStream::connect(addr).await?.into_split();
-        write
-            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-            .await?;
+        write.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
         write.write_all(&frame(SETTINGS, 0, 0, &[])).await?;
         let settings = loop {
             let f = tokio::time::timeout(Duration::from_secs(2), read_frame(&mut read))
@@ -651,7 +713,12 @@ impl H2 {
                 break f
                     .payload
                     .chunks_exact(6)
-                    .map(|c| (u16::from_be_bytes([c[0], c[1]]), u32::from_be_bytes([c[2], c[3], c[4], c[5]])))
+                    .map(|c| {
+                        (
+                            u16::from_be_bytes([c[0], c[1]]),
+                            u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+                        )
+                    })
                     .collect();
             }
         };
@@ -717,9 +784,17 @@ async fn http2_rapid_reset_is_cut_off() -> Result<()> {
         goaway.and_then(Frame::error_code)
     );
     ensure!(goaway.is_some(), "no GOAWAY after {sent} rapid resets");
-    ensure!(reached <= 1000, "{reached} of the cancelled requests reached the backend");
+    ensure!(
+        reached <= 1000,
+        "{reached} of the cancelled requests reached the backend"
+    );
     // The proxy itself is fine.
-    let reply = raw(p.http, b"GET /public/after HTTP/1.1\r\nHost: cafe.example.com\r\nConnection: close\r\n\r\n", Duration::from_secs(3)).await?;
+    let reply = raw(
+        p.http,
+        b"GET /public/after HTTP/1.1\r\nHost: cafe.example.com\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await?;
     ensure!(reply.statuses == [200], "{reply:?}");
     Ok(())
 }
@@ -730,7 +805,10 @@ async fn http2_rapid_reset_is_cut_off() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_continuation_flood_is_cut_off() -> Result<()> {
     let (p, public, _) = cafe(IngressConfig::default()).await?;
-    for (name, payload) in [("16 KiB frames of headers", continuation_headers()), ("empty frames", Vec::new())] {
+    for (name, payload) in [
+        ("16 KiB frames of headers", continuation_headers()),
+        ("empty frames", Vec::new()),
+    ] {
         let mut h2 = H2::connect(p.http).await?;
         let block = request_block("cafe.example.com", "/public/flood");
         h2.send(&frame(HEADERS, 0, 1, &block)).await?;
@@ -748,14 +826,20 @@ async fn http2_continuation_flood_is_cut_off() -> Result<()> {
             sent_bytes += 64 * payload.len();
         }
         let frames = h2.read_for(Duration::from_secs(3)).await;
-        let goaway = frames.iter().find(|f| f.kind == GOAWAY).and_then(Frame::error_code);
+        let goaway = frames
+            .iter()
+            .find(|f| f.kind == GOAWAY)
+            .and_then(Frame::error_code);
         eprintln!(
             "CONTINUATION flood ({name}): {frames_sent} frames / {sent_bytes} bytes written \
              before the server stopped reading; GOAWAY {goaway:?}; frames back {:?}",
             frames.iter().map(|f| f.kind).collect::<Vec<_>>()
         );
         ensure!(goaway.is_some(), "{name}: no GOAWAY");
-        ensure!(frames_sent < 100_000 && sent_bytes < 64 << 20, "{name}: the server kept reading");
+        ensure!(
+            frames_sent < 100_000 && sent_bytes < 64 << 20,
+            "{name}: the server kept reading"
+        );
     }
     ensure!(public.paths().is_empty(), "{:?}", public.paths());
     Ok(())
@@ -797,14 +881,20 @@ async fn http2_too_many_concurrent_streams_are_refused() -> Result<()> {
         .iter()
         .filter(|f| f.kind == RST_STREAM && f.error_code() == Some(REFUSED_STREAM))
         .count();
-    let goaway = frames.iter().find(|f| f.kind == GOAWAY).and_then(Frame::error_code);
+    let goaway = frames
+        .iter()
+        .find(|f| f.kind == GOAWAY)
+        .and_then(Frame::error_code);
     let at_backend = public.paths().len();
     eprintln!(
         "concurrent streams: limit {limit}, opened {opened}: {refused} refused, GOAWAY \
          {goaway:?}, {at_backend} at the backend within 1 s"
     );
     ensure!(limit <= 1000, "SETTINGS_MAX_CONCURRENT_STREAMS {limit}");
-    ensure!(at_backend <= limit as usize, "{at_backend} requests at the backend at once");
+    ensure!(
+        at_backend <= limit as usize,
+        "{at_backend} requests at the backend at once"
+    );
     ensure!(
         refused >= 50 || goaway.is_some(),
         "the surplus streams were neither refused nor the connection stopped: {refused}"
@@ -863,7 +953,9 @@ async fn tls_request(addr: SocketAddr, server_name: &str, host: &str) -> Result<
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())?;
-    let mut tls = connector.connect(name, TcpStream::connect(addr).await?).await?;
+    let mut tls = connector
+        .connect(name, TcpStream::connect(addr).await?)
+        .await?;
     let der = tls
         .get_ref()
         .1
@@ -899,12 +991,23 @@ async fn tls_without_sni_and_unknown_sni_get_the_default_certificate() -> Result
     let public = Backend::start("public").await?;
     let mut objects = vec![ingress_class()];
     objects.extend(service("public", &public));
-    for (name, host, created) in [("a", "a.example.com", "2020-01-01T00:00:00Z"), ("b", "b.example.com", "2021-01-01T00:00:00Z")] {
+    for (name, host, created) in [
+        ("a", "a.example.com", "2020-01-01T00:00:00Z"),
+        ("b", "b.example.com", "2021-01-01T00:00:00Z"),
+    ] {
         let pair = sluice_tests::certs::self_signed(&dir, host)?;
-        objects.push(json!({"kind": "Secret", "metadata": {"namespace": "default", "name": name},
+        objects.push(
+            json!({"kind": "Secret", "metadata": {"namespace": "default", "name": name},
             "type": "kubernetes.io/tls",
-            "stringData": {"tls.crt": pair.cert_pem, "tls.key": pair.key_pem}}));
-        objects.push(ingress(name, created, host, vec![path("/public", "Prefix", "public")], Some(name)));
+            "stringData": {"tls.crt": pair.cert_pem, "tls.key": pair.key_pem}}),
+        );
+        objects.push(ingress(
+            name,
+            created,
+            host,
+            vec![path("/public", "Prefix", "public")],
+            Some(name),
+        ));
     }
     let p = start(IngressConfig::default(), &objects).await?;
     for (server_name, host, cert, status) in [
@@ -912,7 +1015,12 @@ async fn tls_without_sni_and_unknown_sni_get_the_default_certificate() -> Result
         ("b.example.com", "b.example.com", "b.example.com", 200),
         ("127.0.0.1", "b.example.com", "a.example.com", 200),
         ("unknown.example.org", "b.example.com", "a.example.com", 200),
-        ("unknown.example.org", "unknown.example.org", "a.example.com", 404),
+        (
+            "unknown.example.org",
+            "unknown.example.org",
+            "a.example.com",
+            404,
+        ),
         ("a.example.com", "b.example.com", "a.example.com", 200),
     ] {
         let got = tls_request(p.https, server_name, host).await?;

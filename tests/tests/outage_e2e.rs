@@ -21,7 +21,9 @@ use sluice_tests::apiserver::{tcp_listener_in, write_kubeconfig};
 use sluice_tests::manifests::{
     EndpointSlice, Family, IngressPath, Port, Service, ingress, ingress_class,
 };
-use sluice_tests::{At, Cluster, Mode, Pod, backend_tests, require_root, tally, wait_for, wait_until};
+use sluice_tests::{
+    At, Cluster, Mode, Pod, backend_tests, require_root, tally, wait_for, wait_until,
+};
 
 backend_tests!(datapath_and_healthz_survive_an_outage_and_watches_resume);
 
@@ -79,7 +81,14 @@ impl Setup {
             service: "web".into(),
             port: 81,
         };
-        fake.apply(ingress("default", "web", Some("sluice"), &[route], &[], None));
+        fake.apply(ingress(
+            "default",
+            "web",
+            Some("sluice"),
+            &[route],
+            &[],
+            None,
+        ));
         let kubeconfig = write_kubeconfig(c.workdir(), &fake.url())?
             .display()
             .to_string();
@@ -123,14 +132,20 @@ impl Setup {
         let resolve = format!("web.example.com:80:{}", self.c.node("node-a")?.ipv4);
         Ok(self
             .c
-            .http(At::Client, "http://web.example.com/", &["--resolve", &resolve])?
+            .http(
+                At::Client,
+                "http://web.example.com/",
+                &["--resolve", &resolve],
+            )?
             .status)
     }
 
     /// `/healthz` from the node: (status, `lastUpdated`).
     fn healthz(&self) -> Result<(u16, String)> {
         let url = format!("http://{}/healthz", sluice_tests::AGENT_HEALTHZ);
-        let out = self.c.curl(At::Node("node-a"), &["-w", "\n%{http_code}", &url])?;
+        let out = self
+            .c
+            .curl(At::Node("node-a"), &["-w", "\n%{http_code}", &url])?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').context("healthz output")?;
         let last = serde_json::from_str::<serde_json::Value>(body)
@@ -173,7 +188,9 @@ fn slice(pod: &Pod) -> serde_json::Value {
 }
 
 fn is_watch(r: &Recorded) -> bool {
-    r.query.split('&').any(|p| p == "watch=true" || p == "watch=1")
+    r.query
+        .split('&')
+        .any(|p| p == "watch=true" || p == "watch=1")
 }
 
 /// GETs of whole collections that are not watches: lists.
@@ -219,7 +236,11 @@ fn datapath_and_healthz_survive_an_outage_and_watches_resume(mode: Mode) -> Resu
     s.fake.set_down(true);
     let mut checks = 0;
     while down_at.elapsed() < OUTAGE {
-        ensure!(s.only(&s.w1)?, "ClusterIP during the outage: {:?}", s.cluster_ip_pods()?);
+        ensure!(
+            s.only(&s.w1)?,
+            "ClusterIP during the outage: {:?}",
+            s.cluster_ip_pods()?
+        );
         ensure!(s.ingress_status()? == 200, "Ingress during the outage");
         let (code, _) = s.healthz()?;
         ensure!(code == 200, "healthz during the outage: {code}");
@@ -261,7 +282,10 @@ fn datapath_and_healthz_survive_an_outage_and_watches_resume(mode: Mode) -> Resu
         slices_resumed.duration_since(up_at),
         requests.len(),
     );
-    ensure!(lists.is_empty(), "watches must resume, not relist: {lists:?}");
+    ensure!(
+        lists.is_empty(),
+        "watches must resume, not relist: {lists:?}"
+    );
     ensure!(
         programmed < Duration::from_secs(1),
         "the change was programmed {programmed:?} after the watch resumed"
@@ -288,7 +312,10 @@ fn gone_after_an_outage_relists_each_kind_once() -> Result<()> {
     s.fake.apply(doomed_slice);
     s.start(Mode::Nftables)?;
     wait_until(Duration::from_secs(5), "web-1 served", || s.only(&s.w1))?;
-    ensure!(s.c.tcp1(At::Pod("probe"), "10.96.0.11:80")?.is_ok(), "doomed served");
+    ensure!(
+        s.c.tcp1(At::Pod("probe"), "10.96.0.11:80")?.is_ok(),
+        "doomed served"
+    );
 
     for (style, to) in [(GoneStyle::ErrorEvent, &s.w2), (GoneStyle::Http410, &s.w1)] {
         s.fake.set_gone_style(style);
@@ -301,9 +328,11 @@ fn gone_after_an_outage_relists_each_kind_once() -> Result<()> {
         s.fake.compact_and_drop_watches();
         let up_at = Instant::now();
         s.fake.set_down(false);
-        let seen = wait_for(Duration::from_secs(40), "the change made while down", || {
-            Ok(s.only(to)?.then(Instant::now))
-        })?;
+        let seen = wait_for(
+            Duration::from_secs(40),
+            "the change made while down",
+            || Ok(s.only(to)?.then(Instant::now)),
+        )?;
         ensure!(
             s.c.tcp1(At::Pod("probe"), "10.96.0.11:80")?.is_err(),
             "the Service deleted while the server was down is gone"
@@ -317,7 +346,10 @@ fn gone_after_an_outage_relists_each_kind_once() -> Result<()> {
         );
         for path in SOURCE_KINDS {
             let n = lists.get(*path).copied().unwrap_or(0);
-            ensure!(n == 1, "{path}: {n} lists after 410 (want exactly one): {lists:?}");
+            ensure!(
+                n == 1,
+                "{path}: {n} lists after 410 (want exactly one): {lists:?}"
+            );
         }
         ensure!(
             lists.values().all(|n| *n <= 1),
@@ -377,31 +409,45 @@ fn slow_api_server_delays_but_breaks_nothing() -> Result<()> {
     std::thread::sleep(Duration::from_millis(1500));
     let (early, _) = s.healthz()?;
     ensure!(early == 503, "healthz before the first sync: {early}");
-    wait_until(Duration::from_secs(30), "healthz 200", || Ok(s.healthz()?.0 == 200))?;
+    wait_until(Duration::from_secs(30), "healthz 200", || {
+        Ok(s.healthz()?.0 == 200)
+    })?;
     let ready = started.elapsed();
     ensure!(s.only(&s.w1)?, "web-1 served");
 
     let applied = Instant::now();
     s.fake.apply(slice(&s.w2));
-    let live = wait_for(Duration::from_secs(10), "a change through the open watch", || {
-        Ok(s.only(&s.w2)?.then(|| applied.elapsed()))
-    })?;
+    let live = wait_for(
+        Duration::from_secs(10),
+        "a change through the open watch",
+        || Ok(s.only(&s.w2)?.then(|| applied.elapsed())),
+    )?;
     s.fake.drop_watches();
     s.fake.apply(slice(&s.w1));
     let applied = Instant::now();
     let mut served_meanwhile = 0;
-    let rewatched = wait_for(Duration::from_secs(30), "a change through a slow new watch", || {
-        let pods = s.cluster_ip_pods()?;
-        ensure!(pods.values().sum::<usize>() == 4, "ClusterIP kept serving: {pods:?}");
-        served_meanwhile += 1;
-        Ok((pods == [(s.w1.name.clone(), 4)].into()).then(|| applied.elapsed()))
-    })?;
+    let rewatched = wait_for(
+        Duration::from_secs(30),
+        "a change through a slow new watch",
+        || {
+            let pods = s.cluster_ip_pods()?;
+            ensure!(
+                pods.values().sum::<usize>() == 4,
+                "ClusterIP kept serving: {pods:?}"
+            );
+            served_meanwhile += 1;
+            Ok((pods == [(s.w1.name.clone(), 4)].into()).then(|| applied.elapsed()))
+        },
+    )?;
     eprintln!(
         "slow API server ({delay:?} per read): healthy after {ready:?}; change via the open \
          watch in {live:?}, via a new watch in {rewatched:?} ({served_meanwhile} probes served \
          meanwhile)"
     );
     ensure!(live < Duration::from_secs(1), "open watch: {live:?}");
-    ensure!(rewatched >= delay, "the new watch was delayed: {rewatched:?}");
+    ensure!(
+        rewatched >= delay,
+        "the new watch was delayed: {rewatched:?}"
+    );
     Ok(())
 }

@@ -39,10 +39,15 @@ pub fn run_command(args: &[String]) -> Result<()> {
         match arg.as_str() {
             "--seconds" => {
                 let value = it.next().context("--seconds needs a value")?;
-                seconds = value.parse().with_context(|| format!("--seconds {value}"))?;
+                seconds = value
+                    .parse()
+                    .with_context(|| format!("--seconds {value}"))?;
             }
             t if TARGETS.contains(&t) => targets.push(t.to_owned()),
-            other => bail!("unknown fuzz argument {other:?}; targets: {}", TARGETS.join(", ")),
+            other => bail!(
+                "unknown fuzz argument {other:?}; targets: {}",
+                TARGETS.join(", ")
+            ),
         }
     }
     if targets.is_empty() {
@@ -70,7 +75,13 @@ fn nightly_fuzz(fuzz_dir: &Path) -> Command {
     cmd.args(["+nightly", "fuzz"])
         .current_dir(fuzz_dir.parent().unwrap_or(fuzz_dir));
     // Set by the stable cargo running xtask; they would pin the toolchain or the compiler.
-    for var in ["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTDOC", "RUSTC_WRAPPER", "CARGO"] {
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTC_WRAPPER",
+        "CARGO",
+    ] {
         cmd.env_remove(var);
     }
     cmd
@@ -210,7 +221,10 @@ fn load_sample(netns: &str, scripts: &Path) -> Result<String> {
     let step = fulls.len().div_ceil(300).max(1);
     let (mut loaded, mut failures) = (0, Vec::new());
     for full in fulls.iter().step_by(step) {
-        let delta = PathBuf::from(full.to_string_lossy().replace("-0-full.nft", "-1-delta.nft"));
+        let delta = PathBuf::from(
+            full.to_string_lossy()
+                .replace("-0-full.nft", "-1-delta.nft"),
+        );
         for script in [full, &delta] {
             let out = Command::new("ip")
                 .args(["netns", "exec", netns, "nft", "-f"])
@@ -244,7 +258,10 @@ fn load_sample(netns: &str, scripts: &Path) -> Result<String> {
 }
 
 fn report(outcomes: &[Outcome], seconds: u64, replay: Option<&str>) -> Result<()> {
-    println!("\n{:<16} {:>8} {:>14} {:>10} {:>8}", "target", "seconds", "executions", "corpus", "findings");
+    println!(
+        "\n{:<16} {:>8} {:>14} {:>10} {:>8}",
+        "target", "seconds", "executions", "corpus", "findings"
+    );
     for o in outcomes {
         println!(
             "{:<16} {:>8} {:>14} {:>10} {:>8}",
@@ -256,7 +273,12 @@ fn report(outcomes: &[Outcome], seconds: u64, replay: Option<&str>) -> Result<()
         );
     }
     let total: u64 = outcomes.iter().map(|o| o.executions).sum();
-    println!("{:<16} {:>8} {:>14}", "total", seconds * outcomes.len() as u64, total);
+    println!(
+        "{:<16} {:>8} {:>14}",
+        "total",
+        seconds * outcomes.len() as u64,
+        total
+    );
     if let Some(line) = replay {
         println!("{line}");
     }

@@ -19,7 +19,8 @@ use crate::stats::{self, ActiveConnection, Counters};
 use crate::{IngressError, IngressProxy, tls};
 
 impl IngressProxy {
-    /// Listens on the configured addresses and serves until `shutdown` completes; then stops
+    /// Listens on the configured addresses (accepting once the first route table is loaded)
+    /// and serves until `shutdown` completes; then stops
     /// accepting, lets open connections finish their requests (up to `shutdown_grace`) and
     /// returns.
     pub async fn serve(
@@ -73,7 +74,14 @@ impl IngressProxy {
         ));
         let mut accept_log = AcceptLog::default();
         tokio::pin!(shutdown);
-        loop {
+        // Nothing is accepted before the first route table: a restarted agent must not
+        // answer 404 for routes it has not loaded yet (clients wait in the backlog instead).
+        let mut loaded = self.routes_loaded.subscribe();
+        let ready = tokio::select! {
+            () = &mut shutdown => false,
+            res = loaded.wait_for(|loaded| *loaded) => res.is_ok(),
+        };
+        while ready {
             let Some(slot) = self
                 .connection_slot(&slots, &mut accept_log, &mut shutdown)
                 .await
