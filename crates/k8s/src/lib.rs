@@ -19,6 +19,7 @@
 mod events;
 mod lease;
 mod object_watch;
+mod restarting;
 mod source;
 mod status;
 mod status_writer;
