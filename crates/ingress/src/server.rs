@@ -74,14 +74,7 @@ impl IngressProxy {
         ));
         let mut accept_log = AcceptLog::default();
         tokio::pin!(shutdown);
-        // Nothing is accepted before the first route table: a restarted agent must not
-        // answer 404 for routes it has not loaded yet (clients wait in the backlog instead).
-        let mut loaded = self.routes_loaded.subscribe();
-        let ready = tokio::select! {
-            () = &mut shutdown => false,
-            res = loaded.wait_for(|loaded| *loaded) => res.is_ok(),
-        };
-        while ready {
+        loop {
             let Some(slot) = self
                 .connection_slot(&slots, &mut accept_log, &mut shutdown)
                 .await
@@ -121,7 +114,7 @@ impl IngressProxy {
         Ok(())
     }
 
-    /// A place for one more downstream connection. At `max_client_connections` this waits
+    /// A place for one more downstream connection, once the routes are loaded. At `max_client_connections` this waits
     /// (not accepting: new connections wait in the kernel's listen backlog) until a
     /// connection closes; `None` on shutdown.
     async fn connection_slot<F: Future<Output = ()>>(
@@ -130,6 +123,13 @@ impl IngressProxy {
         log: &mut AcceptLog,
         shutdown: &mut std::pin::Pin<&mut F>,
     ) -> Option<OwnedSemaphorePermit> {
+        // Nothing is accepted before the first route table: a restarted agent must not
+        // answer 404 for routes it has not loaded yet (clients wait in the backlog instead).
+        let mut loaded = self.routes_loaded.subscribe();
+        tokio::select! {
+            () = shutdown.as_mut() => return None,
+            res = loaded.wait_for(|loaded| *loaded) => res.ok()?,
+        };
         if let Ok(slot) = Arc::clone(slots).try_acquire_owned() {
             return Some(slot);
         }
