@@ -2,15 +2,17 @@
 //! control (a verdict map element added by hand to the `sluice` table) holds a Service's
 //! endpoint chain, so the transaction that replaces that chain is refused with EBUSY — a real
 //! kernel refusal, for one Service only. eBPF: a Service with more source ranges than
-//! `sl_src_v1` holds. In both, every other Service keeps being served and programmed, the
-//! refused one keeps its previous state, the log names it and a metric counts it. Needs root
-//! and the binaries.
+//! `sl_src_v1` holds (the agent refuses it before writing: see `dp-ebpf/src/capacity.rs`,
+//! whose unit tests cover every map). In both, every other Service keeps being served and
+//! programmed (without waiting for the refused one's retries), established connections keep
+//! flowing, the refused one keeps its previous state, the log names it and a metric counts
+//! it. Needs root and the binaries.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use sluice_tests::manifests::{Port, Service};
-use sluice_tests::{At, Cluster, Mode, Pod, require_root, tally, wait_for, wait_until};
+use sluice_tests::{At, Cluster, HeldConn, Mode, Pod, require_root, tally, wait_for, wait_until};
 
 const PORTS: &[(&str, &str, u16)] = &[("tcp", "TCP", 8080)];
 
@@ -31,6 +33,17 @@ fn served_by(c: &Cluster, addr: &str, pod: &Pod) -> Result<bool> {
     Ok(answering(c, addr)?.as_deref() == Some(pod.name.as_str()))
 }
 
+/// An established connection still answers, from the pod that greeted it.
+fn still_answers(conn: &mut HeldConn, line: &str) -> Result<()> {
+    let pod = conn.greeting().pod.clone();
+    let reply = conn.send(line)?;
+    ensure!(
+        matches!(&reply, Ok(r) if *r == format!("{pod}: {line}")),
+        "the established connection: {reply:?}"
+    );
+    Ok(())
+}
+
 /// A metric's value (first sample of that name).
 fn metric(c: &Cluster, name: &str) -> Result<f64> {
     let text = c.agent_metrics("node-a")?;
@@ -43,7 +56,7 @@ fn metric(c: &Cluster, name: &str) -> Result<f64> {
 fn endpoint_chain(c: &Cluster, service: &str) -> Result<String> {
     let out = c.exec(
         At::Node("node-a"),
-        &["nft", "list", "chains", "ip", "sluice"],
+        &["nft", "list", "table", "ip", "sluice"],
     )?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.split_whitespace()
@@ -68,6 +81,7 @@ fn nft_refusal_of_one_service_spares_the_others() -> Result<()> {
         served_by(&c, "10.96.0.20:80", &w1)
     })?;
 
+    let mut held = c.hold_tcp(At::Pod("probe"), "10.96.0.20:80")?;
     // Someone else's map in our table now jumps to the victim's endpoint chain.
     let chain = endpoint_chain(&c, "victim")?;
     let hold = format!(
@@ -115,6 +129,7 @@ fn nft_refusal_of_one_service_spares_the_others() -> Result<()> {
         failures > failures_before,
         "failures counted: {failures_before} -> {failures}"
     );
+    still_answers(&mut held, "during the refusals")?;
 
     // While the victim keeps failing (retried with backoff), how long does a change of
     // another Service take?
@@ -155,6 +170,14 @@ fn nft_refusal_of_one_service_spares_the_others() -> Result<()> {
     Ok(())
 }
 
+/// `web` as a NodePort (30010): reached from outside through tc and the BPF conntrack.
+fn node_port_web() -> Service {
+    Service::new("default", "web")
+        .kind("NodePort")
+        .cluster_ips(&["10.96.0.10"])
+        .port(Port::tcp(80, 8080).named("tcp").node_port(30010))
+}
+
 /// 17,000 source ranges on one LoadBalancer address need more `sl_src_v1` entries (16,384)
 /// than the map holds.
 fn greedy() -> Service {
@@ -178,11 +201,14 @@ fn ebpf_map_full_spares_the_others() -> Result<()> {
     let w1 = c.add_pod("node-a", "web-1")?;
     let w2 = c.add_pod("node-a", "web-2")?;
     c.add_pod("node-a", "probe")?;
-    c.write_service(&svc("web", "10.96.0.10"), PORTS, &[&w1])?;
+    c.write_service(&node_port_web(), PORTS, &[&w1])?;
     c.start_agent("node-a", Mode::Ebpf, &[])?;
     wait_until(Duration::from_secs(5), "web served", || {
         served_by(&c, "10.96.0.10:80", &w1)
     })?;
+    // Through tc and the BPF conntrack: a flow that must outlive what follows.
+    let mut held = c.hold_tcp(At::Client, c.node("node-a")?.v4(30010))?;
+    let failures_before = metric(&c, "sluice_service_program_failures_total")?;
 
     c.write_service(&greedy(), PORTS, &[&w1])?;
     wait_until(Duration::from_secs(30), "the full map reported", || {
@@ -198,8 +224,14 @@ fn ebpf_map_full_spares_the_others() -> Result<()> {
         served_by(&c, "10.96.0.10:80", &w1)?,
         "web keeps being served"
     );
+    let failures = metric(&c, "sluice_service_program_failures_total")?;
+    ensure!(
+        failures > failures_before,
+        "failures counted: {failures_before} -> {failures}"
+    );
+    still_answers(&mut held, "after the refusal")?;
     // Later changes of other Services still reach the kernel.
-    c.write_service(&svc("web", "10.96.0.10"), PORTS, &[&w2])?;
+    c.write_service(&node_port_web(), PORTS, &[&w2])?;
     c.write_service(&svc("fresh", "10.96.0.30"), PORTS, &[&w1])?;
     let changed = Instant::now();
     let web_moved = wait_until(Duration::from_secs(10), "web moved to web-2", || {
@@ -218,6 +250,12 @@ fn ebpf_map_full_spares_the_others() -> Result<()> {
     );
     web_moved?;
     fresh?;
+    still_answers(&mut held, "after the other changes")?;
+    let greedy_answers = c.tcp1(At::Pod("probe"), "10.96.0.40:80")?;
+    ensure!(
+        greedy_answers.is_err(),
+        "the refused Service was never programmed: {greedy_answers:?}"
+    );
     ensure!(c.agent_running("node-a"), "agent alive");
     Ok(())
 }

@@ -15,6 +15,7 @@
 //! This avoids a port allocator in BPF at the cost of relying on nf_conntrack for that path.
 
 pub mod abi;
+mod capacity;
 mod dump;
 mod kernel;
 mod links;
@@ -101,6 +102,9 @@ pub struct EbpfDataplane {
     groups: state::Groups,
     /// The plan programmed last (deltas are applied to it).
     plan: Option<Plan>,
+    /// What the maps hold: `plan` without the service ports refused for lack of room
+    /// (those keep their earlier programming, see `capacity`).
+    programmed: Plan,
 }
 
 impl EbpfDataplane {
@@ -113,6 +117,7 @@ impl EbpfDataplane {
             current: None,
             groups: state::Groups::default(),
             plan: None,
+            programmed: Plan::default(),
         })
     }
 
@@ -149,8 +154,19 @@ impl EbpfDataplane {
             self.current = Some(self.kernel.maps.read()?);
         }
         let current = self.current.take().unwrap_or_default();
-        let groups = state::assign_groups(plan, &self.groups, &current);
-        let want = state::render(plan, &groups);
+        let mut groups = state::assign_groups(plan, &self.groups, &current);
+        let mut want = state::render(plan, &groups);
+        let mut failed = Vec::new();
+        let fitted = capacity::fit(plan, &want, &self.programmed, &capacity::CAPACITY);
+        let plan = match &fitted {
+            None => plan,
+            Some((fitted, refused)) => {
+                failed.clone_from(refused);
+                groups = state::assign_groups(fitted, &self.groups, &current);
+                want = state::render(fitted, &groups);
+                fitted
+            }
+        };
         let svc = state::diff_map(&current.svc, &want.svc);
         let slot = state::diff_map(&current.slot, &want.slot);
         let maglev = state::diff_map(&current.maglev, &want.maglev);
@@ -164,6 +180,7 @@ impl EbpfDataplane {
         }
         self.current = Some(want);
         self.groups = groups;
+        self.programmed = plan.clone();
         let wants_masq = plan.services.values().any(|s| {
             s.frontends.iter().any(|fe| {
                 matches!(
@@ -183,7 +200,7 @@ impl EbpfDataplane {
             services_changed: 0,
             operations,
             full_sync: full,
-            failed: Vec::new(),
+            failed,
         })
     }
 }
@@ -240,6 +257,7 @@ impl Dataplane for EbpfDataplane {
         self.kernel.stop_watcher();
         self.current = None;
         self.plan = None;
+        self.programmed = Plan::default();
         self.groups = state::Groups::default();
         kernel::cleanup(&self.config)
     }
