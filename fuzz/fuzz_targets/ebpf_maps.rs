@@ -10,11 +10,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use libfuzzer_sys::fuzz_target;
 use sluice_dp_ebpf::abi::{self, MAGLEV_M};
-use sluice_dp_ebpf::state::{Groups, MapContent, assign_groups, connectionless_backends, diff_map, render};
+use sluice_dp_ebpf::state::{
+    Groups, MapContent, assign_groups, connectionless_backends, diff_map, render,
+};
 use sluice_fuzz::ClusterInput;
 use sluice_plan::{Plan, Protocol};
 
-fn apply<K: Ord + Clone, V: Clone>(map: &BTreeMap<K, V>, diff: &sluice_dp_ebpf::state::MapDiff<K, V>) -> BTreeMap<K, V> {
+fn apply<K: Ord + Clone, V: Clone>(
+    map: &BTreeMap<K, V>,
+    diff: &sluice_dp_ebpf::state::MapDiff<K, V>,
+) -> BTreeMap<K, V> {
     let mut out = map.clone();
     for k in &diff.delete {
         out.remove(k);
@@ -32,13 +37,28 @@ fn check_content(plan: &Plan, c: &MapContent) {
         }
         if val.flags & abi::SVC_MAGLEV != 0 {
             for slot in 0..MAGLEV_M {
-                let k = abi::SlotKey { group: val.group, slot };
-                assert!(c.maglev.contains_key(&k), "maglev group {} misses slot {slot} ({key:?})", val.group);
+                let k = abi::SlotKey {
+                    group: val.group,
+                    slot,
+                };
+                assert!(
+                    c.maglev.contains_key(&k),
+                    "maglev group {} misses slot {slot} ({key:?})",
+                    val.group
+                );
             }
         } else {
             for slot in 0..u32::from(val.count) {
-                let k = abi::SlotKey { group: val.group, slot };
-                assert!(c.slot.contains_key(&k), "group {} misses slot {slot} of {} ({key:?})", val.group, val.count);
+                let k = abi::SlotKey {
+                    group: val.group,
+                    slot,
+                };
+                assert!(
+                    c.slot.contains_key(&k),
+                    "group {} misses slot {slot} of {} ({key:?})",
+                    val.group,
+                    val.count
+                );
             }
         }
     }
@@ -51,7 +71,10 @@ fn check_content(plan: &Plan, c: &MapContent) {
         .collect();
     for (proto, ip, port) in connectionless_backends(c) {
         assert_eq!(proto, Protocol::Udp);
-        assert!(udp_backends.contains(&(ip, port)), "read back {ip}:{port}, not a UDP backend of the plan");
+        assert!(
+            udp_backends.contains(&(ip, port)),
+            "read back {ip}:{port}, not a UDP backend of the plan"
+        );
     }
 }
 
@@ -64,7 +87,11 @@ fuzz_target!(|input: ClusterInput| {
     check_content(&first, &content);
     // Restart: ids come from the maps only.
     let reread = assign_groups(&first, &Groups::default(), &content);
-    assert_eq!(render(&first, &reread), content, "a restart rewrites nothing");
+    assert_eq!(
+        render(&first, &reread),
+        content,
+        "a restart rewrites nothing"
+    );
     // Update: kept ids, and the diff is exact.
     let next_groups = assign_groups(&second, &groups, &content);
     for (name, id) in &next_groups.ids {
@@ -74,8 +101,17 @@ fuzz_target!(|input: ClusterInput| {
     }
     let next = render(&second, &next_groups);
     check_content(&second, &next);
-    assert_eq!(apply(&content.svc, &diff_map(&content.svc, &next.svc)), next.svc);
-    assert_eq!(apply(&content.slot, &diff_map(&content.slot, &next.slot)), next.slot);
-    assert_eq!(apply(&content.maglev, &diff_map(&content.maglev, &next.maglev)), next.maglev);
+    assert_eq!(
+        apply(&content.svc, &diff_map(&content.svc, &next.svc)),
+        next.svc
+    );
+    assert_eq!(
+        apply(&content.slot, &diff_map(&content.slot, &next.slot)),
+        next.slot
+    );
+    assert_eq!(
+        apply(&content.maglev, &diff_map(&content.maglev, &next.maglev)),
+        next.maglev
+    );
     let _ = sluice_dp_ebpf::state::removed_backends(&content, &next);
 });

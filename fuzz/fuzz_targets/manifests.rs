@@ -47,7 +47,11 @@ fuzz_target!(|data: &[u8]| {
         .chain(parsed.ingress_classes.iter().map(|(k, _)| k))
         .chain(parsed.secrets.iter().map(|(k, _)| k));
     for key in all_keys {
-        assert!(valid_label(&key.name), "kept an object named {:?}", key.name);
+        assert!(
+            valid_label(&key.name),
+            "kept an object named {:?}",
+            key.name
+        );
         assert!(
             key.namespace.is_empty() || valid_label(&key.namespace),
             "kept an object in namespace {:?}",

@@ -14,7 +14,9 @@ use sluice_fuzz::ClusterInput;
 use sluice_fuzz::nft_sim::Ruleset;
 
 fn save(scripts: &[(&str, &str)]) {
-    let Some(dir) = std::env::var_os("SLUICE_FUZZ_NFT_OUT") else { return };
+    let Some(dir) = std::env::var_os("SLUICE_FUZZ_NFT_OUT") else {
+        return;
+    };
     let all: String = scripts.iter().map(|(_, s)| *s).collect();
     let id = sluice_dp_nft::render::short_hash(&all);
     for (i, (name, script)) in scripts.iter().enumerate() {
@@ -33,7 +35,11 @@ fuzz_target!(|input: ClusterInput| {
     let applied = fake.state().applied.clone();
     let full_first = NftDataplane::<FakeNft>::render_plan(&first);
     let full_second = NftDataplane::<FakeNft>::render_plan(&second);
-    assert_eq!(applied.first(), Some(&full_first), "first resync is the full script");
+    assert_eq!(
+        applied.first(),
+        Some(&full_first),
+        "first resync is the full script"
+    );
     let mut incremental = Ruleset::default();
     for script in &applied {
         if let Err(e) = incremental.apply(script) {
@@ -44,7 +50,10 @@ fuzz_target!(|input: ClusterInput| {
     if let Err(e) = scratch.apply(&full_second) {
         panic!("full script refused: {e}\n{full_second}");
     }
-    assert_eq!(incremental, scratch, "full + delta differs from the full script of the result");
+    assert_eq!(
+        incremental, scratch,
+        "full + delta differs from the full script of the result"
+    );
     let delta_text: String = applied[1..].concat();
     save(&[("full", &full_first), ("delta", &delta_text)]);
 });

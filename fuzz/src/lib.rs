@@ -20,7 +20,14 @@ use sluice_model::{NodeInfo, ObjectKey, Snapshot};
 
 const NAMESPACES: [&str; 3] = ["default", "shop", "kube-system"];
 const NAMES: [&str; 5] = ["web", "db", "dns", "a", "b"];
-const PORT_NAMES: [&str; 6] = ["", "http", "dns", "metrics", "Bad_Name", "a-very-long-port-name"];
+const PORT_NAMES: [&str; 6] = [
+    "",
+    "http",
+    "dns",
+    "metrics",
+    "Bad_Name",
+    "a-very-long-port-name",
+];
 const NODES: [&str; 3] = ["node-a", "node-b", ""];
 const ZONES: [&str; 3] = ["zone-a", "zone-b", ""];
 const PROTOCOLS: [&str; 5] = ["TCP", "UDP", "SCTP", "tcp", "ICMP"];
@@ -50,8 +57,14 @@ impl Ip {
             8 => format!("203.0.113.{}", b % 4),
             9 => format!("2001:db8::{:x}", 0x11 + b % 2),
             10 => std::net::Ipv4Addr::from(b).to_string(),
-            _ => ["0.0.0.0", "255.255.255.255", "::", "not-an-ip", "::ffff:10.96.0.1", "10.96.0.1 "]
-                [(b % 6) as usize]
+            _ => [
+                "0.0.0.0",
+                "255.255.255.255",
+                "::",
+                "not-an-ip",
+                "::ffff:10.96.0.1",
+                "10.96.0.1 ",
+            ][(b % 6) as usize]
                 .to_owned(),
         }
     }
@@ -130,12 +143,21 @@ impl Svc {
     }
 
     fn render(&self) -> Value {
-        let kinds = ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName", "ClusterIP"];
+        let kinds = [
+            "ClusterIP",
+            "NodePort",
+            "LoadBalancer",
+            "ExternalName",
+            "ClusterIP",
+        ];
         let mut spec = json!({
             "type": pick(&kinds, self.kind),
             "ports": truncated(&self.ports, 4).iter().map(PortSpec::render).collect::<Vec<_>>(),
         });
-        let ips: Vec<String> = truncated(&self.cluster_ips, 2).iter().map(Ip::render).collect();
+        let ips: Vec<String> = truncated(&self.cluster_ips, 2)
+            .iter()
+            .map(Ip::render)
+            .collect();
         if self.kind % 5 == 4 {
             spec["clusterIP"] = json!("None");
         } else if let Some(first) = ips.first() {
@@ -180,10 +202,13 @@ impl Svc {
             let value = if ours { "sluice" } else { "other" };
             metadata["labels"] = json!({"service.kubernetes.io/service-proxy-name": value});
         }
-        let mut svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec});
+        let mut svc =
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec});
         if !self.lb_ips.is_empty() {
-            let ingress: Vec<Value> =
-                list(&self.lb_ips).into_iter().map(|ip| json!({"ip": ip})).collect();
+            let ingress: Vec<Value> = list(&self.lb_ips)
+                .into_iter()
+                .map(|ip| json!({"ip": ip}))
+                .collect();
             svc["status"] = json!({"loadBalancer": {"ingress": ingress}});
         }
         svc
@@ -204,7 +229,11 @@ pub struct Ep {
 impl Ep {
     fn render(&self) -> Value {
         let mut conditions = json!({});
-        for (key, v) in [("ready", self.ready), ("serving", self.serving), ("terminating", self.terminating)] {
+        for (key, v) in [
+            ("ready", self.ready),
+            ("serving", self.serving),
+            ("terminating", self.terminating),
+        ] {
             if let Some(v) = v {
                 conditions[key] = json!(v);
             }
@@ -222,8 +251,12 @@ impl Ep {
             ep["zone"] = json!(zone);
         }
         if !self.hints.is_empty() {
-            let zones: Vec<Value> =
-                self.hints.iter().take(2).map(|z| json!({"name": pick(&ZONES, *z)})).collect();
+            let zones: Vec<Value> = self
+                .hints
+                .iter()
+                .take(2)
+                .map(|z| json!({"name": pick(&ZONES, *z)}))
+                .collect();
             ep["hints"] = json!({"forZones": zones});
         }
         ep
@@ -243,7 +276,10 @@ pub struct Slice {
 impl Slice {
     fn key(&self) -> ObjectKey {
         let service = pick(&NAMES, self.service);
-        ObjectKey::new(pick(&NAMESPACES, self.ns), format!("{service}-{}", self.index % 4))
+        ObjectKey::new(
+            pick(&NAMESPACES, self.ns),
+            format!("{service}-{}", self.index % 4),
+        )
     }
 
     fn render(&self) -> Value {
@@ -333,7 +369,11 @@ impl Config {
             } else {
                 Vec::new()
             },
-            reserved_node_ports: if self.reserve_80 { vec![80, 443] } else { Vec::new() },
+            reserved_node_ports: if self.reserve_80 {
+                vec![80, 443]
+            } else {
+                Vec::new()
+            },
             allow_external_ips_on_node_addresses: self.allow_external_ips_on_node_addresses,
             service_proxy_name: self.proxy_name.then(|| "sluice".to_owned()),
             ..ComputeConfig::default()
@@ -451,10 +491,17 @@ pub fn plan_both(g: &Generated) -> (sluice_plan::Plan, sluice_plan::Plan, sluice
     let first = planner.plan().clone();
     let scratch_first = compute(&g.before, &g.node_before, &g.config).plan;
     assert_eq!(first, scratch_first, "a first update equals compute()");
-    let delta = planner.update(&g.after, &ChangeSet::between(&g.before, &g.after), &g.node_after);
+    let delta = planner.update(
+        &g.after,
+        &ChangeSet::between(&g.before, &g.after),
+        &g.node_after,
+    );
     let second = planner.plan().clone();
     let scratch = compute(&g.after, &g.node_after, &g.config).plan;
-    assert_eq!(second, scratch, "incremental plan equals the plan from scratch");
+    assert_eq!(
+        second, scratch,
+        "incremental plan equals the plan from scratch"
+    );
     check_delta(&first, &second, &delta);
     for plan in [&first, &second] {
         for svc in plan.services.values() {
@@ -468,7 +515,11 @@ pub fn plan_both(g: &Generated) -> (sluice_plan::Plan, sluice_plan::Plan, sluice
 
 /// The delta turns `first` into `second`: changed service ports carry their old and new plan,
 /// every other service port is the same in both, and the node changed iff it says so.
-fn check_delta(first: &sluice_plan::Plan, second: &sluice_plan::Plan, delta: &sluice_plan::PlanDelta) {
+fn check_delta(
+    first: &sluice_plan::Plan,
+    second: &sluice_plan::Plan,
+    delta: &sluice_plan::PlanDelta,
+) {
     let mut expect = first.services.clone();
     for change in &delta.services {
         assert_eq!(
@@ -483,6 +534,10 @@ fn check_delta(first: &sluice_plan::Plan, second: &sluice_plan::Plan, delta: &sl
         }
     }
     assert_eq!(expect, second.services, "first + delta = second");
-    assert_eq!(delta.node_changed, first.node != second.node, "node_changed");
+    assert_eq!(
+        delta.node_changed,
+        first.node != second.node,
+        "node_changed"
+    );
     assert_eq!(*delta.node, *second.node, "delta node");
 }

@@ -157,11 +157,11 @@ impl Table {
 
     /// Every `jump`/`goto` target and `@set` is defined.
     fn check_references(&self) -> Result<(), String> {
-        let texts = self
-            .chains
-            .values()
-            .flatten()
-            .chain(self.containers.values().flat_map(|(_, e)| e.values().flatten()));
+        let texts = self.chains.values().flatten().chain(
+            self.containers
+                .values()
+                .flat_map(|(_, e)| e.values().flatten()),
+        );
         for text in texts {
             for target in targets(text) {
                 if !self.chains.contains_key(target) {

@@ -1,6 +1,6 @@
-//! `cargo xtask fuzz [--seconds N] [TARGET...]`: runs each cargo-fuzz target of `fuzz/` for N
-//! seconds (default 60) with nightly Rust, then prints executions, corpus size and findings
-//! per target. The nftables target's corpus is then replayed into a scratch network namespace
+//! `cargo xtask fuzz [--seconds N | --smoke] [TARGET...]`: runs each cargo-fuzz target of
+//! `fuzz/` for N seconds (default 60; `--smoke`: 10) with nightly Rust, then prints executions,
+//! corpus size and findings per target. Without a nightly toolchain it says so and stops. The nftables target's corpus is then replayed into a scratch network namespace
 //! with the real `nft` (root): every full script and every delta must load.
 //!
 //! Findings (crash reproducers) stay in `fuzz/artifacts/TARGET/`; fix the bug and commit the
@@ -14,6 +14,9 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, bail};
 
 use crate::{run, workspace_root};
+
+/// Seconds per target of `--smoke`: enough to build, start and run each target a little.
+const SMOKE_SECONDS: u64 = 10;
 
 pub const TARGETS: [&str; 5] = [
     "ingress_routes",
@@ -37,6 +40,7 @@ pub fn run_command(args: &[String]) -> Result<()> {
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
+            "--smoke" => seconds = SMOKE_SECONDS,
             "--seconds" => {
                 let value = it.next().context("--seconds needs a value")?;
                 seconds = value
@@ -53,6 +57,7 @@ pub fn run_command(args: &[String]) -> Result<()> {
     if targets.is_empty() {
         targets = TARGETS.iter().map(|t| t.to_string()).collect();
     }
+    ensure_nightly()?;
     ensure_cargo_fuzz()?;
     let fuzz_dir = workspace_root().join("fuzz");
     seed_corpus(&fuzz_dir)?;
@@ -85,6 +90,25 @@ fn nightly_fuzz(fuzz_dir: &Path) -> Command {
         cmd.env_remove(var);
     }
     cmd
+}
+
+/// cargo-fuzz needs a nightly toolchain (`-Z sanitizer`); without one, say how to get it.
+fn ensure_nightly() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .context(
+            "running `rustup toolchain list` (fuzzing needs rustup and a nightly toolchain)",
+        )?;
+    let list = String::from_utf8_lossy(&out.stdout);
+    if !list.lines().any(|l| l.starts_with("nightly")) {
+        bail!(
+            "no nightly toolchain: the fuzz targets need nightly Rust (cargo-fuzz uses -Z \
+             sanitizer). Install it with `rustup toolchain install nightly`, then run \
+             `cargo xtask fuzz` again. Installed toolchains:\n{list}"
+        );
+    }
+    Ok(())
 }
 
 /// cargo-fuzz from crates.io when it is missing (a one-time build of a few minutes).
@@ -169,9 +193,9 @@ fn fuzz_one(fuzz_dir: &Path, target: &str, seconds: u64) -> Result<Outcome> {
 
 fn stat(log: &str, key: &str) -> u64 {
     log.lines()
+        .rev()
         .filter_map(|l| l.strip_prefix(key))
-        .filter_map(|v| v.trim().parse().ok())
-        .last()
+        .find_map(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }
 

@@ -5,7 +5,8 @@
 //! * `cargo xtask test`  — every test (unit, golden, kernel and namespaced end-to-end), plus
 //!   fmt and clippy.
 //! * `cargo xtask bench` — side-by-side benchmarks (release build).
-//! * `cargo xtask fuzz --seconds N` — run every fuzz target of `fuzz/` for N seconds (nightly).
+//! * `cargo xtask fuzz [--seconds N | --smoke]` — run every fuzz target of `fuzz/` for N
+//!   seconds (nightly; `--smoke`: 10 s each). Not part of `cargo xtask test`.
 //! * `cargo xtask bless` — rewrite the golden files (`UPDATE_GOLDEN=1`) and show what changed.
 //! * `cargo xtask deps`  — install (as root on Debian/Ubuntu) or list the system packages.
 //! * `cargo xtask image` — the agent's container image, from Debian packages (root).
@@ -44,8 +45,8 @@ fn main() -> Result<()> {
                         --no-lint: skip fmt and clippy; anything after `--` goes to cargo test\n\
                  bench  side-by-side benchmarks in release mode (root)\n\
                  bless  rewrite the golden files from the current code, show what changed\n\
-                 fuzz   run each fuzz target (nightly, cargo-fuzz) for --seconds N (default 60),\n\
-                        print executions and findings; TARGET names pick some\n\
+                 fuzz   run each fuzz target (nightly, cargo-fuzz) for --seconds N (default 60;\n\
+                        --smoke: 10), print executions and findings; TARGET names pick some\n\
                  deps   install the system packages sluice needs (root, Debian/Ubuntu)\n\
                  image  build the agent's container image from Debian packages and run it\n\
                         (root; --debug: the dev build; --refresh-base: rebuild the base)"
