@@ -57,7 +57,7 @@ static __always_inline void sock_rev_get(struct bpf_sock_addr *ctx, __u32 addr[4
 	*port = val->port;
 }
 
-/* Translates addr/port in place; returns SYS_REJECT for a frontend without endpoints. */
+/* Translates addr/port in place; returns SYS_REJECT for a frontend that refuses or drops. */
 static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, __u32 addr[4], __u16 *port,
 				      __u8 family, int remember)
 {
@@ -71,16 +71,18 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, __u32 addr[4], 
 
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP)
 		return SYS_PROCEED;
-	svc = lb_lookup_svc(addr, *port, proto, SL_SCOPE_SOCK);
+	svc = lb_lookup_svc(addr, family, *port, proto, SL_SCOPE_SOCK);
 	if (!svc)
 		return SYS_PROCEED;
-	if (svc->count == 0) {
-		/* Endpoints elsewhere only: leave the frontend untouched, nothing answers
-		 * (kube-proxy drops). No endpoints anywhere: refuse with ECONNREFUSED, what a
-		 * client of kube-proxy's REJECT sees (the default would be EPERM). */
-		if (!(svc->flags & SL_SVC_REJECT))
-			return SYS_PROCEED;
+	if (svc->flags & SL_SVC_REJECT) {
+		/* No endpoint at all: ECONNREFUSED, what a client of kube-proxy's REJECT sees. */
 		bpf_set_retval(-ECONNREFUSED);
+		return SYS_REJECT;
+	}
+	if ((svc->flags & SL_SVC_DROP) || svc->count == 0) {
+		/* Endpoints exist but none may serve this node (eTP/iTP=Local elsewhere, source
+		 * ranges): fail at once with EPERM. Leaving the address untranslated would send
+		 * the packet off the node, where another node could serve it. */
 		return SYS_REJECT;
 	}
 

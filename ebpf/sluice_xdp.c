@@ -98,7 +98,8 @@ int sl_xdp(struct xdp_md *ctx)
 	ext_decide(&p, &v);
 	if (v.action == EXT_DROP)
 		return XDP_DROP;
-	/* Masqueraded flows need skb->mark: tc translates them from the conntrack entry. */
+	/* Masqueraded flows need skb->mark: tc translates them from the conntrack entry.
+	 * Refusals are answered by tc too (it can resize the packet and redirect it). */
 	if (v.action != EXT_NAT || v.masq)
 		return XDP_PASS;
 	if (xdp_nat_dst(data, data_end, &p, &v))

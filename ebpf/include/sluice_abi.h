@@ -15,18 +15,27 @@
 #define SL_FAMILY_V4 4
 #define SL_FAMILY_V6 6
 
-/* Which kind of traffic a frontend entry serves. */
-#define SL_SCOPE_SOCK 0 /* connect()/sendmsg() of local processes (socket-LB) */
-#define SL_SCOPE_EXT 1  /* packets arriving on an external interface (tc/XDP) */
+/* Which kind of traffic a frontend entry serves (lb_svc_key.scope, low bits). */
+#define SL_SCOPE_SOCK 0     /* connect()/sendmsg() of local processes (socket-LB): `node` route */
+#define SL_SCOPE_EXT 1      /* packets arriving on an external interface (tc/XDP): `outside` */
+#define SL_SCOPE_EXT_PODS 2 /* the same, from a source inside the pod CIDRs: `pods` route;
+			     * present only where it differs from the SL_SCOPE_EXT entry */
+/* Or'ed into the scope of a NodePort entry: the key has no address (addr all 0) and stands
+ * for every address in sl_nodeip_v1 of that family, so a node address change rewrites only
+ * sl_nodeip_v1. */
+#define SL_SCOPE_NODEPORT4 0x10
+#define SL_SCOPE_NODEPORT6 0x20
 
 /* lb_svc_val.flags */
-#define SL_SVC_REJECT 0x1     /* no endpoints anywhere: refuse new connections */
+#define SL_SVC_REJECT 0x1     /* route Reject: refuse at once (ECONNREFUSED / ICMP unreachable) */
 #define SL_SVC_AFFINITY 0x2   /* sessionAffinity: ClientIP */
 #define SL_SVC_SRC_RANGES 0x4 /* loadBalancerSourceRanges apply to this frontend */
-#define SL_SVC_MASQ 0x8       /* externalTrafficPolicy: Cluster: masquerade (mark) */
+#define SL_SVC_MASQ 0x8       /* the route masquerades (tc: netfilter, by mark) */
 #define SL_SVC_MAGLEV 0x10    /* pick from the Maglev table rather than at random */
-#define SL_SVC_MASQ_OFFCLUSTER 0x20 /* ClusterIP from outside: masquerade sources that are
-				       * not in the cluster CIDRs (sl_cidr_v1) */
+/* 0x20 was SL_SVC_MASQ_OFFCLUSTER (superseded by SL_SCOPE_EXT_PODS): never reuse it, pinned
+ * maps written by an older agent may still carry it until the first resync. */
+#define SL_SVC_DROP 0x40      /* route Drop: discard (socket-LB: EPERM) */
+#define SL_SVC_PODS 0x80      /* an SL_SCOPE_EXT_PODS entry exists for this frontend */
 
 /* skb->mark bit asking the netfilter rule installed by the agent to masquerade. */
 #define SL_MASQ_MARK 0x4000
@@ -100,6 +109,14 @@ struct lb_src_key {
 	__u32 addr[4];
 };
 
+/* This node's NodePort addresses (sl_nodeip_v1, value 1): where the SL_SCOPE_NODEPORT*
+ * entries apply. */
+struct lb_nodeip_key {
+	__u32 addr[4];
+	__u8 family;
+	__u8 pad[3];
+};
+
 /* Cluster (pod) CIDRs: LPM key, prefixlen = 32 + CIDR length. */
 struct lb_cidr_key {
 	__u32 prefixlen;
@@ -123,10 +140,14 @@ struct ct_key {
 #define CT_DIR_ORIG 0
 #define CT_DIR_REPLY 1
 
+/* ct_val.flags, next to SL_SVC_MASQ */
+#define CT_F_FIN 0x1    /* a FIN went this entry's direction */
+#define CT_F_CLOSED 0x2 /* RST seen, or FIN both ways: last_ns is the closing time */
+
 struct ct_val {
 	__u32 nat_addr[4]; /* ORIG: backend; REPLY: frontend */
 	__u16 nat_port;
-	__u8 flags;        /* SL_SVC_MASQ */
+	__u8 flags;        /* SL_SVC_MASQ, CT_F_* */
 	__u8 pad;
 	__u32 group;
 	__u64 last_ns;

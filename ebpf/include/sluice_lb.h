@@ -8,18 +8,32 @@
 #include "sluice_abi.h"
 #include "sluice_maps.h"
 
-static __always_inline struct lb_svc_val *lb_lookup_svc(const __u32 addr[4], __u16 port,
-							__u8 proto, __u8 scope)
+static __always_inline int lb_is_nodeport_addr(const __u32 addr[4], __u8 family)
+{
+	struct lb_nodeip_key key = {};
+
+	__builtin_memcpy(key.addr, addr, 16);
+	key.family = family;
+	return bpf_map_lookup_elem(&sl_nodeip_v1, &key) != 0;
+}
+
+/* The frontend entry for (addr, port, proto) in `scope`: the entry of that address, else,
+ * for one of this node's NodePort addresses, the family's address-less NodePort entry. */
+static __always_inline struct lb_svc_val *lb_lookup_svc(const __u32 addr[4], __u8 family,
+							__u16 port, __u8 proto, __u8 scope)
 {
 	struct lb_svc_key key = {};
+	struct lb_svc_val *svc;
 
-	key.addr[0] = addr[0];
-	key.addr[1] = addr[1];
-	key.addr[2] = addr[2];
-	key.addr[3] = addr[3];
+	__builtin_memcpy(key.addr, addr, 16);
 	key.port = port;
 	key.proto = proto;
 	key.scope = scope;
+	svc = bpf_map_lookup_elem(&sl_svc_v1, &key);
+	if (svc || !lb_is_nodeport_addr(addr, family))
+		return svc;
+	__builtin_memset(key.addr, 0, sizeof(key.addr));
+	key.scope = scope | (family == SL_FAMILY_V4 ? SL_SCOPE_NODEPORT4 : SL_SCOPE_NODEPORT6);
 	return bpf_map_lookup_elem(&sl_svc_v1, &key);
 }
 

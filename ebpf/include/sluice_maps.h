@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Maps shared by every program. Names are versioned (`_v1`) and at most 15 characters;
- * all are pinned by the loader (LIBBPF_PIN_BY_NAME) under --bpffs-path. */
+ * all are pinned by the loader under --bpffs-path. The sizes here are only the fallback: the
+ * agent sets every map's max_entries when it creates it (flags or automatic sizing) and
+ * grows maps into new pins (crates/dp-ebpf/README.md, "Map sizing"). */
 #ifndef SLUICE_MAPS_H
 #define SLUICE_MAPS_H
 
@@ -61,6 +63,15 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sl_src_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb_nodeip_key);
+	__type(value, __u32);
+	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sl_nodeip_v1 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);

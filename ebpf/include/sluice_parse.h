@@ -21,8 +21,9 @@ struct pkt {
 	__u16 sport;
 	__u16 dport;
 	__u8 proto;
-	__u8 family; /* SL_FAMILY_* */
-	__u16 pad;
+	__u8 family;    /* SL_FAMILY_* */
+	__u8 tcp_flags; /* TCP: FIN, SYN, RST, ... (byte 13 of the header) */
+	__u8 pad;
 	__u32 l3_off;
 	__u32 l4_off;
 };
@@ -77,6 +78,13 @@ static __always_inline int parse(void *data, void *data_end, struct pkt *p)
 		return -1;
 	p->sport = ports[0];
 	p->dport = ports[1];
+	if (p->proto == IPPROTO_TCP) {
+		__u8 *flags = data + p->l4_off + 13;
+
+		if ((void *)(flags + 1) > data_end)
+			return -1;
+		p->tcp_flags = *flags;
+	}
 	return 0;
 }
 

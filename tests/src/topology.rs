@@ -773,6 +773,13 @@ impl Cluster {
         std::fs::read_to_string(self.agent_log_path(node)).unwrap_or_default()
     }
 
+    /// The process id of the node's agent while one was started (benchmarks read its
+    /// `/proc` entries).
+    pub fn agent_pid(&mut self, node: &str) -> Option<u32> {
+        let state = self.node_state_mut(node).ok()?;
+        state.agent.as_ref().map(|agent| agent.child.id())
+    }
+
     /// Whether the node's agent process is running.
     pub fn agent_running(&mut self, node: &str) -> bool {
         self.node_state_mut(node)

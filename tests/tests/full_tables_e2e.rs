@@ -2,8 +2,8 @@
 //! control (a verdict map element added by hand to the `sluice` table) holds a Service's
 //! endpoint chain, so the transaction that replaces that chain is refused with EBUSY — a real
 //! kernel refusal, for one Service only. eBPF: a Service with more source ranges than
-//! `sl_src_v1` holds (the agent refuses it before writing: see `dp-ebpf/src/capacity.rs`,
-//! whose unit tests cover every map). In both, every other Service keeps being served and
+//! `sl_src_v1` holds when its size is fixed (`--bpf-map-sizes src=16384`; automatically sized
+//! maps grow instead, see `dp-ebpf/src/sizing.rs`). In both, every other Service keeps being served and
 //! programmed (without waiting for the refused one's retries), established connections keep
 //! flowing, the refused one keeps its previous state, the log names it and a metric counts
 //! it. Needs root and the binaries.
@@ -178,8 +178,8 @@ fn node_port_web() -> Service {
         .port(Port::tcp(80, 8080).named("tcp").node_port(30010))
 }
 
-/// 17,000 source ranges on one LoadBalancer address need more `sl_src_v1` entries (16,384)
-/// than the map holds.
+/// 17,000 source ranges on one LoadBalancer address need more `sl_src_v1` entries than the
+/// 16,384 it holds with a fixed size.
 fn greedy() -> Service {
     let ranges: Vec<String> = (0..17_000u32)
         .map(|i| format!("10.{}.{}.0/24", 100 + i / 256, i % 256))
@@ -202,7 +202,7 @@ fn ebpf_map_full_spares_the_others() -> Result<()> {
     let w2 = c.add_pod("node-a", "web-2")?;
     c.add_pod("node-a", "probe")?;
     c.write_service(&node_port_web(), PORTS, &[&w1])?;
-    c.start_agent("node-a", Mode::Ebpf, &[])?;
+    c.start_agent("node-a", Mode::Ebpf, &["--bpf-map-sizes", "src=16384"])?;
     wait_until(Duration::from_secs(5), "web served", || {
         served_by(&c, "10.96.0.10:80", &w1)
     })?;

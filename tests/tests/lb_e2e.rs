@@ -355,6 +355,20 @@ fn killing_the_announcing_node_moves_the_address_within_the_heartbeat_duration()
     lab.start_agent("node-b")?;
     lab.wait_status("web", &["192.0.2.200"])?;
     let announcer = lab.wait_announcer("192.0.2.200")?;
+    // `sluice inspect announcements` on each node says the same as the metrics.
+    for node in ["node-a", "node-b"] {
+        let out = lab
+            .c
+            .sluice_cli(node, Mode::Nftables, &["inspect", "announcements"])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let listed = text
+            .lines()
+            .any(|l| l.starts_with("192.0.2.200 ") && l.contains("default/web"));
+        ensure!(
+            out.status.success() && listed == (node == announcer),
+            "inspect announcements on {node} (announcer {announcer}): {text}"
+        );
+    }
     let survivor = if announcer == "node-a" {
         "node-b"
     } else {

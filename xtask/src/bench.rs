@@ -1,342 +1,274 @@
-//! `cargo xtask bench`: side-by-side measurements in one run (absolute numbers vary between
-//! machines; the comparison is what matters). Release build. Prints a table and writes
-//! `target/bench.json`.
+//! `cargo xtask bench [--quick] [--only GROUP,...] [--readme]`: every headline figure side by
+//! side in one run, release builds only. Groups, in this order:
 //!
-//! * nftables sync at scale: full sync of N services vs. a one-endpoint change vs. a no-op.
-//! * connection rate to one pod: direct pod IP vs. ClusterIP (nftables) vs. ClusterIP (eBPF).
-//! * NodePort connection rate from outside: nftables vs. eBPF.
-//! * Ingress proxy (HTTP, HTTPS) vs. direct to the backend vs. nginx (when installed), from the
-//!   crates/ingress `bench` example.
+//! * `datapath` — one echo pod through ClusterIP, NodePort and eTP=Local for each dataplane
+//!   (eBPF socket-LB / tc / XDP generic, nftables) next to its pod IP with no proxy, at 10 and
+//!   at 10,000 installed Services ([`datapath`]).
+//! * `control-plane` (alias `scale`) — the scale runs of `cargo xtask bench scale`
+//!   ([`control_plane`], reusing [`crate::scale`]).
+//! * `ingress` — sluice's Ingress proxy vs nginx (as ingress-nginx configures it) and HAProxy
+//!   in front of the same pods ([`ingress`]).
+//!
+//! Prints a table (ours, the reference, ours ÷ reference), writes `target/bench/results.json`,
+//! an SVG and a PNG chart per group and `target/bench/figures.md`; `--readme` also replaces
+//! the figures table of README.md and docs/benchmarks.md with it. A measurement that fails is
+//! reported as such: benchmarks never fail on a timing. See docs/benchmarks.md.
 
-use std::net::IpAddr;
-use std::process::Command;
+mod chart;
+mod control_plane;
+mod datapath;
+mod ingress;
+mod load;
+mod probe;
+mod report;
+
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use serde_json::json;
-use sluice_dataplane::Dataplane;
-use sluice_dp_nft::{NftCommand, NftDataplane};
-use sluice_plan::{
-    Backend, Family, FrontendAddr, FrontendKey, FrontendKind, FrontendPlan, NodePlan, Plan,
-    PlanDelta, Protocol, Route, Selection, ServicePlan, ServicePortName, SetName,
-};
-use sluice_tests::manifests::{Port, Service};
-use sluice_tests::{At, Cluster, Mode, ProbeOpts, Proto};
 
 use crate::system;
+use report::{Machine, Row};
 
-struct Row {
-    group: &'static str,
-    name: String,
-    value: f64,
-    unit: &'static str,
+const GROUPS: [&str; 3] = ["datapath", "control-plane", "ingress"];
+const README_START: &str = "<!-- bench:figures:start (cargo xtask bench --readme) -->";
+const README_END: &str = "<!-- bench:figures:end -->";
+
+struct Options {
+    quick: bool,
+    groups: Vec<&'static str>,
+    readme: bool,
+}
+
+fn options(args: &[String]) -> Result<Options> {
+    let mut options = Options {
+        quick: false,
+        groups: GROUPS.to_vec(),
+        readme: false,
+    };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => options.quick = true,
+            "--readme" => options.readme = true,
+            "--only" => {
+                let list = args.next().context("--only needs GROUP[,GROUP]")?;
+                options.groups = list
+                    .split(',')
+                    .map(|g| {
+                        let g = if g == "scale" { "control-plane" } else { g };
+                        GROUPS
+                            .iter()
+                            .copied()
+                            .find(|known| *known == g)
+                            .with_context(|| {
+                                format!("--only {g}: groups are {}", GROUPS.join(", "))
+                            })
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            other => bail!(
+                "unknown argument {other}: cargo xtask bench [--quick] [--only {}] [--readme]",
+                GROUPS.join(",")
+            ),
+        }
+    }
+    Ok(options)
 }
 
 pub fn run(args: &[String]) -> Result<()> {
-    let services: usize = flag(args, "--services").unwrap_or(10_000);
-    let connections: u32 = flag(args, "--connections").unwrap_or(2_000);
-    system::ensure_packages()?;
+    if args.first().map(String::as_str) == Some(probe::SUBCOMMAND) {
+        return probe::run(&args[1..]);
+    }
+    let options = options(args)?;
     if !system::is_root() {
-        bail!("benchmarks program the kernel in network namespaces: run as root");
-    }
-    // `--debug` skips the (slow) release build: the forwarding work is the kernel's either
-    // way, only the agent's own sync time is affected.
-    let release = !args.iter().any(|a| a == "--debug");
-    crate::build_binaries(release)?;
-    let bin_dir = crate::workspace_root().join(if release {
-        "target/release"
-    } else {
-        "target/debug"
-    });
-    // The harness looks binaries up through this variable.
-    unsafe_set_env("SLUICE_BIN_DIR", &bin_dir.display().to_string());
-
-    let mut rows = Vec::new();
-    if !args.iter().any(|a| a == "--skip-nft-sync") {
-        nft_sync(services, &mut rows)?;
-    }
-    connection_rates(connections, &mut rows)?;
-    ingress_vs_nginx(release, &mut rows)?;
-
-    println!("\n{:<14} {:<58} {:>14}", "group", "measurement", "value");
-    for r in &rows {
-        println!(
-            "{:<14} {:<58} {:>10.1} {}",
-            r.group, r.name, r.value, r.unit
-        );
-    }
-    let json: Vec<_> = rows
-        .iter()
-        .map(|r| json!({"group": r.group, "name": r.name, "value": r.value, "unit": r.unit}))
-        .collect();
-    let path = crate::workspace_root().join("target/bench.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
-    println!("\nwritten to {}", path.display());
-    Ok(())
-}
-
-fn flag<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-}
-
-fn unsafe_set_env(key: &str, value: &str) {
-    // SAFETY: called before any other thread of this process exists.
-    unsafe { std::env::set_var(key, value) };
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("bench IP")
-}
-
-/// A ClusterIP + NodePort service port forwarding to `backends`, as compute plans it.
-fn bench_service(i: usize, backends: Vec<Backend>) -> ServicePlan {
-    let name = ServicePortName::new("bench", format!("svc-{i}"), "http", Protocol::Tcp);
-    let frontend = |addr, port, kind, selection| FrontendPlan {
-        key: FrontendKey {
-            addr,
-            protocol: Protocol::Tcp,
-            port,
-        },
-        kind,
-        allowed_sources: Vec::new(),
-        pods: Route::forward(SetName::Cluster),
-        node: Route::masqueraded(SetName::Cluster),
-        outside: Route::masqueraded(SetName::Cluster),
-        selection,
-    };
-    ServicePlan {
-        name,
-        frontends: vec![
-            frontend(
-                FrontendAddr::Ip(ip(&format!("10.96.{}.{}", i / 250, i % 250 + 1))),
-                80,
-                FrontendKind::ClusterIp,
-                Selection::Random,
-            ),
-            frontend(
-                FrontendAddr::NodePorts(Family::V4),
-                30000 + (i % 2000) as u16,
-                FrontendKind::NodePort,
-                Selection::ConsistentHash,
-            ),
-        ],
-        cluster: backends,
-        local: Vec::new(),
-        affinity_timeout: None,
-    }
-}
-
-fn many_services(n: usize) -> Plan {
-    let mut plan = Plan {
-        node: std::sync::Arc::new(NodePlan {
-            name: "bench".into(),
-            nodeport_addresses: Vec::new(),
-            pod_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")],
-        }),
-        ..Plan::default()
-    };
-    for i in 0..n {
-        let backends = (0..3)
-            .map(|j| {
-                Backend::new(
-                    ip(&format!("10.{}.{}.{}", 100 + j, i / 250, i % 250 + 1)),
-                    8080,
+        let missing = system::missing_of(system::BENCH_NEEDS);
+        bail!(
+            "benchmarks build network namespaces and program the kernel: run as root{}",
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (they also need: apt-get install -y {})",
+                    missing.join(" ")
                 )
-            })
-            .collect();
-        let svc = bench_service(i, backends);
-        plan.services
-            .insert(svc.name.clone(), std::sync::Arc::new(svc));
-    }
-    plan
-}
-
-/// Full sync vs. incremental one-endpoint change vs. no-op, in a scratch network namespace.
-fn nft_sync(n: usize, rows: &mut Vec<Row>) -> Result<()> {
-    println!("== nftables: {n} services × 3 endpoints");
-    let ns = format!("sluice-bench-{}", std::process::id());
-    crate::run(Command::new("ip").args(["netns", "add", &ns]))?;
-    let result = (|| -> Result<()> {
-        let mut dp = NftDataplane::with_executor(NftCommand::in_netns(&ns));
-        dp.restore()?;
-        let state = many_services(n);
-        let t = Instant::now();
-        let full = dp.resync(&state)?;
-        let full_ms = ms(t.elapsed());
-        let mut changed = state.clone();
-        if let Some(svc) = changed.services.values_mut().nth(n / 2) {
-            std::sync::Arc::make_mut(svc).cluster[1].port = 9090;
-        }
-        let t = Instant::now();
-        let one = dp.apply(&PlanDelta::between(&state, &changed))?;
-        let one_ms = ms(t.elapsed());
-        let t = Instant::now();
-        dp.apply(&PlanDelta::between(&changed, &changed))?;
-        let noop_ms = ms(t.elapsed());
-        let t = Instant::now();
-        let resync = dp.resync(&changed)?;
-        let resync_ms = ms(t.elapsed());
-        rows.push(Row {
-            group: "nft-sync",
-            name: format!("first full sync ({} lines)", full.operations),
-            value: full_ms,
-            unit: "ms",
-        });
-        rows.push(Row {
-            group: "nft-sync",
-            name: format!("periodic full resync ({} lines)", resync.operations),
-            value: resync_ms,
-            unit: "ms",
-        });
-        rows.push(Row {
-            group: "nft-sync",
-            name: format!("one endpoint changed ({} lines)", one.operations),
-            value: one_ms,
-            unit: "ms",
-        });
-        rows.push(Row {
-            group: "nft-sync",
-            name: "nothing changed".into(),
-            value: noop_ms,
-            unit: "ms",
-        });
-        Ok(())
-    })();
-    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-    result
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// `count` sequential connections with the probe; connections per second.
-fn rate(c: &Cluster, at: At<'_>, addr: String, count: u32) -> Result<f64> {
-    let opts = ProbeOpts {
-        count,
-        timeout: Duration::from_secs(2),
-        ..ProbeOpts::default()
-    };
-    let t = Instant::now();
-    let results = c.probe(at, Proto::Tcp, &addr, &opts)?;
-    let elapsed = t.elapsed().as_secs_f64();
-    let failed = results.iter().filter(|r| r.is_err()).count();
-    if failed > 0 {
-        bail!("{failed} of {count} connections to {addr} failed");
-    }
-    Ok(f64::from(count) / elapsed)
-}
-
-fn connection_rates(count: u32, rows: &mut Vec<Row>) -> Result<()> {
-    for mode in [Mode::Nftables, Mode::Ebpf] {
-        println!(
-            "== connection rates, {} dataplane ({count} connections each)",
-            mode.as_str()
+            }
         );
-        let mut c = Cluster::new(&["node-a", "node-b"])?;
-        let web = c.add_pod("node-a", "web-1")?;
-        c.add_pod("node-a", "client-1")?;
-        let svc = Service::new("bench", "web")
-            .kind("NodePort")
-            .cluster_ips(&["10.96.0.10"])
-            .port(Port::tcp(80, 8080).named("tcp").node_port(30080));
-        c.write_service(&svc, &[("tcp", "TCP", 8080)], &[&web])?;
-        let local = Service::new("bench", "web-local")
-            .kind("NodePort")
-            .cluster_ips(&["10.96.0.11"])
-            .external_traffic_policy("Local")
-            .port(Port::tcp(80, 8080).named("tcp").node_port(30081));
-        c.write_service(&local, &[("tcp", "TCP", 8080)], &[&web])?;
-        if let Err(err) = c.start_agent("node-a", mode, &[]) {
-            eprintln!(
-                "   skipped: the {} agent did not start: {err:#}",
-                mode.as_str()
-            );
-            continue;
-        }
-        let m = mode.as_str();
-        if mode == Mode::Nftables {
-            let direct =
-                rate(&c, At::Pod("client-1"), web.v4(8080).to_string(), count).context("direct")?;
-            rows.push(Row {
-                group: "conn-rate",
-                name: "pod → pod IP directly (baseline)".into(),
-                value: direct,
-                unit: "conn/s",
-            });
-        }
-        let cluster_ip =
-            rate(&c, At::Pod("client-1"), "10.96.0.10:80".into(), count).context("clusterIP")?;
-        rows.push(Row {
-            group: "conn-rate",
-            name: format!("pod → ClusterIP ({m})"),
-            value: cluster_ip,
-            unit: "conn/s",
-        });
-        let node_port = rate(
-            &c,
-            At::Client,
-            c.node("node-a")?.v4(30080).to_string(),
-            count,
+    }
+    system::ensure_packages()?;
+    system::ensure(system::BENCH_NEEDS)?;
+    let built = Instant::now();
+    crate::build_binaries(true)?;
+    println!("release build: {:.0?}", built.elapsed());
+    // SAFETY: no other thread of this process exists yet; the harness reads this variable.
+    unsafe {
+        std::env::set_var(
+            "SLUICE_BIN_DIR",
+            crate::workspace_root().join("target/release"),
         )
-        .context("nodeport")?;
-        rows.push(Row {
-            group: "conn-rate",
-            name: format!("client → NodePort ({m})"),
-            value: node_port,
-            unit: "conn/s",
-        });
-        let node_a = c.node("node-a")?.v4(30081).to_string();
-        let local = rate(&c, At::Client, node_a, count).context("NodePort eTP=Local")?;
-        rows.push(Row {
-            group: "conn-rate",
-            name: format!("client → NodePort eTP=Local ({m})"),
-            value: local,
-            unit: "conn/s",
-        });
+    };
+    let out_dir = crate::workspace_root().join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+
+    let mut machine = Machine::describe(options.quick);
+    println!(
+        "{} ({} CPUs), kernel {}, load average {}",
+        machine.cpu_model, machine.cpus, machine.kernel, machine.load_at_start
+    );
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    let mut statuses = Vec::new();
+    for group in &options.groups {
+        let t = Instant::now();
+        let status = match run_group(group, &options, &out_dir, &mut rows) {
+            Ok(status) => status,
+            Err(err) => {
+                eprintln!("== {group} failed: {err:#}");
+                format!("failed: {err:#}")
+            }
+        };
+        let status = format!("{status} in {:.0} s", t.elapsed().as_secs_f64());
+        println!("== {group}: {status}");
+        statuses.push((group.to_string(), status));
+    }
+    println!("{}", report::table(&rows));
+    machine.load_at_end = report::load_average();
+    write_outputs(&out_dir, &machine, &statuses, &rows, options.readme)?;
+    println!(
+        "benchmarks took {:.0} s (load average at the start {}, now {})",
+        started.elapsed().as_secs_f64(),
+        machine.load_at_start,
+        machine.load_at_end
+    );
+    Ok(())
+}
+
+fn run_group(
+    group: &str,
+    options: &Options,
+    out_dir: &Path,
+    rows: &mut Vec<Row>,
+) -> Result<String> {
+    let seconds =
+        |quick: u64, full: u64| Duration::from_secs(if options.quick { quick } else { full });
+    let (new_rows, chart) = match group {
+        "datapath" => {
+            let datapath = datapath::Options {
+                sizes: vec![10, 10_000],
+                duration: seconds(2, 10),
+                repeats: if options.quick { 2 } else { 3 },
+            };
+            let rows = datapath::run(&datapath)?;
+            let chart = ratio_chart(
+                "datapath: ours ÷ pod IP (the limit), and 10,000 ÷ 10 Services",
+                &rows,
+            );
+            (rows, chart)
+        }
+        "control-plane" => {
+            control_plane::run(options.quick, out_dir).map(|(rows, chart)| (rows, Some(chart)))?
+        }
+        "ingress" => {
+            println!("== ingress: sluice vs nginx vs HAProxy, 3 echo pods, wrk -t2 -c16");
+            let ingress = ingress::Options {
+                duration: seconds(3, 10),
+                churn: seconds(5, 10),
+            };
+            let rows = ingress::run(&ingress)?;
+            let chart = ratio_chart("Ingress: sluice ÷ nginx", &rows);
+            (rows, chart)
+        }
+        other => bail!("no group {other}"),
+    };
+    let drawn = match chart {
+        Some(svg) => match chart::write(&svg, out_dir, group) {
+            Ok((svg, png)) => format!(", charts {} {}", svg.display(), png.display()),
+            Err(err) => format!(", chart not written: {err:#}"),
+        },
+        None => ", no chart (no ratio measured)".into(),
+    };
+    let status = format!("{} rows{drawn}", new_rows.len());
+    rows.extend(new_rows);
+    Ok(status)
+}
+
+/// The bar chart of a group's headline rows.
+fn ratio_chart(title: &str, rows: &[Row]) -> Option<String> {
+    let headline: Vec<&Row> = rows.iter().filter(|r| r.headline).collect();
+    chart::ratio_bars(title, &headline)
+}
+
+fn write_outputs(
+    out_dir: &Path,
+    machine: &Machine,
+    statuses: &[(String, String)],
+    rows: &[Row],
+    readme: bool,
+) -> Result<()> {
+    let json = report::json(machine, statuses, rows);
+    let results = out_dir.join("results.json");
+    std::fs::write(&results, serde_json::to_string_pretty(&json)?)?;
+    let figures = report::markdown(rows, machine);
+    let figures_path = out_dir.join("figures.md");
+    std::fs::write(&figures_path, &figures)?;
+    println!("written: {}, {}", results.display(), figures_path.display());
+    if readme {
+        // The same table in both: the README shows it, the benchmarks' page reads it.
+        for file in ["README.md", "docs/benchmarks.md"] {
+            let path: PathBuf = crate::workspace_root().join(file);
+            let text = std::fs::read_to_string(&path)?;
+            let replaced = replace_section(&text, &figures).with_context(|| file.to_owned())?;
+            std::fs::write(&path, replaced)?;
+            println!("{file}: figures table replaced");
+        }
     }
     Ok(())
 }
 
-/// Runs the ingress proxy benchmark example (its own loopback backend and load generator, and
-/// nginx on the same backend when installed) and adds its rows.
-fn ingress_vs_nginx(release: bool, rows: &mut Vec<Row>) -> Result<()> {
-    println!("== ingress proxy vs. direct vs. nginx (16 clients, 5 s each)");
-    let out = crate::workspace_root().join("target/ingress-bench.json");
-    let mut cmd = crate::cargo();
-    cmd.args([
-        "run",
-        "--quiet",
-        "-p",
-        "sluice-ingress",
-        "--example",
-        "bench",
-    ]);
-    if release {
-        cmd.arg("--release");
+/// `text` with everything between the README markers replaced by `section`.
+fn replace_section(text: &str, section: &str) -> Result<String> {
+    let (Some(start), Some(end)) = (text.find(README_START), text.find(README_END)) else {
+        bail!("no {README_START} … {README_END} markers");
+    };
+    anyhow::ensure!(start < end, "README markers out of order");
+    Ok(format!(
+        "{}{README_START}\n{section}{}",
+        &text[..start],
+        &text[end..]
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
     }
-    cmd.args(["--", "--seconds", "5", "--clients", "16", "--json"])
-        .arg(&out);
-    crate::run(&mut cmd)?;
-    let measured: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
-    for row in measured {
-        let target = row["target"].as_str().unwrap_or("?").to_owned();
-        let number = |key: &str| row[key].as_f64().unwrap_or(f64::NAN);
-        rows.push(Row {
-            group: "ingress",
-            name: format!("{target}: requests/s"),
-            value: number("rps"),
-            unit: "req/s",
-        });
-        rows.push(Row {
-            group: "ingress",
-            name: format!("{target}: p99 latency"),
-            value: number("p99_ms"),
-            unit: "ms",
-        });
+
+    #[test]
+    fn only_selects_known_groups() {
+        let o = options(&args(&["--quick", "--only", "ingress,scale"])).expect("options");
+        assert!(o.quick);
+        assert_eq!(o.groups, ["ingress", "control-plane"], "scale is an alias");
+        let err = options(&args(&["--only", "nft"]))
+            .err()
+            .expect("unknown group");
+        assert!(
+            format!("{err:#}").contains("groups are datapath, control-plane, ingress"),
+            "{err:#}"
+        );
+        assert_eq!(options(&[]).expect("defaults").groups, GROUPS);
     }
-    Ok(())
+
+    #[test]
+    fn readme_section_is_replaced_between_the_markers() {
+        let text = format!("intro\n{README_START}\nold table\n{README_END}\nafter\n");
+        let new = replace_section(&text, "| new |\n").expect("replaced");
+        assert_eq!(
+            new,
+            format!("intro\n{README_START}\n| new |\n{README_END}\nafter\n")
+        );
+        assert!(replace_section("no markers", "x").is_err());
+    }
 }

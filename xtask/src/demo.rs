@@ -330,7 +330,7 @@ fn show_load_balancer(
 }
 
 /// A throwaway self-signed certificate (openssl CLI) for the demo's HTTPS Ingress.
-fn self_signed(host: &str) -> Result<(String, String)> {
+pub(crate) fn self_signed(host: &str) -> Result<(String, String)> {
     let dir = std::env::temp_dir().join(format!("sluice-demo-cert-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));

@@ -4,7 +4,8 @@
 //!   agent on each node, show traffic through ClusterIP, NodePort, eTP=Local and the Ingress.
 //! * `cargo xtask test`  — every test (unit, golden, kernel and namespaced end-to-end), plus
 //!   fmt and clippy.
-//! * `cargo xtask bench` — side-by-side benchmarks (release build).
+//! * `cargo xtask bench` — side-by-side benchmarks (release build); `cargo xtask bench scale`:
+//!   how each stage's cost grows from 1k to 100k Services.
 //! * `cargo xtask fuzz [--seconds N | --smoke]` — run every fuzz target of `fuzz/` for N
 //!   seconds (nightly; `--smoke`: 10 s each). Not part of `cargo xtask test`.
 //! * `cargo xtask bless` — rewrite the golden files (`UPDATE_GOLDEN=1`) and show what changed.
@@ -16,6 +17,7 @@ mod bless;
 mod demo;
 mod fuzz;
 mod image;
+mod scale;
 mod system;
 
 use std::process::Command;
@@ -32,9 +34,14 @@ fn main() -> Result<()> {
     match command {
         "test" => test(rest),
         "demo" => demo::run(rest),
+        "bench" if rest.first().is_some_and(|a| a == "scale") => scale::run(&rest[1..]),
         "bench" => bench::run(rest),
         "bless" => bless::run(),
         "fuzz" => fuzz::run_command(rest),
+        "deps" if rest.iter().any(|a| a == "--bench") => {
+            system::ensure_packages()?;
+            system::ensure(system::BENCH_NEEDS)
+        }
         "deps" => system::ensure_packages(),
         "image" => image::run_image(rest),
         _ => {
@@ -44,10 +51,13 @@ fn main() -> Result<()> {
                  test   run every test, then fmt and clippy (root for the kernel tests)\n\
                         --no-lint: skip fmt and clippy; anything after `--` goes to cargo test\n\
                  bench  side-by-side benchmarks in release mode (root)\n\
+                 bench scale [--quick] [--mode M] [--sizes 1000,10000] [--changes N] [--e2e N]\n\
+                        each stage's cost from 1k to 100k Services (root, release)\n\
                  bless  rewrite the golden files from the current code, show what changed\n\
                  fuzz   run each fuzz target (nightly, cargo-fuzz) for --seconds N (default 60;\n\
                         --smoke: 10), print executions and findings; TARGET names pick some\n\
                  deps   install the system packages sluice needs (root, Debian/Ubuntu)\n\
+                        --bench: also what the benchmarks run (wrk, h2load, nginx, ...)\n\
                  image  build the agent's container image from Debian packages and run it\n\
                         (root; --debug: the dev build; --refresh-base: rebuild the base)"
             );

@@ -22,6 +22,22 @@ const NEEDS: &[(&str, &str)] = &[
     ("bin:openssl", "openssl"),
 ];
 
+/// What `cargo xtask bench` runs beyond the build's and the tests' needs (installed by the
+/// benchmark itself, or ahead of it by `cargo xtask deps --bench`).
+pub const BENCH_NEEDS: &[(&str, &str)] = &[
+    ("bin:wrk", "wrk"),
+    ("bin:h2load", "nghttp2-client"),
+    ("bin:nginx", "nginx"),
+    ("bin:haproxy", "haproxy"),
+    ("bin:unshare", "util-linux"),
+    // The charts: SVG to PNG, and the font they name.
+    ("bin:rsvg-convert", "librsvg2-bin"),
+    (
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "fonts-dejavu-core",
+    ),
+];
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -41,8 +57,8 @@ fn present(need: &str) -> bool {
     }
 }
 
-/// The packages that are missing, without duplicates.
-fn missing_of(needs: &[(&str, &'static str)]) -> Vec<&'static str> {
+/// The packages of `needs` that are missing, without duplicates.
+pub fn missing_of(needs: &[(&str, &'static str)]) -> Vec<&'static str> {
     let mut missing: Vec<&'static str> = needs
         .iter()
         .filter(|(need, _)| !present(need))

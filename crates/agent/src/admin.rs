@@ -27,6 +27,7 @@ use crate::cluster::ClusterLink;
 use crate::explain::{Destination, HttpWalk, L4Walk, walk_http, walk_plan};
 use crate::http::{Handler, response};
 use crate::inspect::rows::{RouteTableRows, ServiceRow, route_rows, service_rows};
+use crate::loadbalancer::LbStats;
 
 /// `GET /v1/status`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -62,6 +63,16 @@ pub struct LiveState {
     view: Mutex<View>,
     ingress: Option<Arc<sluice_ingress::IngressProxy>>,
     cluster: Option<Arc<ClusterLink>>,
+    /// LoadBalancer IPAM and L2 announcement (`None`: turned off).
+    load_balancer: Option<Arc<LbStats>>,
+}
+
+/// `GET /v1/announcements`: one address this node answers ARP/NDP for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnouncementRow {
+    pub address: IpAddr,
+    /// The service ports with a frontend on it (`namespace/name[:port]/protocol`).
+    pub services: Vec<String>,
 }
 
 impl LiveState {
@@ -77,7 +88,38 @@ impl LiveState {
             view: Mutex::new(View::default()),
             ingress,
             cluster,
+            load_balancer: None,
         }
+    }
+
+    /// Shows the LoadBalancer addresses this node announces.
+    pub fn with_load_balancer(mut self, stats: Arc<LbStats>) -> Self {
+        self.load_balancer = Some(stats);
+        self
+    }
+
+    /// The addresses this node announces and the service ports using them; `None` when
+    /// LoadBalancer IPAM is off.
+    pub fn announcements(&self) -> Option<Vec<AnnouncementRow>> {
+        let announced = self.load_balancer.as_ref()?.announced();
+        let plan = Arc::clone(&self.view().plan);
+        let rows = announced
+            .into_iter()
+            .map(|address| AnnouncementRow {
+                address,
+                services: plan
+                    .services
+                    .values()
+                    .filter(|s| {
+                        s.frontends
+                            .iter()
+                            .any(|f| f.key.addr == sluice_plan::FrontendAddr::Ip(address))
+                    })
+                    .map(|s| s.name.to_string())
+                    .collect(),
+            })
+            .collect();
+        Some(rows)
     }
 
     fn view(&self) -> std::sync::MutexGuard<'_, View> {
@@ -241,6 +283,14 @@ pub fn handler(state: Arc<LiveState>) -> Handler {
                 };
                 json(&state.explain(&dst, from))
             }
+            "/v1/announcements" => match state.announcements() {
+                Some(rows) => json(&rows),
+                None => response(
+                    404,
+                    "text/plain",
+                    "LoadBalancer IPAM is off (--disable-load-balancer-ipam)\n",
+                ),
+            },
             "/v1/routes" => match state.routes() {
                 Ok(rows) => json(&rows),
                 Err(err) => response(404, "text/plain", format!("{err}\n")),
@@ -431,6 +481,29 @@ mod tests {
         assert_eq!(query_param(&query, "from").as_deref(), Some("10.0.0.1"));
         assert_eq!(query_param(&query, "missing"), None);
         assert_eq!(percent_decode("a%2Fb%zz%4"), "a/b%zz%4");
+    }
+
+    #[test]
+    fn announcements_name_the_service_ports_on_each_announced_address() {
+        let plan = crate::inspect::tests::plan_of(
+            include_str!("inspect/testdata/ebpf-objects.yaml"),
+            "node-a",
+            &["10.244.0.0/16"],
+        );
+        let live = LiveState::new("node-a", "nftables", None, None);
+        assert_eq!(live.announcements(), None, "IPAM off");
+        let stats = Arc::new(LbStats::default());
+        let live = live.with_load_balancer(Arc::clone(&stats));
+        live.set_plan(&plan, &[]);
+        assert_eq!(live.announcements(), Some(vec![]));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        stats.set_announced(&[ip("203.0.113.10"), ip("192.0.2.99")].into());
+        let rows = live.announcements().unwrap();
+        let text: Vec<String> = rows
+            .iter()
+            .map(|r| format!("{} {}", r.address, r.services.join(",")))
+            .collect();
+        assert_eq!(text, ["192.0.2.99 ", "203.0.113.10 default/lb/tcp"]);
     }
 
     #[test]

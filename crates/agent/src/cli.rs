@@ -171,6 +171,11 @@ pub struct AgentArgs {
     pub interfaces: Vec<String>,
     #[arg(long, env = "SLUICE_XDP", value_enum, default_value = "off")]
     pub xdp: XdpFlag,
+    /// eBPF map capacities, e.g. `ct=1048576,maglev=4194304` (maps: svc, slot, maglev, src,
+    /// cidr, nodeip, aff, rev, ct). Unlisted maps are sized automatically and grow as needed;
+    /// listed ones never grow (service ports that do not fit are reported).
+    #[arg(long, env = "SLUICE_BPF_MAP_SIZES", default_value = "")]
+    pub bpf_map_sizes: String,
     /// Ingress HTTP listener; empty disables it.
     #[arg(long, env = "SLUICE_INGRESS_HTTP_BIND", default_value = "0.0.0.0:80")]
     pub ingress_http_bind: String,
@@ -371,6 +376,11 @@ impl AgentArgs {
                 XdpFlag::Generic => XdpMode::Generic,
                 XdpFlag::Off => XdpMode::Off,
             },
+            map_sizes: self
+                .bpf_map_sizes
+                .parse()
+                .map_err(|e| invalid("bpf-map-sizes", &self.bpf_map_sizes, e))?,
+            conntrack: ebpf_defaults.conntrack,
         };
         let ingress = if self.disable_ingress {
             None
@@ -588,6 +598,21 @@ mod tests {
         let err = validate(&["--healthz-bind-address", "nowhere"]).unwrap_err();
         assert!(err.to_string().contains("--healthz-bind-address"), "{err}");
         assert!(validate(&["--sync-period", "0s"]).is_err());
+        let err = validate(&["--bpf-map-sizes", "ct=many"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("--bpf-map-sizes: \"ct=many\" is not valid: \"ct=many\": entries"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bpf_map_sizes_are_explicit_only_where_given() {
+        let c = validate(&["--bpf-map-sizes", "ct=1048576,maglev=4194304"]).unwrap();
+        let sizes = &c.ebpf.map_sizes;
+        assert_eq!(sizes.get(sluice_dp_ebpf::abi::MapKind::Ct), Some(1_048_576));
+        assert!(!sizes.is_explicit(sluice_dp_ebpf::abi::MapKind::Svc));
+        assert_eq!(validate(&[]).unwrap().ebpf.map_sizes, Default::default());
     }
 
     #[test]

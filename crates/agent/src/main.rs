@@ -29,6 +29,9 @@ use tokio::sync::watch;
 
 use crate::cli::{AgentConfig, Cli, Command, LogFormat, ProxyMode, SourceConfig};
 
+/// Batches of source events waiting for the sync loop.
+pub(crate) const SOURCE_QUEUE: usize = 64;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -62,7 +65,9 @@ fn init_tracing(format: LogFormat) {
 
 /// Picks the dataplane for `--proxy-mode`, logging the choice (and why, for `auto`), and
 /// removes what the other mode may have left on this node (a mode switch).
-fn select_dataplane(config: &AgentConfig) -> anyhow::Result<Box<dyn Dataplane>> {
+fn select_dataplane(
+    config: &AgentConfig,
+) -> anyhow::Result<(Box<dyn Dataplane>, Option<sluice_dp_ebpf::OccupancyHandle>)> {
     let ebpf = || sluice_dp_ebpf::EbpfDataplane::new(config.ebpf.clone());
     let nft = || sluice_dp_nft::NftDataplane::new();
     let mode = match config.proxy_mode {
@@ -72,18 +77,23 @@ fn select_dataplane(config: &AgentConfig) -> anyhow::Result<Box<dyn Dataplane>> 
                 ProxyMode::Ebpf
             }
             Err(reason) => {
+                let reason = sluice_dataplane::error_chain(&reason);
                 tracing::info!("proxy mode auto: using nftables, eBPF unavailable: {reason}");
                 ProxyMode::Nftables
             }
         },
         explicit => explicit,
     };
-    let dataplane: Box<dyn Dataplane> = match mode {
-        ProxyMode::Nftables => Box::new(nft().context("nftables dataplane")?),
-        _ => Box::new(ebpf().context("eBPF dataplane")?),
+    let (dataplane, maps): (Box<dyn Dataplane>, _) = match mode {
+        ProxyMode::Nftables => (Box::new(nft().context("nftables dataplane")?), None),
+        _ => {
+            let dp = ebpf().context("eBPF dataplane")?;
+            let maps = dp.occupancy_handle();
+            (Box::new(dp), Some(maps))
+        }
     };
     remove_other_mode(config, mode);
-    Ok(dataplane)
+    Ok((dataplane, maps))
 }
 
 /// Leftovers of the mode not in use (after a `--proxy-mode` change) would keep translating
@@ -119,18 +129,21 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
     if config.cluster.cleanup_kube_proxy {
         kubeproxy::cleanup_and_log();
     }
-    let mut dataplane = select_dataplane(&config)?;
+    let (mut dataplane, bpf_maps) = select_dataplane(&config)?;
     let dataplane_name = dataplane.name();
     let restored = dataplane
         .restore()
         .with_context(|| format!("restoring {} state", dataplane.name()))?;
 
-    let (snapshot_tx, snapshot_rx) = watch::channel(None);
+    // The sources report changed objects; the sync loop owns the store they update. A small
+    // queue: a source waits (and the API server's watch stream with it) while the loop is
+    // busy, instead of piling up superseded versions.
+    let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(SOURCE_QUEUE);
     let mut k8s_client = None;
     let source_task = match &config.source {
         SourceConfig::Dir(dir) => {
             let source = sluice_source_file::DirSource::new(dir.clone());
-            tokio::spawn(async move { source.run(snapshot_tx).await.map_err(anyhow::Error::from) })
+            tokio::spawn(async move { source.run(batch_tx).await.map_err(anyhow::Error::from) })
         }
         SourceConfig::Kubernetes { kubeconfig } => {
             let client = sluice_k8s::client(kubeconfig.as_deref())
@@ -139,11 +152,9 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
             k8s_client = Some(client.clone());
             let source = sluice_k8s::K8sSource::new(
                 client,
-                sluice_k8s::K8sSourceConfig {
-                    node_name: config.node_name.clone(),
-                },
+                sluice_k8s::K8sSourceConfig::new(config.node_name.clone()),
             );
-            tokio::spawn(async move { source.run(snapshot_tx).await.map_err(anyhow::Error::from) })
+            tokio::spawn(async move { source.run(batch_tx).await.map_err(anyhow::Error::from) })
         }
     };
 
@@ -157,7 +168,9 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
         .map(|client| cluster_link(client, &config, dataplane_name, ingress.is_some()))
         .transpose()?;
     let lb_stats = Arc::new(loadbalancer::LbStats::default());
-    let load_balancer = match &config.load_balancer {
+    // With LoadBalancer IPAM the batches pass its relay on their way to the sync loop (in
+    // `dir:` mode it writes the assigned addresses into the Services).
+    let (load_balancer, batch_rx) = match &config.load_balancer {
         Some(lb) => {
             let setup = loadbalancer::Setup {
                 config: lb.clone(),
@@ -168,31 +181,29 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
                 leader: cluster.as_ref().map(|c| c.leadership()),
                 stats: Arc::clone(&lb_stats),
             };
-            Some(loadbalancer::start(
-                setup,
-                snapshot_rx.clone(),
-                shutdown_rx.clone(),
-            )?)
+            let (running, relayed) = loadbalancer::start(setup, batch_rx, shutdown_rx.clone())?;
+            (Some(running), relayed)
         }
-        None => None,
+        None => (None, batch_rx),
     };
-    // In `dir:` mode the sync loop reads the snapshots with the assigned addresses applied.
-    let snapshot_rx = load_balancer
-        .as_ref()
-        .map_or(snapshot_rx, |lb| lb.snapshots.clone());
 
     let lb_metrics = Box::new(loadbalancer::LbCollector(Arc::clone(&lb_stats)));
-    let metrics = Arc::new(metrics::Metrics::new(ingress.clone(), vec![lb_metrics]));
+    let metrics =
+        Arc::new(metrics::Metrics::new(ingress.clone(), vec![lb_metrics]).with_bpf_maps(bpf_maps));
     let health = Arc::new(health::HealthState::new(
         config.node_name.clone(),
         config.sync_period,
     ));
-    let live = Arc::new(admin::LiveState::new(
+    let mut live = admin::LiveState::new(
         &config.node_name,
         dataplane_name,
         ingress.clone(),
         cluster.clone(),
-    ));
+    );
+    if load_balancer.is_some() {
+        live = live.with_load_balancer(Arc::clone(&lb_stats));
+    }
+    let live = Arc::new(live);
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(socket) = &config.cluster.admin_socket {
@@ -240,7 +251,7 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
             Arc::new(sluice_hostnet::RtNetlink::new()),
         ),
     };
-    let sync_task = tokio::spawn(sync_loop.run(snapshot_rx, shutdown_rx.clone()));
+    let sync_task = tokio::spawn(sync_loop.run(batch_rx, shutdown_rx.clone()));
 
     let outcome = tokio::select! {
         _ = shutdown_signal() => {

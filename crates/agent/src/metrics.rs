@@ -151,6 +151,16 @@ impl Metrics {
         }
     }
 
+    /// Also exports the eBPF maps' occupancy (`sluice_bpf_map_entries` / `_capacity`, by map),
+    /// as of the dataplane's last sync.
+    pub fn with_bpf_maps(mut self, maps: Option<sluice_dp_ebpf::OccupancyHandle>) -> Self {
+        if let Some(maps) = maps {
+            self.registry
+                .register_collector(Box::new(BpfMapCollector(maps)));
+        }
+        self
+    }
+
     /// Records how long ago each applied endpoint change was triggered.
     pub fn record_network_programming(&self, latencies: impl IntoIterator<Item = Duration>) {
         for latency in latencies {
@@ -164,6 +174,46 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// eBPF map entries and capacities, read from the dataplane's handle on each scrape.
+#[derive(Debug)]
+struct BpfMapCollector(sluice_dp_ebpf::OccupancyHandle);
+
+/// One exported gauge family: name, help, and the value of one map.
+type MapGauge = (
+    &'static str,
+    &'static str,
+    fn(&sluice_dp_ebpf::MapOccupancy) -> i64,
+);
+
+impl Collector for BpfMapCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let maps = self.0.get();
+        let gauges: [MapGauge; 2] = [
+            ("sluice_bpf_map_entries", "Entries in each eBPF map", |o| {
+                i64::try_from(o.entries).unwrap_or(i64::MAX)
+            }),
+            (
+                "sluice_bpf_map_capacity",
+                "Capacity (max_entries) of each eBPF map",
+                |o| i64::from(o.capacity),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for o in &maps {
+                let labels = [("map", o.map.short())];
+                ConstGauge::new(value(o)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -306,6 +356,27 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sluice_service_ports 5"), "{text}");
+    }
+
+    #[test]
+    fn exports_the_bpf_map_occupancy() {
+        let maps = sluice_dp_ebpf::OccupancyHandle::default();
+        maps.set(vec![sluice_dp_ebpf::MapOccupancy {
+            map: sluice_dp_ebpf::abi::MapKind::Maglev,
+            entries: 2042,
+            capacity: 262_144,
+        }]);
+        let text = Metrics::new(None, Vec::new())
+            .with_bpf_maps(Some(maps))
+            .encode();
+        assert!(
+            text.contains("sluice_bpf_map_entries{map=\"maglev\"} 2042"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_bpf_map_capacity{map=\"maglev\"} 262144"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -36,11 +36,8 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<PlanOutput> {
             .map(|a| a.port())
             .collect();
     }
-    let mut source = sluice_source_file::DirSource::new(PathBuf::from(dir));
-    let (snapshot, load_warnings) = source
-        .refresh()
-        .with_context(|| format!("reading {dir}"))?
-        .unwrap_or_default();
+    let (snapshot, load_warnings) = sluice_source_file::load_dir(&PathBuf::from(dir))
+        .with_context(|| format!("reading {dir}"))?;
     let mut warnings: Vec<String> = load_warnings.iter().map(ToString::to_string).collect();
     let node_object = snapshot
         .nodes

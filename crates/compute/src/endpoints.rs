@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use sluice_model::{ObjectKey, Protocol};
 
 use crate::{Problem, Warning};
@@ -127,67 +127,86 @@ fn slice_endpoints(
     };
     let mut out = Vec::new();
     for (index, endpoint) in slice.endpoints.iter().flatten().enumerate() {
-        // Only the first address is used (kube-proxy does the same; the others are unused).
-        let Some(address) = endpoint.addresses.first() else {
-            warnings.push(Warning::new(object, &Problem::NoAddresses { index }));
+        let Some(ip) = endpoint_ip(slice, endpoint, index, want_v4, object, warnings) else {
             continue;
         };
-        let ip = match address.parse::<IpAddr>() {
-            Ok(ip) => ip,
-            Err(source) => {
-                warnings.push(Warning::new(
-                    object,
-                    &Problem::InvalidIp {
-                        field: "endpoints[].addresses[0]",
-                        value: address.clone(),
-                        source,
-                    },
-                ));
-                continue;
-            }
-        };
-        if ip.is_ipv4() != want_v4 {
-            warnings.push(Warning::new(
-                object,
-                &Problem::WrongFamily {
-                    address: ip,
-                    address_type: slice.address_type.clone(),
-                },
-            ));
-            continue;
-        }
         let conditions = endpoint.conditions.as_ref();
         let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
         let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
         let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
         let hints = endpoint.hints.as_ref();
-        let mut zone_hints: Vec<String> = hints
-            .and_then(|h| h.for_zones.as_ref())
-            .into_iter()
-            .flatten()
-            .map(|z| z.name.clone())
-            .collect();
-        zone_hints.sort_unstable();
-        zone_hints.dedup();
-        let mut node_hints: Vec<String> = hints
-            .and_then(|h| h.for_nodes.as_ref())
-            .into_iter()
-            .flatten()
-            .map(|n| n.name.clone())
-            .collect();
-        node_hints.sort_unstable();
-        node_hints.dedup();
         out.push(SliceEndpoint {
             ip,
             node_name: endpoint.node_name.clone(),
             ready,
             serving,
             terminating,
-            zone_hints,
-            node_hints,
+            zone_hints: sorted_names(
+                hints
+                    .and_then(|h| h.for_zones.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .map(|z| &z.name),
+            ),
+            node_hints: sorted_names(
+                hints
+                    .and_then(|h| h.for_nodes.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .map(|n| &n.name),
+            ),
         });
     }
     Some(out)
+}
+
+/// The endpoint's address if it is usable in this slice (a warning names it otherwise). Only
+/// the first address is used (kube-proxy does the same; the others are unused).
+fn endpoint_ip(
+    slice: &EndpointSlice,
+    endpoint: &Endpoint,
+    index: usize,
+    want_v4: bool,
+    object: &str,
+    warnings: &mut Vec<Warning>,
+) -> Option<IpAddr> {
+    let Some(address) = endpoint.addresses.first() else {
+        warnings.push(Warning::new(object, &Problem::NoAddresses { index }));
+        return None;
+    };
+    let ip = match address.parse::<IpAddr>() {
+        Ok(ip) => ip,
+        Err(source) => {
+            warnings.push(Warning::new(
+                object,
+                &Problem::InvalidIp {
+                    field: "endpoints[].addresses[0]",
+                    value: address.clone(),
+                    source,
+                },
+            ));
+            return None;
+        }
+    };
+    if ip.is_ipv4() != want_v4 {
+        warnings.push(Warning::new(
+            object,
+            &Problem::WrongFamily {
+                address: ip,
+                address_type: slice.address_type.clone(),
+            },
+        ));
+        return None;
+    }
+    Some(ip)
+}
+
+/// Hint names, sorted and without duplicates.
+fn sorted_names<'a>(names: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut names: Vec<String> = names.cloned().collect();
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 /// The slice's valid ports as (key, port number).

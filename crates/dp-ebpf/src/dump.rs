@@ -2,10 +2,14 @@
 //!
 //! ```text
 //! sl_svc_v1 10.96.0.10:80/tcp sock -> group 1 count 2
-//! sl_svc_v1 203.0.113.5:443/tcp ext -> group 4 count 1 maglev src-ranges
+//! sl_svc_v1 10.96.0.10:80/tcp ext -> group 1 count 2 masquerade pods
+//! sl_svc_v1 10.96.0.10:80/tcp ext-pods -> group 1 count 2
+//! sl_svc_v1 nodeports-v4:30080/tcp ext -> group 2 count 1 maglev
+//! sl_svc_v1 203.0.113.5:443/tcp ext -> group 2 count 1 maglev src-ranges
 //! sl_slot_v1 group 1 slot 0 -> 10.244.1.2:8080
-//! sl_maglev_v1 group 4 -> 10.244.1.3:8080 x1021
-//! sl_src_v1 group 4 203.0.113.0/24
+//! sl_maglev_v1 group 2 -> 10.244.1.3:8080 x1021
+//! sl_src_v1 group 2 203.0.113.0/24
+//! sl_nodeip_v1 172.18.0.2
 //! sl_cidr_v1 10.244.0.0/16
 //! ```
 
@@ -14,9 +18,10 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::abi::{self, Backend, SvcKey, SvcVal};
-use crate::state::MapContent;
+use crate::render::MapContent;
 
-fn addr(words: [u32; 4], family: u8) -> IpAddr {
+/// An address from network-order words (`IPv4` in the first).
+pub(crate) fn addr(words: [u32; 4], family: u8) -> IpAddr {
     if family == abi::FAMILY_V4 {
         IpAddr::V4(Ipv4Addr::from(words[0].to_ne_bytes()))
     } else {
@@ -28,14 +33,31 @@ fn addr(words: [u32; 4], family: u8) -> IpAddr {
     }
 }
 
-/// A frontend key's address: IPv4 keys use only the first word.
-fn key_addr(key: &SvcKey) -> IpAddr {
+/// A frontend key's address (`nodeports-v4` for the address-less NodePort entries); IPv4
+/// keys use only the first word.
+fn frontend(key: &SvcKey) -> String {
+    let port = u16::from_be(key.port);
+    if key.scope & abi::SCOPE_NODEPORT4 != 0 {
+        return format!("nodeports-v4:{port}");
+    }
+    if key.scope & abi::SCOPE_NODEPORT6 != 0 {
+        return format!("nodeports-v6:{port}");
+    }
     let family = if key.addr[1..] == [0, 0, 0] {
         abi::FAMILY_V4
     } else {
         abi::FAMILY_V6
     };
-    addr(key.addr, family)
+    socket(addr(key.addr, family), key.port)
+}
+
+fn scope(key: &SvcKey) -> &'static str {
+    match key.scope & abi::SCOPE_CLASS_MASK {
+        abi::SCOPE_SOCK => "sock",
+        abi::SCOPE_EXT => "ext",
+        abi::SCOPE_EXT_PODS => "ext-pods",
+        _ => "?",
+    }
 }
 
 fn socket(ip: IpAddr, port_be: u16) -> String {
@@ -70,7 +92,8 @@ fn flags(v: &SvcVal) -> String {
         (abi::SVC_SRC_RANGES, "src-ranges"),
         (abi::SVC_MASQ, "masquerade"),
         (abi::SVC_MAGLEV, "maglev"),
-        (abi::SVC_MASQ_OFFCLUSTER, "masquerade-off-cluster"),
+        (abi::SVC_DROP, "drop"),
+        (abi::SVC_PODS, "pods"),
     ];
     let mut out = String::new();
     for (bit, name) in names {
@@ -89,17 +112,13 @@ fn flags(v: &SvcVal) -> String {
 pub fn rows(content: &MapContent) -> String {
     let mut out = String::new();
     for (k, v) in &content.svc {
-        let scope = if k.scope == abi::SCOPE_EXT {
-            "ext"
-        } else {
-            "sock"
-        };
         let _ = writeln!(
             out,
-            "{} {}/{} {scope} -> group {} count {}{}",
+            "{} {}/{} {} -> group {} count {}{}",
             abi::MAP_SVC,
-            socket(key_addr(k), k.port),
+            frontend(k),
             protocol(k.proto),
+            scope(k),
             v.group,
             v.count,
             flags(v)
@@ -132,23 +151,26 @@ pub fn rows(content: &MapContent) -> String {
             shares.join(", ")
         );
     }
-    for (plen, data) in content.src.keys() {
-        let bits = plen - 64;
+    for key in &content.src {
         let _ = writeln!(
             out,
-            "{} group {} {}/{bits}",
+            "{} group {} {}/{}",
             abi::MAP_SRC,
-            data.group,
-            addr(data.addr, data.family)
+            key.group,
+            addr(key.addr, key.family),
+            key.prefixlen - 64
         );
     }
-    for (plen, data) in content.cidr.keys() {
+    for key in &content.nodeip {
+        let _ = writeln!(out, "{} {}", abi::MAP_NODEIP, addr(key.addr, key.family));
+    }
+    for key in &content.cidr {
         let _ = writeln!(
             out,
             "{} {}/{}",
             abi::MAP_CIDR,
-            addr(data.addr, data.family),
-            plen - 32
+            addr(key.addr, key.family),
+            key.prefixlen - 32
         );
     }
     out

@@ -1,37 +1,51 @@
 //! eBPF dataplane for sluice: socket-level load balancing on a cgroup v2 (ClusterIP, and
 //! NodePort / externalIP / LB IP reached from the node itself) and tc (tcx) programs on the
-//! node's external interfaces (NodePort / externalIP / LB IP from outside, with conntrack,
-//! reverse NAT, Maglev and source ranges).
+//! node's external interfaces (NodePort / externalIP / LB IP / ClusterIP from outside, with
+//! conntrack, reverse NAT, Maglev, source ranges and ICMP refusals).
 //!
 //! The C programs live in `ebpf/` and are compiled by `build.rs`. Every map is pinned under
 //! [`EbpfConfig::bpffs_path`] and every attachment is a pinned BPF link under
 //! `<bpffs_path>/links`, so forwarding goes on while the agent is down; a restarted agent
 //! re-opens the maps, reads them back and rewrites only what differs.
 //!
-//! Masquerading for `externalTrafficPolicy: Cluster` is delegated to netfilter: the tc program
-//! sets [`abi::MASQ_MARK`] on the packet and a one-rule nftables table `inet sluice_ebpf`
-//! (installed by this backend) masquerades marked packets in postrouting. Netfilter's own
-//! conntrack then un-NATs replies before the tc egress program restores the frontend address.
-//! This avoids a port allocator in BPF at the cost of relying on nf_conntrack for that path.
+//! Layers: [`render`] translates a service port's plan into map rows (pure);
+//! [`MapProgrammer`] keeps per-service bookkeeping and writes only what changed, in a safe
+//! order, through the [`store::MapStore`] seam; the kernel module implements that seam on
+//! pinned maps (and grows them), [`store::FakeMapStore`] in memory for tests.
+//! [`read_pinned`] reads the pins back in plan terms for `sluice inspect` / `sluice explain`.
+//!
+//! Masquerading is delegated to netfilter: the tc program sets [`abi::MASQ_MARK`] on the
+//! packet and a one-rule nftables table `inet sluice_ebpf` (installed by this backend)
+//! masquerades marked packets in postrouting; netfilter's conntrack then un-NATs replies
+//! before the tc egress program restores the frontend address.
 
 pub mod abi;
-mod capacity;
 mod dump;
+pub mod groups;
 mod kernel;
 mod links;
 pub mod maglev;
-mod maps;
-pub mod state;
+mod programmer;
+mod prune;
+pub mod readback;
+pub mod render;
+pub mod sizing;
+pub mod store;
+mod transition;
 
-use std::fmt::Display;
 use std::path::PathBuf;
-
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sluice_dataplane::{ApplyReport, Dataplane, DataplaneError, Restored};
-use sluice_plan::{Plan, PlanDelta};
+use sluice_plan::{Plan, PlanDelta, Route, ServicePlan};
 
-pub use kernel::{TestRun, find_cgroup2_root};
+pub use kernel::Unsupported;
+pub use kernel::bpffs::find_cgroup2_root;
+pub use kernel::testrun::TestRun;
+pub use programmer::{MapProgrammer, connectionless_backends, estimate};
+pub use readback::{PinnedState, ReadError, ReadFlows, read_pinned};
+pub use sizing::{MapOccupancy, MapSizes};
 
 pub(crate) const BACKEND: &str = "ebpf";
 
@@ -45,14 +59,6 @@ pub(crate) static TC_OBJ: &[u8] =
 pub(crate) static XDP_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice_xdp.o"));
 
-pub(crate) fn kerr(action: impl Into<String>, err: impl Display) -> DataplaneError {
-    DataplaneError::Kernel {
-        backend: BACKEND,
-        action: action.into(),
-        detail: err.to_string(),
-    }
-}
-
 /// XDP acceleration of the external path (`--xdp`). The XDP program makes the same decision
 /// as tc ingress and shares its conntrack; tc stays attached for replies and masquerading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,6 +67,26 @@ pub enum XdpMode {
     Generic,
     #[default]
     Off,
+}
+
+/// How long conntrack entries of finished flows stay valid (the next packet of the same
+/// 5-tuple after that is a new flow, with a fresh backend choice). Other TCP entries leave by
+/// LRU eviction only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConntrackTimeouts {
+    /// After a RST, or a FIN in both directions (netfilter's TCP CLOSE timeout is 10 s).
+    pub tcp_closed: Duration,
+    /// Without a packet in either direction.
+    pub udp_idle: Duration,
+}
+
+impl Default for ConntrackTimeouts {
+    fn default() -> Self {
+        ConntrackTimeouts {
+            tcp_closed: Duration::from_secs(10),
+            udp_idle: Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +100,10 @@ pub struct EbpfConfig {
     /// are picked up.
     pub interfaces: Vec<String>,
     pub xdp: XdpMode,
+    /// Explicit map capacities (`--bpf-map-sizes`); maps not listed are sized automatically
+    /// and grow when a plan needs more (see [`sizing`]).
+    pub map_sizes: MapSizes,
+    pub conntrack: ConntrackTimeouts,
 }
 
 impl Default for EbpfConfig {
@@ -83,41 +113,69 @@ impl Default for EbpfConfig {
             cgroup_path: find_cgroup2_root().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup")),
             interfaces: Vec::new(),
             xdp: XdpMode::Off,
+            map_sizes: MapSizes::default(),
+            conntrack: ConntrackTimeouts::default(),
         }
+    }
+}
+
+/// A kernel-side failure as the dataplane contract reports it, with its causes.
+fn kernel_err(action: &str, err: impl std::error::Error + Send + Sync + 'static) -> DataplaneError {
+    DataplaneError::Io {
+        backend: BACKEND,
+        action: action.to_owned(),
+        source: std::io::Error::other(err),
+    }
+}
+
+fn load_err(err: kernel::KernelError) -> DataplaneError {
+    match err {
+        kernel::KernelError::Unavailable(reason) => DataplaneError::Unavailable {
+            backend: BACKEND,
+            reason: sluice_dataplane::error_chain(&reason),
+        },
+        other => kernel_err("loading the programs", other),
     }
 }
 
 /// `Ok(())` when this kernel can run the eBPF dataplane, `Err(reason)` otherwise
 /// (for `--proxy-mode auto`). Loads the programs through the verifier without attaching.
-pub fn check_support(config: &EbpfConfig) -> Result<(), String> {
+pub fn check_support(config: &EbpfConfig) -> Result<(), Unsupported> {
     kernel::check_support(config)
+}
+
+/// Map occupancy as of the last `resync` / `apply`, readable from another thread (the
+/// agent's metrics endpoint) without touching the dataplane.
+#[derive(Debug, Clone, Default)]
+pub struct OccupancyHandle(Arc<Mutex<Vec<MapOccupancy>>>);
+
+impl OccupancyHandle {
+    pub fn get(&self) -> Vec<MapOccupancy> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set(&self, value: Vec<MapOccupancy>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = value;
+    }
 }
 
 /// The eBPF backend. See the crate docs.
 pub struct EbpfDataplane {
     config: EbpfConfig,
     kernel: kernel::Kernel,
-    /// What the agent-owned maps hold (read back by `restore`, then kept in step).
-    current: Option<state::MapContent>,
-    groups: state::Groups,
-    /// The plan programmed last (deltas are applied to it).
-    plan: Option<Plan>,
-    /// What the maps hold: `plan` without the service ports refused for lack of room
-    /// (those keep their earlier programming, see `capacity`).
-    programmed: Plan,
+    programmer: MapProgrammer,
+    occupancy: OccupancyHandle,
 }
 
 impl EbpfDataplane {
     /// Loads the programs (re-using pinned maps) and attaches socket-LB to the cgroup.
     pub fn new(config: EbpfConfig) -> Result<Self, DataplaneError> {
-        let kernel = kernel::Kernel::load(&config)?;
+        let kernel = kernel::Kernel::load(&config).map_err(load_err)?;
         Ok(EbpfDataplane {
+            programmer: MapProgrammer::new(config.map_sizes.clone()),
             config,
             kernel,
-            current: None,
-            groups: state::Groups::default(),
-            plan: None,
-            programmed: Plan::default(),
+            occupancy: OccupancyHandle::default(),
         })
     }
 
@@ -127,19 +185,22 @@ impl EbpfDataplane {
 
     /// The map entries `plan` translates to, as readable rows (what `sluice plan` shows).
     pub fn render_plan(plan: &Plan) -> String {
-        let groups = state::assign_groups(plan, &state::Groups::default(), &Default::default());
-        dump::rows(&state::render(plan, &groups))
+        dump::rows(&render::render_plan(plan))
     }
 
     /// Runs a tc program once on `packet` (an Ethernet frame) through `BPF_PROG_TEST_RUN`,
     /// with the maps as programmed. For packet fixture tests.
     pub fn test_run_tc(&self, egress: bool, packet: &[u8]) -> Result<TestRun, DataplaneError> {
-        self.kernel.test_run_tc(egress, packet)
+        self.kernel
+            .test_run_tc(egress, packet)
+            .map_err(|e| kernel_err("test run", e))
     }
 
     /// Runs the XDP program once on `packet` through `BPF_PROG_TEST_RUN`. For fixture tests.
     pub fn test_run_xdp(&self, packet: &[u8]) -> Result<TestRun, DataplaneError> {
-        self.kernel.test_run_xdp(packet)
+        self.kernel
+            .test_run_xdp(packet)
+            .map_err(|e| kernel_err("test run", e))
     }
 
     /// Interfaces the tc programs are attached to (name, ifindex).
@@ -147,62 +208,53 @@ impl EbpfDataplane {
         self.kernel.attached_interfaces()
     }
 
-    /// Writes the difference between what the maps hold and `plan`.
-    fn program(&mut self, plan: &Plan, full: bool) -> Result<ApplyReport, DataplaneError> {
-        if self.current.is_none() || full {
-            // Compare with what the kernel really has: survives restarts and repairs drift.
-            self.current = Some(self.kernel.maps.read()?);
+    /// Entries and capacity of every map, counted now.
+    pub fn occupancy(&mut self) -> Vec<MapOccupancy> {
+        self.programmer.occupancy(&mut self.kernel, true)
+    }
+
+    /// A handle on the occupancy as of the last sync, for metrics.
+    pub fn occupancy_handle(&self) -> OccupancyHandle {
+        self.occupancy.clone()
+    }
+
+    /// Where a map is pinned now (its name changes when it grows).
+    pub fn map_pin_path(&self, map: abi::MapKind) -> PathBuf {
+        self.kernel.pin_path(map)
+    }
+
+    /// After programming: tc on the node's interfaces (on resync and node changes; the link
+    /// watcher covers the rest), the masquerade rule when needed, the occupancy (the
+    /// datapath's maps are counted on resync only).
+    fn after_programming<'a>(
+        &mut self,
+        node: Option<&sluice_plan::NodePlan>,
+        mut plans: impl Iterator<Item = &'a Arc<ServicePlan>>,
+    ) {
+        if let Some(node) = node {
+            self.kernel.sync_interfaces(&node.nodeport_addresses);
         }
-        let current = self.current.take().unwrap_or_default();
-        let mut groups = state::assign_groups(plan, &self.groups, &current);
-        let mut want = state::render(plan, &groups);
-        let mut failed = Vec::new();
-        let fitted = capacity::fit(plan, &want, &self.programmed, &capacity::CAPACITY);
-        let plan = match &fitted {
-            None => plan,
-            Some((fitted, refused)) => {
-                failed.clone_from(refused);
-                groups = state::assign_groups(fitted, &self.groups, &current);
-                want = state::render(fitted, &groups);
-                fitted
-            }
-        };
-        let svc = state::diff_map(&current.svc, &want.svc);
-        let slot = state::diff_map(&current.slot, &want.slot);
-        let maglev = state::diff_map(&current.maglev, &want.maglev);
-        let src = state::diff_map(&current.src, &want.src);
-        let cidr = state::diff_map(&current.cidr, &want.cidr);
-        let operations = svc.len() + slot.len() + maglev.len() + src.len() + cidr.len();
-        if let Err(e) = self.kernel.maps.write(&svc, &slot, &maglev, &src, &cidr) {
-            // Partially written: re-read on the next apply.
-            self.current = None;
-            return Err(e);
-        }
-        self.current = Some(want);
-        self.groups = groups;
-        self.programmed = plan.clone();
-        let wants_masq = plan.services.values().any(|s| {
-            s.frontends.iter().any(|fe| {
-                matches!(
-                    fe.outside,
-                    sluice_plan::Route::Forward {
-                        masquerade: true,
-                        ..
-                    }
-                )
-            })
-        });
-        self.kernel.sync_interfaces(&plan.node.nodeport_addresses);
-        if wants_masq {
+        if !self.kernel.masquerade_installed() && plans.any(|s| masquerades(s)) {
             self.kernel.ensure_masquerade();
         }
-        Ok(ApplyReport {
-            services_changed: 0,
-            operations,
-            full_sync: full,
-            failed,
-        })
+        let occupancy = self.programmer.occupancy(&mut self.kernel, node.is_some());
+        self.occupancy.set(occupancy);
     }
+}
+
+/// Whether any packet of the service is masqueraded by tc.
+fn masquerades(svc: &ServicePlan) -> bool {
+    svc.frontends.iter().any(|fe| {
+        [fe.pods, fe.outside].iter().any(|r| {
+            matches!(
+                r,
+                Route::Forward {
+                    masquerade: true,
+                    ..
+                }
+            )
+        })
+    })
 }
 
 impl Dataplane for EbpfDataplane {
@@ -211,61 +263,55 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn restore(&mut self) -> Result<Restored, DataplaneError> {
-        let content = self.kernel.maps.read()?;
+        let content = self
+            .programmer
+            .restore(&mut self.kernel)
+            .map_err(|e| kernel_err("reading the pinned maps", e))?;
         tracing::info!(
             frontends = content.svc.len(),
             slots = content.slot.len(),
             maglev_slots = content.maglev.len(),
             "ebpf: restored pinned maps"
         );
-        let restored = Restored {
-            backends: state::connectionless_backends(&content),
-        };
-        self.current = Some(content);
-        Ok(restored)
+        Ok(Restored {
+            backends: connectionless_backends(content),
+        })
     }
 
     fn resync(&mut self, plan: &Plan) -> Result<ApplyReport, DataplaneError> {
-        let mut report = self.program(plan, true)?;
-        report.services_changed = plan.services.len();
-        self.plan = Some(plan.clone());
+        let report = self
+            .programmer
+            .resync(&mut self.kernel, plan)
+            .map_err(|e| kernel_err("programming the maps", e))?;
+        self.after_programming(Some(&plan.node), plan.services.values());
         Ok(report)
     }
 
     fn apply(&mut self, delta: &PlanDelta) -> Result<ApplyReport, DataplaneError> {
-        let mut plan = self.plan.take().unwrap_or_default();
-        plan.node = Arc::clone(&delta.node);
-        for change in &delta.services {
-            match &change.after {
-                Some(after) => plan.services.insert(change.name.clone(), Arc::clone(after)),
-                None => plan.services.remove(&change.name),
-            };
-        }
-        if let Some(checks) = &delta.health_checks {
-            plan.health_checks = checks.clone();
-        }
-        let result = self.program(&plan, false);
-        self.plan = Some(plan);
-        let mut report = result?;
-        report.services_changed = delta.services.len();
-        let pruned = self.kernel.maps.prune(&delta.stale_flows);
-        tracing::debug!(operations = report.operations, pruned, "ebpf: applied");
+        let report = self
+            .programmer
+            .apply(&mut self.kernel, delta)
+            .map_err(|e| kernel_err("programming the maps", e))?;
+        let node = delta.node_changed.then(|| Arc::clone(&delta.node));
+        self.after_programming(
+            node.as_deref(),
+            delta.services.iter().filter_map(|c| c.after.as_ref()),
+        );
+        tracing::debug!(operations = report.operations, "ebpf: applied");
         Ok(report)
     }
 
     fn cleanup(&mut self) -> Result<(), DataplaneError> {
         self.kernel.stop_watcher();
-        self.current = None;
-        self.plan = None;
-        self.programmed = Plan::default();
-        self.groups = state::Groups::default();
-        kernel::cleanup(&self.config)
+        self.programmer.reset();
+        kernel::cleanup(&self.config).map_err(|e| kernel_err("cleanup", e))
     }
 }
+
 /// Removes everything under `config` without loading anything (`sluice agent --cleanup`
 /// when the backend cannot or need not be constructed).
 pub fn cleanup(config: &EbpfConfig) -> Result<(), DataplaneError> {
-    kernel::cleanup(config)
+    kernel::cleanup(config).map_err(|e| kernel_err("cleanup", e))
 }
 
 #[cfg(test)]

@@ -364,3 +364,159 @@ fn links_that_appear_later_are_attached_without_an_apply() -> Result<()> {
     in_ns(&t.node.name, || dp.cleanup())?;
     Ok(())
 }
+
+/// `svc` pointing its endpoints at `port` of the pod.
+fn retarget(d: &mut DesiredState, svc: &str, port: u16) {
+    if let Some(s) = d.services.get_mut(&spn(svc, Protocol::Tcp)) {
+        for ep in &mut s.endpoints {
+            ep.port = port;
+        }
+    }
+}
+
+/// Another IPv4 NodePort service on the pod's port 8080.
+fn add_node_port(d: &mut DesiredState, name: &str, cluster_ip: &str, node_port: u16) {
+    d.services.insert(
+        spn(name, Protocol::Tcp),
+        ServicePortState {
+            port: 80,
+            cluster_ips: vec![cluster_ip.parse().expect("ip")],
+            node_port: Some(node_port),
+            external_traffic_policy: TrafficPolicy::Local,
+            endpoints: vec![ep("10.78.0.2", 8080, true)],
+            ..Default::default()
+        },
+    );
+}
+
+/// Requests to `addr` from the client in a loop until stopped; returns the failures.
+fn background_traffic(
+    t: &Topo,
+    addr: &'static str,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<(usize, Vec<String>)>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&stop);
+    let client = t.client.name.clone();
+    let handle = std::thread::spawn(move || {
+        let (mut ok, mut failures) = (0, Vec::new());
+        while !flag.load(Ordering::SeqCst) {
+            match tcp_get(&client, addr.parse().expect("addr")) {
+                Ok(body) if body == "pod1 10.77.0.2" => ok += 1,
+                other => failures.push(format!("{other:?}")),
+            }
+        }
+        (ok, failures)
+    });
+    (stop, handle)
+}
+
+#[test]
+fn maps_grow_into_new_pins_without_dropping_established_flows() -> Result<()> {
+    root_only!();
+    let mut t = topo()?;
+    // Three Maglev tables (web v4 + v6, lines v4) in room for four; a tiny conntrack.
+    t.config.map_sizes = format!("maglev={},ct=64", 4 * sluice_dp_ebpf::abi::MAGLEV_M).parse()?;
+    let mut d = with_lines_port(desired(TrafficPolicy::Local, true, &[]));
+    let mut dp = new_dp(&t)?;
+    apply(&t, &mut dp, &d)?;
+    let (mut held, greeting) = Held::open(&t.client.name, "10.77.0.1:30090".parse()?)?;
+    assert_eq!(greeting, "pod1-lines 10.77.0.2");
+    // `lines` moves to port 8080: new flows go there, the held one stays (conntrack).
+    retarget(&mut d, "lines", 8080);
+    apply(&t, &mut dp, &d)?;
+    assert_eq!(get(&t, "10.77.0.1:30090")?, "pod1 10.77.0.2");
+    assert_eq!(held.send("before")?, "pod1-lines: before");
+    drop(dp);
+
+    // A restart with a bigger conntrack: it grows into a new pin while loading, copying the
+    // held flow's entries (without them its next packet would go to port 8080).
+    t.config.map_sizes = "ct=16384".parse()?;
+    let mut dp = new_dp(&t)?;
+    let pins = &t.config.bpffs_path;
+    assert!(pins.join("sl_ct_v1_g2").exists() && !pins.join("sl_ct_v1").exists());
+    assert_eq!(held.send("after ct")?, "pod1-lines: after ct");
+    in_ns(&t.node.name, || dp.restore())?;
+
+    // Two more NodePorts need a fifth Maglev table: the automatically sized map grows while
+    // clients keep connecting.
+    let (stop, traffic) = background_traffic(&t, "10.77.0.1:30080");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    add_node_port(&mut d, "extra1", "10.96.0.12", 30091);
+    add_node_port(&mut d, "extra2", "10.96.0.13", 30092);
+    let report = in_ns(&t.node.name, || dp.resync(&d.plan()))?;
+    assert!(report.failed.is_empty(), "{report:?}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failures) = traffic.join().expect("traffic thread");
+    assert!(
+        failures.is_empty() && ok > 0,
+        "{ok} ok, failed: {failures:?}"
+    );
+    assert!(pins.join("sl_maglev_v1_g2").exists() && !pins.join("sl_maglev_v1").exists());
+    for port in [30091, 30092] {
+        assert_eq!(get(&t, &format!("10.77.0.1:{port}"))?, "pod1 10.77.0.2");
+    }
+    pinned_state_reads_the_grown_maps(&t)?;
+    assert_eq!(held.send("after maglev")?, "pod1-lines: after maglev");
+    // One set of programs on the interface, and new flows land in the grown conntrack.
+    let count = in_ns(&t.node.name, || {
+        attached_count(ifindex("ext0"), BPF_TCX_INGRESS)
+    })?;
+    assert_eq!(count, 1);
+    let occupancy = dp.occupancy();
+    let of = |map| occupancy.iter().find(|o| o.map == map).expect("map");
+    let ct = of(sluice_dp_ebpf::abi::MapKind::Ct);
+    assert_eq!(ct.capacity, 16384);
+    assert!(ct.entries >= 2, "{ct:?}");
+    let maglev = of(sluice_dp_ebpf::abi::MapKind::Maglev);
+    assert_eq!(maglev.entries, 5 * sluice_dp_ebpf::abi::MAGLEV_M as usize);
+    assert!(maglev.capacity as usize > maglev.entries, "{maglev:?}");
+    in_ns(&t.node.name, || dp.cleanup())?;
+    Ok(())
+}
+
+/// `read_pinned` (what `sluice inspect` shows) on the grown generations: the NodePort added
+/// by the growth forwards to the pod, the client's flows are there in their original
+/// direction.
+fn pinned_state_reads_the_grown_maps(t: &Topo) -> Result<()> {
+    use sluice_dp_ebpf::readback::EntryAction;
+    use sluice_plan::{Family, FrontendAddr};
+    let state = sluice_dp_ebpf::read_pinned(&t.config.bpffs_path, sluice_dp_ebpf::ReadFlows::Yes)?
+        .expect("pinned");
+    assert_eq!(
+        state.nodeport_addresses,
+        ["10.77.0.1".parse::<std::net::IpAddr>()?, "fd77::1".parse()?]
+    );
+    let extra = state
+        .frontends
+        .iter()
+        .find(|f| f.key.addr == FrontendAddr::NodePorts(Family::V4) && f.key.port == 30092)
+        .expect("NodePort 30092");
+    let ext = extra.ext.as_ref().expect("ext entry");
+    assert_eq!(
+        ext.action,
+        EntryAction::Forward {
+            backends: vec!["10.78.0.2:8080".parse()?],
+            masquerade: false
+        }
+    );
+    assert!(ext.maglev);
+    let client: std::net::IpAddr = "10.77.0.2".parse()?;
+    let frontend: std::net::SocketAddr = "10.77.0.1:30092".parse()?;
+    let backend: std::net::SocketAddr = "10.78.0.2:8080".parse()?;
+    let to_extra: Vec<_> = state
+        .flows
+        .iter()
+        .filter(|f| f.frontend == frontend && f.client.ip() == client)
+        .collect();
+    assert!(!to_extra.is_empty(), "{:?}", state.flows);
+    assert!(
+        to_extra.iter().all(|f| f.backend == backend),
+        "{to_extra:?}"
+    );
+    Ok(())
+}

@@ -286,3 +286,55 @@ print(s.getpeername()[0], s.recv(100).decode().strip())
     in_ns(&s.ns.name, || dp.cleanup())?;
     Ok(())
 }
+
+#[test]
+fn a_dropped_frontend_fails_at_once_with_eperm_instead_of_leaving_the_node() -> Result<()> {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return Ok(());
+    }
+    let s = setup()?;
+    let mut dp = EbpfDataplane::new(s.config.clone())?;
+    // internalTrafficPolicy: Local with the only endpoint on another node: the plan drops
+    // this node's connections. Untranslated, they would leave the node for the ClusterIP.
+    let mut d = web(&[], None);
+    d.services.insert(
+        spn("web", Protocol::Tcp),
+        ServicePortState {
+            port: 80,
+            cluster_ips: vec!["10.96.0.10".parse()?],
+            internal_traffic_policy: TrafficPolicy::Local,
+            endpoints: vec![ep("10.0.0.2", 8080, false)],
+            ..Default::default()
+        },
+    );
+    if let Some(dns) = d.services.get_mut(&spn("dns", Protocol::Udp)) {
+        dns.internal_traffic_policy = TrafficPolicy::Local;
+        dns.endpoints = vec![ep("10.0.0.2", 5353, false)];
+    }
+    dp.resync(&d.plan())?;
+    let start = std::time::Instant::now();
+    assert_eq!(
+        s.cg.python(&s.ns, TCP_CLIENT)?,
+        format!("ERR {}", libc::EPERM)
+    );
+    let udp = s.cg.python(
+        &s.ns,
+        "
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    s.sendto(b'q', ('10.96.0.53', 53))
+    print('sent')
+except OSError as e:
+    print('ERR', e.errno)
+",
+    )?;
+    assert_eq!(udp, format!("ERR {}", libc::EPERM));
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(2),
+        "no waiting"
+    );
+    in_ns(&s.ns.name, || dp.cleanup())?;
+    Ok(())
+}

@@ -13,6 +13,7 @@ use sluice_plan::Protocol;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
 
 const NODE: &str = "172.18.0.2";
 const CLIENT: &str = "198.51.100.7";
@@ -37,6 +38,22 @@ fn csum(data: &[u8], initial: u32) -> u16 {
 
 /// Ethernet + IPv4/IPv6 + TCP (SYN) or UDP frame with valid checksums.
 fn frame(proto: Protocol, src: (&str, u16), dst: (&str, u16), payload: &[u8]) -> Vec<u8> {
+    frame_flags(proto, src, dst, payload, TCP_SYN)
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_FIN_ACK: u8 = 0x11;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// [`frame`] with these TCP flags.
+fn frame_flags(
+    proto: Protocol,
+    src: (&str, u16),
+    dst: (&str, u16),
+    payload: &[u8],
+    tcp_flags: u8,
+) -> Vec<u8> {
     let s: IpAddr = src.0.parse().expect("ip");
     let d: IpAddr = dst.0.parse().expect("ip");
     let octets = |ip: IpAddr| match ip {
@@ -50,7 +67,7 @@ fn frame(proto: Protocol, src: (&str, u16), dst: (&str, u16), payload: &[u8]) ->
         Protocol::Tcp => {
             l4.extend_from_slice(&1u32.to_be_bytes()); // seq
             l4.extend_from_slice(&0u32.to_be_bytes()); // ack
-            l4.extend_from_slice(&[0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]); // SYN, csum at 16
+            l4.extend_from_slice(&[0x50, tcp_flags, 0xff, 0xff, 0, 0, 0, 0]); // csum at 16
             6u8
         }
         _ => {
@@ -138,9 +155,20 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Result<Self> {
+        Fixture::configured(|_| {})
+    }
+
+    /// A fixture whose maps have these explicit capacities (`--bpf-map-sizes` syntax).
+    fn with_sizes(sizes: &str) -> Result<Self> {
+        let sizes = sizes.parse()?;
+        Fixture::configured(|c| c.map_sizes = sizes)
+    }
+
+    fn configured(change: impl FnOnce(&mut sluice_dp_ebpf::EbpfConfig)) -> Result<Self> {
         let ns = Netns::new("f")?;
         let cg = TestCgroup::new()?;
-        let config = ebpf_config(&cg, vec![]);
+        let mut config = ebpf_config(&cg, vec![]);
+        change(&mut config);
         let guard = PinGuard {
             config: config.clone(),
             ns: ns.name.clone(),
@@ -156,10 +184,13 @@ impl Fixture {
     }
 
     fn apply(&mut self, d: &DesiredState) -> Result<()> {
+        self.apply_report(d).map(drop)
+    }
+
+    fn apply_report(&mut self, d: &DesiredState) -> Result<sluice_dataplane::ApplyReport> {
         let dp = self.dp.as_mut().expect("dp");
         let programmer = &mut self.programmer;
-        in_ns(&self.ns.name, || programmer.program(dp, d))?;
-        Ok(())
+        in_ns(&self.ns.name, || programmer.program(dp, d))
     }
 
     fn run(&self, egress: bool, pkt: &[u8]) -> Result<TestRun> {
@@ -280,18 +311,94 @@ fn local_policy_keeps_client_ip_and_drops_without_local_endpoint() -> Result<()>
     Ok(())
 }
 
+/// The ICMP (v4: type 3 code 3) or ICMPv6 (type 1 code 4) port unreachable a client must
+/// get back for `pkt`: MACs swapped, addresses swapped, the original header and the first 8
+/// bytes after it quoted, checksums right.
+fn port_unreachable(pkt: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&pkt[6..12]);
+    f.extend_from_slice(&pkt[0..6]);
+    f.extend_from_slice(&pkt[12..14]);
+    if pkt[12..14] == [0x08, 0x00] {
+        let quote = &pkt[14..14 + 28];
+        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(quote);
+        let c = csum(&icmp, 0).to_be_bytes();
+        icmp[2..4].copy_from_slice(&c);
+        let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0];
+        ip[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&pkt[14 + 16..14 + 20]);
+        ip.extend_from_slice(&pkt[14 + 12..14 + 16]);
+        let c = csum(&ip, 0).to_be_bytes();
+        ip[10..12].copy_from_slice(&c);
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&icmp);
+    } else {
+        let quote = &pkt[14..14 + 48];
+        let (src, dst) = (&pkt[14 + 24..14 + 40], &pkt[14 + 8..14 + 24]);
+        let mut icmp = vec![1, 4, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(quote);
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(src);
+        pseudo.extend_from_slice(dst);
+        pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 58]);
+        pseudo.extend_from_slice(&icmp);
+        let c = csum(&pseudo, 0).to_be_bytes();
+        icmp[2..4].copy_from_slice(&c);
+        f.extend_from_slice(&[0x60, 0, 0, 0]);
+        f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+        f.extend_from_slice(&[58, 64]);
+        f.extend_from_slice(src);
+        f.extend_from_slice(dst);
+        f.extend_from_slice(&icmp);
+    }
+    f
+}
+
 #[test]
-fn no_endpoints_at_all_is_left_to_the_stack_to_reject() -> Result<()> {
+fn no_endpoints_at_all_is_answered_with_icmp_port_unreachable() -> Result<()> {
     root_only!();
     let mut fx = Fixture::new()?;
-    fx.apply(&desired(
-        Protocol::Tcp,
+    let mut d = desired(Protocol::Tcp, service(vec![], TrafficPolicy::Cluster));
+    d.node_port_addresses.push("2001:db8::11".parse()?);
+    add_v6_cluster_ip(&mut d);
+    d.services.insert(
+        spn("dns", Protocol::Udp),
         service(vec![], TrafficPolicy::Cluster),
-    ))?;
-    let syn = frame(Protocol::Tcp, (CLIENT, 40000), (NODE, 30080), b"");
-    let out = fx.run(false, &syn)?;
-    // Passed on unchanged: no listener on the node port, so the kernel answers with a RST.
-    assert_eq!((out.verdict, &out.packet), (TC_ACT_OK, &syn));
+    );
+    fx.apply(&d)?;
+    let probes = [
+        // The node's own NodePort, a cluster IP and an LB IP the node does not own (the
+        // stack would forward those into nothing): refused from tc alike.
+        frame(Protocol::Tcp, (CLIENT, 40000), (NODE, 30080), b""),
+        frame(Protocol::Tcp, (CLIENT, 40000), ("10.96.0.10", 80), b""),
+        frame(Protocol::Tcp, (CLIENT, 40000), (LB_IP, 80), b""),
+        frame(Protocol::Udp, (CLIENT, 5353), (NODE, 30080), b"query"),
+        frame(
+            Protocol::Tcp,
+            ("2001:db8::100", 40000),
+            ("2001:db8::11", 30080),
+            b"",
+        ),
+        frame(
+            Protocol::Tcp,
+            ("2001:db8::100", 40000),
+            ("fd00:96::10", 80),
+            b"",
+        ),
+    ];
+    for syn in &probes {
+        let out = fx.run(false, syn)?;
+        assert_eq!(out.verdict, TC_ACT_REDIRECT, "sent back out: {syn:?}");
+        assert_eq!(out.packet, port_unreachable(syn));
+        // XDP leaves refusals to tc.
+        let out = fx.xdp(syn)?;
+        assert_eq!((out.verdict, &out.packet), (XDP_PASS, syn));
+    }
+    // Source ranges come first: a client outside them is dropped, not told.
+    let outsider = frame(Protocol::Tcp, (OUTSIDER, 40000), (LB_IP, 80), b"");
+    assert_eq!(fx.run(false, &outsider)?.verdict, TC_ACT_SHOT);
     Ok(())
 }
 
@@ -445,10 +552,13 @@ fn ipv6_nodeport_dnat_and_reverse_nat() -> Result<()> {
         frame(Protocol::Tcp, ("2001:db8::11", 30080), (client, 40000), b"")
     );
     // An IPv4 frontend never sends to an IPv6 backend: IPv4 has no endpoint at all, so, as in
-    // kube-proxy's IPv4 proxier, it is rejected (left untranslated for the stack to refuse).
+    // kube-proxy's IPv4 proxier, it is rejected.
     let v4 = frame(Protocol::Tcp, (CLIENT, 40000), (NODE, 30080), b"");
     let out = fx.run(false, &v4)?;
-    assert_eq!((out.verdict, &out.packet), (TC_ACT_OK, &v4));
+    assert_eq!(
+        (out.verdict, out.packet),
+        (TC_ACT_REDIRECT, port_unreachable(&v4))
+    );
     Ok(())
 }
 
@@ -589,5 +699,371 @@ fn cluster_ip_from_outside_masquerades_only_off_cluster_sources() -> Result<()> 
         )
     );
     assert_eq!(out.mark, 0, "pod source kept");
+    Ok(())
+}
+
+#[test]
+fn pods_from_other_nodes_get_the_pods_route_of_a_local_policy_node_port() -> Result<()> {
+    root_only!();
+    let mut fx = Fixture::new()?;
+    // eTP=Local, the only endpoint on another node: outside clients are dropped here, pods
+    // (of any node) are sent to the endpoint with their address kept.
+    let mut d = desired(
+        Protocol::Tcp,
+        service(vec![ep("10.244.2.2", 8080, false)], TrafficPolicy::Local),
+    );
+    d.cluster_cidrs = vec!["10.244.0.0/16".parse()?];
+    fx.apply(&d)?;
+    let outside = frame(Protocol::Tcp, (CLIENT, 40000), (NODE, 30080), b"");
+    assert_eq!(fx.run(false, &outside)?.verdict, TC_ACT_SHOT);
+    let pod = frame(Protocol::Tcp, ("10.244.3.5", 40000), (NODE, 30080), b"");
+    let out = fx.run(false, &pod)?;
+    assert_eq!(out.verdict, TC_ACT_OK);
+    assert_eq!(
+        out.packet,
+        frame(
+            Protocol::Tcp,
+            ("10.244.3.5", 40000),
+            ("10.244.2.2", 8080),
+            b""
+        )
+    );
+    assert_eq!(out.mark, 0);
+    // XDP makes the same two decisions.
+    assert_eq!(fx.xdp(&outside)?.verdict, XDP_DROP);
+    let pod = frame(Protocol::Tcp, ("10.244.3.6", 40000), (NODE, 30080), b"");
+    let out = fx.xdp(&pod)?;
+    assert_eq!(
+        (out.verdict, out.packet),
+        (
+            XDP_PASS,
+            frame(
+                Protocol::Tcp,
+                ("10.244.3.6", 40000),
+                ("10.244.2.2", 8080),
+                b""
+            )
+        )
+    );
+    Ok(())
+}
+
+#[test]
+fn node_ports_follow_the_node_addresses_without_rewriting_frontends() -> Result<()> {
+    root_only!();
+    let mut fx = Fixture::new()?;
+    let mut d = desired(
+        Protocol::Tcp,
+        service(vec![ep("10.244.2.2", 8080, false)], TrafficPolicy::Cluster),
+    );
+    fx.apply(&d)?;
+    let at = |addr: &str| frame(Protocol::Tcp, (CLIENT, 40000), (addr, 30080), b"");
+    let dnat = frame(Protocol::Tcp, (CLIENT, 40000), ("10.244.2.2", 8080), b"");
+    assert_eq!(fx.run(false, &at(NODE))?.packet, dnat);
+    // The node gets another address and loses the first: two writes, no frontend touched.
+    d.node_port_addresses = vec!["172.18.0.3".parse()?];
+    let report = fx.apply_report(&d)?;
+    assert_eq!(report.operations, 2, "{report:?}");
+    let out = fx.run(false, &at("172.18.0.3"))?;
+    assert_eq!(
+        out.packet,
+        frame(Protocol::Tcp, (CLIENT, 40000), ("10.244.2.2", 8080), b"")
+    );
+    // (A new flow: the first one is in conntrack and keeps its translation.)
+    let gone = frame(Protocol::Tcp, (CLIENT, 40001), (NODE, 30080), b"");
+    let out = fx.run(false, &gone)?;
+    assert_eq!(
+        (out.verdict, &out.packet),
+        (TC_ACT_OK, &gone),
+        "no longer a NodePort address"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_full_conntrack_keeps_serving_new_flows() -> Result<()> {
+    root_only!();
+    // 64 entries: 32 flows' worth. The LRU evicts the oldest; new flows are never refused.
+    let mut fx = Fixture::with_sizes("ct=64")?;
+    fx.apply(&desired(
+        Protocol::Tcp,
+        service(
+            vec![ep("10.244.2.1", 8080, false), ep("10.244.2.2", 8080, false)],
+            TrafficPolicy::Cluster,
+        ),
+    ))?;
+    let mut last = None;
+    for sport in 20000..20300 {
+        let syn = frame(Protocol::Tcp, (CLIENT, sport), (NODE, 30080), b"");
+        let out = fx.run(false, &syn)?;
+        assert_eq!(out.verdict, TC_ACT_OK, "flow {sport}");
+        let backend = backend_of(&out.packet);
+        assert_eq!(backend.1, 8080, "flow {sport} translated: {backend:?}");
+        last = Some((sport, backend));
+    }
+    // The newest flow is tracked: its reply gets the frontend back.
+    let (sport, (ip, port)) = last.expect("flows ran");
+    let reply = frame(Protocol::Tcp, (&ip.to_string(), port), (CLIENT, sport), b"");
+    assert_eq!(
+        fx.run(true, &reply)?.packet,
+        frame(Protocol::Tcp, (NODE, 30080), (CLIENT, sport), b"")
+    );
+    let ct = fx
+        .dp
+        .as_mut()
+        .expect("dp")
+        .occupancy()
+        .into_iter()
+        .find(|o| o.map == abi::MapKind::Ct)
+        .expect("ct");
+    assert_eq!(ct.capacity, 64);
+    assert!(ct.entries <= 64, "{ct:?}");
+    Ok(())
+}
+
+/// Three flows of `proto` from the client to the NodePort that Maglev sends to 10.244.2.2 once
+/// that backend joins 10.244.2.1 (so a fresh decision is visible).
+fn flows_moving_to_second_backend(fx: &Fixture, proto: Protocol) -> Result<[u16; 3]> {
+    let mut found = Vec::new();
+    for sport in 30000..30400 {
+        let f = frame(proto, (CLIENT, sport), (NODE, 30080), b"q");
+        if backend_of(&fx.run(false, &f)?.packet).0 == Ipv4Addr::new(10, 244, 2, 2) {
+            found.push(sport);
+        }
+        if let [a, b, c] = found[..] {
+            return Ok([a, b, c]);
+        }
+    }
+    anyhow::bail!("not three flows hash to the second backend")
+}
+
+#[test]
+fn closed_tcp_and_idle_udp_flows_expire_and_are_decided_afresh() -> Result<()> {
+    root_only!();
+    let probe = Fixture::new()?;
+    let two = |proto| {
+        desired(
+            proto,
+            service(
+                vec![ep("10.244.2.1", 8080, false), ep("10.244.2.2", 8080, false)],
+                TrafficPolicy::Cluster,
+            ),
+        )
+    };
+    let one = |proto| {
+        desired(
+            proto,
+            service(vec![ep("10.244.2.1", 8080, false)], TrafficPolicy::Cluster),
+        )
+    };
+    let mut probe = probe;
+    probe.apply(&two(Protocol::Tcp))?;
+    let [fin_port, rst_port, open_port] = flows_moving_to_second_backend(&probe, Protocol::Tcp)?;
+    probe.apply(&two(Protocol::Udp))?;
+    let [udp_port, ..] = flows_moving_to_second_backend(&probe, Protocol::Udp)?;
+    drop(probe);
+
+    let timeout = std::time::Duration::from_millis(50);
+    let mut fx = Fixture::configured(|c| {
+        c.conntrack.tcp_closed = timeout;
+        c.conntrack.udp_idle = timeout;
+    })?;
+    let (first, second) = (Ipv4Addr::new(10, 244, 2, 1), Ipv4Addr::new(10, 244, 2, 2));
+    let to = |proto, sport, flags| frame_flags(proto, (CLIENT, sport), (NODE, 30080), b"q", flags);
+    let from = |proto, sport, flags| {
+        frame_flags(proto, ("10.244.2.1", 8080), (CLIENT, sport), b"q", flags)
+    };
+    let backend = |fx: &Fixture, sport, flags| -> Result<Ipv4Addr> {
+        Ok(backend_of(&fx.run(false, &to(Protocol::Tcp, sport, flags))?.packet).0)
+    };
+    // TCP: three connections on the first backend, then the second one joins.
+    fx.apply(&one(Protocol::Tcp))?;
+    for sport in [fin_port, rst_port, open_port] {
+        assert_eq!(backend(&fx, sport, TCP_SYN)?, first);
+    }
+    fx.apply(&two(Protocol::Tcp))?;
+    // FIN from the client and FIN from the backend close one; until the timeout it stays.
+    fx.run(false, &to(Protocol::Tcp, fin_port, TCP_FIN_ACK))?;
+    fx.run(true, &from(Protocol::Tcp, fin_port, TCP_FIN_ACK))?;
+    assert_eq!(backend(&fx, fin_port, TCP_ACK)?, first, "the last ACK");
+    // An RST from the backend closes another.
+    fx.run(true, &from(Protocol::Tcp, rst_port, TCP_RST))?;
+    std::thread::sleep(timeout * 3);
+    assert_eq!(
+        backend(&fx, fin_port, TCP_SYN)?,
+        second,
+        "after FIN: a new flow"
+    );
+    assert_eq!(
+        backend(&fx, rst_port, TCP_SYN)?,
+        second,
+        "after RST: a new flow"
+    );
+    // A connection without FIN or RST is not expired, however long it idles.
+    assert_eq!(backend(&fx, open_port, TCP_ACK)?, first);
+
+    // UDP: the flow stays while it is used, and is decided afresh after idling.
+    fx.apply(&one(Protocol::Udp))?;
+    let q = to(Protocol::Udp, udp_port, 0);
+    assert_eq!(backend_of(&fx.run(false, &q)?.packet).0, first);
+    fx.apply(&two(Protocol::Udp))?;
+    for _ in 0..3 {
+        std::thread::sleep(timeout / 2);
+        assert_eq!(backend_of(&fx.run(false, &q)?.packet).0, first, "in use");
+    }
+    std::thread::sleep(timeout * 3);
+    assert_eq!(
+        backend_of(&fx.run(false, &q)?.packet).0,
+        Ipv4Addr::new(10, 244, 2, 2)
+    );
+    Ok(())
+}
+
+/// The IP header and the 8 bytes after it of a frame: what an ICMP error quotes.
+fn quote_of(frame: &[u8]) -> Vec<u8> {
+    let len = if frame[12..14] == [0x08, 0x00] {
+        20
+    } else {
+        40
+    };
+    frame[14..14 + len + 8].to_vec()
+}
+
+/// An ICMP (IPv4) or ICMPv6 error from `src` to `dst` with valid checksums.
+fn icmp_error(src: &str, dst: &str, kind: (u8, u8), rest: [u8; 4], quote: &[u8]) -> Vec<u8> {
+    let (s, d): (IpAddr, IpAddr) = (src.parse().expect("ip"), dst.parse().expect("ip"));
+    let mut icmp = vec![kind.0, kind.1, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(quote);
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    match (s, d) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let c = csum(&icmp, 0).to_be_bytes();
+            icmp[2..4].copy_from_slice(&c);
+            let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0];
+            ip[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+            ip.extend_from_slice(&s.octets());
+            ip.extend_from_slice(&d.octets());
+            let c = csum(&ip, 0).to_be_bytes();
+            ip[10..12].copy_from_slice(&c);
+            f.extend_from_slice(&[0x08, 0x00]);
+            f.extend_from_slice(&ip);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut pseudo = Vec::new();
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, 58]);
+            pseudo.extend_from_slice(&icmp);
+            let c = csum(&pseudo, 0).to_be_bytes();
+            icmp[2..4].copy_from_slice(&c);
+            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+            f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+            f.extend_from_slice(&[58, 64]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+        }
+        _ => panic!("mixed families"),
+    }
+    f.extend_from_slice(&icmp);
+    f
+}
+
+#[test]
+fn icmp_errors_about_translated_flows_are_translated_too() -> Result<()> {
+    root_only!();
+    let mut fx = Fixture::new()?;
+    let mut d = desired(
+        Protocol::Tcp,
+        service(
+            vec![
+                ep("10.244.1.5", 8080, true),
+                ep("fd00:10:244:1::5", 8080, true),
+            ],
+            TrafficPolicy::Local,
+        ),
+    );
+    d.node_port_addresses.push("2001:db8::11".parse()?);
+    add_v6_cluster_ip(&mut d);
+    fx.apply(&d)?;
+    let client6 = "2001:db8::100";
+    fx.run(
+        false,
+        &frame(Protocol::Tcp, (CLIENT, 40000), (NODE, 30080), b""),
+    )?;
+    fx.run(
+        false,
+        &frame(
+            Protocol::Tcp,
+            (client6, 40000),
+            ("2001:db8::11", 30080),
+            b"",
+        ),
+    )?;
+    let to_pod = quote_of(&frame(
+        Protocol::Tcp,
+        (CLIENT, 40000),
+        ("10.244.1.5", 8080),
+        b"",
+    ));
+    let to_frontend = quote_of(&frame(Protocol::Tcp, (CLIENT, 40000), (NODE, 30080), b""));
+    let mtu = [0, 0, 0x05, 0x78];
+
+    // This node, forwarding toward the pod, says "fragmentation needed" to the client: the
+    // client must learn it about the frontend it sent to.
+    let frag = icmp_error("10.78.0.1", CLIENT, (3, 4), mtu, &to_pod);
+    let out = fx.run(true, &frag)?;
+    assert_eq!(out.verdict, TC_ACT_OK);
+    assert_eq!(
+        out.packet,
+        icmp_error("10.78.0.1", CLIENT, (3, 4), mtu, &to_frontend)
+    );
+    // The pod itself refuses: the error comes from the frontend.
+    let unreach = icmp_error("10.244.1.5", CLIENT, (3, 3), [0; 4], &to_pod);
+    assert_eq!(
+        fx.run(true, &unreach)?.packet,
+        icmp_error(NODE, CLIENT, (3, 3), [0; 4], &to_frontend)
+    );
+    // A router beyond the node finds a reply too big: the pod gets it, about itself.
+    let reply = quote_of(&frame(Protocol::Tcp, (NODE, 30080), (CLIENT, 40000), b""));
+    let pod_reply = quote_of(&frame(
+        Protocol::Tcp,
+        ("10.244.1.5", 8080),
+        (CLIENT, 40000),
+        b"",
+    ));
+    let too_big = icmp_error("203.0.113.1", NODE, (3, 4), mtu, &reply);
+    assert_eq!(
+        fx.run(false, &too_big)?.packet,
+        icmp_error("203.0.113.1", "10.244.1.5", (3, 4), mtu, &pod_reply)
+    );
+    // IPv6 "packet too big" from this node, leaving.
+    let to_pod6 = quote_of(&frame(
+        Protocol::Tcp,
+        (client6, 40000),
+        ("fd00:10:244:1::5", 8080),
+        b"",
+    ));
+    let to_frontend6 = quote_of(&frame(
+        Protocol::Tcp,
+        (client6, 40000),
+        ("2001:db8::11", 30080),
+        b"",
+    ));
+    let ptb = icmp_error("fd78::1", client6, (2, 0), mtu, &to_pod6);
+    assert_eq!(
+        fx.run(true, &ptb)?.packet,
+        icmp_error("fd78::1", client6, (2, 0), mtu, &to_frontend6)
+    );
+    // Errors about flows nobody translated pass untouched.
+    let other = quote_of(&frame(
+        Protocol::Tcp,
+        (CLIENT, 40001),
+        ("10.244.1.5", 8080),
+        b"",
+    ));
+    let unrelated = icmp_error("10.78.0.1", CLIENT, (3, 4), mtu, &other);
+    assert_eq!(fx.run(true, &unrelated)?.packet, unrelated);
     Ok(())
 }

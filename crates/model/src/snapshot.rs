@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Secret, Service};
@@ -64,21 +64,29 @@ impl Snapshot {
     pub fn slices_by_service(&self) -> BTreeMap<ObjectKey, Vec<&Arc<EndpointSlice>>> {
         let mut by_service: BTreeMap<ObjectKey, Vec<&Arc<EndpointSlice>>> = BTreeMap::new();
         for (key, slice) in &self.endpoint_slices {
-            let Some(service) = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            else {
-                continue;
-            };
-            by_service
-                .entry(ObjectKey::new(key.namespace.clone(), service.clone()))
-                .or_default()
-                .push(slice);
+            if let Some(service) = slice_service(key, slice) {
+                by_service.entry(service).or_default().push(slice);
+            }
         }
         by_service
     }
+
+    /// Whether the changed EndpointSlice `slice` may belong to one of `services`: its Service
+    /// is among them, or the slice is gone (whose it was is unknown then).
+    pub fn slice_may_belong_to(&self, slice: &ObjectKey, services: &BTreeSet<ObjectKey>) -> bool {
+        match self.endpoint_slices.get(slice) {
+            Some(object) => slice_service(slice, object).is_some_and(|s| services.contains(&s)),
+            None => true,
+        }
+    }
+}
+
+/// The Service an EndpointSlice belongs to (label `kubernetes.io/service-name`, same
+/// namespace).
+pub fn slice_service(key: &ObjectKey, slice: &EndpointSlice) -> Option<ObjectKey> {
+    let labels = slice.metadata.labels.as_ref()?;
+    let service = labels.get(SERVICE_NAME_LABEL)?;
+    Some(ObjectKey::new(key.namespace.clone(), service.clone()))
 }
 
 /// Label that ties an EndpointSlice to its Service.

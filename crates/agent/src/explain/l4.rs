@@ -376,7 +376,7 @@ pub fn walk_kernel(
                     ),
                 }),
             };
-            walk_kernel_class(&mut walk, view, node_addresses, dst, from, class);
+            walk_kernel_class(&mut walk, view, dst, from, class);
             walk
         })
         .collect()
@@ -385,7 +385,6 @@ pub fn walk_kernel(
 fn walk_kernel_class(
     walk: &mut L4Walk,
     view: &KernelView,
-    node_addresses: &[IpAddr],
     dst: &Destination,
     from: Option<IpAddr>,
     class: SourceClass,
@@ -406,22 +405,10 @@ fn walk_kernel_class(
             );
             return;
         }
-        // eBPF keeps one entry per NodePort address: a port served on this node's own
-        // addresses but not on the destination is a NodePort missing that address.
         KernelLookup::OtherAddresses(others) => {
-            let on_this_node = view.frontends.iter().any(|fe| {
-                fe.key.port == dst.port
-                    && fe.key.protocol == dst.protocol
-                    && matches!(fe.key.addr, FrontendAddr::Ip(ip) if node_addresses.contains(&ip))
-            });
-            let code = if on_this_node {
-                "not-a-nodeport-address"
-            } else {
-                "no-route"
-            };
             walk.verdict = verdict(
                 Outcome::NotHandled,
-                code,
+                "no-route",
                 format!(
                     "{}/{} is served on {} but not on {}",
                     dst.port,
@@ -542,20 +529,14 @@ fn check_one(expect: &Expect, kernel: &KernelView, dst: Option<Destination>) -> 
     let have: BTreeSet<String> = route.backends().iter().map(ToString::to_string).collect();
     let want: BTreeSet<String> = expect.backends.iter().cloned().collect();
     let sources: Vec<String> = fe.allowed_sources.iter().map(ToString::to_string).collect();
-    let compared = crate::inspect::compared_classes(&kernel.dataplane).contains(&class);
-    let agrees = !compared
-        || (Outcome::of_kernel(route) == expect.outcome
-            && have == want
-            && sources == expect.allowed_sources);
+    let agrees = Outcome::of_kernel(route) == expect.outcome
+        && have == want
+        && sources == expect.allowed_sources;
     let mut detail = format!("{}: {} for {}", fe.location, route, class.as_str());
     if !have.is_empty() {
         detail.push_str(&format!(" [{}]", list(&have)));
     }
-    if !compared {
-        detail.push_str(
-            " (the eBPF external path serves pods of other nodes with the outside route)",
-        );
-    } else if !agrees {
+    if !agrees {
         detail.push_str(&format!(
             "; the plan says {:?} [{}] sources [{}]: the kernel differs",
             expect.outcome,

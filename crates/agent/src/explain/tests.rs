@@ -4,7 +4,6 @@
 use sluice_plan::Plan;
 
 use super::*;
-use crate::inspect::ebpf::{Pinned, decode};
 use crate::inspect::kernel::KernelView;
 use crate::inspect::tests::plan_of;
 
@@ -30,18 +29,7 @@ fn walk(plan: &Plan, dst: &str, from: Option<&str>) -> L4Walk {
 
 /// The eBPF maps the dataplane would program for `plan`, read back.
 fn kernel_of(plan: &Plan) -> KernelView {
-    use sluice_dp_ebpf::state::{Groups, assign_groups, render};
-    let content = render(
-        plan,
-        &assign_groups(plan, &Groups::default(), &Default::default()),
-    );
-    decode(&Pinned {
-        svc: content.svc,
-        slot: content.slot,
-        maglev: content.maglev,
-        src: content.src.keys().copied().collect(),
-        cidr: content.cidr.keys().copied().collect(),
-    })
+    crate::inspect::ebpf::view(&sluice_dp_ebpf::PinnedState::of_plan(plan))
 }
 
 /// (destination, --from, expected code) for every verdict an L4 walk can reach.
@@ -154,6 +142,26 @@ fn kernel_walks_reach_the_same_verdicts_as_the_plan() {
         );
         assert_eq!(walks[0].from_state, "kernel");
     }
+}
+
+/// The plan's walks checked against the maps the plan programs: they agree for every source
+/// class (pods included: the eBPF maps keep the `pods` route where it differs).
+#[test]
+fn the_kernel_check_agrees_with_the_plan_for_every_class() {
+    let plan = fixture();
+    let kernel = kernel_of(&plan);
+    let mut checked = 0;
+    for (dst, _, _) in CASES {
+        let parsed: Destination = dst.parse().unwrap();
+        let mut walks = walk_plan(&plan, &node_addresses(), &[], &parsed, None);
+        cross_check(&mut walks, &kernel);
+        for w in walks.iter().filter(|w| w.expect.is_some()) {
+            let check = w.kernel.as_ref().expect("checked");
+            assert!(check.agrees, "{dst} {}: {}", w.class, check.detail);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 9, "{checked} walks checked");
 }
 
 #[test]

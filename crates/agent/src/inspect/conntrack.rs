@@ -4,13 +4,11 @@
 //! original destination is one of our frontends.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::process::Command;
 
 use serde::Serialize;
 
 use super::InspectError;
-use super::ebpf;
 use super::kernel::KernelView;
 
 /// One translated connection.
@@ -20,44 +18,11 @@ pub struct Flow {
     pub client: SocketAddr,
     pub frontend: SocketAddr,
     pub backend: SocketAddr,
-    /// TCP state or `[UNREPLIED]`/`[ASSURED]` marks (nftables); empty for eBPF.
+    /// TCP state and `[UNREPLIED]`/`[ASSURED]` marks (nftables); `closed` / `masquerade`
+    /// (eBPF, see [`super::ebpf::flows`]).
     pub state: String,
     /// Seconds since the last packet (eBPF) or until expiry (nftables: `expires`).
     pub seconds: Option<u64>,
-}
-
-/// `CLOCK_MONOTONIC` now, in nanoseconds (`bpf_ktime_get_ns`'s clock).
-fn monotonic_ns() -> Option<u64> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own; no other preconditions.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
-}
-
-pub fn ebpf_flows(dir: &Path) -> Result<Vec<Flow>, InspectError> {
-    let now = monotonic_ns();
-    let mut flows: Vec<Flow> = ebpf::read_conntrack(dir)?
-        .into_iter()
-        .filter_map(|(key, value)| {
-            let v4 = key.saddr[1..] == [0, 0, 0] && key.daddr[1..] == [0, 0, 0];
-            Some(Flow {
-                protocol: ebpf::protocol(key.proto)?.to_string(),
-                client: SocketAddr::new(ebpf::addr(key.saddr, v4), u16::from_be(key.sport)),
-                frontend: SocketAddr::new(ebpf::addr(key.daddr, v4), u16::from_be(key.dport)),
-                backend: SocketAddr::new(
-                    ebpf::addr(value.nat_addr, v4),
-                    u16::from_be(value.nat_port),
-                ),
-                state: String::new(),
-                seconds: now.map(|n| n.saturating_sub(value.last_ns) / 1_000_000_000),
-            })
-        })
-        .collect();
-    flows.sort_by_key(|f| (f.frontend, f.client));
-    Ok(flows)
 }
 
 /// `conntrack -L -f FAMILY --dst-nat` for both families, keeping flows to our frontends.

@@ -1,8 +1,9 @@
-//! `sluice inspect services|frontends|backends|conntrack|routes`: what is actually programmed
-//! on this node, read from the kernel (the eBPF dataplane's pinned maps or the nftables
-//! tables) — so it works with the agent stopped — and joined with the running agent's names
-//! and decisions from its admin endpoint when it runs. Ingress routes live only in the
-//! agent's memory: `routes` needs it running.
+//! `sluice inspect services|frontends|backends|conntrack|routes|announcements`: what is
+//! actually programmed on this node, read from the kernel (the eBPF dataplane's pinned maps or
+//! the nftables tables) — so it works with the agent stopped — and joined with the running
+//! agent's names and decisions from its admin endpoint when it runs. Ingress routes and
+//! LoadBalancer announcements live only in the agent's memory: `routes` and `announcements`
+//! need it running.
 //!
 //! Output is a `kubectl get`-style table, or JSON with `-o json`.
 
@@ -63,6 +64,8 @@ pub enum What {
     Conntrack,
     /// The Ingress route table (needs the running agent).
     Routes,
+    /// The LoadBalancer addresses this node answers ARP/NDP for (needs the running agent).
+    Announcements,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -89,8 +92,9 @@ pub enum InspectError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("cannot read the pinned map {path}: {detail}")]
-    Map { path: String, detail: String },
+    /// Names the pinned map that could not be read.
+    #[error(transparent)]
+    Pinned(#[from] sluice_dp_ebpf::ReadError),
     #[error("nothing is programmed on this node: {detail}")]
     NothingProgrammed { detail: String },
     #[error(transparent)]
@@ -141,6 +145,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
     let out = match args.what {
         What::Routes => routes(&args.state)?,
         What::Conntrack => conntrack(&args.state)?,
+        What::Announcements => announcements(&args.state)?,
         what => {
             let kernel = read_kernel(&args.state)?;
             let live = live_services(&args.state)?;
@@ -266,22 +271,11 @@ fn dash_if_empty(text: String) -> String {
     }
 }
 
-/// Source classes a dataplane tells apart: eBPF's external path serves pods of other nodes
-/// with the `outside` route (see crates/dp-ebpf), so only `node` and `outside` are compared.
-pub fn compared_classes(dataplane: &str) -> &'static [SourceClass] {
-    if dataplane == "ebpf" {
-        &[SourceClass::Node, SourceClass::Outside]
-    } else {
-        &SourceClass::ALL
-    }
-}
-
 /// The kernel frontends a plan frontend is programmed as: its own address, or for NodePorts
-/// the `NodePorts` entry (nftables) or one entry per NodePort address (eBPF: every entry of
-/// that family, protocol and port that is not another frontend's address).
+/// the family's `NodePorts` entry (both dataplanes keep one, answering on the NodePort
+/// addresses).
 pub fn kernel_frontends<'a>(
     kernel: &'a KernelView,
-    plan_addresses: &BTreeSet<std::net::IpAddr>,
     fe: &rows::FrontendRow,
 ) -> Vec<&'a KernelFrontend> {
     let protocol = parse_protocol(&fe.protocol);
@@ -293,8 +287,7 @@ pub fn kernel_frontends<'a>(
         .filter(|k| match (fe.ip, k.key.addr) {
             (Some(ip), FrontendAddr::Ip(kip)) => ip == kip,
             (None, FrontendAddr::NodePorts(_)) => true,
-            (None, FrontendAddr::Ip(kip)) => !plan_addresses.contains(&kip),
-            (Some(_), FrontendAddr::NodePorts(_)) => false,
+            (None, FrontendAddr::Ip(_)) | (Some(_), FrontendAddr::NodePorts(_)) => false,
         })
         .collect()
 }
@@ -303,21 +296,20 @@ pub fn kernel_frontends<'a>(
 /// (empty: they agree).
 pub fn compare_frontend(
     kernel: &KernelView,
-    plan_addresses: &BTreeSet<std::net::IpAddr>,
     row: &ServiceRow,
     fe: &rows::FrontendRow,
 ) -> Vec<String> {
-    let programmed = kernel_frontends(kernel, plan_addresses, fe);
+    let programmed = kernel_frontends(kernel, fe);
     if programmed.is_empty() {
         return vec![format!("{}: not in the kernel", fe.frontend)];
     }
     let mut problems = Vec::new();
     for k in programmed {
-        for class in compared_classes(&kernel.dataplane) {
-            let planned = fe.route(*class);
+        for class in SourceClass::ALL {
+            let planned = fe.route(class);
             let mut want = row.backends_of(planned, &fe.family);
             want.sort();
-            let route = k.route(*class);
+            let route = k.route(class);
             let mut have: Vec<String> = route.backends().iter().map(ToString::to_string).collect();
             have.sort();
             let outcome = planned.split(' ').next().unwrap_or("");
@@ -335,12 +327,6 @@ pub fn compare_frontend(
     problems
 }
 
-fn plan_addresses(live: &[ServiceRow]) -> BTreeSet<std::net::IpAddr> {
-    live.iter()
-        .flat_map(|r| r.frontends.iter().filter_map(|f| f.ip))
-        .collect()
-}
-
 #[derive(Serialize)]
 struct ServiceOut {
     service: String,
@@ -353,29 +339,27 @@ struct ServiceOut {
 
 fn services(kernel: &KernelView, live: Option<&[ServiceRow]>, output: Output) -> String {
     let rows: Vec<ServiceOut> = match live {
-        Some(live) => {
-            let addresses = plan_addresses(live);
-            live.iter()
-                .map(|row| {
-                    let problems: Vec<String> = row
-                        .frontends
-                        .iter()
-                        .flat_map(|fe| compare_frontend(kernel, &addresses, row, fe))
-                        .collect();
-                    ServiceOut {
-                        service: row.service.clone(),
-                        frontends: row.frontends.iter().map(|f| f.frontend.clone()).collect(),
-                        cluster: row.cluster.len(),
-                        local: row.local.len(),
-                        kernel: if problems.is_empty() {
-                            "ok".into()
-                        } else {
-                            problems.join("; ")
-                        },
-                    }
-                })
-                .collect()
-        }
+        Some(live) => live
+            .iter()
+            .map(|row| {
+                let problems: Vec<String> = row
+                    .frontends
+                    .iter()
+                    .flat_map(|fe| compare_frontend(kernel, row, fe))
+                    .collect();
+                ServiceOut {
+                    service: row.service.clone(),
+                    frontends: row.frontends.iter().map(|f| f.frontend.clone()).collect(),
+                    cluster: row.cluster.len(),
+                    local: row.local.len(),
+                    kernel: if problems.is_empty() {
+                        "ok".into()
+                    } else {
+                        problems.join("; ")
+                    },
+                }
+            })
+            .collect(),
         None => kernel_services(kernel),
     };
     let headers = ["SERVICE", "FRONTENDS", "CLUSTER", "LOCAL", "KERNEL"];
@@ -463,7 +447,7 @@ fn backends(kernel: &KernelView, live: Option<&[ServiceRow]>, output: Output) ->
 fn conntrack(state: &StateFlags) -> Result<String, InspectError> {
     let kernel = read_kernel(state)?;
     let (flows, seconds) = if kernel.dataplane == "ebpf" {
-        (conntrack::ebpf_flows(&state.bpffs_path)?, "IDLE")
+        (ebpf::flows(&state.bpffs_path)?, "IDLE")
     } else {
         (conntrack::nft_flows(&kernel)?, "EXPIRES")
     };
@@ -482,6 +466,24 @@ fn conntrack(state: &StateFlags) -> Result<String, InspectError> {
             ]
         },
     ))
+}
+
+fn announcements(state: &StateFlags) -> Result<String, InspectError> {
+    let rows: Vec<crate::admin::AnnouncementRow> =
+        AdminClient::new(&state.admin_socket).get("/v1/announcements")?;
+    Ok(render_announcements(&rows, state.output))
+}
+
+fn render_announcements(rows: &[crate::admin::AnnouncementRow], output: Output) -> String {
+    if output == Output::Json {
+        return serde_json::to_string_pretty(rows).unwrap_or_default() + "\n";
+    }
+    table::render(
+        &["ADDRESS", "SERVICES"],
+        rows.iter()
+            .map(|r| vec![r.address.to_string(), dash_if_empty(r.services.join(","))])
+            .collect(),
+    )
 }
 
 fn routes(state: &StateFlags) -> Result<String, InspectError> {
@@ -527,8 +529,7 @@ pub(crate) mod tests {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("objects.yaml"), yaml).unwrap();
-        let mut source = sluice_source_file::DirSource::new(dir.clone());
-        let (snapshot, warnings) = source.refresh().unwrap().unwrap();
+        let (snapshot, warnings) = sluice_source_file::load_dir(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
         snapshot

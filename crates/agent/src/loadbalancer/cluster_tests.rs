@@ -53,13 +53,12 @@ struct Running {
 fn start(fake: &FakeApiServer) -> Running {
     let client = fake.client();
     let (snapshot_tx, snapshots) = watch::channel(None);
-    let source = K8sSource::new(
-        client.clone(),
-        K8sSourceConfig {
-            node_name: "node-a".into(),
-        },
-    );
-    tokio::spawn(source.run(snapshot_tx));
+    let source = K8sSource::new(client.clone(), K8sSourceConfig::new("node-a"));
+    // The source's batches reach the allocation loop through the relay, as in the agent.
+    let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(64);
+    let (to_sync, mut for_sync) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(source.run(batch_tx));
+    tokio::spawn(async move { while for_sync.recv().await.is_some() {} });
     let pools = ObjectWatch::<LoadBalancerIPPool>::spawn(
         client.clone(),
         watcher::Config::default(),
@@ -68,6 +67,8 @@ fn start(fake: &FakeApiServer) -> Running {
     let (leader, leader_rx) = watch::channel(false);
     let (l2_tx, l2) = watch::channel(None);
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let relay = super::relay::Relay::new();
+    tokio::spawn(relay.run(batch_rx, to_sync, snapshot_tx, None, shutdown_rx.clone()));
     let stats = Arc::new(LbStats::default());
     let recorder = EventRecorder::spawn(client.clone(), EventRecorderConfig::new("node-a"));
     let ipam = IpamLoop {

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use super::announce::{L2Input, l2_targets, node_addresses};
 use super::metrics::LbStats;
+use super::relay::Overlay;
 use super::writes::{Finished, Writer};
 
 pub type PoolsRx = watch::Receiver<Option<Arc<Objects<LoadBalancerIPPool>>>>;
@@ -31,9 +32,10 @@ pub enum Role {
         writer: Box<Writer>,
         leader: watch::Receiver<bool>,
     },
-    /// A directory: the allocation is applied in memory and passed on to the sync loop.
+    /// A directory: the assigned addresses go to the relay, which writes them into the
+    /// Services it passes on to the sync loop.
     Directory {
-        overlay: watch::Sender<Option<Arc<Snapshot>>>,
+        overlay: watch::Sender<Arc<Overlay>>,
     },
 }
 
@@ -117,7 +119,7 @@ impl IpamLoop {
             let Some(pools_now) = pools.borrow_and_update().clone() else {
                 // Pools not listed yet (is the CRD installed?): assign nothing, pass through.
                 if let Some(overlay) = &overlay {
-                    overlay.send_replace(Some(snapshot));
+                    publish_overlay(overlay, Overlay::new());
                 }
                 continue;
             };
@@ -126,7 +128,7 @@ impl IpamLoop {
             let effective = match &overlay {
                 Some(overlay) => {
                     let applied = apply_in_memory(&snapshot, &allocation, &pools_now);
-                    overlay.send_replace(Some(Arc::clone(&applied)));
+                    publish_overlay(overlay, overlay_of(&allocation, &pools_now));
                     if fresh {
                         dir_events
                             .fresh(&allocation.events)
@@ -156,6 +158,28 @@ impl IpamLoop {
             }
         }
     }
+}
+
+/// The assigned addresses the Services' manifests do not say (none without a pool: statuses
+/// written by hand stay as they are).
+fn overlay_of(allocation: &Allocation, pools: &Objects<LoadBalancerIPPool>) -> Overlay {
+    if pools.is_empty() {
+        return Overlay::new();
+    }
+    allocation
+        .status_updates()
+        .map(|(key, addresses)| (key.clone(), addresses.ips()))
+        .collect()
+}
+
+fn publish_overlay(tx: &watch::Sender<Arc<Overlay>>, overlay: Overlay) {
+    tx.send_if_modified(|current| {
+        let changed = **current != overlay;
+        if changed {
+            *current = Arc::new(overlay);
+        }
+        changed
+    });
 }
 
 /// Tells the L2 announcer what to announce (only when that changed).

@@ -2,8 +2,9 @@
 //! `LoadBalancerIPPool`s and announced on the LAN by ARP/NDP from one node per address.
 //!
 //! ```text
-//!  snapshots ─┐                                  ┌─▶ (k8s, elected agent) Service/pool status, Events
-//!  pools ─────┴─▶ IpamLoop (pure allocator) ─────┼─▶ (dir) snapshot with the statuses ─▶ sync loop
+//!  sources ─▶ Relay ─────────────────────────────────────────────────────▶ sync loop
+//!              │ snapshots (LB changes only)        ┌─▶ (k8s, elected agent) Service/pool status, Events
+//!  pools ─────┴─▶ IpamLoop (pure allocator) ─────┼─▶ (dir) assigned addresses ─▶ Relay
 //!                                                └─▶ L2Input ─┐
 //!  nodes + heartbeats (k8s) / Nodes in the dir ─▶ Membership ─┴─▶ L2Announcer ─▶ responders
 //! ```
@@ -20,6 +21,7 @@ mod dir_pools;
 mod ipam;
 mod l2;
 mod metrics;
+mod relay;
 #[cfg(test)]
 mod tests;
 mod writes;
@@ -40,8 +42,8 @@ use sluice_k8s::{
 };
 use sluice_l2announce::{PacketLink, ResponderConfig};
 use sluice_lbipam::{AllocatorConfig, LoadBalancerIPPool};
-use sluice_model::Snapshot;
-use tokio::sync::watch;
+use sluice_model::{Snapshot, SourceBatch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use self::announce::{Membership, cluster_membership, directory_membership};
@@ -65,9 +67,6 @@ pub struct Setup {
 
 /// The running LoadBalancer side.
 pub struct Running {
-    /// What the sync loop must read: in `dir:` mode the snapshots with the assigned
-    /// addresses applied, else the source's own.
-    pub snapshots: SnapshotRx,
     tasks: JoinSet<()>,
     leases: Vec<LeaseHolder>,
 }
@@ -83,12 +82,16 @@ impl Running {
     }
 }
 
-/// Starts the allocation loop, the L2 announcer and (API source) the Leases and watches.
+/// Starts the relay, the allocation loop, the L2 announcer and (API source) the Leases and
+/// watches. `batches`: what the sources report; returned: what the sync loop must read (the
+/// same batches, in `dir:` mode with the assigned addresses written into the Services).
 pub fn start(
     setup: Setup,
-    snapshots: SnapshotRx,
+    batches: mpsc::Receiver<SourceBatch>,
     shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<Running> {
+) -> anyhow::Result<(Running, mpsc::Receiver<SourceBatch>)> {
+    let (snapshots_tx, snapshots) = watch::channel(None);
+    let (to_sync, for_sync) = mpsc::channel(crate::SOURCE_QUEUE);
     let (l2_tx, l2_rx) = watch::channel(None);
     let (membership_tx, membership_rx) = watch::channel(Membership::Unknown);
     let mut started = Started {
@@ -105,11 +108,12 @@ pub fn start(
         membership: membership_tx,
         shutdown: shutdown.clone(),
     };
-    let for_sync = match (&setup.source, &setup.client) {
+    let overlay = match (&setup.source, &setup.client) {
         (SourceConfig::Kubernetes { .. }, Some(client)) => {
-            start_cluster(&setup, client, snapshots, &mut started)?
+            start_cluster(&setup, client, snapshots, &mut started)?;
+            None
         }
-        (SourceConfig::Dir(dir), _) => start_directory(dir, snapshots, &mut started),
+        (SourceConfig::Dir(dir), _) => Some(start_directory(dir, snapshots, &mut started)),
         (SourceConfig::Kubernetes { .. }, None) => {
             anyhow::bail!("the API source needs a Kubernetes client")
         }
@@ -125,12 +129,10 @@ pub fn start(
     let Started {
         mut tasks, leases, ..
     } = started;
+    let relay = relay::Relay::new();
+    tasks.spawn(relay.run(batches, to_sync, snapshots_tx, overlay, shutdown.clone()));
     tasks.spawn(announcer.run(l2_rx, membership_rx, shutdown));
-    Ok(Running {
-        snapshots: for_sync,
-        tasks,
-        leases,
-    })
+    Ok((Running { tasks, leases }, for_sync))
 }
 
 /// What [`start`] builds up, shared by the source-specific parts.
@@ -163,13 +165,12 @@ impl IpamSettings {
 }
 
 /// `--source k8s`: Leases, the pool watch, the leader's writer, membership from heartbeats.
-/// Returns what the sync loop reads (the source's snapshots).
 fn start_cluster(
     setup: &Setup,
     client: &kube::Client,
     snapshots: SnapshotRx,
     started: &mut Started,
-) -> anyhow::Result<SnapshotRx> {
+) -> anyhow::Result<()> {
     let ns = &setup.config.lease_namespace;
     let heartbeat =
         LeaseHolder::spawn(client.clone(), LeaseConfig::node_heartbeat(ns, &setup.node))
@@ -191,7 +192,7 @@ fn start_cluster(
     });
     let shutdown = started.shutdown.clone();
     let tasks = &mut started.tasks;
-    tasks.spawn(ipam.run(snapshots.clone(), pools.subscribe(), shutdown.clone()));
+    tasks.spawn(ipam.run(snapshots, pools.subscribe(), shutdown.clone()));
     tasks.spawn(keep_alive(pools, shutdown.clone()));
     tasks.spawn(cluster_members(
         client.clone(),
@@ -201,18 +202,18 @@ fn start_cluster(
         shutdown,
     ));
     started.leases.push(heartbeat);
-    Ok(snapshots)
+    Ok(())
 }
 
 /// `dir:`: pools from the directory, the allocation applied in memory, every Node alive.
-/// Returns what the sync loop reads (the snapshots with the addresses applied).
+/// Returns the assigned addresses for the relay to write into the Services.
 fn start_directory(
     dir: &std::path::Path,
     snapshots: SnapshotRx,
     started: &mut Started,
-) -> SnapshotRx {
+) -> relay::OverlayRx {
     let (pools_tx, pools_rx) = watch::channel(None);
-    let (overlay_tx, overlay_rx) = watch::channel(None);
+    let (overlay_tx, overlay_rx) = watch::channel(Arc::default());
     let shutdown = started.shutdown.clone();
     let ipam = started.ipam.with_role(Role::Directory {
         overlay: overlay_tx,
@@ -223,9 +224,9 @@ fn start_directory(
         pools_tx,
         shutdown.clone(),
     ));
-    tasks.spawn(ipam.run(snapshots, pools_rx, shutdown.clone()));
+    tasks.spawn(ipam.run(snapshots.clone(), pools_rx, shutdown.clone()));
     tasks.spawn(directory_members(
-        overlay_rx.clone(),
+        snapshots,
         started.membership.clone(),
         shutdown,
     ));

@@ -309,6 +309,8 @@ pub fn ebpf_config(cgroup: &TestCgroup, interfaces: Vec<String>) -> EbpfConfig {
         cgroup_path: cgroup.path.clone(),
         interfaces,
         xdp: XdpMode::Off,
+        map_sizes: Default::default(),
+        conntrack: Default::default(),
     }
 }
 
