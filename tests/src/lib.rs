@@ -22,7 +22,9 @@
 pub mod apiserver;
 pub mod bins;
 mod bpf;
+pub mod certs;
 mod host;
+mod load;
 pub mod manifests;
 mod netns;
 mod probe;
@@ -35,6 +37,7 @@ use anyhow::{Result, bail};
 
 pub use bpf::pinned_object_id;
 pub use host::{cgroup2_root, sweep};
+pub use load::{Tally, Traffic};
 pub use probe::{
     EchoReply, HeldConn, HttpReply, ProbeError, ProbeOpts, ProbeResults, Proto, tally,
 };

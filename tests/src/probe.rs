@@ -54,7 +54,7 @@ pub enum Proto {
 }
 
 impl Proto {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
@@ -136,7 +136,7 @@ impl HttpReply {
     }
 }
 
-fn parse_probe_output(out: &Output) -> Result<ProbeResults> {
+pub(crate) fn parse_probe_output(out: &Output) -> Result<ProbeResults> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let results: ProbeResults = stdout
         .lines()

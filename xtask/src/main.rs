@@ -6,6 +6,8 @@
 //!   fmt and clippy.
 //! * `cargo xtask bench` — side-by-side benchmarks (release build); `cargo xtask bench scale`:
 //!   how each stage's cost grows from 1k to 100k Services.
+//! * `cargo xtask fuzz [--seconds N | --smoke]` — run every fuzz target of `fuzz/` for N
+//!   seconds (nightly; `--smoke`: 10 s each). Not part of `cargo xtask test`.
 //! * `cargo xtask bless` — rewrite the golden files (`UPDATE_GOLDEN=1`) and show what changed.
 //! * `cargo xtask deps`  — install (as root on Debian/Ubuntu) or list the system packages.
 //! * `cargo xtask image` — the agent's container image, from Debian packages (root).
@@ -13,6 +15,7 @@
 mod bench;
 mod bless;
 mod demo;
+mod fuzz;
 mod image;
 mod scale;
 mod system;
@@ -34,6 +37,7 @@ fn main() -> Result<()> {
         "bench" if rest.first().is_some_and(|a| a == "scale") => scale::run(&rest[1..]),
         "bench" => bench::run(rest),
         "bless" => bless::run(),
+        "fuzz" => fuzz::run_command(rest),
         "deps" if rest.iter().any(|a| a == "--bench") => {
             system::ensure_packages()?;
             system::ensure(system::BENCH_NEEDS)
@@ -50,6 +54,8 @@ fn main() -> Result<()> {
                  bench scale [--quick] [--mode M] [--sizes 1000,10000] [--changes N] [--e2e N]\n\
                         each stage's cost from 1k to 100k Services (root, release)\n\
                  bless  rewrite the golden files from the current code, show what changed\n\
+                 fuzz   run each fuzz target (nightly, cargo-fuzz) for --seconds N (default 60;\n\
+                        --smoke: 10), print executions and findings; TARGET names pick some\n\
                  deps   install the system packages sluice needs (root, Debian/Ubuntu)\n\
                         --bench: also what the benchmarks run (wrk, h2load, nginx, ...)\n\
                  image  build the agent's container image from Debian packages and run it\n\

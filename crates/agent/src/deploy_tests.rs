@@ -2,6 +2,7 @@
 //! reads, the paths it uses, the probes it answers.
 
 use clap::Parser as _;
+use serde::Deserialize as _;
 use serde_yaml::Value;
 
 use crate::cli::{Cli, Command};
@@ -109,4 +110,94 @@ fn the_daemonset_runs_the_agent_as_configured_in_one_place() {
         added,
         ["NET_ADMIN", "BPF", "PERFMON", "NET_BIND_SERVICE", "NET_RAW"]
     );
+}
+
+/// The DaemonSet's security context and the RBAC rules grant what the agent uses, and no
+/// more: no privileged mode or escalation, a runtime seccomp profile, the five capabilities;
+/// reads are list/watch (get only where the agent GETs), writes only status subresources,
+/// Events and the agent's own Leases, and nothing deletes or touches a spec.
+#[test]
+fn the_manifests_grant_least_privilege() {
+    let ds = manifest("daemonset.yaml");
+    let security = &ds["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    assert_eq!(security["privileged"], Value::Bool(false));
+    assert_eq!(security["allowPrivilegeEscalation"], Value::Bool(false));
+    assert_eq!(security["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(strings(&security["capabilities"]["drop"]), ["ALL"]);
+
+    let text = std::fs::read_to_string(format!(
+        "{}/../../manifests/rbac.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let mut granted = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let doc = Value::deserialize(doc).unwrap();
+        let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
+        for rule in doc["rules"].as_sequence().into_iter().flatten() {
+            for group in strings(&rule["apiGroups"]) {
+                for resource in strings(&rule["resources"]) {
+                    for verb in strings(&rule["verbs"]) {
+                        granted.push(format!("{kind} {group}/{resource} {verb}"));
+                    }
+                }
+            }
+        }
+    }
+    granted.sort();
+    let want = [
+        "ClusterRole /nodes list",
+        "ClusterRole /nodes watch",
+        "ClusterRole /secrets get",
+        "ClusterRole /secrets list",
+        "ClusterRole /secrets watch",
+        "ClusterRole /services list",
+        "ClusterRole /services watch",
+        "ClusterRole /services/status patch",
+        "ClusterRole discovery.k8s.io/endpointslices list",
+        "ClusterRole discovery.k8s.io/endpointslices watch",
+        "ClusterRole events.k8s.io/events create",
+        "ClusterRole events.k8s.io/events patch",
+        "ClusterRole networking.k8s.io/ingressclasses list",
+        "ClusterRole networking.k8s.io/ingressclasses watch",
+        "ClusterRole networking.k8s.io/ingresses list",
+        "ClusterRole networking.k8s.io/ingresses watch",
+        "ClusterRole networking.k8s.io/ingresses/status get",
+        "ClusterRole networking.k8s.io/ingresses/status patch",
+        "ClusterRole sluice.dev/loadbalancerippools list",
+        "ClusterRole sluice.dev/loadbalancerippools watch",
+        "ClusterRole sluice.dev/loadbalancerippools/status patch",
+        "Role coordination.k8s.io/leases create",
+        "Role coordination.k8s.io/leases get",
+        "Role coordination.k8s.io/leases list",
+        "Role coordination.k8s.io/leases update",
+        "Role coordination.k8s.io/leases watch",
+    ];
+    assert_eq!(granted, want);
+    // Spelled out, so that a widened rule is seen even if `want` is edited along with it.
+    for grant in &granted {
+        let (_, verb) = grant.rsplit_once(' ').unwrap();
+        assert!(
+            ![
+                "delete",
+                "deletecollection",
+                "escalate",
+                "bind",
+                "impersonate",
+                "*"
+            ]
+            .contains(&verb),
+            "{grant}"
+        );
+        assert!(!grant.contains('*'), "no wildcards: {grant}");
+        let write = ["create", "update", "patch"].contains(&verb);
+        let resource = grant.split(' ').nth(1).unwrap();
+        assert!(
+            !write
+                || resource.ends_with("/status")
+                || resource == "events.k8s.io/events"
+                || grant.starts_with("Role coordination.k8s.io/leases"),
+            "writes only status, Events and own Leases: {grant}"
+        );
+    }
 }

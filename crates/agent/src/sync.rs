@@ -283,7 +283,7 @@ impl SyncLoop {
                     "synced"
                 );
                 for failure in &report.failed {
-                    tracing::warn!(service = %failure.service, "not programmed, will retry: {}", failure.reason);
+                    tracing::warn!(service = %failure.service, "{}: not programmed, will retry: {}", failure.service, failure.reason);
                 }
                 self.metrics
                     .record_sync(elapsed, Ok(&report), service_ports);
@@ -292,13 +292,19 @@ impl SyncLoop {
                 }
                 prog.first = false;
                 if report.failed.is_empty() {
+                    if prog.resync_due && prog.retry.is_some() {
+                        // A delta applied while a refused service port waits for its retry.
+                        return true;
+                    }
                     self.health.record(true);
                     prog.retry = None;
                     return true;
                 }
-                // Partly refused: the rest is in place; retry the rest with a resync.
+                // Partly refused: the rest is in place, so later changes go on as deltas;
+                // the refused service ports are retried by a resync after the backoff.
                 self.health.record(false);
                 self.schedule_retry(prog);
+                prog.in_step = true;
                 false
             }
             Err(err) => {
@@ -328,6 +334,11 @@ impl SyncLoop {
 /// Decides what the dataplane does with this iteration's delta. `None`: nothing.
 fn next_work(prog: &mut Programming, plan: &Plan, delta: PlanDelta) -> Option<Work> {
     if prog.retry.is_some_and(|(at, _)| Instant::now() < at) {
+        if prog.in_step && !delta.is_empty() {
+            // Only some service ports were refused: the others are in step and their
+            // changes must not wait behind them.
+            return Some(Work::Apply(Box::new(delta)));
+        }
         // Backing off: the delta is folded into the resync that follows.
         prog.resync_due = true;
         prog.in_step = false;

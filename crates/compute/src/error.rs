@@ -23,6 +23,12 @@ pub enum Problem {
         #[source]
         source: ipnet::AddrParseError,
     },
+    #[error(
+        "spec.clusterIP {cluster_ip:?} is not spec.clusterIPs[0] {first:?}; using spec.clusterIPs"
+    )]
+    ClusterIpMismatch { cluster_ip: String, first: String },
+    #[error("spec.clusterIPs has a second address of one family, {ip}; skipped")]
+    SecondClusterIpOfFamily { ip: std::net::IpAddr },
     #[error("no usable cluster IP, service skipped")]
     NoClusterIp,
     #[error("unknown {field} {value:?}, using {fallback}")]

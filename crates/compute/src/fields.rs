@@ -25,7 +25,10 @@ pub(crate) enum TrafficPolicy {
 }
 
 /// `spec.clusterIPs` (falling back to `spec.clusterIP`) in spec order (primary family
-/// first); `None` when the service has no usable cluster IP (headless, unset, all invalid).
+/// first), at most one per family as kube-proxy reads them; `None` when the service has no
+/// usable cluster IP (headless, unset, all invalid). The API server refuses a `clusterIP`
+/// other than `clusterIPs[0]` and two addresses of one family; manifests can hold them, so
+/// both are named (and `clusterIPs` used, the first address of each family).
 pub(crate) fn cluster_ips(
     spec: &ServiceSpec,
     warn: &mut impl FnMut(Problem),
@@ -37,13 +40,26 @@ pub(crate) fn cluster_ips(
     match raw.first() {
         // Headless or not (yet) allocated: nothing to forward, not an error.
         None | Some(&"" | &"None") => return None,
-        Some(_) => {}
+        Some(first) => {
+            if let Some(single) = spec.cluster_ip.as_deref()
+                && !single.is_empty()
+                && single.trim() != first.trim()
+            {
+                warn(Problem::ClusterIpMismatch {
+                    cluster_ip: single.to_owned(),
+                    first: (*first).to_owned(),
+                });
+            }
+        }
     }
     let mut ips: Vec<IpAddr> = Vec::with_capacity(raw.len());
     for value in raw {
         match value.trim().parse::<IpAddr>() {
-            Ok(ip) if !ips.contains(&ip) => ips.push(ip),
-            Ok(_) => {}
+            Ok(ip) if ips.contains(&ip) => {}
+            Ok(ip) if ips.iter().any(|seen| seen.is_ipv4() == ip.is_ipv4()) => {
+                warn(Problem::SecondClusterIpOfFamily { ip });
+            }
+            Ok(ip) => ips.push(ip),
             Err(source) => warn(Problem::InvalidIp {
                 field: "spec.clusterIPs[]",
                 value: value.to_owned(),

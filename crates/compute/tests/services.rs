@@ -44,7 +44,7 @@ fn skips_external_name_headless_and_services_without_cluster_ip() {
 fn cluster_ips_come_from_cluster_ips_then_cluster_ip() {
     // The plan lists frontends sorted by key, so the primary family (spec order) is no longer
     // visible; what is observable is which cluster IPs get a frontend.
-    let cases: [(&str, serde_json::Value, Option<Vec<&str>>, bool); 5] = [
+    let cases: [(&str, serde_json::Value, Option<Vec<&str>>, bool); 7] = [
         (
             "dual-stack",
             json!({ "clusterIPs": ["10.96.0.7", "fd00::7"] }),
@@ -73,6 +73,18 @@ fn cluster_ips_come_from_cluster_ips_then_cluster_ip() {
             "all unparsable",
             json!({ "clusterIP": "banana" }),
             None,
+            true,
+        ),
+        (
+            "clusterIP other than clusterIPs[0]: named, clusterIPs used",
+            json!({ "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.11", "fd00::11"] }),
+            Some(vec!["10.96.0.11:80/tcp", "[fd00::11]:80/tcp"]),
+            true,
+        ),
+        (
+            "two of one family: the first kept, the second named",
+            json!({ "clusterIPs": ["10.96.0.12", "10.96.0.13"] }),
+            Some(vec!["10.96.0.12:80/tcp"]),
             true,
         ),
     ];

@@ -190,7 +190,7 @@ impl<E: NftExecutor> NftDataplane<E> {
             }
             Err(err) if changes.len() == 1 => {
                 let change = changes.into_iter().next().expect("one change");
-                tracing::warn!(service = %change.name, "nftables refused this service port: {}", error_chain(&err));
+                tracing::warn!(service = %change.name, "{}: nftables refused this service port: {}", change.name, error_chain(&err));
                 report.failed.push(ServiceFailure {
                     service: change.name,
                     reason: error_chain(&err),
@@ -303,7 +303,23 @@ impl<E: NftExecutor> Dataplane for NftDataplane<E> {
             self.needs_full = true;
         }
         if self.needs_full {
+            let known = self.programmed.clone();
             self.reread_kernel()?;
+            match self.full_resync(plan) {
+                Ok(report) => return Ok(report),
+                // A full rewrite also deletes every chain the plan no longer has; a chain the
+                // kernel will not let go (a rule outside sluice jumps to it) refuses every
+                // full rewrite. A refused transaction changed nothing, so what we knew still
+                // holds: go on one service port at a time, so only the one at fault waits.
+                Err(err) if known.is_some() => {
+                    tracing::warn!(
+                        "nftables refused the full rewrite ({}); applying the changes service port by service port",
+                        error_chain(&err)
+                    );
+                    self.programmed = known;
+                }
+                Err(err) => return Err(err),
+            }
         }
         if let Some(mut state) = self.programmed.take() {
             // We know what the kernel holds: bring it to `plan` like any delta.

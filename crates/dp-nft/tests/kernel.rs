@@ -412,3 +412,93 @@ fn restore_reads_back_udp_backends_of_unnamed_ports() {
         .collect();
     assert_eq!(backends, vec!["udp 10.244.1.9:5353"]);
 }
+
+/// The name of the chain of `ip sluice` whose rules contain `needle`.
+fn chain_containing(ns: &Netns, needle: &str) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &ns.0, "nft", "list", "table", "ip", "sluice",
+        ])
+        .output()
+        .expect("nft");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut chain = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line
+            .strip_prefix("chain ")
+            .and_then(|l| l.strip_suffix(" {"))
+        {
+            chain = Some(name.to_owned());
+        } else if line.contains(needle) {
+            return chain.expect("a rule inside a chain");
+        }
+    }
+    panic!("no chain with {needle:?} in:\n{text}");
+}
+
+fn nft_in(ns: &Netns, script: &str) {
+    let status = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "nft", script])
+        .status()
+        .expect("nft");
+    assert!(status.success(), "nft {script}");
+}
+
+/// A rule outside sluice jumps to one of web's endpoint chains, so the kernel refuses to
+/// delete it (EBUSY): web's change is refused on every attempt, including the full rewrites
+/// of the retries, yet every other change is programmed; once the rule goes, web converges.
+#[test]
+fn a_chain_held_by_a_foreign_rule_holds_back_only_its_service() {
+    let Some(ns) = Netns::new("held") else { return };
+    let mut dp = NftDataplane::with_executor(NftCommand::in_netns(&ns.0));
+    dp.restore().unwrap();
+    let plan = fixture::plan();
+    dp.resync(&plan).unwrap();
+    let held = chain_containing(&ns, "dnat to 10.244.2.2:8080");
+    nft_in(
+        &ns,
+        "add map ip sluice zz-hold { type inet_service : verdict ; }",
+    );
+    nft_in(
+        &ns,
+        &format!("add element ip sluice zz-hold {{ 1 : goto {held} }}"),
+    );
+
+    let mut changed = fixture::without_web_endpoint();
+    changed.services.retain(|k, _| k.name() != "cache");
+    let report = dp.apply(&PlanDelta::between(&plan, &changed)).unwrap();
+    let failed: Vec<String> = report
+        .failed
+        .iter()
+        .map(|f| f.service.to_string())
+        .collect();
+    assert_eq!(failed, ["shop/web:http/tcp"]);
+    assert!(!ns.nft_list().contains("shop/cache"), "cache removed");
+
+    // The retry is a resync: web is refused again, dns (removed meanwhile) still goes.
+    let mut later = changed.clone();
+    later.services.retain(|k, _| k.name() != "dns");
+    let report = dp
+        .resync(&later)
+        .expect("the other service ports are programmed");
+    let failed: Vec<String> = report
+        .failed
+        .iter()
+        .map(|f| f.service.to_string())
+        .collect();
+    assert_eq!(failed, ["shop/web:http/tcp"]);
+    let ruleset = ns.nft_list();
+    assert!(
+        !ruleset.contains("kube-system/dns"),
+        "dns removed:\n{ruleset}"
+    );
+    assert!(
+        ruleset.contains("10.244.2.2:8080"),
+        "web keeps its old endpoint"
+    );
+
+    nft_in(&ns, "delete map ip sluice zz-hold");
+    let report = dp.resync(&later).unwrap();
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert!(!ns.nft_list().contains("10.244.2.2:8080"), "web converged");
+}

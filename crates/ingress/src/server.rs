@@ -19,7 +19,8 @@ use crate::stats::{self, ActiveConnection, Counters};
 use crate::{IngressError, IngressProxy, tls};
 
 impl IngressProxy {
-    /// Listens on the configured addresses and serves until `shutdown` completes; then stops
+    /// Listens on the configured addresses (accepting once the first route table is loaded)
+    /// and serves until `shutdown` completes; then stops
     /// accepting, lets open connections finish their requests (up to `shutdown_grace`) and
     /// returns.
     pub async fn serve(
@@ -113,7 +114,7 @@ impl IngressProxy {
         Ok(())
     }
 
-    /// A place for one more downstream connection. At `max_client_connections` this waits
+    /// A place for one more downstream connection, once the routes are loaded. At `max_client_connections` this waits
     /// (not accepting: new connections wait in the kernel's listen backlog) until a
     /// connection closes; `None` on shutdown.
     async fn connection_slot<F: Future<Output = ()>>(
@@ -122,6 +123,13 @@ impl IngressProxy {
         log: &mut AcceptLog,
         shutdown: &mut std::pin::Pin<&mut F>,
     ) -> Option<OwnedSemaphorePermit> {
+        // Nothing is accepted before the first route table: a restarted agent must not
+        // answer 404 for routes it has not loaded yet (clients wait in the backlog instead).
+        let mut loaded = self.routes_loaded.subscribe();
+        tokio::select! {
+            () = shutdown.as_mut() => return None,
+            res = loaded.wait_for(|loaded| *loaded) => res.ok()?,
+        };
         if let Ok(slot) = Arc::clone(slots).try_acquire_owned() {
             return Some(slot);
         }

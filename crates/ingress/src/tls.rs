@@ -13,7 +13,11 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::RouteTable;
+use k8s_openapi::jiff::Timestamp;
 use sluice_model::ObjectKey;
+use validity::not_after;
+
+mod validity;
 
 static PROVIDER: LazyLock<Arc<CryptoProvider>> =
     LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
@@ -98,6 +102,20 @@ impl CertCache {
     }
 }
 
+/// Most certificates a `tls.crt` may hold (real chains have 2–4).
+pub(crate) const MAX_CHAIN_CERTIFICATES: usize = 16;
+
+/// When the leaf certificate expired, if it has (`None`: valid, or its date unreadable).
+/// An expired certificate is still served (as nginx does) but named in a warning.
+pub(crate) fn expired_at(cert: &CertifiedKey) -> Option<Timestamp> {
+    let not_after = cert.cert.first().and_then(|leaf| not_after(leaf))?;
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    let now = Timestamp::from_second(i64::try_from(since_epoch.as_secs()).ok()?).ok()?;
+    (not_after < now).then_some(not_after)
+}
+
 /// Parses a `kubernetes.io/tls` Secret into a signing key and chain. The error says what is
 /// wrong, for a warning that names the Secret.
 pub(crate) fn parse_tls_secret(secret: &Secret) -> Result<Arc<CertifiedKey>, String> {
@@ -122,6 +140,13 @@ pub(crate) fn parse_tls_secret(secret: &Secret) -> Result<Arc<CertifiedKey>, Str
         .map_err(|e| format!("tls.crt is not valid PEM: {e}"))?;
     if chain.is_empty() {
         return Err("tls.crt holds no certificate".to_owned());
+    }
+    if chain.len() > MAX_CHAIN_CERTIFICATES {
+        // Sent whole in every handshake: a huge chain is an amplifier, and no client needs it.
+        return Err(format!(
+            "tls.crt holds {} certificates, more than {MAX_CHAIN_CERTIFICATES} (a leaf and its intermediates)",
+            chain.len()
+        ));
     }
     let key = rustls_pemfile::private_key(&mut key.as_slice())
         .map_err(|e| format!("tls.key is not valid PEM: {e}"))?

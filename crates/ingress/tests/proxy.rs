@@ -825,3 +825,33 @@ async fn bind_failure_names_the_address() {
         "the cause is in the chain: {cause:?}"
     );
 }
+
+/// A proxy that is serving before its first route table (an agent just restarted) must not
+/// answer 404 for routes it has not loaded: the request waits and is routed once it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_before_the_first_route_table_wait_for_it() {
+    let (objects, _backends, _) = cafe().await;
+    let proxy = Arc::new(sluice_ingress::IngressProxy::new(IngressConfig::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::clone(&proxy);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = served
+            .serve_listeners(Some(listener), None, async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    let early = tokio::spawn(async move { http_get(addr, "cafe.example.com", "/coffee").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!early.is_finished(), "answered before any route was loaded");
+    proxy.update(&snapshot(&objects));
+    let r = tokio::time::timeout(Duration::from_secs(5), early)
+        .await
+        .expect("served once the routes are loaded")
+        .unwrap()
+        .unwrap();
+    assert_eq!((r.status, r.backend()), (StatusCode::OK, "coffee"));
+    drop(stop);
+}

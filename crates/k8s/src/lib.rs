@@ -21,6 +21,7 @@
 mod events;
 mod lease;
 mod object_watch;
+mod restarting;
 mod secrets;
 mod source;
 mod status;

@@ -12,7 +12,8 @@
 //!   it and skipped (its previous good version is kept);
 //! * list/watch failures (also 404 while a CRD is not installed) are retried with kube's
 //!   default backoff; the first failure of a run is logged at warn, repeats at debug, and the
-//!   recovery at info. The last good map stays published meanwhile.
+//!   recovery at info. The last good map stays published meanwhile; a watch refused with
+//!   HTTP 410 Gone relists.
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -28,6 +29,8 @@ use sluice_model::ObjectKey;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
+
+use crate::restarting::restarting_watcher;
 
 /// Objects by key (cluster-scoped objects have an empty namespace).
 pub type Objects<K> = BTreeMap<ObjectKey, Arc<K>>;
@@ -91,7 +94,7 @@ async fn run<K>(
     K: Resource<DynamicType = ()> + DeserializeOwned + Send + Sync + 'static,
 {
     let kind = K::kind(&()).into_owned();
-    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    let mut events = restarting_watcher(api, config).default_backoff().boxed();
     let mut store = ObjectStore::<K>::new(prepare);
     let mut failing = false;
     loop {

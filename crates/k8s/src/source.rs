@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::K8sError;
+use crate::restarting::restarting_watcher;
 use crate::secrets::{IngressRefs, Secrets};
 use crate::store::decode;
 
@@ -349,33 +350,6 @@ fn kind_stream<K: Resource<DynamicType = ()>>(
         .default_backoff()
         .map(move |result| (kind, result))
         .boxed()
-}
-
-/// kube's watcher, restarted from a fresh list when the API server refuses to start a watch
-/// with HTTP 410 Gone: kube-runtime would otherwise retry the same expired resourceVersion
-/// forever. (An in-stream ERROR event with code 410, which kube-apiserver sends, is handled by
-/// kube-runtime itself.)
-fn restarting_watcher(
-    api: Api<DynamicObject>,
-    config: watcher::Config,
-) -> impl futures::Stream<Item = watcher::Result<Event<DynamicObject>>> + Send {
-    type Inner = BoxStream<'static, watcher::Result<Event<DynamicObject>>>;
-    stream::unfold(
-        (api, config, None::<Inner>),
-        |(api, config, inner)| async move {
-            let mut inner =
-                inner.unwrap_or_else(|| watcher::watcher(api.clone(), config.clone()).boxed());
-            let item = inner.next().await?;
-            let gone = matches!(
-                &item,
-                Err(watcher::Error::WatchStartFailed(kube::Error::Api(status))) if status.code == 410
-            );
-            if gone {
-                debug!("watch start answered 410 Gone, relisting");
-            }
-            Some((item, (api, config, (!gone).then_some(inner))))
-        },
-    )
 }
 
 /// A watch refused or ended with 410 Gone: routine, the watcher relists.

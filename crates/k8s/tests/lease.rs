@@ -7,7 +7,7 @@ mod fake_apiserver;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use fake_apiserver::FakeApiServer;
+use fake_apiserver::{FakeApiServer, GoneStyle};
 use serde_json::json;
 use sluice_k8s::{LeaseConfig, LeaseHolder, LiveNodes};
 use tokio::sync::watch;
@@ -294,4 +294,32 @@ async fn heartbeat_renewed_long_ago_is_not_live_when_first_seen() {
         .expect("watcher alive")
         .clone();
     assert_eq!(listed, Some(["node-fresh".to_owned()].into()));
+}
+
+/// The history compacted while the heartbeat watch was cut and the resumed watch refused with
+/// HTTP 410: the watch relists (kube-runtime alone would retry the expired resourceVersion
+/// forever and never see another heartbeat).
+#[tokio::test]
+async fn live_nodes_relist_when_the_resumed_watch_gets_http_410() {
+    let fake = FakeApiServer::start().await;
+    fake.set_gone_style(GoneStyle::Http410);
+    let _a = heartbeat(&fake, "node-a");
+    let live = LiveNodes::spawn(fake.client(), NS);
+    let mut live_rx = live.subscribe();
+    let only_a: BTreeSet<String> = ["node-a".into()].into();
+    tokio::time::timeout(WAIT, live_rx.wait_for(|set| set.as_ref() == Some(&only_a)))
+        .await
+        .expect("node-a seen live")
+        .expect("watcher alive");
+    // A change the heartbeat watch does not see, then the history is compacted: resuming
+    // from the last resourceVersion it saw is now too old.
+    fake.apply(json!({"apiVersion": "v1", "kind": "Service",
+                      "metadata": {"name": "other", "namespace": "default"}, "spec": {}}));
+    fake.compact_and_drop_watches();
+    let _b = heartbeat(&fake, "node-b");
+    let both: BTreeSet<String> = ["node-a".into(), "node-b".into()].into();
+    tokio::time::timeout(WAIT, live_rx.wait_for(|set| set.as_ref() == Some(&both)))
+        .await
+        .expect("node-b seen after the relist")
+        .expect("watcher alive");
 }

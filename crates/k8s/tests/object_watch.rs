@@ -6,7 +6,7 @@ mod fake_apiserver;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fake_apiserver::FakeApiServer;
+use fake_apiserver::{FakeApiServer, GoneStyle};
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::watcher;
 use serde_json::{Value, json};
@@ -146,4 +146,24 @@ async fn every_node_is_watched_without_its_image_list() {
         .await
         .expect("the channel closes")
         .expect_err("closed, not changed");
+}
+
+/// The history compacted while the watch was cut, and the server refuses the resumed watch
+/// with an HTTP 410 (not an ERROR event): the watch relists instead of retrying the expired
+/// resourceVersion forever (what kube-runtime alone does).
+#[tokio::test]
+async fn http_410_on_watch_start_relists() {
+    let fake = FakeApiServer::start().await;
+    fake.set_gone_style(GoneStyle::Http410);
+    fake.apply(pool("lan", "192.0.2.240/28"));
+    let watch = pools(&fake);
+    let mut rx = watch.subscribe();
+    wait_for(&mut rx, "the first list", |p| !p.is_empty()).await;
+    fake.delete_unseen("LoadBalancerIPPool", "", "lan");
+    fake.apply(pool("team-a", "192.0.2.0/27"));
+    let relisted = wait_for(&mut rx, "the relist", |p| {
+        p.contains_key(&ObjectKey::cluster("team-a"))
+    })
+    .await;
+    assert_eq!(cidrs(&relisted), [("team-a".into(), "192.0.2.0/27".into())]);
 }

@@ -67,13 +67,17 @@ pub enum Problem {
         kind: String,
         suggestion: &'static str,
     },
-    #[error("`apiVersion: {api_version}` has no kind {kind:?}; sluice reads {ours}")]
+    #[error("`apiVersion: {}` has no kind {kind:?}; sluice reads {ours}", printable(.api_version))]
     UnknownKind {
         kind: String,
         api_version: String,
         ours: &'static str,
     },
-    #[error("{kind} `apiVersion: {api_version}` is not read by sluice; {advice}")]
+    #[error(
+        "{} `apiVersion: {}` is not read by sluice; {advice}",
+        printable(.kind),
+        printable(.api_version)
+    )]
     UnsupportedApiVersion {
         kind: String,
         api_version: String,
@@ -100,7 +104,7 @@ pub enum Problem {
 
 impl fmt::Display for LoadWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.file)?;
+        f.write_str(&printable(&self.file))?;
         if self.document != 0 {
             write!(f, " document {}", self.document)?;
         }
@@ -126,8 +130,8 @@ impl fmt::Display for ObjectRef {
     }
 }
 
-/// Names come from untrusted manifests: anything but plain visible ASCII is shown quoted and
-/// escaped, so a name cannot forge or break a log line.
+/// Names (and file names, kinds, apiVersions) come from untrusted manifests: anything but
+/// plain visible ASCII is shown quoted and escaped, so it cannot forge or break a log line.
 fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     let plain = !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic());
     if plain {
@@ -140,6 +144,33 @@ fn printable(text: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `manifests` fuzz target: an apiVersion with a tab (or a newline, from a
+    /// quoted YAML string) was written into the warning as it was.
+    #[test]
+    fn api_versions_kinds_and_file_names_with_control_characters_are_escaped() {
+        let warning = LoadWarning {
+            file: "a\nb.yaml".into(),
+            document: 1,
+            item: None,
+            object: None,
+            problem: Problem::UnsupportedApiVersion {
+                kind: "End\rpointSlice".into(),
+                api_version: "discover\t.k8s.io/v1\nINFO forged".into(),
+                advice: "write `apiVersion: discovery.k8s.io/v1`",
+            },
+        };
+        assert_eq!(
+            warning.to_string(),
+            "\"a\\nb.yaml\" document 1: \"End\\rpointSlice\" `apiVersion: \"discover\\t.k8s.io/v1\\nINFO forged\"` is not read by sluice; write `apiVersion: discovery.k8s.io/v1`"
+        );
+        let unknown = Problem::UnknownKind {
+            kind: "X".into(),
+            api_version: "v1\nforged".into(),
+            ours: "Service",
+        };
+        assert!(!unknown.to_string().contains('\n'), "{unknown}");
+    }
 
     #[test]
     fn names_with_control_characters_are_escaped_in_messages() {

@@ -208,6 +208,38 @@ async fn a_refused_service_is_retried_and_programmed_once_the_kernel_accepts_it(
 }
 
 #[tokio::test]
+async fn a_refused_service_does_not_hold_back_changes_of_the_others() {
+    let dp = FakeDataplane::new();
+    let (tx, stop, task) = start(&dp, "0s", Restored::default());
+    tx.send(snapshot(1)).await;
+    settle().await;
+    let refused = ServicePortName::new("default", "s1", "", Protocol::Tcp);
+    dp.fail_service(refused.clone());
+    tx.send(snapshot(2)).await;
+    // Retries after 0.5 s and 1.5 s fail too: the next one is due at 3.5 s.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    tx.send(snapshot(3)).await;
+    settle().await;
+    let s2 = ServicePortName::new("default", "s2", "", Protocol::Tcp);
+    assert!(
+        dp.programmed().services.contains_key(&s2),
+        "a change of another service waited for the retry: {:?}",
+        summary(&dp)
+    );
+    assert!(!dp.programmed().services.contains_key(&refused));
+    // And the refused one is still retried, and programmed once accepted.
+    dp.heal();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        dp.programmed().services.contains_key(&refused),
+        "{:?}",
+        summary(&dp)
+    );
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test]
 async fn flows_toward_backends_gone_while_the_agent_was_down_are_removed_after_the_first_resync() {
     let dp = FakeDataplane::new();
     let gone: (Protocol, std::net::IpAddr, u16) =

@@ -49,6 +49,10 @@ pub struct IngressProxy {
     /// Addresses that reach our own listeners: never dialled.
     pub(crate) own_addresses: ArcSwap<OwnAddresses>,
     pub(crate) head_limits: HeadLimits,
+    /// True once the first [`update`](Self::update) has built a route table: connections
+    /// are accepted only from then on (before, they wait in the listen backlog), so an agent
+    /// that was just restarted never answers 404 for a route it has not loaded yet.
+    pub(crate) routes_loaded: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for IngressProxy {
@@ -60,8 +64,8 @@ impl std::fmt::Debug for IngressProxy {
 }
 
 impl IngressProxy {
-    /// A proxy with an empty route table (every request gets the built-in 404 until the first
-    /// [`update`](Self::update)).
+    /// A proxy with an empty route table. It accepts connections only after the first
+    /// [`update`](Self::update); until then they wait in the kernel's listen backlog.
     pub fn new(config: IngressConfig) -> Self {
         let table = Arc::new(ArcSwap::from_pointee(RouteTable::default()));
         let limits = Arc::new(ConnectionLimits::new(
@@ -82,6 +86,7 @@ impl IngressProxy {
             limits,
             hop_id: HopId::random(),
             own_addresses: ArcSwap::from_pointee(OwnAddresses::default()),
+            routes_loaded: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -104,6 +109,7 @@ impl IngressProxy {
             "ingress: route table updated"
         );
         self.table.store(Arc::new(table));
+        self.routes_loaded.send_replace(true);
         warnings
     }
 

@@ -257,7 +257,18 @@ impl Builder<'_> {
             .cert_cache
             .get(self.previous_certs, secret_key, secret)
         {
-            Ok(cert) => Some(cert),
+            Ok(cert) => {
+                if let Some(at) = crate::tls::expired_at(&cert) {
+                    self.warn(
+                        "Ingress",
+                        ingress,
+                        format!(
+                            "secret {secret_key}: the certificate expired at {at}; served anyway (clients will refuse it)"
+                        ),
+                    );
+                }
+                Some(cert)
+            }
             Err(reason) => {
                 self.warn(
                     "Ingress",

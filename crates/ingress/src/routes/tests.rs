@@ -588,3 +588,64 @@ fn terminating_endpoints_are_used_only_when_none_is_ready() {
     let (t, _) = table(objects(false));
     assert_eq!(eps(&t), ["10.1.0.2:8080"]);
 }
+
+/// A `kubernetes.io/tls` Secret with a self-signed certificate for `host`, valid until the
+/// given day, whose `tls.crt` repeats it `copies` times (a chain of that length).
+fn dated_tls_secret(name: &str, host: &str, until: (i32, u8, u8), copies: usize) -> Value {
+    let mut params = rcgen::CertificateParams::new(vec![host.to_owned()]).unwrap();
+    params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    json!({"kind": "Secret", "metadata": {"namespace": "default", "name": name},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": cert.pem().repeat(copies), "tls.key": key.serialize_pem()}})
+}
+
+#[test]
+fn expired_certificate_is_served_and_named() {
+    let mut i = ingress(
+        "old",
+        Some("old.example.com"),
+        vec![path("/", "Prefix", "a")],
+    );
+    i["spec"]["tls"] = json!([{"hosts": ["old.example.com"], "secretName": "old"}]);
+    let secret = dated_tls_secret("old", "old.example.com", (2020, 1, 2), 1);
+    let (t, w) = table(vec![i, secret]);
+    assert_eq!(
+        w.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [
+            "Ingress default/old: secret default/old: the certificate expired at 2020-01-02T00:00:00Z; served anyway (clients will refuse it)"
+        ]
+    );
+    assert!(t.has_certificate_for(Some("old.example.com")));
+}
+
+#[test]
+fn huge_chain_is_refused_and_named() {
+    let mut i = ingress(
+        "big",
+        Some("big.example.com"),
+        vec![path("/", "Prefix", "a")],
+    );
+    i["spec"]["tls"] = json!([
+        {"hosts": ["big.example.com"], "secretName": "big"},
+        {"hosts": ["ok.example.com"], "secretName": "ok"}]);
+    let big = dated_tls_secret("big", "big.example.com", (2090, 1, 1), 17);
+    let ok = dated_tls_secret("ok", "ok.example.com", (2090, 1, 1), 16);
+    let (t, w) = table(vec![i, big, ok]);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].to_string().starts_with(
+            "Ingress default/big: secret default/big is not a valid kubernetes.io/tls secret: tls.crt holds 17 certificates, more than 16"
+        ),
+        "{}",
+        w[0]
+    );
+    assert_eq!(
+        t.certs
+            .resolve(Some("big.example.com"))
+            .map(|c| c.cert.len()),
+        Some(16),
+        "big.example.com gets the default (the valid certificate), never the huge chain"
+    );
+}

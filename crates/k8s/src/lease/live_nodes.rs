@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{LEASE_KIND_LABEL, NODE_HEARTBEAT_LABEL_VALUE};
+use crate::restarting::restarting_watcher;
 
 /// Watches the node heartbeat Leases of one namespace in a background task.
 pub struct LiveNodes {
@@ -79,7 +80,7 @@ type Heartbeats = BTreeMap<String, Heartbeat>;
 async fn run(api: Api<Lease>, tx: watch::Sender<Option<BTreeSet<String>>>) {
     let selector = format!("{LEASE_KIND_LABEL}={NODE_HEARTBEAT_LABEL_VALUE}");
     let config = watcher::Config::default().labels(&selector);
-    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    let mut events = restarting_watcher(api, config).default_backoff().boxed();
     let mut heartbeats = Heartbeats::new();
     // A relist in progress: built aside and swapped in when complete.
     let mut relist: Option<Heartbeats> = None;

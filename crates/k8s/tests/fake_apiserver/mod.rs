@@ -6,7 +6,8 @@
 //!   `namespaces/NS/`): a list with `metadata.resourceVersion`, items without apiVersion/kind;
 //! * `...?watch=true&resourceVersion=N`: a chunked stream of `{"type":..,"object":..}` lines
 //!   with every change after N, a BOOKMARK, then live changes; a watch from before the last
-//!   compaction gets `410 Gone` (an ERROR event like kube-apiserver, or an HTTP 410);
+//!   compaction gets `410 Gone` (an ERROR event like kube-apiserver, or an HTTP 410); a
+//!   stream can be cut in the middle of an event (`truncate_watch_frames`);
 //! * `GET .../NAME` and `.../NAME/status`; `PATCH .../NAME` and `.../NAME/status` (JSON merge
 //!   patch); `POST` to a namespaced collection (create, 409 AlreadyExists); `PUT .../NAME`
 //!   (replace). Writes that carry `metadata.resourceVersion` get 409 Conflict when it is not the
@@ -123,6 +124,9 @@ struct State {
     held: BTreeSet<String>,
     /// Collections whose single-object GETs answer 403 Forbidden.
     forbidden_gets: BTreeSet<String>,
+    /// The next this many watch frames (of any watch) are cut in the middle of a line and
+    /// their stream ends there, as when a connection breaks mid-event.
+    truncate_watch_frames: usize,
     /// How many more list requests with a `continue` token answer 410 Expired.
     expire_continues: usize,
     faults: Vec<Fault>,
@@ -186,6 +190,7 @@ impl FakeApiServer {
                 gone_style: GoneStyle::ErrorEvent,
                 held: BTreeSet::new(),
                 forbidden_gets: BTreeSet::new(),
+                truncate_watch_frames: 0,
                 expire_continues: 0,
                 faults: Vec::new(),
                 requests: Vec::new(),
@@ -278,6 +283,13 @@ impl FakeApiServer {
 
     pub fn set_gone_style(&self, style: GoneStyle) {
         self.write(|state| state.gone_style = style);
+    }
+
+    /// The next `frames` watch frames with events (of any open or future watch) are cut in the
+    /// middle of a JSON line, and each such stream ends right after: the client sees half an
+    /// event and EOF, and must resume from the last event it read whole.
+    pub fn truncate_watch_frames(&self, frames: usize) {
+        self.write(|state| state.truncate_watch_frames = frames);
     }
 
     /// While held, LIST requests of this kind do not answer.
@@ -776,14 +788,17 @@ fn watch(shared: Arc<Shared>, route: Route, params: &BTreeMap<String, String>) -
     let collection = route.collection;
     let changed = shared.changed.subscribe();
     let stream = futures::stream::unfold(
-        (shared, changed, since, bookmarks),
-        move |(shared, mut changed, mut last, mut bookmark_due)| {
+        (shared, changed, since, bookmarks, false),
+        move |(shared, mut changed, mut last, mut bookmark_due, cut)| {
             let (collection, filter) = (collection.clone(), filter.clone());
             async move {
+                if cut {
+                    return None;
+                }
                 loop {
                     changed.borrow_and_update();
                     {
-                        let state = shared.lock();
+                        let mut state = shared.lock();
                         if state.watch_epoch != epoch || state.down {
                             return None;
                         }
@@ -805,10 +820,17 @@ fn watch(shared: Arc<Shared>, route: Route, params: &BTreeMap<String, String>) -
                             lines.push_str(&format!("{mark}\n"));
                         }
                         if !lines.is_empty() {
+                            let cut = lines.len() > 1 && state.truncate_watch_frames > 0;
+                            if cut {
+                                state.truncate_watch_frames -= 1;
+                                // Half of the first line, no newline; nothing was read whole.
+                                let first = lines.find('\n').unwrap_or(lines.len());
+                                lines.truncate(first / 2);
+                            }
                             let frame = Frame::data(Bytes::from(lines));
                             return Some((
                                 Ok::<_, Infallible>(frame),
-                                (shared.clone(), changed, last, bookmark_due),
+                                (shared.clone(), changed, last, bookmark_due, cut),
                             ));
                         }
                     }
