@@ -24,7 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_tests::manifests::{
     IngressPath, Port, Service, endpoint_slices, ingress, ingress_class, yaml_docs,
 };
-use sluice_tests::{Cluster, ECHO_HTTP_PORT, Mode, require_root};
+use sluice_tests::{Cluster, ECHO_HTTP_PORT, Mode};
 
 const HOST: &str = "shop.example.test";
 const RESTARTS: usize = 5;
@@ -300,9 +300,16 @@ fn websocket_load(node: SocketAddr, tally: &Tally, stop: &AtomicBool) {
     }
 }
 
-/// The long WebSocket: opened through the first agent of the last restart, echoing every
-/// 100 ms until the connection ends; returns (last echo, end) times.
-fn long_websocket(mut ws: WebSocket) -> (Instant, Instant) {
+/// The WebSocket held open through the old agent of the last restart.
+struct LongWebSocket {
+    /// When the new agent was healthy (the old one drains from then on).
+    drain_started: Instant,
+    last_echo: Instant,
+    ended: Instant,
+}
+
+/// Echoes on `ws` every 100 ms until the connection ends: (last echo, end).
+fn hold_websocket(mut ws: WebSocket) -> (Instant, Instant) {
     let mut last_ok = Instant::now();
     for n in 0.. {
         if ws.echo(&format!("long {n}\n")).is_err() {
@@ -349,15 +356,14 @@ fn cluster() -> Result<Cluster> {
     Ok(c)
 }
 
-#[test]
-fn five_agent_restarts_fail_no_request() -> Result<()> {
-    if !require_root("five_agent_restarts_fail_no_request") {
-        return Ok(());
-    }
+// Both dataplanes: the old and the new agent program the same kernel state while they overlap.
+sluice_tests::backend_tests!(five_agent_restarts_fail_no_request);
+
+fn five_agent_restarts_fail_no_request(mode: Mode) -> Result<()> {
     let mut c = cluster()?;
     let drain = format!("{}s", DRAIN.as_secs());
     let args = ["--ingress-drain-timeout", drain.as_str()];
-    c.start_agent("node-a", Mode::Nftables, &args)?;
+    c.start_agent("node-a", mode, &args)?;
     let node = c.node("node-a")?.v4(80);
     let (h1, h2, ws) = (Tally::default(), Tally::default(), Tally::default());
     let stop = AtomicBool::new(false);
@@ -385,7 +391,7 @@ fn five_agent_restarts_fail_no_request() -> Result<()> {
                 Ok(())
             }),
         ];
-        let outcome = restart_five_times(&mut c, node, [&h1, &h2, &ws]);
+        let outcome = restart_five_times(&mut c, mode, node, [&h1, &h2, &ws]);
         stop.store(true, Ordering::Relaxed);
         for w in workers {
             w.join()
@@ -396,9 +402,10 @@ fn five_agent_restarts_fail_no_request() -> Result<()> {
 
     let total = |t: &Tally| t.oks() + t.fails();
     eprintln!(
-        "ingress restarts: {RESTARTS} agent restarts in {:.1?}; requests made / failed: \
+        "ingress restarts ({}): {RESTARTS} agent restarts in {:.1?}; requests made / failed: \
          HTTP/1.1 {} / {} ({} connections), HTTP/2 {} / {} ({} connections), \
          WebSocket echoes {} / {} ({} WebSockets)",
+        mode.as_str(),
         started.elapsed(),
         total(&h1),
         h1.fails(),
@@ -446,7 +453,11 @@ fn five_agent_restarts_fail_no_request() -> Result<()> {
     assert_eq!(count("ingress: stopped accepting; draining"), RESTARTS);
 
     // The WebSocket open across the last restart was kept until the drain timeout.
-    let (retired_at, (last_echo, ended)) = long_ws;
+    let LongWebSocket {
+        drain_started: retired_at,
+        last_echo,
+        ended,
+    } = long_ws;
     let kept = last_echo.saturating_duration_since(retired_at);
     eprintln!(
         "  a WebSocket open through the retiring agent echoed for {kept:.1?} after its drain \
@@ -465,9 +476,10 @@ fn five_agent_restarts_fail_no_request() -> Result<()> {
 /// the old agent. Returns a line per restart and the long WebSocket's times.
 fn restart_five_times(
     c: &mut Cluster,
+    mode: Mode,
     node: SocketAddr,
     tallies: [&Tally; 3],
-) -> Result<(Vec<String>, (Instant, (Instant, Instant)))> {
+) -> Result<(Vec<String>, LongWebSocket)> {
     let drain = format!("{}s", DRAIN.as_secs());
     let args = ["--ingress-drain-timeout", drain.as_str()];
     let oks = || tallies.map(Tally::oks);
@@ -485,7 +497,7 @@ fn restart_five_times(
                 });
                 let ws = ws.join().map_err(|_| anyhow::anyhow!("panicked"))??;
                 // Its thread stays in the test's namespace: the socket is the client's already.
-                Some(s.spawn(move || long_websocket(ws)))
+                Some(s.spawn(move || hold_websocket(ws)))
             } else {
                 None
             };
@@ -493,7 +505,7 @@ fn restart_five_times(
             let old = c.detach_agent("node-a")?;
             let t = Instant::now();
             // The new pod starts next to the old one; it is ready once healthz says 200.
-            c.start_agent("node-a", Mode::Nftables, &args)?;
+            c.start_agent("node-a", mode, &args)?;
             let ready = t.elapsed();
             let retiring = Instant::now();
             // The DaemonSet controller then deletes the old pod: SIGTERM.
@@ -501,8 +513,12 @@ fn restart_five_times(
             anyhow::ensure!(status.success(), "restart {i}: old agent exited {status}");
             let exited = retiring.elapsed();
             if let Some(held) = held {
-                let times = held.join().map_err(|_| anyhow::anyhow!("panicked"))?;
-                long = Some((retiring, times));
+                let (last_echo, ended) = held.join().map_err(|_| anyhow::anyhow!("panicked"))?;
+                long = Some(LongWebSocket {
+                    drain_started: retiring,
+                    last_echo,
+                    ended,
+                });
             }
             wait_for_load(&oks, [10, 10, 3])?;
             let after = oks();

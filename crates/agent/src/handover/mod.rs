@@ -190,7 +190,10 @@ impl Restarts {
             None => None,
         };
         let (predecessor, inherited) = match taken {
-            Some((predecessor, inherited)) => {
+            Some(protocol::TakenOver {
+                predecessor,
+                listeners: inherited,
+            }) => {
                 tracing::info!(
                     previous_agent_pid = ?predecessor.pid,
                     listeners = inherited.len(),

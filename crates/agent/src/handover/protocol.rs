@@ -77,13 +77,27 @@ impl Predecessor {
     }
 }
 
+/// What a new agent got from the running one.
+#[derive(Debug)]
+pub struct TakenOver {
+    pub predecessor: Predecessor,
+    /// Verified: each is a listening socket on its address.
+    pub listeners: Vec<(SocketAddr, std::net::TcpListener)>,
+}
+
+/// What the running agent offered: its pid and its listeners, in order.
+struct Offer {
+    pid: Option<u32>,
+    listeners: Vec<(SocketAddr, OwnedFd)>,
+}
+
 /// Asks the agent serving on `path` for its listening sockets. `Ok(None)`: no agent runs
 /// there (no socket, or a stale one from an agent that died).
 pub fn take_over(
     path: &Path,
     transport: &dyn FdPassing,
     timeout: Duration,
-) -> Result<Option<(Predecessor, Vec<(SocketAddr, std::net::TcpListener)>)>, HandoverError> {
+) -> Result<Option<TakenOver>, HandoverError> {
     let stream = match UnixStream::connect(path) {
         Ok(stream) => stream,
         Err(err)
@@ -107,20 +121,25 @@ pub fn take_over(
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
         .map_err(io("setting timeouts"))?;
     writeln!(&stream, "{REQUEST} pid={}", std::process::id()).map_err(io("asking"))?;
-    let (pid, offer) = receive_offer(&stream, transport)?;
+    let offer = receive_offer(&stream, transport)?;
     let listeners = offer
+        .listeners
         .into_iter()
         .enumerate()
         .map(|(index, (announced, fd))| verify(index, announced, fd))
         .collect::<Result<_, _>>()?;
-    Ok(Some((Predecessor { stream, pid }, listeners)))
+    let predecessor = Predecessor {
+        stream,
+        pid: offer.pid,
+    };
+    Ok(Some(TakenOver {
+        predecessor,
+        listeners,
+    }))
 }
 
 /// Reads `offer N` and N addresses with their descriptors (in order).
-fn receive_offer(
-    stream: &UnixStream,
-    transport: &dyn FdPassing,
-) -> Result<(Option<u32>, Vec<(SocketAddr, OwnedFd)>), HandoverError> {
+fn receive_offer(stream: &UnixStream, transport: &dyn FdPassing) -> Result<Offer, HandoverError> {
     let mut text = Vec::new();
     let mut fds = Vec::new();
     let mut buf = [0u8; 4096];
@@ -139,7 +158,10 @@ fn receive_offer(
                         received: fds.len(),
                     });
                 }
-                return Ok((pid, addresses.into_iter().zip(fds).collect()));
+                return Ok(Offer {
+                    pid,
+                    listeners: addresses.into_iter().zip(fds).collect(),
+                });
             }
         }
         let (n, received) =
