@@ -2,7 +2,8 @@
 //! WebSocket load runs from the client through node-a's Ingress while its agent is replaced
 //! five times the way a DaemonSet rolling update with `maxSurge: 1, maxUnavailable: 0`
 //! replaces it: the new agent starts next to the old one (and takes its listening sockets
-//! over), and once the new one is healthy the old one gets SIGTERM and drains. No request may
+//! over), and once the new one is available (ready for `minReadySeconds`) the old one gets
+//! SIGTERM; it has been draining since the new one synced. No request may
 //! fail: the clients never retry a request they sent (only one hyper proves it never sent,
 //! on a connection the server had already closed).
 //!
@@ -24,12 +25,19 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_tests::manifests::{
     IngressPath, Port, Service, endpoint_slices, ingress, ingress_class, yaml_docs,
 };
-use sluice_tests::{Cluster, ECHO_HTTP_PORT, Mode};
+use sluice_tests::{At, Cluster, ECHO_HTTP_PORT, Mode};
 
 const HOST: &str = "shop.example.test";
 const RESTARTS: usize = 5;
 /// `--ingress-drain-timeout` of the agents under test.
 const DRAIN: Duration = Duration::from_secs(5);
+/// The DaemonSet's `minReadySeconds` (5 s in manifests/daemonset.yaml, shorter here): the
+/// old pod is deleted once the new one has been ready this long. A readiness probe sent
+/// before the new agent took the sockets over is answered by the old one; this is what keeps
+/// such an early 200 from retiring the old agent before the new one is there.
+const MIN_READY: Duration = Duration::from_secs(2);
+/// The service's `healthCheckNodePort` (eTP=Local): a listener handed over too.
+const HEALTH_CHECK_PORT: u16 = 32000;
 
 /// What one kind of load saw.
 #[derive(Debug, Default)]
@@ -302,8 +310,11 @@ fn websocket_load(node: SocketAddr, tally: &Tally, stop: &AtomicBool) {
 
 /// The WebSocket held open through the old agent of the last restart.
 struct LongWebSocket {
-    /// When the new agent was healthy (the old one drains from then on).
-    drain_started: Instant,
+    /// When the new agent was started: the old one drains from some moment after that (when
+    /// the new one has synced), before `available`.
+    new_agent: Instant,
+    /// When the new agent had been ready for [`MIN_READY`].
+    available: Instant,
     last_echo: Instant,
     ended: Instant,
 }
@@ -329,7 +340,10 @@ fn cluster() -> Result<Cluster> {
         ingress_class("sluice", "sluice.dev/ingress", true),
         Service::new("default", "web")
             .cluster_ips(&["10.96.0.40"])
-            .port(Port::tcp(80, ECHO_HTTP_PORT).named("http"))
+            .port(Port::tcp(80, ECHO_HTTP_PORT).named("http").node_port(30080))
+            .load_balancer_ips(&["203.0.113.40"])
+            .external_traffic_policy("Local")
+            .health_check_node_port(HEALTH_CHECK_PORT)
             .to_json(),
     ];
     docs.extend(endpoint_slices(
@@ -449,25 +463,41 @@ fn five_agent_restarts_fail_no_request(mode: Mode) -> Result<()> {
         RESTARTS,
         "every new agent took the sockets over"
     );
-    assert_eq!(count("a new agent serves this node: retiring"), RESTARTS);
+    // Each old agent drained (told by its successor, or by the SIGTERM when that came first).
     assert_eq!(count("ingress: stopped accepting; draining"), RESTARTS);
+    let hc_taken = format!("taken over from the previous agent local=0.0.0.0:{HEALTH_CHECK_PORT}");
+    assert_eq!(
+        count(&hc_taken),
+        RESTARTS,
+        "the health check port was handed over"
+    );
+    assert_eq!(count("cannot open the health check node port"), 0);
 
-    // The WebSocket open across the last restart was kept until the drain timeout.
+    // The WebSocket open across the last restart was kept until the drain timeout: it
+    // echoed until at least DRAIN after the new agent started (the drain starts later), and
+    // it was closed at the latest DRAIN after the new agent was available (the drain started
+    // before), plus slack.
     let LongWebSocket {
-        drain_started: retired_at,
+        new_agent,
+        available,
         last_echo,
         ended,
     } = long_ws;
-    let kept = last_echo.saturating_duration_since(retired_at);
+    let since = |t: Instant| t.saturating_duration_since(new_agent);
     eprintln!(
-        "  a WebSocket open through the retiring agent echoed for {kept:.1?} after its drain \
-         started and was closed {:.1?} after it",
-        ended.saturating_duration_since(retired_at)
+        "  a WebSocket open through the retiring agent: new agent available after {:.1?}, last \
+         echo after {:.1?}, closed after {:.1?}",
+        since(available),
+        since(last_echo),
+        since(ended)
     );
-    assert!(kept >= DRAIN - Duration::from_secs(1), "kept only {kept:?}");
     assert!(
-        ended.saturating_duration_since(retired_at) < DRAIN + Duration::from_secs(3),
-        "closed at the drain timeout"
+        since(last_echo) >= DRAIN - Duration::from_millis(500),
+        "cut before the drain timeout"
+    );
+    assert!(
+        ended <= available + DRAIN + Duration::from_secs(2),
+        "still open well after the drain timeout"
     );
     Ok(())
 }
@@ -504,26 +534,33 @@ fn restart_five_times(
             let before = oks();
             let old = c.detach_agent("node-a")?;
             let t = Instant::now();
-            // The new pod starts next to the old one; it is ready once healthz says 200.
+            // The new pod starts next to the old one; it is ready once healthz says 200, and
+            // available once it stayed ready for MIN_READY.
             c.start_agent("node-a", mode, &args)?;
+            wait_available(c)?;
             let ready = t.elapsed();
-            let retiring = Instant::now();
+            let available = Instant::now();
             // The DaemonSet controller then deletes the old pod: SIGTERM.
             let status = old.stop(DRAIN + Duration::from_secs(10))?;
             anyhow::ensure!(status.success(), "restart {i}: old agent exited {status}");
-            let exited = retiring.elapsed();
+            let exited = available.elapsed();
             if let Some(held) = held {
                 let (last_echo, ended) = held.join().map_err(|_| anyhow::anyhow!("panicked"))?;
                 long = Some(LongWebSocket {
-                    drain_started: retiring,
+                    new_agent: t,
+                    available,
                     last_echo,
                     ended,
                 });
             }
             wait_for_load(&oks, [10, 10, 3])?;
+            // The health check node port, taken over too, answers for the local endpoint.
+            let url = format!("http://{}/", SocketAddr::new(node.ip(), HEALTH_CHECK_PORT));
+            let hc = c.http(At::Client, &url, &[])?;
+            anyhow::ensure!(hc.status == 200, "restart {i}: health check {}", hc.body);
             let after = oks();
             lines.push(format!(
-                "restart {i}: new agent healthy after {ready:.1?}, old agent exited {exited:.1?} \
+                "restart {i}: new agent available after {ready:.1?}, old agent exited {exited:.1?} \
                  after SIGTERM; requests served meanwhile: HTTP/1.1 {}, HTTP/2 {}, WebSocket {}",
                 after[0] - before[0],
                 after[1] - before[1],
@@ -533,6 +570,27 @@ fn restart_five_times(
         Ok(())
     })?;
     Ok((lines, long.context("no long WebSocket")?))
+}
+
+/// Waits until node-a's healthz has answered 200 for [`MIN_READY`] in a row.
+fn wait_available(c: &Cluster) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut ready_since = None;
+    loop {
+        if c.agent_healthz("node-a")? == 200 {
+            let since = *ready_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= MIN_READY {
+                return Ok(());
+            }
+        } else {
+            ready_since = None;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the new agent never became available"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Waits until each load made `more` successful requests than now.

@@ -115,6 +115,10 @@ fn the_daemonset_runs_the_agent_as_configured_in_one_place() {
         container["ports"].is_null(),
         "hostPorts block the surge pod"
     );
+    assert!(
+        ds["spec"]["minReadySeconds"].as_u64() >= Some(2),
+        "an early readiness answer from the old agent must not retire it"
+    );
     assert!(mounted(&crate::handover::socket_path(socket)));
     let drain = agent.ingress.as_ref().expect("ingress").shutdown_grace;
     let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();

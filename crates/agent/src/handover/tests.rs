@@ -14,11 +14,24 @@ use super::fdpass::{FakeFdPassing, FdPassing, ScmRights};
 use super::protocol::HandoverError;
 use super::*;
 
-fn socket_in_tempdir(test: &str) -> PathBuf {
+/// A fresh directory for one test's handover socket, removed on drop.
+struct TempSocket {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl Drop for TempSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn socket_in_tempdir(test: &str) -> TempSocket {
     let dir = std::env::temp_dir().join(format!("sluice-handover-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir.join("admin.handover.sock")
+    let path = dir.join("admin.handover.sock");
+    TempSocket { dir, path }
 }
 
 fn loopback() -> std::io::Result<TcpListener> {
@@ -95,7 +108,8 @@ fn echo_through(listener: &TcpListener, client: &mut TcpStream) {
 /// old one's accept backlog before the handover is accepted by the new one after the old one
 /// closed its descriptors, and `ready` retires the old agent.
 async fn hand_over_and_retire(test: &str, transport: Arc<dyn FdPassing>) {
-    let path = socket_in_tempdir(test);
+    let tmp = socket_in_tempdir(test);
+    let path = tmp.path.clone();
     let old = OldAgent::start(&path, Arc::clone(&transport), 2).await;
     let addrs = old.addrs();
     let mut queued = TcpStream::connect(addrs[0]).unwrap();
@@ -156,7 +170,8 @@ async fn new_agent_takes_the_same_sockets_over_scm_rights() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_agent_or_a_stale_socket_means_binding_afresh() {
-    let path = socket_in_tempdir("stale");
+    let tmp = socket_in_tempdir("stale");
+    let path = tmp.path.clone();
     let none = Restarts::take_over_with(Some(path.clone()), Arc::new(ScmRights))
         .await
         .unwrap();
@@ -177,7 +192,8 @@ async fn no_agent_or_a_stale_socket_means_binding_afresh() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_handover_leaves_the_old_agent_serving() {
-    let path = socket_in_tempdir("fail");
+    let tmp = socket_in_tempdir("fail");
+    let path = tmp.path.clone();
     let fake = Arc::new(FakeFdPassing::default());
     let old = OldAgent::start(&path, fake.clone(), 1).await;
     fake.fail_sends.store(true, Ordering::SeqCst);
@@ -200,7 +216,8 @@ async fn a_failed_handover_leaves_the_old_agent_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_descriptors_are_refused_and_the_old_agent_serves_on() {
-    let path = socket_in_tempdir("lost");
+    let tmp = socket_in_tempdir("lost");
+    let path = tmp.path.clone();
     let fake = Arc::new(FakeFdPassing::default());
     let old = OldAgent::start(&path, fake.clone(), 2).await;
     fake.lose_fds.store(1, Ordering::SeqCst);
@@ -220,7 +237,8 @@ async fn lost_descriptors_are_refused_and_the_old_agent_serves_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_agent_that_dies_before_ready_gives_everything_back() {
-    let path = socket_in_tempdir("died");
+    let tmp = socket_in_tempdir("died");
+    let path = tmp.path.clone();
     let fake = Arc::new(FakeFdPassing::default());
     let old = OldAgent::start(&path, fake.clone(), 1).await;
     let new = Restarts::take_over_with(Some(path), fake).await.unwrap();
@@ -231,7 +249,8 @@ async fn a_new_agent_that_dies_before_ready_gives_everything_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_descriptor_that_is_not_the_announced_listener_is_refused() {
-    let path = socket_in_tempdir("wrong");
+    let tmp = socket_in_tempdir("wrong");
+    let path = tmp.path.clone();
     let server = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let other = loopback().unwrap();
     let other_addr = other.local_addr().unwrap();
@@ -313,7 +332,8 @@ fn the_handover_socket_sits_next_to_the_admin_socket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_socket_file_is_removed_at_exit_only_while_it_is_ours() {
-    let path = socket_in_tempdir("ours");
+    let tmp = socket_in_tempdir("ours");
+    let path = tmp.path.clone();
     let (first, first_id) = bind_socket(&path).unwrap();
     let (_second, _) = bind_socket(&path).unwrap();
     drop(first);
