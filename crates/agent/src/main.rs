@@ -288,33 +288,57 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
         },
     };
     let _ = shutdown_tx.send(true);
-    // Each listener closes with its server now, unless a new agent holds it too.
-    restarts.listeners.close();
-    // A new agent on this node holds the Leases under the same name: leave them to it.
-    let release = !restarts.has_successor();
-    // Release the leader Lease first, so another agent takes over at once.
-    if let Some(cluster) = &cluster {
-        if release {
-            cluster.shutdown().await;
-        } else {
-            cluster.abandon();
-        }
-    }
-    if outcome.is_ok() {
-        let _ = sync_task.await;
-        // The Ingress returns once drained (at most --ingress-drain-timeout).
-        while tasks.join_next().await.is_some() {}
-    }
-    if let Some(lb) = load_balancer {
-        // Releasing the heartbeat lets the other agents take over this node's addresses at once.
-        lb.stop(release).await;
-    }
+    let teardown = Teardown {
+        restarts,
+        cluster,
+        sync_task,
+        tasks,
+        load_balancer,
+    };
+    teardown.run(outcome.is_ok()).await;
     if let Ok(Stop::Successor) = outcome {
         // A DaemonSet container that exits by itself is restarted: wait for the pod's end.
         tracing::info!("drained; waiting for SIGTERM");
         signals.recv().await;
     }
     outcome.map(|_| ())
+}
+
+/// What stops once shutdown has been announced.
+struct Teardown {
+    restarts: Arc<handover::Restarts>,
+    cluster: Option<Arc<cluster::ClusterLink>>,
+    sync_task: tokio::task::JoinHandle<()>,
+    tasks: tokio::task::JoinSet<anyhow::Result<()>>,
+    load_balancer: Option<loadbalancer::Running>,
+}
+
+impl Teardown {
+    /// Lets go of the listeners and Leases and waits for the tasks (`wait`: after a clean
+    /// stop; the Ingress returns once drained, at most --ingress-drain-timeout).
+    async fn run(mut self, wait: bool) {
+        // Each listener closes with its server now, unless a new agent holds it too.
+        self.restarts.listeners.close();
+        // A new agent on this node holds the Leases under the same name: leave them to it.
+        let release = !self.restarts.has_successor();
+        // Release the leader Lease first, so another agent takes over at once.
+        if let Some(cluster) = &self.cluster {
+            if release {
+                cluster.shutdown().await;
+            } else {
+                cluster.abandon();
+            }
+        }
+        if wait {
+            let _ = self.sync_task.await;
+            while self.tasks.join_next().await.is_some() {}
+        }
+        if let Some(lb) = self.load_balancer {
+            // Releasing the heartbeat lets the other agents take over this node's addresses
+            // at once.
+            lb.stop(release).await;
+        }
+    }
 }
 
 /// Why the agent stops.
