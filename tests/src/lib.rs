@@ -42,8 +42,9 @@ pub use probe::{
     EchoReply, HeldConn, HttpReply, ProbeError, ProbeOpts, ProbeResults, Proto, tally,
 };
 pub use topology::{
-    AGENT_HEALTHZ, AGENT_METRICS, At, CLIENT_V4, CLIENT_V6, CLUSTER_CIDRS, Cluster, ECHO_HTTP_PORT,
-    ECHO_SCTP_PORT, ECHO_TCP_PORT, ECHO_UDP_PORT, EchoPorts, Mode, Node, Pod, sctp_supported,
+    AGENT_HEALTHZ, AGENT_METRICS, At, CLIENT_V4, CLIENT_V6, CLUSTER_CIDRS, Cluster, DetachedAgent,
+    ECHO_HTTP_PORT, ECHO_SCTP_PORT, ECHO_TCP_PORT, ECHO_UDP_PORT, EchoPorts, Mode, Node, Pod,
+    sctp_supported,
 };
 
 /// True when running as root; otherwise prints why the calling test is skipped.

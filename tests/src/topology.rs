@@ -802,6 +802,21 @@ impl Cluster {
         }
     }
 
+    /// Takes the node's running agent out of the cluster's care, so that its successor can
+    /// start next to it (as a DaemonSet rolling update with `maxSurge` does: new pod first,
+    /// then SIGTERM to the old one). The next [`Self::start_agent`] starts the successor.
+    pub fn detach_agent(&mut self, node: &str) -> Result<DetachedAgent> {
+        let state = self.node_state_mut(node)?;
+        let daemon = state
+            .agent
+            .take()
+            .with_context(|| format!("no agent running on {node}"))?;
+        Ok(DetachedAgent {
+            node: node.to_owned(),
+            daemon,
+        })
+    }
+
     /// SIGKILL: the agent gets no chance to clean up (forwarding must go on).
     pub fn kill_agent(&mut self, node: &str) -> Result<()> {
         let state = self.node_state_mut(node)?;
@@ -958,6 +973,37 @@ impl Drop for Cluster {
             );
         } else {
             let _ = std::fs::remove_dir_all(&self.workdir);
+        }
+    }
+}
+
+/// An agent taken out of the cluster's care by [`Cluster::detach_agent`]; killed on drop.
+#[derive(Debug)]
+pub struct DetachedAgent {
+    node: String,
+    daemon: Daemon,
+}
+
+impl DetachedAgent {
+    pub fn pid(&self) -> u32 {
+        self.daemon.child.id()
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        !self.daemon.exited()
+    }
+
+    /// SIGTERM, then waits up to `timeout`; returns the exit status (error if it did not
+    /// exit: then it is killed).
+    pub fn stop(mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        signal(self.daemon.child.id(), libc::SIGTERM);
+        match wait_timeout(&mut self.daemon.child, timeout)? {
+            Some(status) => Ok(status),
+            None => bail!(
+                "the detached agent on {} ignored SIGTERM for {timeout:?} (killed)",
+                self.node
+            ),
         }
     }
 }

@@ -49,7 +49,8 @@ const UNSAFE_NEEDED: &[(&str, &str)] = &[
     ),
     (
         "sluice-agent",
-        "setsockopt(IPV6_V6ONLY) on the health listener",
+        "setsockopt(IPV6_V6ONLY) on the health listener; owning the descriptors SCM_RIGHTS \
+         delivers (restart handover)",
     ),
 ];
 

@@ -16,11 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use sluice_dataplane::{ApplyReport, DataplaneError, error_chain};
 use sluice_plan::Plan;
-use tokio::net::UnixListener;
 use tokio::sync::watch;
 
 use crate::cluster::ClusterLink;
@@ -316,19 +314,7 @@ pub async fn serve(
     state: Arc<LiveState>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => return Err(err).with_context(|| format!("removing {}", path.display())),
-    }
-    let listener =
-        UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("restricting {}", path.display()))?;
+    let (listener, ours) = crate::handover::bind_socket(&path)?;
     tracing::info!(socket = %path.display(), "admin endpoint listening");
     let handler = handler(state);
     loop {
@@ -348,7 +334,8 @@ pub async fn serve(
                 .await;
         });
     }
-    let _ = std::fs::remove_file(&path);
+    // Unless a new agent replaced it with its own.
+    crate::handover::remove_socket_if_ours(&path, ours);
     Ok(())
 }
 

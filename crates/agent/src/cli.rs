@@ -196,6 +196,12 @@ pub struct AgentArgs {
     /// Do not run the Ingress proxy.
     #[arg(long, env = "SLUICE_DISABLE_INGRESS")]
     pub disable_ingress: bool,
+    /// On SIGTERM or when a new agent has taken the listeners over: how long connections get
+    /// to finish (requests in flight, keep-alive connections until their next response,
+    /// HTTP/2 streams after GOAWAY, WebSockets) before the agent exits. Keep it below the
+    /// pod's `terminationGracePeriodSeconds`.
+    #[arg(long, env = "SLUICE_INGRESS_DRAIN_TIMEOUT", default_value = "30s")]
+    pub ingress_drain_timeout: String,
     #[command(flatten)]
     pub load_balancer: LoadBalancerFlags,
     /// Remove everything sluice programmed on this node and exit.
@@ -394,10 +400,13 @@ impl AgentArgs {
                     "must not be empty",
                 ));
             }
+            let drain = parse_duration(&self.ingress_drain_timeout)
+                .map_err(|e| invalid("ingress-drain-timeout", &self.ingress_drain_timeout, e))?;
             (http_bind.is_some() || https_bind.is_some()).then(|| IngressConfig {
                 http_bind,
                 https_bind,
                 controller_name: self.ingress_controller.trim().to_owned(),
+                shutdown_grace: drain,
                 ..IngressConfig::default()
             })
         };
@@ -633,6 +642,20 @@ mod tests {
         assert!(
             err.to_string()
                 .starts_with("--ingress-status-address: \"lb.example.com\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ingress_drain_timeout_sets_how_long_connections_get() {
+        let c = validate(&[]).unwrap().ingress.unwrap();
+        assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+        let c = validate(&["--ingress-drain-timeout", "5s"]).unwrap();
+        assert_eq!(c.ingress.unwrap().shutdown_grace, Duration::from_secs(5));
+        let err = validate(&["--ingress-drain-timeout", "soon"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("--ingress-drain-timeout: \"soon\""),
             "{err}"
         );
     }

@@ -410,6 +410,15 @@ impl ClusterLink {
         }
         self.follower.abort();
     }
+
+    /// Stops competing for the Lease without releasing it: a new agent on this node (same
+    /// identity, the node's name) took over and renews it; a release would let another node
+    /// take over in between.
+    pub fn abandon(&self) {
+        // Dropping the holder stops it without a release.
+        drop(self.lease.lock().unwrap_or_else(|e| e.into_inner()).take());
+        self.follower.abort();
+    }
 }
 
 impl Drop for ClusterLink {

@@ -101,6 +101,29 @@ fn the_daemonset_runs_the_agent_as_configured_in_one_place() {
             Some(u64::from(agent.healthz_bind.port()))
         );
     }
+    // Restarts without failures: the new pod starts next to the old one (no hostPort may
+    // keep it Pending), the handover socket is on the hostPath both pods share, and the old
+    // pod gets longer than the drain timeout to finish.
+    let rolling = &ds["spec"]["updateStrategy"]["rollingUpdate"];
+    assert_eq!(
+        (
+            rolling["maxSurge"].as_u64(),
+            rolling["maxUnavailable"].as_u64()
+        ),
+        (Some(1), Some(0))
+    );
+    assert!(
+        container["ports"].is_null(),
+        "hostPorts block the surge pod"
+    );
+    assert!(
+        ds["spec"]["minReadySeconds"].as_u64() >= Some(2),
+        "an early readiness answer from the old agent must not retire it"
+    );
+    assert!(mounted(&crate::handover::socket_path(socket)));
+    let drain = agent.ingress.as_ref().expect("ingress").shutdown_grace;
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(grace > drain.as_secs(), "{grace} s <= drain {drain:?}");
     assert_eq!(
         container["securityContext"]["privileged"],
         Value::Bool(false)

@@ -3,6 +3,7 @@
 //! traffic only to nodes with local endpoints.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,6 +13,7 @@ use sluice_plan::HealthCheck;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::handover::Listeners;
 use crate::http::{Handler, response, serve_listener};
 
 /// Taint the cluster autoscaler puts on a node it is about to remove.
@@ -32,6 +34,9 @@ pub struct HealthState {
     /// 2 × `--sync-period`.
     timeout: Duration,
     inner: Mutex<SyncTimes>,
+    /// Turns true when the first sync has been attempted (routes fed, health check ports
+    /// opened, the dataplane called): the Ingress starts accepting then.
+    first_sync: watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -90,6 +95,7 @@ impl HealthState {
             node_name,
             timeout: sync_period * 2,
             inner: Mutex::new(SyncTimes::default()),
+            first_sync: watch::channel(false).0,
         }
     }
 
@@ -105,6 +111,8 @@ impl HealthState {
 
     /// A sync finished: `ok` when everything queued is now applied.
     pub fn record(&self, ok: bool) {
+        self.first_sync
+            .send_if_modified(|done| !std::mem::replace(done, true));
         let mut t = self.times();
         if ok {
             t.last_applied = Some((Instant::now(), SystemTime::now()));
@@ -112,6 +120,11 @@ impl HealthState {
         } else {
             t.oldest_pending.get_or_insert_with(Instant::now);
         }
+    }
+
+    /// Returns once the first sync has been attempted (whatever its outcome).
+    pub async fn first_sync(&self) {
+        let _ = self.first_sync.subscribe().wait_for(|done| *done).await;
     }
 
     /// The sync loop went round once (for `/livez`).
@@ -221,6 +234,8 @@ struct HealthCheckServer {
     service: ObjectKey,
     local_endpoints: Arc<AtomicUsize>,
     stop: watch::Sender<bool>,
+    /// Its listeners' addresses (IPv4, and IPv6 where the node has it).
+    addresses: Vec<SocketAddr>,
 }
 
 /// One listener per `healthCheckNodePort`, opened and closed as services come and go.
@@ -228,13 +243,16 @@ pub struct ServiceHealthServers {
     servers: BTreeMap<u16, HealthCheckServer>,
     /// `serviceProxyHealthy` of every answer (kube-proxy: 503 when the proxy is unhealthy).
     health: Arc<HealthState>,
+    /// Taken over from the previous agent when it had the port open; offered to the next.
+    listeners: Arc<Listeners>,
 }
 
 impl ServiceHealthServers {
-    pub fn new(health: Arc<HealthState>) -> Self {
+    pub fn new(health: Arc<HealthState>, listeners: Arc<Listeners>) -> Self {
         Self {
             servers: BTreeMap::new(),
             health,
+            listeners,
         }
     }
 
@@ -257,6 +275,9 @@ impl ServiceHealthServers {
                 .is_some_and(|(svc, _)| *svc == server.service);
             if !keep {
                 let _ = server.stop.send(true);
+                for addr in &server.addresses {
+                    self.listeners.release(*addr);
+                }
             }
             keep
         });
@@ -266,7 +287,7 @@ impl ServiceHealthServers {
                 continue;
             }
             let health = Arc::clone(&self.health);
-            match start_health_check(port, service.clone(), count, health).await {
+            match start_health_check(port, service.clone(), count, health, &self.listeners) {
                 Ok(server) => {
                     self.servers.insert(port, server);
                 }
@@ -278,30 +299,44 @@ impl ServiceHealthServers {
     }
 }
 
-async fn start_health_check(
+fn start_health_check(
     port: u16,
     service: ObjectKey,
     count: usize,
     health: Arc<HealthState>,
+    listeners: &Listeners,
 ) -> std::io::Result<HealthCheckServer> {
     let local_endpoints = Arc::new(AtomicUsize::new(count));
     let (stop, stop_rx) = watch::channel(false);
-    let listener = TcpListener::bind(("0.0.0.0", port)).await?;
+    let v4 = SocketAddr::from(([0, 0, 0, 0], port));
+    let listener = tokio_listener(listeners.tcp(v4, || sluice_ingress::bind_listener(v4))?)?;
     let handler = health_check_handler(service.clone(), Arc::clone(&local_endpoints), health);
     tokio::spawn(serve_listener(
         listener,
         Arc::clone(&handler),
         stop_rx.clone(),
     ));
+    let mut addresses = vec![v4];
     // IPv6 as well where the node has it.
-    if let Ok(listener) = bind_v6_only(port) {
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    let v6_listener = listeners
+        .tcp(v6, || bind_v6_only(port)?.into_std())
+        .and_then(tokio_listener);
+    if let Ok(listener) = v6_listener {
         tokio::spawn(serve_listener(listener, handler, stop_rx));
+        addresses.push(v6);
     }
     Ok(HealthCheckServer {
         service,
         local_endpoints,
         stop,
+        addresses,
     })
+}
+
+fn tokio_listener(listener: std::net::TcpListener) -> std::io::Result<TcpListener> {
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
 }
 
 fn bind_v6_only(port: u16) -> std::io::Result<TcpListener> {

@@ -12,24 +12,75 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::handover::{Listeners, Succession};
+
 pub type Handler = Arc<dyn Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync>;
 
-/// Binds `addr` and serves `handler` until `shutdown` turns true.
+/// Serves `handler` on `addr` (the listener taken over from the previous agent, else bound
+/// now) until `shutdown` turns true. While a successor has the listener (`succession` is not
+/// `Alone`) this agent does not accept on it: the successor answers.
 pub async fn serve(
     addr: SocketAddr,
+    listeners: Arc<Listeners>,
     handler: Handler,
     shutdown: watch::Receiver<bool>,
+    mut succession: watch::Receiver<Succession>,
 ) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
+    let listener = listeners
+        .tcp(addr, || sluice_ingress::bind_listener(addr))
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            TcpListener::from_std(l)
+        })
         .with_context(|| format!("binding {addr}"))?;
-    serve_listener(listener, handler, shutdown).await;
-    Ok(())
+    let mut stopping = shutdown.clone();
+    loop {
+        // Handed over: wait until the successor is gone (then serve again) or we stop.
+        let alone = tokio::select! {
+            alone = is(&mut succession, Succession::Alone) => alone,
+            _ = stopping.wait_for(|s| *s) => return Ok(()),
+        };
+        if !alone {
+            // Nobody can hand the listener over any more: serve until shutdown.
+            serve_listener(listener, handler, shutdown).await;
+            return Ok(());
+        }
+        let handed_over = async {
+            if !is_not(&mut succession, Succession::Alone).await {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = accept_loop(&listener, &handler, shutdown.clone()) => return Ok(()),
+            () = handed_over => {
+                tracing::debug!(%addr, "a new agent answers on this listener now");
+            }
+        }
+    }
+}
+
+/// Waits until `rx` holds `value`; false if its sender is gone first.
+async fn is(rx: &mut watch::Receiver<Succession>, value: Succession) -> bool {
+    rx.wait_for(|s| *s == value).await.is_ok()
+}
+
+/// Waits until `rx` holds another value than `value`; false if its sender is gone first.
+async fn is_not(rx: &mut watch::Receiver<Succession>, value: Succession) -> bool {
+    rx.wait_for(|s| *s != value).await.is_ok()
 }
 
 pub async fn serve_listener(
     listener: TcpListener,
     handler: Handler,
+    shutdown: watch::Receiver<bool>,
+) {
+    accept_loop(&listener, &handler, shutdown).await;
+}
+
+/// Accepts until `shutdown`.
+async fn accept_loop(
+    listener: &TcpListener,
+    handler: &Handler,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -38,7 +89,7 @@ pub async fn serve_listener(
             _ = shutdown.wait_for(|s| *s) => return,
         };
         let Ok((stream, _)) = accepted else { continue };
-        let handler = Arc::clone(&handler);
+        let handler = Arc::clone(handler);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let response = handler(&req);

@@ -7,6 +7,7 @@ mod cluster;
 #[cfg(test)]
 mod deploy_tests;
 mod explain;
+mod handover;
 mod health;
 mod http;
 mod inspect;
@@ -125,7 +126,13 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
     if config.cleanup {
         return cleanup(&config);
     }
+    // Registered first: a SIGTERM during start-up or while retiring is not lost.
+    let mut signals = Signals::new();
     tracing::info!(node = %config.node_name, source = %config.source, "sluice agent starting");
+    // Before anything binds: an agent running on this node hands its listening sockets over
+    // (a rolling update with maxSurge); it retires once this one has synced.
+    let restarts =
+        Arc::new(handover::Restarts::take_over(config.cluster.admin_socket.as_deref()).await?);
     if config.cluster.cleanup_kube_proxy {
         kubeproxy::cleanup_and_log();
     }
@@ -163,6 +170,13 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
         fit_ingress_to_descriptors(&mut c);
         Arc::new(sluice_ingress::IngressProxy::new(c))
     });
+    // Bound (or taken over) now, accepting only after the first sync: until then
+    // connections wait in the listen backlog instead of meeting an empty route table.
+    let ingress_listeners = ingress
+        .as_ref()
+        .map(|proxy| proxy.listen(&mut handover::IngressSource(&restarts.listeners)))
+        .transpose()
+        .context("ingress proxy")?;
     let cluster = k8s_client
         .clone()
         .map(|client| cluster_link(client, &config, dataplane_name, ingress.is_some()))
@@ -213,27 +227,26 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
             shutdown_rx.clone(),
         ));
     }
-    if let Some(proxy) = &ingress {
-        let proxy = Arc::clone(proxy);
-        let mut stop = shutdown_rx.clone();
-        tasks.spawn(async move {
-            proxy
-                .serve(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-                .context("ingress proxy")
-        });
-    }
-    tasks.spawn(http::serve(
-        config.healthz_bind,
-        health::healthz_handler(Arc::clone(&health)),
+    tasks.spawn(Arc::clone(&restarts).serve(shutdown_rx.clone()));
+    tasks.spawn(serve_after_first_sync(
+        ingress.clone().zip(ingress_listeners),
+        Arc::clone(&health),
+        Arc::clone(&restarts),
         shutdown_rx.clone(),
     ));
     tasks.spawn(http::serve(
+        config.healthz_bind,
+        Arc::clone(&restarts.listeners),
+        health::healthz_handler(Arc::clone(&health)),
+        shutdown_rx.clone(),
+        restarts.succession(),
+    ));
+    tasks.spawn(http::serve(
         config.metrics_bind,
+        Arc::clone(&restarts.listeners),
         metrics::handler(Arc::clone(&metrics)),
         shutdown_rx.clone(),
+        restarts.succession(),
     ));
 
     let sync_loop = sync::SyncLoop {
@@ -250,13 +263,19 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
         local_addresses: interfaces::LocalAddresses::new(
             Arc::new(sluice_hostnet::RtNetlink::new()),
         ),
+        listeners: Arc::clone(&restarts.listeners),
     };
     let sync_task = tokio::spawn(sync_loop.run(batch_rx, shutdown_rx.clone()));
 
+    let mut succession = restarts.succession();
     let outcome = tokio::select! {
-        _ = shutdown_signal() => {
+        () = signals.recv() => {
             tracing::info!("shutting down; programmed forwarding stays in place");
-            Ok(())
+            Ok(Stop::Signal)
+        }
+        Ok(_) = succession.wait_for(|s| *s == handover::Succession::Ready) => {
+            tracing::info!("a new agent serves this node: retiring (draining connections, stopping the sync loop)");
+            Ok(Stop::Successor)
         }
         result = source_task => match result {
             Ok(Ok(())) => Err(anyhow::anyhow!("the source stopped")),
@@ -270,19 +289,92 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
         },
     };
     let _ = shutdown_tx.send(true);
-    // Release the leader Lease first, so another agent takes over at once.
-    if let Some(cluster) = &cluster {
-        cluster.shutdown().await;
+    let teardown = Teardown {
+        restarts,
+        cluster,
+        sync_task,
+        tasks,
+        load_balancer,
+    };
+    teardown.run(outcome.is_ok()).await;
+    if let Ok(Stop::Successor) = outcome {
+        // A DaemonSet container that exits by itself is restarted: wait for the pod's end.
+        tracing::info!("drained; waiting for SIGTERM");
+        signals.recv().await;
     }
-    if outcome.is_ok() {
-        let _ = sync_task.await;
-        while tasks.join_next().await.is_some() {}
+    outcome.map(|_| ())
+}
+
+/// What stops once shutdown has been announced.
+struct Teardown {
+    restarts: Arc<handover::Restarts>,
+    cluster: Option<Arc<cluster::ClusterLink>>,
+    sync_task: tokio::task::JoinHandle<()>,
+    tasks: tokio::task::JoinSet<anyhow::Result<()>>,
+    load_balancer: Option<loadbalancer::Running>,
+}
+
+impl Teardown {
+    /// Lets go of the listeners and Leases and waits for the tasks (`wait`: after a clean
+    /// stop; the Ingress returns once drained, at most --ingress-drain-timeout).
+    async fn run(mut self, wait: bool) {
+        // Each listener closes with its server now, unless a new agent holds it too.
+        self.restarts.listeners.close();
+        // A new agent on this node holds the Leases under the same name: leave them to it.
+        let release = !self.restarts.has_successor();
+        // Release the leader Lease first, so another agent takes over at once.
+        if let Some(cluster) = &self.cluster {
+            if release {
+                cluster.shutdown().await;
+            } else {
+                cluster.abandon();
+            }
+        }
+        if wait {
+            let _ = self.sync_task.await;
+            while self.tasks.join_next().await.is_some() {}
+        }
+        if let Some(lb) = self.load_balancer {
+            // Releasing the heartbeat lets the other agents take over this node's addresses
+            // at once.
+            lb.stop(release).await;
+        }
     }
-    if let Some(lb) = load_balancer {
-        // Releasing the heartbeat lets the other agents take over this node's addresses at once.
-        lb.stop().await;
+}
+
+/// Why the agent stops.
+enum Stop {
+    Signal,
+    /// A new agent took the listeners over and serves.
+    Successor,
+}
+
+/// Once the first sync is done: the Ingress accepts (until shutdown, then drains), and the
+/// previous agent, if this one took over from it, retires.
+async fn serve_after_first_sync(
+    ingress: Option<(
+        Arc<sluice_ingress::IngressProxy>,
+        sluice_ingress::IngressListeners,
+    )>,
+    health: Arc<health::HealthState>,
+    restarts: Arc<handover::Restarts>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let stopped = |mut shutdown: watch::Receiver<bool>| async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    tokio::select! {
+        () = health.first_sync() => {}
+        () = stopped(shutdown.clone()) => return Ok(()),
     }
-    outcome
+    let Some((proxy, listeners)) = ingress else {
+        restarts.serving();
+        stopped(shutdown).await;
+        return Ok(());
+    };
+    let serving = proxy.serve_listeners(listeners.http, listeners.https, stopped(shutdown));
+    restarts.serving();
+    serving.await.context("ingress proxy")
 }
 
 /// Leader election, the Ingress status writer and the Event recorder (API source).
@@ -348,17 +440,28 @@ fn fit_ingress_to_descriptors(config: &mut sluice_ingress::IngressConfig) {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, registered once (a signal between two waits is kept).
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Self(Some((term, int))),
+            _ => Self(None),
+        }
+    }
+
+    async fn recv(&mut self) {
+        let Some((term, int)) = &mut self.0 else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }

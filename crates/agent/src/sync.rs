@@ -35,6 +35,9 @@ pub struct SyncLoop {
     /// The admin endpoint's state, and the Ingress status and Events (API source).
     pub observers: crate::observe::Observers,
     pub local_addresses: LocalAddresses,
+    /// Listening sockets (health check node ports) taken over from the previous agent or
+    /// bound, offered to the next.
+    pub listeners: Arc<crate::handover::Listeners>,
 }
 
 /// The store the loop keeps from the sources' batches, and when the earliest change not yet
@@ -109,7 +112,8 @@ impl SyncLoop {
         let mut dataplane = self.dataplane.take();
         let mut planner = Planner::new(self.config.compute.clone());
         let mut store = Inbox::default();
-        let mut health_servers = ServiceHealthServers::new(Arc::clone(&self.health));
+        let mut health_servers =
+            ServiceHealthServers::new(Arc::clone(&self.health), Arc::clone(&self.listeners));
         let mut ingress = IngressFeed::default();
         let mut prog = Programming {
             in_step: false,

@@ -57,7 +57,10 @@ pub struct IngressConfig {
     /// `Upgrade` protocols tunnelled to backends (case-insensitive, version suffix ignored).
     /// Other upgrade offers are removed and the request is served as plain HTTP.
     pub allowed_upgrades: Vec<String>,
-    /// On shutdown, how long open connections get to finish.
+    /// On shutdown or restart (`--ingress-drain-timeout`), how long open connections get to
+    /// finish after the listeners stop accepting: requests in flight, HTTP/1.1 keep-alive
+    /// connections until their next response (`Connection: close`), HTTP/2 streams after
+    /// GOAWAY, upgraded connections (WebSocket) until they close.
     pub shutdown_grace: Duration,
     /// Keep and append to `X-Forwarded-*` headers sent by the client (only behind a trusted
     /// load balancer). Default: replace them with what this proxy sees.

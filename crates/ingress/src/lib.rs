@@ -9,11 +9,13 @@
 //! Module map: `routes` (class handling, host/path matching, normalisation), `tls` (secrets,
 //! SNI resolver), `upstream` (endpoint pools, power-of-two-choices least-requests, connection
 //! caps), `loops` (request-loop protection), `proxy` (the per-request service), `server`
-//! (listeners, connections, accept limits, graceful shutdown).
+//! (listeners bound or taken over, connections, accept limits), `drain` (finishing every
+//! connection on shutdown or restart without failing a request).
 
 #![forbid(unsafe_code)]
 
 mod config;
+mod drain;
 mod error;
 mod loops;
 mod proxy;
@@ -27,5 +29,6 @@ pub use config::IngressConfig;
 pub use error::IngressError;
 pub use proxy::IngressProxy;
 pub use routes::{Backend, PathError, RouteTable, Warning, build_route_table, normalize_path};
+pub use server::{BindNew, IngressListeners, LISTEN_BACKLOG, ListenerSource, bind_listener};
 pub use sluice_model::{ObjectKey, Snapshot};
 pub use stats::IngressStats;

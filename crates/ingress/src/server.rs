@@ -1,5 +1,6 @@
 //! Listeners and connections: plain HTTP and TLS (ALPN h2 / http/1.1), HTTP/1.1 with
-//! upgrades and HTTP/2 on the same port, graceful shutdown.
+//! upgrades and HTTP/2 on the same port, listeners bound here or taken over
+//! ([`ListenerSource`]), draining on shutdown (`drain`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -7,38 +8,106 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
+use hyper::{Request, StatusCode, Version};
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use crate::drain::{Activity, DRAIN_POLL, DrainFlag, Hold, Tracked, Tracker};
 use crate::proxy::{ConnInfo, handle};
 use crate::stats::{self, ActiveConnection, Counters};
 use crate::{IngressError, IngressProxy, tls};
 
+/// Where the proxy's listening sockets come from: bound here ([`BindNew`]), or taken over
+/// from the process that served before (the agent's restart handover).
+pub trait ListenerSource {
+    /// A listening TCP socket on `addr`.
+    fn listener(&mut self, addr: SocketAddr) -> std::io::Result<std::net::TcpListener>;
+}
+
+/// Binds every listener anew with [`bind_listener`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BindNew;
+
+impl ListenerSource for BindNew {
+    fn listener(&mut self, addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+        bind_listener(addr)
+    }
+}
+
+/// Connections the kernel queues for a listener nobody accepts on yet: a restart's new
+/// process starts accepting only after its first sync.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// A TCP listener on `addr` (`SO_REUSEADDR`, backlog [`LISTEN_BACKLOG`]). Must run inside a
+/// tokio runtime.
+pub fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)?.into_std()
+}
+
+/// The proxy's listeners, bound (connections queue) but not accepting until
+/// [`IngressProxy::serve_listeners`].
+#[derive(Debug, Default)]
+pub struct IngressListeners {
+    pub http: Option<TcpListener>,
+    pub https: Option<TcpListener>,
+}
+
 impl IngressProxy {
     /// Listens on the configured addresses (accepting once the first route table is loaded)
-    /// and serves until `shutdown` completes; then stops
-    /// accepting, lets open connections finish their requests (up to `shutdown_grace`) and
-    /// returns.
+    /// and serves until `shutdown` completes; then drains (see
+    /// [`serve_listeners`](Self::serve_listeners)) and returns.
     pub async fn serve(
         self: Arc<Self>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), IngressError> {
-        let http = match self.config.http_bind {
-            Some(addr) => Some(bind(addr).await?),
-            None => None,
-        };
-        let https = match self.config.https_bind {
-            Some(addr) => Some(bind(addr).await?),
-            None => None,
-        };
-        self.serve_listeners(http, https, shutdown).await
+        let listeners = self.listen(&mut BindNew)?;
+        self.serve_listeners(listeners.http, listeners.https, shutdown)
+            .await
     }
 
-    /// Like [`serve`](Self::serve) on listeners the caller bound (tests bind port 0).
+    /// The listeners of the configured addresses from `source`, and records their addresses
+    /// (an endpoint on one of them is never dialled). Must run inside a tokio runtime.
+    pub fn listen(
+        &self,
+        source: &mut dyn ListenerSource,
+    ) -> Result<IngressListeners, IngressError> {
+        let mut open = |addr: Option<SocketAddr>| -> Result<Option<TcpListener>, IngressError> {
+            let Some(addr) = addr else { return Ok(None) };
+            let listener = source
+                .listener(addr)
+                .and_then(|l| {
+                    l.set_nonblocking(true)?;
+                    TcpListener::from_std(l)
+                })
+                .map_err(|source| IngressError::Bind { addr, source })?;
+            Ok(Some(listener))
+        };
+        let listeners = IngressListeners {
+            http: open(self.config.http_bind)?,
+            https: open(self.config.https_bind)?,
+        };
+        let bound = local_addresses(&listeners.http, &listeners.https)?;
+        self.set_listener_addresses(&bound);
+        Ok(listeners)
+    }
+
+    /// Serves on listeners the caller bound (tests bind port 0) until `shutdown` completes;
+    /// then drains: stops accepting (closing its listeners: a process that took them over
+    /// goes on accepting on the same sockets), lets every connection finish as described in
+    /// `drain` (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY, upgraded connections kept) for
+    /// up to `shutdown_grace`, and returns.
     pub async fn serve_listeners(
         self: Arc<Self>,
         http: Option<TcpListener>,
@@ -52,21 +121,13 @@ impl IngressProxy {
             )),
             None => None,
         };
-        let mut bound = Vec::new();
-        for (name, listener) in [("http", &http), ("https", &https)] {
-            if let Some(l) = listener {
-                let addr = l
-                    .local_addr()
-                    .map_err(|source| IngressError::LocalAddr { source })?;
-                tracing::info!(%addr, "ingress: serving {name}");
-                bound.push(addr);
-            }
+        let bound = local_addresses(&http, &https)?;
+        for addr in &bound {
+            tracing::info!(%addr, "ingress: accepting connections");
         }
         // From now on an endpoint on one of these addresses is never dialled (a loop).
         self.set_listener_addresses(&bound);
-        let (stop_tx, stop_rx) = watch::channel(false);
-        // Every connection task holds a sender; `recv` returns None once all are gone.
-        let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+        let drain = Arc::new(Draining::default());
         let slots = Arc::new(Semaphore::new(
             self.config
                 .max_client_connections
@@ -94,27 +155,46 @@ impl IngressProxy {
             };
             accept_log.succeeded();
             let proxy = Arc::clone(&self);
-            let stop = stop_rx.clone();
-            let alive = alive_tx.clone();
+            let hold = drain.connections.hold();
+            let drain = Arc::clone(&drain);
             tokio::spawn(async move {
-                connection(proxy, stream, peer, tls, stop).await;
-                drop((slot, alive));
+                connection(proxy, stream, hold, peer, tls, drain).await;
+                drop(slot);
             });
         }
         drop((http, https));
-        let _ = stop_tx.send(true);
-        drop(alive_tx);
-        if tokio::time::timeout(self.config.shutdown_grace, alive_rx.recv())
-            .await
-            .is_err()
-        {
-            tracing::warn!("ingress: connections still open after the shutdown grace period");
-        }
-        tracing::info!("ingress: stopped");
+        self.drain(&drain).await;
         Ok(())
     }
 
-    /// A place for one more downstream connection, once the routes are loaded. At `max_client_connections` this waits
+    /// Tells every connection to finish and waits for them (and upgraded tunnels) up to
+    /// `shutdown_grace`.
+    async fn drain(&self, drain: &Draining) {
+        let started = Instant::now();
+        let timeout = self.config.shutdown_grace;
+        tracing::info!(
+            open = drain.connections.open(),
+            ?timeout,
+            "ingress: stopped accepting; draining connections (HTTP/1.1 closed after their \
+             current response, HTTP/2 sent GOAWAY, upgraded connections kept)"
+        );
+        drain.flag.start();
+        let _ = drain.stop.send(true);
+        match tokio::time::timeout(timeout, drain.connections.all_closed()).await {
+            Ok(()) => tracing::info!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "ingress: drained, every connection closed"
+            ),
+            Err(_) => tracing::warn!(
+                open = drain.connections.open(),
+                "ingress: connections still open after the drain timeout ({timeout:?}); \
+                 they end with this process"
+            ),
+        }
+    }
+
+    /// A place for one more downstream connection, once the routes are loaded. At
+    /// `max_client_connections` this waits
     /// (not accepting: new connections wait in the kernel's listen backlog) until a
     /// connection closes; `None` on shutdown.
     async fn connection_slot<F: Future<Output = ()>>(
@@ -206,10 +286,18 @@ fn accept_backoff(failures: u64) -> Duration {
     (FIRST_ACCEPT_BACKOFF * 2u32.pow(doublings)).min(MAX_ACCEPT_BACKOFF)
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, IngressError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| IngressError::Bind { addr, source })
+fn local_addresses(
+    http: &Option<TcpListener>,
+    https: &Option<TcpListener>,
+) -> Result<Vec<SocketAddr>, IngressError> {
+    [http, https]
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            l.local_addr()
+                .map_err(|source| IngressError::LocalAddr { source })
+        })
+        .collect()
 }
 
 async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
@@ -219,12 +307,34 @@ async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, S
     }
 }
 
+/// Shared by the accept loop and every connection it started.
+#[derive(Debug)]
+struct Draining {
+    /// Open connections and upgraded tunnels.
+    connections: Tracker,
+    /// Read on every response (no lock on the request path).
+    flag: DrainFlag,
+    /// Wakes the connections when draining starts.
+    stop: watch::Sender<bool>,
+}
+
+impl Default for Draining {
+    fn default() -> Self {
+        Self {
+            connections: Tracker::default(),
+            flag: DrainFlag::default(),
+            stop: watch::channel(false).0,
+        }
+    }
+}
+
 async fn connection(
     proxy: Arc<IngressProxy>,
     stream: TcpStream,
+    hold: Hold,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
-    stop: watch::Receiver<bool>,
+    drain: Arc<Draining>,
 ) {
     let local = match stream.local_addr() {
         Ok(a) => a,
@@ -234,6 +344,7 @@ async fn connection(
         }
     };
     let _ = stream.set_nodelay(true);
+    let stream = Tracked::new(stream, hold);
     let counted = Arc::clone(&proxy);
     let _active = ActiveConnection::new(&counted.counters);
     let info = Arc::new(ConnInfo {
@@ -242,11 +353,11 @@ async fn connection(
         tls: tls.is_some(),
     });
     match tls {
-        None => serve_io(proxy, TokioIo::new(stream), info, stop).await,
+        None => serve_io(proxy, TokioIo::new(stream), info, drain).await,
         Some(acceptor) => {
             let timeout = proxy.config.tls_handshake_timeout;
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => serve_io(proxy, TokioIo::new(s), info, stop).await,
+                Ok(Ok(s)) => serve_io(proxy, TokioIo::new(s), info, drain).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "ingress: TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "ingress: TLS handshake timed out"),
             }
@@ -254,32 +365,55 @@ async fn connection(
     }
 }
 
-async fn serve_io<I>(
-    proxy: Arc<IngressProxy>,
-    io: I,
-    info: Arc<ConnInfo>,
-    mut stop: watch::Receiver<bool>,
-) where
+async fn serve_io<I>(proxy: Arc<IngressProxy>, io: I, info: Arc<ConnInfo>, drain: Arc<Draining>)
+where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let activity = Arc::new(Activity::new());
     let service_proxy = Arc::clone(&proxy);
-    let service = service_fn(move |req| {
+    let service_drain = Arc::clone(&drain);
+    let service_activity = Arc::clone(&activity);
+    let service = service_fn(move |req: Request<Incoming>| {
         let proxy = Arc::clone(&service_proxy);
         let info = Arc::clone(&info);
-        async move { Ok::<_, Infallible>(handle(proxy, info, req).await) }
+        let drain = Arc::clone(&service_drain);
+        let in_flight = service_activity.request(req.version());
+        async move {
+            let http1 = req.version() < Version::HTTP_2;
+            let mut resp = handle(proxy, info, req).await;
+            // Draining: this is the connection's last response; the client's next request
+            // goes to a new connection (accepted by the process that took over).
+            if http1 && drain.flag.is_draining() && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+            {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            drop(in_flight);
+            Ok::<_, Infallible>(resp)
+        }
     });
     let conn = proxy.server.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
+    let mut stop = drain.stop.subscribe();
     tokio::select! {
-        res = conn.as_mut() => {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "ingress: connection ended with error");
-            }
+        res = conn.as_mut() => return log_end(res),
+        _ = stop.wait_for(|stopped| *stopped) => {}
+    }
+    // Draining: HTTP/1.1 closes by itself after a `Connection: close` response; shut down
+    // (GOAWAY, or close an idle HTTP/1.1 connection) when that is safe.
+    while !activity.may_close() {
+        tokio::select! {
+            res = conn.as_mut() => return log_end(res),
+            () = tokio::time::sleep(DRAIN_POLL) => {}
         }
-        _ = async { stop.wait_for(|stopped| *stopped).await.map(|_| ()) } => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
+    }
+    conn.as_mut().graceful_shutdown();
+    log_end(conn.await);
+}
+
+fn log_end<E: std::fmt::Display>(res: Result<(), E>) {
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "ingress: connection ended with error");
     }
 }
 

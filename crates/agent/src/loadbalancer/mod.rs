@@ -73,11 +73,14 @@ pub struct Running {
 
 impl Running {
     /// Waits for the loops (they end on `shutdown`), then releases the Leases so that other
-    /// agents take over at once instead of after expiry.
-    pub async fn stop(mut self) {
+    /// agents take over at once instead of after expiry. With `release: false` (a new agent
+    /// on this node took over and renews them under the same name) they are left as they are.
+    pub async fn stop(mut self, release: bool) {
         while self.tasks.join_next().await.is_some() {}
         for lease in self.leases {
-            lease.shutdown().await;
+            if release {
+                lease.shutdown().await;
+            }
         }
     }
 }

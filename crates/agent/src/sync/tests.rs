@@ -100,6 +100,7 @@ fn start(dp: &FakeDataplane, min_sync: &str, restored: Restored) -> Handles {
         ingress: None,
         observers: Default::default(),
         local_addresses: LocalAddresses::new(Arc::new(sluice_hostnet::FakeHostNetwork::new())),
+        listeners: Arc::default(),
     };
     let (tx, rx) = mpsc::channel(16);
     let (stop_tx, stop_rx) = watch::channel(false);
