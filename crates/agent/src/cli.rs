@@ -62,11 +62,11 @@ pub struct PlanArgs {
     pub node_address: Vec<std::net::IpAddr>,
     #[arg(long, value_enum, default_value = "both")]
     pub proxy_mode: PlanMode,
-    /// Also print the Ingress route table (IngressClass controller `--ingress-controller`).
+    /// Also print the Ingress route plan (the classes served as with `sluice agent`).
     #[arg(long)]
     pub ingress: bool,
-    #[arg(long, default_value = "sluice.dev/ingress")]
-    pub ingress_controller: String,
+    #[command(flatten)]
+    pub ingress_classes: IngressClassFlags,
     #[arg(long, value_enum, default_value = "text")]
     pub output: OutputFormat,
     #[command(flatten)]
@@ -171,13 +171,8 @@ pub struct AgentArgs {
     /// Ingress HTTPS listener; empty disables it.
     #[arg(long, env = "SLUICE_INGRESS_HTTPS_BIND", default_value = "0.0.0.0:443")]
     pub ingress_https_bind: String,
-    /// IngressClass `spec.controller` value this agent serves.
-    #[arg(
-        long,
-        env = "SLUICE_INGRESS_CONTROLLER",
-        default_value = "sluice.dev/ingress"
-    )]
-    pub ingress_controller: String,
+    #[command(flatten)]
+    pub ingress_classes: IngressClassFlags,
     /// Addresses written to Ingress `status.loadBalancer` (comma-separated; default: this
     /// node's addresses). Set the same value on every node (e.g. the VIP in front of them).
     #[arg(long, env = "SLUICE_INGRESS_STATUS_ADDRESS", value_delimiter = ',')]
@@ -190,6 +185,51 @@ pub struct AgentArgs {
     pub cleanup: bool,
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// Which Ingresses are served (ingress-nginx's flag names where they exist).
+#[derive(Debug, Clone, clap::Args)]
+pub struct IngressClassFlags {
+    /// IngressClass `spec.controller` value this agent serves.
+    #[arg(
+        long,
+        env = "SLUICE_INGRESS_CONTROLLER",
+        default_value = "sluice.dev/ingress"
+    )]
+    pub ingress_controller: String,
+    /// Ingress class names served in addition, by `spec.ingressClassName` or the
+    /// `kubernetes.io/ingress.class` annotation, whatever controller their IngressClass names
+    /// (repeatable or comma-separated; e.g. `nginx` to take over from ingress-nginx).
+    #[arg(long, env = "SLUICE_INGRESS_CLASS", value_delimiter = ',')]
+    pub ingress_class: Vec<String>,
+    /// Also serve Ingresses that name no class at all.
+    #[arg(long, env = "SLUICE_WATCH_INGRESS_WITHOUT_CLASS")]
+    pub watch_ingress_without_class: bool,
+}
+
+impl IngressClassFlags {
+    /// Pure validation into the route planner's configuration.
+    pub fn to_config(&self) -> Result<sluice_routes::RouteConfig, ConfigError> {
+        let controller = self.ingress_controller.trim();
+        if controller.is_empty() {
+            return Err(invalid(
+                "ingress-controller",
+                &self.ingress_controller,
+                "must not be empty",
+            ));
+        }
+        Ok(sluice_routes::RouteConfig {
+            controller: controller.to_owned(),
+            classes: self
+                .ingress_class
+                .iter()
+                .map(|c| c.trim().to_owned())
+                .filter(|c| !c.is_empty())
+                .collect(),
+            watch_without_class: self.watch_ingress_without_class,
+            default_certificate: None,
+        })
+    }
 }
 
 /// Where snapshots come from.
@@ -221,6 +261,8 @@ pub struct AgentConfig {
     pub sync_period: Duration,
     pub ebpf: EbpfConfig,
     pub ingress: Option<IngressConfig>,
+    /// Which Ingresses the proxy serves.
+    pub routes: sluice_routes::RouteConfig,
     pub ingress_status_addresses: Vec<std::net::IpAddr>,
     pub cleanup: bool,
     pub log_format: LogFormat,
@@ -320,20 +362,13 @@ impl AgentArgs {
         } else {
             let http_bind = optional_addr("ingress-http-bind", &self.ingress_http_bind)?;
             let https_bind = optional_addr("ingress-https-bind", &self.ingress_https_bind)?;
-            if self.ingress_controller.trim().is_empty() {
-                return Err(invalid(
-                    "ingress-controller",
-                    &self.ingress_controller,
-                    "must not be empty",
-                ));
-            }
             (http_bind.is_some() || https_bind.is_some()).then(|| IngressConfig {
                 http_bind,
                 https_bind,
-                controller_name: self.ingress_controller.trim().to_owned(),
                 ..IngressConfig::default()
             })
         };
+        let routes = self.ingress_classes.to_config()?;
         let ingress_status_addresses = self
             .ingress_status_address
             .iter()
@@ -363,6 +398,7 @@ impl AgentArgs {
             sync_period,
             ebpf,
             ingress,
+            routes,
             ingress_status_addresses,
             cleanup: self.cleanup,
             log_format: self.log_format,

@@ -134,10 +134,11 @@ impl SyncLoop {
                 tracing::warn!("services: skipped {warning}");
             }
             if let Some(proxy) = &self.ingress {
-                ingress_warnings.update(
-                    "ingress",
-                    proxy.update(&snapshot).iter().map(ToString::to_string),
-                );
+                let now = std::time::SystemTime::now();
+                let (routes, mut warnings) =
+                    sluice_routes::plan(&snapshot, &node, &self.config.routes, now);
+                warnings.extend(proxy.update(&routes));
+                ingress_warnings.update("ingress", warnings.iter().map(ToString::to_string));
             }
             if delta.health_checks.is_some() || prog.first {
                 health_servers.update(&planner.plan().health_checks).await;
@@ -251,7 +252,11 @@ impl SyncLoop {
         let (Some(client), Some(proxy)) = (&self.k8s_client, &self.ingress) else {
             return;
         };
-        let served = proxy.served_ingresses();
+        let served: Vec<ObjectKey> = proxy
+            .served_ingresses()
+            .iter()
+            .map(|n| ObjectKey::new(&*n.namespace, &*n.name))
+            .collect();
         let mut ips = self.config.ingress_status_addresses.clone();
         if ips.is_empty() {
             ips = node_ips;

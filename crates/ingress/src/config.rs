@@ -1,21 +1,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sluice_model::ObjectKey;
-
 /// Settings of the ingress proxy. `Default` gives the documented defaults (docs/ingress.md).
+/// Which Ingresses are served and how they route is the plan's business (`sluice-routes`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IngressConfig {
     /// `--ingress-http-bind`; `None` disables plain HTTP.
     pub http_bind: Option<SocketAddr>,
     /// `--ingress-https-bind`; `None` disables HTTPS.
     pub https_bind: Option<SocketAddr>,
-    /// `IngressClass.spec.controller` value this proxy owns.
-    pub controller_name: String,
-    /// Secret holding the certificate served when no Ingress `tls` section matches the SNI name
-    /// (the agent must include it in the Secrets it caches). When unset, the first `tls` section
-    /// without `hosts` is used, else the first valid certificate in conflict order.
-    pub default_certificate: Option<ObjectKey>,
     /// Time to establish a TCP connection to an endpoint.
     pub connect_timeout: Duration,
     /// Time from the end of the request (its body fully sent) until the response headers
@@ -32,7 +25,8 @@ pub struct IngressConfig {
     pub tls_handshake_timeout: Duration,
     /// Idle upstream keep-alive connections are closed after this long.
     pub upstream_idle_timeout: Duration,
-    /// Largest request body accepted (413 beyond).
+    /// Largest request body accepted (413 beyond), unless a route's `proxy-body-size` says
+    /// otherwise.
     pub max_request_body_bytes: u64,
     /// Request bodies up to this size are read completely before an endpoint is chosen and
     /// dialled (like nginx's `client_body_buffer_size`), so a slow client holds no backend
@@ -69,8 +63,6 @@ impl Default for IngressConfig {
         Self {
             http_bind: Some(SocketAddr::from(([0, 0, 0, 0], 80))),
             https_bind: Some(SocketAddr::from(([0, 0, 0, 0], 443))),
-            controller_name: "sluice.dev/ingress".to_owned(),
-            default_certificate: None,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             client_idle_timeout: Duration::from_secs(60),

@@ -58,6 +58,9 @@ impl IngressProxy {
                     .local_addr()
                     .map_err(|source| IngressError::LocalAddr { source })?;
                 tracing::info!(%addr, "ingress: serving {name}");
+                if name == "https" {
+                    self.set_https_port(addr.port());
+                }
                 bound.push(addr);
             }
         }

@@ -30,6 +30,9 @@ async fn cafe() -> (Vec<Value>, Vec<EchoBackend>, Vec<u8>) {
         )],
     );
     cafe["spec"]["tls"] = json!([{"hosts": ["cafe.example.com"], "secretName": "cafe-secret"}]);
+    // These tests also speak plain HTTP to the cafe: no redirect to HTTPS (tests/annotations.rs
+    // covers it).
+    cafe["metadata"]["annotations"] = json!({"nginx.ingress.kubernetes.io/ssl-redirect": "false"});
     cafe["spec"]["defaultBackend"] =
         json!({"service": {"name": "default-svc", "port": {"number": 80}}});
     let mut objects = vec![ingress_class(), cafe, secret];
@@ -392,7 +395,7 @@ async fn route_change_under_load_has_zero_failed_requests() {
     let mut flips = 0;
     while Instant::now() < deadline {
         let snap = if flips % 2 == 0 { &snap_b } else { &snap_a };
-        assert!(p.proxy.update(snap).is_empty());
+        assert!(p.proxy.apply(snap).is_empty());
         flips += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -436,7 +439,7 @@ async fn certificate_rotation_without_failed_requests() {
             .cloned()
             .collect();
         o.push(secret);
-        assert!(p.proxy.update(&snapshot(&o)).is_empty());
+        assert!(p.proxy.apply(&snapshot(&o)).is_empty());
         last = der;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -475,14 +478,14 @@ async fn upgraded_connection_survives_reload() {
             vec![path("/", "Prefix", "coffee-svc")],
         )],
     ));
-    assert!(p.proxy.update(&snapshot(&changed)).is_empty());
+    assert!(p.proxy.apply(&snapshot(&changed)).is_empty());
     assert_eq!(ws_roundtrip(&mut ws, "again").await.unwrap(), "tea:again");
     let gone: Vec<Value> = objects
         .iter()
         .filter(|v| v["kind"] != "Ingress")
         .cloned()
         .collect();
-    p.proxy.update(&snapshot(&gone));
+    p.proxy.apply(&snapshot(&gone));
     assert_eq!(ws_roundtrip(&mut ws, "still").await.unwrap(), "tea:still");
     // New upgrades follow the new table.
     assert!(
@@ -521,7 +524,7 @@ async fn served_ingresses_follow_updates() {
     assert_eq!(served[0].to_string(), "default/cafe");
     let mut other = objects.clone();
     other.retain(|v| v["kind"] != "IngressClass");
-    p.proxy.update(&snapshot(&other));
+    p.proxy.apply(&snapshot(&other));
     assert!(p.proxy.served_ingresses().is_empty());
     assert_eq!(
         http_get(p.http, "cafe.example.com", "/coffee")
@@ -762,7 +765,7 @@ async fn busy_endpoint_is_avoided() {
     let p = start(IngressConfig::default(), &objects).await;
     let busy_endpoint = || {
         let table = p.proxy.route_table();
-        let backend = table.lookup("h", "/").unwrap();
+        let backend = table.lookup("h", "/").unwrap().backend().unwrap();
         backend
             .in_flight()
             .into_iter()

@@ -14,6 +14,7 @@ use hyper::HeaderMap;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep, sleep};
 
+use crate::options::ConnGuard;
 use crate::upstream::InFlight;
 
 /// A problem with the request body that is the client's doing, never the backend's.
@@ -191,13 +192,16 @@ impl UploadProgress {
         }
     }
 
-    /// When the response timeout ends, given what the upload did so far.
-    pub(crate) fn response_deadline(&self, timeout: Duration) -> Instant {
+    /// When waiting for the response ends, given what the upload did so far: `send` after
+    /// the last progress while the upstream does not read the body (`proxy-send-timeout`),
+    /// `read` after its end (`proxy-read-timeout`).
+    pub(crate) fn response_deadline(&self, read: Duration, send: Duration) -> Instant {
         let uploading = !self.done.load(Ordering::Relaxed);
         if uploading && self.waiting_on_client.load(Ordering::Relaxed) {
             // The client body timeout is running; the response timer has not started.
-            return Instant::now() + timeout;
+            return Instant::now() + read.max(send);
         }
+        let timeout = if uploading { send } else { read };
         self.started + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + timeout
     }
 }
@@ -296,6 +300,8 @@ pub(crate) enum ProxyBody {
 pub(crate) struct UpstreamBody {
     body: Incoming,
     _in_flight: Option<InFlight>,
+    /// A `limit-connections` place, held until the body ends.
+    _held: Option<ConnGuard>,
     stall: StallTimer,
 }
 
@@ -315,8 +321,16 @@ impl ProxyBody {
         ProxyBody::Upstream(UpstreamBody {
             body,
             _in_flight: in_flight,
+            _held: None,
             stall: StallTimer::new(read_timeout),
         })
+    }
+
+    /// Keeps `guard` until the body ends (a generated body ends at once).
+    pub(crate) fn hold(&mut self, guard: Option<ConnGuard>) {
+        if let ProxyBody::Upstream(up) = self {
+            up._held = guard;
+        }
     }
 
     pub(crate) fn full(data: impl Into<Bytes>) -> Self {

@@ -15,9 +15,11 @@ use super::body::{ClientBodyError, UploadProgress};
 use super::headers;
 use super::service::error;
 use super::{IngressProxy, ProxyBody, ReqBody};
+use crate::options::Affinity;
 use crate::routes::Backend;
 use crate::stats;
-use crate::upstream::{InFlight, LimitReached, UpstreamEndpoint};
+use crate::upstream::{CONNECT_TIMEOUT, InFlight, LimitReached, UpstreamEndpoint};
+use sluice_plan::BackendProtocol;
 
 /// Linux errno values: out of file descriptors for the process / the system.
 const EMFILE: i32 = 24;
@@ -31,30 +33,57 @@ pub(super) struct Upstream {
     pub(super) headers: HeaderMap,
 }
 
+/// How the route wants its backend spoken to (from its options, else the proxy's defaults).
+pub(super) struct Upstreaming<'a> {
+    pub(super) protocol: BackendProtocol,
+    pub(super) connect_timeout: Duration,
+    pub(super) read_timeout: Duration,
+    pub(super) send_timeout: Duration,
+    /// `affinity: cookie`: the settings, and the endpoint the request's cookie names.
+    pub(super) affinity: Option<&'a Affinity>,
+    pub(super) sticky: Option<SocketAddr>,
+}
+
+impl Upstreaming<'_> {
+    fn http2(&self) -> bool {
+        matches!(self.protocol, BackendProtocol::H2c | BackendProtocol::Grpc)
+    }
+}
+
 impl Upstream {
-    /// For the pooled client, which picks the connection by the URI's authority and sends
-    /// the request in origin form.
-    fn into_pooled_request<B>(self, endpoint: &UpstreamEndpoint, body: B) -> Request<B> {
+    /// For the pooled client, which picks the connection by the URI's authority (and sends
+    /// HTTP/1 requests in origin form).
+    fn into_pooled_request<B>(
+        self,
+        endpoint: &UpstreamEndpoint,
+        body: B,
+        http2: bool,
+    ) -> Request<B> {
         let mut parts = hyper::http::uri::Parts::default();
         parts.scheme = Some(Scheme::HTTP);
         parts.authority = Some(endpoint.authority.clone());
         parts.path_and_query = Some(self.path_and_query.clone());
         // Scheme, authority and path are all set: building cannot fail.
         let uri = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from(self.path_and_query.clone()));
-        self.build(uri, body)
+        let version = if http2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        self.build(uri, body, version)
     }
 
     /// In origin form (`GET /path`), for a connection of our own.
     pub(super) fn into_origin_request<B>(self, body: B) -> Request<B> {
         let uri = Uri::from(self.path_and_query.clone());
-        self.build(uri, body)
+        self.build(uri, body, Version::HTTP_11)
     }
 
-    fn build<B>(self, uri: Uri, body: B) -> Request<B> {
+    fn build<B>(self, uri: Uri, body: B, version: Version) -> Request<B> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method;
         *req.uri_mut() = uri;
-        *req.version_mut() = Version::HTTP_11;
+        *req.version_mut() = version;
         *req.headers_mut() = self.headers;
         req
     }
@@ -67,15 +96,22 @@ pub(super) enum NoEndpoint {
     OwnListener(SocketAddr),
 }
 
-/// An endpoint to send to (power of two choices, never `exclude`), skipping endpoints that
-/// are our own listeners.
+/// An endpoint to send to: `prefer` (the affinity cookie's) when it is usable, else power of
+/// two choices; never `exclude`, never one of our own listeners.
 pub(super) fn pick_endpoint(
     proxy: &IngressProxy,
     backend: &Backend,
     exclude: Option<SocketAddr>,
+    prefer: Option<SocketAddr>,
 ) -> Result<Arc<UpstreamEndpoint>, NoEndpoint> {
-    let first = backend.pool.pick(exclude).ok_or(NoEndpoint::Empty)?;
     let own = proxy.own_addresses.load();
+    let preferred = prefer
+        .filter(|addr| Some(*addr) != exclude && !own.contains(*addr))
+        .and_then(|addr| backend.pool.endpoints.iter().find(|e| e.addr == addr));
+    if let Some(endpoint) = preferred {
+        return Ok(Arc::clone(endpoint));
+    }
+    let first = backend.pool.pick(exclude).ok_or(NoEndpoint::Empty)?;
     if !own.contains(first.addr) {
         return Ok(first);
     }
@@ -131,8 +167,9 @@ pub(super) async fn forward(
     request: Upstream,
     body: ReqBody,
     upload: Option<Arc<UploadProgress>>,
+    how: &Upstreaming<'_>,
 ) -> Response<ProxyBody> {
-    let endpoint = match pick_endpoint(proxy, backend, None) {
+    let endpoint = match pick_endpoint(proxy, backend, None, how.sticky) {
         Ok(endpoint) => endpoint,
         Err(why) => return no_endpoint(proxy, backend, why),
     };
@@ -140,7 +177,16 @@ pub(super) async fn forward(
         .then(|| body.try_clone().map(|b| (request.clone(), b)))
         .flatten();
     let first = Arc::clone(&endpoint);
-    let sent = send(proxy, backend, endpoint, request, body, upload.as_deref()).await;
+    let sent = send(
+        proxy,
+        backend,
+        endpoint,
+        request,
+        body,
+        upload.as_deref(),
+        how,
+    )
+    .await;
     let (failed, same_endpoint_ok) = match sent {
         Ok(resp) | Err(SendError::Other(resp)) => return resp,
         Err(SendError::Connect(resp)) => (resp, false),
@@ -148,7 +194,7 @@ pub(super) async fn forward(
     };
     // After a connect failure only another endpoint helps; after a keep-alive connection
     // closed under us the same endpoint (on a new connection) is fine too.
-    let next = pick_endpoint(proxy, backend, Some(first.addr))
+    let next = pick_endpoint(proxy, backend, Some(first.addr), None)
         .ok()
         .or_else(|| same_endpoint_ok.then_some(first));
     let (Some((request, body)), Some(next)) = (retry, next) else {
@@ -156,7 +202,7 @@ pub(super) async fn forward(
     };
     tracing::debug!(backend = %backend, retry = %next.addr, "ingress: retrying idempotent request");
     stats::inc(&proxy.counters.retries);
-    match send(proxy, backend, next, request, body, None).await {
+    match send(proxy, backend, next, request, body, None, how).await {
         Ok(resp) => resp,
         Err(SendError::Connect(resp) | SendError::Closed(resp) | SendError::Other(resp)) => resp,
     }
@@ -177,42 +223,61 @@ async fn send(
     request: Upstream,
     body: ReqBody,
     upload: Option<&UploadProgress>,
+    how: &Upstreaming<'_>,
 ) -> Result<Response<ProxyBody>, SendError> {
     let in_flight = endpoint.start();
-    let req = request.into_pooled_request(&endpoint, body);
-    let timeout = proxy.config.response_timeout;
-    match within_response_timeout(proxy.client.request(req), timeout, upload).await {
-        Some(Ok(resp)) => Ok(downstream_response(resp, in_flight, timeout)),
-        Some(Err(e)) => Err(upstream_error(proxy, backend, &endpoint, &e)),
-        None => Err(SendError::Other(gateway_timeout(proxy, backend))),
+    let req = request.into_pooled_request(&endpoint, body, how.http2());
+    let client = if how.http2() {
+        &proxy.client_h2
+    } else {
+        &proxy.client
+    };
+    let requested = CONNECT_TIMEOUT.scope(how.connect_timeout, client.request(req));
+    let read = how.read_timeout;
+    let mut resp = match within_response_timeout(requested, read, how.send_timeout, upload).await {
+        Some(Ok(resp)) => downstream_response(resp, in_flight, read),
+        Some(Err(e)) => return Err(upstream_error(proxy, backend, &endpoint, &e)),
+        None => return Err(SendError::Other(gateway_timeout(proxy, backend, read))),
+    };
+    if let Some(affinity) = how.affinity
+        && how.sticky != Some(endpoint.addr)
+        && let Some(cookie) = affinity.set_cookie(&endpoint)
+    {
+        resp.headers_mut().append(hyper::header::SET_COOKIE, cookie);
     }
+    Ok(resp)
 }
 
-pub(super) fn gateway_timeout(proxy: &IngressProxy, backend: &Backend) -> Response<ProxyBody> {
+pub(super) fn gateway_timeout(
+    proxy: &IngressProxy,
+    backend: &Backend,
+    timeout: Duration,
+) -> Response<ProxyBody> {
     stats::inc(&proxy.counters.upstream_timeouts);
     error(
         StatusCode::GATEWAY_TIMEOUT,
         format!(
             "504 Gateway Timeout: service {backend} did not answer within {}s\n",
-            proxy.config.response_timeout.as_secs_f32()
+            timeout.as_secs_f32()
         ),
     )
 }
 
-/// Awaits the response headers. Without a streamed upload that is `timeout` from now; with
-/// one, `timeout` from the end of the upload, or from its last progress while the upstream
-/// does not read it (a stalled client is left to the client body timeout).
+/// Awaits the response headers. Without a streamed upload that is `read` from now; with
+/// one, `read` from the end of the upload, or `send` from its last progress while the
+/// upstream does not read it (a stalled client is left to the client body timeout).
 pub(super) async fn within_response_timeout<F: Future>(
     response: F,
-    timeout: Duration,
+    read: Duration,
+    send: Duration,
     upload: Option<&UploadProgress>,
 ) -> Option<F::Output> {
     let Some(upload) = upload else {
-        return tokio::time::timeout(timeout, response).await.ok();
+        return tokio::time::timeout(read, response).await.ok();
     };
     tokio::pin!(response);
     loop {
-        let deadline = upload.response_deadline(timeout);
+        let deadline = upload.response_deadline(read, send);
         if deadline <= tokio::time::Instant::now() {
             return None;
         }

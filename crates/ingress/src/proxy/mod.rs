@@ -10,6 +10,7 @@ mod upload;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -17,13 +18,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use sluice_model::{ObjectKey, Snapshot};
+use sluice_plan::{ObjectName, RoutePlan};
 
 pub(crate) use body::{ProxyBody, ReqBody};
-pub(crate) use service::{ConnInfo, handle};
+pub(crate) use service::{ConnInfo, error, handle};
 
 use crate::loops::{HopId, OwnAddresses};
-use crate::routes::build;
 use crate::stats::Counters;
 use crate::upstream::{ConnectionLimits, CountingConnector};
 use crate::{IngressConfig, IngressStats, RouteTable, Warning};
@@ -41,7 +41,12 @@ const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
 pub struct IngressProxy {
     pub(crate) config: IngressConfig,
     pub(crate) table: Arc<ArcSwap<RouteTable>>,
+    /// HTTP/1.1 to the endpoints.
     pub(crate) client: Client<CountingConnector, ReqBody>,
+    /// HTTP/2 without TLS (`backend-protocol` H2C and GRPC).
+    pub(crate) client_h2: Client<CountingConnector, ReqBody>,
+    /// Port of the HTTPS listener (for the HTTPS redirect); 443 until serving starts.
+    pub(crate) https_port: AtomicU16,
     pub(crate) server: auto::Builder<TokioExecutor>,
     pub(crate) counters: Counters,
     pub(crate) limits: Arc<ConnectionLimits>,
@@ -68,7 +73,8 @@ impl IngressProxy {
             config.max_upstream_connections,
             config.max_upstream_connections_per_endpoint,
         ));
-        let client = upstream_client(&config, &limits, &table);
+        let client = upstream_client(&config, &limits, &table, false);
+        let client_h2 = upstream_client(&config, &limits, &table, true);
         Self {
             server: server_builder(&config),
             head_limits: HeadLimits {
@@ -78,6 +84,8 @@ impl IngressProxy {
             config,
             table,
             client,
+            client_h2,
+            https_port: AtomicU16::new(443),
             counters: Counters::default(),
             limits,
             hop_id: HopId::random(),
@@ -85,16 +93,16 @@ impl IngressProxy {
         }
     }
 
-    /// Rebuilds the route table from `snapshot` and swaps it in atomically. Requests already
-    /// routed finish on the table they started with; open connections stay open. Endpoint
-    /// request counters carry over so balancing is not reset.
+    /// Builds the route table for `plan` and swaps it in atomically. Requests already routed
+    /// finish on the table they started with; open connections stay open. Endpoint request
+    /// counters, rate-limit state and parsed certificates carry over.
     ///
-    /// Returns the problems found (bad objects, endpoints that are this proxy's own
-    /// listeners); nothing is logged here: the caller logs them (the agent logs each new one
-    /// once).
-    pub fn update(&self, snapshot: &Snapshot) -> Vec<Warning> {
+    /// Returns the problems found executing the plan (certificates whose key does not load,
+    /// endpoints that are this proxy's own listeners), each naming its object; nothing is
+    /// logged here: the caller logs them (the agent logs each new one once).
+    pub fn update(&self, plan: &RoutePlan) -> Vec<Warning> {
         let previous = self.table.load();
-        let (mut table, mut warnings) = build::build(snapshot, &self.config, Some(&previous));
+        let (mut table, mut warnings) = crate::routes::build(plan, Some(&previous));
         drop(previous);
         table.index_endpoints();
         warnings.extend(self.own_listener_warnings(&table));
@@ -117,6 +125,11 @@ impl IngressProxy {
             .rcu(|own| own.with_local_ips(addresses.iter().copied()));
     }
 
+    /// Records the HTTPS listener's port (done when serving starts).
+    pub(crate) fn set_https_port(&self, port: u16) {
+        self.https_port.store(port, Ordering::Relaxed);
+    }
+
     /// Records the addresses the listeners are bound to (done when serving starts).
     pub(crate) fn set_listener_addresses(&self, listeners: &[SocketAddr]) {
         self.own_addresses
@@ -124,7 +137,7 @@ impl IngressProxy {
     }
 
     /// Ingresses this proxy currently serves (for the agent to write their status).
-    pub fn served_ingresses(&self) -> Vec<ObjectKey> {
+    pub fn served_ingresses(&self) -> Vec<ObjectName> {
         self.table.load().served_ingresses().to_vec()
     }
 
@@ -152,7 +165,10 @@ impl IngressProxy {
                 if own.contains(endpoint.addr) && seen.insert((&backend.service, endpoint.addr)) {
                     warnings.push(Warning {
                         kind: "Service",
-                        object: backend.service.clone(),
+                        object: ObjectName::new(
+                            Arc::clone(&backend.service.namespace),
+                            Arc::clone(&backend.service.name),
+                        ),
                         message: format!(
                             "endpoint {} is this proxy's own listener; requests routed to it get 508 Loop Detected",
                             endpoint.addr
@@ -165,24 +181,35 @@ impl IngressProxy {
     }
 }
 
-/// The pooled HTTP/1.1 client to the endpoints, dialling through the connection caps.
+/// A pooled client to the endpoints (HTTP/1.1, or HTTP/2 prior knowledge when `h2`),
+/// dialling through the connection caps within the route's (else the default) connect
+/// timeout.
 fn upstream_client(
     config: &IngressConfig,
     limits: &Arc<ConnectionLimits>,
     table: &Arc<ArcSwap<RouteTable>>,
+    h2: bool,
 ) -> Client<CountingConnector, ReqBody> {
     let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(config.connect_timeout));
     http.set_nodelay(true);
-    let connector = CountingConnector::new(http, Arc::clone(limits), Arc::clone(table));
-    Client::builder(TokioExecutor::new())
+    let connector = CountingConnector::new(
+        http,
+        Arc::clone(limits),
+        Arc::clone(table),
+        config.connect_timeout,
+    );
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .pool_idle_timeout(config.upstream_idle_timeout)
         .pool_max_idle_per_host(
             POOL_IDLE_PER_ENDPOINT.min(config.max_upstream_connections_per_endpoint),
         )
         .pool_timer(TokioTimer::new())
-        .http1_max_buf_size(UPSTREAM_READ_BUFFER)
-        .build(connector)
+        .http1_max_buf_size(UPSTREAM_READ_BUFFER);
+    if h2 {
+        builder.http2_only(true).timer(TokioTimer::new());
+    }
+    builder.build(connector)
 }
 
 /// Downstream HTTP/1.1 and HTTP/2 with the configured timeouts and header limits.

@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -10,11 +11,16 @@ use hyper::header::{self, HeaderValue};
 use hyper::http::uri::PathAndQuery;
 use hyper::{HeaderMap, Request, Response, StatusCode, Version};
 
-use super::forward::{self, Upstream};
+use super::forward::{self, Upstream, Upstreaming};
 use super::headers::{self, Forwarded, X_REQUEST_ID};
 use super::{IngressProxy, ProxyBody, upgrade, upload};
-use crate::routes::normalize_path;
+use crate::options::{RequestView, RouteRuntime};
+use crate::routes::{Route, normalize_path};
 use crate::stats;
+use sluice_plan::BackendProtocol;
+
+static X_FORWARDED_PREFIX: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("x-forwarded-prefix");
 
 /// The downstream connection a request came in on.
 #[derive(Debug)]
@@ -74,7 +80,8 @@ fn is_client_error_closing(status: StatusCode) -> bool {
     )
 }
 
-pub(super) fn error(status: StatusCode, message: impl Into<Bytes>) -> Response<ProxyBody> {
+/// A short `text/plain` answer made by the proxy.
+pub(crate) fn error(status: StatusCode, message: impl Into<Bytes>) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::full(message));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -87,7 +94,7 @@ pub(super) fn error(status: StatusCode, message: impl Into<Bytes>) -> Response<P
 async fn route(
     proxy: &IngressProxy,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     request_id: &HeaderValue,
 ) -> Response<ProxyBody> {
     let host = match headers::check_head(&req, proxy.head_limits) {
@@ -113,18 +120,84 @@ async fn route(
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("400 Bad Request: {e}\n")),
     };
     // The table is only borrowed for the lookup: a reload during the request is fine.
-    let backend = proxy.table.load().lookup(host_str, &path).cloned();
-    let Some(backend) = backend else {
-        stats::inc(&proxy.counters.not_found);
-        return error(
-            StatusCode::NOT_FOUND,
-            "404 Not Found: no Ingress rule matches this host and path (sluice default backend)\n",
-        );
+    let route = proxy.table.load().lookup(host_str, &path).cloned();
+    let Some(route) = route else {
+        return not_found(proxy);
     };
-    let Some(path_and_query) = forwarded_path(path, req.uri()) else {
+    let view = RequestView {
+        method: req.method(),
+        headers: req.headers(),
+        path: &path,
+        target: req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+        host: host_str,
+        client: conn.peer.ip(),
+        tls: conn.tls,
+        https_port: proxy.https_port.load(Ordering::Relaxed),
+    };
+    let admitted = match route.options.admit(&view) {
+        Ok(admitted) => admitted,
+        Err(answer) => return answer,
+    };
+    let Some(path_and_query) = upstream_path(&route, path, req.uri()) else {
         return error(StatusCode::BAD_REQUEST, "400 Bad Request: invalid path\n");
     };
-    let limit = proxy.config.max_request_body_bytes;
+    let mut resp = proxy_to(proxy, conn, &route, req, path_and_query, &host, request_id).await;
+    let headers = resp.headers_mut();
+    for (name, value) in admitted.response_headers {
+        headers.insert(name, value);
+    }
+    resp.body_mut().hold(admitted.guard);
+    resp
+}
+
+fn not_found(proxy: &IngressProxy) -> Response<ProxyBody> {
+    stats::inc(&proxy.counters.not_found);
+    error(
+        StatusCode::NOT_FOUND,
+        "404 Not Found: no Ingress rule matches this host and path (sluice default backend)\n",
+    )
+}
+
+/// The path sent upstream: the route's `rewrite-target` applied, else the normalised path.
+fn upstream_path(route: &Route, path: Cow<'_, str>, uri: &hyper::Uri) -> Option<PathAndQuery> {
+    match &route.options.rewrite {
+        Some(rewrite) => {
+            PathAndQuery::try_from(rewrite.apply(route.regex.as_ref(), &path, uri.query())).ok()
+        }
+        None => forwarded_path(path, uri),
+    }
+}
+
+/// Sends an admitted request to the route's backend (or its canary).
+async fn proxy_to(
+    proxy: &IngressProxy,
+    conn: &ConnInfo,
+    route: &Route,
+    mut req: Request<Incoming>,
+    path_and_query: PathAndQuery,
+    host: &HeaderValue,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
+    let Some(primary) = &route.backend else {
+        return not_found(proxy);
+    };
+    let o = &route.options;
+    let backend = match &o.canary {
+        Some(canary) if canary.chosen(req.headers()) => &canary.backend,
+        _ => primary,
+    };
+    if matches!(o.protocol, BackendProtocol::Https | BackendProtocol::Grpcs) {
+        return error(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "502 Bad Gateway: service {backend}: backend-protocol {} (TLS to the endpoints) is not supported by sluice yet\n",
+                o.protocol.as_str()
+            ),
+        );
+    }
+    let limit = o
+        .max_body_bytes
+        .unwrap_or(proxy.config.max_request_body_bytes);
     let too_large = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -136,29 +209,56 @@ async fn route(
             format!("413 Payload Too Large: request bodies are limited to {limit} bytes\n"),
         );
     }
+    let how = Upstreaming {
+        protocol: o.protocol,
+        connect_timeout: o.connect_timeout.unwrap_or(proxy.config.connect_timeout),
+        read_timeout: o.read_timeout.unwrap_or(proxy.config.response_timeout),
+        send_timeout: o.send_timeout.unwrap_or(proxy.config.response_timeout),
+        affinity: o.affinity.as_ref(),
+        sticky: o
+            .affinity
+            .as_ref()
+            .and_then(|a| a.sticky(req.headers(), &backend.pool)),
+    };
     let upgrade = match req.version() {
         Version::HTTP_11 => headers::upgrade_request(req.headers(), &proxy.config.allowed_upgrades),
         _ => None,
     };
     let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
+    let mut upstream_headers = upstream_headers(proxy, conn, parts.headers, host, request_id);
+    route_headers(&mut upstream_headers, o);
     let request = Upstream {
         method: parts.method,
         path_and_query,
-        headers: upstream_headers(proxy, conn, parts.headers, &host, request_id),
+        headers: upstream_headers,
     };
     if let (Some(upgrade), Some(on_upgrade)) = (upgrade, on_upgrade) {
-        return upgrade::forward(proxy, &backend, request, upgrade, on_upgrade).await;
+        return upgrade::forward(proxy, backend, request, upgrade, on_upgrade, &how).await;
     }
     if backend.pool.endpoints.is_empty() {
-        return forward::no_ready_endpoints(&backend);
+        return forward::no_ready_endpoints(backend);
     }
     // Small bodies are read before any endpoint is chosen: a slow client holds no backend.
-    let (body, upload) = match upload::read_request_body(body, &proxy.config).await {
+    let (body, upload) = match upload::read_request_body(body, &proxy.config, limit).await {
         Ok(read) => read,
-        Err(e) => return forward::client_body_error(proxy, &backend, &e),
+        Err(e) => return forward::client_body_error(proxy, backend, &e),
     };
-    forward::forward(proxy, &backend, request, body, upload).await
+    forward::forward(proxy, backend, request, body, upload, &how).await
+}
+
+/// What the route changes in the headers sent upstream: `upstream-vhost` (`Host`),
+/// `x-forwarded-prefix`, and `te: trailers` kept for HTTP/2 backends (gRPC needs it).
+fn route_headers(headers: &mut HeaderMap, o: &RouteRuntime) {
+    if let Some(vhost) = &o.upstream_vhost {
+        headers.insert(header::HOST, vhost.clone());
+    }
+    if let Some(prefix) = &o.forwarded_prefix {
+        headers.insert(&X_FORWARDED_PREFIX, prefix.clone());
+    }
+    if matches!(o.protocol, BackendProtocol::Grpc | BackendProtocol::H2c) {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
 }
 
 /// The path sent upstream: the normalised one (what was routed), with the query unchanged.

@@ -11,7 +11,8 @@ use hyper::{Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use super::forward::{
-    Upstream, connection_limit, downstream_response, gateway_timeout, no_endpoint, pick_endpoint,
+    Upstream, Upstreaming, connection_limit, downstream_response, gateway_timeout, no_endpoint,
+    pick_endpoint,
 };
 use super::service::error;
 use super::{IngressProxy, ProxyBody, ReqBody};
@@ -25,13 +26,14 @@ pub(super) async fn forward(
     mut request: Upstream,
     upgrade: HeaderValue,
     on_upgrade: hyper::upgrade::OnUpgrade,
+    how: &Upstreaming<'_>,
 ) -> Response<ProxyBody> {
-    let endpoint = match pick_endpoint(proxy, backend, None) {
+    let endpoint = match pick_endpoint(proxy, backend, None, how.sticky) {
         Ok(endpoint) => endpoint,
         Err(why) => return no_endpoint(proxy, backend, why),
     };
     let in_flight = endpoint.start();
-    let mut sender = match connect(proxy, backend, &endpoint).await {
+    let mut sender = match connect(proxy, backend, &endpoint, how.connect_timeout).await {
         Ok(sender) => sender,
         Err(resp) => return resp,
     };
@@ -40,14 +42,14 @@ pub(super) async fn forward(
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     request.headers.insert(header::UPGRADE, upgrade);
     let req = request.into_origin_request(ReqBody::Empty);
-    let timeout = proxy.config.response_timeout;
+    let timeout = how.read_timeout;
     let mut resp = match tokio::time::timeout(timeout, sender.send_request(req)).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
             tracing::warn!(backend = %backend, error = %e, "ingress: upgrade request failed");
             return bad_gateway(backend);
         }
-        Err(_) => return gateway_timeout(proxy, backend),
+        Err(_) => return gateway_timeout(proxy, backend, timeout),
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return downstream_response(resp, in_flight, timeout);
@@ -88,13 +90,14 @@ async fn connect(
     proxy: &IngressProxy,
     backend: &Backend,
     endpoint: &Arc<UpstreamEndpoint>,
+    timeout: std::time::Duration,
 ) -> Result<SendRequest<ReqBody>, Response<ProxyBody>> {
     let permit = proxy
         .limits
         .acquire(Some(endpoint))
         .map_err(|limit| connection_limit(proxy, backend, &limit))?;
     let connect = tokio::net::TcpStream::connect(endpoint.addr);
-    let stream = match tokio::time::timeout(proxy.config.connect_timeout, connect).await {
+    let stream = match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             stats::inc(&proxy.counters.upstream_connect_failures);

@@ -17,15 +17,12 @@ use crate::IngressConfig;
 pub(super) async fn read_request_body(
     body: Incoming,
     config: &IngressConfig,
+    limit: u64,
 ) -> Result<(ReqBody, Option<Arc<UploadProgress>>), ClientBodyError> {
     if body.is_end_stream() {
         return Ok((ReqBody::Empty, None));
     }
-    let mut body = ClientBody::new(
-        body,
-        config.max_request_body_bytes,
-        config.client_body_timeout,
-    );
+    let mut body = ClientBody::new(body, limit, config.client_body_timeout);
     let buffer = config.request_buffer_bytes;
     // A body announced larger than the buffer is streamed at once: holding its first part
     // would only add a copy.

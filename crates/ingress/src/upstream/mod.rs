@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hyper::http::uri::Authority;
 
-pub(crate) use connector::{Counted, CountingConnector};
+pub(crate) use connector::{CONNECT_TIMEOUT, Counted, CountingConnector};
 pub(crate) use limits::{ConnectionLimits, ConnectionPermit, LimitReached};
 
 /// One endpoint address (`ip:port`) with its live request count.
@@ -24,16 +24,20 @@ pub(crate) struct UpstreamEndpoint {
     in_flight: AtomicUsize,
     /// Upstream connections open to this endpoint (see [`ConnectionLimits`]).
     connections: AtomicUsize,
+    /// Names the endpoint in `affinity: cookie` cookies: the same on every node.
+    pub(crate) affinity_id: u64,
 }
 
 impl UpstreamEndpoint {
     pub(crate) fn new(addr: SocketAddr) -> Option<Self> {
-        let authority = Authority::try_from(addr.to_string()).ok()?;
+        let text = addr.to_string();
+        let authority = Authority::try_from(text.as_str()).ok()?;
         Some(Self {
             addr,
             authority,
             in_flight: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            affinity_id: fnv1a(text.as_bytes()),
         })
     }
 
@@ -74,4 +78,11 @@ impl Pool {
 /// A fast per-thread pseudo-random number (request ids, endpoint choice); not for secrets.
 pub(crate) fn random_u64() -> u64 {
     lb::next_u64()
+}
+
+/// FNV-1a, 64 bits: a stable, unkeyed hash (the affinity id must not change between nodes).
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }

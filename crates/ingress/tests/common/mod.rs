@@ -14,7 +14,9 @@ use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use serde_json::{Value, json};
-use sluice_ingress::{IngressConfig, IngressProxy, ObjectKey, Snapshot};
+use sluice_ingress::{IngressConfig, IngressProxy, Warning};
+use sluice_model::{NodeInfo, ObjectKey, Snapshot};
+use sluice_routes::RouteConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -115,6 +117,25 @@ async fn answer(
         .unwrap_or(0);
     text.push_str(&format!("body-bytes: {body}\n"));
     Ok(Response::new(Full::new(Bytes::from(text))))
+}
+
+/// Feeds the proxy a snapshot as the agent does: planned by `sluice-routes`, then executed.
+pub trait ApplySnapshot {
+    /// The planner's warnings and the proxy's.
+    fn apply(&self, snapshot: &Snapshot) -> Vec<Warning>;
+}
+
+impl ApplySnapshot for IngressProxy {
+    fn apply(&self, snapshot: &Snapshot) -> Vec<Warning> {
+        apply_with(self, snapshot, &RouteConfig::default())
+    }
+}
+
+pub fn apply_with(proxy: &IngressProxy, snapshot: &Snapshot, config: &RouteConfig) -> Vec<Warning> {
+    let now = std::time::SystemTime::now();
+    let (plan, mut warnings) = sluice_routes::plan(snapshot, &NodeInfo::default(), config, now);
+    warnings.extend(proxy.update(&plan));
+    warnings
 }
 
 /// Builds a snapshot from JSON objects (`kind` picks the map).
@@ -259,7 +280,7 @@ impl Drop for Running {
 
 pub async fn start(config: IngressConfig, objects: &[Value]) -> Running {
     let proxy = Arc::new(IngressProxy::new(config));
-    let warnings = proxy.update(&snapshot(objects));
+    let warnings = proxy.apply(&snapshot(objects));
     assert!(warnings.is_empty(), "unexpected warnings: {warnings:?}");
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
