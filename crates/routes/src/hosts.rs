@@ -274,7 +274,8 @@ fn action(
 }
 
 /// A default route (`defaultBackend` or the built-in 404) with the Ingress's options, less
-/// `rewrite-target`, which only applies to the paths it was written for.
+/// `rewrite-target`, which only applies to the paths it was written for. The built-in 404
+/// keeps only what acts before any backend (redirects, allow list, auth, limits, CORS).
 fn default_action(
     key: &ObjectKey,
     backend: Option<Arc<BackendPlan>>,
@@ -283,8 +284,20 @@ fn default_action(
     tls: &TlsHosts,
 ) -> RouteAction {
     let mut action = action(key, backend, parsed, host, "/", tls);
-    if action.options.rewrite_target.is_some() {
-        Arc::make_mut(&mut action.options).rewrite_target = None;
+    let o = Arc::make_mut(&mut action.options);
+    o.rewrite_target = None;
+    if action.backend.is_none() {
+        *o = RouteOptions {
+            https_redirect: o.https_redirect,
+            redirect: o.redirect.take(),
+            app_root: o.app_root.take(),
+            allow_sources: o.allow_sources.take(),
+            cors: o.cors.take(),
+            rate_limit: o.rate_limit.take(),
+            connection_limit: o.connection_limit.take(),
+            basic_auth: o.basic_auth.take(),
+            ..RouteOptions::default()
+        };
     }
     action
 }

@@ -32,7 +32,7 @@ impl BasicAuthCheck {
     }
 
     /// `Ok` for valid credentials, else the 401 answer asking for them.
-    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), Response<ProxyBody>> {
+    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), Box<Response<ProxyBody>>> {
         let valid = credentials(headers)
             .and_then(|(user, password)| Some((self.users.get(&user)?, password)))
             .is_some_and(|(hash, password)| verify(hash, password.as_bytes()));
@@ -45,7 +45,7 @@ impl BasicAuthCheck {
         );
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, self.challenge.clone());
-        Err(resp)
+        Err(Box::new(resp))
     }
 }
 

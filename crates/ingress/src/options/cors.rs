@@ -72,7 +72,7 @@ impl CorsHeaders {
         }
         let origin = headers.get(header::ORIGIN)?;
         let text = origin.to_str().ok()?.to_ascii_lowercase();
-        let allowed = self.exact.iter().any(|o| *o == text)
+        let allowed = self.exact.contains(&text)
             || self.patterns.iter().any(|(scheme, domain)| {
                 text.strip_prefix(scheme.as_str())
                     .and_then(|host| host.strip_suffix(domain.as_str()))

@@ -76,6 +76,9 @@ pub(crate) struct Canary {
     weight_total: u32,
 }
 
+/// An answer made instead of proxying (boxed: rejections are the rare path).
+pub(crate) type Answer = Box<Response<ProxyBody>>;
+
 /// What a request looks like to the checks.
 pub(crate) struct RequestView<'a> {
     pub(crate) method: &'a Method,
@@ -188,7 +191,7 @@ impl RouteRuntime {
     }
 
     /// The checks before proxying: `Err` is the answer (redirect, preflight, 403, 401, 503).
-    pub(crate) fn admit(&self, req: &RequestView<'_>) -> Result<Admitted, Response<ProxyBody>> {
+    pub(crate) fn admit(&self, req: &RequestView<'_>) -> Result<Admitted, Answer> {
         if self.plain {
             return Ok(Admitted::default());
         }
@@ -199,10 +202,10 @@ impl RouteRuntime {
                 .iter()
                 .any(|net| net.contains(&req.client.to_canonical()))
         {
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::FORBIDDEN,
                 "403 Forbidden: your address is not allowed here (allowlist-source-range)\n",
-            ));
+            )));
         }
         if let Some(auth) = &self.auth {
             auth.check(req.headers)?;
@@ -218,20 +221,20 @@ impl RouteRuntime {
     }
 
     /// Answers nginx gives in the rewrite phase, before limits and access checks.
-    fn rewrite_phase(&self, req: &RequestView<'_>) -> Result<(), Response<ProxyBody>> {
+    fn rewrite_phase(&self, req: &RequestView<'_>) -> Result<(), Answer> {
         if let Some((code, location)) = &self.redirect {
-            return Err(redirect(*code, location.clone()));
+            return Err(Box::new(redirect(*code, location.clone())));
         }
         if let Some(root) = self.app_root.as_deref().filter(|_| req.path == "/") {
             let scheme = if req.tls { "https" } else { "http" };
             let location = format!("{scheme}://{}{root}", req.host);
-            return Err(redirect_to(StatusCode::FOUND, &location));
+            return Err(Box::new(redirect_to(StatusCode::FOUND, &location)));
         }
         if let Some(cors) = &self.cors
             && req.method == Method::OPTIONS
             && let Some(resp) = cors.preflight(req.headers)
         {
-            return Err(resp);
+            return Err(Box::new(resp));
         }
         if self.https_redirect && !req.tls {
             let host = crate::routes::normalize_host(req.host);
@@ -245,27 +248,30 @@ impl RouteRuntime {
                 port => format!(":{port}"),
             };
             let location = format!("https://{host}{port}{}", req.target);
-            return Err(redirect_to(StatusCode::PERMANENT_REDIRECT, &location));
+            return Err(Box::new(redirect_to(
+                StatusCode::PERMANENT_REDIRECT,
+                &location,
+            )));
         }
         Ok(())
     }
 
-    fn limits(&self, client: IpAddr) -> Result<Option<ConnGuard>, Response<ProxyBody>> {
+    fn limits(&self, client: IpAddr) -> Result<Option<ConnGuard>, Answer> {
         if let Some(rate) = &self.rate_limit
             && !rate.allow(client)
         {
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "503 Service Unavailable: request rate limit reached (limit-rps)\n",
-            ));
+            )));
         }
         match &self.connection_limit {
             Some(limit) => match limit.acquire(client) {
                 Some(guard) => Ok(Some(guard)),
-                None => Err(error(
+                None => Err(Box::new(error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "503 Service Unavailable: too many requests in progress from your address (limit-connections)\n",
-                )),
+                ))),
             },
             None => Ok(None),
         }

@@ -136,7 +136,7 @@ async fn route(
     };
     let admitted = match route.options.admit(&view) {
         Ok(admitted) => admitted,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let Some(path_and_query) = upstream_path(&route, path, req.uri()) else {
         return error(StatusCode::BAD_REQUEST, "400 Bad Request: invalid path\n");

@@ -21,8 +21,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
-/// An HTTP/1.1 echo backend on 127.0.0.1: answers `NAME METHOD PATH` plus the forwarding
-/// headers it saw, one per line; `/sleep` waits 2 s first; upgrades echo bytes as `NAME:...`.
+/// An echo backend on 127.0.0.1 (HTTP/1.1, and HTTP/2 with prior knowledge): answers
+/// `NAME METHOD PATH` plus the HTTP version and the forwarding headers it saw, one per line;
+/// `/sleep` waits 2 s first; upgrades echo bytes as `NAME:...`.
 pub struct EchoBackend {
     pub name: String,
     pub addr: SocketAddr,
@@ -43,9 +44,8 @@ pub async fn echo(name: &str) -> EchoBackend {
             let name = name_owned.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| answer(name.clone(), req));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .with_upgrades()
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                     .await;
             });
         }
@@ -98,9 +98,13 @@ async fn answer(
             .unwrap_or("-")
             .to_owned()
     };
-    let mut text = format!("{name} {} {}\n", req.method(), req.uri());
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let mut text = format!("{name} {} {target}\n", req.method());
+    text.push_str(&format!("version: {:?}\n", req.version()));
     for n in [
         "host",
+        "te",
+        "x-forwarded-prefix",
         "x-forwarded-for",
         "x-forwarded-proto",
         "x-forwarded-host",
@@ -228,6 +232,33 @@ pub fn tls_secret_pem(name: &str, hosts: &[&str]) -> (Value, Vec<u8>, (String, S
     (secret, der, (cert_pem, key_pem))
 }
 
+/// A TLS Secret whose certificate is valid from `from` to `to` (years, January 1st), with
+/// its key, or (`matching_key: false`) with the key of another certificate: (Secret, DER).
+pub fn tls_secret_dated(
+    name: &str,
+    hosts: &[&str],
+    from: i32,
+    to: i32,
+    matching_key: bool,
+) -> (Value, Vec<u8>) {
+    let mut params =
+        rcgen::CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    params.not_before = rcgen::date_time_ymd(from, 1, 1);
+    params.not_after = rcgen::date_time_ymd(to, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let key_pem = if matching_key {
+        key.serialize_pem()
+    } else {
+        rcgen::KeyPair::generate().unwrap().serialize_pem()
+    };
+    let secret = json!({"kind": "Secret", "metadata": {"namespace": "default", "name": name},
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": b64(cert.pem().as_bytes()), "tls.key": b64(key_pem.as_bytes())}});
+    (secret, cert.der().to_vec())
+}
+
 fn b64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
@@ -279,9 +310,15 @@ impl Drop for Running {
 }
 
 pub async fn start(config: IngressConfig, objects: &[Value]) -> Running {
+    let (running, warnings) = start_any(config, objects).await;
+    assert!(warnings.is_empty(), "unexpected warnings: {warnings:?}");
+    running
+}
+
+/// Like [`start`], also for objects that give warnings (returned).
+pub async fn start_any(config: IngressConfig, objects: &[Value]) -> (Running, Vec<Warning>) {
     let proxy = Arc::new(IngressProxy::new(config));
     let warnings = proxy.apply(&snapshot(objects));
-    assert!(warnings.is_empty(), "unexpected warnings: {warnings:?}");
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (http_addr, https_addr) = (http.local_addr().unwrap(), https.local_addr().unwrap());
@@ -294,13 +331,14 @@ pub async fn start(config: IngressConfig, objects: &[Value]) -> Running {
         .await
         .unwrap();
     });
-    Running {
+    let running = Running {
         proxy,
         http: http_addr,
         https: https_addr,
         stop: Some(stop),
         task: Some(task),
-    }
+    };
+    (running, warnings)
 }
 
 /// A reply as the client saw it.
