@@ -19,6 +19,7 @@
 //! Addressing: node `i` (1-based) is 192.0.2.(10+i) / 2001:db8::(10+i) on the underlay and
 //! owns pod CIDRs 10.244.i.0/24 / fd00:10:244:i::/64; the client is 192.0.2.100 / 2001:db8::100.
 
+pub mod apiserver;
 pub mod bins;
 mod bpf;
 mod host;

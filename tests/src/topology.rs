@@ -543,6 +543,15 @@ impl Cluster {
         netns::ip_batch(&self.client_ns(), &[cmd])
     }
 
+    /// The network namespace name of a place (e.g. to bind a listener inside it).
+    pub fn netns_name(&self, at: At<'_>) -> Result<String> {
+        Ok(match at {
+            At::Pod(name) => self.pod(name)?.netns.clone(),
+            At::Node(name) => self.node(name)?.netns.clone(),
+            At::Client => self.client_ns(),
+        })
+    }
+
     pub(crate) fn place(&self, at: At<'_>) -> Result<Place> {
         Ok(match at {
             At::Pod(name) => {
@@ -635,7 +644,7 @@ impl Cluster {
     /// left to `extra`.
     pub fn agent_args(&self, node: &str, mode: Mode, extra: &[&str]) -> Result<Vec<String>> {
         let n = self.node(node)?;
-        let defaults: [(&str, String); 11] = [
+        let defaults: [(&str, String); 12] = [
             ("--source", format!("dir:{}", self.manifest_dir().display())),
             ("--proxy-mode", mode.as_str().into()),
             ("--hostname-override", n.name.clone()),
@@ -647,6 +656,10 @@ impl Cluster {
             ("--cgroup-path", n.cgroup.display().to_string()),
             ("--ingress-http-bind", "0.0.0.0:80".into()),
             ("--ingress-https-bind", "0.0.0.0:443".into()),
+            (
+                "--admin-socket",
+                self.admin_socket(node).display().to_string(),
+            ),
         ];
         let overridden = |flag: &str| {
             extra
@@ -760,6 +773,13 @@ impl Cluster {
         std::fs::read_to_string(self.agent_log_path(node)).unwrap_or_default()
     }
 
+    /// The process id of the node's agent while one was started (benchmarks read its
+    /// `/proc` entries).
+    pub fn agent_pid(&mut self, node: &str) -> Option<u32> {
+        let state = self.node_state_mut(node).ok()?;
+        state.agent.as_ref().map(|agent| agent.child.id())
+    }
+
     /// Whether the node's agent process is running.
     pub fn agent_running(&mut self, node: &str) -> bool {
         self.node_state_mut(node)
@@ -791,6 +811,34 @@ impl Cluster {
             .with_context(|| format!("no agent running on {node}"))?;
         agent.kill();
         Ok(())
+    }
+
+    /// The agent's admin socket on `node` (in the work directory).
+    pub fn admin_socket(&self, node: &str) -> PathBuf {
+        self.workdir.join(format!("{node}-admin.sock"))
+    }
+
+    /// Runs `sluice ARGS --proxy-mode MODE --bpffs-path .. --admin-socket ..` (the
+    /// `inspect` and `explain` commands) in the node's namespace, whether or not its agent
+    /// runs.
+    pub fn sluice_cli(&self, node: &str, mode: Mode, args: &[&str]) -> Result<Output> {
+        let bin = self.agent_binary()?;
+        let n = self.node(node)?;
+        let mut cmd = Command::new(bin);
+        cmd.args(args).args([
+            "--proxy-mode",
+            mode.as_str(),
+            "--bpffs-path",
+            &n.bpffs.display().to_string(),
+            "--admin-socket",
+            &self.admin_socket(node).display().to_string(),
+        ]);
+        output_in(
+            &self.place(At::Node(node))?,
+            &mut cmd,
+            None,
+            Duration::from_secs(30),
+        )
     }
 
     /// Runs `sluice agent --cleanup --proxy-mode MODE` (with the node's bpffs and cgroup

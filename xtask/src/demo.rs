@@ -145,6 +145,8 @@ pub fn run(args: &[String]) -> Result<()> {
         );
     }
 
+    show_load_balancer(&c, &node_a, &node_b)?;
+
     println!("\n== what node-a programmed");
     let out = c.exec(
         At::Node("node-a"),
@@ -236,7 +238,95 @@ fn write_manifests(
             Some(("web-http", 80)),
         ),
     ];
-    c.write_manifest("cafe.yaml", &manifests::yaml_docs(&docs))
+    c.write_manifest("cafe.yaml", &manifests::yaml_docs(&docs))?;
+    write_load_balancer(c, web)
+}
+
+/// The LoadBalancer part: a pool of addresses on the LAN and a LoadBalancer Service without
+/// an address; the agents assign one (in memory: a directory cannot be written back) and the
+/// chosen node answers ARP for it.
+fn write_load_balancer(c: &Cluster, web: &[sluice_tests::Pod; 3]) -> Result<()> {
+    let pool = serde_json::json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "LoadBalancerIPPool",
+        "metadata": {"name": "lan"},
+        "spec": {"blocks": [{"cidr": LB_POOL}], "l2Announce": true},
+    });
+    c.write_manifest("lb-pool.yaml", &manifests::yaml_docs(&[pool]))?;
+    let lb = Service::new("demo", "lb")
+        .kind("LoadBalancer")
+        .cluster_ips(&["10.96.0.30"])
+        .port(Port::tcp(80, 8080).named("tcp"));
+    c.write_service(
+        &lb,
+        &[("tcp", "TCP", 8080)],
+        &web.iter().collect::<Vec<_>>(),
+    )
+}
+
+/// The LAN addresses sluice may hand out (the client is 192.0.2.100 on the same bridge and
+/// has no route for them: only ARP answers make them reachable).
+const LB_POOL: &str = "192.0.2.240/29";
+
+fn show_load_balancer(
+    c: &Cluster,
+    node_a: &sluice_tests::Node,
+    node_b: &sluice_tests::Node,
+) -> Result<()> {
+    println!(
+        "\n== LoadBalancer Service demo/lb: an address from pool lan ({LB_POOL}), announced by ARP"
+    );
+    let log = c.agent_log("node-a");
+    let assigned = log
+        .lines()
+        .find(|l| l.contains("IPAllocated") && l.contains("demo/lb"))
+        .and_then(|l| l.split("IPAllocated: ").nth(1))
+        .unwrap_or("(no assignment logged)");
+    println!("   agent log: Service demo/lb {assigned}");
+    let ip = assigned
+        .split_whitespace()
+        .nth(1)
+        .context("the assigned address in the agent log")?
+        .to_owned();
+    let series = format!("sluice_l2_announced{{ip=\"{ip}\"}} 1");
+    let start = Instant::now();
+    let announcer = loop {
+        let mut found = None;
+        for node in [node_a, node_b] {
+            if c.agent_metrics(&node.name)?.lines().any(|l| l == series) {
+                found = Some(node);
+            }
+        }
+        match found {
+            Some(node) => break node,
+            None if start.elapsed() > std::time::Duration::from_secs(10) => {
+                bail!("no node announces {ip}")
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    };
+    println!(
+        "   {} answers ARP for {ip} (metric {series})",
+        announcer.name
+    );
+    show(
+        format!("TCP  {ip}:80 from the client"),
+        &c.tcp(At::Client, format!("{ip}:80"), 6)?,
+    );
+    let out = c.exec(At::Client, &["ip", "neigh", "show", "to", &ip])?;
+    let mac = c.exec(
+        At::Node(&announcer.name),
+        &["ip", "-br", "link", "show", "dev", "eth0"],
+    )?;
+    println!(
+        "   client neighbour table: {} ({}'s eth0 is {})",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        announcer.name,
+        String::from_utf8_lossy(&mac.stdout)
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or("?")
+    );
+    Ok(())
 }
 
 /// A throwaway self-signed certificate (openssl CLI) for the demo's HTTPS Ingress.

@@ -4,11 +4,17 @@
 //!   agent on each node, show traffic through ClusterIP, NodePort, eTP=Local and the Ingress.
 //! * `cargo xtask test`  — every test (unit, golden, kernel and namespaced end-to-end), plus
 //!   fmt and clippy.
-//! * `cargo xtask bench` — side-by-side benchmarks (release build).
+//! * `cargo xtask bench` — side-by-side benchmarks (release build); `cargo xtask bench scale`:
+//!   how each stage's cost grows from 1k to 100k Services.
+//! * `cargo xtask bless` — rewrite the golden files (`UPDATE_GOLDEN=1`) and show what changed.
 //! * `cargo xtask deps`  — install (as root on Debian/Ubuntu) or list the system packages.
+//! * `cargo xtask image` — the agent's container image, from Debian packages (root).
 
 mod bench;
+mod bless;
 mod demo;
+mod image;
+mod scale;
 mod system;
 
 use std::process::Command;
@@ -25,8 +31,11 @@ fn main() -> Result<()> {
     match command {
         "test" => test(rest),
         "demo" => demo::run(rest),
+        "bench" if rest.first().is_some_and(|a| a == "scale") => scale::run(&rest[1..]),
         "bench" => bench::run(rest),
+        "bless" => bless::run(),
         "deps" => system::ensure_packages(),
+        "image" => image::run_image(rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -34,7 +43,12 @@ fn main() -> Result<()> {
                  test   run every test, then fmt and clippy (root for the kernel tests)\n\
                         --no-lint: skip fmt and clippy; anything after `--` goes to cargo test\n\
                  bench  side-by-side benchmarks in release mode (root)\n\
-                 deps   install the system packages sluice needs (root, Debian/Ubuntu)"
+                 bench scale [--quick] [--mode M] [--sizes 1000,10000] [--changes N] [--e2e N]\n\
+                        each stage's cost from 1k to 100k Services (root, release)\n\
+                 bless  rewrite the golden files from the current code, show what changed\n\
+                 deps   install the system packages sluice needs (root, Debian/Ubuntu)\n\
+                 image  build the agent's container image from Debian packages and run it\n\
+                        (root; --debug: the dev build; --refresh-base: rebuild the base)"
             );
             if command == "help" {
                 Ok(())

@@ -14,6 +14,8 @@ const NEEDS: &[(&str, &str)] = &[
     ("bin:ip", "iproute2"),
     ("bin:tc", "iproute2"),
     ("bin:conntrack", "conntrack"),
+    // `--cleanup-kube-proxy` and its test (kube-proxy's iptables rules).
+    ("bin:iptables-nft-save", "iptables"),
     ("bin:ethtool", "ethtool"),
     ("bin:curl", "curl"),
     ("bin:nsenter", "util-linux"),
@@ -40,8 +42,8 @@ fn present(need: &str) -> bool {
 }
 
 /// The packages that are missing, without duplicates.
-pub fn missing_packages() -> Vec<&'static str> {
-    let mut missing: Vec<&'static str> = NEEDS
+fn missing_of(needs: &[(&str, &'static str)]) -> Vec<&'static str> {
+    let mut missing: Vec<&'static str> = needs
         .iter()
         .filter(|(need, _)| !present(need))
         .map(|(_, pkg)| *pkg)
@@ -52,7 +54,12 @@ pub fn missing_packages() -> Vec<&'static str> {
 
 /// Installs missing packages when root on a Debian-like system, else stops with the list.
 pub fn ensure_packages() -> Result<()> {
-    let missing = missing_packages();
+    ensure(NEEDS)
+}
+
+/// Like [`ensure_packages`] for another list of (what must exist, package).
+pub fn ensure(needs: &[(&str, &'static str)]) -> Result<()> {
+    let missing = missing_of(needs);
     if missing.is_empty() {
         return Ok(());
     }
@@ -73,7 +80,7 @@ pub fn ensure_packages() -> Result<()> {
     if !status.success() {
         bail!("apt-get install {list} failed");
     }
-    let still = missing_packages();
+    let still = missing_of(needs);
     if !still.is_empty() {
         bail!("still missing after install: {}", still.join(" "));
     }

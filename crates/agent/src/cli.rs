@@ -29,6 +29,12 @@ pub enum Command {
     /// Print the plan for a directory of manifests and what each dataplane would program
     /// (no root, no kernel). Exits 1 when objects had to be skipped.
     Plan(Box<PlanArgs>),
+    /// Show what is programmed on this node (kernel state, joined with the running agent's
+    /// names): services, frontends, backends, conntrack, Ingress routes.
+    Inspect(Box<crate::inspect::InspectArgs>),
+    /// Walk a packet (`IP:PORT[/PROTO] [--from SRC]`) or an Ingress request (`https://HOST/PATH`)
+    /// through the live state and say what happens to it, and why.
+    Explain(Box<crate::explain::ExplainArgs>),
 }
 
 /// Which translations `sluice plan` prints.
@@ -180,9 +186,13 @@ pub struct AgentArgs {
     /// Do not run the Ingress proxy.
     #[arg(long, env = "SLUICE_DISABLE_INGRESS")]
     pub disable_ingress: bool,
+    #[command(flatten)]
+    pub load_balancer: LoadBalancerFlags,
     /// Remove everything sluice programmed on this node and exit.
     #[arg(long)]
     pub cleanup: bool,
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterFlags,
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }
@@ -232,6 +242,50 @@ impl IngressClassFlags {
     }
 }
 
+/// LoadBalancer address assignment (pools) and L2 announcement; see docs/loadbalancer.md.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadBalancerFlags {
+    /// `spec.loadBalancerClass` handled (Services without a class are handled too).
+    #[arg(
+        long,
+        env = "SLUICE_LOAD_BALANCER_CLASS",
+        default_value = sluice_lbipam::DEFAULT_LOAD_BALANCER_CLASS
+    )]
+    pub load_balancer_class: String,
+    /// Neither assign LoadBalancer addresses from LoadBalancerIPPools nor announce them
+    /// (another controller, e.g. a cloud or MetalLB, does).
+    #[arg(long, env = "SLUICE_DISABLE_LOAD_BALANCER_IPAM")]
+    pub disable_load_balancer_ipam: bool,
+}
+
+/// Validated [`LoadBalancerFlags`]; `None` in [`AgentConfig`] when disabled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadBalancerConfig {
+    pub class: String,
+    /// `--lease-namespace` (shared with leader election): where the node heartbeats live.
+    pub lease_namespace: String,
+}
+
+impl LoadBalancerFlags {
+    fn to_config(&self, lease_namespace: &str) -> Result<Option<LoadBalancerConfig>, ConfigError> {
+        if self.disable_load_balancer_ipam {
+            return Ok(None);
+        }
+        let class = self.load_balancer_class.trim();
+        if class.is_empty() {
+            return Err(invalid(
+                "load-balancer-class",
+                &self.load_balancer_class,
+                "must not be empty (use --disable-load-balancer-ipam to turn assignment off)",
+            ));
+        }
+        Ok(Some(LoadBalancerConfig {
+            class: class.to_owned(),
+            lease_namespace: lease_namespace.to_owned(),
+        }))
+    }
+}
+
 /// Where snapshots come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceConfig {
@@ -264,8 +318,11 @@ pub struct AgentConfig {
     /// Which Ingresses the proxy serves.
     pub routes: sluice_routes::RouteConfig,
     pub ingress_status_addresses: Vec<std::net::IpAddr>,
+    /// `None`: `--disable-load-balancer-ipam`.
+    pub load_balancer: Option<LoadBalancerConfig>,
     pub cleanup: bool,
     pub log_format: LogFormat,
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -379,6 +436,7 @@ impl AgentArgs {
                     .map_err(|e| invalid("ingress-status-address", v, e))
             })
             .collect::<Result<_, _>>()?;
+        let cluster = self.cluster.validate()?;
         let mut compute = compute;
         // NodePorts on our own Ingress listeners' ports would capture their traffic.
         compute.reserved_node_ports = ingress
@@ -400,8 +458,10 @@ impl AgentArgs {
             ingress,
             routes,
             ingress_status_addresses,
+            load_balancer: self.load_balancer.to_config(&cluster.lease_namespace)?,
             cleanup: self.cleanup,
             log_format: self.log_format,
+            cluster,
         })
     }
 }
@@ -490,7 +550,7 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).expect("flags parse").command {
             Command::Agent(args) => *args,
-            Command::Plan(_) => panic!("agent flags expected"),
+            _ => panic!("agent flags expected"),
         }
     }
 
@@ -596,6 +656,43 @@ mod tests {
     }
 
     #[test]
+    fn load_balancer_flags() {
+        let c = validate(&[]).unwrap().load_balancer.unwrap();
+        assert_eq!(c.class, "sluice.dev/lb");
+        assert_eq!(c.lease_namespace, "kube-system");
+        let c = validate(&[
+            "--load-balancer-class",
+            "example.com/lb",
+            "--lease-namespace",
+            "sluice",
+        ])
+        .unwrap()
+        .load_balancer
+        .unwrap();
+        assert_eq!(
+            (c.class.as_str(), c.lease_namespace.as_str()),
+            ("example.com/lb", "sluice")
+        );
+        assert!(
+            validate(&["--disable-load-balancer-ipam"])
+                .unwrap()
+                .load_balancer
+                .is_none()
+        );
+        let err = validate(&["--load-balancer-class", " "]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("--load-balancer-class"),
+            "{err}"
+        );
+        let err = validate(&["--lease-namespace", "Kube_System"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("--lease-namespace: \"Kube_System\""),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
@@ -619,7 +716,8 @@ mod manifest_tests {
         let text = std::fs::read_to_string(path).expect("manifests/daemonset.yaml");
         let ds: serde_yaml::Value = serde_yaml::from_str(&text).expect("daemonset.yaml is YAML");
         let container = &ds["spec"]["template"]["spec"]["containers"][0];
-        let mut argv = vec!["sluice".to_owned(), "agent".to_owned()];
+        // The image's entrypoint is `sluice`; the args start with the command.
+        let mut argv = vec!["sluice".to_owned()];
         for arg in container["args"].as_sequence().expect("args") {
             argv.push(arg.as_str().expect("string arg").to_owned());
         }

@@ -38,11 +38,18 @@ fn sync_buckets() -> Histogram {
 }
 
 impl Metrics {
-    /// `ingress`: the proxy whose counters are exported too (read at scrape time).
-    pub fn new(ingress: Option<Arc<sluice_ingress::IngressProxy>>) -> Self {
+    /// `ingress`: the proxy whose counters are exported too (read at scrape time);
+    /// `collectors`: more metrics encoded at scrape time (e.g. the LoadBalancer side's).
+    pub fn new(
+        ingress: Option<Arc<sluice_ingress::IngressProxy>>,
+        collectors: Vec<Box<dyn Collector>>,
+    ) -> Self {
         let mut registry = Registry::default();
         if let Some(proxy) = ingress {
             registry.register_collector(Box::new(IngressCollector(proxy)));
+        }
+        for collector in collectors {
+            registry.register_collector(collector);
         }
         let m = Metrics {
             sync_duration: sync_buckets(),
@@ -260,7 +267,7 @@ mod tests {
 
     #[test]
     fn exposes_kube_proxy_metric_names() {
-        let m = Metrics::new(None);
+        let m = Metrics::new(None, Vec::new());
         m.record_sync(
             Duration::from_millis(3),
             Ok(&ApplyReport {
@@ -306,7 +313,7 @@ mod tests {
         let proxy = Arc::new(sluice_ingress::IngressProxy::new(
             sluice_ingress::IngressConfig::default(),
         ));
-        let text = Metrics::new(Some(proxy)).encode();
+        let text = Metrics::new(Some(proxy), Vec::new()).encode();
         assert!(text.contains("sluice_ingress_requests_total 0"), "{text}");
         assert!(
             text.contains("sluice_ingress_responses_total{code_class=\"5xx\"} 0"),

@@ -23,12 +23,18 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<PlanOutput> {
     let Some(dir) = args.source.strip_prefix("dir:").filter(|d| !d.is_empty()) else {
         bail!("--source must be dir:PATH (got {:?})", args.source);
     };
-    let config = args.compute.to_config().context("invalid flags")?;
-    let mut source = sluice_source_file::DirSource::new(PathBuf::from(dir));
-    let (snapshot, load_warnings) = source
-        .refresh()
-        .with_context(|| format!("reading {dir}"))?
-        .unwrap_or_default();
+    let mut config = args.compute.to_config().context("invalid flags")?;
+    let ingress_config = sluice_ingress::IngressConfig::default();
+    if args.ingress {
+        // As the agent: a NodePort on an Ingress listener's port (80, 443) is refused.
+        config.reserved_node_ports = [ingress_config.http_bind, ingress_config.https_bind]
+            .iter()
+            .flatten()
+            .map(|a| a.port())
+            .collect();
+    }
+    let (snapshot, load_warnings) = sluice_source_file::load_dir(&PathBuf::from(dir))
+        .with_context(|| format!("reading {dir}"))?;
     let mut warnings: Vec<String> = load_warnings.iter().map(ToString::to_string).collect();
     let node_object = snapshot
         .nodes
@@ -87,7 +93,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     }
     if !out.warnings.is_empty() {
         for warning in &out.warnings {
-            eprintln!("warning: skipped {warning}");
+            eprintln!("warning: {warning}");
         }
         bail!(
             "{} problem(s) in the input; the rest is planned",

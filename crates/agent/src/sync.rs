@@ -1,20 +1,22 @@
-//! The sync loop: snapshot → planner (only what changed) → dataplane delta (+ ingress routes,
-//! health check ports).
+//! The sync loop: source events → the store (in place) and what changed → planner (only
+//! those Services) → dataplane delta (+ health check ports; the Ingress routes are rebuilt
+//! meanwhile, when something they use changed).
 //!
 //! Batches changes like kube-proxy: at most one sync per `--min-sync-period`, a resync every
 //! `--sync-period`, and a retry with backoff when the dataplane refuses an update (all of it,
 //! or some service ports).
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_compute::Planner;
 use sluice_dataplane::{ApplyReport, Dataplane, DataplaneError, Restored, error_chain};
-use sluice_model::{ChangeSet, ObjectKey, Snapshot};
+use sluice_model::{ChangeSet, NodeInfo, ObjectKey, Snapshot, SourceBatch, Store};
 use sluice_plan::{Plan, PlanDelta};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+
+use self::ingress_feed::IngressFeed;
 
 use crate::cli::AgentConfig;
 use crate::health::{HealthState, ServiceHealthServers};
@@ -29,24 +31,50 @@ pub struct SyncLoop {
     pub metrics: Arc<Metrics>,
     pub health: Arc<HealthState>,
     pub ingress: Option<Arc<sluice_ingress::IngressProxy>>,
-    pub k8s_client: Option<kube::Client>,
+    /// The admin endpoint's state, and the Ingress status and Events (API source).
+    pub observers: crate::observe::Observers,
     pub local_addresses: LocalAddresses,
 }
 
-/// Logs each distinct warning once, and again only after it went away and came back.
+/// The store the loop keeps from the sources' batches, and when the earliest change not yet
+/// synced was seen by its source.
 #[derive(Default)]
-struct WarningLog {
-    seen: BTreeSet<String>,
+struct Inbox {
+    store: Store,
+    observed: Option<std::time::Instant>,
 }
 
-impl WarningLog {
-    fn update(&mut self, what: &str, warnings: impl IntoIterator<Item = String>) {
-        let now: BTreeSet<String> = warnings.into_iter().collect();
-        for warning in now.difference(&self.seen) {
-            tracing::warn!("{what}: skipped {warning}");
+impl Inbox {
+    fn receive(&mut self, batch: SourceBatch) {
+        self.store.apply_all(batch.events);
+        // Before the first sync, the first batch starts the clock of the first programming.
+        if self.observed.is_none() && (self.store.has_changes() || !self.store.is_synced()) {
+            self.observed = Some(batch.observed);
         }
-        self.seen = now;
     }
+
+    /// Takes every batch already queued; false when the sources are gone.
+    fn drain(&mut self, batches: &mut mpsc::Receiver<SourceBatch>) -> bool {
+        loop {
+            match batches.try_recv() {
+                Ok(batch) => self.receive(batch),
+                Err(mpsc::error::TryRecvError::Empty) => return true,
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+}
+
+/// Where the time of one sync went. `source`: from when the source saw the earliest change
+/// to when the loop took it (parsing, queueing, `--min-sync-period`); `total`: from then to
+/// the dataplane being done.
+struct SyncTiming {
+    /// Objects changed (`None`: everything).
+    objects: Option<usize>,
+    source: Option<Duration>,
+    plan: Duration,
+    dataplane: Duration,
+    total: Duration,
 }
 
 /// What the dataplane must do next.
@@ -70,17 +98,18 @@ struct Programming {
 }
 
 impl SyncLoop {
+    /// Applies the sources' batches to the store the loop owns and programs what changed.
+    /// Runs until the sources are gone or `shutdown` says so.
     pub async fn run(
         mut self,
-        mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+        mut batches: mpsc::Receiver<SourceBatch>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut dataplane = self.dataplane.take();
         let mut planner = Planner::new(self.config.compute.clone());
-        let mut previous: Option<Arc<Snapshot>> = None;
-        let mut pending = ChangeSet::default();
-        let mut health_servers = ServiceHealthServers::default();
-        let mut ingress_warnings = WarningLog::default();
+        let mut store = Inbox::default();
+        let mut health_servers = ServiceHealthServers::new(Arc::clone(&self.health));
+        let mut ingress = IngressFeed::default();
         let mut prog = Programming {
             in_step: false,
             resync_due: true,
@@ -89,56 +118,61 @@ impl SyncLoop {
             first: true,
         };
         let mut last_sync: Option<Instant> = None;
-        let mut status_written: Option<(Vec<ObjectKey>, Vec<std::net::IpAddr>)> = None;
         let mut trigger_times = crate::trigger::TriggerTimes::default();
         // Endpoint changes seen but not yet applied (kept across failed syncs).
         let mut pending_triggers = Vec::new();
 
         loop {
-            let ready = snapshots.borrow().is_some();
+            let ready = store.store.is_synced();
             tokio::select! {
-                changed = snapshots.changed() => if changed.is_err() { return },
+                batch = batches.recv() => match batch {
+                    Some(batch) => store.receive(batch),
+                    None => return,
+                },
                 _ = tokio::time::sleep_until(prog.next_resync), if ready => prog.resync_due = true,
                 _ = sleep_until_opt(prog.retry.map(|r| r.0)), if ready => {},
                 _ = shutdown.wait_for(|s| *s) => return,
             }
+            self.health.tick();
             // Batch whatever else arrives during the minimum sync period.
-            if let Some(last) = last_sync {
+            if let Some(last) = last_sync.filter(|_| store.store.is_synced()) {
                 let earliest = last + self.config.min_sync_period;
                 tokio::select! {
                     _ = tokio::time::sleep_until(earliest) => {},
                     _ = shutdown.wait_for(|s| *s) => return,
                 }
             }
-            let Some(snapshot) = snapshots.borrow_and_update().clone() else {
+            if !store.drain(&mut batches) {
+                return;
+            }
+            if !store.store.is_synced() {
                 continue;
-            };
-            let changes = match &previous {
-                Some(before) => ChangeSet::between(before, &snapshot),
-                None => ChangeSet::everything(),
-            };
-            pending_triggers.extend(trigger_times.new_triggers(&snapshot, &changes));
-            pending.merge(changes);
-            previous = Some(Arc::clone(&snapshot));
+            }
+            let observed = store.observed.take();
+            let dequeued = std::time::Instant::now();
+            let changes = store.store.take_changes();
+            let snapshot = store.store.snapshot();
+            if !changes.is_empty() {
+                self.health.queued();
+            }
+            pending_triggers.extend(trigger_times.new_triggers(snapshot, &changes));
 
             let node_object = snapshot
                 .nodes
                 .get(&ObjectKey::cluster(self.config.node_name.clone()));
+            self.health.set_node(node_object.map(|n| n.as_ref()));
             let node = sluice_compute::node_info(
                 &self.config.node_name,
                 node_object.map(|n| n.as_ref()),
                 &self.local_addresses.current(),
             );
-            let delta = planner.update(&snapshot, &std::mem::take(&mut pending), &node);
+            let planned = std::time::Instant::now();
+            let delta = planner.update(snapshot, &changes, &node);
+            let plan_time = planned.elapsed();
+            self.observers
+                .planned(&planner, &delta, prog.first, &node.addresses);
             for warning in planner.fresh_warnings() {
-                tracing::warn!("services: skipped {warning}");
-            }
-            if let Some(proxy) = &self.ingress {
-                let now = std::time::SystemTime::now();
-                let (routes, mut warnings) =
-                    sluice_routes::plan(&snapshot, &node, &self.config.routes, now);
-                warnings.extend(proxy.update(&routes));
-                ingress_warnings.update("ingress", warnings.iter().map(ToString::to_string));
+                tracing::warn!("services: {warning}");
             }
             if delta.health_checks.is_some() || prog.first {
                 health_servers.update(&planner.plan().health_checks).await;
@@ -146,6 +180,10 @@ impl SyncLoop {
 
             let Some(work) = next_work(&mut prog, planner.plan(), delta) else {
                 // Nothing to program: those endpoint changes are in effect already.
+                self.feed_ingress(&mut ingress, snapshot, &changes, &node);
+                if prog.retry.is_none() {
+                    self.health.record(true);
+                }
                 self.metrics
                     .record_network_programming(crate::trigger::latencies(
                         &pending_triggers,
@@ -160,24 +198,61 @@ impl SyncLoop {
             };
             let restored = prog.first.then(|| std::mem::take(&mut self.restored));
             let service_ports = planner.plan().services.len();
-            let started = std::time::Instant::now();
-            let joined = tokio::task::spawn_blocking(move || program(dp, work, restored)).await;
-            let Ok((dp, result)) = joined else {
+            let programming = tokio::task::spawn_blocking(move || program(dp, work, restored));
+            // The Ingress routes are rebuilt while the kernel is programmed: L4 never waits.
+            self.feed_ingress(&mut ingress, snapshot, &changes, &node);
+            let Ok((dp, result, dataplane_time)) = programming.await else {
                 tracing::error!("the dataplane panicked; stopping the sync loop");
                 return;
             };
             dataplane = Some(dp);
             last_sync = Some(Instant::now());
-            let ok = self.record(&mut prog, started.elapsed(), result, service_ports);
+            let timing = SyncTiming {
+                objects: if changes.everything {
+                    None
+                } else {
+                    Some(changes.len())
+                },
+                source: observed.map(|o| dequeued.saturating_duration_since(o)),
+                plan: plan_time,
+                dataplane: dataplane_time,
+                total: observed.unwrap_or(dequeued).elapsed(),
+            };
+            self.observers.programmed(&result);
+            let ok = self.record(&mut prog, &timing, result, service_ports);
             if ok {
                 let now = std::time::SystemTime::now();
                 self.metrics
                     .record_network_programming(crate::trigger::latencies(&pending_triggers, now));
                 pending_triggers.clear();
             }
-            let status_ips = node_object_addresses(node_object.map(|n| n.as_ref()))
-                .unwrap_or_else(|| node.addresses.clone());
-            self.write_ingress_status(status_ips, &mut status_written);
+        }
+    }
+
+    /// Rebuilds the Ingress routes when something they use changed; the status and Events
+    /// follow the routes and the node's addresses.
+    fn feed_ingress(
+        &self,
+        feed: &mut IngressFeed,
+        snapshot: &Snapshot,
+        changes: &ChangeSet,
+        node_info: &NodeInfo,
+    ) {
+        let Some(proxy) = self.ingress.as_deref() else {
+            return;
+        };
+        let routes = &self.config.routes;
+        if let Some(warnings) = feed.feed(proxy, routes, snapshot, changes, node_info) {
+            let node = snapshot
+                .nodes
+                .get(&ObjectKey::cluster(self.config.node_name.clone()));
+            self.observers.ingress_updated(
+                snapshot,
+                proxy,
+                warnings,
+                node.map(|n| n.as_ref()),
+                &node_info.addresses,
+            );
         }
     }
 
@@ -186,10 +261,11 @@ impl SyncLoop {
     fn record(
         &self,
         prog: &mut Programming,
-        elapsed: Duration,
+        timing: &SyncTiming,
         result: Result<ApplyReport, DataplaneError>,
         service_ports: usize,
     ) -> bool {
+        let elapsed = timing.dataplane;
         match result {
             Ok(report) => {
                 tracing::info!(
@@ -199,6 +275,11 @@ impl SyncLoop {
                     full = report.full_sync,
                     failed = report.failed.len(),
                     elapsed_ms = elapsed.as_millis() as u64,
+                    objects = timing.objects.map_or(-1, |n| n as i64),
+                    source_us = timing.source.map_or(-1, |d| d.as_micros() as i64),
+                    plan_us = timing.plan.as_micros() as u64,
+                    dataplane_us = timing.dataplane.as_micros() as u64,
+                    total_us = timing.total.as_micros() as u64,
                     "synced"
                 );
                 for failure in &report.failed {
@@ -242,39 +323,6 @@ impl SyncLoop {
         prog.in_step = false;
         backoff
     }
-
-    /// Ingress `status.loadBalancer` for the Ingresses we serve (API source only).
-    fn write_ingress_status(
-        &mut self,
-        node_ips: Vec<std::net::IpAddr>,
-        written: &mut Option<(Vec<ObjectKey>, Vec<std::net::IpAddr>)>,
-    ) {
-        let (Some(client), Some(proxy)) = (&self.k8s_client, &self.ingress) else {
-            return;
-        };
-        let served: Vec<ObjectKey> = proxy
-            .served_ingresses()
-            .iter()
-            .map(|n| ObjectKey::new(&*n.namespace, &*n.name))
-            .collect();
-        let mut ips = self.config.ingress_status_addresses.clone();
-        if ips.is_empty() {
-            ips = node_ips;
-        }
-        let now = Some((served.clone(), ips.clone()));
-        if *written == now {
-            return;
-        }
-        *written = now;
-        let client = client.clone();
-        tokio::spawn(async move {
-            for ingress in served {
-                if let Err(err) = sluice_k8s::update_ingress_status(&client, &ingress, &ips).await {
-                    tracing::warn!(ingress = %ingress, "writing the Ingress status failed: {}", error_chain(&err));
-                }
-            }
-        });
-    }
 }
 
 /// Decides what the dataplane does with this iteration's delta. `None`: nothing.
@@ -299,7 +347,12 @@ fn program(
     mut dp: Box<dyn Dataplane>,
     work: Work,
     restored: Option<Restored>,
-) -> (Box<dyn Dataplane>, Result<ApplyReport, DataplaneError>) {
+) -> (
+    Box<dyn Dataplane>,
+    Result<ApplyReport, DataplaneError>,
+    Duration,
+) {
+    let started = std::time::Instant::now();
     let result = match work {
         Work::Resync(plan) => {
             let mut result = dp.resync(&plan);
@@ -320,20 +373,7 @@ fn program(
         }
         Work::Apply(delta) => dp.apply(&delta),
     };
-    (dp, result)
-}
-
-/// The Node object's InternalIP and ExternalIP addresses (what clients can reach), if any.
-fn node_object_addresses(
-    node: Option<&k8s_openapi::api::core::v1::Node>,
-) -> Option<Vec<std::net::IpAddr>> {
-    let addresses = node?.status.as_ref()?.addresses.as_ref()?;
-    let ips: Vec<std::net::IpAddr> = addresses
-        .iter()
-        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
-        .filter_map(|a| a.address.parse().ok())
-        .collect();
-    (!ips.is_empty()).then_some(ips)
+    (dp, result, started.elapsed())
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -343,5 +383,6 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
+mod ingress_feed;
 #[cfg(test)]
 mod tests;

@@ -39,6 +39,10 @@ pub enum Problem {
         port_name: String,
         value: i32,
     },
+    #[error(
+        "port name \"{port_name}\" is not a DNS label (lower-case letters, digits, '-'); port skipped"
+    )]
+    InvalidPortName { port_name: String },
     #[error("duplicate port {port_name:?}/{protocol}, later one skipped")]
     DuplicatePort { port_name: String, protocol: String },
     #[error(

@@ -60,12 +60,19 @@ pub fn node_info_checked(
     (info, warnings)
 }
 
-/// Node addresses inside the `--nodeport-addresses` CIDRs (all of them when `cidrs` is
-/// empty), sorted and de-duplicated.
+/// Node addresses inside the `--nodeport-addresses` CIDRs, sorted and de-duplicated. As
+/// kube-proxy's per-family proxiers: the CIDRs of each family filter the addresses of that
+/// family, and a family without any CIDR serves NodePorts on all its addresses.
 pub fn node_port_addresses(addresses: &[IpAddr], cidrs: &[IpNet]) -> Vec<IpAddr> {
     let selected = addresses
         .iter()
-        .filter(|ip| cidrs.is_empty() || cidrs.iter().any(|cidr| cidr.contains(*ip)))
+        .filter(|ip| {
+            let mut of_family = cidrs
+                .iter()
+                .filter(|cidr| cidr.addr().is_ipv4() == ip.is_ipv4())
+                .peekable();
+            of_family.peek().is_none() || of_family.any(|cidr| cidr.contains(*ip))
+        })
         .copied()
         .collect();
     sorted_unique(selected)

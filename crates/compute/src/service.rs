@@ -248,6 +248,12 @@ fn port_identity(
     warn: &mut impl FnMut(Problem),
 ) -> Option<(ServicePortName, u16)> {
     let port_name = port.name.clone().unwrap_or_default();
+    if !port_name.is_empty() && !is_dns_label(&port_name) {
+        warn(Problem::InvalidPortName {
+            port_name: port_name.escape_debug().to_string(),
+        });
+        return None;
+    }
     let Some(protocol) = Protocol::from_k8s(port.protocol.as_deref()) else {
         warn(Problem::UnknownProtocol {
             port_name,
@@ -270,6 +276,17 @@ fn port_identity(
         protocol,
     );
     Some((name, number))
+}
+
+/// A DNS label (RFC 1123), what the API server requires of Service and EndpointSlice port
+/// names: 1–63 lower-case letters, digits and `-`, starting and ending alphanumeric.
+pub(crate) fn is_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let edge = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    (1..=63).contains(&bytes.len())
+        && bytes.first().is_some_and(edge)
+        && bytes.last().is_some_and(edge)
+        && bytes.iter().all(|b| edge(b) || *b == b'-')
 }
 
 /// `nodePort` of a NodePort/LoadBalancer port, unless invalid or reserved for our listeners.

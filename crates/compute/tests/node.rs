@@ -87,18 +87,28 @@ fn node_port_addresses_filtered_by_cidrs() {
             vec![],
             vec!["192.168.0.10", "203.0.113.10", "fd00::10"],
         ),
+        // Per family, as kube-proxy: a family without a CIDR keeps all its addresses.
         (
             "one IPv4 CIDR",
             vec!["192.168.0.0/16"],
-            vec!["192.168.0.10"],
+            vec!["192.168.0.10", "fd00::10"],
         ),
-        ("IPv6 CIDR", vec!["fd00::/8"], vec!["fd00::10"]),
+        (
+            "IPv6 CIDR",
+            vec!["fd00::/8"],
+            vec!["192.168.0.10", "203.0.113.10", "fd00::10"],
+        ),
+        (
+            "both families",
+            vec!["192.168.0.0/16", "fd00::/8"],
+            vec!["192.168.0.10", "fd00::10"],
+        ),
         (
             "host routes",
             vec!["203.0.113.10/32", "fd00::10/128"],
             vec!["203.0.113.10", "fd00::10"],
         ),
-        ("no match", vec!["10.0.0.0/8"], vec![]),
+        ("no match", vec!["10.0.0.0/8", "2001:db8::/32"], vec![]),
     ];
     for (case, cidrs, expected) in cases {
         let cidrs: Vec<ipnet::IpNet> = cidrs.iter().map(|c| c.parse().expect("cidr")).collect();

@@ -1,8 +1,10 @@
 //! [`NftDataplane`]: keeps, per family, what each service port rendered to, so a delta
 //! re-renders and sends only the service ports it names; a transaction the kernel refuses is
-//! split until the service ports at fault are found, and everything else still applies.
+//! split until the service ports at fault are found, and everything else still applies. A
+//! periodic resync compares plans (pointers first) and asks the executor whether anyone else
+//! changed the ruleset; only then does it read our table's names back.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use sluice_dataplane::{
@@ -10,9 +12,12 @@ use sluice_dataplane::{
 };
 use sluice_plan::{Family, NodePlan, Plan, PlanDelta, ServicePlan, ServicePortName, StaleFlow};
 
-use crate::exec::{NftCommand, NftError, NftExecutor};
-use crate::render::{Element, ServiceRules, render_node, render_service};
-use crate::transaction::{self, Existing};
+use crate::exec::{Drift, NftError, NftExecutor};
+use crate::netlink::NetlinkNft;
+use crate::render::{
+    Element, NO_RULES, ServiceRules, element_containers, render_node, render_service,
+};
+use crate::transaction::{self, Existing, Transaction, static_chains};
 
 const NAME: &str = "nftables";
 
@@ -23,6 +28,14 @@ struct FamilyState {
     node: Vec<Element>,
 }
 
+/// What the kernel holds, as we programmed it.
+#[derive(Debug, Clone, Default)]
+struct Programmed {
+    families: BTreeMap<Family, FamilyState>,
+    /// The plan each programmed service port was rendered from.
+    plans: BTreeMap<ServicePortName, Arc<ServicePlan>>,
+}
+
 /// One service port's change, rendered for both families.
 struct Rendered {
     name: ServicePortName,
@@ -31,11 +44,11 @@ struct Rendered {
 }
 
 /// The nftables backend. See the module docs.
-pub struct NftDataplane<E: NftExecutor = NftCommand> {
+pub struct NftDataplane<E: NftExecutor = NetlinkNft> {
     exec: E,
     /// What the kernel holds; `None` when unknown (start, or after a failed resync), which
     /// makes the next `resync` rewrite everything.
-    programmed: Option<BTreeMap<Family, FamilyState>>,
+    programmed: Option<Programmed>,
     /// Objects found by `restore`, reconciled (stale ones deleted) by the first resync.
     found: BTreeMap<Family, Existing>,
     /// Something was refused since the last full rewrite: the kernel may differ from what we
@@ -43,11 +56,10 @@ pub struct NftDataplane<E: NftExecutor = NftCommand> {
     needs_full: bool,
 }
 
-impl NftDataplane<NftCommand> {
-    /// The real backend; fails when nft is missing or the kernel lacks nf_tables.
+impl NftDataplane<NetlinkNft> {
+    /// The real backend, writing netlink batches; fails when the kernel lacks nf_tables.
     pub fn new() -> Result<Self, DataplaneError> {
-        let exec = NftCommand::default();
-        exec.check().map_err(|e| DataplaneError::Unavailable {
+        let exec = NetlinkNft::new().map_err(|e| DataplaneError::Unavailable {
             backend: NAME,
             reason: error_chain(&e),
         })?;
@@ -96,6 +108,7 @@ impl<E: NftExecutor> NftDataplane<E> {
     /// The full ruleset `plan` translates to (what `sluice plan` shows): one `nft -f` script
     /// per family, from an empty kernel.
     pub fn render_plan(plan: &Plan) -> String {
+        let existing = Existing::default();
         Family::ALL
             .iter()
             .map(|family| {
@@ -104,22 +117,18 @@ impl<E: NftExecutor> NftDataplane<E> {
                     .values()
                     .map(|s| render_service(s, *family))
                     .collect();
-                transaction::full(
-                    *family,
-                    &rules,
-                    &render_node(&plan.node, *family),
-                    &Existing::default(),
-                )
+                let node = render_node(&plan.node, *family);
+                transaction::full(*family, &rules, &node, &existing).to_string()
             })
             .collect()
     }
 
-    /// Runs a script; stale flows are removed only after it applied.
-    fn run(&mut self, script: &str) -> Result<(), NftError> {
-        if script.is_empty() {
+    /// Runs a transaction (nothing to do when it is empty).
+    fn run(&mut self, tx: &Transaction<'_>) -> Result<(), NftError> {
+        if tx.is_empty() {
             return Ok(());
         }
-        self.exec.apply(script)
+        self.exec.apply(tx)
     }
 
     fn flush_flows(&mut self, flows: &[StaleFlow]) {
@@ -137,17 +146,21 @@ impl<E: NftExecutor> NftDataplane<E> {
     /// refuses: a refused transaction is split in halves until single service ports remain.
     fn apply_changes(
         &mut self,
-        state: &mut BTreeMap<Family, FamilyState>,
+        state: &mut Programmed,
         node: Option<&NodePlan>,
         changes: Vec<Rendered>,
         report: &mut ApplyReport,
     ) -> Result<(), DataplaneError> {
         if let Some(node) = node {
-            let script = node_script(state, node);
-            self.run(&script)
+            let new: BTreeMap<Family, Vec<Element>> = Family::ALL
+                .iter()
+                .map(|f| (*f, render_node(node, *f)))
+                .collect();
+            let tx = node_delta(state, &new);
+            self.run(&tx)
                 .map_err(|e| kernel_err("updating node addresses", &e))?;
-            for family in Family::ALL {
-                state.entry(family).or_default().node = render_node(node, family);
+            for (family, elements) in new {
+                state.families.entry(family).or_default().node = elements;
             }
         }
         self.apply_isolated(state, changes, report);
@@ -156,17 +169,20 @@ impl<E: NftExecutor> NftDataplane<E> {
 
     fn apply_isolated(
         &mut self,
-        state: &mut BTreeMap<Family, FamilyState>,
+        state: &mut Programmed,
         changes: Vec<Rendered>,
         report: &mut ApplyReport,
     ) {
         if changes.is_empty() {
             return;
         }
-        let script = delta_script(state, &changes);
-        match self.run(&script) {
+        let tx = service_delta(state, &changes);
+        let operations = tx.len();
+        let result = self.run(&tx);
+        drop(tx);
+        match result {
             Ok(()) => {
-                report.operations += script.lines().count();
+                report.operations += operations;
                 report.services_changed += changes.len();
                 for change in changes {
                     record(state, change);
@@ -205,46 +221,55 @@ fn rendered(name: ServicePortName, plan: Option<Arc<ServicePlan>>) -> Rendered {
     Rendered { name, plan, rules }
 }
 
-fn delta_script(state: &BTreeMap<Family, FamilyState>, changes: &[Rendered]) -> String {
-    let empty = ServiceRules::default();
-    Family::ALL
-        .iter()
-        .map(|family| {
-            let current = state.get(family);
-            let pairs = changes.iter().map(|c| {
-                let old = current
-                    .and_then(|s| s.services.get(&c.name))
-                    .unwrap_or(&empty);
-                (old, &c.rules[family])
-            });
-            transaction::delta(*family, pairs, None)
-        })
-        .collect()
+/// The transaction bringing the changed service ports from what `state` holds to `changes`.
+fn service_delta<'a>(state: &'a Programmed, changes: &'a [Rendered]) -> Transaction<'a> {
+    let mut tx = Transaction::default();
+    for family in Family::ALL {
+        let current = state.families.get(&family);
+        let pairs = changes.iter().map(|c| {
+            let old = current
+                .and_then(|s| s.services.get(&c.name))
+                .unwrap_or(&NO_RULES);
+            (old, &c.rules[&family])
+        });
+        tx.extend(transaction::delta(family, pairs, None));
+    }
+    tx
 }
 
-fn node_script(state: &BTreeMap<Family, FamilyState>, node: &NodePlan) -> String {
-    Family::ALL
-        .iter()
-        .map(|family| {
-            let old = state
-                .get(family)
-                .map(|s| s.node.clone())
-                .unwrap_or_default();
-            let new = render_node(node, *family);
-            transaction::delta(*family, std::iter::empty(), Some((&old, &new)))
-        })
-        .collect()
+fn node_delta<'a>(
+    state: &'a Programmed,
+    new: &'a BTreeMap<Family, Vec<Element>>,
+) -> Transaction<'a> {
+    let mut tx = Transaction::default();
+    for (family, elements) in new {
+        let old = state
+            .families
+            .get(family)
+            .map(|s| s.node.as_slice())
+            .unwrap_or_default();
+        tx.extend(transaction::delta(
+            *family,
+            std::iter::empty(),
+            Some((old, elements)),
+        ));
+    }
+    tx
 }
 
-fn record(state: &mut BTreeMap<Family, FamilyState>, change: Rendered) {
+fn record(state: &mut Programmed, change: Rendered) {
     for (family, rules) in change.rules {
-        let family_state = state.entry(family).or_default();
+        let family_state = state.families.entry(family).or_default();
         if change.plan.is_some() {
             family_state.services.insert(change.name.clone(), rules);
         } else {
             family_state.services.remove(&change.name);
         }
     }
+    match change.plan {
+        Some(plan) => state.plans.insert(change.name, plan),
+        None => state.plans.remove(&change.name),
+    };
 }
 
 impl<E: NftExecutor> Dataplane for NftDataplane<E> {
@@ -274,6 +299,9 @@ impl<E: NftExecutor> Dataplane for NftDataplane<E> {
     }
 
     fn resync(&mut self, plan: &Plan) -> Result<ApplyReport, DataplaneError> {
+        if !self.needs_full && self.changed_behind_our_back()? {
+            self.needs_full = true;
+        }
         if self.needs_full {
             self.reread_kernel()?;
         }
@@ -351,10 +379,15 @@ impl<E: NftExecutor> NftDataplane<E> {
             ..ApplyReport::default()
         };
         let refs: Vec<&Rendered> = all.iter().collect();
-        let script = self.full_script(&plan.node, &refs);
-        let result = match self.run(&script) {
+        let nodes = node_elements(&plan.node);
+        let existing = self.found.clone();
+        let tx = full_transaction(&nodes, &existing, &refs);
+        let operations = tx.len();
+        let applied = self.run(&tx);
+        drop(tx);
+        let result = match applied {
             Ok(()) => {
-                report.operations = script.lines().count();
+                report.operations = operations;
                 report.services_changed = all.len();
                 Ok(all)
             }
@@ -368,9 +401,9 @@ impl<E: NftExecutor> NftDataplane<E> {
             }
         };
         let good = result?;
-        let mut state: BTreeMap<Family, FamilyState> = BTreeMap::new();
-        for family in Family::ALL {
-            state.entry(family).or_default().node = render_node(&plan.node, family);
+        let mut state = Programmed::default();
+        for (family, elements) in nodes {
+            state.families.entry(family).or_default().node = elements;
         }
         for change in good {
             record(&mut state, change);
@@ -381,29 +414,58 @@ impl<E: NftExecutor> NftDataplane<E> {
         Ok(report)
     }
 
+    /// Whether someone else changed our table since we last wrote it: asks the executor
+    /// (one generation request for netlink), and only when the ruleset changed at all compares
+    /// our table's chain and set names with what we programmed. A rule edited inside one of
+    /// our chains keeps its names and goes unnoticed until the next full rewrite.
+    fn changed_behind_our_back(&mut self) -> Result<bool, DataplaneError> {
+        let Some(state) = &self.programmed else {
+            return Ok(false);
+        };
+        match self.exec.drift() {
+            Ok(Drift::None | Drift::Unknown) => return Ok(false),
+            Ok(Drift::Possible) => {}
+            Err(err) => tracing::warn!(
+                "cannot tell whether the ruleset changed ({}); checking our table",
+                error_chain(&err)
+            ),
+        }
+        let expected: Vec<(Family, Existing)> = Family::ALL
+            .iter()
+            .map(|f| (*f, expected_names(state, *f)))
+            .collect();
+        for (family, wanted) in expected {
+            let found = self
+                .exec
+                .read_names(family)
+                .map_err(|e| kernel_err("listing our chains and sets", &e))?;
+            if found != wanted {
+                tracing::warn!(
+                    family = family.as_str(),
+                    missing = wanted.chains.difference(&found.chains).count()
+                        + wanted.sets.difference(&found.sets).count(),
+                    unexpected = found.chains.difference(&wanted.chains).count()
+                        + found.sets.difference(&wanted.sets).count(),
+                    "our nftables table was changed by someone else; rewriting it"
+                );
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Forgets what we believe is programmed and reads the kernel again, so the next full
     /// rewrite reconciles what is really there (someone may have changed it).
     fn reread_kernel(&mut self) -> Result<(), DataplaneError> {
         self.programmed = None;
         for family in Family::ALL {
-            let back = self
+            let names = self
                 .exec
-                .read_back(family)
-                .map_err(|e| kernel_err("reading back the ruleset", &e))?;
-            self.found.insert(family, back.existing);
+                .read_names(family)
+                .map_err(|e| kernel_err("listing our chains and sets", &e))?;
+            self.found.insert(family, names);
         }
         Ok(())
-    }
-
-    fn full_script(&self, node: &NodePlan, services: &[&Rendered]) -> String {
-        Family::ALL
-            .iter()
-            .map(|family| {
-                let rules = services.iter().map(|r| &r.rules[family]);
-                let existing = self.found.get(family).cloned().unwrap_or_default();
-                transaction::full(*family, rules, &render_node(node, *family), &existing)
-            })
-            .collect()
     }
 
     /// Greedy split: keeps every half that applies on top of the good ones so far.
@@ -413,15 +475,20 @@ impl<E: NftExecutor> NftDataplane<E> {
         all: Vec<Rendered>,
         report: &mut ApplyReport,
     ) -> Result<Vec<Rendered>, DataplaneError> {
-        let base = self.full_script(node, &[]);
-        self.run(&base)
-            .map_err(|e| kernel_err("nft transaction (base table)", &e))?;
+        let nodes = node_elements(node);
+        let existing = self.found.clone();
+        let base = full_transaction(&nodes, &existing, &[]);
+        let applied = self.run(&base);
+        drop(base);
+        applied.map_err(|e| kernel_err("nft transaction (base table)", &e))?;
         let mut good: Vec<Rendered> = Vec::new();
         let mut pending = vec![all];
         while let Some(mut group) = pending.pop() {
             let candidate: Vec<&Rendered> = good.iter().chain(&group).collect();
-            let script = self.full_script(node, &candidate);
-            match self.run(&script) {
+            let tx = full_transaction(&nodes, &existing, &candidate);
+            let applied = self.run(&tx);
+            drop(tx);
+            match applied {
                 Ok(()) => good.append(&mut group),
                 Err(err) if group.len() == 1 => {
                     let change = group.pop().expect("one");
@@ -442,44 +509,94 @@ impl<E: NftExecutor> NftDataplane<E> {
     }
 }
 
-/// The delta that turns what `state` holds into `plan` (service ports compared by their
-/// rendering, so it needs no previous plan).
-fn delta_from_state(state: &BTreeMap<Family, FamilyState>, plan: &Plan) -> PlanDelta {
+/// The node-wide elements of both families.
+fn node_elements(node: &NodePlan) -> BTreeMap<Family, Vec<Element>> {
+    Family::ALL
+        .iter()
+        .map(|f| (*f, render_node(node, *f)))
+        .collect()
+}
+
+/// A full rewrite of both families with `services`, deleting what `existing` holds beyond.
+fn full_transaction<'a>(
+    nodes: &'a BTreeMap<Family, Vec<Element>>,
+    existing: &'a BTreeMap<Family, Existing>,
+    services: &[&'a Rendered],
+) -> Transaction<'a> {
+    static NOTHING: Existing = Existing {
+        chains: BTreeSet::new(),
+        sets: BTreeSet::new(),
+    };
+    let mut tx = Transaction::default();
+    for family in Family::ALL {
+        let rules = services.iter().map(|r| &r.rules[&family]);
+        let found = existing.get(&family).unwrap_or(&NOTHING);
+        tx.extend(transaction::full(family, rules, &nodes[&family], found));
+    }
+    tx
+}
+
+/// The names our table holds when it holds exactly what we programmed.
+fn expected_names(state: &Programmed, family: Family) -> Existing {
+    let mut names = Existing::default();
+    names
+        .chains
+        .extend(static_chains(family).iter().map(|c| c.name.to_owned()));
+    names
+        .sets
+        .extend(element_containers().iter().map(|c| c.name.to_owned()));
+    if let Some(programmed) = state.families.get(&family) {
+        for rules in programmed.services.values() {
+            names.chains.extend(rules.chains.keys().cloned());
+            names.sets.extend(rules.affinity_sets.keys().cloned());
+        }
+    }
+    names
+}
+
+/// The delta that turns what `state` holds into `plan`: service ports compared by plan
+/// (pointer first), so a resync with nothing new renders nothing.
+fn delta_from_state(state: &Programmed, plan: &Plan) -> PlanDelta {
     let mut delta = PlanDelta {
         node: Arc::clone(&plan.node),
         ..PlanDelta::default()
     };
     delta.node_changed = Family::ALL.iter().any(|f| {
-        state.get(f).map(|s| s.node.as_slice()).unwrap_or_default() != render_node(&plan.node, *f)
+        let old = state.families.get(f).map(|s| s.node.as_slice());
+        old.unwrap_or_default() != render_node(&plan.node, *f)
     });
-    let empty = ServiceRules::default();
-    for (name, service) in &plan.services {
-        let differs = Family::ALL.iter().any(|f| {
-            let old = state
-                .get(f)
-                .and_then(|s| s.services.get(name))
-                .unwrap_or(&empty);
-            *old != render_service(service, *f)
-        });
-        let known = state.values().any(|s| s.services.contains_key(name));
-        if differs || !known {
-            delta.services.push(sluice_plan::ServiceChange {
-                name: name.clone(),
-                before: None,
-                after: Some(Arc::clone(service)),
-            });
-        }
-    }
-    let gone: std::collections::BTreeSet<&ServicePortName> = state
-        .values()
-        .flat_map(|s| s.services.keys())
-        .filter(|name| !plan.services.contains_key(*name))
-        .collect();
-    for name in gone {
+    // Both sides are sorted by name: one merge walk, no hashing.
+    let mut old = state.plans.iter().peekable();
+    let mut new = plan.services.iter().peekable();
+    loop {
+        let order = match (old.peek(), new.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((a, _)), Some((b, _))) => a.cmp(b),
+        };
+        let (name, after) = match order {
+            std::cmp::Ordering::Less => {
+                let (name, _) = old.next().expect("peeked");
+                (name, None)
+            }
+            std::cmp::Ordering::Greater => {
+                let (name, service) = new.next().expect("peeked");
+                (name, Some(service))
+            }
+            std::cmp::Ordering::Equal => {
+                let (name, before) = old.next().expect("peeked");
+                let (_, after) = new.next().expect("peeked");
+                if Arc::ptr_eq(before, after) || before == after {
+                    continue;
+                }
+                (name, Some(after))
+            }
+        };
         delta.services.push(sluice_plan::ServiceChange {
             name: name.clone(),
             before: None,
-            after: None,
+            after: after.map(Arc::clone),
         });
     }
     delta

@@ -1,5 +1,7 @@
-//! The kernel seam of the nftables backend: running scripts, reading the table back and
-//! removing conntrack entries, behind [`NftExecutor`] so tests can use [`FakeNft`].
+//! The kernel seam of the nftables backend: applying transactions, reading the table back,
+//! noticing changes made by others and removing conntrack entries, behind [`NftExecutor`] so
+//! tests can use [`FakeNft`]. [`NftCommand`] drives the `nft` binary with text scripts;
+//! [`crate::NetlinkNft`] writes netlink batches itself.
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -12,7 +14,7 @@ use sluice_plan::{Family, Protocol, StaleFlow};
 use crate::conntrack;
 use crate::readback;
 use crate::render::table_family;
-use crate::transaction::{Existing, TABLE};
+use crate::transaction::{Existing, TABLE, Transaction};
 
 /// Why an nft or conntrack command failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,31 @@ pub enum NftError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("nf_tables refused `{command}`{more}")]
+    Refused {
+        command: String,
+        /// ` (and N more refused commands)` when several were.
+        more: String,
+        #[source]
+        source: sluice_nftnl::Refusal,
+    },
+    #[error("nf_tables over netlink: {action}")]
+    Netlink {
+        action: &'static str,
+        #[source]
+        source: sluice_nftnl::Error,
+    },
+}
+
+/// Whether someone else may have changed the ruleset since our last successful transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drift {
+    /// Nothing was committed since (the ruleset generation is the one our transaction left).
+    None,
+    /// Something was committed since, by someone: check our table.
+    Possible,
+    /// The executor cannot tell.
+    Unknown,
 }
 
 /// What a previous run left in one family's table.
@@ -44,12 +71,23 @@ pub struct Readback {
 
 /// What the nftables dataplane needs from the system.
 pub trait NftExecutor: Send {
-    /// Applies one script as one atomic transaction (`nft -f -`).
-    fn apply(&mut self, script: &str) -> Result<(), NftError>;
-    /// Our table in `family` (empty when it does not exist).
+    /// Applies one transaction atomically: everything or nothing.
+    fn apply(&mut self, tx: &Transaction<'_>) -> Result<(), NftError>;
+    /// Our table in `family` (empty when it does not exist), with the UDP DNAT targets.
     fn read_back(&mut self, family: Family) -> Result<Readback, NftError>;
     /// Deletes the conntrack entries of one stale flow.
     fn flush_conntrack(&mut self, flow: &StaleFlow) -> Result<(), NftError>;
+    /// Whether the ruleset may have changed since our last successful [`apply`] (or since the
+    /// previous call that answered [`Drift::Possible`]). Cheap: asked on every resync.
+    ///
+    /// [`apply`]: NftExecutor::apply
+    fn drift(&mut self) -> Result<Drift, NftError> {
+        Ok(Drift::Unknown)
+    }
+    /// The chain and set names of our table in `family` (what a drift check compares).
+    fn read_names(&mut self, family: Family) -> Result<Existing, NftError> {
+        self.read_back(family).map(|r| r.existing)
+    }
 }
 
 /// The real thing: the `nft` and `conntrack` binaries in the agent's network namespace.
@@ -128,7 +166,8 @@ const NFT_HINT: &str = " (install the `nftables` package)";
 const CONNTRACK_HINT: &str = " (install the `conntrack` package)";
 
 impl NftExecutor for NftCommand {
-    fn apply(&mut self, script: &str) -> Result<(), NftError> {
+    fn apply(&mut self, tx: &Transaction<'_>) -> Result<(), NftError> {
+        let script = tx.to_string();
         let spawn_err = |source| NftError::Spawn {
             program: self.nft.clone(),
             hint: NFT_HINT,
@@ -191,7 +230,7 @@ impl NftExecutor for NftCommand {
 }
 
 /// What the fake has seen and will do.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FakeNftState {
     /// Every script applied successfully, in order.
     pub applied: Vec<String>,
@@ -205,6 +244,27 @@ pub struct FakeNftState {
     pub fail_next: usize,
     /// Refuse every script containing one of these strings (a kernel that rejects one object).
     pub poison: Vec<String>,
+    /// What `drift` answers.
+    pub drift: Drift,
+    /// How often `drift` and `read_names` were asked.
+    pub drift_checks: usize,
+    pub name_reads: usize,
+}
+
+impl Default for FakeNftState {
+    fn default() -> Self {
+        Self {
+            applied: Vec::new(),
+            offered: Vec::new(),
+            flushed: Vec::new(),
+            readback: Vec::new(),
+            fail_next: 0,
+            poison: Vec::new(),
+            drift: Drift::Unknown,
+            drift_checks: 0,
+            name_reads: 0,
+        }
+    }
 }
 
 /// An in-memory [`NftExecutor`] that records scripts and fails on demand. Clones share state.
@@ -224,9 +284,10 @@ impl FakeNft {
 }
 
 impl NftExecutor for FakeNft {
-    fn apply(&mut self, script: &str) -> Result<(), NftError> {
+    fn apply(&mut self, tx: &Transaction<'_>) -> Result<(), NftError> {
+        let script = tx.to_string();
         let mut state = self.state();
-        state.offered.push(script.to_owned());
+        state.offered.push(script.clone());
         let poisoned = state.poison.iter().any(|p| script.contains(p.as_str()));
         if state.fail_next > 0 || poisoned {
             state.fail_next = state.fail_next.saturating_sub(1);
@@ -235,8 +296,19 @@ impl NftExecutor for FakeNft {
                 stderr: "injected failure".to_owned(),
             });
         }
-        state.applied.push(script.to_owned());
+        state.applied.push(script);
         Ok(())
+    }
+
+    fn drift(&mut self) -> Result<Drift, NftError> {
+        let mut state = self.state();
+        state.drift_checks += 1;
+        Ok(state.drift)
+    }
+
+    fn read_names(&mut self, family: Family) -> Result<Existing, NftError> {
+        self.state().name_reads += 1;
+        self.read_back(family).map(|r| r.existing)
     }
 
     fn read_back(&mut self, family: Family) -> Result<Readback, NftError> {

@@ -2,11 +2,15 @@
 //! plan (`sluice-plan`) and decides nothing itself.
 //!
 //! * [`render`] turns one service port's plan into the chains, verdict map elements and
-//!   affinity sets of one address family (pure, golden-tested).
-//! * [`transaction`] turns renderings into one `nft -f` script: only the difference, or a full
-//!   resync (pure).
-//! * [`exec`] runs scripts, reads the table back (typed, through the `nftables` crate's JSON
-//!   schema) and removes stale conntrack entries, behind [`NftExecutor`] with a [`FakeNft`].
+//!   affinity sets of one address family, as typed rules ([`ir`]; pure, golden-tested).
+//! * [`transaction`] turns renderings into one [`Transaction`]: only the difference, or a full
+//!   resync (pure). A transaction prints as an `nft -f` script and lowers to netlink
+//!   ([`lower`]).
+//! * [`exec`] is the kernel seam, [`NftExecutor`]: [`NetlinkNft`] (the default) sends each
+//!   transaction as one nf_tables netlink batch and notices changes made by others from the
+//!   ruleset generation; [`NftCommand`] pipes the script into `nft -f` and reads the table back
+//!   (typed, through the `nftables` crate's JSON schema); [`FakeNft`] records and fails on
+//!   demand.
 //! * [`NftDataplane`] ties these together as a [`Dataplane`](sluice_dataplane::Dataplane):
 //!   per-service bookkeeping, so a delta costs what it changes; a transaction the kernel
 //!   refuses is split until the service ports at fault are found.
@@ -15,11 +19,16 @@
 
 pub mod conntrack;
 pub mod exec;
+pub mod ir;
+pub mod lower;
 pub mod readback;
 pub mod render;
 pub mod transaction;
 
 mod dataplane;
+mod netlink;
 
 pub use dataplane::NftDataplane;
-pub use exec::{FakeNft, NftCommand, NftError, NftExecutor, Readback};
+pub use exec::{Drift, FakeNft, NftCommand, NftError, NftExecutor, Readback};
+pub use netlink::NetlinkNft;
+pub use transaction::Transaction;

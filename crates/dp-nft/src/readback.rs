@@ -1,6 +1,7 @@
-//! Reading our table back through the `nftables` crate's typed JSON schema: chain and set
-//! names (what a restart reconciles) and the DNAT targets of connectionless service traffic
-//! (whose conntrack entries may have gone stale while the agent was down).
+//! Reading our table back through the `nftables` crate's typed JSON schema (for the `nft -f`
+//! executor; the netlink executor reads the same over netlink): chain and set names (what a
+//! restart reconciles) and the DNAT targets of connectionless service traffic (whose conntrack
+//! entries may have gone stale while the agent was down).
 
 use std::borrow::Cow;
 use std::net::IpAddr;

@@ -22,12 +22,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::IpAddr;
 
 use sluice_plan::{
     Backend, Family, FrontendAddr, FrontendKind, FrontendPlan, NodePlan, Route, ServicePlan,
     ServicePortName, SetName, SourceClass,
 };
+
+use crate::ir::{Container, ContainerKind, Key, Rule, Stmt, Verdict};
+pub use crate::ir::{Element, addr_keyword, addr_type, table_family};
 
 /// Names of the verdict maps and sets whose elements are rendered per service.
 pub const SERVICE_IPS: &str = "service-ips";
@@ -38,62 +40,44 @@ pub const FIREWALL_IPS: &str = "firewall-ips";
 pub const NODEPORT_IPS: &str = "nodeport-ips";
 pub const CLUSTER_CIDRS: &str = "cluster-cidrs";
 
+/// The chain refusing connections with an ICMP error, and the one setting the masquerade mark.
+pub const REJECT_CHAIN: &str = "reject-chain";
+pub const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
+
 /// Longest readable part of a chain name (the hash keeps names unique).
 const READABLE_MAX: usize = 64;
 
-/// nftables table family keyword (`ip` / `ip6`).
-pub fn table_family(family: Family) -> &'static str {
-    match family {
-        Family::V4 => "ip",
-        Family::V6 => "ip6",
-    }
-}
-
-/// Payload keyword for address matches (`ip saddr`, `ip6 saddr`).
-pub fn addr_keyword(family: Family) -> &'static str {
-    table_family(family)
-}
-
-pub fn addr_type(family: Family) -> &'static str {
-    match family {
-        Family::V4 => "ipv4_addr",
-        Family::V6 => "ipv6_addr",
-    }
-}
-
-/// Every map/set whose elements come from the plan: (name, `map`/`set`, type body).
-pub fn element_containers(family: Family) -> [(&'static str, &'static str, String); 7] {
-    let addr = addr_type(family);
-    let frontend_map = format!("{{ type {addr} . inet_proto . inet_service : verdict ; }}");
-    let port_map = "{ type inet_proto . inet_service : verdict ; }".to_owned();
+/// Every map/set whose elements come from the plan, in declaration order.
+pub fn element_containers() -> [Container; 7] {
+    let c = |name, kind| Container { name, kind };
     [
-        (SERVICE_IPS, "map", frontend_map.clone()),
-        (SERVICE_NODEPORTS, "map", port_map.clone()),
-        (NO_ENDPOINT_SERVICES, "map", frontend_map.clone()),
-        (NO_ENDPOINT_NODEPORTS, "map", port_map),
-        (FIREWALL_IPS, "map", frontend_map),
-        (NODEPORT_IPS, "set", format!("{{ type {addr} ; }}")),
-        (
-            CLUSTER_CIDRS,
-            "set",
-            format!("{{ type {addr} ; flags interval ; }}"),
-        ),
+        c(SERVICE_IPS, ContainerKind::FrontendVmap),
+        c(SERVICE_NODEPORTS, ContainerKind::PortVmap),
+        c(NO_ENDPOINT_SERVICES, ContainerKind::FrontendVmap),
+        c(NO_ENDPOINT_NODEPORTS, ContainerKind::PortVmap),
+        c(FIREWALL_IPS, ContainerKind::FrontendVmap),
+        c(NODEPORT_IPS, ContainerKind::Addrs),
+        c(CLUSTER_CIDRS, ContainerKind::Prefixes),
     ]
 }
-
-/// One map or set element: container, key, value (`None` for set elements).
-pub type Element = (&'static str, String, Option<String>);
 
 /// What one service port contributes to one family's table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceRules {
     /// Chains: name → rules.
-    pub chains: BTreeMap<String, Vec<String>>,
+    pub chains: BTreeMap<String, Vec<Rule>>,
     /// Map elements, sorted.
     pub elements: Vec<Element>,
     /// Affinity sets: name → timeout in seconds.
     pub affinity_sets: BTreeMap<String, u32>,
 }
+
+/// Nothing (what a removed service port renders to).
+pub static NO_RULES: ServiceRules = ServiceRules {
+    chains: BTreeMap::new(),
+    elements: Vec::new(),
+    affinity_sets: BTreeMap::new(),
+};
 
 impl ServiceRules {
     pub fn is_empty(&self) -> bool {
@@ -107,12 +91,17 @@ pub fn render_node(node: &NodePlan, family: Family) -> Vec<Element> {
         .pod_cidrs
         .iter()
         .filter(|c| family.contains(&c.addr()))
-        .map(|c| (CLUSTER_CIDRS, c.to_string(), None))
+        .map(|c| Element {
+            set: CLUSTER_CIDRS,
+            key: Key::Prefix(*c),
+            value: None,
+        })
         .collect();
-    out.extend(
-        node.nodeport_addresses(family)
-            .map(|ip| (NODEPORT_IPS, ip.to_string(), None)),
-    );
+    out.extend(node.nodeport_addresses(family).map(|ip| Element {
+        set: NODEPORT_IPS,
+        key: Key::Addr(*ip),
+        value: None,
+    }));
     out.sort();
     out
 }
@@ -139,34 +128,39 @@ struct Renderer<'a> {
 
 impl Renderer<'_> {
     fn frontend(&mut self, fe: &FrontendPlan) {
+        let (protocol, port) = (fe.key.protocol, fe.key.port);
         let (forward_map, refuse_map, key) = match fe.key.addr {
-            FrontendAddr::Ip(ip) => (
+            FrontendAddr::Ip(addr) => (
                 SERVICE_IPS,
                 NO_ENDPOINT_SERVICES,
-                frontend_key(&ip, fe.key.protocol.as_str(), fe.key.port),
+                Key::Frontend {
+                    addr,
+                    protocol,
+                    port,
+                },
             ),
             FrontendAddr::NodePorts(_) => (
                 SERVICE_NODEPORTS,
                 NO_ENDPOINT_NODEPORTS,
-                format!("{} . {}", fe.key.protocol, fe.key.port),
+                Key::Port { protocol, port },
             ),
         };
         if fe.forwards() {
             let chain = self.route_chain(fe);
-            self.element(forward_map, key.clone(), format!("goto {chain}"));
+            self.element(forward_map, key, Verdict::Goto(chain));
         } else if let Some(refusal) = fe.refusal() {
             // Nobody is forwarded: refused after NAT in the filter hooks, as kube-proxy does.
             let verdict = match refusal {
-                Route::Reject => "goto reject-chain",
-                _ => "drop",
+                Route::Reject => Verdict::goto(REJECT_CHAIN),
+                _ => Verdict::Drop,
             };
-            self.element(refuse_map, key.clone(), verdict.to_owned());
+            self.element(refuse_map, key, verdict);
         }
         if !fe.allowed_sources.is_empty()
             && let FrontendAddr::Ip(_) = fe.key.addr
         {
             let chain = self.firewall_chain(fe);
-            self.element(FIREWALL_IPS, key, format!("goto {chain}"));
+            self.element(FIREWALL_IPS, key, Verdict::Goto(chain));
         }
     }
 
@@ -182,39 +176,40 @@ impl Renderer<'_> {
         if self.out.chains.contains_key(&name) {
             return name;
         }
-        let a = addr_keyword(self.family);
         let mut rules = Vec::new();
         for class in [SourceClass::Pods, SourceClass::Node] {
             let route = fe.route(class);
             if route == fe.outside {
                 continue;
             }
-            let matcher = match class {
-                SourceClass::Pods => format!("{a} saddr @{CLUSTER_CIDRS}"),
-                _ => "fib saddr type local".to_owned(),
-            };
-            rules.push(format!("{matcher} {}", self.verdict(route)));
+            let mut stmts = vec![match class {
+                SourceClass::Pods => Stmt::SaddrInSet(CLUSTER_CIDRS.into()),
+                _ => Stmt::FibSaddrLocal,
+            }];
+            stmts.extend(self.verdict(route));
+            rules.push(Rule(stmts));
         }
-        rules.push(self.verdict(fe.outside));
+        rules.push(Rule(self.verdict(fe.outside)));
         self.out.chains.insert(name.clone(), rules);
         name
     }
 
     /// The statement(s) of one route (dispatch chains rendered on first use).
-    fn verdict(&mut self, route: Route) -> String {
+    fn verdict(&mut self, route: Route) -> Vec<Stmt> {
         match route {
             Route::Forward { set, masquerade } => {
                 let chain = self.dispatch_chain(set);
+                let goto = Stmt::Verdict(Verdict::Goto(chain));
                 if masquerade {
-                    format!("meta mark set meta mark | {MASQUERADE_MARK} goto {chain}")
+                    vec![Stmt::MarkSetOr(MASQUERADE_MARK), goto]
                 } else {
-                    format!("goto {chain}")
+                    vec![goto]
                 }
             }
-            Route::Drop => "drop".to_owned(),
+            Route::Drop => vec![Stmt::Verdict(Verdict::Drop)],
             // Not reachable through a route chain (a rejecting frontend rejects everyone and
             // is refused in the filter hooks), kept total for safety.
-            Route::Reject => "goto reject-chain".to_owned(),
+            Route::Reject => vec![Stmt::Verdict(Verdict::goto(REJECT_CHAIN))],
         }
     }
 
@@ -225,12 +220,12 @@ impl Renderer<'_> {
         if !self.out.chains.contains_key(&name) {
             // One rule per range: an inline set would be an anonymous set, which nft 1.0.x
             // creates in quadratic time (docs/nftables.md).
-            let mut rules: Vec<String> = fe
+            let mut rules: Vec<Rule> = fe
                 .allowed_sources
                 .iter()
-                .map(|r| format!("{} saddr {r} return", addr_keyword(self.family)))
+                .map(|r| Rule::new([Stmt::SaddrIn(*r), Stmt::Verdict(Verdict::Return)]))
                 .collect();
-            rules.push("drop".to_owned());
+            rules.push(Rule::verdict(Verdict::Drop));
             self.out.chains.insert(name.clone(), rules);
         }
         name
@@ -250,11 +245,13 @@ impl Renderer<'_> {
         let backends: Vec<Backend> = self.plan.backends(set, self.family).copied().collect();
         let endpoint_chains: Vec<String> =
             backends.iter().map(|b| self.endpoint_chain(b)).collect();
-        let a = addr_keyword(self.family);
         let mut rules = Vec::new();
         if self.plan.affinity_timeout.is_some() {
             for ep in &endpoint_chains {
-                rules.push(format!("{a} saddr @{} goto {ep}", affinity_set_name(ep)));
+                rules.push(Rule::new([
+                    Stmt::SaddrInSet(affinity_set_name(ep)),
+                    Stmt::Verdict(Verdict::goto(ep)),
+                ]));
             }
         }
         // A uniform choice as a cascade (endpoint i taken with probability 1/(N-i) among the
@@ -262,14 +259,16 @@ impl Renderer<'_> {
         // time, which made a 10k-service sync take minutes.
         let count = endpoint_chains.len();
         for (i, ep) in endpoint_chains.iter().enumerate() {
+            let goto = Stmt::Verdict(Verdict::goto(ep));
             if i + 1 == count {
-                rules.push(format!("goto {ep}"));
+                rules.push(Rule::new([goto]));
             } else {
-                rules.push(format!("numgen random mod {} == 0 goto {ep}", count - i));
+                let rest = u32::try_from(count - i).unwrap_or(u32::MAX);
+                rules.push(Rule::new([Stmt::OneIn(rest), goto]));
             }
         }
         if rules.is_empty() {
-            rules.push("drop".to_owned());
+            rules.push(Rule::verdict(Verdict::Drop));
         }
         self.out.chains.insert(name.clone(), rules);
         name
@@ -284,22 +283,20 @@ impl Renderer<'_> {
         if self.out.chains.contains_key(&name) {
             return name;
         }
-        let a = addr_keyword(self.family);
-        let dest = match backend.ip {
-            IpAddr::V4(ip) => format!("{ip}:{}", backend.port),
-            IpAddr::V6(ip) => format!("[{ip}]:{}", backend.port),
-        };
         // Hairpin: a pod reaching itself through the service must see another source.
-        let mut rules = vec![format!("{a} saddr {} jump mark-for-masquerade", backend.ip)];
+        let mut rules = vec![Rule::new([
+            Stmt::SaddrIs(backend.ip),
+            Stmt::Verdict(Verdict::jump(MARK_FOR_MASQUERADE)),
+        ])];
         if let Some(timeout) = affinity {
             let set = affinity_set_name(&name);
-            rules.push(format!("update @{set} {{ {a} saddr }}"));
+            rules.push(Rule::new([Stmt::UpdateSaddr(set.clone())]));
             self.out.affinity_sets.insert(set, timeout);
         }
-        rules.push(format!(
-            "meta l4proto {} dnat to {dest}",
-            self.plan.name.protocol
-        ));
+        rules.push(Rule::new([
+            Stmt::L4Proto(self.plan.name.protocol),
+            Stmt::Dnat(backend.ip, backend.port),
+        ]));
         self.out.chains.insert(name.clone(), rules);
         name
     }
@@ -310,17 +307,17 @@ impl Renderer<'_> {
         format!("{prefix}-{hash}-{}", readable(&self.plan.name))
     }
 
-    fn element(&mut self, container: &'static str, key: String, value: String) {
-        self.out.elements.push((container, key, Some(value)));
+    fn element(&mut self, set: &'static str, key: Key, value: Verdict) {
+        self.out.elements.push(Element {
+            set,
+            key,
+            value: Some(value),
+        });
     }
 }
 
 /// Mark bit meaning "masquerade this connection on the way out" (kube-proxy uses the same bit).
-pub const MASQUERADE_MARK: &str = "0x4000";
-
-fn frontend_key(ip: &IpAddr, proto: &str, port: u16) -> String {
-    format!("{ip} . {proto} . {port}")
-}
+pub const MASQUERADE_MARK: u32 = 0x4000;
 
 /// The affinity set of an endpoint chain (`ep-X-...` → `aff-X`).
 pub fn affinity_set_name(endpoint_chain: &str) -> String {

@@ -1,18 +1,25 @@
-//! Pure construction of `nft -f` scripts: a full resync of one family, or only what changed
-//! for some service ports. nft applies every script as one atomic transaction, so packets
-//! never see a half-updated table.
+//! Pure construction of transactions: a full resync of one family, or only what changed for
+//! some service ports. A [`Transaction`] is a list of typed commands; it prints as an `nft -f`
+//! script (one command a line) and is sent as one netlink batch — either way the kernel
+//! applies it atomically, so packets never see a half-updated table.
 
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
+use std::fmt;
+use std::sync::LazyLock;
 
 use sluice_plan::Family;
 
+use crate::ir::{BaseChain, ChainType, Container, Element, Hook, Rule, Stmt, Verdict};
 use crate::render::{
-    Element, MASQUERADE_MARK, ServiceRules, addr_keyword, addr_type, element_containers,
-    table_family,
+    MARK_FOR_MASQUERADE, MASQUERADE_MARK, REJECT_CHAIN, ServiceRules, addr_type,
+    element_containers, table_family,
 };
 
 pub const TABLE: &str = "sluice";
+
+/// Elements per `add element` / `delete element` command, so no command grows with the
+/// cluster.
+const ELEMENTS_PER_COMMAND: usize = 1000;
 
 /// What already exists in the kernel for one family, as read back by `restore`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,156 +28,311 @@ pub struct Existing {
     pub sets: BTreeSet<String>,
 }
 
-/// Static chains: (name, base-chain declaration or empty, rules).
-fn base_chains(family: Family) -> Vec<(&'static str, &'static str, Vec<String>)> {
-    let a = addr_keyword(family);
+/// One command of a transaction, in one family's table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command<'a> {
+    AddTable,
+    DeleteTable,
+    /// A static map or set (idempotent).
+    AddContainer(Container),
+    /// A session-affinity set: client addresses, each remembered for `timeout` seconds.
+    AddAffinitySet {
+        name: &'a str,
+        timeout: u32,
+    },
+    AddChain {
+        name: &'a str,
+        base: Option<BaseChain>,
+    },
+    /// Deletes every rule of the chain.
+    FlushChain(&'a str),
+    AddRule {
+        chain: &'a str,
+        rule: &'a Rule,
+    },
+    /// Deletes every element of a static map or set.
+    FlushContainer(Container),
+    DeleteElements {
+        set: &'static str,
+        elements: Vec<&'a Element>,
+    },
+    AddElements {
+        set: &'static str,
+        elements: Vec<&'a Element>,
+    },
+    DeleteChain(&'a str),
+    DeleteSet(&'a str),
+}
+
+impl Command<'_> {
+    /// The `nft -f` line of this command (without the newline).
+    pub fn text(&self, family: Family) -> CommandText<'_> {
+        CommandText {
+            command: self,
+            family,
+        }
+    }
+}
+
+/// [`Command`] printed for one family.
+#[derive(Debug, Clone, Copy)]
+pub struct CommandText<'a> {
+    command: &'a Command<'a>,
+    family: Family,
+}
+
+impl fmt::Display for CommandText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = format!("{} {TABLE}", table_family(self.family));
+        match self.command {
+            Command::AddTable => write!(f, "add table {p}"),
+            Command::DeleteTable => write!(f, "delete table {p}"),
+            Command::AddContainer(c) => write!(
+                f,
+                "add {} {p} {} {}",
+                c.keyword(),
+                c.name,
+                c.body(self.family)
+            ),
+            Command::AddAffinitySet { name, timeout } => write!(
+                f,
+                "add set {p} {name} {{ type {} ; flags dynamic,timeout ; timeout {timeout}s ; }}",
+                addr_type(self.family)
+            ),
+            Command::AddChain { name, base: None } => write!(f, "add chain {p} {name}"),
+            Command::AddChain {
+                name,
+                base: Some(base),
+            } => write!(f, "add chain {p} {name} {{ {base} }}"),
+            Command::FlushChain(name) => write!(f, "flush chain {p} {name}"),
+            Command::AddRule { chain, rule } => {
+                write!(f, "add rule {p} {chain} {}", rule.text(self.family))
+            }
+            Command::FlushContainer(c) => write!(f, "flush {} {p} {}", c.keyword(), c.name),
+            Command::DeleteElements { set, elements } => {
+                let keys: Vec<String> = elements.iter().map(|e| e.key.to_string()).collect();
+                write!(f, "delete element {p} {set} {{ {} }}", keys.join(", "))
+            }
+            Command::AddElements { set, elements } => {
+                let items: Vec<String> = elements.iter().map(|e| e.add_text()).collect();
+                write!(f, "add element {p} {set} {{ {} }}", items.join(", "))
+            }
+            Command::DeleteChain(name) => write!(f, "delete chain {p} {name}"),
+            Command::DeleteSet(name) => write!(f, "delete set {p} {name}"),
+        }
+    }
+}
+
+/// Commands applied together, atomically.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transaction<'a> {
+    commands: Vec<(Family, Command<'a>)>,
+}
+
+impl<'a> Transaction<'a> {
+    pub fn is_empty(&self) -> bool {
+        self.commands.is_empty()
+    }
+
+    /// Number of commands (lines of the script).
+    pub fn len(&self) -> usize {
+        self.commands.len()
+    }
+
+    pub fn commands(&self) -> impl Iterator<Item = (Family, &Command<'a>)> {
+        self.commands.iter().map(|(f, c)| (*f, c))
+    }
+
+    /// Appends `other`'s commands (e.g. the other family's).
+    pub fn extend(&mut self, other: Transaction<'a>) {
+        self.commands.extend(other.commands);
+    }
+
+    /// Appends one command.
+    pub fn push(&mut self, family: Family, command: Command<'a>) {
+        self.commands.push((family, command));
+    }
+}
+
+impl fmt::Display for Transaction<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (family, command) in &self.commands {
+            writeln!(f, "{}", command.text(*family))?;
+        }
+        Ok(())
+    }
+}
+
+/// A static chain: name, hook (base chains), rules.
+#[derive(Debug)]
+pub struct StaticChain {
+    pub name: &'static str,
+    pub base: Option<BaseChain>,
+    pub rules: Vec<Rule>,
+}
+
+/// The same in both families' tables (addresses are typed per family when printed or
+/// lowered).
+static STATIC_CHAINS: LazyLock<Vec<StaticChain>> = LazyLock::new(|| {
+    let mut chains = hook_chains();
+    chains.extend(shared_chains());
+    chains
+});
+
+/// The static chains of `family`'s table.
+pub fn static_chains(_family: Family) -> &'static [StaticChain] {
+    &STATIC_CHAINS
+}
+
+fn chain(name: &'static str, base: Option<BaseChain>, rules: Vec<Rule>) -> StaticChain {
+    StaticChain { name, base, rules }
+}
+
+fn base(kind: ChainType, hook: Hook, priority: i32) -> Option<BaseChain> {
+    Some(BaseChain {
+        kind,
+        hook,
+        priority,
+    })
+}
+
+fn jump(chain: &str) -> Vec<Rule> {
+    vec![Rule::verdict(Verdict::jump(chain))]
+}
+
+fn new_then_jump(chain: &str) -> Vec<Rule> {
+    vec![Rule::new([
+        Stmt::CtStateNew,
+        Stmt::Verdict(Verdict::jump(chain)),
+    ])]
+}
+
+/// The base chains: NAT hooks into the service dispatch and masquerading, filter hooks into
+/// the firewall and no-endpoint checks (new connections only).
+fn hook_chains() -> Vec<StaticChain> {
+    let (nat, filter) = (ChainType::Nat, ChainType::Filter);
     vec![
-        (
+        chain(
             "nat-prerouting",
-            "type nat hook prerouting priority dstnat ; policy accept ;",
-            vec!["jump services".into()],
+            base(nat, Hook::Prerouting, -100),
+            jump("services"),
         ),
-        (
+        chain(
             "nat-output",
-            "type nat hook output priority -100 ; policy accept ;",
-            vec!["jump services".into()],
+            base(nat, Hook::Output, -100),
+            jump("services"),
         ),
-        (
+        chain(
             "nat-postrouting",
-            "type nat hook postrouting priority srcnat ; policy accept ;",
-            vec!["jump masquerading".into()],
+            base(nat, Hook::Postrouting, 100),
+            jump("masquerading"),
         ),
-        (
+        chain(
             "filter-prerouting",
-            "type filter hook prerouting priority -110 ; policy accept ;",
-            vec!["ct state new jump firewall-check".into()],
+            base(filter, Hook::Prerouting, -110),
+            new_then_jump("firewall-check"),
         ),
-        (
+        chain(
             "filter-input",
-            "type filter hook input priority -110 ; policy accept ;",
-            vec!["ct state new jump endpoints-check".into()],
+            base(filter, Hook::Input, -110),
+            new_then_jump("endpoints-check"),
         ),
-        (
+        chain(
             "filter-forward",
-            "type filter hook forward priority -110 ; policy accept ;",
-            vec!["ct state new jump endpoints-check".into()],
+            base(filter, Hook::Forward, -110),
+            new_then_jump("endpoints-check"),
         ),
-        (
+        chain(
             "filter-output",
-            "type filter hook output priority -110 ; policy accept ;",
-            vec!["ct state new jump endpoints-check".into()],
+            base(filter, Hook::Output, -110),
+            new_then_jump("endpoints-check"),
         ),
-        (
+    ]
+}
+
+/// The chains every service shares: map lookups, masquerade marking, rejection.
+fn shared_chains() -> Vec<StaticChain> {
+    use crate::render::{
+        FIREWALL_IPS, NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES, NODEPORT_IPS, SERVICE_IPS,
+        SERVICE_NODEPORTS,
+    };
+    let by_frontend = |map| Rule::new([Stmt::FrontendVmap(map)]);
+    let by_node_port = |map| Rule::new([Stmt::DaddrInSet(NODEPORT_IPS), Stmt::PortVmap(map)]);
+    let masquerading = vec![
+        Rule::new([
+            Stmt::MarkClear(MASQUERADE_MARK),
+            Stmt::Verdict(Verdict::Return),
+        ]),
+        Rule::new([Stmt::MarkSetXor(MASQUERADE_MARK)]),
+        Rule::new([Stmt::MasqueradeFullyRandom]),
+    ];
+    vec![
+        chain(
             "services",
-            "",
-            vec![
-                format!("{a} daddr . meta l4proto . th dport vmap @service-ips"),
-                format!("{a} daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports"),
-            ],
+            None,
+            vec![by_frontend(SERVICE_IPS), by_node_port(SERVICE_NODEPORTS)],
         ),
-        (
-            "firewall-check",
-            "",
-            vec![format!(
-                "{a} daddr . meta l4proto . th dport vmap @firewall-ips"
-            )],
-        ),
-        (
+        chain("firewall-check", None, vec![by_frontend(FIREWALL_IPS)]),
+        chain(
             "endpoints-check",
-            "",
+            None,
             vec![
-                format!("{a} daddr . meta l4proto . th dport vmap @no-endpoint-services"),
-                format!(
-                    "{a} daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports"
-                ),
+                by_frontend(NO_ENDPOINT_SERVICES),
+                by_node_port(NO_ENDPOINT_NODEPORTS),
             ],
         ),
-        (
-            "mark-for-masquerade",
-            "",
-            vec![format!("meta mark set meta mark | {MASQUERADE_MARK}")],
+        chain(
+            MARK_FOR_MASQUERADE,
+            None,
+            vec![Rule::new([Stmt::MarkSetOr(MASQUERADE_MARK)])],
         ),
-        (
-            "masquerading",
-            "",
-            vec![
-                format!("meta mark & {MASQUERADE_MARK} == 0 return"),
-                format!("meta mark set meta mark ^ {MASQUERADE_MARK}"),
-                "masquerade fully-random".into(),
-            ],
-        ),
-        ("reject-chain", "", vec!["reject".into()]),
+        chain("masquerading", None, masquerading),
+        chain(REJECT_CHAIN, None, vec![Rule::new([Stmt::Reject])]),
     ]
 }
 
 /// Names of the static chains (never deleted by reconciliation).
 pub fn is_base_chain(family: Family, name: &str) -> bool {
-    base_chains(family).iter().any(|(n, _, _)| *n == name)
+    static_chains(family).iter().any(|c| c.name == name)
 }
 
 /// A transaction being built, in phases that keep every intermediate step valid: objects are
 /// created before anything refers to them, and unreferenced before they are deleted; a map key
 /// that moves to another value is deleted before it is added again.
-struct Script {
-    prefix: String,
-    add_sets: Vec<String>,
-    add_chains: Vec<String>,
-    flush_chains: Vec<String>,
-    add_rules: Vec<String>,
-    /// `flush map|set` lines (full resync only).
-    flush_containers: Vec<String>,
-    delete_elements: Vec<Element>,
-    add_elements: Vec<Element>,
-    delete_chains: Vec<String>,
-    delete_sets: Vec<String>,
+#[derive(Default)]
+struct Script<'a> {
+    add_sets: Vec<(&'a str, u32)>,
+    add_chains: Vec<&'a str>,
+    flush_chains: Vec<&'a str>,
+    add_rules: Vec<(&'a str, &'a Rule)>,
+    /// Static maps and sets rewritten whole (full resync only).
+    flush_containers: Vec<Container>,
+    delete_elements: Vec<&'a Element>,
+    add_elements: Vec<&'a Element>,
+    delete_chains: Vec<&'a str>,
+    delete_sets: Vec<&'a str>,
 }
 
-impl Script {
-    fn new(family: Family) -> Self {
-        Self {
-            prefix: format!("{} {TABLE}", table_family(family)),
-            add_sets: Vec::new(),
-            add_chains: Vec::new(),
-            flush_chains: Vec::new(),
-            add_rules: Vec::new(),
-            flush_containers: Vec::new(),
-            delete_elements: Vec::new(),
-            add_elements: Vec::new(),
-            delete_chains: Vec::new(),
-            delete_sets: Vec::new(),
-        }
-    }
-
-    fn affinity_set(&mut self, family: Family, name: &str, timeout: u32) {
-        self.add_sets.push(format!(
-            "add set {} {name} {{ type {} ; flags dynamic,timeout ; timeout {timeout}s ; }}",
-            self.prefix,
-            addr_type(family)
-        ));
-    }
-
-    fn rules(&mut self, chain: &str, rules: &[String]) {
-        for rule in rules {
-            self.add_rules
-                .push(format!("add rule {} {chain} {rule}", self.prefix));
-        }
+impl<'a> Script<'a> {
+    fn rules(&mut self, chain: &'a str, rules: &'a [Rule]) {
+        self.add_rules.extend(rules.iter().map(|r| (chain, r)));
     }
 
     /// Adds the difference between two renderings of one service port.
-    fn service(&mut self, family: Family, old: &ServiceRules, new: &ServiceRules) {
+    fn service(&mut self, old: &'a ServiceRules, new: &'a ServiceRules) {
         for (name, timeout) in &new.affinity_sets {
             if !old.affinity_sets.contains_key(name) {
-                self.affinity_set(family, name, *timeout);
+                self.add_sets.push((name, *timeout));
             }
         }
         for (name, rules) in &new.chains {
             match old.chains.get(name) {
                 None => {
-                    self.add_chains.push(name.clone());
+                    self.add_chains.push(name);
                     self.rules(name, rules);
                 }
                 Some(before) if before != rules => {
-                    self.flush_chains.push(name.clone());
+                    self.flush_chains.push(name);
                     self.rules(name, rules);
                 }
                 Some(_) => {}
@@ -178,8 +340,8 @@ impl Script {
         }
         for name in old.chains.keys().filter(|c| !new.chains.contains_key(*c)) {
             // Flushed first, so nothing it jumps to is still referenced when that goes too.
-            self.flush_chains.push(name.clone());
-            self.delete_chains.push(name.clone());
+            self.flush_chains.push(name);
+            self.delete_chains.push(name);
         }
         self.elements(&old.elements, &new.elements);
         for name in old
@@ -187,70 +349,66 @@ impl Script {
             .keys()
             .filter(|n| !new.affinity_sets.contains_key(*n))
         {
-            self.delete_sets.push(name.clone());
+            self.delete_sets.push(name);
         }
     }
 
     /// Element changes: a changed value is a delete plus an add (nft refuses to overwrite a
     /// map key).
-    fn elements(&mut self, old: &[Element], new: &[Element]) {
+    fn elements(&mut self, old: &'a [Element], new: &'a [Element]) {
         let before: BTreeSet<&Element> = old.iter().collect();
         let after: BTreeSet<&Element> = new.iter().collect();
-        self.delete_elements
-            .extend(before.difference(&after).map(|e| (*e).clone()));
-        self.add_elements
-            .extend(after.difference(&before).map(|e| (*e).clone()));
+        self.delete_elements.extend(before.difference(&after));
+        self.add_elements.extend(after.difference(&before));
     }
 
-    fn finish(self) -> String {
-        let p = &self.prefix;
-        let mut text = String::new();
-        for line in &self.add_sets {
-            let _ = writeln!(text, "{line}");
+    fn finish(self, family: Family, tx: &mut Transaction<'a>) {
+        for (name, timeout) in self.add_sets {
+            tx.push(family, Command::AddAffinitySet { name, timeout });
         }
-        for name in &self.add_chains {
-            let _ = writeln!(text, "add chain {p} {name}");
+        for name in self.add_chains {
+            tx.push(family, Command::AddChain { name, base: None });
         }
-        for name in &self.flush_chains {
-            let _ = writeln!(text, "flush chain {p} {name}");
+        for name in self.flush_chains {
+            tx.push(family, Command::FlushChain(name));
         }
-        for line in &self.add_rules {
-            let _ = writeln!(text, "{line}");
+        for (chain, rule) in self.add_rules {
+            tx.push(family, Command::AddRule { chain, rule });
         }
-        for line in &self.flush_containers {
-            let _ = writeln!(text, "{line}");
+        for container in self.flush_containers {
+            tx.push(family, Command::FlushContainer(container));
         }
-        element_lines(&mut text, p, "delete element", &self.delete_elements);
-        element_lines(&mut text, p, "add element", &self.add_elements);
-        for name in &self.delete_chains {
-            let _ = writeln!(text, "delete chain {p} {name}");
+        element_commands(family, tx, self.delete_elements, false);
+        element_commands(family, tx, self.add_elements, true);
+        for name in self.delete_chains {
+            tx.push(family, Command::DeleteChain(name));
         }
-        for name in &self.delete_sets {
-            let _ = writeln!(text, "delete set {p} {name}");
+        for name in self.delete_sets {
+            tx.push(family, Command::DeleteSet(name));
         }
-        text
     }
 }
 
-/// Element commands grouped by container, chunked so one line never grows with the cluster.
-fn element_lines(text: &mut String, prefix: &str, verb: &str, elements: &[Element]) {
-    let mut sorted: Vec<&Element> = elements.iter().collect();
-    sorted.sort();
-    for group in sorted.chunk_by(|a, b| a.0 == b.0) {
-        let container = group[0].0;
-        for chunk in group.chunks(1000) {
-            let items: Vec<String> = chunk
-                .iter()
-                .map(|(_, key, value)| match (verb, value) {
-                    // A delete names the key only.
-                    ("add element", Some(v)) => format!("{key} : {v}"),
-                    _ => key.clone(),
-                })
-                .collect();
-            let _ = writeln!(
-                text,
-                "{verb} {prefix} {container} {{ {} }}",
-                items.join(", ")
+/// Element commands grouped by container (in text order), chunked so one command never grows
+/// with the cluster.
+fn element_commands<'a>(
+    family: Family,
+    tx: &mut Transaction<'a>,
+    mut elements: Vec<&'a Element>,
+    add: bool,
+) {
+    elements.sort_by_cached_key(|e| e.text_order());
+    for group in elements.chunk_by(|a, b| a.set == b.set) {
+        let set = group[0].set;
+        for chunk in group.chunks(ELEMENTS_PER_COMMAND) {
+            let elements = chunk.to_vec();
+            tx.push(
+                family,
+                if add {
+                    Command::AddElements { set, elements }
+                } else {
+                    Command::DeleteElements { set, elements }
+                },
             );
         }
     }
@@ -261,16 +419,18 @@ fn element_lines(text: &mut String, prefix: &str, verb: &str, elements: &[Elemen
 pub fn delta<'a>(
     family: Family,
     services: impl IntoIterator<Item = (&'a ServiceRules, &'a ServiceRules)>,
-    node: Option<(&[Element], &[Element])>,
-) -> String {
-    let mut s = Script::new(family);
+    node: Option<(&'a [Element], &'a [Element])>,
+) -> Transaction<'a> {
+    let mut s = Script::default();
     for (old, new) in services {
-        s.service(family, old, new);
+        s.service(old, new);
     }
     if let Some((old, new)) = node {
         s.elements(old, new);
     }
-    s.finish()
+    let mut tx = Transaction::default();
+    s.finish(family, &mut tx);
+    tx
 }
 
 /// A complete resync of one family: declares the table and every static object (idempotent
@@ -279,76 +439,73 @@ pub fn delta<'a>(
 pub fn full<'a>(
     family: Family,
     services: impl IntoIterator<Item = &'a ServiceRules>,
-    node: &[Element],
-    existing: &Existing,
-) -> String {
-    let mut text = String::new();
-    let prefix = format!("{} {TABLE}", table_family(family));
-    let _ = writeln!(text, "add table {prefix}");
-    for (name, kind, body) in element_containers(family) {
-        let _ = writeln!(text, "add {kind} {prefix} {name} {body}");
+    node: &'a [Element],
+    existing: &'a Existing,
+) -> Transaction<'a> {
+    let mut tx = Transaction::default();
+    tx.push(family, Command::AddTable);
+    for container in element_containers() {
+        tx.push(family, Command::AddContainer(container));
     }
-    let bases = base_chains(family);
-    for (name, decl, _) in &bases {
-        if decl.is_empty() {
-            let _ = writeln!(text, "add chain {prefix} {name}");
-        } else {
-            let _ = writeln!(text, "add chain {prefix} {name} {{ {decl} }}");
-        }
+    let statics = static_chains(family);
+    for c in statics {
+        tx.push(
+            family,
+            Command::AddChain {
+                name: c.name,
+                base: c.base,
+            },
+        );
     }
-    let mut s = Script::new(family);
-    for (name, _, rules) in &bases {
-        s.flush_chains.push((*name).to_owned());
-        s.rules(name, rules);
+    let mut s = Script::default();
+    for c in statics {
+        s.flush_chains.push(c.name);
+        s.rules(c.name, &c.rules);
     }
-    let mut wanted_chains = BTreeSet::new();
-    let mut wanted_sets = BTreeSet::new();
-    let mut elements: Vec<Element> = node.to_vec();
+    let mut wanted_chains: BTreeSet<&str> = BTreeSet::new();
+    let mut wanted_sets: BTreeSet<&str> = BTreeSet::new();
+    s.add_elements.extend(node);
     for rules in services {
         for (name, timeout) in &rules.affinity_sets {
-            s.affinity_set(family, name, *timeout);
-            wanted_sets.insert(name.clone());
+            s.add_sets.push((name, *timeout));
+            wanted_sets.insert(name);
         }
         for (name, chain_rules) in &rules.chains {
-            s.add_chains.push(name.clone());
-            s.flush_chains.push(name.clone());
+            s.add_chains.push(name);
+            s.flush_chains.push(name);
             s.rules(name, chain_rules);
-            wanted_chains.insert(name.clone());
+            wanted_chains.insert(name);
         }
-        elements.extend(rules.elements.iter().cloned());
+        s.add_elements.extend(&rules.elements);
     }
     for name in existing
         .chains
         .iter()
-        .filter(|c| !wanted_chains.contains(*c) && !is_base_chain(family, c))
+        .filter(|c| !wanted_chains.contains(c.as_str()) && !is_base_chain(family, c))
     {
-        s.flush_chains.push(name.clone());
-        s.delete_chains.push(name.clone());
+        s.flush_chains.push(name);
+        s.delete_chains.push(name);
     }
     for name in existing
         .sets
         .iter()
-        .filter(|n| n.starts_with("aff-") && !wanted_sets.contains(*n))
+        .filter(|n| n.starts_with("aff-") && !wanted_sets.contains(n.as_str()))
     {
-        s.delete_sets.push(name.clone());
+        s.delete_sets.push(name);
     }
     // Maps are rewritten whole: flushed (after the rules that use them are in place) and
     // refilled, all in the same transaction.
-    s.flush_containers = element_containers(family)
-        .iter()
-        .map(|(name, kind, _)| format!("flush {kind} {prefix} {name}"))
-        .collect();
-    s.add_elements = elements;
-    text.push_str(&s.finish());
-    text
+    s.flush_containers = element_containers().to_vec();
+    s.finish(family, &mut tx);
+    tx
 }
 
 /// Removes both tables whether or not they exist (`add` first makes `delete` always valid).
-pub fn cleanup() -> String {
-    let mut text = String::new();
+pub fn cleanup() -> Transaction<'static> {
+    let mut tx = Transaction::default();
     for family in Family::ALL {
-        let _ = writeln!(text, "add table {} {TABLE}", table_family(family));
-        let _ = writeln!(text, "delete table {} {TABLE}", table_family(family));
+        tx.push(family, Command::AddTable);
+        tx.push(family, Command::DeleteTable);
     }
-    text
+    tx
 }

@@ -39,12 +39,9 @@ fn rules(plan: &Plan, family: Family) -> Vec<ServiceRules> {
 }
 
 fn full(plan: &Plan, family: Family, existing: &Existing) -> String {
-    transaction::full(
-        family,
-        &rules(plan, family),
-        &render_node(&plan.node, family),
-        existing,
-    )
+    let rules = rules(plan, family);
+    let node = render_node(&plan.node, family);
+    transaction::full(family, &rules, &node, existing).to_string()
 }
 
 fn delta(before: &Plan, after: &Plan, family: Family) -> String {
@@ -62,7 +59,7 @@ fn delta(before: &Plan, after: &Plan, family: Family) -> String {
             (r(&c.before), r(&c.after))
         })
         .collect();
-    transaction::delta(family, rendered.iter().map(|(a, b)| (a, b)), None)
+    transaction::delta(family, rendered.iter().map(|(a, b)| (a, b)), None).to_string()
 }
 
 #[test]

@@ -31,3 +31,4 @@ pub use proxy::IngressProxy;
 pub use routes::{Backend, PathError, Route, RouteTable, normalize_path};
 pub use sluice_plan::{ObjectName, RoutePlan, RouteWarning as Warning};
 pub use stats::IngressStats;
+pub use tls::CertificateChoice;

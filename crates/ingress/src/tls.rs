@@ -17,17 +17,39 @@ use sluice_plan::{CertificatePlan, HostMatch, ObjectName, RouteWarning, TlsPlan}
 static PROVIDER: LazyLock<Arc<CryptoProvider>> =
     LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
 
+/// Which certificate answers a handshake (for explaining it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateChoice {
+    /// A certificate of a `tls` section naming the host (or a covering wildcard).
+    Host { secret: ObjectName },
+    /// The default certificate: `--default-ssl-certificate`'s Secret, or the generated
+    /// self-signed one (`None`), which names no host.
+    Default { secret: Option<ObjectName> },
+}
+
+/// A loaded certificate and the Secret it comes from (`None`: generated).
+#[derive(Debug, Clone)]
+pub(crate) struct ServedCert {
+    pub(crate) key: Arc<CertifiedKey>,
+    pub(crate) secret: Option<ObjectName>,
+}
+
 /// Certificates by host name, from the Ingresses' `tls` sections.
 #[derive(Debug, Default)]
 pub(crate) struct CertStore {
-    exact: HashMap<Box<str>, Arc<CertifiedKey>>,
+    exact: HashMap<Box<str>, ServedCert>,
     /// `*.example.com` stored as `example.com`.
-    wildcard: HashMap<Box<str>, Arc<CertifiedKey>>,
-    default: Option<Arc<CertifiedKey>>,
+    wildcard: HashMap<Box<str>, ServedCert>,
+    default: Option<ServedCert>,
 }
 
 impl CertStore {
     pub(crate) fn resolve(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        self.lookup(server_name).map(|(c, _)| Arc::clone(&c.key))
+    }
+
+    /// The certificate for `server_name`, and whether it is the default one.
+    fn lookup(&self, server_name: Option<&str>) -> Option<(&ServedCert, bool)> {
         server_name
             .and_then(|name| {
                 let name = name.trim_end_matches('.').to_ascii_lowercase();
@@ -36,8 +58,20 @@ impl CertStore {
                     self.wildcard.get(parent)
                 })
             })
-            .or(self.default.as_ref())
-            .cloned()
+            .map(|c| (c, false))
+            .or(self.default.as_ref().map(|c| (c, true)))
+    }
+
+    pub(crate) fn choice(&self, server_name: Option<&str>) -> Option<CertificateChoice> {
+        let (cert, default) = self.lookup(server_name)?;
+        Some(match (default, &cert.secret) {
+            (false, Some(secret)) => CertificateChoice::Host {
+                secret: secret.clone(),
+            },
+            (_, secret) => CertificateChoice::Default {
+                secret: secret.clone(),
+            },
+        })
     }
 }
 
@@ -97,7 +131,10 @@ pub(crate) fn build(
         candidates
             .iter()
             .find_map(|c| match cache.get(previous, c) {
-                Ok(key) => Some(key),
+                Ok(key) => Some(ServedCert {
+                    key,
+                    secret: Some(c.secret.clone()),
+                }),
                 Err(why) => {
                     if warned.insert(c.secret.clone()) {
                         warnings.push(load_warning(c, &why));

@@ -1,21 +1,25 @@
 //! The Kubernetes API server source of sluice.
 //!
 //! [`K8sSource`] runs kube-runtime watchers for Services, EndpointSlices (discovery.k8s.io/v1),
-//! the agent's own Node, Ingresses, IngressClasses and `kubernetes.io/tls` Secrets, keeps one
-//! store per kind and publishes a [`Snapshot`](sluice_model::Snapshot) on a tokio watch channel:
-//! first when every store has finished its initial list, then after each change (coalesced).
-//! The last good snapshot stays published while the API server is unreachable; a relist
-//! (after reconnecting or a 410 Gone) replaces a store atomically.
+//! the agent's own Node, Ingresses, IngressClasses and `kubernetes.io/tls` Secrets, and
+//! reports every change as [`SourceEvent`](sluice_model::SourceEvent)s on a channel, for the
+//! consumer's [`Store`](sluice_model::Store): lists are paged, a (re)list is reported as one
+//! unit the store swaps in atomically, and nothing is reported while the API server is
+//! unreachable (the consumer keeps the last good state).
 //!
 //! Control-plane pieces built on the API server:
 //! * [`LeaseHolder`]: leader election ([`LeaseConfig::leader_election`]) and this node's
 //!   heartbeat Lease ([`LeaseConfig::node_heartbeat`]); [`LiveNodes`] watches the heartbeats;
 //! * [`IngressStatusWriter`]: the Ingress `status.loadBalancer`, written by the leader only,
 //!   with retries ([`update_ingress_status`] is its single, unretried write);
-//! * [`EventRecorder`]: `events.k8s.io/v1` Events, de-duplicated and rate-limited.
+//! * [`EventRecorder`]: `events.k8s.io/v1` Events, de-duplicated and rate-limited;
+//! * [`ObjectWatch`]: every object of one kind (e.g. `LoadBalancerIPPool`s, all Nodes) on a
+//!   watch channel, for what the snapshot does not carry.
 
 mod events;
 mod lease;
+mod object_watch;
+mod secrets;
 mod source;
 mod status;
 mod status_writer;
@@ -33,8 +37,9 @@ pub use lease::{
     LEASE_KIND_LABEL, LeaseConfig, LeaseHolder, LiveNodes, NODE_HEARTBEAT_LABEL_VALUE,
     NODE_HEARTBEAT_PREFIX,
 };
+pub use object_watch::{ObjectWatch, Objects, Prepare, keep_as_is, trim_node};
 pub use source::{
-    COALESCE_WINDOW, K8sSource, K8sSourceConfig, SECRET_FETCH_GRACE, TLS_SECRET_TYPE,
+    DEFAULT_PAGE_SIZE, InitialList, K8sSource, K8sSourceConfig, SECRET_FETCH_GRACE, TLS_SECRET_TYPE,
 };
 pub use status::update_ingress_status;
 pub use status_writer::{

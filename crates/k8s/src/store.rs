@@ -1,4 +1,5 @@
-//! One in-memory store per watched kind, fed by `kube::runtime::watcher` events.
+//! Decoding watched objects, and the in-memory store of the one kind the source keeps itself
+//! (TLS Secrets, see `secrets`), fed by `kube::runtime::watcher` events.
 //!
 //! Objects arrive as [`DynamicObject`]s and are decoded into their typed form one by one, so a
 //! single malformed object is logged (naming it) and skipped instead of failing a whole list.
@@ -13,11 +14,9 @@ use kube::Resource;
 use kube::api::DynamicObject;
 use kube::runtime::watcher::Event;
 use serde::de::DeserializeOwned;
-use sluice_model::{ObjectKey, SnapshotKind};
+use sluice_model::compact::LAST_APPLIED_ANNOTATION;
+use sluice_model::{Compact, ObjectKey, SnapshotKind};
 use tracing::{debug, warn};
-
-/// Large annotation that nothing downstream reads; dropped to save memory.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 #[derive(Debug)]
 pub(crate) struct Store<K> {
@@ -30,7 +29,7 @@ pub(crate) struct Store<K> {
 
 impl<K> Store<K>
 where
-    K: Resource + DeserializeOwned,
+    K: Resource + DeserializeOwned + Compact,
 {
     pub(crate) fn new(kind: SnapshotKind) -> Self {
         Self {
@@ -42,6 +41,7 @@ where
     }
 
     /// Whether the first complete list has been applied.
+    #[cfg(test)]
     pub(crate) fn synced(&self) -> bool {
         self.synced
     }
@@ -123,9 +123,10 @@ where
     }
 }
 
-/// Decodes one object into its typed form; logs and returns `None` for a malformed one.
-/// A malformed update therefore keeps the last good version of that object in the store.
-fn decode<K: DeserializeOwned>(
+/// Decodes one object into its typed form, without what sluice never reads ([`Compact`]);
+/// logs and returns `None` for a malformed one. A malformed update therefore keeps the last
+/// good version of that object.
+pub(crate) fn decode<K: DeserializeOwned + Compact>(
     kind: SnapshotKind,
     mut obj: DynamicObject,
 ) -> Option<(ObjectKey, K)> {
@@ -138,11 +139,14 @@ fn decode<K: DeserializeOwned>(
     };
     obj.metadata.managed_fields = None;
     if let Some(annotations) = obj.metadata.annotations.as_mut() {
-        annotations.remove(LAST_APPLIED);
+        annotations.remove(LAST_APPLIED_ANNOTATION);
     }
     let decoded = serde_json::to_value(obj).and_then(serde_json::from_value::<K>);
     match decoded {
-        Ok(typed) => Some((key, typed)),
+        Ok(mut typed) => {
+            typed.compact();
+            Some((key, typed))
+        }
         Err(error) => {
             warn!(
                 kind = kind.kind_name(),

@@ -1,4 +1,5 @@
-//! `K8sSource` against the fake API server: what ends up in the published snapshots.
+//! `K8sSource` against the fake API server: what ends up in a consumer's store, and which
+//! changes it is told about.
 
 mod fake_apiserver;
 
@@ -7,12 +8,15 @@ use std::time::Duration;
 
 use fake_apiserver::{FakeApiServer, GoneStyle};
 use serde_json::{Value, json};
-use sluice_k8s::{K8sError, K8sSource, K8sSourceConfig, SECRET_FETCH_GRACE};
-use sluice_model::{ObjectKey, Snapshot};
-use tokio::sync::watch;
+use sluice_k8s::{InitialList, K8sError, K8sSource, K8sSourceConfig, SECRET_FETCH_GRACE};
+use sluice_model::{ChangeSet, ObjectKey, Snapshot, SourceBatch, Store};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+/// The consumer's view: its store's snapshot after each batch, once synced.
 type Rx = watch::Receiver<Option<Arc<Snapshot>>>;
+/// The change sets the consumer took, one per batch that changed something.
+type Changes = Arc<Mutex<Vec<ChangeSet>>>;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -78,14 +82,53 @@ fn populate(fake: &FakeApiServer) {
 }
 
 fn start(fake: &FakeApiServer) -> (Rx, JoinHandle<Result<(), K8sError>>) {
+    let (rx, _, task) = start_with(fake, InitialList::Paged(500));
+    (rx, task)
+}
+
+/// Runs the source into a consumer like the agent's: a [`Store`] fed by the batches. The
+/// consumer publishes a copy of the store's snapshot after every batch once synced (a test
+/// convenience: the agent reads its store in place), and stops when every `Rx` is gone.
+fn start_with(
+    fake: &FakeApiServer,
+    initial_list: InitialList,
+) -> (Rx, Changes, JoinHandle<Result<(), K8sError>>) {
+    let (batch_tx, mut batch_rx) = mpsc::channel::<SourceBatch>(16);
     let (tx, rx) = watch::channel(None);
-    let source = K8sSource::new(
-        fake.client(),
-        K8sSourceConfig {
-            node_name: "node-a".into(),
-        },
-    );
-    (rx, tokio::spawn(source.run(tx)))
+    let changes: Changes = Arc::default();
+    let recorded = changes.clone();
+    tokio::spawn(async move {
+        let mut store = Store::new();
+        loop {
+            let batch = tokio::select! {
+                () = tx.closed() => return,
+                batch = batch_rx.recv() => batch,
+            };
+            let Some(batch) = batch else { return };
+            store.apply_all(batch.events);
+            if store.is_synced() && store.has_changes() {
+                recorded.lock().unwrap().push(store.take_changes());
+                tx.send_replace(Some(Arc::new(store.snapshot().clone())));
+            }
+        }
+    });
+    let config = K8sSourceConfig {
+        initial_list,
+        ..K8sSourceConfig::new("node-a")
+    };
+    let source = K8sSource::new(fake.client(), config);
+    (rx, changes, tokio::spawn(source.run(batch_tx)))
+}
+
+/// The keys of one kind each recorded change set names, after the first ("everything").
+fn changed_keys(changes: &Changes, pick: fn(&ChangeSet) -> Vec<String>) -> Vec<Vec<String>> {
+    let changes = changes.lock().unwrap();
+    assert!(changes.first().is_some_and(|c| c.everything));
+    changes.iter().skip(1).map(pick).collect()
+}
+
+fn services_of(changes: &ChangeSet) -> Vec<String> {
+    changes.services.iter().map(ToString::to_string).collect()
 }
 
 fn keys<V>(map: &std::collections::BTreeMap<ObjectKey, V>) -> Vec<String> {
@@ -202,9 +245,9 @@ async fn initial_snapshot_waits_for_every_list() {
         .iter()
         .find(|r| r.path == "/api/v1/services")
         .expect("list");
-    // Served from the watch cache, like client-go informers.
+    // Paged, consistent: kube-rs sends no resourceVersion=0 with a limit.
     assert!(
-        service_list.query.contains("resourceVersion=0"),
+        service_list.query.contains("limit=500") && !service_list.query.contains("resourceVersion"),
         "{service_list:?}"
     );
     let node_list = requests
@@ -266,7 +309,7 @@ async fn relist_after_gone(style: GoneStyle) {
     fake.set_gone_style(style);
     populate(&fake);
     fake.apply(service("old", 81));
-    let (mut rx, _task) = start(&fake);
+    let (mut rx, changes, _task) = start_with(&fake, InitialList::Paged(500));
     wait_for(&mut rx, "first snapshot", |s| s.services.len() == 2).await;
     let seen = record_services(&rx);
     assert_eq!(count_requests(&fake, "/api/v1/services", false), 1);
@@ -292,6 +335,18 @@ async fn relist_after_gone(style: GoneStyle) {
             "flicker: {services:?}"
         );
     }
+    // Every kind relisted (all watches were cut), but only what differs is a change.
+    let mut services: Vec<String> = changed_keys(&changes, services_of).concat();
+    services.sort();
+    assert_eq!(services, ["default/new", "default/old"]);
+    let changes = changes.lock().unwrap();
+    for other in changes.iter().skip(1) {
+        assert_eq!(
+            other.len(),
+            other.services.len(),
+            "only Services: {other:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -310,6 +365,14 @@ async fn dropped_watch_resumes_from_its_resource_version() {
     populate(&fake);
     let (mut rx, _task) = start(&fake);
     wait_for(&mut rx, "first snapshot", |_| true).await;
+    // The first watch opens right after the list is reported.
+    tokio::time::timeout(WAIT, async {
+        while count_requests(&fake, "/api/v1/services", true) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the Services watch opens");
 
     fake.drop_watches();
     fake.apply(service("web", 9090));
@@ -451,31 +514,119 @@ async fn malformed_object_is_skipped_and_others_are_published() {
     wait_for(&mut rx, "fixed object", |s| port_of(s, "bad") == Some(8081)).await;
 }
 
-#[tokio::test]
-async fn large_lists_are_read_whole_from_the_watch_cache() {
-    let fake = FakeApiServer::start().await;
-    populate(&fake);
-    for i in 0..1199 {
+fn bulk_slices(fake: &FakeApiServer, count: usize) {
+    for i in 0..count {
         fake.apply(endpoint_slice(
             &format!("bulk-{i:04}"),
             "bulk",
             "10.244.1.1",
         ));
     }
-    let (mut rx, _task) = start(&fake);
+}
+
+fn list_queries(fake: &FakeApiServer, path: &str) -> Vec<String> {
+    let requests = fake.requests();
+    let lists = requests
+        .iter()
+        .filter(|r| r.path == path && !r.query.contains("watch="));
+    lists.map(|r| r.query.clone()).collect()
+}
+
+#[tokio::test]
+async fn large_lists_are_read_in_pages() {
+    let fake = FakeApiServer::start().await;
+    populate(&fake);
+    bulk_slices(&fake, 1199);
+    let (rx, _, _task) = start_with(&fake, InitialList::Paged(500));
+    let mut rx = rx;
     let snapshot = wait_for(&mut rx, "first snapshot", |_| true).await;
     assert_eq!(snapshot.endpoint_slices.len(), 1200);
-    let path = "/apis/discovery.k8s.io/v1/endpointslices";
-    assert_eq!(count_requests(&fake, path, false), 1);
-    let list = fake
-        .requests()
-        .into_iter()
-        .find(|r| r.path == path)
-        .expect("list");
+    let queries = list_queries(&fake, "/apis/discovery.k8s.io/v1/endpointslices");
+    assert_eq!(queries.len(), 3, "{queries:?}");
     assert!(
-        !list.query.contains("limit="),
-        "a paged list is never served from the cache: {list:?}"
+        queries.iter().all(|q| q.contains("limit=500")),
+        "{queries:?}"
     );
+    assert!(!queries[0].contains("continue="), "{queries:?}");
+    assert!(queries[1].contains("continue=500"), "{queries:?}");
+    assert!(queries[2].contains("continue=1000"), "{queries:?}");
+}
+
+#[tokio::test]
+async fn an_expired_continue_token_restarts_the_list_and_nothing_half_listed_is_seen() {
+    let fake = FakeApiServer::start().await;
+    populate(&fake);
+    bulk_slices(&fake, 1199);
+    fake.expire_continue_tokens(1);
+    let (mut rx, changes, _task) = start_with(&fake, InitialList::Paged(500));
+    let slice_counts = Arc::new(Mutex::new(Vec::new()));
+    let (mut seen, counts) = (rx.clone(), slice_counts.clone());
+    tokio::spawn(async move {
+        while seen.changed().await.is_ok() {
+            let count = seen
+                .borrow_and_update()
+                .as_ref()
+                .map(|s| s.endpoint_slices.len());
+            counts.lock().unwrap().extend(count);
+        }
+    });
+    let snapshot = wait_for(&mut rx, "first snapshot", |_| true).await;
+    assert_eq!(snapshot.endpoint_slices.len(), 1200);
+    let queries = list_queries(&fake, "/apis/discovery.k8s.io/v1/endpointslices");
+    // First page, the refused second page, then the whole list again.
+    assert_eq!(queries.len(), 5, "{queries:?}");
+    assert!(
+        !queries[2].contains("continue="),
+        "restarted from scratch: {queries:?}"
+    );
+    assert_eq!(changes.lock().unwrap().len(), 1, "one sync, no partial one");
+    assert!(slice_counts.lock().unwrap().iter().all(|n| *n == 1200));
+}
+
+#[tokio::test]
+async fn watch_cache_lists_are_read_whole_with_resource_version_0() {
+    let fake = FakeApiServer::start().await;
+    populate(&fake);
+    bulk_slices(&fake, 1199);
+    let (mut rx, _, _task) = start_with(&fake, InitialList::WatchCache);
+    let snapshot = wait_for(&mut rx, "first snapshot", |_| true).await;
+    assert_eq!(snapshot.endpoint_slices.len(), 1200);
+    let queries = list_queries(&fake, "/apis/discovery.k8s.io/v1/endpointslices");
+    assert_eq!(queries.len(), 1, "{queries:?}");
+    assert!(
+        queries[0].contains("resourceVersion=0") && !queries[0].contains("limit="),
+        "{queries:?}"
+    );
+}
+
+#[tokio::test]
+async fn one_changed_object_is_reported_alone() {
+    let fake = FakeApiServer::start().await;
+    populate(&fake);
+    bulk_slices(&fake, 100);
+    let (mut rx, changes, _task) = start_with(&fake, InitialList::Paged(500));
+    wait_for(&mut rx, "first snapshot", |_| true).await;
+
+    fake.apply(endpoint_slice("bulk-0042", "bulk", "10.244.1.9"));
+    wait_for(&mut rx, "changed slice", |s| {
+        let slice = &s.endpoint_slices[&ObjectKey::new("default", "bulk-0042")];
+        slice.endpoints.as_ref().unwrap()[0].addresses == ["10.244.1.9"]
+    })
+    .await;
+    fake.apply(service("web", 81));
+    wait_for(&mut rx, "changed Service", |s| {
+        port_of(s, "web") == Some(81)
+    })
+    .await;
+    let recorded = changes.lock().unwrap().clone();
+    assert_eq!(recorded.len(), 3, "{recorded:?}");
+    assert_eq!(recorded[1].len(), 1, "{:?}", recorded[1]);
+    assert_eq!(
+        recorded[1].endpoint_slices.iter().next().unwrap().name,
+        "bulk-0042"
+    );
+    assert_eq!(services_of(&recorded[2]), ["default/web"]);
+    assert_eq!(recorded[2].len(), 1);
 }
 
 #[tokio::test]

@@ -23,5 +23,5 @@ pub use choice::{
 pub use link::{FakeHandle, FakeLink, Link};
 pub use packet::Mac;
 pub use responder::{Answer, Changes, Responder};
-pub use serve::{ResponderConfig, serve};
+pub use serve::{ResponderConfig, ResponderCounts, ResponderStats, serve, serve_counted};
 pub use sys::{LinkError, PacketLink};

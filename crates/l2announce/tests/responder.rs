@@ -9,7 +9,10 @@ use std::time::Duration;
 use sluice_l2announce::packet::{
     self, ArpRequest, NeighborSolicitation, icmpv6_checksum, solicited_node_group,
 };
-use sluice_l2announce::{FakeHandle, FakeLink, Mac, Responder, ResponderConfig, serve};
+use sluice_l2announce::{
+    FakeHandle, FakeLink, Mac, Responder, ResponderConfig, ResponderCounts, ResponderStats, serve,
+    serve_counted,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -263,6 +266,45 @@ async fn serve_survives_send_receive_and_join_failures() {
     handle.inject(arp_request(v4()));
     handle.inject(solicitation(v6()));
     assert_eq!(handle.wait_sent(2, WAIT).await, 2);
+    drop(announced);
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn serve_counted_counts_replies_announcements_and_failures() {
+    let (link, handle) = FakeLink::new("eth-test", OURS);
+    let stats = std::sync::Arc::new(ResponderStats::default());
+    let (announced, rx) = watch::channel(set(&[V4, V6]));
+    let config = ResponderConfig {
+        repeats: 0,
+        ..Default::default()
+    };
+    let counting = std::sync::Arc::clone(&stats);
+    let task = tokio::spawn(async move { serve_counted(link, rx, config, &counting).await });
+    assert_eq!(
+        handle.wait_sent(2, WAIT).await,
+        2,
+        "two takeover announcements"
+    );
+    handle.take_sent();
+    handle.inject(arp_request(v4()));
+    handle.inject(arp_request(v4()));
+    handle.inject(solicitation(v6()));
+    assert_eq!(handle.wait_sent(3, WAIT).await, 3);
+    handle.fail_sends(1);
+    handle.inject(arp_request(v4()));
+    // A request for an address we do not announce is not counted.
+    handle.inject(arp_request(Ipv4Addr::new(192, 0, 2, 99)));
+    wait_until(|| stats.counts().send_failures == 1).await;
+    assert_eq!(
+        stats.counts(),
+        ResponderCounts {
+            arp_replies: 2,
+            ndp_replies: 1,
+            announcements: 2,
+            send_failures: 1,
+        }
+    );
     drop(announced);
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
 }

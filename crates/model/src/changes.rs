@@ -32,6 +32,11 @@ impl ChangeSet {
         !self.everything && SnapshotKind::ALL.iter().all(|k| self.keys(*k).is_empty())
     }
 
+    /// How many objects it names (0 for "everything" alone).
+    pub fn len(&self) -> usize {
+        SnapshotKind::ALL.iter().map(|k| self.keys(*k).len()).sum()
+    }
+
     /// The keys of one kind.
     pub fn keys(&self, kind: SnapshotKind) -> &BTreeSet<ObjectKey> {
         match kind {

@@ -3,6 +3,9 @@
 //! * [`Snapshot`]: the Kubernetes objects a source (API server or manifest directory) has seen,
 //!   as plain `k8s-openapi` types, and [`ChangeSet`]: which of them changed.
 //! * [`NodeInfo`]: what the agent knows about the node it runs on.
+//! * [`SourceEvent`] and [`Store`]: how sources report changes object by object, and the
+//!   store their consumer keeps up to date from them (see `store`); [`Compact`]: what is
+//!   dropped from objects before they are stored.
 //!
 //! What the dataplanes program is the plan (`sluice-plan`), computed purely from these by
 //! `sluice-compute`; the dataplanes never see Kubernetes types.
@@ -10,12 +13,16 @@
 #![forbid(unsafe_code)]
 
 mod changes;
+pub mod compact;
 mod key;
 mod node;
 mod snapshot;
+mod store;
 
 pub use changes::ChangeSet;
+pub use compact::Compact;
 pub use key::ObjectKey;
 pub use node::NodeInfo;
 pub use sluice_plan::{Protocol, ServiceName, ServicePortName};
 pub use snapshot::{SERVICE_NAME_LABEL, Snapshot, SnapshotKind};
+pub use store::{Object, SourceBatch, SourceEvent, Store};

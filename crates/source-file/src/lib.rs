@@ -43,6 +43,7 @@
 mod documents;
 mod files;
 mod kinds;
+mod merge;
 mod names;
 mod nesting;
 mod parse;
@@ -55,4 +56,4 @@ pub use parse::{
     parse_manifests, parse_manifests_with,
 };
 pub use warning::{LoadWarning, ObjectRef, Problem};
-pub use watch::{DirSource, DirSourceError};
+pub use watch::{DirSource, DirSourceError, Refreshed, load_dir};

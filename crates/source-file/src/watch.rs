@@ -1,18 +1,16 @@
-//! Polling the directory, caching parsed files, and merging them into one Snapshot.
+//! Polling the directory, caching what each file defines, and reporting what changed.
 
 use std::collections::{BTreeMap, BTreeSet};
-#[cfg(test)]
-use std::path::Path;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use sluice_model::{ObjectKey, Snapshot, SnapshotKind};
-use tokio::sync::watch;
+use sluice_model::{Snapshot, SourceBatch, SourceEvent, Store};
+use tokio::sync::mpsc;
 
 use crate::files::{self, Listed, ReadError, Stamp};
-use crate::parse::{Limits, Origin, ParsedFile, parse_file};
-use crate::warning::{LoadWarning, ObjectRef, Problem};
+use crate::merge::{FileObjects, FileUpdate, Merge};
+use crate::parse::{Limits, ParsedFile, parse_file};
+use crate::warning::{LoadWarning, Problem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirSourceError {
@@ -24,22 +22,23 @@ pub enum DirSourceError {
     },
 }
 
-struct CachedFile {
-    name: String,
-    stamp: Stamp,
-    parsed: ParsedFile,
-}
+/// What one [`DirSource::refresh`] found: the events for the changed objects, and warnings.
+pub type Refreshed = (Vec<SourceEvent>, Vec<LoadWarning>);
 
-/// Watches a directory of manifests and publishes a [`Snapshot`] whenever a file changes.
+/// Watches a directory of manifests and reports every changed object as a [`SourceEvent`].
 ///
 /// Files are re-read when their size, mtime, inode or symlink target changes (polling: no
 /// inotify dependency, and it works for files replaced by rename and for ConfigMap volumes).
-/// Each file is parsed on its own and cached, so a change costs a re-parse of that file only.
+/// Each file is parsed on its own and what it defines is cached, so a change costs a re-parse
+/// of that file and work proportional to its objects: only the objects whose winning
+/// definition differs are reported.
 pub struct DirSource {
     dir: PathBuf,
     poll_interval: Duration,
     limits: Limits,
-    cache: BTreeMap<PathBuf, CachedFile>,
+    /// The stamp of each file as last read.
+    stamps: BTreeMap<PathBuf, Stamp>,
+    merge: Merge,
 }
 
 impl DirSource {
@@ -48,7 +47,8 @@ impl DirSource {
             dir: dir.into(),
             poll_interval: Duration::from_millis(100),
             limits: Limits::default(),
-            cache: BTreeMap::new(),
+            stamps: BTreeMap::new(),
+            merge: Merge::default(),
         }
     }
 
@@ -82,59 +82,58 @@ impl DirSource {
         self.limits
     }
 
-    /// Re-reads changed files. Returns the new snapshot and this round's warnings (about the
-    /// files read in this round, and every duplicate object) when anything changed, `None`
-    /// when nothing did. Blocking: reads files and parses YAML.
-    pub fn refresh(&mut self) -> Result<Option<(Snapshot, Vec<LoadWarning>)>, DirSourceError> {
+    /// Re-reads changed files. Returns the events for the objects that changed (the first
+    /// call: every object) and this round's warnings (about the files read in this round, and
+    /// every losing copy of an object they define), or `None` when no file changed. Blocking:
+    /// reads files and parses YAML.
+    pub fn refresh(&mut self) -> Result<Option<Refreshed>, DirSourceError> {
         let files = files::list(&self.dir).map_err(|source| DirSourceError::ReadDir {
             dir: self.dir.clone(),
             source,
         })?;
         let present: BTreeSet<&PathBuf> = files.iter().map(|f| &f.path).collect();
-        let before = self.cache.len();
-        self.cache.retain(|path, _| present.contains(path));
-        let mut changed = self.cache.len() != before;
+        let mut updates: Vec<FileUpdate> = self
+            .merge
+            .paths()
+            .filter(|path| !present.contains(path))
+            .map(|path| (path.clone(), None))
+            .collect();
+        self.stamps.retain(|path, _| present.contains(path));
         let mut warnings = Vec::new();
         for listed in files {
-            if self
-                .cache
-                .get(&listed.path)
-                .is_some_and(|c| c.stamp == listed.stamp)
-            {
+            if self.stamps.get(&listed.path) == Some(&listed.stamp) {
                 continue;
             }
-            changed = true;
             let Some(parsed) = load(&listed, &self.limits) else {
-                self.cache.remove(&listed.path);
+                // Vanished since the listing: gone, unless it comes back next round.
+                if self.stamps.remove(&listed.path).is_some() || self.merge.contains(&listed.path) {
+                    updates.push((listed.path, None));
+                }
                 continue;
             };
             warnings.extend(parsed.warnings.iter().cloned());
-            let cached = CachedFile {
-                name: listed.name,
-                stamp: listed.stamp,
-                parsed,
-            };
-            self.cache.insert(listed.path, cached);
+            self.stamps.insert(listed.path.clone(), listed.stamp);
+            updates.push((listed.path, Some(FileObjects::new(listed.name, parsed))));
         }
-        if !changed {
+        if updates.is_empty() {
             return Ok(None);
         }
-        let (snapshot, merge_warnings) = merge(self.cache.values());
-        warnings.extend(merge_warnings);
-        Ok(Some((snapshot, warnings)))
+        let (events, duplicates) = self.merge.update(updates);
+        warnings.extend(duplicates);
+        Ok(Some((events, warnings)))
     }
 
-    /// Publishes the first snapshot after the first full read, then one per change. Runs until
-    /// every receiver is gone. An unreadable directory keeps the last good state and retries.
+    /// Reports every object after the first full read (then [`SourceEvent::Synced`]), then
+    /// the objects each change touches. Runs until the receiver is gone. An unreadable
+    /// directory keeps the last good state and retries.
     ///
     /// Reading and parsing run on tokio's blocking pool, never on the async workers: a slow
     /// file cannot stall the rest of the agent.
-    pub async fn run(
-        mut self,
-        tx: watch::Sender<Option<Arc<Snapshot>>>,
-    ) -> Result<(), DirSourceError> {
+    pub async fn run(mut self, tx: mpsc::Sender<SourceBatch>) -> Result<(), DirSourceError> {
         let mut reported_unreadable = false;
+        let mut synced = false;
         loop {
+            let started = Instant::now();
             let result;
             (self, result) = match tokio::task::spawn_blocking(move || {
                 let result = self.refresh();
@@ -146,25 +145,34 @@ impl DirSource {
                 Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
                 Err(_) => return Ok(()), // the runtime is shutting down
             };
-            match result {
-                Ok(Some((snapshot, warnings))) => {
+            let mut events = match result {
+                Ok(Some((events, warnings))) => {
                     reported_unreadable = false;
                     for warning in &warnings {
                         tracing::warn!(dir = %self.dir.display(), "skipped manifest: {warning}");
                     }
-                    if tx.send(Some(Arc::new(snapshot))).is_err() {
-                        return Ok(());
-                    }
+                    events
                 }
-                Ok(None) => reported_unreadable = false,
+                Ok(None) => {
+                    reported_unreadable = false;
+                    Vec::new()
+                }
                 // The first read must succeed: a wrong path is a configuration error.
-                Err(err) if tx.borrow().is_none() => return Err(err),
+                Err(err) if !synced => return Err(err),
                 Err(err) => {
                     if !reported_unreadable {
                         tracing::warn!("{err}; keeping the last good state");
                         reported_unreadable = true;
                     }
+                    Vec::new()
                 }
+            };
+            if !synced {
+                synced = true;
+                events.push(SourceEvent::Synced);
+            }
+            if !events.is_empty() && tx.send(SourceBatch::new(events, started)).await.is_err() {
+                return Ok(());
             }
             if tx.is_closed() {
                 return Ok(());
@@ -172,6 +180,15 @@ impl DirSource {
             tokio::time::sleep(self.poll_interval).await;
         }
     }
+}
+
+/// Reads a directory once: its objects and the warnings about it (`sluice plan`, tests).
+pub fn load_dir(dir: &Path) -> Result<(Snapshot, Vec<LoadWarning>), DirSourceError> {
+    let mut source = DirSource::new(dir);
+    let (events, warnings) = source.refresh()?.unwrap_or_default();
+    let mut store = Store::new();
+    store.apply_all(events);
+    Ok((store.into_snapshot(), warnings))
 }
 
 /// Reads and parses one listed file; `None` when it vanished since the listing.
@@ -194,84 +211,55 @@ fn load(listed: &Listed, limits: &Limits) -> Option<ParsedFile> {
     }
 }
 
-/// Builds one snapshot from all files (in file-name order). When an object is defined more
-/// than once, the last definition in file-name and document order wins and every earlier one
-/// gets a warning naming the winner. Only TLS Secrets referenced by an Ingress are kept, like
-/// the API source.
-fn merge<'a>(files: impl Iterator<Item = &'a CachedFile>) -> (Snapshot, Vec<LoadWarning>) {
-    let mut snapshot = Snapshot::default();
-    let mut warnings = Vec::new();
-    let mut defined_at: BTreeMap<(SnapshotKind, ObjectKey), (&str, Origin)> = BTreeMap::new();
-    for file in files {
-        let parsed = &file.parsed;
-        let mut record = |kind: SnapshotKind, key: &ObjectKey| {
-            let origin = parsed.origins.get(&(kind, key.clone())).copied();
-            let origin = origin.unwrap_or(Origin {
-                document: 0,
-                item: None,
-            });
-            let earlier = defined_at.insert((kind, key.clone()), (&file.name, origin));
-            if let Some((earlier_file, earlier_origin)) = earlier {
-                warnings.push(LoadWarning {
-                    file: earlier_file.to_owned(),
-                    document: earlier_origin.document,
-                    item: earlier_origin.item,
-                    object: Some(ObjectRef::of(kind, key)),
-                    problem: Problem::Duplicate {
-                        winner: origin.describe(&file.name),
-                    },
-                });
-            }
-        };
-        macro_rules! insert_all {
-            ($field:ident, $kind:expr) => {
-                for (key, object) in &parsed.$field {
-                    record($kind, key);
-                    snapshot.$field.insert(key.clone(), Arc::clone(object));
-                }
-            };
-        }
-        insert_all!(services, SnapshotKind::Service);
-        insert_all!(endpoint_slices, SnapshotKind::EndpointSlice);
-        insert_all!(nodes, SnapshotKind::Node);
-        insert_all!(ingresses, SnapshotKind::Ingress);
-        insert_all!(ingress_classes, SnapshotKind::IngressClass);
-        insert_all!(secrets, SnapshotKind::Secret);
-    }
-    keep_referenced_tls_secrets(&mut snapshot);
-    (snapshot, warnings)
-}
-
-fn keep_referenced_tls_secrets(snapshot: &mut Snapshot) {
-    let referenced: BTreeSet<ObjectKey> = snapshot
-        .ingresses
-        .iter()
-        .flat_map(|(key, ingress)| {
-            let tls = ingress.spec.as_ref().and_then(|s| s.tls.as_ref());
-            tls.into_iter().flatten().filter_map(move |t| {
-                t.secret_name
-                    .as_ref()
-                    .map(|name| ObjectKey::new(key.namespace.clone(), name.clone()))
-            })
-        })
-        .collect();
-    snapshot.secrets.retain(|key, secret| {
-        referenced.contains(key) && secret.type_.as_deref() == Some("kubernetes.io/tls")
-    });
-}
-
-/// Reads a directory once (tests).
-#[cfg(test)]
-fn load_dir(dir: &Path) -> Result<(Snapshot, Vec<LoadWarning>), DirSourceError> {
-    let mut source = DirSource::new(dir);
-    Ok(source.refresh()?.unwrap_or_default())
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::symlink;
+    use std::sync::Arc;
+
+    use sluice_model::{Object, ObjectKey, SnapshotKind};
 
     use super::*;
+
+    /// A source and the store a consumer keeps from its events.
+    struct Reader {
+        source: DirSource,
+        store: Store,
+        /// The events of the last refresh.
+        events: Vec<SourceEvent>,
+    }
+
+    impl Reader {
+        fn new(source: DirSource) -> Self {
+            Self {
+                source,
+                store: Store::new(),
+                events: Vec::new(),
+            }
+        }
+
+        /// `DirSource::refresh`, with the consumer's snapshot after the events.
+        fn refresh(&mut self) -> Result<Option<(Snapshot, Vec<LoadWarning>)>, DirSourceError> {
+            let Some((events, warnings)) = self.source.refresh()? else {
+                return Ok(None);
+            };
+            self.store.apply_all(events.clone());
+            self.events = events;
+            Ok(Some((self.store.snapshot().clone(), warnings)))
+        }
+
+        /// `kind namespace/name` of each event of the last refresh.
+        fn changed(&self) -> Vec<String> {
+            let name = |kind: SnapshotKind, key: &ObjectKey| format!("{} {key}", kind.kind_name());
+            self.events
+                .iter()
+                .map(|event| match event {
+                    SourceEvent::Apply(key, object) => name(object.kind(), key),
+                    SourceEvent::Delete(kind, key) => format!("-{}", name(*kind, key)),
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        }
+    }
 
     fn tempdir(tag: &str) -> PathBuf {
         let dir =
@@ -310,7 +298,7 @@ mod tests {
         let dir = tempdir("refresh");
         std::fs::write(dir.join("a.yaml"), service("a", "10.96.0.1")).unwrap();
         std::fs::write(dir.join("notes.txt"), "not a manifest").unwrap();
-        let mut source = DirSource::new(&dir);
+        let mut source = Reader::new(DirSource::new(&dir));
         let (snap, warnings) = source.refresh().unwrap().expect("first read");
         assert!(warnings.is_empty());
         assert_eq!(snap.services.len(), 1);
@@ -404,7 +392,7 @@ apiVersion: v1\nkind: Secret\nmetadata: {name: unrelated}\ntype: kubernetes.io/t
                 ("api.yaml", service("api", "10.96.0.2")),
             ],
         );
-        let mut source = DirSource::new(&dir);
+        let mut source = Reader::new(DirSource::new(&dir));
         let (snap, warnings) = source.refresh().unwrap().expect("first read");
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(
@@ -442,7 +430,7 @@ apiVersion: v1\nkind: Secret\nmetadata: {name: unrelated}\ntype: kubernetes.io/t
         symlink("missing.yaml", dir.join("dangling.yaml")).unwrap();
         symlink(".", dir.join("dir.yaml")).unwrap();
         symlink("/dev/zero", dir.join("zero.yaml")).unwrap();
-        let mut source = DirSource::new(&dir);
+        let mut source = Reader::new(DirSource::new(&dir));
         let (snap, warnings) = source.refresh().unwrap().expect("first read");
         assert_eq!(cluster_ips(&snap), ["default/good=10.96.0.1"]);
         let mut w = messages(&warnings);
@@ -477,7 +465,7 @@ apiVersion: v1\nkind: Secret\nmetadata: {name: unrelated}\ntype: kubernetes.io/t
         std::fs::write(dir.join("a.yaml"), service("a", "10.96.0.1")).unwrap();
         let big = format!("{}# {}\n", service("b", "10.96.0.2"), "x".repeat(2000));
         std::fs::write(dir.join("big.yaml"), &big).unwrap();
-        let mut source = DirSource::new(&dir).with_max_file_size(1000);
+        let mut source = Reader::new(DirSource::new(&dir).with_max_file_size(1000));
         let (snap, warnings) = source.refresh().unwrap().expect("first read");
         assert_eq!(cluster_ips(&snap), ["default/a=10.96.0.1"]);
         assert_eq!(
@@ -491,23 +479,33 @@ apiVersion: v1\nkind: Secret\nmetadata: {name: unrelated}\ntype: kubernetes.io/t
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn run_publishes_initial_state_then_changes() {
+    async fn run_reports_every_object_then_synced_then_changes() {
         let dir = tempdir("run");
         std::fs::write(dir.join("a.yaml"), service("a", "10.96.0.1")).unwrap();
-        let (tx, mut rx) = watch::channel(None);
+        let (tx, mut rx) = mpsc::channel(4);
         let task = tokio::spawn(
             DirSource::new(&dir)
                 .with_poll_interval(Duration::from_millis(10))
                 .run(tx),
         );
-        rx.changed().await.unwrap();
-        assert_eq!(rx.borrow_and_update().as_ref().unwrap().services.len(), 1);
+        let first = rx.recv().await.unwrap();
+        assert!(
+            matches!(first.events.as_slice(),
+            [SourceEvent::Apply(key, Object::Service(_)), SourceEvent::Synced] if key.name == "a"),
+            "{:?}",
+            first.events
+        );
         std::fs::write(dir.join("b.yaml"), service("b", "10.96.0.2")).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+        let second = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(rx.borrow().as_ref().unwrap().services.len(), 2);
+        assert!(
+            matches!(second.events.as_slice(),
+            [SourceEvent::Apply(key, _)] if key.name == "b"),
+            "{:?}",
+            second.events
+        );
         drop(rx);
         tokio::time::timeout(Duration::from_secs(5), task)
             .await
@@ -518,8 +516,113 @@ apiVersion: v1\nkind: Secret\nmetadata: {name: unrelated}\ntype: kubernetes.io/t
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn an_empty_directory_is_synced_too() {
+        let dir = tempdir("empty");
+        let (tx, mut rx) = mpsc::channel(4);
+        let _task = tokio::spawn(DirSource::new(&dir).run(tx));
+        let first = rx.recv().await.unwrap();
+        assert_eq!(first.events, [SourceEvent::Synced]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_changed_file_reports_only_the_objects_that_differ() {
+        let dir = tempdir("one-change");
+        let many = |changed_ip: &str| {
+            (0..50)
+                .map(|i| {
+                    let ip = if i == 7 {
+                        changed_ip.to_owned()
+                    } else {
+                        format!("10.96.1.{i}")
+                    };
+                    service(&format!("s{i}"), &ip)
+                })
+                .collect::<Vec<_>>()
+                .join("---\n")
+        };
+        std::fs::write(dir.join("many.yaml"), many("10.96.1.7")).unwrap();
+        std::fs::write(dir.join("other.yaml"), service("other", "10.96.0.1")).unwrap();
+        let mut source = Reader::new(DirSource::new(&dir));
+        let (snap, _) = source.refresh().unwrap().expect("first read");
+        assert_eq!(snap.services.len(), 51);
+        assert_eq!(source.events.len(), 51);
+
+        std::fs::write(dir.join("many.yaml"), many("10.96.2.7")).unwrap();
+        let (snap, _) = source.refresh().unwrap().expect("changed file");
+        assert_eq!(source.changed(), ["Service default/s7"]);
+        let s7 = &snap.services[&ObjectKey::new("default", "s7")];
+        assert_eq!(
+            s7.spec.as_ref().unwrap().cluster_ip.as_deref(),
+            Some("10.96.2.7")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn when_the_winning_copy_goes_the_other_one_is_reported() {
+        let dir = tempdir("winner");
+        std::fs::write(dir.join("1.yaml"), service("a", "10.96.0.1")).unwrap();
+        std::fs::write(dir.join("2.yaml"), service("a", "10.96.0.2")).unwrap();
+        let mut source = Reader::new(DirSource::new(&dir));
+        let (snap, warnings) = source.refresh().unwrap().expect("first read");
+        assert_eq!(cluster_ips(&snap), ["default/a=10.96.0.2"]);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        std::fs::remove_file(dir.join("2.yaml")).unwrap();
+        let (snap, warnings) = source.refresh().unwrap().expect("winner removed");
+        assert_eq!(cluster_ips(&snap), ["default/a=10.96.0.1"]);
+        assert_eq!(source.changed(), ["Service default/a"]);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        std::fs::remove_file(dir.join("1.yaml")).unwrap();
+        let (snap, _) = source.refresh().unwrap().expect("last copy removed");
+        assert!(snap.services.is_empty());
+        assert_eq!(source.changed(), ["-Service default/a"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_secret_is_reported_when_an_ingress_starts_referencing_it_and_withdrawn_after() {
+        let dir = tempdir("secret-refs");
+        let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: cert}\ntype: kubernetes.io/tls\ndata: {}\n";
+        let ingress = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: shop}\nspec:\n  tls: [{secretName: cert}]\n";
+        std::fs::write(dir.join("secret.yaml"), secret).unwrap();
+        let mut source = Reader::new(DirSource::new(&dir));
+        let (snap, _) = source.refresh().unwrap().expect("first read");
+        assert!(snap.secrets.is_empty());
+        assert!(source.changed().is_empty(), "{:?}", source.changed());
+        std::fs::write(dir.join("shop.yaml"), ingress).unwrap();
+        let (snap, _) = source.refresh().unwrap().expect("ingress added");
+        assert_eq!(
+            source.changed(),
+            ["Ingress default/shop", "Secret default/cert"]
+        );
+        assert_eq!(snap.secrets.len(), 1);
+        std::fs::remove_file(dir.join("shop.yaml")).unwrap();
+        let (snap, _) = source.refresh().unwrap().expect("ingress removed");
+        assert_eq!(
+            source.changed(),
+            ["-Ingress default/shop", "-Secret default/cert"]
+        );
+        assert!(snap.secrets.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stored_objects_are_compacted() {
+        let dir = tempdir("compact");
+        let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: a\n  annotations: {kubectl.kubernetes.io/last-applied-configuration: '{}'}\n  managedFields: [{manager: kubectl}]\nspec: {clusterIP: 10.96.0.1, selector: {app: a}, ports: [{port: 80}]}\n";
+        std::fs::write(dir.join("a.yaml"), text).unwrap();
+        let (snap, _) = load_dir(&dir).unwrap();
+        let a: &Arc<k8s_openapi::api::core::v1::Service> =
+            &snap.services[&ObjectKey::new("default", "a")];
+        assert!(a.metadata.annotations.is_none() && a.metadata.managed_fields.is_none());
+        assert!(a.spec.as_ref().unwrap().selector.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn run_fails_clearly_on_a_missing_directory() {
-        let (tx, _rx) = watch::channel(None);
+        let (tx, _rx) = mpsc::channel(1);
         let err = DirSource::new("/nonexistent/sluice-manifests")
             .run(tx)
             .await

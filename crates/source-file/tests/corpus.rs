@@ -22,7 +22,7 @@
 use std::path::{Path, PathBuf};
 
 use sluice_model::{ObjectKey, Snapshot};
-use sluice_source_file::{DirSource, LoadWarning, Problem};
+use sluice_source_file::{LoadWarning, Problem, load_dir};
 
 /// One object of each kind, all valid. `good.yaml` sorts after most corpus names, so the
 /// duplicate test's copy loses to it.
@@ -166,10 +166,9 @@ fn check_file(name: &str, bytes: &[u8], scratch: &Path) -> Vec<String> {
     if !expected.breaks {
         problems.push("header has no `# breaks:` line".to_owned());
     }
-    let loaded = std::panic::catch_unwind(|| DirSource::new(&dir).refresh());
+    let loaded = std::panic::catch_unwind(|| load_dir(&dir));
     let (snapshot, warnings) = match loaded {
-        Ok(Ok(Some(result))) => result,
-        Ok(Ok(None)) => unreachable!("the first refresh always reports"),
+        Ok(Ok(result)) => result,
         Ok(Err(err)) => return vec![format!("directory error: {err}")],
         Err(_) => return vec!["PANICKED".to_owned()],
     };

@@ -1,7 +1,7 @@
 //! Oversized files are refused without being read. Alone in its own test binary so the peak
 //! memory it measures is its own.
 
-use sluice_source_file::{DEFAULT_MAX_FILE_SIZE, DirSource, Problem};
+use sluice_source_file::{DEFAULT_MAX_FILE_SIZE, Problem, load_dir};
 
 /// Peak resident memory of this process so far, in bytes.
 fn peak_rss() -> u64 {
@@ -24,7 +24,7 @@ fn a_512_mib_file_is_skipped_without_being_read() {
     huge.set_len(512 << 20).unwrap();
 
     let before = peak_rss();
-    let (snapshot, warnings) = DirSource::new(&dir).refresh().unwrap().unwrap();
+    let (snapshot, warnings) = load_dir(&dir).unwrap();
     let grown = peak_rss().saturating_sub(before);
 
     assert_eq!(snapshot.services.len(), 1);

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sluice_source_file::{DirSource, Problem};
-use tokio::sync::watch;
+use sluice_model::Store;
+use sluice_source_file::{DirSource, Problem, load_dir};
+use tokio::sync::mpsc;
 
 fn tempdir(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("sluice-{tag}-{}", std::process::id()));
@@ -50,17 +51,20 @@ async fn a_slow_parse_does_not_stall_a_ticking_task() {
             longest
         }
     });
-    let (tx, mut rx) = watch::channel(None);
+    let (tx, mut rx) = mpsc::channel(4);
     let started = Instant::now();
     let source_task = tokio::spawn(source.run(tx));
-    tokio::time::timeout(Duration::from_secs(300), rx.changed())
+    let batch = tokio::time::timeout(Duration::from_secs(300), rx.recv())
         .await
-        .expect("a snapshot within 5 minutes")
+        .expect("the first read within 5 minutes")
         .unwrap();
     let parse_time = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     let longest_stall = ticker.await.unwrap();
-    let snapshot = rx.borrow().clone().unwrap();
+    let mut store = Store::new();
+    store.apply_all(batch.events);
+    assert!(store.is_synced());
+    let snapshot = store.snapshot();
     assert_eq!(
         snapshot
             .services
@@ -86,7 +90,7 @@ fn with_the_default_limit_the_deep_file_is_refused_before_parsing() {
     let dir = tempdir("deep-default");
     std::fs::write(dir.join("a-deep.yaml"), deep_document()).unwrap();
     std::fs::write(dir.join("b-good.yaml"), GOOD).unwrap();
-    let (snapshot, warnings) = DirSource::new(&dir).refresh().unwrap().unwrap();
+    let (snapshot, warnings) = load_dir(&dir).unwrap();
     assert_eq!(snapshot.services.len(), 1);
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert_eq!(warnings[0].file, "a-deep.yaml");

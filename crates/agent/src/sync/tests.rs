@@ -5,7 +5,7 @@ use clap::Parser as _;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use sluice_dataplane::{FakeCall, FakeDataplane};
-use sluice_model::{Protocol, ServicePortName};
+use sluice_model::{Object, Protocol, ServicePortName, Snapshot, SourceEvent};
 use sluice_plan::StaleFlow;
 
 use super::*;
@@ -39,7 +39,7 @@ fn service(i: usize, protocol: &str) -> Arc<Service> {
     )
 }
 
-fn snapshot(services: usize) -> Arc<Snapshot> {
+fn snapshot(services: usize) -> Snapshot {
     let mut s = Snapshot::default();
     for i in 0..services {
         s.services.insert(
@@ -47,11 +47,11 @@ fn snapshot(services: usize) -> Arc<Snapshot> {
             service(i, "TCP"),
         );
     }
-    Arc::new(s)
+    s
 }
 
 /// One UDP service `s0` whose single endpoint is 10.244.1.2:5353.
-fn udp_snapshot() -> Arc<Snapshot> {
+fn udp_snapshot() -> Snapshot {
     let mut s = Snapshot::default();
     s.services
         .insert(ObjectKey::new("default", "s0"), service(0, "UDP"));
@@ -65,14 +65,29 @@ fn udp_snapshot() -> Arc<Snapshot> {
     .unwrap();
     s.endpoint_slices
         .insert(ObjectKey::new("default", "s0-1"), Arc::new(slice));
-    Arc::new(s)
+    s
 }
 
-type Handles = (
-    watch::Sender<Option<Arc<Snapshot>>>,
-    watch::Sender<bool>,
-    tokio::task::JoinHandle<()>,
-);
+/// Stands in for a source: reports every object of a snapshot (the store drops the ones it
+/// already has), then `Synced`.
+struct Source(mpsc::Sender<SourceBatch>);
+
+impl Source {
+    async fn send(&self, snapshot: Snapshot) {
+        let mut events: Vec<SourceEvent> = Vec::new();
+        for (key, svc) in snapshot.services {
+            events.push(SourceEvent::Apply(key, Object::Service(svc)));
+        }
+        for (key, slice) in snapshot.endpoint_slices {
+            events.push(SourceEvent::Apply(key, Object::EndpointSlice(slice)));
+        }
+        events.push(SourceEvent::Synced);
+        let batch = SourceBatch::new(events, std::time::Instant::now());
+        self.0.send(batch).await.unwrap();
+    }
+}
+
+type Handles = (Source, watch::Sender<bool>, tokio::task::JoinHandle<()>);
 
 fn start(dp: &FakeDataplane, min_sync: &str, restored: Restored) -> Handles {
     let config = config(min_sync);
@@ -81,15 +96,15 @@ fn start(dp: &FakeDataplane, min_sync: &str, restored: Restored) -> Handles {
         config,
         dataplane: Some(Box::new(dp.clone())),
         restored,
-        metrics: Arc::new(Metrics::new(None)),
+        metrics: Arc::new(Metrics::new(None, Vec::new())),
         ingress: None,
-        k8s_client: None,
+        observers: Default::default(),
         local_addresses: LocalAddresses::new(Arc::new(sluice_hostnet::FakeHostNetwork::new())),
     };
-    let (tx, rx) = watch::channel(None);
+    let (tx, rx) = mpsc::channel(16);
     let (stop_tx, stop_rx) = watch::channel(false);
     let task = tokio::spawn(sync.run(rx, stop_rx));
-    (tx, stop_tx, task)
+    (Source(tx), stop_tx, task)
 }
 
 async fn settle() {
@@ -114,15 +129,15 @@ async fn nothing_is_programmed_before_the_first_snapshot_then_a_resync_then_delt
     let (tx, stop, task) = start(&dp, "0s", Restored::default());
     settle().await;
     assert!(summary(&dp).is_empty());
-    tx.send(Some(snapshot(2))).unwrap();
+    tx.send(snapshot(2)).await;
     settle().await;
     assert_eq!(summary(&dp), vec![("resync", 2)]);
     // The same content again is not programmed again.
-    tx.send(Some(snapshot(2))).unwrap();
+    tx.send(snapshot(2)).await;
     settle().await;
     assert_eq!(summary(&dp).len(), 1);
     // One more service: a delta naming only it.
-    tx.send(Some(snapshot(3))).unwrap();
+    tx.send(snapshot(3)).await;
     settle().await;
     assert_eq!(summary(&dp), vec![("resync", 2), ("apply", 1)]);
     assert_eq!(dp.programmed().services.len(), 3);
@@ -134,10 +149,10 @@ async fn nothing_is_programmed_before_the_first_snapshot_then_a_resync_then_delt
 async fn changes_within_the_minimum_sync_period_are_batched() {
     let dp = FakeDataplane::new();
     let (tx, stop, task) = start(&dp, "500ms", Restored::default());
-    tx.send(Some(snapshot(1))).unwrap();
+    tx.send(snapshot(1)).await;
     settle().await;
     for n in 2..=5 {
-        tx.send(Some(snapshot(n))).unwrap();
+        tx.send(snapshot(n)).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(900)).await;
@@ -154,7 +169,7 @@ async fn a_failed_call_is_retried_as_a_resync_without_a_new_change() {
     let dp = FakeDataplane::new();
     dp.fail_next_calls(1);
     let (tx, stop, task) = start(&dp, "0s", Restored::default());
-    tx.send(Some(snapshot(3))).unwrap();
+    tx.send(snapshot(3)).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(summary(&dp), vec![("resync", 3), ("resync", 3)]);
     assert_eq!(dp.programmed().services.len(), 3);
@@ -166,11 +181,11 @@ async fn a_failed_call_is_retried_as_a_resync_without_a_new_change() {
 async fn a_refused_service_is_retried_and_programmed_once_the_kernel_accepts_it() {
     let dp = FakeDataplane::new();
     let (tx, stop, task) = start(&dp, "0s", Restored::default());
-    tx.send(Some(snapshot(1))).unwrap();
+    tx.send(snapshot(1)).await;
     settle().await;
     let refused = ServicePortName::new("default", "s1", "", Protocol::Tcp);
     dp.fail_service(refused.clone());
-    tx.send(Some(snapshot(2))).unwrap();
+    tx.send(snapshot(2)).await;
     settle().await;
     assert!(!dp.programmed().services.contains_key(&refused));
     dp.heal();
@@ -195,7 +210,7 @@ async fn flows_toward_backends_gone_while_the_agent_was_down_are_removed_after_t
         backends: [gone, kept].into(),
     };
     let (tx, stop, task) = start(&dp, "0s", restored);
-    tx.send(Some(udp_snapshot())).unwrap();
+    tx.send(udp_snapshot()).await;
     settle().await;
     let stale: Vec<Vec<StaleFlow>> = dp
         .calls()
@@ -214,6 +229,45 @@ async fn flows_toward_backends_gone_while_the_agent_was_down_are_removed_after_t
         }]],
         "only the gone backend, once, and no flush of flows the restart kept"
     );
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_relist_is_programmed_only_when_complete_and_only_what_it_changed() {
+    let dp = FakeDataplane::new();
+    let (tx, stop, task) = start(&dp, "0s", Restored::default());
+    tx.send(snapshot(3)).await;
+    settle().await;
+    assert_eq!(summary(&dp), vec![("resync", 3)]);
+    let relist_of = |services: Vec<usize>| {
+        let mut events = vec![SourceEvent::RelistStart(
+            sluice_model::SnapshotKind::Service,
+        )];
+        for i in services {
+            let key = ObjectKey::new("default", format!("s{i}"));
+            events.push(SourceEvent::Apply(key, Object::Service(service(i, "TCP"))));
+        }
+        SourceBatch::new(events, std::time::Instant::now())
+    };
+    // s2 was deleted while the watch was down; the relist arrives in two parts.
+    tx.0.send(relist_of(vec![0])).await.unwrap();
+    tx.0.send(relist_of(vec![0, 1])).await.unwrap();
+    settle().await;
+    assert_eq!(summary(&dp).len(), 1, "half a relist is not programmed");
+    let done = SourceEvent::RelistDone(sluice_model::SnapshotKind::Service);
+    tx.0.send(SourceBatch::new(vec![done], std::time::Instant::now()))
+        .await
+        .unwrap();
+    settle().await;
+    assert_eq!(summary(&dp), vec![("resync", 3), ("apply", 1)]);
+    let programmed: Vec<String> = dp
+        .programmed()
+        .services
+        .keys()
+        .map(|name| name.name().to_owned())
+        .collect();
+    assert_eq!(programmed, ["s0", "s1"]);
     stop.send(true).unwrap();
     task.await.unwrap();
 }

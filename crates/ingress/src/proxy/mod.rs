@@ -146,6 +146,11 @@ impl IngressProxy {
         self.table.load_full()
     }
 
+    /// The route plan the current table executes.
+    pub fn route_plan(&self) -> Arc<RoutePlan> {
+        Arc::clone(self.table.load().plan())
+    }
+
     /// Counters since creation (for metrics).
     pub fn stats(&self) -> IngressStats {
         self.counters.snapshot(self.limits.open() as u64)

@@ -49,12 +49,13 @@ pub(crate) fn build(
     table.default_route = plan
         .default_backend
         .as_ref()
-        .map(|action| b.route(action, "*", "default", None));
+        .map(|action| b.route(action, "*", "default-backend", None));
     let (certs, cache, cert_warnings) =
         crate::tls::build(&plan.tls, previous.map(|t| &t.cert_cache));
     table.certs = certs;
     table.cert_cache = cache;
     table.served = plan.served.clone();
+    table.plan = Arc::new(plan.clone());
     table.limiters = b.limiters;
     let mut warnings = b.warnings;
     warnings.extend(cert_warnings);
@@ -140,8 +141,15 @@ impl Builder<'_> {
             self.previous_limiters,
             &mut self.limiters,
         );
+        let rule = if id == "default-backend" {
+            id.into()
+        } else {
+            format!("host {host}, {id}").into()
+        };
         Arc::new(Route {
             ingress: action.ingress.clone(),
+            action: action.clone(),
+            rule,
             backend,
             options,
             regex,

@@ -10,7 +10,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use sluice_plan::{ObjectName, ServiceName};
+use sluice_plan::{ObjectName, RouteAction, RoutePlan, ServiceName};
 
 pub(crate) use build::build;
 use matching::HostRoutes;
@@ -18,7 +18,7 @@ pub(crate) use matching::normalize_host;
 pub use matching::{PathError, normalize_path};
 
 use crate::options::RouteRuntime;
-use crate::tls::{CertCache, CertStore};
+use crate::tls::{CertCache, CertStore, CertificateChoice};
 use crate::upstream::{Pool, UpstreamEndpoint};
 
 /// A service port that routes point at, with its ready endpoints.
@@ -68,6 +68,10 @@ impl fmt::Display for Backend {
 #[derive(Debug)]
 pub struct Route {
     pub(crate) ingress: ObjectName,
+    /// What the plan decided for this route (backend and options), for explaining it.
+    pub(crate) action: RouteAction,
+    /// Which rule of the plan this is: `host cafe.example.com, prefix /coffee`.
+    pub(crate) rule: Box<str>,
     pub(crate) backend: Option<Arc<Backend>>,
     pub(crate) options: RouteRuntime,
     /// The route's own regex (regex hosts), for `rewrite-target` capture groups.
@@ -83,6 +87,17 @@ impl Route {
     /// The Ingress this route comes from.
     pub fn ingress(&self) -> &ObjectName {
         &self.ingress
+    }
+
+    /// The plan's decision this route executes.
+    pub fn action(&self) -> &RouteAction {
+        &self.action
+    }
+
+    /// Which rule of the plan matched: `host cafe.example.com, prefix /coffee`,
+    /// `host cafe.example.com, default`, `default-backend`.
+    pub fn rule(&self) -> &str {
+        &self.rule
     }
 }
 
@@ -100,6 +115,8 @@ pub struct RouteTable {
     pub(crate) certs: CertStore,
     pub(crate) cert_cache: CertCache,
     served: Vec<ObjectName>,
+    /// The plan this table executes.
+    pub(crate) plan: Arc<RoutePlan>,
     /// Every endpoint by address, for the upstream connector's per-endpoint connection
     /// count; filled by [`index_endpoints`](Self::index_endpoints) before the table is served.
     endpoint_index: HashMap<SocketAddr, Arc<UpstreamEndpoint>>,
@@ -134,9 +151,19 @@ impl RouteTable {
         &self.served
     }
 
+    /// The route plan this table was built from.
+    pub fn plan(&self) -> &Arc<RoutePlan> {
+        &self.plan
+    }
+
     /// Whether some certificate is available for `server_name` (SNI), or a default one.
     pub fn has_certificate_for(&self, server_name: Option<&str>) -> bool {
         self.certs.resolve(server_name).is_some()
+    }
+
+    /// Which certificate a handshake for `server_name` (SNI) gets; `None`: it fails.
+    pub fn certificate_for(&self, server_name: Option<&str>) -> Option<CertificateChoice> {
+        self.certs.choice(server_name)
     }
 
     /// Every route of the table.

@@ -12,7 +12,8 @@
 //!   (replace). Writes that carry `metadata.resourceVersion` get 409 Conflict when it is not the
 //!   stored one (optimistic concurrency, as Lease locks use it);
 //! * `fieldSelector` with `a.b=v` terms (`metadata.name=..`, `type=..`), `labelSelector` with
-//!   `k=v` terms; `limit`/`continue` paging.
+//!   `k=v` terms; `limit`/`continue` paging (a continue token can be made to expire: 410
+//!   Expired, as kube-apiserver answers once the token's revision is compacted).
 //!
 //! Every write gets the next global resourceVersion, as in etcd. Every request is recorded
 //! (with its arrival time). Faults can be injected per method and path: the next N matching
@@ -48,6 +49,12 @@ const KINDS: &[(&str, &str, &str)] = &[
     ("v1", "Secret", "secrets"),
     ("coordination.k8s.io/v1", "Lease", "leases"),
     ("events.k8s.io/v1", "Event", "events"),
+    // The custom resource of crates/lbipam (cluster-scoped).
+    (
+        "sluice.dev/v1alpha1",
+        "LoadBalancerIPPool",
+        "loadbalancerippools",
+    ),
 ];
 
 /// How a watch from an expired resourceVersion is refused.
@@ -116,6 +123,8 @@ struct State {
     held: BTreeSet<String>,
     /// Collections whose single-object GETs answer 403 Forbidden.
     forbidden_gets: BTreeSet<String>,
+    /// How many more list requests with a `continue` token answer 410 Expired.
+    expire_continues: usize,
     faults: Vec<Fault>,
     requests: Vec<Recorded>,
 }
@@ -177,6 +186,7 @@ impl FakeApiServer {
                 gone_style: GoneStyle::ErrorEvent,
                 held: BTreeSet::new(),
                 forbidden_gets: BTreeSet::new(),
+                expire_continues: 0,
                 faults: Vec::new(),
                 requests: Vec::new(),
             }),
@@ -292,6 +302,12 @@ impl FakeApiServer {
                 state.forbidden_gets.remove(&path);
             }
         });
+    }
+
+    /// The next `times` list requests that carry a `continue` token answer 410 Expired (the
+    /// token's revision was compacted): the client must start its list over.
+    pub fn expire_continue_tokens(&self, times: usize) {
+        self.write(|state| state.expire_continues = times);
     }
 
     /// The next `times` requests with this method whose path contains `path_contains` are
@@ -675,6 +691,15 @@ async fn list(
         // As kube-apiserver's validation does.
         let message = "specifying resource version is not allowed when using continue";
         return status_response(StatusCode::BAD_REQUEST, "BadRequest", message);
+    }
+    if params.contains_key("continue") {
+        let mut state = shared.lock();
+        if state.expire_continues > 0 {
+            state.expire_continues -= 1;
+            let message = "The provided continue parameter is too old to display a consistent \
+                           list result. You can start a new list without the continue parameter.";
+            return status_response(StatusCode::GONE, "Expired", message);
+        }
     }
     let filter = Filter::new(&route, params);
     // Pages: `limit` objects each, the `continue` token is the offset of the next page.

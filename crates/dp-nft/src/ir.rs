@@ -1,0 +1,356 @@
+//! The typed form of what this backend programs: rules made of statements from a closed set,
+//! map and set elements, static containers and base chains. Each prints as `nft -f` syntax
+//! (what `sluice plan`, the golden files and people read) and lowers to netlink expressions
+//! (`crate::lower`): one description, two encodings.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use sluice_plan::{Family, Protocol};
+
+/// A verdict ending a rule or stored in a verdict map.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verdict {
+    Accept,
+    Drop,
+    Return,
+    Jump(String),
+    Goto(String),
+}
+
+impl Verdict {
+    pub fn goto(chain: impl Into<String>) -> Self {
+        Verdict::Goto(chain.into())
+    }
+
+    pub fn jump(chain: impl Into<String>) -> Self {
+        Verdict::Jump(chain.into())
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Accept => f.write_str("accept"),
+            Verdict::Drop => f.write_str("drop"),
+            Verdict::Return => f.write_str("return"),
+            Verdict::Jump(c) => write!(f, "jump {c}"),
+            Verdict::Goto(c) => write!(f, "goto {c}"),
+        }
+    }
+}
+
+/// One statement of a rule: the closed set this backend uses. Addresses are of the rule's
+/// family (`ip` or `ip6` in the text).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Stmt {
+    /// `ip saddr 10.0.0.1`
+    SaddrIs(IpAddr),
+    /// `ip saddr 10.0.0.0/8` (printed as given)
+    SaddrIn(IpNet),
+    /// `ip saddr @set`
+    SaddrInSet(String),
+    /// `ip daddr @set`
+    DaddrInSet(&'static str),
+    /// `fib saddr type local`
+    FibSaddrLocal,
+    /// `ct state new`
+    CtStateNew,
+    /// `meta mark & BITS == 0`
+    MarkClear(u32),
+    /// `meta l4proto tcp`
+    L4Proto(Protocol),
+    /// `numgen random mod N == 0`: true with probability 1/N.
+    OneIn(u32),
+    /// `meta mark set meta mark | BITS`
+    MarkSetOr(u32),
+    /// `meta mark set meta mark ^ BITS`
+    MarkSetXor(u32),
+    /// `ip daddr . meta l4proto . th dport vmap @map`
+    FrontendVmap(&'static str),
+    /// `meta l4proto . th dport vmap @map`
+    PortVmap(&'static str),
+    /// `update @set { ip saddr }`
+    UpdateSaddr(String),
+    /// `dnat to ADDR:PORT`
+    Dnat(IpAddr, u16),
+    /// `masquerade fully-random`
+    MasqueradeFullyRandom,
+    /// `reject` (ICMP port unreachable)
+    Reject,
+    Verdict(Verdict),
+}
+
+/// A rule: statements evaluated in order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Rule(pub Vec<Stmt>);
+
+impl Rule {
+    pub fn new(stmts: impl Into<Vec<Stmt>>) -> Self {
+        Rule(stmts.into())
+    }
+
+    /// A rule that is only a verdict.
+    pub fn verdict(verdict: Verdict) -> Self {
+        Rule(vec![Stmt::Verdict(verdict)])
+    }
+
+    /// The `nft` syntax of this rule in a table of `family`.
+    pub fn text(&self, family: Family) -> RuleText<'_> {
+        RuleText { rule: self, family }
+    }
+}
+
+/// [`Rule`] printed for one family.
+#[derive(Debug, Clone, Copy)]
+pub struct RuleText<'a> {
+    rule: &'a Rule,
+    family: Family,
+}
+
+impl fmt::Display for RuleText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, stmt) in self.rule.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write_stmt(f, stmt, self.family)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_stmt(f: &mut fmt::Formatter<'_>, stmt: &Stmt, family: Family) -> fmt::Result {
+    let a = addr_keyword(family);
+    match stmt {
+        Stmt::SaddrIs(ip) => write!(f, "{a} saddr {ip}"),
+        Stmt::SaddrIn(net) => write!(f, "{a} saddr {net}"),
+        Stmt::SaddrInSet(set) => write!(f, "{a} saddr @{set}"),
+        Stmt::DaddrInSet(set) => write!(f, "{a} daddr @{set}"),
+        Stmt::FibSaddrLocal => f.write_str("fib saddr type local"),
+        Stmt::CtStateNew => f.write_str("ct state new"),
+        Stmt::MarkClear(bits) => write!(f, "meta mark & {bits:#x} == 0"),
+        Stmt::L4Proto(p) => write!(f, "meta l4proto {p}"),
+        Stmt::OneIn(n) => write!(f, "numgen random mod {n} == 0"),
+        Stmt::MarkSetOr(bits) => write!(f, "meta mark set meta mark | {bits:#x}"),
+        Stmt::MarkSetXor(bits) => write!(f, "meta mark set meta mark ^ {bits:#x}"),
+        Stmt::FrontendVmap(map) => write!(f, "{a} daddr . meta l4proto . th dport vmap @{map}"),
+        Stmt::PortVmap(map) => write!(f, "meta l4proto . th dport vmap @{map}"),
+        Stmt::UpdateSaddr(set) => write!(f, "update @{set} {{ {a} saddr }}"),
+        Stmt::Dnat(IpAddr::V4(ip), port) => write!(f, "dnat to {ip}:{port}"),
+        Stmt::Dnat(IpAddr::V6(ip), port) => write!(f, "dnat to [{ip}]:{port}"),
+        Stmt::MasqueradeFullyRandom => f.write_str("masquerade fully-random"),
+        Stmt::Reject => f.write_str("reject"),
+        Stmt::Verdict(v) => write!(f, "{v}"),
+    }
+}
+
+/// nftables table family keyword (`ip` / `ip6`).
+pub fn table_family(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
+}
+
+/// Payload keyword for address matches (`ip saddr`, `ip6 saddr`).
+pub fn addr_keyword(family: Family) -> &'static str {
+    table_family(family)
+}
+
+/// nft's name of the address type of `family`.
+pub fn addr_type(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ipv4_addr",
+        Family::V6 => "ipv6_addr",
+    }
+}
+
+/// The key of a map or set element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Key {
+    /// `addr . proto . port` (maps keyed by frontend)
+    Frontend {
+        addr: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    },
+    /// `proto . port` (maps keyed by node port)
+    Port { protocol: Protocol, port: u16 },
+    /// One address.
+    Addr(IpAddr),
+    /// An address range (interval sets), printed as given.
+    Prefix(IpNet),
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::Frontend {
+                addr,
+                protocol,
+                port,
+            } => write!(f, "{addr} . {protocol} . {port}"),
+            Key::Port { protocol, port } => write!(f, "{protocol} . {port}"),
+            Key::Addr(ip) => write!(f, "{ip}"),
+            Key::Prefix(net) => write!(f, "{net}"),
+        }
+    }
+}
+
+/// One map or set element: container, key, value (`None` for set elements).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Element {
+    pub set: &'static str,
+    pub key: Key,
+    pub value: Option<Verdict>,
+}
+
+impl Element {
+    /// How an `add element` line lists it (`key : value`, or the key alone).
+    pub fn add_text(&self) -> String {
+        match &self.value {
+            Some(v) => format!("{} : {v}", self.key),
+            None => self.key.to_string(),
+        }
+    }
+
+    /// The order elements are listed in scripts: by container, then by their text (stable
+    /// across releases, so golden files and diffs stay readable).
+    pub fn text_order(&self) -> (&'static str, String, String) {
+        let value = self.value.as_ref().map(Verdict::to_string);
+        (self.set, self.key.to_string(), value.unwrap_or_default())
+    }
+}
+
+/// What a static map or set holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ContainerKind {
+    /// `addr . proto . port : verdict`
+    FrontendVmap,
+    /// `proto . port : verdict`
+    PortVmap,
+    /// Addresses.
+    Addrs,
+    /// Address ranges (`flags interval`).
+    Prefixes,
+}
+
+/// A map or set declared with the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Container {
+    pub name: &'static str,
+    pub kind: ContainerKind,
+}
+
+impl Container {
+    /// `map` or `set`.
+    pub fn keyword(&self) -> &'static str {
+        match self.kind {
+            ContainerKind::FrontendVmap | ContainerKind::PortVmap => "map",
+            ContainerKind::Addrs | ContainerKind::Prefixes => "set",
+        }
+    }
+
+    /// The declaration body, e.g. `{ type ipv4_addr ; flags interval ; }`.
+    pub fn body(&self, family: Family) -> String {
+        let addr = addr_type(family);
+        match self.kind {
+            ContainerKind::FrontendVmap => {
+                format!("{{ type {addr} . inet_proto . inet_service : verdict ; }}")
+            }
+            ContainerKind::PortVmap => "{ type inet_proto . inet_service : verdict ; }".into(),
+            ContainerKind::Addrs => format!("{{ type {addr} ; }}"),
+            ContainerKind::Prefixes => format!("{{ type {addr} ; flags interval ; }}"),
+        }
+    }
+}
+
+/// Base chain types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainType {
+    Nat,
+    Filter,
+}
+
+/// Netfilter hooks used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Prerouting,
+    Input,
+    Forward,
+    Output,
+    Postrouting,
+}
+
+impl Hook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Prerouting => "prerouting",
+            Hook::Input => "input",
+            Hook::Forward => "forward",
+            Hook::Output => "output",
+            Hook::Postrouting => "postrouting",
+        }
+    }
+}
+
+/// Where a base chain hooks in (its policy is always accept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseChain {
+    pub kind: ChainType,
+    pub hook: Hook,
+    pub priority: i32,
+}
+
+impl fmt::Display for BaseChain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            ChainType::Nat => "nat",
+            ChainType::Filter => "filter",
+        };
+        // nft's names for the standard NAT priorities, as kube-proxy writes them.
+        let priority = match (self.kind, self.hook, self.priority) {
+            (ChainType::Nat, Hook::Prerouting, -100) => "dstnat".to_owned(),
+            (ChainType::Nat, Hook::Postrouting, 100) => "srcnat".to_owned(),
+            (_, _, p) => p.to_string(),
+        };
+        write!(
+            f,
+            "type {kind} hook {} priority {priority} ; policy accept ;",
+            self.hook.as_str()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_print_as_nft_syntax_per_family() {
+        let rule = Rule::new([
+            Stmt::FibSaddrLocal,
+            Stmt::MarkSetOr(0x4000),
+            Stmt::Verdict(Verdict::goto("cl-X")),
+        ]);
+        assert_eq!(
+            rule.text(Family::V4).to_string(),
+            "fib saddr type local meta mark set meta mark | 0x4000 goto cl-X"
+        );
+        let dnat = Rule::new([
+            Stmt::L4Proto(Protocol::Udp),
+            Stmt::Dnat("fd00::5".parse().unwrap(), 53),
+        ]);
+        assert_eq!(
+            dnat.text(Family::V6).to_string(),
+            "meta l4proto udp dnat to [fd00::5]:53"
+        );
+        let update = Rule::new([Stmt::UpdateSaddr("aff-X".into())]);
+        assert_eq!(
+            update.text(Family::V6).to_string(),
+            "update @aff-X { ip6 saddr }"
+        );
+    }
+}
