@@ -33,7 +33,8 @@ pub use names::{Family, Protocol, ServiceName, ServicePortName};
 pub use routes::{
     BackendPlan, BackendProtocol, BasicAuth, Canary, CertificatePlan, CookieAffinity, Cors,
     Credential, HostMatch, HostPlan, ObjectName, PasswordHash, PathKind, PathRule, RateLimit,
-    Redirect, RouteAction, RouteOptions, RoutePlan, RouteWarning, TlsHost, TlsPlan, Validity,
+    Redirect, RouteAction, RouteOptions, RoutePlan, RouteWarning, TlsHost, TlsPlan, UpstreamTls,
+    Validity,
 };
 
 #[cfg(test)]

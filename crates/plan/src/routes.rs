@@ -267,6 +267,60 @@ pub struct RouteOptions {
     pub basic_auth: Option<BasicAuth>,
     pub affinity: Option<CookieAffinity>,
     pub canary: Option<Canary>,
+    /// TLS to the endpoints (`backend-protocol` HTTPS or GRPCS; `proxy-ssl-*`).
+    pub upstream_tls: Option<UpstreamTls>,
+}
+
+/// How the proxy speaks TLS to the endpoints (`proxy-ssl-verify`, `proxy-ssl-secret`,
+/// `proxy-ssl-name`, `proxy-ssl-server-name`).
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct UpstreamTls {
+    /// Verify the endpoint's certificate against [`ca_pem`](Self::ca_pem) and
+    /// [`name`](Self::name). Off (nginx's default): any certificate is accepted.
+    pub verify: bool,
+    /// `proxy-ssl-secret`: where `ca_pem` and the client certificate come from.
+    pub secret: Option<ObjectName>,
+    /// Trusted CA certificates (`ca.crt` of the secret), PEM.
+    #[serde(skip)]
+    pub ca_pem: Option<Arc<[u8]>>,
+    /// Client certificate chain and key presented to the endpoint (`tls.crt`, `tls.key` of
+    /// the secret), PEM.
+    #[serde(skip)]
+    pub client_cert: Option<(Arc<[u8]>, Arc<[u8]>)>,
+    /// The name verified in the endpoint's certificate (`proxy-ssl-name`, else
+    /// `SERVICE.NAMESPACE.svc`).
+    pub name: String,
+    /// Send [`name`](Self::name) as SNI (`proxy-ssl-server-name: "on"`).
+    pub send_sni: bool,
+}
+
+impl fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("verify", &self.verify)
+            .field("secret", &self.secret)
+            .field("has_ca", &self.ca_pem.is_some())
+            .field("has_client_cert", &self.client_cert.is_some())
+            .field("name", &self.name)
+            .field("send_sni", &self.send_sni)
+            .finish()
+    }
+}
+
+impl Display for UpstreamTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let on = |b: bool| if b { "on" } else { "off" };
+        write!(f, "verify={} name={}", on(self.verify), self.name)?;
+        if let Some(secret) = &self.secret {
+            write!(
+                f,
+                " secret={secret} ca={} client-cert={}",
+                on(self.ca_pem.is_some()),
+                on(self.client_cert.is_some())
+            )?;
+        }
+        write!(f, " sni={}", on(self.send_sni))
+    }
 }
 
 /// A redirect answered by the proxy itself.
@@ -554,6 +608,9 @@ impl RouteOptions {
         }
         if let Some(c) = &self.canary {
             add("canary", &c.to_string());
+        }
+        if let Some(t) = &self.upstream_tls {
+            add("proxy-ssl", t);
         }
     }
 }

@@ -61,6 +61,10 @@ const SUPPORTED: &[&str] = &[
     "auth-secret",
     "auth-secret-type",
     "auth-realm",
+    "proxy-ssl-verify",
+    "proxy-ssl-secret",
+    "proxy-ssl-name",
+    "proxy-ssl-server-name",
 ];
 
 /// ingress-nginx's CORS defaults.
@@ -154,6 +158,8 @@ pub(crate) fn parse(
     };
     r.canary(&mut parsed);
     r.proxying(&mut parsed.options);
+    parsed.options.upstream_tls =
+        crate::upstream_tls::upstream_tls(&mut r, parsed.options.protocol, snapshot);
     r.access(&mut parsed.options);
     r.responses(&mut parsed.options);
     parsed.affinity = r.affinity();
@@ -194,6 +200,20 @@ impl Reader<'_, '_> {
                 let other = other.to_owned();
                 self.invalid(name, &other, "true or false");
                 default
+            }
+        }
+    }
+
+    /// nginx's `on` / `off` (booleans accepted too); unset: off.
+    pub(crate) fn on_off(&mut self, name: &str) -> bool {
+        match self.get(name) {
+            None => false,
+            Some("on" | "On" | "ON" | "true" | "True" | "TRUE") => true,
+            Some("off" | "Off" | "OFF" | "false" | "False" | "FALSE") => false,
+            Some(other) => {
+                let other = other.to_owned();
+                self.invalid(name, &other, "on or off");
+                false
             }
         }
     }

@@ -266,6 +266,11 @@ fn action(
         max_age: a.max_age,
         path: a.path.clone().unwrap_or_else(|| path.to_owned()),
     });
+    if let (Some(tls), Some(b)) = (options.upstream_tls.as_mut(), &backend)
+        && tls.name.is_empty()
+    {
+        tls.name = format!("{}.{}.svc", b.service.name, b.service.namespace);
+    }
     RouteAction {
         ingress: name(key),
         backend,

@@ -27,6 +27,7 @@ mod backends;
 mod classes;
 mod hosts;
 mod tls;
+mod upstream_tls;
 
 use std::sync::Arc;
 use std::time::SystemTime;

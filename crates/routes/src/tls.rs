@@ -6,8 +6,12 @@
 //! certificates move before expired or not yet valid ones. So an expired certificate is served
 //! only when nothing valid covers the name (it still beats the default certificate, which
 //! would not match the name either); the proxy serves the first candidate whose key loads
-//! and reports the others. A `tls` entry without `hosts` covers the rule hosts of its Ingress
-//! and is a default-certificate candidate.
+//! and reports the others. A `tls` entry without `hosts` covers the rule hosts of its Ingress.
+//!
+//! The default certificate (handshakes without SNI or for a name no `tls` entry lists) is only
+//! `--default-ssl-certificate`'s Secret, as in ingress-nginx: another Ingress's certificate is
+//! never shown for a name it was not given for. Without the flag (or when its Secret is
+//! unusable) the proxy presents a generated self-signed certificate.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -98,8 +102,6 @@ struct Collector<'a> {
     /// One plan per Secret (the first Ingress naming it is the one named in errors).
     loaded: BTreeMap<ObjectKey, Option<Arc<CertificatePlan>>>,
     by_name: BTreeMap<String, Vec<Arc<CertificatePlan>>>,
-    hostless: Vec<Arc<CertificatePlan>>,
-    all: Vec<Arc<CertificatePlan>>,
 }
 
 pub(crate) fn plan(
@@ -118,8 +120,6 @@ pub(crate) fn plan(
         now,
         loaded: BTreeMap::new(),
         by_name: BTreeMap::new(),
-        hostless: Vec::new(),
-        all: Vec::new(),
     };
     for ((key, ingress), parsed) in ingresses.iter().zip(parsed) {
         if parsed.canary.is_none() {
@@ -130,8 +130,6 @@ pub(crate) fn plan(
     if let Some(secret) = &config.default_certificate {
         default.extend(c.default_certificate(secret, warnings));
     }
-    default.extend(c.hostless.iter().cloned());
-    default.extend(c.all.iter().cloned());
     TlsPlan {
         hosts: c.hosts(),
         default: best_first(default),
@@ -140,11 +138,7 @@ pub(crate) fn plan(
 
 impl Collector<'_> {
     fn add_ingress(&mut self, key: &ObjectKey, ingress: &Ingress, warnings: &mut Warnings) {
-        let explicit_hosts = ingress.spec.iter().flat_map(|s| s.tls.iter().flatten());
-        let explicit: Vec<bool> = explicit_hosts
-            .map(|t| t.hosts.as_ref().is_some_and(|h| !h.is_empty()))
-            .collect();
-        for ((names, secret), has_hosts) in tls_names(ingress).into_iter().zip(explicit) {
+        for (names, secret) in tls_names(ingress) {
             let Some(secret) = secret.filter(|s| !s.is_empty()) else {
                 warnings.ingress(key, "tls entry has no secretName; skipped");
                 continue;
@@ -159,10 +153,6 @@ impl Collector<'_> {
                     .or_default()
                     .push(Arc::clone(&cert));
             }
-            if !has_hosts {
-                self.hostless.push(Arc::clone(&cert));
-            }
-            self.all.push(cert);
         }
     }
 

@@ -615,6 +615,77 @@ fn invalid_annotation_values_are_named_and_ignored_and_a_bad_allow_list_denies_e
 }
 
 #[test]
+fn upstream_tls_settings_come_from_the_proxy_ssl_annotations_and_fail_closed() {
+    let secret = |name: &str, data: serde_json::Value| {
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+               "metadata": {"namespace": "default", "name": name}, "stringData": data})
+    };
+    let (plan, warnings) = plan(vec![
+        secret(
+            "ca",
+            json!({"ca.crt": "CA PEM", "tls.crt": "CRT", "tls.key": "KEY"}),
+        ),
+        secret("no-ca", json!({"tls.crt": "CRT"})),
+        annotate(
+            ingress("verified", "v.test", vec![path("/", "Prefix", "a")]),
+            &[
+                ("backend-protocol", "GRPCS"),
+                ("proxy-ssl-verify", "on"),
+                ("proxy-ssl-secret", "default/ca"),
+                ("proxy-ssl-name", "a.internal"),
+                ("proxy-ssl-server-name", "on"),
+            ],
+        ),
+        annotate(
+            ingress("plain-tls", "p.test", vec![path("/", "Prefix", "a")]),
+            &[("backend-protocol", "HTTPS")],
+        ),
+        annotate(
+            ingress("no-ca", "n.test", vec![path("/", "Prefix", "a")]),
+            &[
+                ("backend-protocol", "HTTPS"),
+                ("proxy-ssl-verify", "on"),
+                ("proxy-ssl-secret", "no-ca"),
+            ],
+        ),
+    ]);
+    let tls = |host: &str| {
+        let h = plan
+            .hosts
+            .iter()
+            .find(|h| h.host.to_string() == host)
+            .unwrap();
+        h.paths[0].action.options.upstream_tls.clone().unwrap()
+    };
+    let v = tls("v.test");
+    assert!(v.verify && v.send_sni);
+    assert_eq!(v.name, "a.internal");
+    assert_eq!(v.ca_pem.as_deref(), Some(&b"CA PEM"[..]));
+    assert!(v.client_cert.is_some());
+    // Without proxy-ssl-*: no verification, no SNI, the Service's name.
+    let p = tls("p.test");
+    assert!(!p.verify && !p.send_sni && p.secret.is_none());
+    assert_eq!(p.name, "a.default.svc");
+    let n = tls("n.test");
+    assert!(n.verify && n.ca_pem.is_none() && n.client_cert.is_none());
+    let prefix = "Ingress default/no-ca: annotation nginx.ingress.kubernetes.io/";
+    assert_eq!(
+        warnings,
+        [
+            format!("{prefix}proxy-ssl-secret secret default/no-ca has no ca.crt"),
+            format!(
+                "{prefix}proxy-ssl-secret secret default/no-ca has only one of tls.crt and \
+                 tls.key; no client certificate is sent"
+            ),
+            format!(
+                "{prefix}proxy-ssl-verify is on but no proxy-ssl-secret with ca.crt is usable; \
+                 every connection to the endpoints fails (502)"
+            ),
+        ]
+    );
+}
+
+#[test]
 fn ssl_redirect_is_on_for_tls_hosts_only_unless_forced_or_disabled() {
     let (plan, _) = plan(vec![
         tls_secret("s", &["tls.test", "*.wild.test"], 2020, 2040),
@@ -833,10 +904,7 @@ fn certificates_per_name_valid_first_exact_before_wildcard_and_expired_ones_name
         ]
     );
     let text = plan.tls.to_string();
-    assert!(
-        text.starts_with("tls shop.test, *.test, default\n"),
-        "{text}"
-    );
+    assert!(text.starts_with("tls shop.test, *.test\n"), "{text}");
     assert!(
         text.contains("  shop.test <- secret default/expired expired (Ingress default/a-expired)"),
         "{text}"
@@ -871,7 +939,7 @@ fn bad_and_missing_tls_secrets_are_named_and_the_ingress_is_still_served() {
 }
 
 #[test]
-fn default_certificate_flag_then_hostless_tls_entry_then_any() {
+fn the_default_certificate_is_only_the_flags_and_a_hostless_entry_covers_its_rule_hosts() {
     let objects = |with_hostless: bool| {
         let mut i = with_tls(
             ingress("i", "h", vec![path("/", "Prefix", "a")]),
@@ -899,23 +967,22 @@ fn default_certificate_flag_then_hostless_tls_entry_then_any() {
             .map(|c| c.secret.name.to_string())
             .collect()
     };
-    let flag = RouteConfig {
-        default_certificate: Some(sluice_model::ObjectKey::new("default", "flag")),
+    let flag = |name: &str| RouteConfig {
+        default_certificate: Some(sluice_model::ObjectKey::new("default", name)),
         ..RouteConfig::default()
     };
+    // As ingress-nginx: `--default-ssl-certificate`, else none here (the proxy generates a
+    // self-signed one); no Ingress's certificate is shown for names it was not given for.
+    assert_eq!(defaults(&objects(true), &flag("flag")), ["flag"]);
+    assert!(defaults(&objects(true), &RouteConfig::default()).is_empty());
+    assert!(defaults(&objects(false), &RouteConfig::default()).is_empty());
+    let (plan, warnings) = plan_with(&objects(false), &flag("missing"));
+    assert!(plan.tls.default.is_empty());
     assert_eq!(
-        defaults(&objects(true), &flag),
-        ["flag", "hostless", "named"]
+        warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["Secret default/missing: default certificate secret not found"]
     );
-    assert_eq!(
-        defaults(&objects(true), &RouteConfig::default()),
-        ["hostless", "named"]
-    );
-    assert_eq!(
-        defaults(&objects(false), &RouteConfig::default()),
-        ["named"]
-    );
-    // A hostless entry also covers the Ingress's own rule hosts.
+    // A hostless entry covers the Ingress's own rule hosts.
     let (plan, _) = plan_with(&objects(true), &RouteConfig::default());
     let h = &plan.tls.hosts[0];
     assert_eq!(
