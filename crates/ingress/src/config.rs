@@ -1,5 +1,7 @@
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
+
+use ipnet::IpNet;
 
 /// Settings of the ingress proxy. `Default` gives the documented defaults (docs/ingress.md).
 /// Which Ingresses are served and how they route is the plan's business (`sluice-routes`).
@@ -53,9 +55,21 @@ pub struct IngressConfig {
     pub allowed_upgrades: Vec<String>,
     /// On shutdown, how long open connections get to finish.
     pub shutdown_grace: Duration,
-    /// Keep and append to `X-Forwarded-*` headers sent by the client (only behind a trusted
-    /// load balancer). Default: replace them with what this proxy sees.
-    pub trust_forwarded_headers: bool,
+    /// Addresses of proxies in front of this one (a load balancer): a request from one of
+    /// them keeps its `X-Forwarded-*` headers (ours is appended), and its client is the last
+    /// `X-Forwarded-For` address that is not a trusted proxy (nginx's `real_ip_recursive`).
+    /// From anyone else those headers are replaced. Empty: nobody is trusted.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2, as HAProxy and cloud
+    /// load balancers send it) naming the client; a connection without one is closed. With
+    /// `trusted_proxies`, only those addresses may connect.
+    pub proxy_protocol: bool,
+    /// Connect failures in a row after which an endpoint is left out of balancing for
+    /// `eject_duration` (passive health; 0: never).
+    pub eject_after_connect_failures: u32,
+    pub eject_duration: Duration,
+    /// One JSON line per request on the access log sink (see `IngressProxy::with_access_log`).
+    pub access_log: bool,
 }
 
 impl Default for IngressConfig {
@@ -78,8 +92,20 @@ impl Default for IngressConfig {
             max_upstream_connections_per_endpoint: 1024,
             allowed_upgrades: vec!["websocket".to_owned()],
             shutdown_grace: Duration::from_secs(30),
-            trust_forwarded_headers: false,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
+            eject_after_connect_failures: 3,
+            eject_duration: Duration::from_secs(10),
+            access_log: true,
         }
+    }
+}
+
+impl IngressConfig {
+    /// Whether `addr` is one of [`trusted_proxies`](Self::trusted_proxies).
+    pub fn is_trusted_proxy(&self, addr: IpAddr) -> bool {
+        let addr = addr.to_canonical();
+        self.trusted_proxies.iter().any(|net| net.contains(&addr))
     }
 }
 

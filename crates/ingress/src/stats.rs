@@ -34,6 +34,8 @@ pub struct IngressStats {
     pub accept_errors: u64,
     /// Times the listeners stopped accepting because `max_client_connections` were open.
     pub accept_pauses: u64,
+    /// Endpoints taken out of balancing after consecutive connect failures (passive health).
+    pub endpoint_ejections: u64,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +54,7 @@ pub(crate) struct Counters {
     pub(crate) client_body_timeouts: AtomicU64,
     pub(crate) accept_errors: AtomicU64,
     pub(crate) accept_pauses: AtomicU64,
+    pub(crate) endpoint_ejections: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -87,6 +90,7 @@ impl Counters {
             client_body_timeouts: get(&self.client_body_timeouts),
             accept_errors: get(&self.accept_errors),
             accept_pauses: get(&self.accept_pauses),
+            endpoint_ejections: get(&self.endpoint_ejections),
         }
     }
 }

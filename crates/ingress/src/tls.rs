@@ -152,8 +152,44 @@ pub(crate) fn build(
             map.insert(host_key(&host.name).into(), key);
         }
     }
-    store.default = first_loading(&plan.default, &mut cache);
+    store.default = first_loading(&plan.default, &mut cache).or_else(generated_default);
     (store, cache, warnings)
+}
+
+/// Subject of the generated default certificate: ingress-nginx's, so that tools and people
+/// recognise it.
+pub(crate) const GENERATED_SUBJECT: &str = "Kubernetes Ingress Controller Fake Certificate";
+
+/// A self-signed certificate made once per process, presented when no default certificate
+/// is configured (or it does not load), as ingress-nginx does: a handshake for an unknown
+/// name succeeds, and a client that checks names refuses it.
+fn generated_default() -> Option<ServedCert> {
+    static GENERATED: LazyLock<Result<Arc<CertifiedKey>, String>> = LazyLock::new(|| {
+        let made = generate_self_signed();
+        if let Err(why) = &made {
+            tracing::error!("ingress: cannot generate the default certificate: {why}");
+        }
+        made
+    });
+    let key = GENERATED.as_ref().ok()?;
+    Some(ServedCert {
+        key: Arc::clone(key),
+        secret: None,
+    })
+}
+
+fn generate_self_signed() -> Result<Arc<CertifiedKey>, String> {
+    let mut params = rcgen::CertificateParams::new(vec!["ingress.local".to_owned()])
+        .map_err(|e| e.to_string())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "Acme Co");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, GENERATED_SUBJECT);
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    parse_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
 }
 
 fn host_key(name: &HostMatch) -> &str {

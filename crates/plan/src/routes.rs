@@ -273,7 +273,7 @@ pub struct RouteOptions {
 
 /// How the proxy speaks TLS to the endpoints (`proxy-ssl-verify`, `proxy-ssl-secret`,
 /// `proxy-ssl-name`, `proxy-ssl-server-name`).
-#[derive(Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct UpstreamTls {
     /// Verify the endpoint's certificate against [`ca_pem`](Self::ca_pem) and
     /// [`name`](Self::name). Off (nginx's default): any certificate is accepted.
@@ -286,13 +286,16 @@ pub struct UpstreamTls {
     /// Client certificate chain and key presented to the endpoint (`tls.crt`, `tls.key` of
     /// the secret), PEM.
     #[serde(skip)]
-    pub client_cert: Option<(Arc<[u8]>, Arc<[u8]>)>,
+    pub client_cert: Option<PemPair>,
     /// The name verified in the endpoint's certificate (`proxy-ssl-name`, else
     /// `SERVICE.NAMESPACE.svc`).
     pub name: String,
     /// Send [`name`](Self::name) as SNI (`proxy-ssl-server-name: "on"`).
     pub send_sni: bool,
 }
+
+/// A certificate chain and its private key, PEM.
+pub type PemPair = (Arc<[u8]>, Arc<[u8]>);
 
 impl fmt::Debug for UpstreamTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -61,6 +61,8 @@ pub(crate) struct RouteRuntime {
     auth: Option<auth::BasicAuthCheck>,
     pub(crate) affinity: Option<Affinity>,
     pub(crate) canary: Option<Canary>,
+    /// The pooled TLS client of an HTTPS or GRPCS route (set by the table builder).
+    pub(crate) tls: Option<Arc<crate::upstream::TlsClient>>,
     /// Nothing to check before proxying (the common case): skips [`RouteRuntime::admit`].
     plain: bool,
 }
@@ -151,6 +153,7 @@ impl RouteRuntime {
                 weight: c.weight,
                 weight_total: c.weight_total.max(1),
             }),
+            tls: None,
             plain: false,
         };
         r.limiters(o, key, previous, limiters);

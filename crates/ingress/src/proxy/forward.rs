@@ -18,7 +18,9 @@ use super::{IngressProxy, ProxyBody, ReqBody};
 use crate::options::Affinity;
 use crate::routes::Backend;
 use crate::stats;
-use crate::upstream::{CONNECT_TIMEOUT, InFlight, LimitReached, UpstreamEndpoint};
+use crate::upstream::{
+    CONNECT_TIMEOUT, InFlight, LimitReached, TlsHandshakeError, TlsUpstream, UpstreamEndpoint,
+};
 use sluice_plan::BackendProtocol;
 
 /// Linux errno values: out of file descriptors for the process / the system.
@@ -42,11 +44,16 @@ pub(super) struct Upstreaming<'a> {
     /// `affinity: cookie`: the settings, and the endpoint the request's cookie names.
     pub(super) affinity: Option<&'a Affinity>,
     pub(super) sticky: Option<SocketAddr>,
+    /// HTTPS and GRPCS: the route's TLS client.
+    pub(super) tls: Option<&'a TlsUpstream>,
 }
 
 impl Upstreaming<'_> {
     fn http2(&self) -> bool {
-        matches!(self.protocol, BackendProtocol::H2c | BackendProtocol::Grpc)
+        matches!(
+            self.protocol,
+            BackendProtocol::H2c | BackendProtocol::Grpc | BackendProtocol::Grpcs
+        )
     }
 }
 
@@ -58,9 +65,10 @@ impl Upstream {
         endpoint: &UpstreamEndpoint,
         body: B,
         http2: bool,
+        tls: bool,
     ) -> Request<B> {
         let mut parts = hyper::http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
+        parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
         parts.authority = Some(endpoint.authority.clone());
         parts.path_and_query = Some(self.path_and_query.clone());
         // Scheme, authority and path are all set: building cannot fail.
@@ -107,7 +115,8 @@ pub(super) fn pick_endpoint(
     let own = proxy.own_addresses.load();
     let preferred = prefer
         .filter(|addr| Some(*addr) != exclude && !own.contains(*addr))
-        .and_then(|addr| backend.pool.endpoints.iter().find(|e| e.addr == addr));
+        .and_then(|addr| backend.pool.endpoints.iter().find(|e| e.addr == addr))
+        .filter(|e| !e.is_ejected());
     if let Some(endpoint) = preferred {
         return Ok(Arc::clone(endpoint));
     }
@@ -226,16 +235,19 @@ async fn send(
     how: &Upstreaming<'_>,
 ) -> Result<Response<ProxyBody>, SendError> {
     let in_flight = endpoint.start();
-    let req = request.into_pooled_request(&endpoint, body, how.http2());
-    let client = if how.http2() {
-        &proxy.client_h2
-    } else {
-        &proxy.client
+    let req = request.into_pooled_request(&endpoint, body, how.http2(), how.tls.is_some());
+    let requested = match how.tls {
+        Some(tls) => tls.client.request(req),
+        None if how.http2() => proxy.client_h2.request(req),
+        None => proxy.client.request(req),
     };
-    let requested = CONNECT_TIMEOUT.scope(how.connect_timeout, client.request(req));
+    let requested = CONNECT_TIMEOUT.scope(how.connect_timeout, requested);
     let read = how.read_timeout;
     let mut resp = match within_response_timeout(requested, read, how.send_timeout, upload).await {
-        Some(Ok(resp)) => downstream_response(resp, in_flight, read),
+        Some(Ok(resp)) => {
+            endpoint.responded();
+            downstream_response(resp, in_flight, read)
+        }
         Some(Err(e)) => return Err(upstream_error(proxy, backend, &endpoint, &e)),
         None => return Err(SendError::Other(gateway_timeout(proxy, backend, read))),
     };
@@ -301,6 +313,18 @@ fn find_cause<'a, E: std::error::Error + 'static>(
     None
 }
 
+/// `error: cause: cause`, for messages that must say why.
+pub(super) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cur = e.source();
+    }
+    text
+}
+
 /// What a failed exchange with the pooled client means, and whose fault it is.
 fn upstream_error(
     proxy: &IngressProxy,
@@ -329,8 +353,17 @@ fn upstream_error(
             ),
         ));
     }
+    if let Some(tls) = find_cause::<TlsHandshakeError>(e) {
+        connect_failure(proxy, backend, endpoint);
+        let why = error_chain(tls);
+        tracing::warn!(backend = %backend, endpoint = %endpoint.addr, "ingress: {why}");
+        return SendError::Connect(error(
+            StatusCode::BAD_GATEWAY,
+            format!("502 Bad Gateway: service {backend}: {why}\n"),
+        ));
+    }
     if e.is_connect() {
-        stats::inc(&proxy.counters.upstream_connect_failures);
+        connect_failure(proxy, backend, endpoint);
         tracing::warn!(backend = %backend, endpoint = %endpoint.addr, error = %e, "ingress: cannot connect to endpoint");
         return SendError::Connect(error(
             StatusCode::BAD_GATEWAY,
@@ -354,6 +387,26 @@ fn upstream_error(
             "502 Bad Gateway: service {backend} closed the connection or sent an invalid response\n"
         ),
     ))
+}
+
+/// Counts a failed connect to `endpoint` and ejects it after too many in a row.
+pub(super) fn connect_failure(
+    proxy: &IngressProxy,
+    backend: &Backend,
+    endpoint: &UpstreamEndpoint,
+) {
+    stats::inc(&proxy.counters.upstream_connect_failures);
+    let c = &proxy.config;
+    if endpoint.connect_failed(c.eject_after_connect_failures, c.eject_duration) {
+        stats::inc(&proxy.counters.endpoint_ejections);
+        tracing::warn!(
+            backend = %backend,
+            endpoint = %endpoint.addr,
+            "ingress: endpoint left out of balancing for {}s after {} connect failures in a row",
+            c.eject_duration.as_secs_f32(),
+            c.eject_after_connect_failures
+        );
+    }
 }
 
 /// 503 for a connection cap: the proxy protecting itself, not the backend failing.

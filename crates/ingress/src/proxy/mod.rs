@@ -7,10 +7,10 @@ mod service;
 mod upgrade;
 mod upload;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -18,14 +18,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use sluice_plan::{ObjectName, RoutePlan};
+use sluice_plan::{ObjectName, RoutePlan, UpstreamTls};
 
 pub(crate) use body::{ProxyBody, ReqBody};
 pub(crate) use service::{ConnInfo, error, handle};
 
 use crate::loops::{HopId, OwnAddresses};
 use crate::stats::Counters;
-use crate::upstream::{ConnectionLimits, CountingConnector};
+use crate::upstream::{ConnectionLimits, CountingConnector, TlsClient, TlsConnecting, TlsUpstream};
 use crate::{IngressConfig, IngressStats, RouteTable, Warning};
 use headers::HeadLimits;
 
@@ -54,7 +54,12 @@ pub struct IngressProxy {
     /// Addresses that reach our own listeners: never dialled.
     pub(crate) own_addresses: ArcSwap<OwnAddresses>,
     pub(crate) head_limits: HeadLimits,
+    /// Pooled clients of HTTPS and GRPCS routes by TLS setting (and HTTP/2), kept while some
+    /// route of the current table uses them. Locked only while a table is built.
+    tls_clients: Mutex<TlsClientCache>,
 }
+
+type TlsClientCache = HashMap<(UpstreamTls, bool), Arc<TlsClient>>;
 
 impl std::fmt::Debug for IngressProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -90,6 +95,7 @@ impl IngressProxy {
             limits,
             hop_id: HopId::random(),
             own_addresses: ArcSwap::from_pointee(OwnAddresses::default()),
+            tls_clients: Mutex::new(HashMap::new()),
         }
     }
 
@@ -102,8 +108,21 @@ impl IngressProxy {
     /// logged here: the caller logs them (the agent logs each new one once).
     pub fn update(&self, plan: &RoutePlan) -> Vec<Warning> {
         let previous = self.table.load();
-        let (mut table, mut warnings) = crate::routes::build(plan, Some(&previous));
-        drop(previous);
+        let mut cache = self.tls_clients.lock().unwrap_or_else(|e| e.into_inner());
+        let mut used = TlsClientCache::new();
+        let mut tls_clients = |tls: &UpstreamTls, h2: bool| {
+            let key = (tls.clone(), h2);
+            let client = cache
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(self.tls_client(tls, h2)));
+            used.insert(key, Arc::clone(&client));
+            client
+        };
+        let (mut table, mut warnings) =
+            crate::routes::build(plan, Some(&previous), &mut tls_clients);
+        *cache = used;
+        drop((cache, previous));
         table.index_endpoints();
         warnings.extend(self.own_listener_warnings(&table));
         tracing::debug!(
@@ -186,23 +205,50 @@ impl IngressProxy {
     }
 }
 
-/// A pooled client to the endpoints (HTTP/1.1, or HTTP/2 prior knowledge when `h2`),
-/// dialling through the connection caps within the route's (else the default) connect
-/// timeout.
+impl IngressProxy {
+    /// A pooled client speaking TLS to the endpoints as `tls` says (HTTP/2 only when `h2`).
+    fn tls_client(&self, tls: &UpstreamTls, h2: bool) -> TlsClient {
+        let (config, name) = crate::upstream::client_config(tls, h2)?;
+        let tcp = counting_connector(&self.config, &self.limits, &self.table);
+        let connector = TlsConnecting::new(tcp, config, name, self.config.connect_timeout);
+        Ok(TlsUpstream {
+            client: client_builder(&self.config, h2).build(connector.clone()),
+            connector,
+        })
+    }
+}
+
+/// Dials endpoints through the connection caps within the route's (else the default)
+/// connect timeout.
+fn counting_connector(
+    config: &IngressConfig,
+    limits: &Arc<ConnectionLimits>,
+    table: &Arc<ArcSwap<RouteTable>>,
+) -> CountingConnector {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    // The URI of a TLS route says https; the connector under TLS dials plain TCP.
+    http.enforce_http(false);
+    CountingConnector::new(
+        http,
+        Arc::clone(limits),
+        Arc::clone(table),
+        config.connect_timeout,
+    )
+}
+
+/// A pooled client to the endpoints (HTTP/1.1, or HTTP/2 prior knowledge when `h2`).
 fn upstream_client(
     config: &IngressConfig,
     limits: &Arc<ConnectionLimits>,
     table: &Arc<ArcSwap<RouteTable>>,
     h2: bool,
 ) -> Client<CountingConnector, ReqBody> {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    let connector = CountingConnector::new(
-        http,
-        Arc::clone(limits),
-        Arc::clone(table),
-        config.connect_timeout,
-    );
+    client_builder(config, h2).build(counting_connector(config, limits, table))
+}
+
+/// Pool and protocol settings shared by every upstream client.
+fn client_builder(config: &IngressConfig, h2: bool) -> hyper_util::client::legacy::Builder {
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .pool_idle_timeout(config.upstream_idle_timeout)
@@ -214,7 +260,7 @@ fn upstream_client(
     if h2 {
         builder.http2_only(true).timer(TokioTimer::new());
     }
-    builder.build(connector)
+    builder
 }
 
 /// Downstream HTTP/1.1 and HTTP/2 with the configured timeouts and header limits.

@@ -186,15 +186,19 @@ async fn proxy_to(
         Some(canary) if canary.chosen(req.headers()) => &canary.backend,
         _ => primary,
     };
-    if matches!(o.protocol, BackendProtocol::Https | BackendProtocol::Grpcs) {
-        return error(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "502 Bad Gateway: service {backend}: backend-protocol {} (TLS to the endpoints) is not supported by sluice yet\n",
-                o.protocol.as_str()
-            ),
-        );
-    }
+    let tls = match o.tls.as_deref() {
+        None => None,
+        Some(Ok(tls)) => Some(tls),
+        Some(Err(why)) => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "502 Bad Gateway: service {backend}: the upstream TLS settings (backend-protocol {}) cannot be used: {why}\n",
+                    o.protocol.as_str()
+                ),
+            );
+        }
+    };
     let limit = o
         .max_body_bytes
         .unwrap_or(proxy.config.max_request_body_bytes);
@@ -219,12 +223,19 @@ async fn proxy_to(
             .affinity
             .as_ref()
             .and_then(|a| a.sticky(req.headers(), &backend.pool)),
+        tls,
     };
     let upgrade = match req.version() {
         Version::HTTP_11 => headers::upgrade_request(req.headers(), &proxy.config.allowed_upgrades),
         _ => None,
     };
     let on_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    // gRPC streams messages both ways: its body is forwarded as it comes.
+    let streaming = matches!(o.protocol, BackendProtocol::Grpc | BackendProtocol::Grpcs)
+        || req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let (parts, body) = req.into_parts();
     let mut upstream_headers = upstream_headers(proxy, conn, parts.headers, host, request_id);
     route_headers(&mut upstream_headers, o);
@@ -240,7 +251,8 @@ async fn proxy_to(
         return forward::no_ready_endpoints(backend);
     }
     // Small bodies are read before any endpoint is chosen: a slow client holds no backend.
-    let (body, upload) = match upload::read_request_body(body, &proxy.config, limit).await {
+    let read = upload::read_request_body(body, &proxy.config, limit, streaming).await;
+    let (body, upload) = match read {
         Ok(read) => read,
         Err(e) => return forward::client_body_error(proxy, backend, &e),
     };
@@ -256,7 +268,10 @@ fn route_headers(headers: &mut HeaderMap, o: &RouteRuntime) {
     if let Some(prefix) = &o.forwarded_prefix {
         headers.insert(&X_FORWARDED_PREFIX, prefix.clone());
     }
-    if matches!(o.protocol, BackendProtocol::Grpc | BackendProtocol::H2c) {
+    if matches!(
+        o.protocol,
+        BackendProtocol::Grpc | BackendProtocol::Grpcs | BackendProtocol::H2c
+    ) {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
@@ -293,7 +308,7 @@ fn upstream_headers(
             local_port: conn.local.port(),
             tls: conn.tls,
             host,
-            trust_client: proxy.config.trust_forwarded_headers,
+            trust_client: proxy.config.is_trusted_proxy(conn.peer.ip()),
         },
     );
     headers.insert(&X_REQUEST_ID, request_id.clone());

@@ -17,8 +17,8 @@ use super::forward::{
 use super::service::error;
 use super::{IngressProxy, ProxyBody, ReqBody};
 use crate::routes::Backend;
-use crate::stats;
-use crate::upstream::{Counted, UpstreamEndpoint};
+use crate::upstream::{CONNECT_TIMEOUT, Counted, UpstreamEndpoint};
+use tower_service::Service as _;
 
 pub(super) async fn forward(
     proxy: &IngressProxy,
@@ -33,7 +33,7 @@ pub(super) async fn forward(
         Err(why) => return no_endpoint(proxy, backend, why),
     };
     let in_flight = endpoint.start();
-    let mut sender = match connect(proxy, backend, &endpoint, how.connect_timeout).await {
+    let mut sender = match connect(proxy, backend, &endpoint, how).await {
         Ok(sender) => sender,
         Err(resp) => return resp,
     };
@@ -85,13 +85,32 @@ fn bad_gateway(backend: &Backend) -> Response<ProxyBody> {
     )
 }
 
-/// A new HTTP/1.1 connection to `endpoint`, counted under the connection caps.
+/// A new HTTP/1.1 connection to `endpoint`, counted under the connection caps (over TLS for
+/// an HTTPS route).
 async fn connect(
     proxy: &IngressProxy,
     backend: &Backend,
     endpoint: &Arc<UpstreamEndpoint>,
-    timeout: std::time::Duration,
+    how: &Upstreaming<'_>,
 ) -> Result<SendRequest<ReqBody>, Response<ProxyBody>> {
+    let timeout = how.connect_timeout;
+    if let Some(tls) = how.tls {
+        let uri = hyper::Uri::builder()
+            .scheme("https")
+            .authority(endpoint.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|_| bad_gateway(backend))?;
+        let mut connector = tls.connector.clone();
+        let dialled = CONNECT_TIMEOUT.scope(timeout, connector.call(uri)).await;
+        let io = dialled.map_err(|e| {
+            super::forward::connect_failure(proxy, backend, endpoint);
+            let why = super::forward::error_chain(&*e);
+            tracing::warn!(backend = %backend, endpoint = %endpoint.addr, "ingress: cannot connect to endpoint for upgrade: {why}");
+            bad_gateway(backend)
+        })?;
+        return handshake(io, backend).await;
+    }
     let permit = proxy
         .limits
         .acquire(Some(endpoint))
@@ -100,14 +119,21 @@ async fn connect(
     let stream = match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            stats::inc(&proxy.counters.upstream_connect_failures);
+            super::forward::connect_failure(proxy, backend, endpoint);
             tracing::warn!(backend = %backend, endpoint = %endpoint.addr, error = %e, "ingress: cannot connect to endpoint for upgrade");
             return Err(bad_gateway(backend));
         }
         Err(_) => return Err(bad_gateway(backend)),
     };
     let _ = stream.set_nodelay(true);
-    let io = Counted::new(TokioIo::new(stream), permit);
+    handshake(Counted::new(TokioIo::new(stream), permit), backend).await
+}
+
+/// HTTP/1.1 on a new connection, serving upgrades.
+async fn handshake<T>(io: T, backend: &Backend) -> Result<SendRequest<ReqBody>, Response<ProxyBody>>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let (sender, connection) = hyper::client::conn::http1::handshake::<_, ReqBody>(io)
         .await
         .map_err(|_| bad_gateway(backend))?;

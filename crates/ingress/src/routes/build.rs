@@ -7,26 +7,32 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use sluice_plan::{
-    BackendPlan, HostMatch, HostPlan, PathKind, PathRule, RouteAction, RoutePlan, RouteWarning,
-    ServiceName,
+    BackendPlan, BackendProtocol, HostMatch, HostPlan, PathKind, PathRule, RouteAction, RoutePlan,
+    RouteWarning, ServiceName, UpstreamTls,
 };
 
 use super::matching::HostRoutes;
 use super::{Backend, Route, RouteTable};
 use crate::options::{Limiters, RouteRuntime};
-use crate::upstream::{Pool, UpstreamEndpoint};
+use crate::upstream::{Pool, TlsClient, UpstreamEndpoint};
 
 /// Largest compiled size of one path regex.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
+/// The pooled client for an upstream TLS setting (`true`: HTTP/2), from the proxy's cache.
+pub(crate) type TlsClients<'a> = dyn FnMut(&UpstreamTls, bool) -> Arc<TlsClient> + 'a;
+
 /// Builds the table for `plan`; `previous` lends endpoint counters, limiter state and
-/// parsed certificates. Returns the problems found (certificates that do not load, regexes
-/// that do not compile), each naming its object.
+/// parsed certificates, `tls_clients` the clients of HTTPS and GRPCS routes. Returns the
+/// problems found (certificates that do not load, regexes that do not compile, upstream TLS
+/// settings that cannot be used), each naming its object.
 pub(crate) fn build(
     plan: &RoutePlan,
     previous: Option<&RouteTable>,
+    tls_clients: &mut TlsClients<'_>,
 ) -> (RouteTable, Vec<RouteWarning>) {
     let mut b = Builder {
+        tls_clients,
         previous_endpoints: previous
             .map(RouteTable::endpoint_states)
             .unwrap_or_default(),
@@ -63,6 +69,7 @@ pub(crate) fn build(
 }
 
 struct Builder<'a> {
+    tls_clients: &'a mut TlsClients<'a>,
     previous_endpoints: HashMap<SocketAddr, Arc<UpstreamEndpoint>>,
     previous_limiters: Option<&'a Limiters>,
     limiters: Limiters,
@@ -134,13 +141,28 @@ impl Builder<'_> {
             .as_ref()
             .map(|c| self.backend(&c.backend));
         let key = format!("{} {host} {id}", action.ingress);
-        let options = RouteRuntime::compile(
+        let mut options = RouteRuntime::compile(
             &action.options,
             canary,
             &key,
             self.previous_limiters,
             &mut self.limiters,
         );
+        if let Some(tls) = &action.options.upstream_tls {
+            let h2 = action.options.protocol == BackendProtocol::Grpcs;
+            let client = (self.tls_clients)(tls, h2);
+            if let Err(why) = client.as_ref() {
+                self.warnings.push(RouteWarning {
+                    kind: "Ingress",
+                    object: action.ingress.clone(),
+                    message: format!(
+                        "upstream TLS settings (backend-protocol {}, proxy-ssl-*) cannot be used: {why}; requests on host {host:?} get 502",
+                        action.options.protocol.as_str()
+                    ),
+                });
+            }
+            options.tls = Some(client);
+        }
         let rule = if id == "default-backend" {
             id.into()
         } else {

@@ -60,9 +60,14 @@ fn plan_of(objects: Vec<Value>) -> (RoutePlan, Vec<Warning>) {
 
 /// The table the proxy builds for these objects, with the planner's and the builder's
 /// warnings.
+/// These tables have no HTTPS or GRPCS routes.
+fn no_tls_clients(_: &sluice_plan::UpstreamTls, _: bool) -> Arc<crate::upstream::TlsClient> {
+    Arc::new(Err("no upstream TLS in these tests".to_owned()))
+}
+
 fn build(objects: Vec<Value>, previous: Option<&RouteTable>) -> (RouteTable, Vec<Warning>) {
     let (plan, mut warnings) = plan_of(objects);
-    let (table, more) = crate::routes::build(&plan, previous);
+    let (table, more) = crate::routes::build(&plan, previous, &mut no_tls_clients);
     warnings.extend(more);
     (table, warnings)
 }
@@ -380,7 +385,7 @@ fn class_selection_by_controller_flag() {
             &config,
             SystemTime::now(),
         );
-        let (t, _) = crate::routes::build(&plan, None);
+        let (t, _) = crate::routes::build(&plan, None, &mut no_tls_clients);
         t.served_ingresses()
             .iter()
             .map(|k| k.name.to_string())
@@ -473,9 +478,12 @@ fn invalid_tls_secret_is_named_in_the_warning() {
         "{}",
         w[0]
     );
-    // Routing still works; HTTPS just has no certificate.
+    // Routing still works; HTTPS gets the generated default certificate.
     assert_eq!(route(&t, "cafe.example.com", "/"), "a");
-    assert!(!t.has_certificate_for(Some("cafe.example.com")));
+    assert_eq!(
+        t.certificate_for(Some("cafe.example.com")),
+        Some(crate::CertificateChoice::Default { secret: None })
+    );
 }
 
 #[test]
@@ -519,31 +527,41 @@ fn certificates_by_sni_exact_wildcard_and_default() {
     let served = |sni: Option<&str>| t.certs.resolve(sni).unwrap().cert[0].to_vec();
     assert_eq!(served(Some("CAFE.example.com")), cafe_der);
     assert_eq!(served(Some("x.example.org")), wild_der);
-    // No match and no SNI: the first certificate in conflict order is the default.
-    assert_eq!(served(Some("unknown.test")), cafe_der);
-    assert_eq!(served(None), cafe_der);
+    // No match and no SNI: the generated default certificate (ingress-nginx's subject),
+    // never another Ingress's.
+    let generated = served(None);
+    assert!(
+        generated
+            .windows(crate::tls::GENERATED_SUBJECT.len())
+            .any(|w| w == crate::tls::GENERATED_SUBJECT.as_bytes())
+    );
+    assert_eq!(served(Some("unknown.test")), generated);
+    assert_ne!(generated, cafe_der);
+    assert_eq!(
+        t.certificate_for(Some("cafe.example.com")),
+        Some(crate::CertificateChoice::Host {
+            secret: sluice_plan::ObjectName::new("default", "cafe")
+        })
+    );
 }
 
 #[test]
-fn tls_section_without_hosts_is_the_default_certificate() {
-    let (cafe, cafe_der) = tls_secret("cafe", "cafe.example.com");
-    let (fallback, fallback_der) = tls_secret("fallback", "fallback");
+fn tls_section_without_hosts_covers_the_rule_hosts_only() {
+    let (fallback, fallback_der) = tls_secret("fallback", "cafe.example.com");
     let mut i = ingress(
         "i",
         Some("cafe.example.com"),
         vec![path("/", "Prefix", "a")],
     );
-    i["spec"]["tls"] = json!([
-        {"hosts": ["cafe.example.com"], "secretName": "cafe"},
-        {"secretName": "fallback"}]);
-    let (t, _) = table(vec![i, cafe, fallback]);
-    assert_eq!(
-        t.certs.resolve(Some("other.test")).unwrap().cert[0].to_vec(),
-        fallback_der
-    );
+    i["spec"]["tls"] = json!([{"secretName": "fallback"}]);
+    let (t, _) = table(vec![i, fallback]);
     assert_eq!(
         t.certs.resolve(Some("cafe.example.com")).unwrap().cert[0].to_vec(),
-        cafe_der
+        fallback_der
+    );
+    assert_ne!(
+        t.certs.resolve(Some("other.test")).unwrap().cert[0].to_vec(),
+        fallback_der
     );
 }
 

@@ -108,6 +108,11 @@ impl<T> Counted<T> {
             _permit: permit,
         }
     }
+
+    /// The connection and its place under the caps, to wrap the connection (TLS).
+    pub(crate) fn into_parts(self) -> (T, ConnectionPermit) {
+        (self.io, self._permit)
+    }
 }
 
 impl<T: Read + Unpin> Read for Counted<T> {

@@ -57,8 +57,116 @@ pub async fn echo(name: &str) -> EchoBackend {
     }
 }
 
-async fn answer(
+/// A private CA for test certificates.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub pem: String,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf certificate for `names`, signed by this CA: (certificate PEM, key PEM).
+    pub fn leaf(&self, names: &[&str]) -> (String, String) {
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// An echo backend speaking TLS (ALPN h2 and http/1.1) with `cert`; with `client_ca`, it
+/// demands a client certificate signed by it. Its answers add `tls: ALPN` and
+/// `client-cert: yes|no` lines.
+pub async fn echo_tls(name: &str, cert: &(String, String), client_ca: Option<&str>) -> EchoBackend {
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert.0.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut cert.1.as_bytes())
+        .unwrap()
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut ca.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key).unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    let name_owned = name.to_owned();
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                _ = &mut stopped => return,
+                r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+            };
+            let (name, acceptor) = (name_owned.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let session = tls.get_ref().1;
+                let extra = format!(
+                    "tls: {}\nclient-cert: {}\n",
+                    String::from_utf8_lossy(session.alpn_protocol().unwrap_or(b"-")),
+                    if session.peer_certificates().is_some() {
+                        "yes"
+                    } else {
+                        "no"
+                    }
+                );
+                let svc = hyper::service::service_fn(move |req| {
+                    answer_with(name.clone(), extra.clone(), req)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    EchoBackend {
+        name: name.to_owned(),
+        addr,
+        _stop: stop,
+    }
+}
+
+async fn answer(name: String, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    answer_with(name, String::new(), req).await
+}
+
+async fn answer_with(
     name: String,
+    extra: String,
     mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.headers().contains_key(hyper::header::UPGRADE) {
@@ -101,6 +209,7 @@ async fn answer(
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let mut text = format!("{name} {} {target}\n", req.method());
     text.push_str(&format!("version: {:?}\n", req.version()));
+    text.push_str(&extra);
     for n in [
         "host",
         "te",
