@@ -68,7 +68,8 @@ pub struct IngressConfig {
     /// `eject_duration` (passive health; 0: never).
     pub eject_after_connect_failures: u32,
     pub eject_duration: Duration,
-    /// One JSON line per request on the access log sink (see `IngressProxy::with_access_log`).
+    /// One JSON line per request on stdout (see `access_log.rs`; tests give their own sink to
+    /// `IngressProxy::with_access_log`). Off by default in the library, on in the agent.
     pub access_log: bool,
 }
 
@@ -96,7 +97,7 @@ impl Default for IngressConfig {
             proxy_protocol: false,
             eject_after_connect_failures: 3,
             eject_duration: Duration::from_secs(10),
-            access_log: true,
+            access_log: false,
         }
     }
 }

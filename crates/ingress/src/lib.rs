@@ -14,20 +14,24 @@
 
 #![forbid(unsafe_code)]
 
+mod access_log;
 mod config;
 mod error;
 mod loops;
 mod options;
 mod proxy;
+mod proxy_protocol;
 mod routes;
 mod server;
 mod stats;
 mod tls;
 mod upstream;
 
+pub use access_log::{AccessLogSink, StdoutAccessLog};
 pub use config::IngressConfig;
 pub use error::IngressError;
 pub use proxy::IngressProxy;
+pub use proxy_protocol::ProxyHeaderError;
 pub use routes::{Backend, PathError, Route, RouteTable, normalize_path};
 pub use sluice_plan::{ObjectName, RoutePlan, RouteWarning as Warning};
 pub use stats::IngressStats;

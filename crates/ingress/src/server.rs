@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
@@ -15,6 +16,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::proxy::{ConnInfo, handle};
+use crate::proxy_protocol::{self, Header, Prefixed};
 use crate::stats::{self, ActiveConnection, Counters};
 use crate::{IngressError, IngressProxy, tls};
 
@@ -216,7 +218,7 @@ async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, S
 
 async fn connection(
     proxy: Arc<IngressProxy>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     stop: watch::Receiver<bool>,
@@ -231,22 +233,57 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let counted = Arc::clone(&proxy);
     let _active = ActiveConnection::new(&counted.counters);
+    let (client, prefix) = if proxy.config.proxy_protocol {
+        match proxy_header(&proxy, &mut stream, peer).await {
+            Some(found) => found,
+            None => return,
+        }
+    } else {
+        (peer, Bytes::new())
+    };
+    let io = Prefixed::new(prefix, stream);
     let info = Arc::new(ConnInfo {
-        peer,
+        peer: client,
         local,
         tls: tls.is_some(),
     });
     match tls {
-        None => serve_io(proxy, TokioIo::new(stream), info, stop).await,
+        None => serve_io(proxy, TokioIo::new(io), info, stop).await,
         Some(acceptor) => {
             let timeout = proxy.config.tls_handshake_timeout;
-            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            match tokio::time::timeout(timeout, acceptor.accept(io)).await {
                 Ok(Ok(s)) => serve_io(proxy, TokioIo::new(s), info, stop).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "ingress: TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "ingress: TLS handshake timed out"),
             }
         }
     }
+}
+
+/// The client named by the connection's PROXY protocol header (the peer itself for the
+/// balancer's own connections) and the bytes read past the header; `None` (counted, logged
+/// at debug) when the peer is not a trusted proxy or sent no valid header in time.
+async fn proxy_header(
+    proxy: &IngressProxy,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+) -> Option<(SocketAddr, Bytes)> {
+    let config = &proxy.config;
+    if !config.trusted_proxies.is_empty() && !config.is_trusted_proxy(peer.ip()) {
+        stats::inc(&proxy.counters.proxy_protocol_errors);
+        tracing::debug!(%peer, "ingress: connection from an address that is not a trusted proxy refused (PROXY protocol)");
+        return None;
+    }
+    let timeout = config.tls_handshake_timeout;
+    let why = match tokio::time::timeout(timeout, proxy_protocol::read_header(stream)).await {
+        Ok(Ok((Header::Client(client), rest))) => return Some((client, rest)),
+        Ok(Ok((Header::Local, rest))) => return Some((peer, rest)),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no PROXY protocol header in time".to_owned(),
+    };
+    stats::inc(&proxy.counters.proxy_protocol_errors);
+    tracing::debug!(%peer, "ingress: connection closed: {why}");
+    None
 }
 
 async fn serve_io<I>(

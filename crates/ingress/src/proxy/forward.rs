@@ -15,6 +15,7 @@ use super::body::{ClientBodyError, UploadProgress};
 use super::headers;
 use super::service::error;
 use super::{IngressProxy, ProxyBody, ReqBody};
+use crate::access_log::UpstreamFacts;
 use crate::options::Affinity;
 use crate::routes::Backend;
 use crate::stats;
@@ -186,18 +187,19 @@ pub(super) async fn forward(
         .then(|| body.try_clone().map(|b| (request.clone(), b)))
         .flatten();
     let first = Arc::clone(&endpoint);
+    let mut facts = proxy.access_log.is_some().then(UpstreamFacts::default);
     let sent = send(
         proxy,
-        backend,
-        endpoint,
+        (backend, endpoint),
         request,
         body,
         upload.as_deref(),
         how,
+        facts.as_mut(),
     )
     .await;
     let (failed, same_endpoint_ok) = match sent {
-        Ok(resp) | Err(SendError::Other(resp)) => return resp,
+        Ok(resp) | Err(SendError::Other(resp)) => return with_facts(resp, facts),
         Err(SendError::Connect(resp)) => (resp, false),
         Err(SendError::Closed(resp)) => (resp, true),
     };
@@ -207,14 +209,33 @@ pub(super) async fn forward(
         .ok()
         .or_else(|| same_endpoint_ok.then_some(first));
     let (Some((request, body)), Some(next)) = (retry, next) else {
-        return failed;
+        return with_facts(failed, facts);
     };
     tracing::debug!(backend = %backend, retry = %next.addr, "ingress: retrying idempotent request");
     stats::inc(&proxy.counters.retries);
-    match send(proxy, backend, next, request, body, None, how).await {
+    let resp = match send(
+        proxy,
+        (backend, next),
+        request,
+        body,
+        None,
+        how,
+        facts.as_mut(),
+    )
+    .await
+    {
         Ok(resp) => resp,
         Err(SendError::Connect(resp) | SendError::Closed(resp) | SendError::Other(resp)) => resp,
+    };
+    with_facts(resp, facts)
+}
+
+/// Puts what happened upstream on the response, for the access log.
+fn with_facts(mut resp: Response<ProxyBody>, facts: Option<UpstreamFacts>) -> Response<ProxyBody> {
+    if let Some(facts) = facts {
+        resp.extensions_mut().insert(facts);
     }
+    resp
 }
 
 enum SendError {
@@ -227,13 +248,14 @@ enum SendError {
 
 async fn send(
     proxy: &IngressProxy,
-    backend: &Backend,
-    endpoint: Arc<UpstreamEndpoint>,
+    (backend, endpoint): (&Backend, Arc<UpstreamEndpoint>),
     request: Upstream,
     body: ReqBody,
     upload: Option<&UploadProgress>,
     how: &Upstreaming<'_>,
+    facts: Option<&mut UpstreamFacts>,
 ) -> Result<Response<ProxyBody>, SendError> {
+    let started = std::time::Instant::now();
     let in_flight = endpoint.start();
     let req = request.into_pooled_request(&endpoint, body, how.http2(), how.tls.is_some());
     let requested = match how.tls {
@@ -243,7 +265,16 @@ async fn send(
     };
     let requested = CONNECT_TIMEOUT.scope(how.connect_timeout, requested);
     let read = how.read_timeout;
-    let mut resp = match within_response_timeout(requested, read, how.send_timeout, upload).await {
+    let answer = within_response_timeout(requested, read, how.send_timeout, upload).await;
+    if let Some(facts) = facts {
+        let status = match &answer {
+            Some(Ok(resp)) => Some(resp.status().as_u16()),
+            _ => None,
+        };
+        facts.tries.push((endpoint.addr, status));
+        facts.latency = Some(started.elapsed());
+    }
+    let mut resp = match answer {
         Some(Ok(resp)) => {
             endpoint.responded();
             downstream_response(resp, in_flight, read)

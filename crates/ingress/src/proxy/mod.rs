@@ -23,6 +23,7 @@ use sluice_plan::{ObjectName, RoutePlan, UpstreamTls};
 pub(crate) use body::{ProxyBody, ReqBody};
 pub(crate) use service::{ConnInfo, error, handle};
 
+use crate::access_log::{AccessLogSink, StdoutAccessLog};
 use crate::loops::{HopId, OwnAddresses};
 use crate::stats::Counters;
 use crate::upstream::{ConnectionLimits, CountingConnector, TlsClient, TlsConnecting, TlsUpstream};
@@ -57,6 +58,8 @@ pub struct IngressProxy {
     /// Pooled clients of HTTPS and GRPCS routes by TLS setting (and HTTP/2), kept while some
     /// route of the current table uses them. Locked only while a table is built.
     tls_clients: Mutex<TlsClientCache>,
+    /// Where access log lines go (`None`: off).
+    pub(crate) access_log: Option<Arc<dyn AccessLogSink>>,
 }
 
 type TlsClientCache = HashMap<(UpstreamTls, bool), Arc<TlsClient>>;
@@ -71,8 +74,25 @@ impl std::fmt::Debug for IngressProxy {
 
 impl IngressProxy {
     /// A proxy with an empty route table (every request gets the built-in 404 until the first
-    /// [`update`](Self::update)).
+    /// [`update`](Self::update)). With `config.access_log`, lines go to stdout.
     pub fn new(config: IngressConfig) -> Self {
+        let sink: Option<Arc<dyn AccessLogSink>> = if config.access_log {
+            match StdoutAccessLog::start() {
+                Ok(sink) => Some(Arc::new(sink)),
+                Err(e) => {
+                    tracing::error!(error = %e, "ingress: cannot start the access log writer; no access log");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Self::with_access_log(config, sink)
+    }
+
+    /// Like [`new`](Self::new), with access log lines going to `sink` (whatever
+    /// `config.access_log` says).
+    pub fn with_access_log(config: IngressConfig, sink: Option<Arc<dyn AccessLogSink>>) -> Self {
         let table = Arc::new(ArcSwap::from_pointee(RouteTable::default()));
         let limits = Arc::new(ConnectionLimits::new(
             config.max_upstream_connections,
@@ -96,6 +116,7 @@ impl IngressProxy {
             hop_id: HopId::random(),
             own_addresses: ArcSwap::from_pointee(OwnAddresses::default()),
             tls_clients: Mutex::new(HashMap::new()),
+            access_log: sink,
         }
     }
 
@@ -172,7 +193,8 @@ impl IngressProxy {
 
     /// Counters since creation (for metrics).
     pub fn stats(&self) -> IngressStats {
-        self.counters.snapshot(self.limits.open() as u64)
+        let dropped = self.access_log.as_ref().map_or(0, |s| s.dropped());
+        self.counters.snapshot(self.limits.open() as u64, dropped)
     }
 
     pub fn config(&self) -> &IngressConfig {

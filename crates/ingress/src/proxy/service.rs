@@ -14,6 +14,7 @@ use hyper::{HeaderMap, Request, Response, StatusCode, Version};
 use super::forward::{self, Upstream, Upstreaming};
 use super::headers::{self, Forwarded, X_REQUEST_ID};
 use super::{IngressProxy, ProxyBody, upgrade, upload};
+use crate::access_log::{PendingLine, Record, RouteFacts, UpstreamFacts};
 use crate::options::{RequestView, RouteRuntime};
 use crate::routes::{Route, normalize_path};
 use crate::stats;
@@ -38,30 +39,17 @@ pub(crate) async fn handle(
 ) -> Response<ProxyBody> {
     let request_id = headers::request_id(req.headers());
     stats::inc(&proxy.counters.requests_total);
-    // Access log at debug level: off by default, costs nothing then.
-    let access =
-        tracing::enabled!(target: "sluice_ingress::access", tracing::Level::DEBUG).then(|| {
-            (
-                std::time::Instant::now(),
-                req.method().clone(),
-                req.uri().clone(),
-            )
-        });
+    let line = proxy
+        .access_log
+        .as_ref()
+        .map(|sink| start_line(sink, &proxy.config, &conn, &req, &request_id));
     let http1 = req.version() < Version::HTTP_2;
     let mut resp = route(&proxy, &conn, req, &request_id).await;
     let status = resp.status();
     proxy.counters.response(status.as_u16());
-    if let Some((started, method, uri)) = access {
-        tracing::debug!(
-            target: "sluice_ingress::access",
-            client = %conn.peer,
-            %method,
-            %uri,
-            status = status.as_u16(),
-            micros = started.elapsed().as_micros() as u64,
-            request_id = ?request_id,
-            "request"
-        );
+    if let Some(mut line) = line {
+        finish_line(&mut line, &mut resp);
+        resp.body_mut().log_when_done(line);
     }
     let headers = resp.headers_mut();
     headers.insert(&X_REQUEST_ID, request_id);
@@ -71,6 +59,108 @@ pub(crate) async fn handle(
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
+}
+
+/// The access log fields known when the request arrives.
+fn start_line(
+    sink: &Arc<dyn crate::AccessLogSink>,
+    config: &crate::IngressConfig,
+    conn: &ConnInfo,
+    req: &Request<Incoming>,
+    request_id: &HeaderValue,
+) -> PendingLine {
+    let text = |v: Option<&HeaderValue>| v.map(|v| String::from_utf8_lossy(v.as_bytes()).into());
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| text(req.headers().get(header::HOST)))
+        .unwrap_or_default();
+    PendingLine {
+        sink: Arc::clone(sink),
+        started: std::time::Instant::now(),
+        time: std::time::SystemTime::now(),
+        bytes_sent: 0,
+        record: Record {
+            time: String::new(),
+            request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+            client: client_address(config, conn, req.headers()),
+            method: req.method().to_string(),
+            host,
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .to_owned(),
+            protocol: protocol_name(req.version()),
+            status: 0,
+            bytes_sent: 0,
+            duration_ms: 0.0,
+            ingress: None,
+            service: None,
+            upstream: Vec::new(),
+            upstream_status: Vec::new(),
+            upstream_latency_ms: None,
+            user_agent: text(req.headers().get(header::USER_AGENT)),
+        },
+    }
+}
+
+/// The fields the response tells: status, route, upstream tries.
+fn finish_line(line: &mut PendingLine, resp: &mut Response<ProxyBody>) {
+    let r = &mut line.record;
+    r.status = resp.status().as_u16();
+    if let Some(route) = resp.extensions_mut().remove::<RouteFacts>() {
+        r.ingress = Some(route.ingress);
+        r.service = route.service;
+    }
+    if let Some(up) = resp.extensions_mut().remove::<UpstreamFacts>() {
+        r.upstream = up.tries.iter().map(|(a, _)| a.to_string()).collect();
+        r.upstream_status = up.tries.iter().map(|(_, s)| *s).collect();
+        r.upstream_latency_ms = up.latency.map(crate::access_log::millis);
+    }
+}
+
+fn protocol_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// The client's address: the connection's peer (the PROXY protocol's client when used),
+/// or, when that peer is a trusted proxy, the last `X-Forwarded-For` address that is not
+/// one (nginx's `real_ip_recursive on`).
+pub(crate) fn client_address(
+    config: &crate::IngressConfig,
+    conn: &ConnInfo,
+    headers: &HeaderMap,
+) -> std::net::IpAddr {
+    let peer = conn.peer.ip().to_canonical();
+    if config.trusted_proxies.is_empty() || !config.is_trusted_proxy(peer) {
+        return peer;
+    }
+    let listed = headers
+        .get_all(&headers::X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    let mut client = peer;
+    for entry in listed.iter().rev() {
+        let Ok(addr) = entry.parse::<std::net::IpAddr>() else {
+            break;
+        };
+        client = addr.to_canonical();
+        if !config.is_trusted_proxy(client) {
+            break;
+        }
+    }
+    client
 }
 
 fn is_client_error_closing(status: StatusCode) -> bool {
@@ -130,23 +220,32 @@ async fn route(
         path: &path,
         target: req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
         host: host_str,
-        client: conn.peer.ip(),
+        client: client_address(&proxy.config, conn, req.headers()),
         tls: conn.tls,
         https_port: proxy.https_port.load(Ordering::Relaxed),
     };
-    let admitted = match route.options.admit(&view) {
-        Ok(admitted) => admitted,
-        Err(answer) => return *answer,
+    let mut resp = match route.options.admit(&view) {
+        Err(answer) => *answer,
+        Ok(admitted) => match upstream_path(&route, path, req.uri()) {
+            None => error(StatusCode::BAD_REQUEST, "400 Bad Request: invalid path\n"),
+            Some(path_and_query) => {
+                let mut resp =
+                    proxy_to(proxy, conn, &route, req, path_and_query, &host, request_id).await;
+                let headers = resp.headers_mut();
+                for (name, value) in admitted.response_headers {
+                    headers.insert(name, value);
+                }
+                resp.body_mut().hold(admitted.guard);
+                resp
+            }
+        },
     };
-    let Some(path_and_query) = upstream_path(&route, path, req.uri()) else {
-        return error(StatusCode::BAD_REQUEST, "400 Bad Request: invalid path\n");
-    };
-    let mut resp = proxy_to(proxy, conn, &route, req, path_and_query, &host, request_id).await;
-    let headers = resp.headers_mut();
-    for (name, value) in admitted.response_headers {
-        headers.insert(name, value);
+    if proxy.access_log.is_some() && resp.extensions().get::<RouteFacts>().is_none() {
+        resp.extensions_mut().insert(RouteFacts {
+            ingress: route.ingress.to_string().into(),
+            service: None,
+        });
     }
-    resp.body_mut().hold(admitted.guard);
     resp
 }
 
@@ -173,7 +272,7 @@ async fn proxy_to(
     proxy: &IngressProxy,
     conn: &ConnInfo,
     route: &Route,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     path_and_query: PathAndQuery,
     host: &HeaderValue,
     request_id: &HeaderValue,
@@ -181,11 +280,43 @@ async fn proxy_to(
     let Some(primary) = &route.backend else {
         return not_found(proxy);
     };
-    let o = &route.options;
-    let backend = match &o.canary {
+    let backend = match &route.options.canary {
         Some(canary) if canary.chosen(req.headers()) => &canary.backend,
         _ => primary,
     };
+    let mut resp = proxy_to_backend(
+        proxy,
+        conn,
+        route,
+        backend,
+        req,
+        path_and_query,
+        host,
+        request_id,
+    )
+    .await;
+    if proxy.access_log.is_some() {
+        resp.extensions_mut().insert(RouteFacts {
+            ingress: route.ingress.to_string().into(),
+            service: Some(backend.to_string().into()),
+        });
+    }
+    resp
+}
+
+/// Sends an admitted request to `backend` (the route's, or its canary).
+#[allow(clippy::too_many_arguments)]
+async fn proxy_to_backend(
+    proxy: &IngressProxy,
+    conn: &ConnInfo,
+    route: &Route,
+    backend: &Arc<crate::routes::Backend>,
+    mut req: Request<Incoming>,
+    path_and_query: PathAndQuery,
+    host: &HeaderValue,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
+    let o = &route.options;
     let tls = match o.tls.as_deref() {
         None => None,
         Some(Ok(tls)) => Some(tls),
@@ -237,7 +368,9 @@ async fn proxy_to(
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let (parts, body) = req.into_parts();
-    let mut upstream_headers = upstream_headers(proxy, conn, parts.headers, host, request_id);
+    let client = client_address(&proxy.config, conn, &parts.headers);
+    let mut upstream_headers =
+        upstream_headers(proxy, conn, client, parts.headers, host, request_id);
     route_headers(&mut upstream_headers, o);
     let request = Upstream {
         method: parts.method,
@@ -296,6 +429,7 @@ fn forwarded_path(path: Cow<'_, str>, uri: &hyper::Uri) -> Option<PathAndQuery> 
 fn upstream_headers(
     proxy: &IngressProxy,
     conn: &ConnInfo,
+    client: std::net::IpAddr,
     mut headers: HeaderMap,
     host: &HeaderValue,
     request_id: &HeaderValue,
@@ -305,6 +439,7 @@ fn upstream_headers(
         &mut headers,
         &Forwarded {
             peer: conn.peer,
+            client,
             local_port: conn.local.port(),
             tls: conn.tls,
             host,

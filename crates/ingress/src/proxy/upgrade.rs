@@ -16,6 +16,7 @@ use super::forward::{
 };
 use super::service::error;
 use super::{IngressProxy, ProxyBody, ReqBody};
+use crate::access_log::UpstreamFacts;
 use crate::routes::Backend;
 use crate::upstream::{CONNECT_TIMEOUT, Counted, UpstreamEndpoint};
 use tower_service::Service as _;
@@ -51,8 +52,17 @@ pub(super) async fn forward(
         }
         Err(_) => return gateway_timeout(proxy, backend, timeout),
     };
+    endpoint.responded();
+    let facts = proxy.access_log.is_some().then(|| UpstreamFacts {
+        tries: vec![(endpoint.addr, Some(resp.status().as_u16()))],
+        latency: None,
+    });
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return downstream_response(resp, in_flight, timeout);
+        let mut resp = downstream_response(resp, in_flight, timeout);
+        if let Some(facts) = facts {
+            resp.extensions_mut().insert(facts);
+        }
+        return resp;
     }
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     let backend_name = backend.to_string();
@@ -75,7 +85,11 @@ pub(super) async fn forward(
     });
     // Keep `Connection: upgrade` and `Upgrade`: the client needs them on a 101.
     let (parts, _empty) = resp.into_parts();
-    Response::from_parts(parts, ProxyBody::empty())
+    let mut resp = Response::from_parts(parts, ProxyBody::empty());
+    if let Some(facts) = facts {
+        resp.extensions_mut().insert(facts);
+    }
+    resp
 }
 
 fn bad_gateway(backend: &Backend) -> Response<ProxyBody> {

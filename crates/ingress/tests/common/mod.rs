@@ -428,6 +428,11 @@ pub async fn start(config: IngressConfig, objects: &[Value]) -> Running {
 pub async fn start_any(config: IngressConfig, objects: &[Value]) -> (Running, Vec<Warning>) {
     let proxy = Arc::new(IngressProxy::new(config));
     let warnings = proxy.apply(&snapshot(objects));
+    (run(proxy).await, warnings)
+}
+
+/// Serves `proxy` on two loopback listeners (plain, TLS) until the result is dropped.
+pub async fn run(proxy: Arc<IngressProxy>) -> Running {
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (http_addr, https_addr) = (http.local_addr().unwrap(), https.local_addr().unwrap());
@@ -440,14 +445,13 @@ pub async fn start_any(config: IngressConfig, objects: &[Value]) -> (Running, Ve
         .await
         .unwrap();
     });
-    let running = Running {
+    Running {
         proxy,
         http: http_addr,
         https: https_addr,
         stop: Some(stop),
         task: Some(task),
-    };
-    (running, warnings)
+    }
 }
 
 /// A reply as the client saw it.
@@ -564,6 +568,31 @@ pub async fn tls_connect(
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr).await?;
+    tls_on(tcp, sni, connector).await
+}
+
+/// TLS (any certificate accepted, ALPN http/1.1) on a connection already open.
+pub async fn https_over(tcp: TcpStream, sni: &str, path: &str) -> Result<Reply> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let (tls, cert) = tls_on(tcp, sni, connector).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let resp = sender.send_request(get(sni, path)).await?;
+    read(resp, Some(cert)).await
+}
+
+async fn tls_on(
+    tcp: TcpStream,
+    sni: &str,
+    connector: tokio_rustls::TlsConnector,
+) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Vec<u8>)> {
     let tls = connector
         .connect(ServerName::try_from(sni.to_owned())?, tcp)
         .await?;
