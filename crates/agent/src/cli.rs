@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use sluice_compute::ComputeConfig;
 use sluice_dp_ebpf::{EbpfConfig, XdpMode};
 use sluice_ingress::IngressConfig;
+use sluice_model::ObjectKey;
 
 #[derive(Debug, clap::Parser)]
 #[command(
@@ -179,6 +180,8 @@ pub struct AgentArgs {
     pub ingress_https_bind: String,
     #[command(flatten)]
     pub ingress_classes: IngressClassFlags,
+    #[command(flatten)]
+    pub ingress_proxy: crate::ingress_flags::IngressProxyFlags,
     /// Addresses written to Ingress `status.loadBalancer` (comma-separated; default: this
     /// node's addresses). Set the same value on every node (e.g. the VIP in front of them).
     #[arg(long, env = "SLUICE_INGRESS_STATUS_ADDRESS", value_delimiter = ',')]
@@ -215,6 +218,10 @@ pub struct IngressClassFlags {
     /// Also serve Ingresses that name no class at all.
     #[arg(long, env = "SLUICE_WATCH_INGRESS_WITHOUT_CLASS")]
     pub watch_ingress_without_class: bool,
+    /// `NAMESPACE/NAME` of a kubernetes.io/tls Secret presented to TLS clients whose name no
+    /// Ingress lists (default: a generated self-signed certificate, as ingress-nginx).
+    #[arg(long, env = "SLUICE_DEFAULT_SSL_CERTIFICATE")]
+    pub default_ssl_certificate: Option<String>,
 }
 
 impl IngressClassFlags {
@@ -237,8 +244,29 @@ impl IngressClassFlags {
                 .filter(|c| !c.is_empty())
                 .collect(),
             watch_without_class: self.watch_ingress_without_class,
-            default_certificate: None,
+            default_certificate: self.default_certificate()?,
         })
+    }
+
+    fn default_certificate(&self) -> Result<Option<ObjectKey>, ConfigError> {
+        let Some(value) = self.default_ssl_certificate.as_deref().map(str::trim) else {
+            return Ok(None);
+        };
+        if value.is_empty() {
+            return Ok(None);
+        }
+        match value.split_once('/') {
+            Some((namespace, name))
+                if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
+            {
+                Ok(Some(ObjectKey::new(namespace, name)))
+            }
+            _ => Err(invalid(
+                "default-ssl-certificate",
+                value,
+                "expected NAMESPACE/NAME",
+            )),
+        }
     }
 }
 
@@ -335,12 +363,18 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(flag: &'static str, value: &str, reason: impl fmt::Display) -> ConfigError {
-    ConfigError::Invalid {
-        flag,
-        value: value.to_owned(),
-        reason: reason.to_string(),
+impl ConfigError {
+    pub fn invalid(flag: &'static str, value: &str, reason: impl fmt::Display) -> Self {
+        ConfigError::Invalid {
+            flag,
+            value: value.to_owned(),
+            reason: reason.to_string(),
+        }
     }
+}
+
+fn invalid(flag: &'static str, value: &str, reason: impl fmt::Display) -> ConfigError {
+    ConfigError::invalid(flag, value, reason)
 }
 
 impl AgentArgs {
@@ -419,11 +453,9 @@ impl AgentArgs {
         } else {
             let http_bind = optional_addr("ingress-http-bind", &self.ingress_http_bind)?;
             let https_bind = optional_addr("ingress-https-bind", &self.ingress_https_bind)?;
-            (http_bind.is_some() || https_bind.is_some()).then(|| IngressConfig {
-                http_bind,
-                https_bind,
-                ..IngressConfig::default()
-            })
+            let listening = http_bind.is_some() || https_bind.is_some();
+            let config = self.ingress_proxy.to_config(http_bind, https_bind)?;
+            listening.then_some(config)
         };
         let routes = self.ingress_classes.to_config()?;
         let ingress_status_addresses = self
@@ -653,6 +685,39 @@ mod tests {
         let c = validate(&["--ingress-http-bind", "", "--ingress-https-bind", ""]).unwrap();
         assert!(c.ingress.is_none());
         assert!(validate(&["--disable-ingress"]).unwrap().ingress.is_none());
+    }
+
+    #[test]
+    fn ingress_nginx_flags_choose_classes_and_the_default_certificate() {
+        let c = validate(&[
+            "--ingress-class",
+            "nginx",
+            "--ingress-class=internal,other",
+            "--watch-ingress-without-class",
+            "--default-ssl-certificate",
+            "ingress/wildcard-cert",
+        ])
+        .unwrap();
+        assert_eq!(c.routes.classes, ["nginx", "internal", "other"]);
+        assert!(c.routes.watch_without_class);
+        assert_eq!(
+            c.routes.default_certificate,
+            Some(ObjectKey::new("ingress", "wildcard-cert"))
+        );
+        assert_eq!(
+            validate(&[]).unwrap().routes,
+            sluice_routes::RouteConfig::default()
+        );
+        let err = validate(&["--default-ssl-certificate", "wildcard-cert"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--default-ssl-certificate: \"wildcard-cert\" is not valid: expected NAMESPACE/NAME"
+        );
+        // The proxy's own flags reach its configuration.
+        let c = validate(&["--ingress-max-body-size=8m", "--ingress-access-log=false"]).unwrap();
+        let ingress = c.ingress.unwrap();
+        assert_eq!(ingress.max_request_body_bytes, 8 << 20);
+        assert!(!ingress.access_log);
     }
 
     #[test]
