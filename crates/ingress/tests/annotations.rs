@@ -316,6 +316,65 @@ async fn proxy_read_and_connect_timeouts_apply_per_route() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_send_timeout_ends_an_upload_the_backend_stopped_reading() {
+    // A backend that reads the request head and then never reads again nor answers.
+    let stuck = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stuck_port = stuck.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = stuck.accept().await {
+            let mut head = [0u8; 512];
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut head).await;
+            held.push(s);
+        }
+    });
+    let mut objects = vec![
+        ingress_class(),
+        annotated(
+            "upload",
+            "up.test",
+            vec![path("/", "Prefix", "stuck")],
+            &[("proxy-send-timeout", "1"), ("proxy-body-size", "0")],
+        ),
+    ];
+    objects.extend(service("stuck", &[stuck_port]));
+    let (p, _) = start_any(IngressConfig::default(), &objects).await;
+    // 256 MiB announced, written as fast as the proxy takes it: far more than the socket
+    // buffers hold, so the upload stalls on the backend, not on us.
+    let mut client = tokio::net::TcpStream::connect(p.http).await.unwrap();
+    let total: usize = 256 << 20;
+    let head = format!("POST /upload HTTP/1.1\r\nHost: up.test\r\nContent-Length: {total}\r\n\r\n");
+    let started = Instant::now();
+    let (mut rd, mut wr) = client.split();
+    let upload = async {
+        tokio::io::AsyncWriteExt::write_all(&mut wr, head.as_bytes()).await?;
+        let chunk = vec![b'x'; 64 << 10];
+        for _ in 0..total / chunk.len() {
+            tokio::io::AsyncWriteExt::write_all(&mut wr, &chunk).await?;
+        }
+        std::io::Result::Ok(())
+    };
+    let answer = async {
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::io::AsyncReadExt::read(&mut rd, &mut buf)
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let reply = tokio::select! {
+        reply = answer => reply,
+        _ = async { let _ = upload.await; std::future::pending::<()>().await } => unreachable!(),
+        _ = tokio::time::sleep(Duration::from_secs(20)) => panic!("no answer"),
+    };
+    assert!(reply.starts_with("HTTP/1.1 504"), "{reply}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_by_header_cookie_and_weight() {
     let canary = |name: &str, host: &str, pairs: &[(&str, &str)]| {
         let mut all = vec![("canary", "true")];
