@@ -6,6 +6,8 @@
 //! either the greeting or `error=...`. [`wire`] defines that line format for both sides and for
 //! the test harness that parses it.
 
+#![forbid(unsafe_code)]
+
 pub mod probe;
 pub mod serve;
 mod sock;

@@ -1,5 +1,7 @@
 //! `sluice-echo serve ...` / `sluice-echo probe ...`; see the library docs.
 
+#![forbid(unsafe_code)]
+
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;

@@ -16,6 +16,8 @@
 //! * [`ObjectWatch`]: every object of one kind (e.g. `LoadBalancerIPPool`s, all Nodes) on a
 //!   watch channel, for what the snapshot does not carry.
 
+#![forbid(unsafe_code)]
+
 mod events;
 mod lease;
 mod object_watch;
