@@ -13,6 +13,9 @@
 //!   served with `--ingress-class nginx --watch-ingress-without-class`: the cafe over HTTPS
 //!   with its 308 from HTTP, a multi-host Ingress, a fan-out with `rewrite-target: /`, regex
 //!   capture groups, a canary by header, an H2C backend.
+//! * `proxy_protocol_trusted_forwarded_for_and_the_json_access_log`: the listeners behind a
+//!   "load balancer" (PROXY protocol v1, trusted `X-Forwarded-For`), and the request's JSON
+//!   access log line naming the real client.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -80,6 +83,11 @@ fn certificate(dir: &Path, host: &str) -> Result<(String, String, String)> {
 /// web-1 behind service `web-a` (a.example.test), web-2 behind `web-b` (b.example.test/api),
 /// TLS for a.example.test; the agent runs on node-a.
 fn cluster() -> Result<(Cluster, String)> {
+    cluster_with(&[])
+}
+
+/// [`cluster`] with more agent flags.
+fn cluster_with(agent_flags: &[&str]) -> Result<(Cluster, String)> {
     let mut c = Cluster::new(&["node-a", "node-b"])?;
     let w1 = c.add_pod("node-a", "web-1")?;
     let w2 = c.add_pod("node-b", "web-2")?;
@@ -116,7 +124,7 @@ fn cluster() -> Result<(Cluster, String)> {
         &[("ssl-redirect", "false")],
     ));
     c.write_manifest("ingress.yaml", &yaml_docs(&docs))?;
-    c.start_agent("node-a", Mode::Nftables, &[])?;
+    c.start_agent("node-a", Mode::Nftables, agent_flags)?;
     Ok((c, cert_path))
 }
 
@@ -156,6 +164,74 @@ fn routes_by_host_and_path_with_forwarded_headers() -> Result<()> {
     assert_eq!(get("b.example.test", "/apix")?.status, 404);
     assert_eq!(get("nobody.example.test", "/")?.status, 404);
     Ok(())
+}
+
+#[test]
+fn proxy_protocol_trusted_forwarded_for_and_the_json_access_log() -> Result<()> {
+    if !require_root("proxy_protocol_trusted_forwarded_for_and_the_json_access_log") {
+        return Ok(());
+    }
+    let client = CLIENT_V4.to_string();
+    let (c, _) = cluster_with(&[
+        "--ingress-proxy-protocol",
+        "--ingress-trusted-proxies",
+        &format!("{client}/32"),
+    ])?;
+    let node = c.node("node-a")?.ipv4;
+    let url = format!("http://{node}/hello");
+    // The client stands in for a load balancer: a PROXY v1 header, then a request whose
+    // X-Forwarded-For names the real client.
+    let r = c.http(
+        At::Client,
+        &url,
+        &[
+            "--haproxy-protocol",
+            "-H",
+            "Host: a.example.test",
+            "-H",
+            "X-Forwarded-For: 203.0.113.50",
+        ],
+    )?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.field("x-forwarded-for"),
+        Some(format!("203.0.113.50, {client}").as_str())
+    );
+    // Without the header the connection is closed unanswered.
+    assert!(
+        c.http(At::Client, &url, &["-H", "Host: a.example.test"])
+            .is_err()
+    );
+    // One JSON line per request on the agent's stdout, naming the real client.
+    let request_id = r.header("x-request-id").context("x-request-id")?.to_owned();
+    let line = wait_for_line(&c, "node-a", &request_id)?;
+    let line: Value = serde_json::from_str(&line)?;
+    assert_eq!(line["client"], "203.0.113.50", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["ingress"], "default/web", "{line}");
+    assert_eq!(line["service"], "default/web-a:80", "{line}");
+    assert_eq!(line["path"], "/hello", "{line}");
+    Ok(())
+}
+
+/// The agent log line holding `needle` (waits up to 5 s: lines are written when the response
+/// body is done).
+fn wait_for_line(c: &Cluster, node: &str, needle: &str) -> Result<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = c.agent_log(node);
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains(needle) && l.starts_with('{'))
+        {
+            return Ok(line.to_owned());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no access log line with {needle}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -963,6 +1039,12 @@ fn ingress_nginx_migration_with_class_flags_and_annotations() -> Result<()> {
     let (cert, key) = pki.leaf("cafe", &["cafe.example.com"])?;
     docs.push(tls_secret("default", "cafe-secret", &cert, &key));
     docs.extend(migration_ingresses());
+    // Still written for the API removed in Kubernetes 1.22: refused, saying how to convert.
+    docs.push(serde_json::json!({
+        "apiVersion": "extensions/v1beta1", "kind": "Ingress",
+        "metadata": {"namespace": "default", "name": "legacy"},
+        "spec": {"backend": {"serviceName": "tea-svc", "servicePort": 80}}
+    }));
     c.write_manifest("migration.yaml", &yaml_docs(&docs))?;
     c.start_agent(
         "node-a",
@@ -1025,6 +1107,14 @@ fn ingress_nginx_migration_with_class_flags_and_annotations() -> Result<()> {
             .reply
             .status,
         404
+    );
+    let log = c.agent_log("node-a");
+    assert!(
+        log.contains(
+            "Ingress default/legacy: Ingress `apiVersion: extensions/v1beta1` is not read by sluice"
+        ) && log
+            .contains("`backend.serviceName`/`backend.servicePort` become `backend.service.name`"),
+        "{log}"
     );
     Ok(())
 }
