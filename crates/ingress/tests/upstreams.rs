@@ -361,3 +361,36 @@ async fn an_endpoint_refusing_connections_is_ejected_and_idempotent_requests_go_
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
     assert_eq!(p.proxy.stats().retries, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_upstream_tls_settings_are_named_and_answered_502() {
+    let mut objects = vec![
+        ingress_class(),
+        secret("bad-ca", &[("ca.crt", "not a certificate")]),
+        annotated(
+            "bad",
+            "bad.test",
+            "web",
+            &[
+                ("backend-protocol", "HTTPS"),
+                ("proxy-ssl-verify", "on"),
+                ("proxy-ssl-secret", "default/bad-ca"),
+            ],
+        ),
+    ];
+    objects.extend(service("web", &[9]));
+    let (p, warnings) = start_any(IngressConfig::default(), &objects).await;
+    let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            "Ingress default/bad: upstream TLS settings (backend-protocol HTTPS, proxy-ssl-*) cannot be used: ca.crt holds no certificate; requests on host \"bad.test\" get 502"
+        ]
+    );
+    let r = http_get(p.http, "bad.test", "/").await.unwrap();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        r.body,
+        "502 Bad Gateway: service default/web:80: the upstream TLS settings (backend-protocol HTTPS) cannot be used: ca.crt holds no certificate\n"
+    );
+}

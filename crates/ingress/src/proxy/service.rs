@@ -16,7 +16,7 @@ use super::headers::{self, Forwarded, X_REQUEST_ID};
 use super::{IngressProxy, ProxyBody, upgrade, upload};
 use crate::access_log::{PendingLine, Record, RouteFacts, UpstreamFacts};
 use crate::options::{RequestView, RouteRuntime};
-use crate::routes::{Route, normalize_path};
+use crate::routes::{Backend, Route, normalize_path};
 use crate::stats;
 use sluice_plan::BackendProtocol;
 
@@ -229,8 +229,14 @@ async fn route(
         Ok(admitted) => match upstream_path(&route, path, req.uri()) {
             None => error(StatusCode::BAD_REQUEST, "400 Bad Request: invalid path\n"),
             Some(path_and_query) => {
-                let mut resp =
-                    proxy_to(proxy, conn, &route, req, path_and_query, &host, request_id).await;
+                let x = Exchange {
+                    proxy,
+                    conn,
+                    route: &route,
+                    host: &host,
+                    request_id,
+                };
+                let mut resp = proxy_to(&x, req, path_and_query).await;
                 let headers = resp.headers_mut();
                 for (name, value) in admitted.response_headers {
                     headers.insert(name, value);
@@ -267,94 +273,55 @@ fn upstream_path(route: &Route, path: Cow<'_, str>, uri: &hyper::Uri) -> Option<
     }
 }
 
+/// What a request carries from routing to its backend.
+struct Exchange<'a> {
+    proxy: &'a IngressProxy,
+    conn: &'a ConnInfo,
+    route: &'a Route,
+    host: &'a HeaderValue,
+    request_id: &'a HeaderValue,
+}
+
 /// Sends an admitted request to the route's backend (or its canary).
 async fn proxy_to(
-    proxy: &IngressProxy,
-    conn: &ConnInfo,
-    route: &Route,
+    x: &Exchange<'_>,
     req: Request<Incoming>,
     path_and_query: PathAndQuery,
-    host: &HeaderValue,
-    request_id: &HeaderValue,
 ) -> Response<ProxyBody> {
-    let Some(primary) = &route.backend else {
-        return not_found(proxy);
+    let Some(primary) = &x.route.backend else {
+        return not_found(x.proxy);
     };
-    let backend = match &route.options.canary {
+    let backend = match &x.route.options.canary {
         Some(canary) if canary.chosen(req.headers()) => &canary.backend,
         _ => primary,
     };
-    let mut resp = proxy_to_backend(
-        proxy,
-        conn,
-        route,
-        backend,
-        req,
-        path_and_query,
-        host,
-        request_id,
-    )
-    .await;
-    if proxy.access_log.is_some() {
+    let mut resp = proxy_to_backend(x, backend, req, path_and_query).await;
+    if x.proxy.access_log.is_some() {
         resp.extensions_mut().insert(RouteFacts {
-            ingress: route.ingress.to_string().into(),
+            ingress: x.route.ingress.to_string().into(),
             service: Some(backend.to_string().into()),
         });
     }
     resp
 }
 
-/// Sends an admitted request to `backend` (the route's, or its canary).
-#[allow(clippy::too_many_arguments)]
+/// Sends an admitted request to `backend`: an upgrade tunnel, or forwarded with its body.
 async fn proxy_to_backend(
-    proxy: &IngressProxy,
-    conn: &ConnInfo,
-    route: &Route,
-    backend: &Arc<crate::routes::Backend>,
+    x: &Exchange<'_>,
+    backend: &Backend,
     mut req: Request<Incoming>,
     path_and_query: PathAndQuery,
-    host: &HeaderValue,
-    request_id: &HeaderValue,
 ) -> Response<ProxyBody> {
-    let o = &route.options;
-    let tls = match o.tls.as_deref() {
-        None => None,
-        Some(Ok(tls)) => Some(tls),
-        Some(Err(why)) => {
-            return error(
-                StatusCode::BAD_GATEWAY,
-                format!(
-                    "502 Bad Gateway: service {backend}: the upstream TLS settings (backend-protocol {}) cannot be used: {why}\n",
-                    o.protocol.as_str()
-                ),
-            );
-        }
-    };
+    let (proxy, o) = (x.proxy, &x.route.options);
     let limit = o
         .max_body_bytes
         .unwrap_or(proxy.config.max_request_body_bytes);
-    let too_large = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .is_some_and(|len| len > limit);
-    if too_large {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("413 Payload Too Large: request bodies are limited to {limit} bytes\n"),
-        );
+    if let Some(refused) = body_too_large(req.headers(), limit) {
+        return refused;
     }
-    let how = Upstreaming {
-        protocol: o.protocol,
-        connect_timeout: o.connect_timeout.unwrap_or(proxy.config.connect_timeout),
-        read_timeout: o.read_timeout.unwrap_or(proxy.config.response_timeout),
-        send_timeout: o.send_timeout.unwrap_or(proxy.config.response_timeout),
-        affinity: o.affinity.as_ref(),
-        sticky: o
-            .affinity
-            .as_ref()
-            .and_then(|a| a.sticky(req.headers(), &backend.pool)),
-        tls,
+    let how = match upstreaming(x, backend, req.headers()) {
+        Ok(how) => how,
+        Err(refused) => return *refused,
     };
     let upgrade = match req.version() {
         Version::HTTP_11 => headers::upgrade_request(req.headers(), &proxy.config.allowed_upgrades),
@@ -368,9 +335,8 @@ async fn proxy_to_backend(
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let (parts, body) = req.into_parts();
-    let client = client_address(&proxy.config, conn, &parts.headers);
-    let mut upstream_headers =
-        upstream_headers(proxy, conn, client, parts.headers, host, request_id);
+    let client = client_address(&proxy.config, x.conn, &parts.headers);
+    let mut upstream_headers = upstream_headers(x, client, parts.headers);
     route_headers(&mut upstream_headers, o);
     let request = Upstream {
         method: parts.method,
@@ -390,6 +356,53 @@ async fn proxy_to_backend(
         Err(e) => return forward::client_body_error(proxy, backend, &e),
     };
     forward::forward(proxy, backend, request, body, upload, &how).await
+}
+
+/// 413 for a body announced larger than `limit`.
+fn body_too_large(headers: &HeaderMap, limit: u64) -> Option<Response<ProxyBody>> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())?;
+    (announced > limit).then(|| {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("413 Payload Too Large: request bodies are limited to {limit} bytes\n"),
+        )
+    })
+}
+
+/// How the route wants `backend` spoken to; 502 when its upstream TLS settings are unusable.
+fn upstreaming<'a>(
+    x: &Exchange<'a>,
+    backend: &Backend,
+    headers: &HeaderMap,
+) -> Result<Upstreaming<'a>, crate::options::Answer> {
+    let (config, o) = (&x.proxy.config, &x.route.options);
+    let tls = match o.tls.as_deref() {
+        None => None,
+        Some(Ok(tls)) => Some(tls),
+        Some(Err(why)) => {
+            return Err(Box::new(error(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "502 Bad Gateway: service {backend}: the upstream TLS settings (backend-protocol {}) cannot be used: {why}\n",
+                    o.protocol.as_str()
+                ),
+            )));
+        }
+    };
+    Ok(Upstreaming {
+        protocol: o.protocol,
+        connect_timeout: o.connect_timeout.unwrap_or(config.connect_timeout),
+        read_timeout: o.read_timeout.unwrap_or(config.response_timeout),
+        send_timeout: o.send_timeout.unwrap_or(config.response_timeout),
+        affinity: o.affinity.as_ref(),
+        sticky: o
+            .affinity
+            .as_ref()
+            .and_then(|a| a.sticky(headers, &backend.pool)),
+        tls,
+    })
 }
 
 /// What the route changes in the headers sent upstream: `upstream-vhost` (`Host`),
@@ -427,13 +440,11 @@ fn forwarded_path(path: Cow<'_, str>, uri: &hyper::Uri) -> Option<PathAndQuery> 
 /// The client's headers as sent upstream: hop-by-hop ones removed, `Host`, `X-Forwarded-*`,
 /// `X-Request-Id` and our hop id set.
 fn upstream_headers(
-    proxy: &IngressProxy,
-    conn: &ConnInfo,
+    x: &Exchange<'_>,
     client: std::net::IpAddr,
     mut headers: HeaderMap,
-    host: &HeaderValue,
-    request_id: &HeaderValue,
 ) -> HeaderMap {
+    let (proxy, conn, host, request_id) = (x.proxy, x.conn, x.host, x.request_id);
     headers::remove_hop_by_hop(&mut headers);
     headers::set_forwarded(
         &mut headers,
