@@ -13,8 +13,8 @@ use sluice_plan::{BasicAuth, Credential, PasswordHash};
 
 use crate::annotations::{ANNOTATION_PREFIX, Reader};
 
-/// The Secrets an Ingress needs: its `tls` Secrets and its `auth-secret` (for a source that
-/// fetches only referenced Secrets).
+/// The Secrets an Ingress needs: its `tls` Secrets, its `auth-secret` and its
+/// `proxy-ssl-secret` (for a source that fetches only referenced Secrets).
 pub fn referenced_secrets(key: &ObjectKey, ingress: &Ingress) -> Vec<ObjectKey> {
     let tls = ingress
         .spec
@@ -22,13 +22,16 @@ pub fn referenced_secrets(key: &ObjectKey, ingress: &Ingress) -> Vec<ObjectKey> 
         .flat_map(|s| s.tls.iter().flatten())
         .filter_map(|t| t.secret_name.as_deref())
         .map(|name| ObjectKey::new(key.namespace.as_str(), name));
-    let auth = ingress
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(&format!("{ANNOTATION_PREFIX}auth-secret")))
-        .map(|s| secret_key(key, s));
-    let mut keys: Vec<ObjectKey> = tls.chain(auth).collect();
+    let annotation = |name: &str| {
+        ingress
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(&format!("{ANNOTATION_PREFIX}{name}")))
+            .map(|s| secret_key(key, s))
+    };
+    let by_annotation = [annotation("auth-secret"), annotation("proxy-ssl-secret")];
+    let mut keys: Vec<ObjectKey> = tls.chain(by_annotation.into_iter().flatten()).collect();
     keys.sort();
     keys.dedup();
     keys
@@ -166,6 +169,22 @@ fn parse_hash(hash: &str) -> Result<PasswordHash, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn referenced_secrets_are_the_tls_auth_and_proxy_ssl_ones() {
+        let ingress: Ingress = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "shop", "name": "web", "annotations": {
+                "nginx.ingress.kubernetes.io/auth-secret": "users",
+                "nginx.ingress.kubernetes.io/proxy-ssl-secret": "certs/backend-ca"}},
+            "spec": {"tls": [{"secretName": "web-tls"}]}
+        }))
+        .unwrap();
+        let keys: Vec<String> = referenced_secrets(&ObjectKey::new("shop", "web"), &ingress)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(keys, ["certs/backend-ca", "shop/users", "shop/web-tls"]);
+    }
 
     #[test]
     fn hash_schemes() {
