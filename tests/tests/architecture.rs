@@ -1,9 +1,10 @@
 //! Architecture rules checked against `cargo metadata` (no root, no build needed):
 //!
-//! * the Plan and the dataplanes know no Kubernetes: `sluice-plan`, `sluice-dataplane`,
-//!   `sluice-dp-nft` and `sluice-dp-ebpf` must not depend, even transitively through normal
-//!   dependencies, on `k8s-openapi`, `kube*` or `sluice-model` — the semantics live in
-//!   `sluice-compute` alone (docs/plan.md);
+//! * the Plan, the dataplanes and the Ingress proxy know no Kubernetes: `sluice-plan`,
+//!   `sluice-dataplane`, `sluice-dp-nft`, `sluice-dp-ebpf` and `sluice-ingress` must not
+//!   depend, even transitively through normal dependencies, on `k8s-openapi`, `kube*` or
+//!   `sluice-model` — the semantics live in `sluice-compute` and `sluice-routes` alone
+//!   (docs/plan.md, docs/ingress.md);
 //! * every crate under `crates/` declares `#![forbid(unsafe_code)]` in each library and binary
 //!   root, unless it is listed below with the reason it needs `unsafe`.
 
@@ -14,13 +15,14 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-/// Crates that must stay free of Kubernetes types. (`sluice-ingress` joins once its route
-/// table is built from a plan instead of the Snapshot.)
+/// Crates that must stay free of Kubernetes types (`sluice-ingress` executes the RoutePlan
+/// that `sluice-routes` makes).
 const KUBERNETES_FREE: &[&str] = &[
     "sluice-plan",
     "sluice-dataplane",
     "sluice-dp-nft",
     "sluice-dp-ebpf",
+    "sluice-ingress",
 ];
 
 /// Packages that bring Kubernetes types.
@@ -205,7 +207,7 @@ impl Metadata {
 }
 
 #[test]
-fn plan_and_dataplanes_do_not_depend_on_kubernetes_types() -> Result<()> {
+fn plan_dataplanes_and_ingress_proxy_do_not_depend_on_kubernetes_types() -> Result<()> {
     let meta = metadata()?;
     let mut offending = Vec::new();
     for krate in KUBERNETES_FREE {

@@ -8,6 +8,14 @@
 //!   request loop runs (new TLS connection per request).
 //! * `route_change_under_load_fails_no_request_and_websocket_survives`: the Ingress is
 //!   rewritten while a keep-alive request loop runs and a WebSocket is open.
+//! * `ingress_nginx_migration_with_class_flags_and_annotations`: Ingresses written for
+//!   ingress-nginx (`ingressClassName: nginx`, the legacy class annotation, no class at all)
+//!   served with `--ingress-class nginx --watch-ingress-without-class`: the cafe over HTTPS
+//!   with its 308 from HTTP, a multi-host Ingress, a fan-out with `rewrite-target: /`, regex
+//!   capture groups, a canary by header, an H2C backend.
+//! * `proxy_protocol_trusted_forwarded_for_and_the_json_access_log`: the listeners behind a
+//!   "load balancer" (PROXY protocol v1, trusted `X-Forwarded-For`), and the request's JSON
+//!   access log line naming the real client.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -32,6 +40,15 @@ fn path(host: &str, path: &str, path_type: &str, service: &str) -> IngressPath {
         service: service.into(),
         port: 80,
     }
+}
+
+/// Sets `nginx.ingress.kubernetes.io/<key>` annotations on an Ingress.
+fn annotate(mut ingress: Value, pairs: &[(&str, &str)]) -> Value {
+    for (k, v) in pairs {
+        ingress["metadata"]["annotations"][format!("nginx.ingress.kubernetes.io/{k}")] =
+            serde_json::json!(v);
+    }
+    ingress
 }
 
 /// Self-signed certificate for `host`: (cert PEM path, cert PEM, key PEM).
@@ -66,6 +83,11 @@ fn certificate(dir: &Path, host: &str) -> Result<(String, String, String)> {
 /// web-1 behind service `web-a` (a.example.test), web-2 behind `web-b` (b.example.test/api),
 /// TLS for a.example.test; the agent runs on node-a.
 fn cluster() -> Result<(Cluster, String)> {
+    cluster_with(&[])
+}
+
+/// [`cluster`] with more agent flags.
+fn cluster_with(agent_flags: &[&str]) -> Result<(Cluster, String)> {
     let mut c = Cluster::new(&["node-a", "node-b"])?;
     let w1 = c.add_pod("node-a", "web-1")?;
     let w2 = c.add_pod("node-b", "web-2")?;
@@ -86,19 +108,23 @@ fn cluster() -> Result<(Cluster, String)> {
         ));
     }
     docs.push(tls_secret("default", "a-tls", &cert, &key));
-    docs.push(ingress(
-        "default",
-        "web",
-        Some("sluice"),
-        &[
-            path("a.example.test", "/", "Prefix", "web-a"),
-            path("b.example.test", "/api", "Prefix", "web-b"),
-        ],
-        &[(&["a.example.test"], "a-tls")],
-        None,
+    // Plain HTTP to the TLS host is part of these tests: no redirect to HTTPS.
+    docs.push(annotate(
+        ingress(
+            "default",
+            "web",
+            Some("sluice"),
+            &[
+                path("a.example.test", "/", "Prefix", "web-a"),
+                path("b.example.test", "/api", "Prefix", "web-b"),
+            ],
+            &[(&["a.example.test"], "a-tls")],
+            None,
+        ),
+        &[("ssl-redirect", "false")],
     ));
     c.write_manifest("ingress.yaml", &yaml_docs(&docs))?;
-    c.start_agent("node-a", Mode::Nftables, &[])?;
+    c.start_agent("node-a", Mode::Nftables, agent_flags)?;
     Ok((c, cert_path))
 }
 
@@ -138,6 +164,74 @@ fn routes_by_host_and_path_with_forwarded_headers() -> Result<()> {
     assert_eq!(get("b.example.test", "/apix")?.status, 404);
     assert_eq!(get("nobody.example.test", "/")?.status, 404);
     Ok(())
+}
+
+#[test]
+fn proxy_protocol_trusted_forwarded_for_and_the_json_access_log() -> Result<()> {
+    if !require_root("proxy_protocol_trusted_forwarded_for_and_the_json_access_log") {
+        return Ok(());
+    }
+    let client = CLIENT_V4.to_string();
+    let (c, _) = cluster_with(&[
+        "--ingress-proxy-protocol",
+        "--ingress-trusted-proxies",
+        &format!("{client}/32"),
+    ])?;
+    let node = c.node("node-a")?.ipv4;
+    let url = format!("http://{node}/hello");
+    // The client stands in for a load balancer: a PROXY v1 header, then a request whose
+    // X-Forwarded-For names the real client.
+    let r = c.http(
+        At::Client,
+        &url,
+        &[
+            "--haproxy-protocol",
+            "-H",
+            "Host: a.example.test",
+            "-H",
+            "X-Forwarded-For: 203.0.113.50",
+        ],
+    )?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.field("x-forwarded-for"),
+        Some(format!("203.0.113.50, {client}").as_str())
+    );
+    // Without the header the connection is closed unanswered.
+    assert!(
+        c.http(At::Client, &url, &["-H", "Host: a.example.test"])
+            .is_err()
+    );
+    // One JSON line per request on the agent's stdout, naming the real client.
+    let request_id = r.header("x-request-id").context("x-request-id")?.to_owned();
+    let line = wait_for_line(&c, "node-a", &request_id)?;
+    let line: Value = serde_json::from_str(&line)?;
+    assert_eq!(line["client"], "203.0.113.50", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["ingress"], "default/web", "{line}");
+    assert_eq!(line["service"], "default/web-a:80", "{line}");
+    assert_eq!(line["path"], "/hello", "{line}");
+    Ok(())
+}
+
+/// The agent log line holding `needle` (waits up to 5 s: lines are written when the response
+/// body is done).
+fn wait_for_line(c: &Cluster, node: &str, needle: &str) -> Result<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = c.agent_log(node);
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains(needle) && l.starts_with('{'))
+        {
+            return Ok(line.to_owned());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no access log line with {needle}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -921,4 +1015,222 @@ fn route_change_under_load_fails_no_request_and_websocket_survives() -> Result<(
         pods.len()
     );
     Ok(())
+}
+
+/// Ingresses written for ingress-nginx, served by sluice with ingress-nginx's flags.
+#[test]
+fn ingress_nginx_migration_with_class_flags_and_annotations() -> Result<()> {
+    if !require_root("ingress_nginx_migration_with_class_flags_and_annotations") {
+        return Ok(());
+    }
+    let mut c = Cluster::new(&["node-a", "node-b"])?;
+    let pki = Pki::new(c.workdir())?;
+    let coffee1 = c.add_pod("node-a", "coffee-1")?;
+    let coffee2 = c.add_pod("node-b", "coffee-2")?;
+    let tea = c.add_pod("node-b", "tea-1")?;
+    let shop = c.add_pod("node-a", "shop-1")?;
+    let canary = c.add_pod("node-b", "canary-1")?;
+    // The cluster as ingress-nginx left it: its IngressClass, no sluice class.
+    let mut docs = vec![ingress_class("nginx", "k8s.io/ingress-nginx", false)];
+    backend(&mut docs, "coffee-svc", "10.96.0.40", &[&coffee1, &coffee2]);
+    backend(&mut docs, "tea-svc", "10.96.0.41", &[&tea]);
+    backend(&mut docs, "shop-svc", "10.96.0.42", &[&shop]);
+    backend(&mut docs, "canary-svc", "10.96.0.43", &[&canary]);
+    let (cert, key) = pki.leaf("cafe", &["cafe.example.com"])?;
+    docs.push(tls_secret("default", "cafe-secret", &cert, &key));
+    docs.extend(migration_ingresses());
+    // Still written for the API removed in Kubernetes 1.22: refused, saying how to convert.
+    docs.push(serde_json::json!({
+        "apiVersion": "extensions/v1beta1", "kind": "Ingress",
+        "metadata": {"namespace": "default", "name": "legacy"},
+        "spec": {"backend": {"serviceName": "tea-svc", "servicePort": 80}}
+    }));
+    c.write_manifest("migration.yaml", &yaml_docs(&docs))?;
+    c.start_agent(
+        "node-a",
+        Mode::Nftables,
+        &["--ingress-class", "nginx", "--watch-ingress-without-class"],
+    )?;
+
+    // The cafe (ingressClassName: nginx) over HTTPS; plain HTTP gets 308 to the same URL.
+    let r = https(&c, "node-a", &pki, "cafe.example.com", "/tea")?;
+    assert_eq!((r.reply.status, r.pod()), (200, "tea-1"), "{r:?}");
+    assert_eq!(r.subject.as_deref(), Some("O=cafe; CN=cafe.example.com"));
+    let r = https(&c, "node-a", &pki, "cafe.example.com", "/coffee")?;
+    assert!(r.pod().starts_with("coffee-"), "{r:?}");
+    let r = http(&c, "node-a", "cafe.example.com", "/coffee?size=l")?;
+    assert_eq!(r.reply.status, 308, "{r:?}");
+    assert_eq!(
+        r.reply.header("location"),
+        Some("https://cafe.example.com/coffee?size=l")
+    );
+    // The canary Ingress by header.
+    let r = https_with(
+        &c,
+        "node-a",
+        &pki,
+        "cafe.example.com",
+        "/coffee",
+        &["-H", "X-Canary: always"],
+    )?;
+    assert_eq!(r.pod(), "canary-1", "{r:?}");
+
+    // Multi-host (legacy class annotation) and an Ingress without any class.
+    for (host, pod) in [
+        ("shop.example.test", "shop-1"),
+        ("tea.example.test", "tea-1"),
+        ("plain.example.test", "shop-1"),
+    ] {
+        let r = http(&c, "node-a", host, "/menu")?;
+        assert_eq!((r.reply.status, r.pod()), (200, pod), "{host}: {r:?}");
+    }
+    // Fan-out with rewrite-target: / — every path under the prefix reaches the pod as `/`.
+    for (p, pod) in [("/coffee/latte", "coffee-"), ("/tea/green?x=1", "tea-1")] {
+        let r = http(&c, "node-a", "fanout.example.test", p)?;
+        assert!(r.pod().starts_with(pod), "{p}: {r:?}");
+        let expected = if p.contains('?') { "/?x=1" } else { "/" };
+        assert_eq!(r.reply.field("path"), Some(expected), "{p}");
+    }
+    // use-regex with capture groups.
+    let r = http(&c, "node-a", "api.example.test", "/v1/items?page=2")?;
+    assert_eq!(
+        (r.pod(), r.reply.field("path")),
+        ("tea-1", Some("/items?page=2")),
+        "{r:?}"
+    );
+    // backend-protocol: H2C — the pod is spoken to in HTTP/2.
+    let r = http(&c, "node-a", "h2c.example.test", "/")?;
+    assert_eq!(r.reply.field("version"), Some("HTTP/2.0"), "{r:?}");
+    // Another controller's class is still not ours.
+    assert_eq!(
+        http(&c, "node-a", "traefik.example.test", "/")?
+            .reply
+            .status,
+        404
+    );
+    let log = c.agent_log("node-a");
+    assert!(
+        log.contains(
+            "Ingress default/legacy: Ingress `apiVersion: extensions/v1beta1` is not read by sluice"
+        ) && log
+            .contains("`backend.serviceName`/`backend.servicePort` become `backend.service.name`"),
+        "{log}"
+    );
+    Ok(())
+}
+
+/// The Ingresses of `ingress_nginx_migration_with_class_flags_and_annotations`.
+fn migration_ingresses() -> Vec<Value> {
+    let class = |mut v: Value, class: Option<&str>, legacy: Option<&str>| {
+        v["spec"]
+            .as_object_mut()
+            .map(|s| s.remove("ingressClassName"));
+        if let Some(c) = class {
+            v["spec"]["ingressClassName"] = serde_json::json!(c);
+        }
+        if let Some(c) = legacy {
+            v["metadata"]["annotations"]["kubernetes.io/ingress.class"] = serde_json::json!(c);
+        }
+        v
+    };
+    let cafe = ingress(
+        "default",
+        "cafe-ingress",
+        Some("nginx"),
+        &[
+            path("cafe.example.com", "/coffee", "Prefix", "coffee-svc"),
+            path("cafe.example.com", "/tea", "Prefix", "tea-svc"),
+        ],
+        &[(&["cafe.example.com"], "cafe-secret")],
+        None,
+    );
+    let canary = annotate(
+        ingress(
+            "default",
+            "coffee-canary",
+            Some("nginx"),
+            &[path("cafe.example.com", "/coffee", "Prefix", "canary-svc")],
+            &[],
+            None,
+        ),
+        &[("canary", "true"), ("canary-by-header", "X-Canary")],
+    );
+    let multi = ingress(
+        "default",
+        "multi",
+        None,
+        &[
+            path("shop.example.test", "/", "Prefix", "shop-svc"),
+            path("tea.example.test", "/", "Prefix", "tea-svc"),
+        ],
+        &[],
+        None,
+    );
+    let fanout = annotate(
+        ingress(
+            "default",
+            "fanout",
+            Some("nginx"),
+            &[
+                path("fanout.example.test", "/coffee", "Prefix", "coffee-svc"),
+                path("fanout.example.test", "/tea", "Prefix", "tea-svc"),
+            ],
+            &[],
+            None,
+        ),
+        &[("rewrite-target", "/")],
+    );
+    let api = annotate(
+        ingress(
+            "default",
+            "api",
+            Some("nginx"),
+            &[path(
+                "api.example.test",
+                "/v1(/|$)(.*)",
+                "ImplementationSpecific",
+                "tea-svc",
+            )],
+            &[],
+            None,
+        ),
+        &[("use-regex", "true"), ("rewrite-target", "/$2")],
+    );
+    let h2c = annotate(
+        ingress(
+            "default",
+            "h2c",
+            Some("nginx"),
+            &[path("h2c.example.test", "/", "Prefix", "tea-svc")],
+            &[],
+            None,
+        ),
+        &[("backend-protocol", "H2C")],
+    );
+    let plain = ingress(
+        "default",
+        "classless",
+        None,
+        &[path("plain.example.test", "/", "Prefix", "shop-svc")],
+        &[],
+        None,
+    );
+    let traefik = ingress(
+        "default",
+        "traefik",
+        Some("traefik"),
+        &[path("traefik.example.test", "/", "Prefix", "shop-svc")],
+        &[],
+        None,
+    );
+    vec![
+        cafe,
+        canary,
+        class(multi, None, Some("nginx")),
+        fanout,
+        api,
+        h2c,
+        class(plain, None, None),
+        traefik,
+    ]
 }

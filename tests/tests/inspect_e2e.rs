@@ -563,14 +563,25 @@ fn agent_works_with_only_the_daemonsets_capabilities(mode: Mode) -> Result<()> {
     ensure!(r.iter().all(Result::is_ok), "node to ClusterIP: {r:?}");
     let r = c.tcp(At::Client, "192.0.2.11:30081", 4)?;
     ensure!(r.iter().all(Result::is_ok), "client to NodePort: {r:?}");
+    // The cafe has TLS: plain HTTP is redirected (ssl-redirect), HTTPS is served.
     let reply = c.http(
         At::Client,
         "http://cafe.example.test/",
         &["--resolve", "cafe.example.test:80:192.0.2.11"],
     )?;
     ensure!(
+        reply.status == 308 && reply.header("location") == Some("https://cafe.example.test/"),
+        "ingress over HTTP: {}",
+        reply.status
+    );
+    let reply = c.http(
+        At::Client,
+        "https://cafe.example.test/",
+        &["-k", "--resolve", "cafe.example.test:443:192.0.2.11"],
+    )?;
+    ensure!(
         reply.status == 200 && reply.field("pod") == Some("web-1"),
-        "ingress: {}",
+        "ingress over HTTPS: {}",
         reply.status
     );
     sluice(&c, mode, &["inspect", "services"])?;

@@ -428,6 +428,32 @@ fn leadership_moves_between_agents_and_only_the_elected_one_writes() -> Result<(
     );
     ensure!(conflicts[0]["type"] == "Warning", "{:#}", conflicts[0]);
 
+    // An ingress-nginx snippet is never executed: one Event on the Ingress names it.
+    let mut snippet = web_ingress("snippet", "sluice");
+    snippet["metadata"]["annotations"] = serde_json::json!({
+        "nginx.ingress.kubernetes.io/server-snippet": "location /admin { return 200; }"
+    });
+    api.fake.apply(snippet);
+    wait_until(
+        Duration::from_secs(5),
+        "an UnsupportedAnnotation Event",
+        || Ok(!events(&api.fake, "UnsupportedAnnotation").is_empty()),
+    )?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let unsupported = events(&api.fake, "UnsupportedAnnotation");
+    ensure!(unsupported.len() == 1, "{unsupported:#?}");
+    let event = &unsupported[0];
+    ensure!(
+        event["regarding"]["kind"] == "Ingress" && event["regarding"]["name"] == "snippet",
+        "{event:#}"
+    );
+    ensure!(
+        event["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("nginx.ingress.kubernetes.io/server-snippet")),
+        "{event:#}"
+    );
+
     // node-a stops cleanly: it releases the Lease, node-b takes over at its next attempt
     // (not after the 2 s lease) and writes its own address.
     let stopped = std::time::Instant::now();

@@ -192,7 +192,7 @@ impl LiveState {
             .ingress
             .as_ref()
             .ok_or("the Ingress proxy is disabled")?;
-        Ok(route_rows(&proxy.route_table().describe()))
+        Ok(route_rows(&proxy.route_plan()))
     }
 
     pub fn explain_http(&self, url: &str) -> Result<HttpWalk, String> {

@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use sluice_compute::ComputeConfig;
 use sluice_dp_ebpf::{EbpfConfig, XdpMode};
 use sluice_ingress::IngressConfig;
+use sluice_model::ObjectKey;
 
 #[derive(Debug, clap::Parser)]
 #[command(
@@ -68,11 +69,11 @@ pub struct PlanArgs {
     pub node_address: Vec<std::net::IpAddr>,
     #[arg(long, value_enum, default_value = "both")]
     pub proxy_mode: PlanMode,
-    /// Also print the Ingress route table (IngressClass controller `--ingress-controller`).
+    /// Also print the Ingress route plan (the classes served as with `sluice agent`).
     #[arg(long)]
     pub ingress: bool,
-    #[arg(long, default_value = "sluice.dev/ingress")]
-    pub ingress_controller: String,
+    #[command(flatten)]
+    pub ingress_classes: IngressClassFlags,
     #[arg(long, value_enum, default_value = "text")]
     pub output: OutputFormat,
     #[command(flatten)]
@@ -182,13 +183,10 @@ pub struct AgentArgs {
     /// Ingress HTTPS listener; empty disables it.
     #[arg(long, env = "SLUICE_INGRESS_HTTPS_BIND", default_value = "0.0.0.0:443")]
     pub ingress_https_bind: String,
-    /// IngressClass `spec.controller` value this agent serves.
-    #[arg(
-        long,
-        env = "SLUICE_INGRESS_CONTROLLER",
-        default_value = "sluice.dev/ingress"
-    )]
-    pub ingress_controller: String,
+    #[command(flatten)]
+    pub ingress_classes: IngressClassFlags,
+    #[command(flatten)]
+    pub ingress_proxy: crate::ingress_flags::IngressProxyFlags,
     /// Addresses written to Ingress `status.loadBalancer` (comma-separated; default: this
     /// node's addresses). Set the same value on every node (e.g. the VIP in front of them).
     #[arg(long, env = "SLUICE_INGRESS_STATUS_ADDRESS", value_delimiter = ',')]
@@ -211,6 +209,76 @@ pub struct AgentArgs {
     pub cluster: crate::cluster::ClusterFlags,
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// Which Ingresses are served (ingress-nginx's flag names where they exist).
+#[derive(Debug, Clone, clap::Args)]
+pub struct IngressClassFlags {
+    /// IngressClass `spec.controller` value this agent serves.
+    #[arg(
+        long,
+        env = "SLUICE_INGRESS_CONTROLLER",
+        default_value = "sluice.dev/ingress"
+    )]
+    pub ingress_controller: String,
+    /// Ingress class names served in addition, by `spec.ingressClassName` or the
+    /// `kubernetes.io/ingress.class` annotation, whatever controller their IngressClass names
+    /// (repeatable or comma-separated; e.g. `nginx` to take over from ingress-nginx).
+    #[arg(long, env = "SLUICE_INGRESS_CLASS", value_delimiter = ',')]
+    pub ingress_class: Vec<String>,
+    /// Also serve Ingresses that name no class at all.
+    #[arg(long, env = "SLUICE_WATCH_INGRESS_WITHOUT_CLASS")]
+    pub watch_ingress_without_class: bool,
+    /// `NAMESPACE/NAME` of a kubernetes.io/tls Secret presented to TLS clients whose name no
+    /// Ingress lists (default: a generated self-signed certificate, as ingress-nginx).
+    #[arg(long, env = "SLUICE_DEFAULT_SSL_CERTIFICATE")]
+    pub default_ssl_certificate: Option<String>,
+}
+
+impl IngressClassFlags {
+    /// Pure validation into the route planner's configuration.
+    pub fn to_config(&self) -> Result<sluice_routes::RouteConfig, ConfigError> {
+        let controller = self.ingress_controller.trim();
+        if controller.is_empty() {
+            return Err(invalid(
+                "ingress-controller",
+                &self.ingress_controller,
+                "must not be empty",
+            ));
+        }
+        Ok(sluice_routes::RouteConfig {
+            controller: controller.to_owned(),
+            classes: self
+                .ingress_class
+                .iter()
+                .map(|c| c.trim().to_owned())
+                .filter(|c| !c.is_empty())
+                .collect(),
+            watch_without_class: self.watch_ingress_without_class,
+            default_certificate: self.default_certificate()?,
+        })
+    }
+
+    fn default_certificate(&self) -> Result<Option<ObjectKey>, ConfigError> {
+        let Some(value) = self.default_ssl_certificate.as_deref().map(str::trim) else {
+            return Ok(None);
+        };
+        if value.is_empty() {
+            return Ok(None);
+        }
+        match value.split_once('/') {
+            Some((namespace, name))
+                if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
+            {
+                Ok(Some(ObjectKey::new(namespace, name)))
+            }
+            _ => Err(invalid(
+                "default-ssl-certificate",
+                value,
+                "expected NAMESPACE/NAME",
+            )),
+        }
+    }
 }
 
 /// LoadBalancer address assignment (pools) and L2 announcement; see docs/loadbalancer.md.
@@ -286,6 +354,8 @@ pub struct AgentConfig {
     pub sync_period: Duration,
     pub ebpf: EbpfConfig,
     pub ingress: Option<IngressConfig>,
+    /// Which Ingresses the proxy serves.
+    pub routes: sluice_routes::RouteConfig,
     pub ingress_status_addresses: Vec<std::net::IpAddr>,
     /// `None`: `--disable-load-balancer-ipam`.
     pub load_balancer: Option<LoadBalancerConfig>,
@@ -304,12 +374,18 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(flag: &'static str, value: &str, reason: impl fmt::Display) -> ConfigError {
-    ConfigError::Invalid {
-        flag,
-        value: value.to_owned(),
-        reason: reason.to_string(),
+impl ConfigError {
+    pub fn invalid(flag: &'static str, value: &str, reason: impl fmt::Display) -> Self {
+        ConfigError::Invalid {
+            flag,
+            value: value.to_owned(),
+            reason: reason.to_string(),
+        }
     }
+}
+
+fn invalid(flag: &'static str, value: &str, reason: impl fmt::Display) -> ConfigError {
+    ConfigError::invalid(flag, value, reason)
 }
 
 impl AgentArgs {
@@ -393,23 +469,13 @@ impl AgentArgs {
         } else {
             let http_bind = optional_addr("ingress-http-bind", &self.ingress_http_bind)?;
             let https_bind = optional_addr("ingress-https-bind", &self.ingress_https_bind)?;
-            if self.ingress_controller.trim().is_empty() {
-                return Err(invalid(
-                    "ingress-controller",
-                    &self.ingress_controller,
-                    "must not be empty",
-                ));
-            }
-            let drain = parse_duration(&self.ingress_drain_timeout)
+            let listening = http_bind.is_some() || https_bind.is_some();
+            let mut config = self.ingress_proxy.to_config(http_bind, https_bind)?;
+            config.shutdown_grace = parse_duration(&self.ingress_drain_timeout)
                 .map_err(|e| invalid("ingress-drain-timeout", &self.ingress_drain_timeout, e))?;
-            (http_bind.is_some() || https_bind.is_some()).then(|| IngressConfig {
-                http_bind,
-                https_bind,
-                controller_name: self.ingress_controller.trim().to_owned(),
-                shutdown_grace: drain,
-                ..IngressConfig::default()
-            })
+            listening.then_some(config)
         };
+        let routes = self.ingress_classes.to_config()?;
         let ingress_status_addresses = self
             .ingress_status_address
             .iter()
@@ -440,6 +506,7 @@ impl AgentArgs {
             sync_period,
             ebpf,
             ingress,
+            routes,
             ingress_status_addresses,
             load_balancer: self.load_balancer.to_config(&cluster.lease_namespace)?,
             cleanup: self.cleanup,
@@ -665,6 +732,39 @@ mod tests {
         let c = validate(&["--ingress-http-bind", "", "--ingress-https-bind", ""]).unwrap();
         assert!(c.ingress.is_none());
         assert!(validate(&["--disable-ingress"]).unwrap().ingress.is_none());
+    }
+
+    #[test]
+    fn ingress_nginx_flags_choose_classes_and_the_default_certificate() {
+        let c = validate(&[
+            "--ingress-class",
+            "nginx",
+            "--ingress-class=internal,other",
+            "--watch-ingress-without-class",
+            "--default-ssl-certificate",
+            "ingress/wildcard-cert",
+        ])
+        .unwrap();
+        assert_eq!(c.routes.classes, ["nginx", "internal", "other"]);
+        assert!(c.routes.watch_without_class);
+        assert_eq!(
+            c.routes.default_certificate,
+            Some(ObjectKey::new("ingress", "wildcard-cert"))
+        );
+        assert_eq!(
+            validate(&[]).unwrap().routes,
+            sluice_routes::RouteConfig::default()
+        );
+        let err = validate(&["--default-ssl-certificate", "wildcard-cert"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--default-ssl-certificate: \"wildcard-cert\" is not valid: expected NAMESPACE/NAME"
+        );
+        // The proxy's own flags reach its configuration.
+        let c = validate(&["--ingress-max-body-size=8m", "--ingress-access-log=false"]).unwrap();
+        let ingress = c.ingress.unwrap();
+        assert_eq!(ingress.max_request_body_bytes, 8 << 20);
+        assert!(!ingress.access_log);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //!   or after this agent became the elected one); the [`EventRecorder`] de-duplicates and
 //!   rate-limits what reaches the API server.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -32,9 +32,6 @@ use crate::cli::{ConfigError, parse_duration};
 
 /// Name of the leader-election Lease (in `--lease-namespace`).
 pub const LEADER_LEASE: &str = "sluice-leader";
-
-/// Annotation prefix of ingress-nginx, whose settings sluice does not read.
-const NGINX_ANNOTATION_PREFIX: &str = "nginx.ingress.kubernetes.io/";
 
 /// Flags for running on a real cluster (leader election, admin socket, kube-proxy cleanup).
 #[derive(Debug, Clone, clap::Args)]
@@ -187,7 +184,6 @@ enum Source {
     Planner,
     DataplaneLimits,
     Ingress,
-    IngressAnnotations,
     ServicePorts,
     Sync,
 }
@@ -334,7 +330,7 @@ impl ClusterLink {
     }
 
     /// After each Ingress route update: the desired Ingress statuses (written by the elected
-    /// agent, at once), the route warnings and unsupported Ingress settings.
+    /// agent, at once) and the route warnings (unsupported or invalid annotations among them).
     pub fn ingress_updated(
         &self,
         snapshot: &Snapshot,
@@ -355,10 +351,6 @@ impl ClusterLink {
             .map(|w| ingress_fact(w, &self.node))
             .collect();
         self.update(Source::Ingress, facts);
-        self.update(
-            Source::IngressAnnotations,
-            ingress_annotations(snapshot, served),
-        );
     }
 
     /// After each dataplane call: service ports it refused, or the whole sync failing.
@@ -542,18 +534,27 @@ fn planner_fact(warning: &Warning, node: &str) -> Option<(Scope, Event)> {
 fn ingress_fact(warning: &sluice_ingress::Warning, node: &str) -> (Scope, Event) {
     let message = warning.message.as_str();
     let name = if warning.kind == "IngressClass" {
-        warning.object.name.clone()
+        warning.object.name.to_string()
     } else {
         warning.object.to_string()
     };
     let regarding = object_ref(warning.kind, &name).unwrap_or_else(|| ObjectRef {
         api_version: "v1".into(),
         kind: warning.kind.into(),
-        namespace: (!warning.object.namespace.is_empty()).then(|| warning.object.namespace.clone()),
-        name: warning.object.name.clone(),
+        namespace: (!warning.object.namespace.is_empty())
+            .then(|| warning.object.namespace.to_string()),
+        name: warning.object.name.to_string(),
         uid: None,
     });
-    let (scope, reason) = if message.contains("own listener") {
+    let (scope, reason) = if message.starts_with("annotation ") {
+        // sluice-routes: `annotation NAME is a configuration snippet ...`, `... is not
+        // supported by sluice ...`, or a value it could not use.
+        if message.contains("configuration snippet") || message.contains("is not supported by") {
+            (Scope::Cluster, "UnsupportedAnnotation")
+        } else {
+            (Scope::Cluster, "InvalidAnnotation")
+        }
+    } else if message.contains("own listener") {
         (Scope::Node, "BackendIsThisProxy")
     } else if message.contains("not a valid kubernetes.io/tls secret") {
         (Scope::Cluster, "InvalidTLSSecret")
@@ -573,41 +574,6 @@ fn ingress_fact(warning: &sluice_ingress::Warning, node: &str) -> (Scope, Event)
         Scope::Cluster => message.to_owned(),
     };
     (scope, warning_event(regarding, reason, "Route", note))
-}
-
-/// ingress-nginx annotations on the Ingresses we serve: ignored, and said so once.
-fn ingress_annotations(snapshot: &Snapshot, served: &[ObjectKey]) -> Vec<(Scope, Event)> {
-    served
-        .iter()
-        .filter_map(|key| {
-            let ingress = snapshot.ingresses.get(key)?;
-            let ignored: BTreeSet<&str> = ingress
-                .metadata
-                .annotations
-                .iter()
-                .flatten()
-                .map(|(k, _)| k.as_str())
-                .filter(|k| k.starts_with(NGINX_ANNOTATION_PREFIX))
-                .collect();
-            if ignored.is_empty() {
-                return None;
-            }
-            let names: Vec<&str> = ignored.into_iter().collect();
-            let note = format!(
-                "sluice does not read these annotations, they have no effect: {}",
-                names.join(", ")
-            );
-            Some((
-                Scope::Cluster,
-                warning_event(
-                    ObjectRef::ingress(key),
-                    "UnsupportedAnnotation",
-                    "Route",
-                    note,
-                ),
-            ))
-        })
-        .collect()
 }
 
 /// Plan parts this node's dataplane cannot execute: the eBPF external path (tc/XDP) handles

@@ -10,6 +10,7 @@ mod explain;
 mod handover;
 mod health;
 mod http;
+mod ingress_flags;
 mod inspect;
 mod interfaces;
 mod kubeproxy;
@@ -157,10 +158,12 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
                 .await
                 .context("Kubernetes client")?;
             k8s_client = Some(client.clone());
-            let source = sluice_k8s::K8sSource::new(
-                client,
-                sluice_k8s::K8sSourceConfig::new(config.node_name.clone()),
-            );
+            let source_config = sluice_k8s::K8sSourceConfig {
+                // The default certificate is referenced by no Ingress: published all the same.
+                pinned_secrets: config.routes.default_certificate.iter().cloned().collect(),
+                ..sluice_k8s::K8sSourceConfig::new(config.node_name.clone())
+            };
+            let source = sluice_k8s::K8sSource::new(client, source_config);
             tokio::spawn(async move { source.run(batch_tx).await.map_err(anyhow::Error::from) })
         }
     };

@@ -240,42 +240,55 @@ fn const_counter(
 impl Collector for IngressCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = self.0.stats();
-        const_counter(
-            &mut encoder,
-            "sluice_ingress_connections",
-            "Downstream connections accepted",
-            s.connections_total,
-        )?;
-        const_counter(
-            &mut encoder,
-            "sluice_ingress_requests",
-            "Requests received",
-            s.requests_total,
-        )?;
-        const_counter(
-            &mut encoder,
-            "sluice_ingress_not_found",
-            "Requests answered by the built-in 404",
-            s.not_found,
-        )?;
-        const_counter(
-            &mut encoder,
-            "sluice_ingress_upstream_connect_failures",
-            "Failed connection attempts to endpoints",
-            s.upstream_connect_failures,
-        )?;
-        const_counter(
-            &mut encoder,
-            "sluice_ingress_upstream_timeouts",
-            "Requests without upstream response headers in time (504)",
-            s.upstream_timeouts,
-        )?;
-        const_counter(
-            &mut encoder,
-            "sluice_ingress_retries",
-            "Requests retried on another endpoint",
-            s.retries,
-        )?;
+        for (name, help, value) in [
+            (
+                "sluice_ingress_connections",
+                "Downstream connections accepted",
+                s.connections_total,
+            ),
+            (
+                "sluice_ingress_requests",
+                "Requests received",
+                s.requests_total,
+            ),
+            (
+                "sluice_ingress_not_found",
+                "Requests answered by the built-in 404",
+                s.not_found,
+            ),
+            (
+                "sluice_ingress_upstream_connect_failures",
+                "Failed connection attempts to endpoints",
+                s.upstream_connect_failures,
+            ),
+            (
+                "sluice_ingress_upstream_timeouts",
+                "Requests without upstream response headers in time (504)",
+                s.upstream_timeouts,
+            ),
+            (
+                "sluice_ingress_retries",
+                "Requests retried on another endpoint",
+                s.retries,
+            ),
+            (
+                "sluice_ingress_endpoint_ejections",
+                "Endpoints left out of balancing after consecutive connect failures",
+                s.endpoint_ejections,
+            ),
+            (
+                "sluice_ingress_proxy_protocol_errors",
+                "Connections closed for a missing or invalid PROXY protocol header or an untrusted peer",
+                s.proxy_protocol_errors,
+            ),
+            (
+                "sluice_ingress_access_log_dropped",
+                "Access log lines dropped because the writer could not keep up",
+                s.access_log_dropped,
+            ),
+        ] {
+            const_counter(&mut encoder, name, help, value)?;
+        }
         let active = ConstGauge::new(i64::try_from(s.connections_active).unwrap_or(i64::MAX));
         active.encode(encoder.encode_descriptor(
             "sluice_ingress_connections_active",
@@ -386,6 +399,10 @@ mod tests {
         ));
         let text = Metrics::new(Some(proxy), Vec::new()).encode();
         assert!(text.contains("sluice_ingress_requests_total 0"), "{text}");
+        assert!(
+            text.contains("sluice_ingress_endpoint_ejections_total 0"),
+            "{text}"
+        );
         assert!(
             text.contains("sluice_ingress_responses_total{code_class=\"5xx\"} 0"),
             "{text}"

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use sluice_compute::Planner;
 use sluice_dataplane::{ApplyReport, DataplaneError};
-use sluice_model::Snapshot;
+use sluice_model::{ObjectKey, Snapshot};
 use sluice_plan::PlanDelta;
 
 use crate::admin::LiveState;
@@ -54,7 +54,12 @@ impl Observers {
         if let Some(cluster) = &self.cluster {
             let addresses =
                 node_object_addresses(node).unwrap_or_else(|| interface_addresses.to_vec());
-            cluster.ingress_updated(snapshot, &proxy.served_ingresses(), warnings, addresses);
+            let served: Vec<ObjectKey> = proxy
+                .served_ingresses()
+                .iter()
+                .map(|n| ObjectKey::new(&*n.namespace, &*n.name))
+                .collect();
+            cluster.ingress_updated(snapshot, &served, warnings, addresses);
         }
     }
 

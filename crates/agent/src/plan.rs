@@ -24,10 +24,7 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<PlanOutput> {
         bail!("--source must be dir:PATH (got {:?})", args.source);
     };
     let mut config = args.compute.to_config().context("invalid flags")?;
-    let ingress_config = sluice_ingress::IngressConfig {
-        controller_name: args.ingress_controller.clone(),
-        ..sluice_ingress::IngressConfig::default()
-    };
+    let ingress_config = sluice_ingress::IngressConfig::default();
     if args.ingress {
         // As the agent: a NodePort on an Ingress listener's port (80, 443) is refused.
         config.reserved_node_ports = [ingress_config.http_bind, ingress_config.https_bind]
@@ -63,9 +60,11 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<PlanOutput> {
         sections.push(("ebpf", sluice_dp_ebpf::EbpfDataplane::render_plan(&plan)));
     }
     if args.ingress {
-        let (table, route_warnings) = sluice_ingress::build_route_table(&snapshot, &ingress_config);
+        let routes_config = args.ingress_classes.to_config().context("invalid flags")?;
+        let now = std::time::SystemTime::now();
+        let (routes, route_warnings) = sluice_routes::plan(&snapshot, &node, &routes_config, now);
         warnings.extend(route_warnings.iter().map(ToString::to_string));
-        sections.push(("ingress", table.describe()));
+        sections.push(("ingress", routes.to_string()));
     }
     let plan_json = serde_json::to_value(&plan).context("encoding the plan")?;
     warnings.sort();

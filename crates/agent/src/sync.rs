@@ -6,13 +6,12 @@
 //! `--sync-period`, and a retry with backoff when the dataplane refuses an update (all of it,
 //! or some service ports).
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_compute::Planner;
 use sluice_dataplane::{ApplyReport, Dataplane, DataplaneError, Restored, error_chain};
-use sluice_model::{ChangeSet, ObjectKey, Snapshot, SourceBatch, Store};
+use sluice_model::{ChangeSet, NodeInfo, ObjectKey, Snapshot, SourceBatch, Store};
 use sluice_plan::{Plan, PlanDelta};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -185,7 +184,7 @@ impl SyncLoop {
 
             let Some(work) = next_work(&mut prog, planner.plan(), delta) else {
                 // Nothing to program: those endpoint changes are in effect already.
-                self.feed_ingress(&mut ingress, snapshot, &changes, &node.addresses);
+                self.feed_ingress(&mut ingress, snapshot, &changes, &node);
                 if prog.retry.is_none() {
                     self.health.record(true);
                 }
@@ -205,7 +204,7 @@ impl SyncLoop {
             let service_ports = planner.plan().services.len();
             let programming = tokio::task::spawn_blocking(move || program(dp, work, restored));
             // The Ingress routes are rebuilt while the kernel is programmed: L4 never waits.
-            self.feed_ingress(&mut ingress, snapshot, &changes, &node.addresses);
+            self.feed_ingress(&mut ingress, snapshot, &changes, &node);
             let Ok((dp, result, dataplane_time)) = programming.await else {
                 tracing::error!("the dataplane panicked; stopping the sync loop");
                 return;
@@ -241,12 +240,13 @@ impl SyncLoop {
         feed: &mut IngressFeed,
         snapshot: &Snapshot,
         changes: &ChangeSet,
-        addresses: &[IpAddr],
+        node_info: &NodeInfo,
     ) {
         let Some(proxy) = self.ingress.as_deref() else {
             return;
         };
-        if let Some(warnings) = feed.feed(proxy, snapshot, changes, addresses) {
+        let routes = &self.config.routes;
+        if let Some(warnings) = feed.feed(proxy, routes, snapshot, changes, node_info) {
             let node = snapshot
                 .nodes
                 .get(&ObjectKey::cluster(self.config.node_name.clone()));
@@ -255,7 +255,7 @@ impl SyncLoop {
                 proxy,
                 warnings,
                 node.map(|n| n.as_ref()),
-                addresses,
+                &node_info.addresses,
             );
         }
     }

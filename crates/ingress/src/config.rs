@@ -1,21 +1,16 @@
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use sluice_model::ObjectKey;
+use ipnet::IpNet;
 
 /// Settings of the ingress proxy. `Default` gives the documented defaults (docs/ingress.md).
+/// Which Ingresses are served and how they route is the plan's business (`sluice-routes`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IngressConfig {
     /// `--ingress-http-bind`; `None` disables plain HTTP.
     pub http_bind: Option<SocketAddr>,
     /// `--ingress-https-bind`; `None` disables HTTPS.
     pub https_bind: Option<SocketAddr>,
-    /// `IngressClass.spec.controller` value this proxy owns.
-    pub controller_name: String,
-    /// Secret holding the certificate served when no Ingress `tls` section matches the SNI name
-    /// (the agent must include it in the Secrets it caches). When unset, the first `tls` section
-    /// without `hosts` is used, else the first valid certificate in conflict order.
-    pub default_certificate: Option<ObjectKey>,
     /// Time to establish a TCP connection to an endpoint.
     pub connect_timeout: Duration,
     /// Time from the end of the request (its body fully sent) until the response headers
@@ -32,7 +27,8 @@ pub struct IngressConfig {
     pub tls_handshake_timeout: Duration,
     /// Idle upstream keep-alive connections are closed after this long.
     pub upstream_idle_timeout: Duration,
-    /// Largest request body accepted (413 beyond).
+    /// Largest request body accepted (413 beyond), unless a route's `proxy-body-size` says
+    /// otherwise.
     pub max_request_body_bytes: u64,
     /// Request bodies up to this size are read completely before an endpoint is chosen and
     /// dialled (like nginx's `client_body_buffer_size`), so a slow client holds no backend
@@ -62,9 +58,22 @@ pub struct IngressConfig {
     /// connections until their next response (`Connection: close`), HTTP/2 streams after
     /// GOAWAY, upgraded connections (WebSocket) until they close.
     pub shutdown_grace: Duration,
-    /// Keep and append to `X-Forwarded-*` headers sent by the client (only behind a trusted
-    /// load balancer). Default: replace them with what this proxy sees.
-    pub trust_forwarded_headers: bool,
+    /// Addresses of proxies in front of this one (a load balancer): a request from one of
+    /// them keeps its `X-Forwarded-*` headers (ours is appended), and its client is the last
+    /// `X-Forwarded-For` address that is not a trusted proxy (nginx's `real_ip_recursive`).
+    /// From anyone else those headers are replaced. Empty: nobody is trusted.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2, as HAProxy and cloud
+    /// load balancers send it) naming the client; a connection without one is closed. With
+    /// `trusted_proxies`, only those addresses may connect.
+    pub proxy_protocol: bool,
+    /// Connect failures in a row after which an endpoint is left out of balancing for
+    /// `eject_duration` (passive health; 0: never).
+    pub eject_after_connect_failures: u32,
+    pub eject_duration: Duration,
+    /// One JSON line per request on stdout (see `access_log.rs`; tests give their own sink to
+    /// `IngressProxy::with_access_log`). Off by default in the library, on in the agent.
+    pub access_log: bool,
 }
 
 impl Default for IngressConfig {
@@ -72,8 +81,6 @@ impl Default for IngressConfig {
         Self {
             http_bind: Some(SocketAddr::from(([0, 0, 0, 0], 80))),
             https_bind: Some(SocketAddr::from(([0, 0, 0, 0], 443))),
-            controller_name: "sluice.dev/ingress".to_owned(),
-            default_certificate: None,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(60),
             client_idle_timeout: Duration::from_secs(60),
@@ -89,8 +96,20 @@ impl Default for IngressConfig {
             max_upstream_connections_per_endpoint: 1024,
             allowed_upgrades: vec!["websocket".to_owned()],
             shutdown_grace: Duration::from_secs(30),
-            trust_forwarded_headers: false,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
+            eject_after_connect_failures: 3,
+            eject_duration: Duration::from_secs(10),
+            access_log: false,
         }
+    }
+}
+
+impl IngressConfig {
+    /// Whether `addr` is one of [`trusted_proxies`](Self::trusted_proxies).
+    pub fn is_trusted_proxy(&self, addr: IpAddr) -> bool {
+        let addr = addr.to_canonical();
+        self.trusted_proxies.iter().any(|net| net.contains(&addr))
     }
 }
 

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
@@ -20,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::drain::{Activity, DRAIN_POLL, DrainFlag, Hold, Tracked, Tracker};
 use crate::proxy::{ConnInfo, handle};
+use crate::proxy_protocol::{self, Header, Prefixed};
 use crate::stats::{self, ActiveConnection, Counters};
 use crate::{IngressError, IngressProxy, tls};
 
@@ -124,6 +126,13 @@ impl IngressProxy {
         let bound = local_addresses(&http, &https)?;
         for addr in &bound {
             tracing::info!(%addr, "ingress: accepting connections");
+        }
+        if let Some(port) = https
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port())
+        {
+            self.set_https_port(port);
         }
         // From now on an endpoint on one of these addresses is never dialled (a loop).
         self.set_listener_addresses(&bound);
@@ -330,7 +339,7 @@ impl Default for Draining {
 
 async fn connection(
     proxy: Arc<IngressProxy>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     hold: Hold,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
@@ -344,25 +353,59 @@ async fn connection(
         }
     };
     let _ = stream.set_nodelay(true);
-    let stream = Tracked::new(stream, hold);
     let counted = Arc::clone(&proxy);
     let _active = ActiveConnection::new(&counted.counters);
+    let (client, prefix) = if proxy.config.proxy_protocol {
+        match proxy_header(&proxy, &mut stream, peer).await {
+            Some(found) => found,
+            None => return,
+        }
+    } else {
+        (peer, Bytes::new())
+    };
+    let io = Prefixed::new(prefix, Tracked::new(stream, hold));
     let info = Arc::new(ConnInfo {
-        peer,
+        peer: client,
         local,
         tls: tls.is_some(),
     });
     match tls {
-        None => serve_io(proxy, TokioIo::new(stream), info, drain).await,
+        None => serve_io(proxy, TokioIo::new(io), info, drain).await,
         Some(acceptor) => {
             let timeout = proxy.config.tls_handshake_timeout;
-            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            match tokio::time::timeout(timeout, acceptor.accept(io)).await {
                 Ok(Ok(s)) => serve_io(proxy, TokioIo::new(s), info, drain).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "ingress: TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "ingress: TLS handshake timed out"),
             }
         }
     }
+}
+
+/// The client named by the connection's PROXY protocol header (the peer itself for the
+/// balancer's own connections) and the bytes read past the header; `None` (counted, logged
+/// at debug) when the peer is not a trusted proxy or sent no valid header in time.
+async fn proxy_header(
+    proxy: &IngressProxy,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+) -> Option<(SocketAddr, Bytes)> {
+    let config = &proxy.config;
+    if !config.trusted_proxies.is_empty() && !config.is_trusted_proxy(peer.ip()) {
+        stats::inc(&proxy.counters.proxy_protocol_errors);
+        tracing::debug!(%peer, "ingress: connection from an address that is not a trusted proxy refused (PROXY protocol)");
+        return None;
+    }
+    let timeout = config.tls_handshake_timeout;
+    let why = match tokio::time::timeout(timeout, proxy_protocol::read_header(stream)).await {
+        Ok(Ok((Header::Client(client), rest))) => return Some((client, rest)),
+        Ok(Ok((Header::Local, rest))) => return Some((peer, rest)),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no PROXY protocol header in time".to_owned(),
+    };
+    stats::inc(&proxy.counters.proxy_protocol_errors);
+    tracing::debug!(%peer, "ingress: connection closed: {why}");
+    None
 }
 
 async fn serve_io<I>(proxy: Arc<IngressProxy>, io: I, info: Arc<ConnInfo>, drain: Arc<Draining>)

@@ -34,6 +34,13 @@ pub struct IngressStats {
     pub accept_errors: u64,
     /// Times the listeners stopped accepting because `max_client_connections` were open.
     pub accept_pauses: u64,
+    /// Endpoints taken out of balancing after consecutive connect failures (passive health).
+    pub endpoint_ejections: u64,
+    /// Connections closed for a missing or invalid PROXY protocol header, or from an address
+    /// that is not a trusted proxy.
+    pub proxy_protocol_errors: u64,
+    /// Access log lines dropped because the writer could not keep up.
+    pub access_log_dropped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +59,8 @@ pub(crate) struct Counters {
     pub(crate) client_body_timeouts: AtomicU64,
     pub(crate) accept_errors: AtomicU64,
     pub(crate) accept_pauses: AtomicU64,
+    pub(crate) endpoint_ejections: AtomicU64,
+    pub(crate) proxy_protocol_errors: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -69,7 +78,11 @@ impl Counters {
     }
 
     /// The counters, with the number of upstream connections open now.
-    pub(crate) fn snapshot(&self, upstream_connections_active: u64) -> IngressStats {
+    pub(crate) fn snapshot(
+        &self,
+        upstream_connections_active: u64,
+        access_log_dropped: u64,
+    ) -> IngressStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         IngressStats {
             connections_total: get(&self.connections_total),
@@ -87,6 +100,9 @@ impl Counters {
             client_body_timeouts: get(&self.client_body_timeouts),
             accept_errors: get(&self.accept_errors),
             accept_pauses: get(&self.accept_pauses),
+            endpoint_ejections: get(&self.endpoint_ejections),
+            proxy_protocol_errors: get(&self.proxy_protocol_errors),
+            access_log_dropped,
         }
     }
 }

@@ -2,61 +2,54 @@
 //! the current route table (so a rotated Secret applies to the next handshake, while
 //! established connections keep theirs).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
 
 use arc_swap::ArcSwap;
-use k8s_openapi::api::core::v1::Secret;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::RouteTable;
-use k8s_openapi::jiff::Timestamp;
-use sluice_model::ObjectKey;
-use validity::not_after;
-
-mod validity;
+use sluice_plan::{CertificatePlan, HostMatch, ObjectName, RouteWarning, TlsPlan};
 
 static PROVIDER: LazyLock<Arc<CryptoProvider>> =
     LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
 
+/// Which certificate answers a handshake (for explaining it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateChoice {
+    /// A certificate of a `tls` section naming the host (or a covering wildcard).
+    Host { secret: ObjectName },
+    /// The default certificate: `--default-ssl-certificate`'s Secret, or the generated
+    /// self-signed one (`None`), which names no host.
+    Default { secret: Option<ObjectName> },
+}
+
+/// A loaded certificate and the Secret it comes from (`None`: generated).
+#[derive(Debug, Clone)]
+pub(crate) struct ServedCert {
+    pub(crate) key: Arc<CertifiedKey>,
+    pub(crate) secret: Option<ObjectName>,
+}
+
 /// Certificates by host name, from the Ingresses' `tls` sections.
 #[derive(Debug, Default)]
 pub(crate) struct CertStore {
-    exact: HashMap<Box<str>, Arc<CertifiedKey>>,
+    exact: HashMap<Box<str>, ServedCert>,
     /// `*.example.com` stored as `example.com`.
-    wildcard: HashMap<Box<str>, Arc<CertifiedKey>>,
-    default: Option<Arc<CertifiedKey>>,
+    wildcard: HashMap<Box<str>, ServedCert>,
+    default: Option<ServedCert>,
 }
 
 impl CertStore {
-    /// Adds a certificate for `host` (already lower-case) unless one is there (first wins).
-    pub(crate) fn insert(&mut self, host: &str, cert: &Arc<CertifiedKey>) {
-        let (map, key) = match host.strip_prefix("*.") {
-            Some(parent) => (&mut self.wildcard, parent),
-            None => (&mut self.exact, host),
-        };
-        map.entry(key.into()).or_insert_with(|| Arc::clone(cert));
-    }
-
-    /// Host names with a certificate (sorted; wildcards as `*.parent`), then `default`.
-    pub(crate) fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.exact.keys().map(|h| h.to_string()).collect();
-        names.extend(self.wildcard.keys().map(|p| format!("*.{p}")));
-        names.sort();
-        if self.default.is_some() {
-            names.push("default".to_owned());
-        }
-        names
-    }
-
-    pub(crate) fn set_default_if_unset(&mut self, cert: &Arc<CertifiedKey>) {
-        self.default.get_or_insert_with(|| Arc::clone(cert));
-    }
-
     pub(crate) fn resolve(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        self.lookup(server_name).map(|(c, _)| Arc::clone(&c.key))
+    }
+
+    /// The certificate for `server_name`, and whether it is the default one.
+    fn lookup(&self, server_name: Option<&str>) -> Option<(&ServedCert, bool)> {
         server_name
             .and_then(|name| {
                 let name = name.trim_end_matches('.').to_ascii_lowercase();
@@ -65,77 +58,172 @@ impl CertStore {
                     self.wildcard.get(parent)
                 })
             })
-            .or(self.default.as_ref())
-            .cloned()
+            .map(|c| (c, false))
+            .or(self.default.as_ref().map(|c| (c, true)))
+    }
+
+    pub(crate) fn choice(&self, server_name: Option<&str>) -> Option<CertificateChoice> {
+        let (cert, default) = self.lookup(server_name)?;
+        Some(match (default, &cert.secret) {
+            (false, Some(secret)) => CertificateChoice::Host {
+                secret: secret.clone(),
+            },
+            (_, secret) => CertificateChoice::Default {
+                secret: secret.clone(),
+            },
+        })
     }
 }
 
 /// Parsed certificates by Secret, kept in the route table so that the next build does not
-/// parse unchanged Secrets again.
+/// parse unchanged certificates again.
 #[derive(Debug, Default)]
-pub(crate) struct CertCache(HashMap<ObjectKey, (Arc<Secret>, Parsed)>);
+pub(crate) struct CertCache(HashMap<ObjectName, Cached>);
 
-type Parsed = Result<Arc<CertifiedKey>, String>;
+#[derive(Debug)]
+struct Cached {
+    cert_pem: Arc<[u8]>,
+    key_pem: Arc<[u8]>,
+    parsed: Result<Arc<CertifiedKey>, String>,
+}
 
 impl CertCache {
-    /// The parsed Secret: from this build, else from `previous` if the Secret is unchanged,
-    /// else parsed now.
-    pub(crate) fn get(
+    /// The parsed certificate: from this build, else from `previous` if the PEM is
+    /// unchanged, else parsed now.
+    fn get(
         &mut self,
         previous: Option<&CertCache>,
-        key: &ObjectKey,
-        secret: &Arc<Secret>,
+        plan: &CertificatePlan,
     ) -> Result<Arc<CertifiedKey>, String> {
-        if let Some((_, result)) = self.0.get(key) {
-            return result.clone();
+        let same = |c: &Cached| c.cert_pem == plan.cert_pem && c.key_pem == plan.key_pem;
+        if let Some(c) = self.0.get(&plan.secret).filter(|c| same(c)) {
+            return c.parsed.clone();
         }
-        let cached = previous
-            .and_then(|p| p.0.get(key))
-            .filter(|(old, _)| Arc::ptr_eq(old, secret) || **old == **secret);
-        let result = match cached {
-            Some((_, result)) => result.clone(),
-            None => parse_tls_secret(secret),
+        let parsed = match previous
+            .and_then(|p| p.0.get(&plan.secret))
+            .filter(|c| same(c))
+        {
+            Some(c) => c.parsed.clone(),
+            None => parse_pem(&plan.cert_pem, &plan.key_pem),
         };
-        self.0
-            .insert(key.clone(), (Arc::clone(secret), result.clone()));
-        result
+        let cached = Cached {
+            cert_pem: Arc::clone(&plan.cert_pem),
+            key_pem: Arc::clone(&plan.key_pem),
+            parsed: parsed.clone(),
+        };
+        self.0.insert(plan.secret.clone(), cached);
+        parsed
     }
 }
 
 /// Most certificates a `tls.crt` may hold (real chains have 2–4).
 pub(crate) const MAX_CHAIN_CERTIFICATES: usize = 16;
 
-/// When the leaf certificate expired, if it has (`None`: valid, or its date unreadable).
-/// An expired certificate is still served (as nginx does) but named in a warning.
-pub(crate) fn expired_at(cert: &CertifiedKey) -> Option<Timestamp> {
-    let not_after = cert.cert.first().and_then(|leaf| not_after(leaf))?;
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?;
-    let now = Timestamp::from_second(i64::try_from(since_epoch.as_secs()).ok()?).ok()?;
-    (not_after < now).then_some(not_after)
+/// The certificate store of a TLS plan: for every name (and the default) the first candidate
+/// whose key loads. A candidate that does not load is reported once, naming its Ingress and
+/// Secret (expiry is decided by `sluice-routes`, which orders the candidates).
+pub(crate) fn build(
+    plan: &TlsPlan,
+    previous: Option<&CertCache>,
+) -> (CertStore, CertCache, Vec<RouteWarning>) {
+    let mut cache = CertCache::default();
+    let mut store = CertStore::default();
+    let mut warned = HashSet::new();
+    let mut warnings = Vec::new();
+    let mut first_loading = |candidates: &[Arc<CertificatePlan>], cache: &mut CertCache| {
+        candidates
+            .iter()
+            .find_map(|c| match cache.get(previous, c) {
+                Ok(key) => Some(ServedCert {
+                    key,
+                    secret: Some(c.secret.clone()),
+                }),
+                Err(why) => {
+                    if warned.insert(c.secret.clone()) {
+                        warnings.push(load_warning(c, &why));
+                    }
+                    None
+                }
+            })
+    };
+    for host in &plan.hosts {
+        if let Some(key) = first_loading(&host.certificates, &mut cache) {
+            let map = match &host.name {
+                HostMatch::Wildcard(_) => &mut store.wildcard,
+                _ => &mut store.exact,
+            };
+            map.insert(host_key(&host.name).into(), key);
+        }
+    }
+    store.default = first_loading(&plan.default, &mut cache).or_else(generated_default);
+    (store, cache, warnings)
 }
 
-/// Parses a `kubernetes.io/tls` Secret into a signing key and chain. The error says what is
-/// wrong, for a warning that names the Secret.
-pub(crate) fn parse_tls_secret(secret: &Secret) -> Result<Arc<CertifiedKey>, String> {
-    if secret.type_.as_deref() != Some("kubernetes.io/tls") {
-        return Err(format!(
-            "has type {:?}, want kubernetes.io/tls",
-            secret.type_.as_deref().unwrap_or("")
-        ));
+/// Subject of the generated default certificate: ingress-nginx's, so that tools and people
+/// recognise it.
+pub(crate) const GENERATED_SUBJECT: &str = "Kubernetes Ingress Controller Fake Certificate";
+
+/// A self-signed certificate made once per process, presented when no default certificate
+/// is configured (or it does not load), as ingress-nginx does: a handshake for an unknown
+/// name succeeds, and a client that checks names refuses it.
+fn generated_default() -> Option<ServedCert> {
+    static GENERATED: LazyLock<Result<Arc<CertifiedKey>, String>> = LazyLock::new(|| {
+        let made = generate_self_signed();
+        if let Err(why) = &made {
+            tracing::error!("ingress: cannot generate the default certificate: {why}");
+        }
+        made
+    });
+    let key = GENERATED.as_ref().ok()?;
+    Some(ServedCert {
+        key: Arc::clone(key),
+        secret: None,
+    })
+}
+
+fn generate_self_signed() -> Result<Arc<CertifiedKey>, String> {
+    let mut params = rcgen::CertificateParams::new(vec!["ingress.local".to_owned()])
+        .map_err(|e| e.to_string())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "Acme Co");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, GENERATED_SUBJECT);
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    parse_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
+}
+
+fn host_key(name: &HostMatch) -> &str {
+    match name {
+        HostMatch::Exact(h) | HostMatch::Wildcard(h) => h,
+        HostMatch::Any => "",
     }
-    let field = |name: &str| -> Option<Vec<u8>> {
-        let from_string = secret
-            .string_data
-            .as_ref()
-            .and_then(|d| d.get(name))
-            .map(|s| s.as_bytes().to_vec());
-        from_string.or_else(|| secret.data.as_ref()?.get(name).map(|b| b.0.clone()))
-    };
-    let crt = field("tls.crt").ok_or("has no tls.crt")?;
-    let key = field("tls.key").ok_or("has no tls.key")?;
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut crt.as_slice())
+}
+
+fn load_warning(c: &CertificatePlan, why: &str) -> RouteWarning {
+    match &c.ingress {
+        Some(ingress) => RouteWarning {
+            kind: "Ingress",
+            object: ingress.clone(),
+            message: format!(
+                "secret {} is not a valid kubernetes.io/tls secret: {why}",
+                c.secret
+            ),
+        },
+        None => RouteWarning {
+            kind: "Secret",
+            object: c.secret.clone(),
+            message: format!("default certificate is not a valid kubernetes.io/tls secret: {why}"),
+        },
+    }
+}
+
+/// Parses a certificate chain and its key (PKCS#8, PKCS#1 or SEC1 PEM). The error says what
+/// is wrong, for a warning that names the Secret.
+pub(crate) fn parse_pem(crt: &[u8], key: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &crt[..])
         .collect::<Result<_, _>>()
         .map_err(|e| format!("tls.crt is not valid PEM: {e}"))?;
     if chain.is_empty() {
@@ -148,7 +236,7 @@ pub(crate) fn parse_tls_secret(secret: &Secret) -> Result<Arc<CertifiedKey>, Str
             chain.len()
         ));
     }
-    let key = rustls_pemfile::private_key(&mut key.as_slice())
+    let key = rustls_pemfile::private_key(&mut &key[..])
         .map_err(|e| format!("tls.key is not valid PEM: {e}"))?
         .ok_or("tls.key holds no private key")?;
     let certified = CertifiedKey::from_der(chain, key, &PROVIDER)

@@ -271,8 +271,8 @@ async fn a_proxy_taking_the_listener_over_fails_no_request() {
     };
     let old = Arc::new(IngressProxy::new(config.clone()));
     let new = Arc::new(IngressProxy::new(config));
-    assert!(old.update(&snapshot(&objects)).is_empty());
-    assert!(new.update(&snapshot(&objects)).is_empty());
+    assert!(old.apply(&snapshot(&objects)).is_empty());
+    assert!(new.apply(&snapshot(&objects)).is_empty());
     let (stop_old, old_task) = serve_on(&old, listener.try_clone().unwrap());
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -20,7 +20,7 @@ async fn route_table_warnings_are_returned_and_not_logged_by_each_rebuild() {
         ),
     ];
     for _ in 0..3 {
-        let warnings = proxy.update(&snapshot(&objects));
+        let warnings = proxy.apply(&snapshot(&objects));
         let text: Vec<String> = warnings.iter().map(ToString::to_string).collect();
         assert_eq!(
             text,

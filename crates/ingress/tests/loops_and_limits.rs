@@ -56,7 +56,7 @@ async fn endpoint_on_own_listener_gets_508_without_dialling() {
     assert_eq!((r.status, r.backend()), (StatusCode::OK, "good"));
     let warnings = p
         .proxy
-        .update(&snapshot(&with_loop(&objects, "self", p.http.port())));
+        .apply(&snapshot(&with_loop(&objects, "self", p.http.port())));
     let text: Vec<String> = warnings.iter().map(ToString::to_string).collect();
     assert_eq!(text.len(), 1, "{text:?}");
     assert!(
@@ -110,7 +110,7 @@ async fn wildcard_listener_is_recognised_on_loopback() {
     assert!(
         eventually(Duration::from_secs(2), || {
             !proxy
-                .update(&snapshot(&with_loop(&objects, "self", port)))
+                .apply(&snapshot(&with_loop(&objects, "self", port)))
                 .is_empty()
         })
         .await
@@ -130,7 +130,7 @@ async fn request_coming_back_through_a_relay_gets_508() {
     let (relay_addr, relayed) = relay(p.http, 20).await;
     let warnings = p
         .proxy
-        .update(&snapshot(&with_loop(&objects, "relay", relay_addr.port())));
+        .apply(&snapshot(&with_loop(&objects, "relay", relay_addr.port())));
     assert!(warnings.is_empty(), "{warnings:?}");
     let r = get_within(p.http, "loop.example", "/").await;
     assert_eq!(r.status, StatusCode::LOOP_DETECTED, "{}", r.body);
@@ -161,7 +161,7 @@ async fn loop_storm_leaves_the_proxy_serving_and_memory_flat() {
         vec![rule("relay.example", vec![path("/", "Prefix", "relay")])],
     ));
     all.extend(service("relay", &[relay_addr.port()]));
-    p.proxy.update(&snapshot(&all));
+    p.proxy.apply(&snapshot(&all));
     // Warm up allocator arenas and pools before measuring.
     for host in ["loop.example", "relay.example", "good.example"] {
         get_within(p.http, host, "/").await;

@@ -23,14 +23,23 @@ use crate::store::Store;
 const STRIPPED_ANNOTATION: &str = "sluice.dev/data-not-cached";
 
 /// Which Secrets each Ingress references (`spec.tls[].secretName`), with the same relist
-/// buffering as the store the consumer keeps: references follow the Ingresses it sees.
+/// buffering as the store the consumer keeps: references follow the Ingresses it sees. Pinned
+/// Secrets (the default certificate) count as referenced whatever the Ingresses say.
 #[derive(Default)]
 pub(crate) struct IngressRefs {
     live: BTreeMap<ObjectKey, Vec<ObjectKey>>,
     relist: Option<BTreeMap<ObjectKey, Vec<ObjectKey>>>,
+    pinned: BTreeSet<ObjectKey>,
 }
 
 impl IngressRefs {
+    pub(crate) fn with_pinned(pinned: impl IntoIterator<Item = ObjectKey>) -> Self {
+        Self {
+            pinned: pinned.into_iter().collect(),
+            ..Self::default()
+        }
+    }
+
     pub(crate) fn relist_started(&mut self) {
         self.relist = Some(BTreeMap::new());
     }
@@ -64,7 +73,9 @@ impl IngressRefs {
     }
 
     fn referenced(&self) -> BTreeSet<ObjectKey> {
-        self.live.values().flatten().cloned().collect()
+        let mut referenced: BTreeSet<ObjectKey> = self.live.values().flatten().cloned().collect();
+        referenced.extend(self.pinned.iter().cloned());
+        referenced
     }
 }
 
@@ -326,6 +337,17 @@ mod tests {
         assert!(!refs.set(&kb, &b), "unchanged");
         let referenced: Vec<String> = refs.referenced().iter().map(ToString::to_string).collect();
         assert_eq!(referenced, ["a/cert", "b/cert", "b/other"]);
+    }
+
+    #[test]
+    fn pinned_secrets_are_always_referenced() {
+        let mut refs = IngressRefs::with_pinned([ObjectKey::new("ingress", "default-cert")]);
+        let (ka, a) = ingress("a", json!([{"secretName": "cert"}]));
+        refs.set(&ka, &a);
+        refs.relist_started();
+        refs.relist_done();
+        let referenced: Vec<String> = refs.referenced().iter().map(ToString::to_string).collect();
+        assert_eq!(referenced, ["ingress/default-cert"]);
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub struct K8sSourceConfig {
     /// This node's name: only this Node object is watched.
     pub node_name: String,
     pub initial_list: InitialList,
+    /// TLS Secrets published even when no Ingress references them (the Ingress proxy's
+    /// `--default-ssl-certificate`).
+    pub pinned_secrets: Vec<ObjectKey>,
 }
 
 impl K8sSourceConfig {
@@ -64,6 +67,7 @@ impl K8sSourceConfig {
         Self {
             node_name: node_name.into(),
             initial_list: InitialList::Paged(DEFAULT_PAGE_SIZE),
+            pinned_secrets: Vec::new(),
         }
     }
 }
@@ -71,8 +75,8 @@ impl K8sSourceConfig {
 /// Watches the API server and reports every change as [`SourceEvent`]s.
 ///
 /// Secrets: all `kubernetes.io/tls` Secrets are watched (field selector `type=kubernetes.io/tls`),
-/// but only those some Ingress references through `spec.tls[].secretName` keep their data in
-/// memory and are reported. The others are cached metadata-only, so that when an Ingress
+/// but only those some Ingress references through `spec.tls[].secretName` (or
+/// [`K8sSourceConfig::pinned_secrets`] names) keep their data in memory and are reported. The others are cached metadata-only, so that when an Ingress
 /// starts referencing one, it is fetched with a single GET (after that, the watch keeps it
 /// current). Ingresses of every class count as references.
 pub struct K8sSource {
@@ -94,7 +98,7 @@ impl K8sSource {
     /// consumer keeps the last good state.
     pub async fn run(self, tx: mpsc::Sender<SourceBatch>) -> Result<(), K8sError> {
         let mut updates = watch_streams(&self.client, &self.config);
-        let mut state = State::new(self.client.clone());
+        let mut state = State::new(self.client.clone(), &self.config.pinned_secrets);
         let mut outbox = Outbox::default();
         loop {
             let hold = state.secrets.hold_until();
@@ -173,10 +177,10 @@ struct State {
 }
 
 impl State {
-    fn new(client: Client) -> Self {
+    fn new(client: Client, pinned_secrets: &[ObjectKey]) -> Self {
         Self {
             secrets: Secrets::new(client),
-            refs: IngressRefs::default(),
+            refs: IngressRefs::with_pinned(pinned_secrets.iter().cloned()),
             listed: BTreeSet::new(),
             announced: false,
         }

@@ -12,6 +12,8 @@
 //!   sets, affinity) plus node-wide facts ([`NodePlan`]) and health check ports.
 //! * [`PlanDelta`]: what changed since the last plan, including the connection-tracking entries
 //!   that became stale ([`StaleFlow`]) — the unit of work of an incremental apply.
+//! * [`RoutePlan`]: the Ingress proxy's hosts, ordered path rules, backends, per-route options
+//!   and certificates, decided by `sluice-routes`.
 //! * Text form ([`std::fmt::Display`]) for `sluice plan` and golden files; JSON via serde.
 
 #![forbid(unsafe_code)]
@@ -19,6 +21,7 @@
 mod delta;
 mod l4;
 mod names;
+mod routes;
 mod text;
 
 pub use delta::{PlanDelta, ServiceChange, StaleFlow};
@@ -27,6 +30,12 @@ pub use l4::{
     PlanError, Route, Selection, ServicePlan, SetName, SourceClass,
 };
 pub use names::{Family, Protocol, ServiceName, ServicePortName};
+pub use routes::{
+    BackendPlan, BackendProtocol, BasicAuth, Canary, CertificatePlan, CookieAffinity, Cors,
+    Credential, HostMatch, HostPlan, ObjectName, PasswordHash, PathKind, PathRule, RateLimit,
+    Redirect, RouteAction, RouteOptions, RoutePlan, RouteWarning, TlsHost, TlsPlan, UpstreamTls,
+    Validity,
+};
 
 #[cfg(test)]
 mod tests;

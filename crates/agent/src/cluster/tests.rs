@@ -257,7 +257,7 @@ fn snapshot_with_ingress(annotations: serde_json::Value) -> Snapshot {
 }
 
 #[tokio::test]
-async fn ingress_route_warnings_and_nginx_annotations_become_events_on_the_ingress() {
+async fn ingress_route_warnings_and_annotation_warnings_become_events_on_the_ingress() {
     let (link, leader, sink) = link("nftables");
     leader.send(true).unwrap();
     settle().await;
@@ -267,17 +267,26 @@ async fn ingress_route_warnings_and_nginx_annotations_become_events_on_the_ingre
         "example.com/other": "x",
     }));
     let served = [ObjectKey::new("web", "cafe")];
+    let warning = |message: &str| sluice_ingress::Warning {
+        kind: "Ingress",
+        object: sluice_ingress::ObjectName::new("web", "cafe"),
+        message: message.into(),
+    };
+    // As sluice-routes words them (its golden warnings hold the same sentences).
     let warnings = [
-        sluice_ingress::Warning {
-            kind: "Ingress",
-            object: ObjectKey::new("web", "cafe"),
-            message: "service web/tea not found".into(),
-        },
-        sluice_ingress::Warning {
-            kind: "Ingress",
-            object: ObjectKey::new("web", "cafe"),
-            message: "secret web/cafe-tls is not a valid kubernetes.io/tls secret: no key".into(),
-        },
+        warning("service web/tea not found"),
+        warning("secret web/cafe-tls is not a valid kubernetes.io/tls secret: no key"),
+        warning(
+            "annotation nginx.ingress.kubernetes.io/server-snippet is a configuration snippet, \
+             which sluice never executes; ignored",
+        ),
+        warning(
+            "annotation nginx.ingress.kubernetes.io/proxy-buffering is not supported by sluice; \
+             ignored (see docs/ingress.md)",
+        ),
+        warning(
+            "annotation nginx.ingress.kubernetes.io/ssl-redirect value \"maybe\" is not true or false; ignored",
+        ),
     ];
     link.ingress_updated(&snapshot, &served, &warnings, Vec::new());
     let mut reasons: Vec<(String, String)> = sink
@@ -289,15 +298,30 @@ async fn ingress_route_warnings_and_nginx_annotations_become_events_on_the_ingre
     assert_eq!(
         reasons,
         [
-            ("BackendServiceNotFound".to_owned(), "service web/tea not found".to_owned()),
+            (
+                "BackendServiceNotFound".to_owned(),
+                "service web/tea not found".to_owned()
+            ),
+            (
+                "InvalidAnnotation".to_owned(),
+                "annotation nginx.ingress.kubernetes.io/ssl-redirect value \"maybe\" is not true \
+                 or false; ignored"
+                    .to_owned()
+            ),
             (
                 "InvalidTLSSecret".to_owned(),
                 "secret web/cafe-tls is not a valid kubernetes.io/tls secret: no key".to_owned()
             ),
             (
                 "UnsupportedAnnotation".to_owned(),
-                "sluice does not read these annotations, they have no effect: \
-                 nginx.ingress.kubernetes.io/rewrite-target, nginx.ingress.kubernetes.io/ssl-redirect"
+                "annotation nginx.ingress.kubernetes.io/proxy-buffering is not supported by \
+                 sluice; ignored (see docs/ingress.md)"
+                    .to_owned()
+            ),
+            (
+                "UnsupportedAnnotation".to_owned(),
+                "annotation nginx.ingress.kubernetes.io/server-snippet is a configuration \
+                 snippet, which sluice never executes; ignored"
                     .to_owned()
             ),
         ]

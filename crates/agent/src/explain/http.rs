@@ -1,6 +1,9 @@
-//! HTTP walks: a request through the Ingress proxy's route table (inside the agent).
+//! HTTP walks: a request through the Ingress route plan, as the proxy executes it (inside the
+//! agent): the listener, the certificate, the rule that matches and the plan's decision for it.
 
 use serde::{Deserialize, Serialize};
+
+use sluice_ingress::CertificateChoice;
 
 use super::{Outcome, Step, Verdict, list, step, verdict};
 
@@ -47,7 +50,7 @@ pub fn walk_http(
     if https
         && walk.verdict.code != "no-certificate"
         && walk.verdict.code != "no-listener"
-        && matches!(tls_for(table, &host), Tls::DefaultOnly)
+        && matches!(tls_for(table, &host), Tls::DefaultOnly(_))
     {
         default_certificate_verdict(&mut walk, &host);
     }
@@ -87,26 +90,28 @@ fn route_request(
     if https && !tls_step(&mut walk, table, host) {
         return walk;
     }
-    walk.verdict = route_verdict(&mut walk.steps, table, host, path);
+    walk.verdict = route_verdict(&mut walk.steps, table, https, host, path);
     walk
 }
 
-/// The route table's answer for `host` and `path`.
+/// The route table's answer for `host` and `path`: the plan's decision for the route that
+/// matches, as the proxy executes it.
 fn route_verdict(
     steps: &mut Vec<Step>,
     table: &sluice_ingress::RouteTable,
+    https: bool,
     host: &str,
     path: &str,
 ) -> Verdict {
     let normalized = match sluice_ingress::normalize_path(path) {
         Ok(p) => p.into_owned(),
         Err(err) => {
-            let reason = format!("400: path {path:?}: {err:?}");
+            let reason = format!("400: path {path:?}: {err}");
             return verdict(Outcome::Reject, "no-route", reason);
         }
     };
     steps.push(step("request", format!("host {host}, path {normalized}")));
-    let Some(backend) = table.lookup(host, &normalized) else {
+    let Some(route) = table.lookup(host, &normalized) else {
         return verdict(
             Outcome::Reject,
             "no-route",
@@ -116,19 +121,33 @@ fn route_verdict(
             ),
         );
     };
-    let endpoints: Vec<String> = backend
-        .endpoints()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let action = route.action();
     steps.push(step(
         "route",
-        format!(
-            "backend {backend} (Service {}, port {})",
-            backend.service(),
-            backend.port()
-        ),
+        format!("{} (Ingress {})", route.rule(), action.ingress),
     ));
+    for line in action.options.lines() {
+        steps.push(step("option", line));
+    }
+    if let Some(redirect) = redirect_verdict(&action.options, https, host, &normalized) {
+        return redirect;
+    }
+    let Some(backend) = &action.backend else {
+        return verdict(
+            Outcome::Reject,
+            "no-route",
+            format!(
+                "404: {} has no backend for path {normalized} (the Ingress names no \
+                 defaultBackend)",
+                route.rule()
+            ),
+        );
+    };
+    steps.push(step(
+        "backend",
+        format!("Service {}, port {}", backend.service, backend.port),
+    ));
+    let endpoints: Vec<String> = backend.endpoints.iter().map(ToString::to_string).collect();
     if endpoints.is_empty() {
         return verdict(
             Outcome::Reject,
@@ -148,44 +167,72 @@ fn route_verdict(
     }
 }
 
+/// Answers the proxy gives itself, before any backend: redirects.
+fn redirect_verdict(
+    options: &sluice_plan::RouteOptions,
+    https: bool,
+    host: &str,
+    path: &str,
+) -> Option<Verdict> {
+    let (code, location) = if let Some(r) = &options.redirect {
+        (r.code, r.location.clone())
+    } else if options.https_redirect && !https {
+        (308, format!("https://{host}{path}"))
+    } else if let Some(root) = options.app_root.as_ref().filter(|_| path == "/") {
+        (302, root.clone())
+    } else {
+        return None;
+    };
+    Some(verdict(
+        Outcome::Reject,
+        "redirect",
+        format!("{code} to {location}"),
+    ))
+}
+
 /// How the TLS handshake for `host` goes.
 enum Tls {
     /// A certificate naming the host.
-    Own,
-    /// Only the default certificate (the first one configured), which does not name it.
-    DefaultOnly,
+    Own(sluice_plan::ObjectName),
+    /// Only the default certificate, which does not name it (`None`: the generated one).
+    DefaultOnly(Option<sluice_plan::ObjectName>),
     /// No certificate at all: the handshake fails.
-    None(Vec<String>),
+    None,
 }
 
 fn tls_for(table: &sluice_ingress::RouteTable, host: &str) -> Tls {
-    let names = crate::inspect::rows::route_rows(&table.describe()).tls;
-    let own = names.iter().any(|name| {
-        name == host
-            || name
-                .strip_prefix("*.")
-                .is_some_and(|parent| host.split_once('.').is_some_and(|(_, p)| p == parent))
-    });
-    if own {
-        Tls::Own
-    } else if table.has_certificate_for(None) {
-        Tls::DefaultOnly
-    } else {
-        Tls::None(names)
+    match table.certificate_for(Some(host)) {
+        Some(CertificateChoice::Host { secret }) => Tls::Own(secret),
+        Some(CertificateChoice::Default { secret }) => Tls::DefaultOnly(secret),
+        None => Tls::None,
     }
 }
 
 /// The certificate step; false (and the verdict) when the handshake fails.
 fn tls_step(walk: &mut HttpWalk, table: &sluice_ingress::RouteTable, host: &str) -> bool {
     match tls_for(table, host) {
-        Tls::Own => walk
-            .steps
-            .push(step("tls", format!("certificate for SNI {host}"))),
-        Tls::DefaultOnly => walk.steps.push(step(
+        Tls::Own(secret) => walk.steps.push(step(
             "tls",
-            format!("no certificate for SNI {host}: the default certificate is presented"),
+            format!("certificate for SNI {host} (Secret {secret})"),
         )),
-        Tls::None(names) => {
+        Tls::DefaultOnly(secret) => walk.steps.push(step(
+            "tls",
+            format!(
+                "no certificate for SNI {host}: the default certificate is presented ({})",
+                secret.map_or_else(
+                    || "generated, self-signed".to_owned(),
+                    |s| format!("Secret {s}")
+                )
+            ),
+        )),
+        Tls::None => {
+            let names: Vec<String> = table
+                .plan()
+                .tls
+                .hosts
+                .iter()
+                .map(|h| h.name.to_string())
+                .collect();
             walk.verdict = verdict(
                 Outcome::Reject,
                 "no-certificate",

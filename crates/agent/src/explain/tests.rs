@@ -252,7 +252,10 @@ fn b64(data: &[u8]) -> String {
 
 /// An Ingress for cafe.example.com (TLS) routing /tea to Service tea (one endpoint) and
 /// /coffee to Service coffee (none).
-fn route_table() -> (sluice_ingress::RouteTable, sluice_ingress::IngressConfig) {
+fn route_table() -> (
+    std::sync::Arc<sluice_ingress::RouteTable>,
+    sluice_ingress::IngressConfig,
+) {
     let cert = rcgen::generate_simple_self_signed(vec!["cafe.example.com".to_owned()]).unwrap();
     let objects = serde_json::json!([
         {"kind": "IngressClass", "metadata": {"name": "sluice"}, "spec": {"controller": "sluice.dev/ingress"}},
@@ -290,8 +293,20 @@ fn route_table() -> (sluice_ingress::RouteTable, sluice_ingress::IngressConfig) 
         https_bind: Some("0.0.0.0:443".parse().unwrap()),
         ..Default::default()
     };
-    let (table, warnings) = sluice_ingress::build_route_table(&snapshot, &config);
+    let node = sluice_model::NodeInfo {
+        name: "node-a".into(),
+        ..Default::default()
+    };
+    let (plan, mut warnings) = sluice_routes::plan(
+        &snapshot,
+        &node,
+        &sluice_routes::RouteConfig::default(),
+        std::time::SystemTime::now(),
+    );
+    let proxy = sluice_ingress::IngressProxy::new(config.clone());
+    warnings.extend(proxy.update(&plan));
     assert!(warnings.is_empty(), "{warnings:?}");
+    let table = proxy.route_table();
     (table, config)
 }
 
@@ -302,14 +317,18 @@ fn http_walks_name_the_route_the_certificate_and_the_endpoints() {
     assert_eq!(routed.verdict.code, "routed", "{routed:#?}");
     assert_eq!(routed.verdict.backends, ["10.244.1.7:8080"]);
     assert!(
-        routed
-            .steps
-            .iter()
-            .any(|s| s.what == "tls" && s.detail == "certificate for SNI cafe.example.com")
+        routed.steps.iter().any(|s| s.what == "tls"
+            && s.detail == "certificate for SNI cafe.example.com (Secret default/cafe-tls)"),
+        "{routed:#?}"
+    );
+    assert!(
+        routed.steps.iter().any(|s| s.what == "route"
+            && s.detail == "host cafe.example.com, prefix /tea (Ingress default/cafe)"),
+        "{routed:#?}"
     );
 
-    // The first certificate is also the default one: the handshake succeeds with a
-    // certificate that does not name the host.
+    // The default certificate: the handshake succeeds with a certificate that does not name
+    // the host.
     let no_cert = walk_http(&table, &config, "https://tea.example.org/tea").unwrap();
     assert_eq!(no_cert.verdict.code, "no-certificate", "{no_cert:#?}");
     assert!(
@@ -332,7 +351,18 @@ fn http_walks_name_the_route_the_certificate_and_the_endpoints() {
             .code,
         "no-route"
     );
-    let empty = walk_http(&table, &config, "http://cafe.example.com/coffee").unwrap();
+    // A TLS host: plain HTTP is redirected (ssl-redirect is on by default), before any
+    // backend is looked at.
+    let redirected = walk_http(&table, &config, "http://cafe.example.com/coffee").unwrap();
+    assert_eq!(
+        (
+            redirected.verdict.code.as_str(),
+            redirected.verdict.reason.as_str()
+        ),
+        ("redirect", "308 to https://cafe.example.com/coffee"),
+        "{redirected:#?}"
+    );
+    let empty = walk_http(&table, &config, "https://cafe.example.com/coffee").unwrap();
     assert_eq!(empty.verdict.code, "no-endpoints");
     assert!(empty.verdict.reason.starts_with("503"));
     assert!(walk_http(&table, &config, "ftp://x/").is_err());

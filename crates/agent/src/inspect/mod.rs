@@ -492,7 +492,15 @@ fn routes(state: &StateFlags) -> Result<String, InspectError> {
         return Ok(serde_json::to_string_pretty(&table).unwrap_or_default() + "\n");
     }
     let mut out = table::render(
-        &["HOST", "MATCH", "PATH", "BACKEND", "ENDPOINTS"],
+        &[
+            "HOST",
+            "MATCH",
+            "PATH",
+            "BACKEND",
+            "ENDPOINTS",
+            "INGRESS",
+            "OPTIONS",
+        ],
         table
             .routes
             .iter()
@@ -503,6 +511,8 @@ fn routes(state: &StateFlags) -> Result<String, InspectError> {
                     dash_if_empty(r.path.clone()),
                     r.backend.clone(),
                     dash_if_empty(r.endpoints.join(",")),
+                    dash_if_empty(r.ingress.clone()),
+                    dash_if_empty(r.options.join("; ")),
                 ]
             })
             .collect(),

@@ -4,7 +4,9 @@
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
-use sluice_plan::{FrontendAddr, Plan, Route, SetName, SourceClass};
+use sluice_plan::{
+    FrontendAddr, Plan, Route, RouteAction, RouteOptions, RoutePlan, SetName, SourceClass,
+};
 
 /// One service port of the plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,7 +119,8 @@ pub struct RouteTableRows {
 }
 
 /// One route: host (`*` for rules without a host, `-` for the cluster-wide default backend),
-/// match type, path, backend and its ready endpoints.
+/// match type, path, backend (`404`: the built-in one) and its ready endpoints, the Ingress
+/// it comes from and its options (`https-redirect 308`, `canary ...`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteRow {
     pub host: String,
@@ -126,79 +129,59 @@ pub struct RouteRow {
     pub path: String,
     pub backend: String,
     pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub ingress: String,
+    #[serde(default)]
+    pub options: Vec<String>,
 }
 
-/// Rows from `RouteTable::describe()` (its documented text form: `host H`, then indented
-/// `exact|prefix PATH -> BACKEND [EPS]` and `default -> ...`; `default-backend -> ...`;
-/// `tls NAMES`).
-pub fn route_rows(described: &str) -> RouteTableRows {
+/// Rows from the route plan the proxy executes.
+pub fn route_rows(plan: &RoutePlan) -> RouteTableRows {
     let mut rows = RouteTableRows::default();
-    let mut host = String::new();
-    for line in described.lines() {
-        if let Some(name) = line.strip_prefix("host ") {
-            host = name.to_owned();
-        } else if let Some(names) = line.strip_prefix("tls ") {
-            rows.tls = names.split(", ").map(str::to_owned).collect();
-        } else if let Some(target) = line.strip_prefix("default-backend -> ") {
-            rows.routes.push(route_row("-", "default", "", target));
-        } else if let Some(rule) = line.strip_prefix("  ") {
-            let Some((head, target)) = rule.split_once(" -> ") else {
-                continue;
-            };
-            let (match_type, path) = head.split_once(' ').unwrap_or((head, ""));
-            rows.routes.push(route_row(&host, match_type, path, target));
+    for host in &plan.hosts {
+        let name = host.host.to_string();
+        for rule in &host.paths {
+            rows.routes.push(route_row(
+                &name,
+                rule.kind.as_str(),
+                &rule.path,
+                &rule.action,
+            ));
         }
+        let default = &host.default;
+        if default.backend.is_some() || *default.options != RouteOptions::default() {
+            rows.routes.push(route_row(&name, "default", "", default));
+        }
+    }
+    if let Some(action) = &plan.default_backend {
+        rows.routes.push(route_row("-", "default", "", action));
+    }
+    rows.tls = plan.tls.hosts.iter().map(|h| h.name.to_string()).collect();
+    if !plan.tls.default.is_empty() {
+        rows.tls.push("default".to_owned());
     }
     rows
 }
 
-fn route_row(host: &str, match_type: &str, path: &str, target: &str) -> RouteRow {
-    let (backend, endpoints) = target.split_once(" [").unwrap_or((target, "]"));
+fn route_row(host: &str, match_type: &str, path: &str, action: &RouteAction) -> RouteRow {
+    let backend = action.backend.as_ref();
     RouteRow {
         host: host.to_owned(),
         match_type: match_type.to_owned(),
         path: path.to_owned(),
-        backend: backend.to_owned(),
-        endpoints: endpoints
-            .trim_end_matches(']')
-            .split(' ')
-            .filter(|e| !e.is_empty())
-            .map(str::to_owned)
+        backend: backend.map_or_else(|| "404".to_owned(), ToString::to_string),
+        endpoints: backend
+            .iter()
+            .flat_map(|b| b.endpoints.iter().map(ToString::to_string))
             .collect(),
+        ingress: action.ingress.to_string(),
+        options: action.options.lines(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn route_rows_read_the_described_table() {
-        let text = "host cafe.example.com\n  exact /tea -> default/tea-svc:80 [10.244.1.2:8080]\n  \
-                    prefix /coffee -> default/coffee-svc:http [10.244.2.3:8080 10.244.2.4:8080]\n  \
-                    default -> default/fallback:80 []\nhost *\n  prefix / -> default/web:80 []\n\
-                    default-backend -> default/fallback:80 []\ntls cafe.example.com, *.example.com, default\n";
-        let rows = route_rows(text);
-        assert_eq!(rows.tls, ["cafe.example.com", "*.example.com", "default"]);
-        assert_eq!(rows.routes.len(), 5);
-        assert_eq!(
-            rows.routes[1],
-            RouteRow {
-                host: "cafe.example.com".into(),
-                match_type: "prefix".into(),
-                path: "/coffee".into(),
-                backend: "default/coffee-svc:http".into(),
-                endpoints: vec!["10.244.2.3:8080".into(), "10.244.2.4:8080".into()],
-            }
-        );
-        assert_eq!(rows.routes[2].match_type, "default");
-        assert!(rows.routes[2].endpoints.is_empty());
-        assert_eq!(
-            (rows.routes[3].host.as_str(), rows.routes[3].path.as_str()),
-            ("*", "/")
-        );
-        assert_eq!(rows.routes[4].host, "-");
-    }
 
     #[test]
     fn service_rows_select_backends_of_a_route_by_family() {

@@ -1,13 +1,15 @@
-//! Feeding the Ingress proxy, which still rebuilds its routes from the whole snapshot: only
-//! when something it uses changed (an Ingress, IngressClass or Secret, or a Service an Ingress
-//! routes to, or its EndpointSlices), so that a change elsewhere costs it nothing.
+//! Feeding the Ingress proxy: the routes are planned by `sluice-routes` from the whole
+//! snapshot, but only when something they use changed (an Ingress, IngressClass or Secret, a
+//! Service an Ingress routes to or its EndpointSlices, this node's Node object), so that a
+//! change elsewhere costs them nothing.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
-use sluice_ingress::{IngressProxy, Warning};
-use sluice_model::{ChangeSet, ObjectKey, Snapshot};
+use sluice_ingress::IngressProxy;
+use sluice_model::{ChangeSet, NodeInfo, ObjectKey, Snapshot};
+use sluice_routes::{RouteConfig, RouteWarning};
 
 #[derive(Default)]
 pub(super) struct IngressFeed {
@@ -15,42 +17,49 @@ pub(super) struct IngressFeed {
     backends: BTreeSet<ObjectKey>,
     /// This node's addresses as last given to the proxy.
     local_addresses: Vec<IpAddr>,
-    /// What the last rebuild skipped.
-    warnings: Vec<Warning>,
+    /// What the last planning and execution of the routes warned about.
+    warnings: Vec<RouteWarning>,
     log: WarningLog,
 }
 
 impl IngressFeed {
     /// Tells the proxy this node's addresses when they changed (it never dials its own
-    /// listeners: a request loop would eat every descriptor) and rebuilds its routes when
+    /// listeners: a request loop would eat every descriptor) and plans its routes again when
     /// `changes` touch anything they use. Returns the warnings of the current routes when
     /// either happened (for the Ingress status and Events), `None` when nothing did.
     pub(super) fn feed(
         &mut self,
         proxy: &IngressProxy,
+        config: &RouteConfig,
         snapshot: &Snapshot,
         changes: &ChangeSet,
-        local_addresses: &[IpAddr],
-    ) -> Option<&[Warning]> {
+        node: &NodeInfo,
+    ) -> Option<&[RouteWarning]> {
+        let local_addresses = node.addresses.as_slice();
         let moved = self.local_addresses != local_addresses;
         if moved {
             self.local_addresses = local_addresses.to_vec();
             proxy.set_local_addresses(local_addresses.iter().copied());
         }
-        let relevant = self.relevant(snapshot, changes);
+        let relevant = self.relevant(snapshot, changes, &node.name);
         if relevant {
-            self.warnings = proxy.update(snapshot);
+            let now = std::time::SystemTime::now();
+            let (routes, mut warnings) = sluice_routes::plan(snapshot, node, config, now);
+            warnings.extend(proxy.update(&routes));
+            self.warnings = warnings;
             self.log
                 .update("ingress", self.warnings.iter().map(ToString::to_string));
         }
         (relevant || moved || !changes.nodes.is_empty()).then_some(self.warnings.as_slice())
     }
 
-    fn relevant(&mut self, snapshot: &Snapshot, changes: &ChangeSet) -> bool {
+    fn relevant(&mut self, snapshot: &Snapshot, changes: &ChangeSet, node: &str) -> bool {
         if changes.everything
             || !changes.ingresses.is_empty()
             || !changes.ingress_classes.is_empty()
             || !changes.secrets.is_empty()
+            // Its zone decides which endpoints topology hints give this node.
+            || changes.nodes.contains(&ObjectKey::cluster(node))
         {
             self.backends = snapshot
                 .ingresses
@@ -156,18 +165,47 @@ mod tests {
     fn only_changes_to_what_ingresses_use_rebuild_the_routes() {
         let s = snapshot();
         let mut feed = IngressFeed::default();
-        assert!(feed.relevant(&s, &ChangeSet::everything()));
+        let relevant = |feed: &mut IngressFeed, c: &ChangeSet| feed.relevant(&s, c, "node-a");
+        assert!(relevant(&mut feed, &ChangeSet::everything()));
         let key = |name: &str| ObjectKey::new("shop", name);
-        assert!(feed.relevant(&s, &changes(|c| c.services = [key("web")].into())));
-        assert!(feed.relevant(&s, &changes(|c| c.services = [key("fallback")].into())));
-        assert!(!feed.relevant(&s, &changes(|c| c.services = [key("other")].into())));
-        assert!(feed.relevant(&s, &changes(|c| c.endpoint_slices = [key("web-1")].into())));
-        assert!(!feed.relevant(
-            &s,
+        assert!(relevant(
+            &mut feed,
+            &changes(|c| c.services = [key("web")].into())
+        ));
+        assert!(relevant(
+            &mut feed,
+            &changes(|c| c.services = [key("fallback")].into())
+        ));
+        assert!(!relevant(
+            &mut feed,
+            &changes(|c| c.services = [key("other")].into())
+        ));
+        assert!(relevant(
+            &mut feed,
+            &changes(|c| c.endpoint_slices = [key("web-1")].into())
+        ));
+        assert!(!relevant(
+            &mut feed,
             &changes(|c| c.endpoint_slices = [key("other-1")].into())
         ));
-        assert!(feed.relevant(&s, &changes(|c| c.endpoint_slices = [key("gone-1")].into())));
-        assert!(feed.relevant(&s, &changes(|c| c.secrets = [key("cert")].into())));
-        assert!(!feed.relevant(&s, &ChangeSet::default()));
+        assert!(relevant(
+            &mut feed,
+            &changes(|c| c.endpoint_slices = [key("gone-1")].into())
+        ));
+        assert!(relevant(
+            &mut feed,
+            &changes(|c| c.secrets = [key("cert")].into())
+        ));
+        assert!(!relevant(&mut feed, &ChangeSet::default()));
+        // This node's Node object (its zone decides topology hints), not another's.
+        let node = |name: &str| ObjectKey::cluster(name);
+        assert!(relevant(
+            &mut feed,
+            &changes(|c| c.nodes = [node("node-a")].into())
+        ));
+        assert!(!relevant(
+            &mut feed,
+            &changes(|c| c.nodes = [node("node-b")].into())
+        ));
     }
 }

@@ -14,6 +14,8 @@ use hyper::HeaderMap;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep, sleep};
 
+use crate::access_log::PendingLine;
+use crate::options::ConnGuard;
 use crate::upstream::InFlight;
 
 /// A problem with the request body that is the client's doing, never the backend's.
@@ -191,13 +193,16 @@ impl UploadProgress {
         }
     }
 
-    /// When the response timeout ends, given what the upload did so far.
-    pub(crate) fn response_deadline(&self, timeout: Duration) -> Instant {
+    /// When waiting for the response ends, given what the upload did so far: `send` after
+    /// the last progress while the upstream does not read the body (`proxy-send-timeout`),
+    /// `read` after its end (`proxy-read-timeout`).
+    pub(crate) fn response_deadline(&self, read: Duration, send: Duration) -> Instant {
         let uploading = !self.done.load(Ordering::Relaxed);
         if uploading && self.waiting_on_client.load(Ordering::Relaxed) {
             // The client body timeout is running; the response timer has not started.
-            return Instant::now() + timeout;
+            return Instant::now() + read.max(send);
         }
+        let timeout = if uploading { send } else { read };
         self.started + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + timeout
     }
 }
@@ -285,9 +290,16 @@ impl Body for ReqBody {
 
 /// Response body: the upstream's (holding the endpoint's in-flight count until it ends, and
 /// failing if the upstream stalls longer than the read timeout between two frames) or a
-/// short body generated here.
+/// short body generated here; with the access log on, it carries the request's line, which is
+/// written when the body is done (dropped).
 #[derive(Debug)]
-pub(crate) enum ProxyBody {
+pub(crate) struct ProxyBody {
+    kind: BodyKind,
+    log: Option<Box<PendingLine>>,
+}
+
+#[derive(Debug)]
+enum BodyKind {
     Upstream(UpstreamBody),
     Full(Option<Bytes>),
 }
@@ -296,6 +308,8 @@ pub(crate) enum ProxyBody {
 pub(crate) struct UpstreamBody {
     body: Incoming,
     _in_flight: Option<InFlight>,
+    /// A `limit-connections` place, held until the body ends.
+    _held: Option<ConnGuard>,
     stall: StallTimer,
 }
 
@@ -312,19 +326,36 @@ impl ProxyBody {
         in_flight: Option<InFlight>,
         read_timeout: Duration,
     ) -> Self {
-        ProxyBody::Upstream(UpstreamBody {
+        Self::of(BodyKind::Upstream(UpstreamBody {
             body,
             _in_flight: in_flight,
+            _held: None,
             stall: StallTimer::new(read_timeout),
-        })
+        }))
+    }
+
+    fn of(kind: BodyKind) -> Self {
+        Self { kind, log: None }
+    }
+
+    /// Keeps `guard` until the body ends (a generated body ends at once).
+    pub(crate) fn hold(&mut self, guard: Option<ConnGuard>) {
+        if let BodyKind::Upstream(up) = &mut self.kind {
+            up._held = guard;
+        }
+    }
+
+    /// Writes `line` (with the bytes sent and the duration) when the body is done.
+    pub(crate) fn log_when_done(&mut self, line: PendingLine) {
+        self.log = Some(Box::new(line));
     }
 
     pub(crate) fn full(data: impl Into<Bytes>) -> Self {
-        ProxyBody::Full(Some(data.into()))
+        Self::of(BodyKind::Full(Some(data.into())))
     }
 
     pub(crate) fn empty() -> Self {
-        ProxyBody::Full(None)
+        Self::of(BodyKind::Full(None))
     }
 }
 
@@ -336,8 +367,9 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            ProxyBody::Upstream(up) => match Pin::new(&mut up.body).poll_frame(cx) {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
+            BodyKind::Upstream(up) => match Pin::new(&mut up.body).poll_frame(cx) {
                 Poll::Ready(frame) => {
                     up.stall.disarm();
                     Poll::Ready(frame.map(|f| f.map_err(Into::into)))
@@ -345,25 +377,32 @@ impl Body for ProxyBody {
                 Poll::Pending => match up.stall.poll_stalled(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ReadTimeout {
                         timeout: up.stall.timeout,
-                    })))),
+                    })
+                        as Self::Error))),
                     Poll::Pending => Poll::Pending,
                 },
             },
-            ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            BodyKind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        };
+        if let (Some(log), Poll::Ready(Some(Ok(frame)))) = (&mut this.log, &polled)
+            && let Some(data) = frame.data_ref()
+        {
+            log.sent(data.len());
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Upstream(up) => up.body.is_end_stream(),
-            ProxyBody::Full(data) => data.is_none(),
+        match &self.kind {
+            BodyKind::Upstream(up) => up.body.is_end_stream(),
+            BodyKind::Full(data) => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Upstream(up) => up.body.size_hint(),
-            ProxyBody::Full(data) => {
+        match &self.kind {
+            BodyKind::Upstream(up) => up.body.size_hint(),
+            BodyKind::Full(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
         }

@@ -15,9 +15,14 @@ use super::body::{ClientBodyError, UploadProgress};
 use super::headers;
 use super::service::error;
 use super::{IngressProxy, ProxyBody, ReqBody};
+use crate::access_log::UpstreamFacts;
+use crate::options::Affinity;
 use crate::routes::Backend;
 use crate::stats;
-use crate::upstream::{InFlight, LimitReached, UpstreamEndpoint};
+use crate::upstream::{
+    CONNECT_TIMEOUT, InFlight, LimitReached, TlsHandshakeError, TlsUpstream, UpstreamEndpoint,
+};
+use sluice_plan::BackendProtocol;
 
 /// Linux errno values: out of file descriptors for the process / the system.
 const EMFILE: i32 = 24;
@@ -31,30 +36,63 @@ pub(super) struct Upstream {
     pub(super) headers: HeaderMap,
 }
 
+/// How the route wants its backend spoken to (from its options, else the proxy's defaults).
+pub(super) struct Upstreaming<'a> {
+    pub(super) protocol: BackendProtocol,
+    pub(super) connect_timeout: Duration,
+    pub(super) read_timeout: Duration,
+    pub(super) send_timeout: Duration,
+    /// `affinity: cookie`: the settings, and the endpoint the request's cookie names.
+    pub(super) affinity: Option<&'a Affinity>,
+    pub(super) sticky: Option<SocketAddr>,
+    /// HTTPS and GRPCS: the route's TLS client.
+    pub(super) tls: Option<&'a TlsUpstream>,
+}
+
+impl Upstreaming<'_> {
+    fn http2(&self) -> bool {
+        matches!(
+            self.protocol,
+            BackendProtocol::H2c | BackendProtocol::Grpc | BackendProtocol::Grpcs
+        )
+    }
+}
+
 impl Upstream {
-    /// For the pooled client, which picks the connection by the URI's authority and sends
-    /// the request in origin form.
-    fn into_pooled_request<B>(self, endpoint: &UpstreamEndpoint, body: B) -> Request<B> {
+    /// For the pooled client, which picks the connection by the URI's authority (and sends
+    /// HTTP/1 requests in origin form).
+    fn into_pooled_request<B>(
+        self,
+        endpoint: &UpstreamEndpoint,
+        body: B,
+        http2: bool,
+        tls: bool,
+    ) -> Request<B> {
         let mut parts = hyper::http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
+        parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
         parts.authority = Some(endpoint.authority.clone());
         parts.path_and_query = Some(self.path_and_query.clone());
         // Scheme, authority and path are all set: building cannot fail.
         let uri = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from(self.path_and_query.clone()));
-        self.build(uri, body)
+        let version = if http2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        self.build(uri, body, version)
     }
 
     /// In origin form (`GET /path`), for a connection of our own.
     pub(super) fn into_origin_request<B>(self, body: B) -> Request<B> {
         let uri = Uri::from(self.path_and_query.clone());
-        self.build(uri, body)
+        self.build(uri, body, Version::HTTP_11)
     }
 
-    fn build<B>(self, uri: Uri, body: B) -> Request<B> {
+    fn build<B>(self, uri: Uri, body: B, version: Version) -> Request<B> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method;
         *req.uri_mut() = uri;
-        *req.version_mut() = Version::HTTP_11;
+        *req.version_mut() = version;
         *req.headers_mut() = self.headers;
         req
     }
@@ -67,15 +105,23 @@ pub(super) enum NoEndpoint {
     OwnListener(SocketAddr),
 }
 
-/// An endpoint to send to (power of two choices, never `exclude`), skipping endpoints that
-/// are our own listeners.
+/// An endpoint to send to: `prefer` (the affinity cookie's) when it is usable, else power of
+/// two choices; never `exclude`, never one of our own listeners.
 pub(super) fn pick_endpoint(
     proxy: &IngressProxy,
     backend: &Backend,
     exclude: Option<SocketAddr>,
+    prefer: Option<SocketAddr>,
 ) -> Result<Arc<UpstreamEndpoint>, NoEndpoint> {
-    let first = backend.pool.pick(exclude).ok_or(NoEndpoint::Empty)?;
     let own = proxy.own_addresses.load();
+    let preferred = prefer
+        .filter(|addr| Some(*addr) != exclude && !own.contains(*addr))
+        .and_then(|addr| backend.pool.endpoints.iter().find(|e| e.addr == addr))
+        .filter(|e| !e.is_ejected());
+    if let Some(endpoint) = preferred {
+        return Ok(Arc::clone(endpoint));
+    }
+    let first = backend.pool.pick(exclude).ok_or(NoEndpoint::Empty)?;
     if !own.contains(first.addr) {
         return Ok(first);
     }
@@ -131,8 +177,9 @@ pub(super) async fn forward(
     request: Upstream,
     body: ReqBody,
     upload: Option<Arc<UploadProgress>>,
+    how: &Upstreaming<'_>,
 ) -> Response<ProxyBody> {
-    let endpoint = match pick_endpoint(proxy, backend, None) {
+    let endpoint = match pick_endpoint(proxy, backend, None, how.sticky) {
         Ok(endpoint) => endpoint,
         Err(why) => return no_endpoint(proxy, backend, why),
     };
@@ -140,26 +187,55 @@ pub(super) async fn forward(
         .then(|| body.try_clone().map(|b| (request.clone(), b)))
         .flatten();
     let first = Arc::clone(&endpoint);
-    let sent = send(proxy, backend, endpoint, request, body, upload.as_deref()).await;
+    let mut facts = proxy.access_log.is_some().then(UpstreamFacts::default);
+    let sent = send(
+        proxy,
+        (backend, endpoint),
+        request,
+        body,
+        upload.as_deref(),
+        how,
+        facts.as_mut(),
+    )
+    .await;
     let (failed, same_endpoint_ok) = match sent {
-        Ok(resp) | Err(SendError::Other(resp)) => return resp,
+        Ok(resp) | Err(SendError::Other(resp)) => return with_facts(resp, facts),
         Err(SendError::Connect(resp)) => (resp, false),
         Err(SendError::Closed(resp)) => (resp, true),
     };
     // After a connect failure only another endpoint helps; after a keep-alive connection
     // closed under us the same endpoint (on a new connection) is fine too.
-    let next = pick_endpoint(proxy, backend, Some(first.addr))
+    let next = pick_endpoint(proxy, backend, Some(first.addr), None)
         .ok()
         .or_else(|| same_endpoint_ok.then_some(first));
     let (Some((request, body)), Some(next)) = (retry, next) else {
-        return failed;
+        return with_facts(failed, facts);
     };
     tracing::debug!(backend = %backend, retry = %next.addr, "ingress: retrying idempotent request");
     stats::inc(&proxy.counters.retries);
-    match send(proxy, backend, next, request, body, None).await {
+    let resp = match send(
+        proxy,
+        (backend, next),
+        request,
+        body,
+        None,
+        how,
+        facts.as_mut(),
+    )
+    .await
+    {
         Ok(resp) => resp,
         Err(SendError::Connect(resp) | SendError::Closed(resp) | SendError::Other(resp)) => resp,
+    };
+    with_facts(resp, facts)
+}
+
+/// Puts what happened upstream on the response, for the access log.
+fn with_facts(mut resp: Response<ProxyBody>, facts: Option<UpstreamFacts>) -> Response<ProxyBody> {
+    if let Some(facts) = facts {
+        resp.extensions_mut().insert(facts);
     }
+    resp
 }
 
 enum SendError {
@@ -172,47 +248,79 @@ enum SendError {
 
 async fn send(
     proxy: &IngressProxy,
-    backend: &Backend,
-    endpoint: Arc<UpstreamEndpoint>,
+    (backend, endpoint): (&Backend, Arc<UpstreamEndpoint>),
     request: Upstream,
     body: ReqBody,
     upload: Option<&UploadProgress>,
+    how: &Upstreaming<'_>,
+    facts: Option<&mut UpstreamFacts>,
 ) -> Result<Response<ProxyBody>, SendError> {
+    let started = std::time::Instant::now();
     let in_flight = endpoint.start();
-    let req = request.into_pooled_request(&endpoint, body);
-    let timeout = proxy.config.response_timeout;
-    match within_response_timeout(proxy.client.request(req), timeout, upload).await {
-        Some(Ok(resp)) => Ok(downstream_response(resp, in_flight, timeout)),
-        Some(Err(e)) => Err(upstream_error(proxy, backend, &endpoint, &e)),
-        None => Err(SendError::Other(gateway_timeout(proxy, backend))),
+    let req = request.into_pooled_request(&endpoint, body, how.http2(), how.tls.is_some());
+    let requested = match how.tls {
+        Some(tls) => tls.client.request(req),
+        None if how.http2() => proxy.client_h2.request(req),
+        None => proxy.client.request(req),
+    };
+    let requested = CONNECT_TIMEOUT.scope(how.connect_timeout, requested);
+    let read = how.read_timeout;
+    let answer = within_response_timeout(requested, read, how.send_timeout, upload).await;
+    if let Some(facts) = facts {
+        let status = match &answer {
+            Some(Ok(resp)) => Some(resp.status().as_u16()),
+            _ => None,
+        };
+        facts.tries.push((endpoint.addr, status));
+        facts.latency = Some(started.elapsed());
     }
+    let mut resp = match answer {
+        Some(Ok(resp)) => {
+            endpoint.responded();
+            downstream_response(resp, in_flight, read)
+        }
+        Some(Err(e)) => return Err(upstream_error(proxy, backend, &endpoint, &e)),
+        None => return Err(SendError::Other(gateway_timeout(proxy, backend, read))),
+    };
+    if let Some(affinity) = how.affinity
+        && how.sticky != Some(endpoint.addr)
+        && let Some(cookie) = affinity.set_cookie(&endpoint)
+    {
+        resp.headers_mut().append(hyper::header::SET_COOKIE, cookie);
+    }
+    Ok(resp)
 }
 
-pub(super) fn gateway_timeout(proxy: &IngressProxy, backend: &Backend) -> Response<ProxyBody> {
+pub(super) fn gateway_timeout(
+    proxy: &IngressProxy,
+    backend: &Backend,
+    timeout: Duration,
+) -> Response<ProxyBody> {
     stats::inc(&proxy.counters.upstream_timeouts);
     error(
         StatusCode::GATEWAY_TIMEOUT,
         format!(
             "504 Gateway Timeout: service {backend} did not answer within {}s\n",
-            proxy.config.response_timeout.as_secs_f32()
+            timeout.as_secs_f32()
         ),
     )
 }
 
-/// Awaits the response headers. Without a streamed upload that is `timeout` from now; with
-/// one, `timeout` from the end of the upload, or from its last progress while the upstream
-/// does not read it (a stalled client is left to the client body timeout).
+/// Awaits the response headers. Without a streamed upload that is `read` from now; with
+/// one, `read` from the end of the upload, or `send` from its last progress while the
+/// upstream does not read it (a stalled client is left to the client body timeout).
 pub(super) async fn within_response_timeout<F: Future>(
     response: F,
-    timeout: Duration,
+    read: Duration,
+    send: Duration,
     upload: Option<&UploadProgress>,
 ) -> Option<F::Output> {
     let Some(upload) = upload else {
-        return tokio::time::timeout(timeout, response).await.ok();
+        return tokio::time::timeout(read, response).await.ok();
     };
     tokio::pin!(response);
     loop {
-        let deadline = upload.response_deadline(timeout);
+        let deadline = upload.response_deadline(read, send);
         if deadline <= tokio::time::Instant::now() {
             return None;
         }
@@ -234,6 +342,18 @@ fn find_cause<'a, E: std::error::Error + 'static>(
         cur = e.source();
     }
     None
+}
+
+/// `error: cause: cause`, for messages that must say why.
+pub(super) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cur = e.source();
+    }
+    text
 }
 
 /// What a failed exchange with the pooled client means, and whose fault it is.
@@ -264,8 +384,17 @@ fn upstream_error(
             ),
         ));
     }
+    if let Some(tls) = find_cause::<TlsHandshakeError>(e) {
+        connect_failure(proxy, backend, endpoint);
+        let why = error_chain(tls);
+        tracing::warn!(backend = %backend, endpoint = %endpoint.addr, "ingress: {why}");
+        return SendError::Connect(error(
+            StatusCode::BAD_GATEWAY,
+            format!("502 Bad Gateway: service {backend}: {why}\n"),
+        ));
+    }
     if e.is_connect() {
-        stats::inc(&proxy.counters.upstream_connect_failures);
+        connect_failure(proxy, backend, endpoint);
         tracing::warn!(backend = %backend, endpoint = %endpoint.addr, error = %e, "ingress: cannot connect to endpoint");
         return SendError::Connect(error(
             StatusCode::BAD_GATEWAY,
@@ -289,6 +418,26 @@ fn upstream_error(
             "502 Bad Gateway: service {backend} closed the connection or sent an invalid response\n"
         ),
     ))
+}
+
+/// Counts a failed connect to `endpoint` and ejects it after too many in a row.
+pub(super) fn connect_failure(
+    proxy: &IngressProxy,
+    backend: &Backend,
+    endpoint: &UpstreamEndpoint,
+) {
+    stats::inc(&proxy.counters.upstream_connect_failures);
+    let c = &proxy.config;
+    if endpoint.connect_failed(c.eject_after_connect_failures, c.eject_duration) {
+        stats::inc(&proxy.counters.endpoint_ejections);
+        tracing::warn!(
+            backend = %backend,
+            endpoint = %endpoint.addr,
+            "ingress: endpoint left out of balancing for {}s after {} connect failures in a row",
+            c.eject_duration.as_secs_f32(),
+            c.eject_after_connect_failures
+        );
+    }
 }
 
 /// 503 for a connection cap: the proxy protecting itself, not the backend failing.

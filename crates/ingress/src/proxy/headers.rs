@@ -224,18 +224,24 @@ fn valid_host(value: &[u8]) -> bool {
 
 /// What the proxy knows about the downstream connection.
 pub(crate) struct Forwarded<'a> {
+    /// The connection's peer (a trusted proxy, or the client itself).
     pub(crate) peer: SocketAddr,
+    /// The client: the peer, or what a trusted peer's `X-Forwarded-For` says.
+    pub(crate) client: std::net::IpAddr,
     pub(crate) local_port: u16,
     pub(crate) tls: bool,
     pub(crate) host: &'a HeaderValue,
     pub(crate) trust_client: bool,
 }
 
-/// Sets `Host` (the client's), `X-Forwarded-For/-Proto/-Host/-Port` and `X-Real-IP`. Unless
-/// the client is trusted, client-sent values are replaced, so backends can rely on them.
+/// Sets `Host` (the client's), `X-Forwarded-For/-Proto/-Host/-Port` and `X-Real-IP` (the
+/// client). Unless the peer is a trusted proxy, client-sent values are replaced, so backends
+/// can rely on them; from a trusted one they are kept and the peer is appended to
+/// `X-Forwarded-For`.
 pub(crate) fn set_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     let ip = f.peer.ip().to_canonical();
     let ip_value = HeaderValue::try_from(ip.to_string()).ok();
+    let client_value = HeaderValue::try_from(f.client.to_canonical().to_string()).ok();
     headers.insert(header::HOST, f.host.clone());
     let previous_for = headers
         .get(&X_FORWARDED_FOR)
@@ -260,7 +266,7 @@ pub(crate) fn set_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     if !keep(headers, &X_FORWARDED_PORT) {
         headers.insert(&X_FORWARDED_PORT, HeaderValue::from(f.local_port));
     }
-    if let Some(v) = ip_value.filter(|_| !keep(headers, &X_REAL_IP)) {
+    if let Some(v) = client_value {
         headers.insert(&X_REAL_IP, v);
     }
 }
@@ -434,6 +440,7 @@ mod tests {
         set_forwarded(
             h,
             &Forwarded {
+                client: "192.0.2.7".parse().unwrap(),
                 peer: "192.0.2.7:5555".parse().unwrap(),
                 local_port: 443,
                 tls: true,

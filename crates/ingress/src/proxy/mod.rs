@@ -7,9 +7,10 @@ mod service;
 mod upgrade;
 mod upload;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -17,15 +18,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use sluice_model::{ObjectKey, Snapshot};
+use sluice_plan::{ObjectName, RoutePlan, UpstreamTls};
 
 pub(crate) use body::{ProxyBody, ReqBody};
-pub(crate) use service::{ConnInfo, handle};
+pub(crate) use service::{ConnInfo, error, handle};
 
+use crate::access_log::{AccessLogSink, StdoutAccessLog};
 use crate::loops::{HopId, OwnAddresses};
-use crate::routes::build;
 use crate::stats::Counters;
-use crate::upstream::{ConnectionLimits, CountingConnector};
+use crate::upstream::{ConnectionLimits, CountingConnector, TlsClient, TlsConnecting, TlsUpstream};
 use crate::{IngressConfig, IngressStats, RouteTable, Warning};
 use headers::HeadLimits;
 
@@ -41,7 +42,12 @@ const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
 pub struct IngressProxy {
     pub(crate) config: IngressConfig,
     pub(crate) table: Arc<ArcSwap<RouteTable>>,
+    /// HTTP/1.1 to the endpoints.
     pub(crate) client: Client<CountingConnector, ReqBody>,
+    /// HTTP/2 without TLS (`backend-protocol` H2C and GRPC).
+    pub(crate) client_h2: Client<CountingConnector, ReqBody>,
+    /// Port of the HTTPS listener (for the HTTPS redirect); 443 until serving starts.
+    pub(crate) https_port: AtomicU16,
     pub(crate) server: auto::Builder<TokioExecutor>,
     pub(crate) counters: Counters,
     pub(crate) limits: Arc<ConnectionLimits>,
@@ -53,7 +59,14 @@ pub struct IngressProxy {
     /// are accepted only from then on (before, they wait in the listen backlog), so an agent
     /// that was just restarted never answers 404 for a route it has not loaded yet.
     pub(crate) routes_loaded: tokio::sync::watch::Sender<bool>,
+    /// Pooled clients of HTTPS and GRPCS routes by TLS setting (and HTTP/2), kept while some
+    /// route of the current table uses them. Locked only while a table is built.
+    tls_clients: Mutex<TlsClientCache>,
+    /// Where access log lines go (`None`: off).
+    pub(crate) access_log: Option<Arc<dyn AccessLogSink>>,
 }
+
+type TlsClientCache = HashMap<(UpstreamTls, bool), Arc<TlsClient>>;
 
 impl std::fmt::Debug for IngressProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -65,14 +78,33 @@ impl std::fmt::Debug for IngressProxy {
 
 impl IngressProxy {
     /// A proxy with an empty route table. It accepts connections only after the first
-    /// [`update`](Self::update); until then they wait in the kernel's listen backlog.
+    /// [`update`](Self::update); until then they wait in the kernel's listen backlog. With
+    /// `config.access_log`, lines go to stdout.
     pub fn new(config: IngressConfig) -> Self {
+        let sink: Option<Arc<dyn AccessLogSink>> = if config.access_log {
+            match StdoutAccessLog::start() {
+                Ok(sink) => Some(Arc::new(sink)),
+                Err(e) => {
+                    tracing::error!(error = %e, "ingress: cannot start the access log writer; no access log");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Self::with_access_log(config, sink)
+    }
+
+    /// Like [`new`](Self::new), with access log lines going to `sink` (whatever
+    /// `config.access_log` says).
+    pub fn with_access_log(config: IngressConfig, sink: Option<Arc<dyn AccessLogSink>>) -> Self {
         let table = Arc::new(ArcSwap::from_pointee(RouteTable::default()));
         let limits = Arc::new(ConnectionLimits::new(
             config.max_upstream_connections,
             config.max_upstream_connections_per_endpoint,
         ));
-        let client = upstream_client(&config, &limits, &table);
+        let client = upstream_client(&config, &limits, &table, false);
+        let client_h2 = upstream_client(&config, &limits, &table, true);
         Self {
             server: server_builder(&config),
             head_limits: HeadLimits {
@@ -82,25 +114,42 @@ impl IngressProxy {
             config,
             table,
             client,
+            client_h2,
+            https_port: AtomicU16::new(443),
             counters: Counters::default(),
             limits,
             hop_id: HopId::random(),
             own_addresses: ArcSwap::from_pointee(OwnAddresses::default()),
             routes_loaded: tokio::sync::watch::Sender::new(false),
+            tls_clients: Mutex::new(HashMap::new()),
+            access_log: sink,
         }
     }
 
-    /// Rebuilds the route table from `snapshot` and swaps it in atomically. Requests already
-    /// routed finish on the table they started with; open connections stay open. Endpoint
-    /// request counters carry over so balancing is not reset.
+    /// Builds the route table for `plan` and swaps it in atomically. Requests already routed
+    /// finish on the table they started with; open connections stay open. Endpoint request
+    /// counters, rate-limit state and parsed certificates carry over.
     ///
-    /// Returns the problems found (bad objects, endpoints that are this proxy's own
-    /// listeners); nothing is logged here: the caller logs them (the agent logs each new one
-    /// once).
-    pub fn update(&self, snapshot: &Snapshot) -> Vec<Warning> {
+    /// Returns the problems found executing the plan (certificates whose key does not load,
+    /// endpoints that are this proxy's own listeners), each naming its object; nothing is
+    /// logged here: the caller logs them (the agent logs each new one once).
+    pub fn update(&self, plan: &RoutePlan) -> Vec<Warning> {
         let previous = self.table.load();
-        let (mut table, mut warnings) = build::build(snapshot, &self.config, Some(&previous));
-        drop(previous);
+        let mut cache = self.tls_clients.lock().unwrap_or_else(|e| e.into_inner());
+        let mut used = TlsClientCache::new();
+        let mut tls_clients = |tls: &UpstreamTls, h2: bool| {
+            let key = (tls.clone(), h2);
+            let client = cache
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(self.tls_client(tls, h2)));
+            used.insert(key, Arc::clone(&client));
+            client
+        };
+        let (mut table, mut warnings) =
+            crate::routes::build(plan, Some(&previous), &mut tls_clients);
+        *cache = used;
+        drop((cache, previous));
         table.index_endpoints();
         warnings.extend(self.own_listener_warnings(&table));
         tracing::debug!(
@@ -123,6 +172,11 @@ impl IngressProxy {
             .rcu(|own| own.with_local_ips(addresses.iter().copied()));
     }
 
+    /// Records the HTTPS listener's port (done when serving starts).
+    pub(crate) fn set_https_port(&self, port: u16) {
+        self.https_port.store(port, Ordering::Relaxed);
+    }
+
     /// Records the addresses the listeners are bound to (done when serving starts).
     pub(crate) fn set_listener_addresses(&self, listeners: &[SocketAddr]) {
         self.own_addresses
@@ -130,7 +184,7 @@ impl IngressProxy {
     }
 
     /// Ingresses this proxy currently serves (for the agent to write their status).
-    pub fn served_ingresses(&self) -> Vec<ObjectKey> {
+    pub fn served_ingresses(&self) -> Vec<ObjectName> {
         self.table.load().served_ingresses().to_vec()
     }
 
@@ -139,9 +193,15 @@ impl IngressProxy {
         self.table.load_full()
     }
 
+    /// The route plan the current table executes.
+    pub fn route_plan(&self) -> Arc<RoutePlan> {
+        Arc::clone(self.table.load().plan())
+    }
+
     /// Counters since creation (for metrics).
     pub fn stats(&self) -> IngressStats {
-        self.counters.snapshot(self.limits.open() as u64)
+        let dropped = self.access_log.as_ref().map_or(0, |s| s.dropped());
+        self.counters.snapshot(self.limits.open() as u64, dropped)
     }
 
     pub fn config(&self) -> &IngressConfig {
@@ -158,7 +218,10 @@ impl IngressProxy {
                 if own.contains(endpoint.addr) && seen.insert((&backend.service, endpoint.addr)) {
                     warnings.push(Warning {
                         kind: "Service",
-                        object: backend.service.clone(),
+                        object: ObjectName::new(
+                            Arc::clone(&backend.service.namespace),
+                            Arc::clone(&backend.service.name),
+                        ),
                         message: format!(
                             "endpoint {} is this proxy's own listener; requests routed to it get 508 Loop Detected",
                             endpoint.addr
@@ -171,24 +234,62 @@ impl IngressProxy {
     }
 }
 
-/// The pooled HTTP/1.1 client to the endpoints, dialling through the connection caps.
+impl IngressProxy {
+    /// A pooled client speaking TLS to the endpoints as `tls` says (HTTP/2 only when `h2`).
+    fn tls_client(&self, tls: &UpstreamTls, h2: bool) -> TlsClient {
+        let (config, name) = crate::upstream::client_config(tls, h2)?;
+        let tcp = counting_connector(&self.config, &self.limits, &self.table);
+        let connector = TlsConnecting::new(tcp, config, name, self.config.connect_timeout);
+        Ok(TlsUpstream {
+            client: client_builder(&self.config, h2).build(connector.clone()),
+            connector,
+        })
+    }
+}
+
+/// Dials endpoints through the connection caps within the route's (else the default)
+/// connect timeout.
+fn counting_connector(
+    config: &IngressConfig,
+    limits: &Arc<ConnectionLimits>,
+    table: &Arc<ArcSwap<RouteTable>>,
+) -> CountingConnector {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    // The URI of a TLS route says https; the connector under TLS dials plain TCP.
+    http.enforce_http(false);
+    CountingConnector::new(
+        http,
+        Arc::clone(limits),
+        Arc::clone(table),
+        config.connect_timeout,
+    )
+}
+
+/// A pooled client to the endpoints (HTTP/1.1, or HTTP/2 prior knowledge when `h2`).
 fn upstream_client(
     config: &IngressConfig,
     limits: &Arc<ConnectionLimits>,
     table: &Arc<ArcSwap<RouteTable>>,
+    h2: bool,
 ) -> Client<CountingConnector, ReqBody> {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(config.connect_timeout));
-    http.set_nodelay(true);
-    let connector = CountingConnector::new(http, Arc::clone(limits), Arc::clone(table));
-    Client::builder(TokioExecutor::new())
+    client_builder(config, h2).build(counting_connector(config, limits, table))
+}
+
+/// Pool and protocol settings shared by every upstream client.
+fn client_builder(config: &IngressConfig, h2: bool) -> hyper_util::client::legacy::Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .pool_idle_timeout(config.upstream_idle_timeout)
         .pool_max_idle_per_host(
             POOL_IDLE_PER_ENDPOINT.min(config.max_upstream_connections_per_endpoint),
         )
         .pool_timer(TokioTimer::new())
-        .http1_max_buf_size(UPSTREAM_READ_BUFFER)
-        .build(connector)
+        .http1_max_buf_size(UPSTREAM_READ_BUFFER);
+    if h2 {
+        builder.http2_only(true).timer(TokioTimer::new());
+    }
+    builder
 }
 
 /// Downstream HTTP/1.1 and HTTP/2 with the configured timeouts and header limits.

@@ -11,13 +11,15 @@ use hyper::{Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use super::forward::{
-    Upstream, connection_limit, downstream_response, gateway_timeout, no_endpoint, pick_endpoint,
+    Upstream, Upstreaming, connection_limit, downstream_response, gateway_timeout, no_endpoint,
+    pick_endpoint,
 };
 use super::service::error;
 use super::{IngressProxy, ProxyBody, ReqBody};
+use crate::access_log::UpstreamFacts;
 use crate::routes::Backend;
-use crate::stats;
-use crate::upstream::{Counted, UpstreamEndpoint};
+use crate::upstream::{CONNECT_TIMEOUT, Counted, UpstreamEndpoint};
+use tower_service::Service as _;
 
 pub(super) async fn forward(
     proxy: &IngressProxy,
@@ -25,13 +27,14 @@ pub(super) async fn forward(
     mut request: Upstream,
     upgrade: HeaderValue,
     on_upgrade: hyper::upgrade::OnUpgrade,
+    how: &Upstreaming<'_>,
 ) -> Response<ProxyBody> {
-    let endpoint = match pick_endpoint(proxy, backend, None) {
+    let endpoint = match pick_endpoint(proxy, backend, None, how.sticky) {
         Ok(endpoint) => endpoint,
         Err(why) => return no_endpoint(proxy, backend, why),
     };
     let in_flight = endpoint.start();
-    let mut sender = match connect(proxy, backend, &endpoint).await {
+    let mut sender = match connect(proxy, backend, &endpoint, how).await {
         Ok(sender) => sender,
         Err(resp) => return resp,
     };
@@ -40,17 +43,26 @@ pub(super) async fn forward(
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     request.headers.insert(header::UPGRADE, upgrade);
     let req = request.into_origin_request(ReqBody::Empty);
-    let timeout = proxy.config.response_timeout;
+    let timeout = how.read_timeout;
     let mut resp = match tokio::time::timeout(timeout, sender.send_request(req)).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
             tracing::warn!(backend = %backend, error = %e, "ingress: upgrade request failed");
             return bad_gateway(backend);
         }
-        Err(_) => return gateway_timeout(proxy, backend),
+        Err(_) => return gateway_timeout(proxy, backend, timeout),
     };
+    endpoint.responded();
+    let facts = proxy.access_log.is_some().then(|| UpstreamFacts {
+        tries: vec![(endpoint.addr, Some(resp.status().as_u16()))],
+        latency: None,
+    });
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return downstream_response(resp, in_flight, timeout);
+        let mut resp = downstream_response(resp, in_flight, timeout);
+        if let Some(facts) = facts {
+            resp.extensions_mut().insert(facts);
+        }
+        return resp;
     }
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     let backend_name = backend.to_string();
@@ -73,7 +85,11 @@ pub(super) async fn forward(
     });
     // Keep `Connection: upgrade` and `Upgrade`: the client needs them on a 101.
     let (parts, _empty) = resp.into_parts();
-    Response::from_parts(parts, ProxyBody::empty())
+    let mut resp = Response::from_parts(parts, ProxyBody::empty());
+    if let Some(facts) = facts {
+        resp.extensions_mut().insert(facts);
+    }
+    resp
 }
 
 fn bad_gateway(backend: &Backend) -> Response<ProxyBody> {
@@ -83,28 +99,55 @@ fn bad_gateway(backend: &Backend) -> Response<ProxyBody> {
     )
 }
 
-/// A new HTTP/1.1 connection to `endpoint`, counted under the connection caps.
+/// A new HTTP/1.1 connection to `endpoint`, counted under the connection caps (over TLS for
+/// an HTTPS route).
 async fn connect(
     proxy: &IngressProxy,
     backend: &Backend,
     endpoint: &Arc<UpstreamEndpoint>,
+    how: &Upstreaming<'_>,
 ) -> Result<SendRequest<ReqBody>, Response<ProxyBody>> {
+    let timeout = how.connect_timeout;
+    if let Some(tls) = how.tls {
+        let uri = hyper::Uri::builder()
+            .scheme("https")
+            .authority(endpoint.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|_| bad_gateway(backend))?;
+        let mut connector = tls.connector.clone();
+        let dialled = CONNECT_TIMEOUT.scope(timeout, connector.call(uri)).await;
+        let io = dialled.map_err(|e| {
+            super::forward::connect_failure(proxy, backend, endpoint);
+            let why = super::forward::error_chain(&*e);
+            tracing::warn!(backend = %backend, endpoint = %endpoint.addr, "ingress: cannot connect to endpoint for upgrade: {why}");
+            bad_gateway(backend)
+        })?;
+        return handshake(io, backend).await;
+    }
     let permit = proxy
         .limits
         .acquire(Some(endpoint))
         .map_err(|limit| connection_limit(proxy, backend, &limit))?;
     let connect = tokio::net::TcpStream::connect(endpoint.addr);
-    let stream = match tokio::time::timeout(proxy.config.connect_timeout, connect).await {
+    let stream = match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            stats::inc(&proxy.counters.upstream_connect_failures);
+            super::forward::connect_failure(proxy, backend, endpoint);
             tracing::warn!(backend = %backend, endpoint = %endpoint.addr, error = %e, "ingress: cannot connect to endpoint for upgrade");
             return Err(bad_gateway(backend));
         }
         Err(_) => return Err(bad_gateway(backend)),
     };
     let _ = stream.set_nodelay(true);
-    let io = Counted::new(TokioIo::new(stream), permit);
+    handshake(Counted::new(TokioIo::new(stream), permit), backend).await
+}
+
+/// HTTP/1.1 on a new connection, serving upgrades.
+async fn handshake<T>(io: T, backend: &Backend) -> Result<SendRequest<ReqBody>, Response<ProxyBody>>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let (sender, connection) = hyper::client::conn::http1::handshake::<_, ReqBody>(io)
         .await
         .map_err(|_| bad_gateway(backend))?;

@@ -13,23 +13,22 @@ use super::ReqBody;
 use super::body::{ClientBody, ClientBodyError, UploadProgress};
 use crate::IngressConfig;
 
-/// The body to send upstream, and the progress tracker of a streamed one.
+/// The body to send upstream, and the progress tracker of a streamed one. A `streaming`
+/// request (gRPC) is never held: its messages may each wait for an answer.
 pub(super) async fn read_request_body(
     body: Incoming,
     config: &IngressConfig,
+    limit: u64,
+    streaming: bool,
 ) -> Result<(ReqBody, Option<Arc<UploadProgress>>), ClientBodyError> {
     if body.is_end_stream() {
         return Ok((ReqBody::Empty, None));
     }
-    let mut body = ClientBody::new(
-        body,
-        config.max_request_body_bytes,
-        config.client_body_timeout,
-    );
+    let mut body = ClientBody::new(body, limit, config.client_body_timeout);
     let buffer = config.request_buffer_bytes;
     // A body announced larger than the buffer is streamed at once: holding its first part
     // would only add a copy.
-    if body.size_hint().exact().is_some_and(|n| n > buffer as u64) {
+    if streaming || body.size_hint().exact().is_some_and(|n| n > buffer as u64) {
         let progress = body.track_progress();
         let streamed = ReqBody::Streamed {
             prefix: None,

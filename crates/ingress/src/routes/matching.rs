@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::Backend;
+use super::Route;
 
 /// Why a request path cannot be routed (answered with 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,74 +116,52 @@ pub(crate) fn normalize_host(host: &str) -> Cow<'_, str> {
     }
 }
 
-/// How an Ingress path matches, after `ImplementationSpecific` was mapped to `Prefix`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum PathKind {
-    Exact,
-    Prefix,
-}
-
-/// The paths of one host, merged across Ingresses.
-#[derive(Debug, Default)]
+/// The paths of one host, as the plan lists them.
+#[derive(Debug)]
 pub(crate) struct HostRoutes {
-    pub(crate) exact: HashMap<Box<str>, Arc<Backend>>,
-    /// Prefixes without trailing slash (`/` is stored as ""), longest first.
-    pub(crate) prefixes: Vec<(Box<str>, Arc<Backend>)>,
-    /// `spec.defaultBackend` of the first Ingress (in conflict order) defining this host.
-    pub(crate) default_backend: Option<Arc<Backend>>,
+    /// `Exact` paths and the own path of each `Prefix` rule (the first listed wins).
+    pub(crate) exact: HashMap<Box<str>, Arc<Route>>,
+    /// String prefixes (`/aaa/` for `Prefix /aaa`), longest first.
+    pub(crate) prefixes: Vec<(Box<str>, Arc<Route>)>,
+    /// Regex routes in plan order (each carries its regex); first match wins.
+    pub(crate) regexes: Vec<Arc<Route>>,
+    pub(crate) default: Arc<Route>,
 }
 
 impl HostRoutes {
-    /// Adds a path unless the same path and kind is already taken (first one wins);
-    /// returns false on such a conflict.
-    pub(crate) fn insert(&mut self, kind: PathKind, path: &str, backend: Arc<Backend>) -> bool {
-        match kind {
-            PathKind::Exact => {
-                if self.exact.contains_key(path) {
-                    return false;
-                }
-                self.exact.insert(path.into(), backend);
-            }
-            PathKind::Prefix => {
-                let key = prefix_key(path);
-                if self.prefixes.iter().any(|(p, _)| **p == *key) {
-                    return false;
-                }
-                self.prefixes.push((key.into(), backend));
-            }
+    pub(crate) fn new(default: Arc<Route>) -> Self {
+        Self {
+            exact: HashMap::new(),
+            prefixes: Vec::new(),
+            regexes: Vec::new(),
+            default,
         }
-        true
     }
 
-    /// Sorts prefixes longest first (stable, so equal lengths keep insertion order).
-    pub(crate) fn finish(&mut self) {
-        self.prefixes
-            .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-    }
-
-    /// Exact match first (it is always at least as long as any matching prefix), then the
-    /// longest prefix matching whole path elements.
-    pub(crate) fn lookup(&self, path: &str) -> Option<&Arc<Backend>> {
-        if let Some(b) = self.exact.get(path) {
-            return Some(b);
+    /// Regexes in order; else exact, then the longest prefix; else the host's default.
+    pub(crate) fn lookup(&self, path: &str) -> &Arc<Route> {
+        if !self.regexes.is_empty() {
+            let matched = self
+                .regexes
+                .iter()
+                .find(|r| r.regex.as_ref().is_some_and(|re| re.is_match(path)));
+            return matched.unwrap_or(&self.default);
+        }
+        if let Some(route) = self.exact.get(path) {
+            return route;
         }
         self.prefixes
             .iter()
-            .find(|(p, _)| prefix_matches(p, path))
-            .map(|(_, b)| b)
+            .find(|(p, _)| path.starts_with(&**p))
+            .map_or(&self.default, |(_, route)| route)
     }
-}
 
-/// `/aaa/` and `/aaa` are the same prefix; `/` is the empty key.
-fn prefix_key(path: &str) -> &str {
-    path.trim_end_matches('/')
-}
-
-/// Element-wise prefix match: `/aaa` matches `/aaa`, `/aaa/` and `/aaa/ccc`, not `/aaaccc`.
-pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/'),
-        None => false,
+    pub(crate) fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.exact
+            .values()
+            .chain(self.prefixes.iter().map(|(_, r)| r))
+            .chain(self.regexes.iter())
+            .chain(std::iter::once(&self.default))
     }
 }
 
@@ -239,14 +217,5 @@ mod tests {
         assert_eq!(normalize_host("cafe.example.com."), "cafe.example.com");
         assert_eq!(normalize_host("[::1]:80"), "::1");
         assert_eq!(normalize_host("10.0.0.1"), "10.0.0.1");
-    }
-
-    #[test]
-    fn prefix_matches_whole_elements() {
-        assert!(prefix_matches("/aaa", "/aaa"));
-        assert!(prefix_matches("/aaa", "/aaa/"));
-        assert!(prefix_matches("/aaa", "/aaa/ccc"));
-        assert!(!prefix_matches("/aaa", "/aaaccc"));
-        assert!(prefix_matches("", "/anything"));
     }
 }

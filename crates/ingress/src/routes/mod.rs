@@ -1,6 +1,8 @@
-//! The route table: what the request path reads (through an `ArcSwap`) to pick a backend.
+//! The route table: what the request path reads (through an `ArcSwap`) to pick a route. Built
+//! from a [`RoutePlan`] (every decision already made by `sluice-routes`); this module only
+//! arranges it for fast lookups.
 
-pub(crate) mod build;
+mod build;
 mod matching;
 
 use std::collections::HashMap;
@@ -8,38 +10,23 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use sluice_model::ObjectKey;
+use sluice_plan::{ObjectName, RouteAction, RoutePlan, ServiceName};
 
-pub use build::build_route_table;
+pub(crate) use build::build;
 use matching::HostRoutes;
 pub(crate) use matching::normalize_host;
 pub use matching::{PathError, normalize_path};
 
-use crate::tls::{CertCache, CertStore};
+use crate::options::RouteRuntime;
+use crate::tls::{CertCache, CertStore, CertificateChoice};
 use crate::upstream::{Pool, UpstreamEndpoint};
-
-/// A problem with one object, which was skipped (or partly skipped). Displayed as
-/// `Ingress default/cafe: secret default/cafe-secret is not a valid kubernetes.io/tls secret`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Warning {
-    /// Kind of the object at fault (`Ingress`, `IngressClass`, `EndpointSlice`, ...).
-    pub kind: &'static str,
-    pub object: ObjectKey,
-    pub message: String,
-}
-
-impl fmt::Display for Warning {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.kind, self.object, self.message)
-    }
-}
 
 /// A service port that routes point at, with its ready endpoints.
 #[derive(Debug)]
 pub struct Backend {
-    pub(crate) service: ObjectKey,
+    pub(crate) service: ServiceName,
     /// The service port as written in the Ingress (number or name).
-    pub(crate) port: String,
+    pub(crate) port: Arc<str>,
     pub(crate) pool: Pool,
     /// "default/coffee-svc:80", for logs and error bodies.
     pub(crate) display: Box<str>,
@@ -47,7 +34,7 @@ pub struct Backend {
 
 impl Backend {
     /// The Service this backend sends to.
-    pub fn service(&self) -> &ObjectKey {
+    pub fn service(&self) -> &ServiceName {
         &self.service
     }
 
@@ -77,8 +64,45 @@ impl fmt::Display for Backend {
     }
 }
 
-/// Everything the proxy needs to answer requests: routes by host and path, default
-/// backends, TLS certificates. Built by [`build_route_table`]; immutable once built.
+/// One route: where a matched request goes (`None`: the built-in 404) and how.
+#[derive(Debug)]
+pub struct Route {
+    pub(crate) ingress: ObjectName,
+    /// What the plan decided for this route (backend and options), for explaining it.
+    pub(crate) action: RouteAction,
+    /// Which rule of the plan this is: `host cafe.example.com, prefix /coffee`.
+    pub(crate) rule: Box<str>,
+    pub(crate) backend: Option<Arc<Backend>>,
+    pub(crate) options: RouteRuntime,
+    /// The route's own regex (regex hosts), for `rewrite-target` capture groups.
+    pub(crate) regex: Option<regex::Regex>,
+}
+
+impl Route {
+    /// The backend, or `None` for the built-in 404.
+    pub fn backend(&self) -> Option<&Arc<Backend>> {
+        self.backend.as_ref()
+    }
+
+    /// The Ingress this route comes from.
+    pub fn ingress(&self) -> &ObjectName {
+        &self.ingress
+    }
+
+    /// The plan's decision this route executes.
+    pub fn action(&self) -> &RouteAction {
+        &self.action
+    }
+
+    /// Which rule of the plan matched: `host cafe.example.com, prefix /coffee`,
+    /// `host cafe.example.com, default`, `default-backend`.
+    pub fn rule(&self) -> &str {
+        &self.rule
+    }
+}
+
+/// Everything the proxy needs to answer requests: routes by host and path, default routes,
+/// TLS certificates. Built from a plan; immutable once built.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     exact_hosts: HashMap<Box<str>, HostRoutes>,
@@ -86,25 +110,27 @@ pub struct RouteTable {
     wildcard_hosts: HashMap<Box<str>, HostRoutes>,
     /// Rules without a host.
     any_host: Option<HostRoutes>,
-    /// Cluster-wide default: `spec.defaultBackend` of the first Ingress (conflict order)
-    /// that has one. Without it, unmatched requests get the built-in 404.
-    default_backend: Option<Arc<Backend>>,
+    /// Hosts no rule names. `None`: the built-in 404.
+    default_route: Option<Arc<Route>>,
     pub(crate) certs: CertStore,
     pub(crate) cert_cache: CertCache,
-    served: Vec<ObjectKey>,
+    served: Vec<ObjectName>,
+    /// The plan this table executes.
+    pub(crate) plan: Arc<RoutePlan>,
     /// Every endpoint by address, for the upstream connector's per-endpoint connection
     /// count; filled by [`index_endpoints`](Self::index_endpoints) before the table is served.
     endpoint_index: HashMap<SocketAddr, Arc<UpstreamEndpoint>>,
+    /// Per-route limiter state by route identity, carried to the next table.
+    pub(crate) limiters: crate::options::Limiters,
 }
 
 impl RouteTable {
-    /// The backend for a request, or `None` for the built-in 404. `host` may carry a port and
+    /// The route for a request, or `None` for the built-in 404. `host` may carry a port and
     /// any case; `path` must already be normalised ([`normalize_path`]).
     ///
-    /// The most specific host entry is chosen (exact, then `*.` wildcard, then rules without
-    /// host); a path that matches none of its rules goes to that host's Ingress
-    /// `defaultBackend`, else the cluster-wide default backend.
-    pub fn lookup(&self, host: &str, path: &str) -> Option<&Arc<Backend>> {
+    /// The most specific host entry (exact, then `*.` wildcard, then rules without host);
+    /// paths only inside it, else its default route; hosts no rule names get the catch-all.
+    pub fn lookup(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
         let host = normalize_host(host);
         let routes = self
             .exact_hosts
@@ -114,71 +140,20 @@ impl RouteTable {
                 self.wildcard_hosts.get(parent)
             })
             .or(self.any_host.as_ref());
-        routes
-            .and_then(|r| r.lookup(path).or(r.default_backend.as_ref()))
-            .or(self.default_backend.as_ref())
+        match routes {
+            Some(routes) => Some(routes.lookup(path)),
+            None => self.default_route.as_ref(),
+        }
     }
 
-    /// The table as sorted text, one route per line (`sluice plan --ingress`, goldens):
-    ///
-    /// ```text
-    /// host cafe.example.com
-    ///   exact /tea -> default/tea-svc:80 [10.244.1.2:8080]
-    ///   prefix /coffee -> default/coffee-svc:http [10.244.2.3:8080]
-    ///   default -> default/fallback:80 []
-    /// host *.example.com
-    /// any-host
-    /// default-backend -> default/fallback:80 []
-    /// tls cafe.example.com, *.example.com, default
-    /// ```
-    pub fn describe(&self) -> String {
-        use std::fmt::Write as _;
-        let backend = |b: &Backend| {
-            let eps: Vec<String> = b.endpoints().iter().map(ToString::to_string).collect();
-            format!("{b} [{}]", eps.join(" "))
-        };
-        let host = |out: &mut String, name: &str, routes: &HostRoutes| {
-            let _ = writeln!(out, "host {name}");
-            let mut exact: Vec<_> = routes.exact.iter().collect();
-            exact.sort_by(|a, b| a.0.cmp(b.0));
-            for (path, b) in exact {
-                let _ = writeln!(out, "  exact {path} -> {}", backend(b));
-            }
-            for (prefix, b) in &routes.prefixes {
-                let shown = if prefix.is_empty() { "/" } else { prefix };
-                let _ = writeln!(out, "  prefix {shown} -> {}", backend(b));
-            }
-            if let Some(b) = &routes.default_backend {
-                let _ = writeln!(out, "  default -> {}", backend(b));
-            }
-        };
-        let mut out = String::new();
-        let mut exact: Vec<_> = self.exact_hosts.iter().collect();
-        exact.sort_by(|a, b| a.0.cmp(b.0));
-        for (name, routes) in exact {
-            host(&mut out, name, routes);
-        }
-        let mut wildcard: Vec<_> = self.wildcard_hosts.iter().collect();
-        wildcard.sort_by(|a, b| a.0.cmp(b.0));
-        for (parent, routes) in wildcard {
-            host(&mut out, &format!("*.{parent}"), routes);
-        }
-        if let Some(routes) = &self.any_host {
-            host(&mut out, "*", routes);
-        }
-        if let Some(b) = &self.default_backend {
-            let _ = writeln!(out, "default-backend -> {}", backend(b));
-        }
-        let tls = self.certs.names();
-        if !tls.is_empty() {
-            let _ = writeln!(out, "tls {}", tls.join(", "));
-        }
-        out
-    }
-
-    /// Ingresses of our class that this table serves (for their status).
-    pub fn served_ingresses(&self) -> &[ObjectKey] {
+    /// Ingresses of our classes that this table serves (for their status).
+    pub fn served_ingresses(&self) -> &[ObjectName] {
         &self.served
+    }
+
+    /// The route plan this table was built from.
+    pub fn plan(&self) -> &Arc<RoutePlan> {
+        &self.plan
     }
 
     /// Whether some certificate is available for `server_name` (SNI), or a default one.
@@ -186,22 +161,30 @@ impl RouteTable {
         self.certs.resolve(server_name).is_some()
     }
 
-    /// Every backend some route (or default) points at; a backend shared by several routes
-    /// comes once per route.
-    pub(crate) fn backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
+    /// Which certificate a handshake for `server_name` (SNI) gets; `None`: it fails.
+    pub fn certificate_for(&self, server_name: Option<&str>) -> Option<CertificateChoice> {
+        self.certs.choice(server_name)
+    }
+
+    /// Every route of the table.
+    fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
         let hosts = self
             .exact_hosts
             .values()
             .chain(self.wildcard_hosts.values())
             .chain(self.any_host.iter());
         hosts
-            .flat_map(|h| {
-                h.exact
-                    .values()
-                    .chain(h.prefixes.iter().map(|(_, b)| b))
-                    .chain(h.default_backend.iter())
-            })
-            .chain(self.default_backend.iter())
+            .flat_map(HostRoutes::routes)
+            .chain(self.default_route.iter())
+    }
+
+    /// Every backend some route points at (its canary included); a backend shared by several
+    /// routes comes once per route.
+    pub(crate) fn backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        self.routes().flat_map(|r| {
+            let canary = r.options.canary.as_ref().map(|c| &c.backend);
+            r.backend.iter().chain(canary)
+        })
     }
 
     /// Endpoint states by address, so a rebuilt table keeps the request counters.

@@ -1,12 +1,15 @@
-//! Routing rules, one test per rule, through the public entry point (`build_route_table` +
-//! `RouteTable::lookup`), as the proxy uses them.
+//! The precedence table of docs/ingress.md, one test per row, through what the agent does:
+//! Kubernetes objects → `sluice_routes::plan` → `RouteTable` (built here) → `lookup`.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use serde_json::{Value, json};
-use sluice_model::{ObjectKey, Snapshot};
+use sluice_model::{NodeInfo, ObjectKey, Snapshot};
+use sluice_plan::RoutePlan;
+use sluice_routes::RouteConfig;
 
-use crate::{IngressConfig, RouteTable, Warning, build_route_table, normalize_path};
+use crate::{RouteTable, Warning, normalize_path};
 
 fn key_of(v: &Value) -> ObjectKey {
     ObjectKey::new(
@@ -20,30 +23,53 @@ fn snapshot(objects: Vec<Value>) -> Snapshot {
     for o in objects {
         let k = key_of(&o);
         match o["kind"].as_str().unwrap() {
-            "Service" => {
+            "Service" => drop(
                 s.services
-                    .insert(k, Arc::new(serde_json::from_value(o).unwrap()));
-            }
-            "EndpointSlice" => {
+                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
+            ),
+            "EndpointSlice" => drop(
                 s.endpoint_slices
-                    .insert(k, Arc::new(serde_json::from_value(o).unwrap()));
-            }
-            "Ingress" => {
+                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
+            ),
+            "Ingress" => drop(
                 s.ingresses
-                    .insert(k, Arc::new(serde_json::from_value(o).unwrap()));
-            }
-            "IngressClass" => {
+                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
+            ),
+            "IngressClass" => drop(
                 s.ingress_classes
-                    .insert(k, Arc::new(serde_json::from_value(o).unwrap()));
-            }
-            "Secret" => {
+                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
+            ),
+            "Secret" => drop(
                 s.secrets
-                    .insert(k, Arc::new(serde_json::from_value(o).unwrap()));
-            }
+                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
+            ),
             other => panic!("unexpected kind {other}"),
         }
     }
     s
+}
+
+fn plan_of(objects: Vec<Value>) -> (RoutePlan, Vec<Warning>) {
+    sluice_routes::plan(
+        &snapshot(objects),
+        &NodeInfo::default(),
+        &RouteConfig::default(),
+        SystemTime::now(),
+    )
+}
+
+/// The table the proxy builds for these objects, with the planner's and the builder's
+/// warnings.
+/// These tables have no HTTPS or GRPCS routes.
+fn no_tls_clients(_: &sluice_plan::UpstreamTls, _: bool) -> Arc<crate::upstream::TlsClient> {
+    Arc::new(Err("no upstream TLS in these tests".to_owned()))
+}
+
+fn build(objects: Vec<Value>, previous: Option<&RouteTable>) -> (RouteTable, Vec<Warning>) {
+    let (plan, mut warnings) = plan_of(objects);
+    let (table, more) = crate::routes::build(&plan, previous, &mut no_tls_clients);
+    warnings.extend(more);
+    (table, warnings)
 }
 
 fn class(name: &str, controller: &str, default: bool) -> Value {
@@ -78,6 +104,16 @@ fn ingress(name: &str, host: Option<&str>, paths: Vec<Value>) -> Value {
         "spec": {"ingressClassName": "sluice", "rules": [rule]}})
 }
 
+fn rules_less(name: &str, svc: &str) -> Value {
+    json!({"kind": "Ingress", "metadata": {"namespace": "default", "name": name},
+        "spec": {"ingressClassName": "sluice", "defaultBackend": {"service": {"name": svc, "port": {"number": 80}}}}})
+}
+
+fn created(mut v: Value, at: &str) -> Value {
+    v["metadata"]["creationTimestamp"] = json!(at);
+    v
+}
+
 /// Our class plus services a, b, c, d (endpoints 10.0.0.1..4) and `extra` objects.
 fn table(extra: Vec<Value>) -> (RouteTable, Vec<Warning>) {
     let mut objects = vec![class("sluice", "sluice.dev/ingress", false)];
@@ -85,14 +121,15 @@ fn table(extra: Vec<Value>) -> (RouteTable, Vec<Warning>) {
         objects.extend(service(name, &format!("10.0.0.{}", i + 1)));
     }
     objects.extend(extra);
-    build_route_table(&snapshot(objects), &IngressConfig::default())
+    build(objects, None)
 }
 
 /// The service name a request goes to, or "404".
 fn route(t: &RouteTable, host: &str, raw_path: &str) -> String {
     let path = normalize_path(raw_path).unwrap();
     t.lookup(host, &path)
-        .map_or_else(|| "404".to_owned(), |b| b.service().name.clone())
+        .and_then(|r| r.backend())
+        .map_or_else(|| "404".to_owned(), |b| b.service().name.to_string())
 }
 
 #[test]
@@ -201,14 +238,22 @@ fn exact_beats_prefix_for_the_same_path() {
 }
 
 #[test]
-fn implementation_specific_is_prefix() {
+fn implementation_specific_is_an_nginx_string_prefix() {
     let (t, _) = table(vec![ingress(
         "i",
         Some("h"),
-        vec![path("/aaa", "ImplementationSpecific", "a")],
+        vec![
+            path("/aaa", "ImplementationSpecific", "a"),
+            path("/aaa/b", "Prefix", "b"),
+        ],
     )]);
-    assert_eq!(route(&t, "h", "/aaa/b"), "a");
-    assert_eq!(route(&t, "h", "/aaab"), "404");
+    assert_eq!(route(&t, "h", "/aaa/c"), "a");
+    // nginx's `location /aaa` also takes /aaab.
+    assert_eq!(route(&t, "h", "/aaab"), "a");
+    // Longest prefix over both kinds: `Prefix /aaa/b` is the string `/aaa/b/` (and `/aaa/b`).
+    assert_eq!(route(&t, "h", "/aaa/b/x"), "b");
+    assert_eq!(route(&t, "h", "/aaa/b"), "b");
+    assert_eq!(route(&t, "h", "/aaa/bc"), "a");
 }
 
 #[test]
@@ -220,7 +265,7 @@ fn unknown_path_type_is_skipped_with_warning() {
     )]);
     assert_eq!(route(&t, "h", "/x"), "404");
     assert_eq!(w.len(), 1);
-    assert_eq!(w[0].object, ObjectKey::new("default", "i"));
+    assert_eq!(w[0].object.to_string(), "default/i");
     assert!(
         w[0].to_string()
             .starts_with("Ingress default/i: path type \"Regex\""),
@@ -245,7 +290,11 @@ fn rules_merge_across_ingresses_oldest_wins_conflicts() {
     // Paths that do not conflict are merged.
     assert_eq!(route(&t, "h", "/y"), "c");
     assert_eq!(w.len(), 1, "{w:?}");
-    assert_eq!(w[0].object.name, "aaa-newer");
+    assert_eq!(&*w[0].object.name, "aaa-newer");
+    assert!(
+        w[0].message.contains("Ingress default/zzz-older (older)"),
+        "{w:?}"
+    );
 }
 
 #[test]
@@ -291,7 +340,7 @@ fn without_default_backend_unmatched_is_builtin_404() {
         Some("h"),
         vec![path("/x", "Prefix", "a")],
     )]);
-    assert!(t.lookup("h", "/y").is_none());
+    assert_eq!(route(&t, "h", "/y"), "404");
 }
 
 #[test]
@@ -313,62 +362,38 @@ fn normalised_paths_cannot_bypass_routes() {
 }
 
 #[test]
-fn class_selection() {
+fn class_selection_by_controller_flag() {
     let mut objects = vec![
         class("sluice", "sluice.dev/ingress", true),
         class("nginx", "k8s.io/ingress-nginx", false),
     ];
     objects.extend(service("a", "10.0.0.1"));
-    let mut by_name = ingress("by-name", Some("1"), vec![path("/", "Prefix", "a")]);
-    by_name["spec"]["ingressClassName"] = json!("sluice");
     let mut other = ingress("other", Some("2"), vec![path("/", "Prefix", "a")]);
     other["spec"]["ingressClassName"] = json!("nginx");
-    let mut legacy = ingress("legacy", Some("3"), vec![path("/", "Prefix", "a")]);
-    legacy["spec"]
-        .as_object_mut()
-        .unwrap()
-        .remove("ingressClassName");
-    legacy["metadata"]["annotations"] = json!({"kubernetes.io/ingress.class": "sluice"});
-    let mut legacy_other = legacy.clone();
-    legacy_other["metadata"]["name"] = json!("legacy-other");
-    legacy_other["metadata"]["annotations"] = json!({"kubernetes.io/ingress.class": "nginx"});
-    let mut classless = ingress("classless", Some("4"), vec![path("/", "Prefix", "a")]);
-    classless["spec"]
-        .as_object_mut()
-        .unwrap()
-        .remove("ingressClassName");
-    objects.extend([by_name, other, legacy, legacy_other, classless.clone()]);
-    let snap = snapshot(objects.clone());
-    let (t, _) = build_route_table(&snap, &IngressConfig::default());
-    let served: Vec<&str> = t
-        .served_ingresses()
-        .iter()
-        .map(|k| k.name.as_str())
-        .collect();
-    assert_eq!(served, ["by-name", "classless", "legacy"]);
-
-    // Without the default-class annotation, class-less Ingresses are not ours.
-    objects[0] = class("sluice", "sluice.dev/ingress", false);
-    let (t, _) = build_route_table(&snapshot(objects.clone()), &IngressConfig::default());
-    let served: Vec<&str> = t
-        .served_ingresses()
-        .iter()
-        .map(|k| k.name.as_str())
-        .collect();
-    assert_eq!(served, ["by-name", "legacy"]);
-
-    // A different controller name (flag) owns the other class instead.
-    let config = IngressConfig {
-        controller_name: "k8s.io/ingress-nginx".to_owned(),
-        ..IngressConfig::default()
+    objects.extend([
+        ingress("by-name", Some("1"), vec![path("/", "Prefix", "a")]),
+        other,
+    ]);
+    let served = |controller: &str| -> Vec<String> {
+        let config = RouteConfig {
+            controller: controller.to_owned(),
+            ..RouteConfig::default()
+        };
+        let (plan, _) = sluice_routes::plan(
+            &snapshot(objects.clone()),
+            &NodeInfo::default(),
+            &config,
+            SystemTime::now(),
+        );
+        let (t, _) = crate::routes::build(&plan, None, &mut no_tls_clients);
+        t.served_ingresses()
+            .iter()
+            .map(|k| k.name.to_string())
+            .collect()
     };
-    let (t, _) = build_route_table(&snapshot(objects), &config);
-    let served: Vec<&str> = t
-        .served_ingresses()
-        .iter()
-        .map(|k| k.name.as_str())
-        .collect();
-    assert_eq!(served, ["legacy-other", "other"]);
+    assert_eq!(served("sluice.dev/ingress"), ["by-name"]);
+    // A different controller name (flag) owns the other class instead.
+    assert_eq!(served("k8s.io/ingress-nginx"), ["other"]);
 }
 
 #[test]
@@ -390,7 +415,7 @@ fn endpoints_are_ready_ones_on_the_named_slice_port() {
                 {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"name": "http"}}}}]}}]}}),
     ];
     let (t, w) = table(objects);
-    let b = t.lookup("x", "/").unwrap();
+    let b = t.lookup("x", "/").unwrap().backend().unwrap();
     let eps: Vec<String> = b.endpoints().iter().map(ToString::to_string).collect();
     assert_eq!(eps, ["10.1.0.1:8080", "10.1.0.3:8080"]);
     assert_eq!(w.len(), 1, "{w:?}");
@@ -407,7 +432,14 @@ fn missing_service_gives_backend_without_endpoints_and_warning() {
         Some("h"),
         vec![path("/", "Prefix", "nope")],
     )]);
-    assert!(t.lookup("h", "/").unwrap().endpoints().is_empty());
+    assert!(
+        t.lookup("h", "/")
+            .unwrap()
+            .backend()
+            .unwrap()
+            .endpoints()
+            .is_empty()
+    );
     assert_eq!(
         w[0].to_string(),
         "Ingress default/i: service default/nope not found"
@@ -420,7 +452,7 @@ fn resource_backend_is_skipped_with_warning() {
         "spec": {"ingressClassName": "sluice", "rules": [{"host": "h", "http": {"paths": [
             {"path": "/", "pathType": "Prefix", "backend": {"resource": {"kind": "Bucket", "name": "b"}}}]}}]}});
     let (t, w) = table(vec![i]);
-    assert!(t.lookup("h", "/").is_none());
+    assert_eq!(route(&t, "h", "/"), "404");
     assert!(
         w[0].to_string()
             .contains("resource backends are not supported"),
@@ -446,9 +478,12 @@ fn invalid_tls_secret_is_named_in_the_warning() {
         "{}",
         w[0]
     );
-    // Routing still works; HTTPS just has no certificate.
+    // Routing still works; HTTPS gets the generated default certificate.
     assert_eq!(route(&t, "cafe.example.com", "/"), "a");
-    assert!(!t.has_certificate_for(Some("cafe.example.com")));
+    assert_eq!(
+        t.certificate_for(Some("cafe.example.com")),
+        Some(crate::CertificateChoice::Default { secret: None })
+    );
 }
 
 #[test]
@@ -492,31 +527,41 @@ fn certificates_by_sni_exact_wildcard_and_default() {
     let served = |sni: Option<&str>| t.certs.resolve(sni).unwrap().cert[0].to_vec();
     assert_eq!(served(Some("CAFE.example.com")), cafe_der);
     assert_eq!(served(Some("x.example.org")), wild_der);
-    // No match and no SNI: the first certificate in conflict order is the default.
-    assert_eq!(served(Some("unknown.test")), cafe_der);
-    assert_eq!(served(None), cafe_der);
+    // No match and no SNI: the generated default certificate (ingress-nginx's subject),
+    // never another Ingress's.
+    let generated = served(None);
+    assert!(
+        generated
+            .windows(crate::tls::GENERATED_SUBJECT.len())
+            .any(|w| w == crate::tls::GENERATED_SUBJECT.as_bytes())
+    );
+    assert_eq!(served(Some("unknown.test")), generated);
+    assert_ne!(generated, cafe_der);
+    assert_eq!(
+        t.certificate_for(Some("cafe.example.com")),
+        Some(crate::CertificateChoice::Host {
+            secret: sluice_plan::ObjectName::new("default", "cafe")
+        })
+    );
 }
 
 #[test]
-fn tls_section_without_hosts_is_the_default_certificate() {
-    let (cafe, cafe_der) = tls_secret("cafe", "cafe.example.com");
-    let (fallback, fallback_der) = tls_secret("fallback", "fallback");
+fn tls_section_without_hosts_covers_the_rule_hosts_only() {
+    let (fallback, fallback_der) = tls_secret("fallback", "cafe.example.com");
     let mut i = ingress(
         "i",
         Some("cafe.example.com"),
         vec![path("/", "Prefix", "a")],
     );
-    i["spec"]["tls"] = json!([
-        {"hosts": ["cafe.example.com"], "secretName": "cafe"},
-        {"secretName": "fallback"}]);
-    let (t, _) = table(vec![i, cafe, fallback]);
-    assert_eq!(
-        t.certs.resolve(Some("other.test")).unwrap().cert[0].to_vec(),
-        fallback_der
-    );
+    i["spec"]["tls"] = json!([{"secretName": "fallback"}]);
+    let (t, _) = table(vec![i, fallback]);
     assert_eq!(
         t.certs.resolve(Some("cafe.example.com")).unwrap().cert[0].to_vec(),
-        cafe_der
+        fallback_der
+    );
+    assert_ne!(
+        t.certs.resolve(Some("other.test")).unwrap().cert[0].to_vec(),
+        fallback_der
     );
 }
 
@@ -531,27 +576,22 @@ fn rebuild_reuses_parsed_certificates_and_endpoint_state() {
     i["spec"]["tls"] = json!([{"hosts": ["cafe.example.com"], "secretName": "cafe"}]);
     let mut objects = vec![class("sluice", "sluice.dev/ingress", false), i];
     objects.extend(service("a", "10.0.0.1"));
-    let config = IngressConfig::default();
-    let first_snapshot = snapshot([objects.clone(), vec![cafe.clone()]].concat());
-    let (first, _) = crate::routes::build::build(&first_snapshot, &config, None);
+    let (first, _) = build([objects.clone(), vec![cafe.clone()]].concat(), None);
     // Same Secret content in a new snapshot: the parsed key is reused, not parsed again.
-    let same = snapshot([objects.clone(), vec![cafe]].concat());
-    let (second, _) = crate::routes::build::build(&same, &config, Some(&first));
+    let (second, _) = build([objects.clone(), vec![cafe]].concat(), Some(&first));
     let cert = |t: &RouteTable| t.certs.resolve(Some("cafe.example.com")).unwrap();
     assert!(Arc::ptr_eq(&cert(&first), &cert(&second)));
-    let ep =
-        |t: &RouteTable| Arc::clone(&t.lookup("cafe.example.com", "/").unwrap().pool.endpoints[0]);
+    let ep = |t: &RouteTable| {
+        let route = t.lookup("cafe.example.com", "/").unwrap();
+        Arc::clone(&route.backend().unwrap().pool.endpoints[0])
+    };
     assert!(
         Arc::ptr_eq(&ep(&first), &ep(&second)),
         "endpoint counters must carry over"
     );
     // A rotated Secret is parsed.
     let (rotated, rotated_der) = tls_secret("cafe", "cafe.example.com");
-    let (third, _) = crate::routes::build::build(
-        &snapshot([objects, vec![rotated]].concat()),
-        &config,
-        Some(&second),
-    );
+    let (third, _) = build([objects, vec![rotated]].concat(), Some(&second));
     assert_eq!(cert(&third).cert[0].to_vec(), rotated_der);
 }
 
@@ -578,6 +618,8 @@ fn terminating_endpoints_are_used_only_when_none_is_ready() {
     let eps = |t: &RouteTable| -> Vec<String> {
         t.lookup("h", "/")
             .unwrap()
+            .backend()
+            .unwrap()
             .endpoints()
             .iter()
             .map(ToString::to_string)
@@ -587,6 +629,110 @@ fn terminating_endpoints_are_used_only_when_none_is_ready() {
     assert_eq!(eps(&t), ["10.1.0.1:8080"]);
     let (t, _) = table(objects(false));
     assert_eq!(eps(&t), ["10.1.0.2:8080"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The rows of the precedence table added with ingress-nginx's rules.
+
+#[test]
+fn a_named_host_never_falls_through_to_a_wildcard_or_rules_without_host() {
+    let (t, _) = table(vec![
+        ingress(
+            "exact",
+            Some("foo.example.com"),
+            vec![path("/only", "Prefix", "a")],
+        ),
+        ingress(
+            "wild",
+            Some("*.example.com"),
+            vec![path("/", "Prefix", "b")],
+        ),
+        ingress("any", None, vec![path("/", "Prefix", "c")]),
+    ]);
+    assert_eq!(route(&t, "foo.example.com", "/only/x"), "a");
+    assert_eq!(route(&t, "foo.example.com", "/other"), "404");
+    assert_eq!(route(&t, "bar.example.com", "/other"), "b");
+    assert_eq!(route(&t, "elsewhere.test", "/other"), "c");
+}
+
+#[test]
+fn a_named_host_without_its_own_default_backend_gets_404_not_the_catch_all() {
+    let (t, _) = table(vec![
+        created(
+            ingress("cafe", Some("cafe.test"), vec![path("/tea", "Prefix", "a")]),
+            "2024-01-01T00:00:00Z",
+        ),
+        created(rules_less("catch-all", "d"), "2024-01-02T00:00:00Z"),
+    ]);
+    assert_eq!(route(&t, "cafe.test", "/coffee"), "404");
+    // The rules-less defaultBackend catches hosts no rule names.
+    assert_eq!(route(&t, "unknown.test", "/coffee"), "d");
+}
+
+#[test]
+fn without_any_default_backend_unknown_hosts_get_404() {
+    let (t, _) = table(vec![ingress(
+        "cafe",
+        Some("cafe.test"),
+        vec![path("/", "Prefix", "a")],
+    )]);
+    assert!(t.lookup("unknown.test", "/").is_none());
+}
+
+#[test]
+fn rules_without_host_fall_back_to_the_catch_all() {
+    let (t, _) = table(vec![
+        ingress("hostless", None, vec![path("/x", "Prefix", "a")]),
+        rules_less("catch-all", "d"),
+    ]);
+    assert_eq!(route(&t, "anything.test", "/x"), "a");
+    assert_eq!(route(&t, "anything.test", "/y"), "d");
+}
+
+#[test]
+fn regex_host_takes_the_first_match_in_nginx_order_case_insensitively() {
+    let mut re = ingress(
+        "re",
+        Some("h"),
+        vec![
+            path("/api/v[0-9]+", "ImplementationSpecific", "a"),
+            path("/api", "ImplementationSpecific", "b"),
+        ],
+    );
+    re["metadata"]["annotations"] = json!({"nginx.ingress.kubernetes.io/use-regex": "true"});
+    let (t, w) = table(vec![
+        re,
+        ingress("plain", Some("h"), vec![path("/static", "Exact", "c")]),
+    ]);
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(route(&t, "h", "/api/v2/items"), "a");
+    assert_eq!(route(&t, "h", "/API/V2"), "a");
+    assert_eq!(route(&t, "h", "/api/beta"), "b");
+    assert_eq!(route(&t, "h", "/apix"), "b");
+    // The other Ingress's Exact path is a regex on this host too, as with ingress-nginx.
+    assert_eq!(route(&t, "h", "/static/more"), "c");
+    assert_eq!(route(&t, "h", "/nothing"), "404");
+}
+
+#[test]
+fn an_ingress_without_creation_timestamp_loses_a_conflict() {
+    let (t, w) = table(vec![
+        ingress("aaa-undated", Some("h"), vec![path("/", "Prefix", "a")]),
+        created(
+            ingress("zzz-dated", Some("h"), vec![path("/", "Prefix", "b")]),
+            "2024-01-01T00:00:00Z",
+        ),
+    ]);
+    assert_eq!(route(&t, "h", "/"), "b");
+    assert_eq!(w.len(), 1);
+    assert!(
+        w[0].to_string().starts_with("Ingress default/aaa-undated:"),
+        "{w:?}"
+    );
+    assert!(
+        w[0].message.contains("Ingress default/zzz-dated (older)"),
+        "{w:?}"
+    );
 }
 
 /// A `kubernetes.io/tls` Secret with a self-signed certificate for `host`, valid until the
@@ -614,7 +760,7 @@ fn expired_certificate_is_served_and_named() {
     assert_eq!(
         w.iter().map(ToString::to_string).collect::<Vec<_>>(),
         [
-            "Ingress default/old: secret default/old: the certificate expired at 2020-01-02T00:00:00Z; served anyway (clients will refuse it)"
+            "Ingress default/old: secret default/old: the certificate expired at 2020-01-02T00:00:00Z; it is served only to names no valid certificate covers"
         ]
     );
     assert!(t.has_certificate_for(Some("old.example.com")));
@@ -645,7 +791,9 @@ fn huge_chain_is_refused_and_named() {
         t.certs
             .resolve(Some("big.example.com"))
             .map(|c| c.cert.len()),
-        Some(16),
-        "big.example.com gets the default (the valid certificate), never the huge chain"
+        t.certs
+            .resolve(Some("no-such-name.example.com"))
+            .map(|c| c.cert.len()),
+        "big.example.com gets the default certificate, never the huge chain"
     );
 }

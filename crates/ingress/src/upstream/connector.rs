@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::Uri;
@@ -21,6 +22,12 @@ use crate::RouteTable;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+tokio::task_local! {
+    /// The connect timeout of the route being served (`proxy-connect-timeout`). The pooled
+    /// client dials from within the request's task, so the connector sees the request's value.
+    pub(crate) static CONNECT_TIMEOUT: Duration;
+}
+
 /// Dials endpoints for the pooled client, refusing (with [`super::LimitReached`] as the
 /// error) when a connection cap is reached.
 #[derive(Clone)]
@@ -29,6 +36,8 @@ pub(crate) struct CountingConnector {
     limits: Arc<ConnectionLimits>,
     /// To find the endpoint (and its connection count) of the address being dialled.
     table: Arc<ArcSwap<RouteTable>>,
+    /// When the request sets no [`CONNECT_TIMEOUT`].
+    default_timeout: Duration,
 }
 
 impl CountingConnector {
@@ -36,11 +45,13 @@ impl CountingConnector {
         http: HttpConnector,
         limits: Arc<ConnectionLimits>,
         table: Arc<ArcSwap<RouteTable>>,
+        default_timeout: Duration,
     ) -> Self {
         Self {
             http,
             limits,
             table,
+            default_timeout,
         }
     }
 }
@@ -64,9 +75,18 @@ impl tower_service::Service<Uri> for CountingConnector {
         match permit {
             Err(limit) => Box::pin(std::future::ready(Err(limit.into()))),
             Ok(permit) => {
+                let timeout = CONNECT_TIMEOUT
+                    .try_with(|t| *t)
+                    .unwrap_or(self.default_timeout);
                 let connecting = self.http.call(uri);
                 Box::pin(async move {
-                    let io = connecting.await?;
+                    let io = match tokio::time::timeout(timeout, connecting).await {
+                        Ok(io) => io?,
+                        Err(_) => {
+                            let why = format!("connect timed out after {}s", timeout.as_secs_f32());
+                            return Err(io::Error::new(io::ErrorKind::TimedOut, why).into());
+                        }
+                    };
                     Ok(Counted::new(io, permit))
                 })
             }
@@ -87,6 +107,11 @@ impl<T> Counted<T> {
             io,
             _permit: permit,
         }
+    }
+
+    /// The connection and its place under the caps, to wrap the connection (TLS).
+    pub(crate) fn into_parts(self) -> (T, ConnectionPermit) {
+        (self.io, self._permit)
     }
 }
 

@@ -37,11 +37,15 @@ fn below(n: usize) -> usize {
     ((next_u64() >> 32) as usize * n) >> 32
 }
 
+/// `skip_ejected`: endpoints passive health took out are not usable.
 pub(super) fn pick(
     endpoints: &[Arc<UpstreamEndpoint>],
     exclude: Option<SocketAddr>,
+    skip_ejected: bool,
 ) -> Option<&Arc<UpstreamEndpoint>> {
-    let usable = |ep: &&Arc<UpstreamEndpoint>| Some(ep.addr) != exclude;
+    let usable = |ep: &&Arc<UpstreamEndpoint>| {
+        Some(ep.addr) != exclude && !(skip_ejected && ep.is_ejected())
+    };
     match endpoints.len() {
         0 => None,
         1 => endpoints.first().filter(usable),
@@ -81,21 +85,21 @@ mod tests {
 
     #[test]
     fn empty_pool_gives_none() {
-        assert!(pick(&[], None).is_none());
+        assert!(pick(&[], None, true).is_none());
     }
 
     #[test]
     fn single_endpoint_excluded_gives_none() {
         let e = eps(1);
-        assert!(pick(&e, Some(e[0].addr)).is_none());
-        assert_eq!(pick(&e, None).unwrap().addr, e[0].addr);
+        assert!(pick(&e, Some(e[0].addr), true).is_none());
+        assert_eq!(pick(&e, None, true).unwrap().addr, e[0].addr);
     }
 
     #[test]
     fn exclude_is_never_picked() {
         let e = eps(3);
         for _ in 0..1000 {
-            assert_ne!(pick(&e, Some(e[1].addr)).unwrap().addr, e[1].addr);
+            assert_ne!(pick(&e, Some(e[1].addr), true).unwrap().addr, e[1].addr);
         }
     }
 
@@ -104,7 +108,7 @@ mod tests {
         let e = eps(2);
         let _guards: Vec<_> = (0..5).map(|_| e[0].start()).collect();
         for _ in 0..100 {
-            assert_eq!(pick(&e, None).unwrap().addr, e[1].addr);
+            assert_eq!(pick(&e, None, true).unwrap().addr, e[1].addr);
         }
     }
 
@@ -113,12 +117,34 @@ mod tests {
         let e = eps(4);
         let mut counts = [0usize; 4];
         for _ in 0..4000 {
-            let p = pick(&e, None).unwrap();
+            let p = pick(&e, None, true).unwrap();
             counts[usize::from(p.addr.port() - 8000)] += 1;
         }
         for c in counts {
             assert!(c > 600, "uneven spread: {counts:?}");
         }
+    }
+
+    #[test]
+    fn ejected_endpoints_are_skipped_until_they_respond_or_the_time_is_up() {
+        let e = eps(3);
+        let long = std::time::Duration::from_secs(60);
+        assert!(!e[0].connect_failed(2, long));
+        assert!(
+            e[0].connect_failed(2, long),
+            "ejected at the 2nd failure in a row"
+        );
+        for _ in 0..1000 {
+            assert_ne!(pick(&e, None, true).unwrap().addr, e[0].addr);
+        }
+        // Ignoring ejections (every endpoint ejected), it is a candidate again.
+        assert!((0..1000).any(|_| pick(&e, None, false).unwrap().addr == e[0].addr));
+        e[0].responded();
+        assert!(!e[0].is_ejected());
+        assert!(e[1].connect_failed(1, std::time::Duration::ZERO));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(!e[1].is_ejected(), "the ejection has run out");
+        assert!(!e[2].connect_failed(0, long), "threshold 0: never ejected");
     }
 
     #[test]

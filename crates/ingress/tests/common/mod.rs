@@ -14,13 +14,16 @@ use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use serde_json::{Value, json};
-use sluice_ingress::{IngressConfig, IngressProxy, ObjectKey, Snapshot};
+use sluice_ingress::{IngressConfig, IngressProxy, Warning};
+use sluice_model::{NodeInfo, ObjectKey, Snapshot};
+use sluice_routes::RouteConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
-/// An HTTP/1.1 echo backend on 127.0.0.1: answers `NAME METHOD PATH` plus the forwarding
-/// headers it saw, one per line; `/sleep` waits 2 s first; upgrades echo bytes as `NAME:...`.
+/// An echo backend on 127.0.0.1 (HTTP/1.1, and HTTP/2 with prior knowledge): answers
+/// `NAME METHOD PATH` plus the HTTP version and the forwarding headers it saw, one per line;
+/// `/sleep` waits 2 s first; upgrades echo bytes as `NAME:...`.
 pub struct EchoBackend {
     pub name: String,
     pub addr: SocketAddr,
@@ -41,9 +44,8 @@ pub async fn echo(name: &str) -> EchoBackend {
             let name = name_owned.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| answer(name.clone(), req));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .with_upgrades()
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                     .await;
             });
         }
@@ -55,8 +57,116 @@ pub async fn echo(name: &str) -> EchoBackend {
     }
 }
 
-async fn answer(
+/// A private CA for test certificates.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub pem: String,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf certificate for `names`, signed by this CA: (certificate PEM, key PEM).
+    pub fn leaf(&self, names: &[&str]) -> (String, String) {
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// An echo backend speaking TLS (ALPN h2 and http/1.1) with `cert`; with `client_ca`, it
+/// demands a client certificate signed by it. Its answers add `tls: ALPN` and
+/// `client-cert: yes|no` lines.
+pub async fn echo_tls(name: &str, cert: &(String, String), client_ca: Option<&str>) -> EchoBackend {
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert.0.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut cert.1.as_bytes())
+        .unwrap()
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pemfile::certs(&mut ca.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key).unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    let name_owned = name.to_owned();
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                _ = &mut stopped => return,
+                r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+            };
+            let (name, acceptor) = (name_owned.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let session = tls.get_ref().1;
+                let extra = format!(
+                    "tls: {}\nclient-cert: {}\n",
+                    String::from_utf8_lossy(session.alpn_protocol().unwrap_or(b"-")),
+                    if session.peer_certificates().is_some() {
+                        "yes"
+                    } else {
+                        "no"
+                    }
+                );
+                let svc = hyper::service::service_fn(move |req| {
+                    answer_with(name.clone(), extra.clone(), req)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    EchoBackend {
+        name: name.to_owned(),
+        addr,
+        _stop: stop,
+    }
+}
+
+async fn answer(name: String, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    answer_with(name, String::new(), req).await
+}
+
+async fn answer_with(
     name: String,
+    extra: String,
     mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.headers().contains_key(hyper::header::UPGRADE) {
@@ -96,9 +206,14 @@ async fn answer(
             .unwrap_or("-")
             .to_owned()
     };
-    let mut text = format!("{name} {} {}\n", req.method(), req.uri());
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let mut text = format!("{name} {} {target}\n", req.method());
+    text.push_str(&format!("version: {:?}\n", req.version()));
+    text.push_str(&extra);
     for n in [
         "host",
+        "te",
+        "x-forwarded-prefix",
         "x-forwarded-for",
         "x-forwarded-proto",
         "x-forwarded-host",
@@ -115,6 +230,25 @@ async fn answer(
         .unwrap_or(0);
     text.push_str(&format!("body-bytes: {body}\n"));
     Ok(Response::new(Full::new(Bytes::from(text))))
+}
+
+/// Feeds the proxy a snapshot as the agent does: planned by `sluice-routes`, then executed.
+pub trait ApplySnapshot {
+    /// The planner's warnings and the proxy's.
+    fn apply(&self, snapshot: &Snapshot) -> Vec<Warning>;
+}
+
+impl ApplySnapshot for IngressProxy {
+    fn apply(&self, snapshot: &Snapshot) -> Vec<Warning> {
+        apply_with(self, snapshot, &RouteConfig::default())
+    }
+}
+
+pub fn apply_with(proxy: &IngressProxy, snapshot: &Snapshot, config: &RouteConfig) -> Vec<Warning> {
+    let now = std::time::SystemTime::now();
+    let (plan, mut warnings) = sluice_routes::plan(snapshot, &NodeInfo::default(), config, now);
+    warnings.extend(proxy.update(&plan));
+    warnings
 }
 
 /// Builds a snapshot from JSON objects (`kind` picks the map).
@@ -207,6 +341,33 @@ pub fn tls_secret_pem(name: &str, hosts: &[&str]) -> (Value, Vec<u8>, (String, S
     (secret, der, (cert_pem, key_pem))
 }
 
+/// A TLS Secret whose certificate is valid from `from` to `to` (years, January 1st), with
+/// its key, or (`matching_key: false`) with the key of another certificate: (Secret, DER).
+pub fn tls_secret_dated(
+    name: &str,
+    hosts: &[&str],
+    from: i32,
+    to: i32,
+    matching_key: bool,
+) -> (Value, Vec<u8>) {
+    let mut params =
+        rcgen::CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    params.not_before = rcgen::date_time_ymd(from, 1, 1);
+    params.not_after = rcgen::date_time_ymd(to, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let key_pem = if matching_key {
+        key.serialize_pem()
+    } else {
+        rcgen::KeyPair::generate().unwrap().serialize_pem()
+    };
+    let secret = json!({"kind": "Secret", "metadata": {"namespace": "default", "name": name},
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": b64(cert.pem().as_bytes()), "tls.key": b64(key_pem.as_bytes())}});
+    (secret, cert.der().to_vec())
+}
+
 fn b64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
@@ -258,9 +419,20 @@ impl Drop for Running {
 }
 
 pub async fn start(config: IngressConfig, objects: &[Value]) -> Running {
-    let proxy = Arc::new(IngressProxy::new(config));
-    let warnings = proxy.update(&snapshot(objects));
+    let (running, warnings) = start_any(config, objects).await;
     assert!(warnings.is_empty(), "unexpected warnings: {warnings:?}");
+    running
+}
+
+/// Like [`start`], also for objects that give warnings (returned).
+pub async fn start_any(config: IngressConfig, objects: &[Value]) -> (Running, Vec<Warning>) {
+    let proxy = Arc::new(IngressProxy::new(config));
+    let warnings = proxy.apply(&snapshot(objects));
+    (run(proxy).await, warnings)
+}
+
+/// Serves `proxy` on two loopback listeners (plain, TLS) until the result is dropped.
+pub async fn run(proxy: Arc<IngressProxy>) -> Running {
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (http_addr, https_addr) = (http.local_addr().unwrap(), https.local_addr().unwrap());
@@ -396,6 +568,31 @@ pub async fn tls_connect(
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr).await?;
+    tls_on(tcp, sni, connector).await
+}
+
+/// TLS (any certificate accepted, ALPN http/1.1) on a connection already open.
+pub async fn https_over(tcp: TcpStream, sni: &str, path: &str) -> Result<Reply> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let (tls, cert) = tls_on(tcp, sni, connector).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let resp = sender.send_request(get(sni, path)).await?;
+    read(resp, Some(cert)).await
+}
+
+async fn tls_on(
+    tcp: TcpStream,
+    sni: &str,
+    connector: tokio_rustls::TlsConnector,
+) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Vec<u8>)> {
     let tls = connector
         .connect(ServerName::try_from(sni.to_owned())?, tcp)
         .await?;
