@@ -19,6 +19,7 @@ mod loadbalancer;
 mod metrics;
 mod observe;
 mod plan;
+mod routing;
 mod sync;
 mod trigger;
 
@@ -252,17 +253,43 @@ async fn run_agent(config: AgentConfig) -> anyhow::Result<()> {
         restarts.succession(),
     ));
 
+    let observers = observe::Observers {
+        live,
+        cluster: cluster.clone(),
+    };
+    // The Ingress routes follow the sources on their own path, not the L4 sync loop's pace.
+    let batch_rx = match &ingress {
+        Some(proxy) => {
+            let (to_sync, to_routes) = routing::tee(batch_rx, SOURCE_QUEUE, shutdown_rx.clone());
+            let route_loop = routing::RouteLoop {
+                proxy: Arc::clone(proxy),
+                routes: config.routes.clone(),
+                node_name: config.node_name.clone(),
+                local_addresses: interfaces::LocalAddresses::new(Arc::new(
+                    sluice_hostnet::RtNetlink::new(),
+                )),
+                observers: observers.clone(),
+                metrics: Arc::clone(&metrics),
+                address_check: routing::ADDRESS_CHECK,
+            };
+            let shutdown = shutdown_rx.clone();
+            tasks.spawn(async move {
+                route_loop.run(to_routes, shutdown).await;
+                Err(anyhow::anyhow!(
+                    "the Ingress route loop stopped (its source is gone)"
+                ))
+            });
+            to_sync
+        }
+        None => batch_rx,
+    };
     let sync_loop = sync::SyncLoop {
         config: config.clone(),
         dataplane: Some(dataplane),
         restored,
         metrics: Arc::clone(&metrics),
         health: Arc::clone(&health),
-        ingress: ingress.clone(),
-        observers: observe::Observers {
-            live,
-            cluster: cluster.clone(),
-        },
+        observers,
         local_addresses: interfaces::LocalAddresses::new(
             Arc::new(sluice_hostnet::RtNetlink::new()),
         ),

@@ -30,6 +30,7 @@ pub struct Metrics {
     service_failures: Counter,
     dataplane_operations: Counter,
     service_ports: Gauge,
+    ingress_route_updates: Histogram,
 }
 
 fn sync_buckets() -> Histogram {
@@ -63,6 +64,8 @@ impl Metrics {
             service_failures: Counter::default(),
             dataplane_operations: Counter::default(),
             service_ports: Gauge::default(),
+            // 0.1 ms .. ~1.6 s.
+            ingress_route_updates: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
             registry: Registry::default(),
         };
         registry.register(
@@ -115,6 +118,11 @@ impl Metrics {
             "Service ports programmed on this node",
             m.service_ports.clone(),
         );
+        registry.register(
+            "sluice_ingress_route_update_duration_seconds",
+            "From a source seeing a change the Ingress routes use to the proxy's new route table",
+            m.ingress_route_updates.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -166,6 +174,11 @@ impl Metrics {
         for latency in latencies {
             self.network_programming.observe(latency.as_secs_f64());
         }
+    }
+
+    /// One swap of the Ingress route table, `latency` after its source saw the change.
+    pub fn record_ingress_route_update(&self, latency: Duration) {
+        self.ingress_route_updates.observe(latency.as_secs_f64());
     }
 
     fn encode(&self) -> String {
@@ -280,6 +293,11 @@ impl Collector for IngressCollector {
                 "sluice_ingress_proxy_protocol_errors",
                 "Connections closed for a missing or invalid PROXY protocol header or an untrusted peer",
                 s.proxy_protocol_errors,
+            ),
+            (
+                "sluice_ingress_route_table_swaps",
+                "Route tables built and swapped in (a burst of changes makes one)",
+                s.route_table_swaps,
             ),
             (
                 "sluice_ingress_access_log_dropped",

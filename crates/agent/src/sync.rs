@@ -1,6 +1,6 @@
 //! The sync loop: source events → the store (in place) and what changed → planner (only
-//! those Services) → dataplane delta (+ health check ports; the Ingress routes are rebuilt
-//! meanwhile, when something they use changed).
+//! those Services) → dataplane delta (+ health check ports). The Ingress routes have their
+//! own loop (`crate::routing`), fed the same events.
 //!
 //! Batches changes like kube-proxy: at most one sync per `--min-sync-period`, a resync every
 //! `--sync-period`, and a retry with backoff when the dataplane refuses an update (all of it,
@@ -11,12 +11,10 @@ use std::time::Duration;
 
 use sluice_compute::Planner;
 use sluice_dataplane::{ApplyReport, Dataplane, DataplaneError, Restored, error_chain};
-use sluice_model::{ChangeSet, NodeInfo, ObjectKey, Snapshot, SourceBatch, Store};
+use sluice_model::{ObjectKey, SourceBatch, Store};
 use sluice_plan::{Plan, PlanDelta};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-
-use self::ingress_feed::IngressFeed;
 
 use crate::cli::AgentConfig;
 use crate::health::{HealthState, ServiceHealthServers};
@@ -30,8 +28,7 @@ pub struct SyncLoop {
     pub restored: Restored,
     pub metrics: Arc<Metrics>,
     pub health: Arc<HealthState>,
-    pub ingress: Option<Arc<sluice_ingress::IngressProxy>>,
-    /// The admin endpoint's state, and the Ingress status and Events (API source).
+    /// The admin endpoint's state, and the cluster-wide reports (API source).
     pub observers: crate::observe::Observers,
     pub local_addresses: LocalAddresses,
     /// Listening sockets (health check node ports) taken over from the previous agent or
@@ -113,7 +110,6 @@ impl SyncLoop {
         let mut store = Inbox::default();
         let mut health_servers =
             ServiceHealthServers::new(Arc::clone(&self.health), Arc::clone(&self.listeners));
-        let mut ingress = IngressFeed::default();
         let mut prog = Programming {
             in_step: false,
             resync_due: true,
@@ -184,7 +180,6 @@ impl SyncLoop {
 
             let Some(work) = next_work(&mut prog, planner.plan(), delta) else {
                 // Nothing to program: those endpoint changes are in effect already.
-                self.feed_ingress(&mut ingress, snapshot, &changes, &node);
                 if prog.retry.is_none() {
                     self.health.record(true);
                 }
@@ -203,8 +198,6 @@ impl SyncLoop {
             let restored = prog.first.then(|| std::mem::take(&mut self.restored));
             let service_ports = planner.plan().services.len();
             let programming = tokio::task::spawn_blocking(move || program(dp, work, restored));
-            // The Ingress routes are rebuilt while the kernel is programmed: L4 never waits.
-            self.feed_ingress(&mut ingress, snapshot, &changes, &node);
             let Ok((dp, result, dataplane_time)) = programming.await else {
                 tracing::error!("the dataplane panicked; stopping the sync loop");
                 return;
@@ -230,33 +223,6 @@ impl SyncLoop {
                     .record_network_programming(crate::trigger::latencies(&pending_triggers, now));
                 pending_triggers.clear();
             }
-        }
-    }
-
-    /// Rebuilds the Ingress routes when something they use changed; the status and Events
-    /// follow the routes and the node's addresses.
-    fn feed_ingress(
-        &self,
-        feed: &mut IngressFeed,
-        snapshot: &Snapshot,
-        changes: &ChangeSet,
-        node_info: &NodeInfo,
-    ) {
-        let Some(proxy) = self.ingress.as_deref() else {
-            return;
-        };
-        let routes = &self.config.routes;
-        if let Some(warnings) = feed.feed(proxy, routes, snapshot, changes, node_info) {
-            let node = snapshot
-                .nodes
-                .get(&ObjectKey::cluster(self.config.node_name.clone()));
-            self.observers.ingress_updated(
-                snapshot,
-                proxy,
-                warnings,
-                node.map(|n| n.as_ref()),
-                &node_info.addresses,
-            );
         }
     }
 
@@ -398,6 +364,5 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-mod ingress_feed;
 #[cfg(test)]
 mod tests;

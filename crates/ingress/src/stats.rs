@@ -41,6 +41,8 @@ pub struct IngressStats {
     pub proxy_protocol_errors: u64,
     /// Access log lines dropped because the writer could not keep up.
     pub access_log_dropped: u64,
+    /// Route tables built and swapped in by [`IngressProxy::update`](crate::IngressProxy::update).
+    pub route_table_swaps: u64,
 }
 
 #[derive(Debug, Default)]
@@ -61,6 +63,7 @@ pub(crate) struct Counters {
     pub(crate) accept_pauses: AtomicU64,
     pub(crate) endpoint_ejections: AtomicU64,
     pub(crate) proxy_protocol_errors: AtomicU64,
+    pub(crate) route_table_swaps: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -103,6 +106,7 @@ impl Counters {
             endpoint_ejections: get(&self.endpoint_ejections),
             proxy_protocol_errors: get(&self.proxy_protocol_errors),
             access_log_dropped,
+            route_table_swaps: get(&self.route_table_swaps),
         }
     }
 }

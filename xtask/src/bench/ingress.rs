@@ -194,7 +194,7 @@ fn print_runs(runs: &ProxyRuns) {
             ch.changes,
             ch.seconds,
             ch.applied
-                .map_or_else(String::new, |n| format!(" ({n} reloads logged)")),
+                .map_or_else(String::new, |n| format!(" ({n} applied)")),
             ch.load.failed,
             ch.load.completed
         ),
@@ -354,6 +354,18 @@ fn rows(runs: &[ProxyRuns]) -> Vec<Row> {
                 })
             },
         ),
+        (
+            "routes changed under load: changes applied per second".into(),
+            "applied/s",
+            false,
+            |r| {
+                let churn = r.churn.as_ref()?;
+                Some(match churn {
+                    Ok(c) => Ok(c.applied? as f64 / c.seconds),
+                    Err(e) => Err(e.clone()),
+                })
+            },
+        ),
     ];
     let figure = |runs: &ProxyRuns, pick: Pick| {
         pick(runs).map(|v| match v {
@@ -480,6 +492,19 @@ impl Proxy for Sluice<'_> {
     fn change_routes(&mut self, generation: usize) -> Result<()> {
         write_objects(self.c, self.pods, self.tls, generation)
     }
+    fn applied(&self) -> Option<usize> {
+        // Route tables swapped in (a burst of manifest writes may make one).
+        let metrics = self.c.agent_metrics("node-a").ok()?;
+        metric_value(&metrics, "sluice_ingress_route_table_swaps_total")
+    }
+}
+
+/// The value of an unlabelled counter in Prometheus text.
+fn metric_value(text: &str, name: &str) -> Option<usize> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as usize)
 }
 
 /// A proxy process started in the node's namespace, stopped (with its workers) on drop.
@@ -865,6 +890,18 @@ mod tests {
             .find(|r| r.unit == "changes/s")
             .expect("rate row");
         assert_eq!(per_second.ours[0].value, Some(100.0));
+    }
+
+    #[test]
+    fn the_swap_counter_is_read_from_the_metrics_text() {
+        let text = "# TYPE sluice_ingress_route_table_swaps counter\n\
+                    sluice_ingress_route_table_swaps_total 42\n\
+                    sluice_ingress_route_table_swaps_totally_else 7\n";
+        assert_eq!(
+            metric_value(text, "sluice_ingress_route_table_swaps_total"),
+            Some(42)
+        );
+        assert_eq!(metric_value(text, "sluice_ingress_requests_total"), None);
     }
 
     #[test]

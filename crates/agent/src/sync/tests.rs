@@ -97,7 +97,6 @@ fn start(dp: &FakeDataplane, min_sync: &str, restored: Restored) -> Handles {
         dataplane: Some(Box::new(dp.clone())),
         restored,
         metrics: Arc::new(Metrics::new(None, Vec::new())),
-        ingress: None,
         observers: Default::default(),
         local_addresses: LocalAddresses::new(Arc::new(sluice_hostnet::FakeHostNetwork::new())),
         listeners: Arc::default(),

@@ -25,7 +25,7 @@ pub(crate) use service::{ConnInfo, error, handle};
 
 use crate::access_log::{AccessLogSink, StdoutAccessLog};
 use crate::loops::{HopId, OwnAddresses};
-use crate::stats::Counters;
+use crate::stats::{self, Counters};
 use crate::upstream::{ConnectionLimits, CountingConnector, TlsClient, TlsConnecting, TlsUpstream};
 use crate::{IngressConfig, IngressStats, RouteTable, Warning};
 use headers::HeadLimits;
@@ -158,6 +158,7 @@ impl IngressProxy {
             "ingress: route table updated"
         );
         self.table.store(Arc::new(table));
+        stats::inc(&self.counters.route_table_swaps);
         self.routes_loaded.send_replace(true);
         warnings
     }

@@ -11,6 +11,14 @@ use sluice_ingress::IngressProxy;
 use sluice_model::{ChangeSet, NodeInfo, ObjectKey, Snapshot};
 use sluice_routes::{RouteConfig, RouteWarning};
 
+/// What one [`IngressFeed::feed`] did.
+pub(super) struct Fed<'a> {
+    /// The routes were planned again and the proxy's table swapped.
+    pub(super) swapped: bool,
+    /// The warnings of the current routes.
+    pub(super) warnings: &'a [RouteWarning],
+}
+
 #[derive(Default)]
 pub(super) struct IngressFeed {
     /// Services some Ingress routes to (as of the last Ingress change).
@@ -25,8 +33,8 @@ pub(super) struct IngressFeed {
 impl IngressFeed {
     /// Tells the proxy this node's addresses when they changed (it never dials its own
     /// listeners: a request loop would eat every descriptor) and plans its routes again when
-    /// `changes` touch anything they use. Returns the warnings of the current routes when
-    /// either happened (for the Ingress status and Events), `None` when nothing did.
+    /// `changes` touch anything they use. Returns what happened, with the warnings of the
+    /// current routes (for the Ingress status and Events); `None` when nothing did.
     pub(super) fn feed(
         &mut self,
         proxy: &IngressProxy,
@@ -34,7 +42,7 @@ impl IngressFeed {
         snapshot: &Snapshot,
         changes: &ChangeSet,
         node: &NodeInfo,
-    ) -> Option<&[RouteWarning]> {
+    ) -> Option<Fed<'_>> {
         let local_addresses = node.addresses.as_slice();
         let moved = self.local_addresses != local_addresses;
         if moved {
@@ -50,7 +58,10 @@ impl IngressFeed {
             self.log
                 .update("ingress", self.warnings.iter().map(ToString::to_string));
         }
-        (relevant || moved || !changes.nodes.is_empty()).then_some(self.warnings.as_slice())
+        (relevant || moved || !changes.nodes.is_empty()).then_some(Fed {
+            swapped: relevant,
+            warnings: &self.warnings,
+        })
     }
 
     fn relevant(&mut self, snapshot: &Snapshot, changes: &ChangeSet, node: &str) -> bool {
