@@ -74,7 +74,12 @@ pub fn run(options: &Options) -> Result<Vec<Row>> {
     ];
     let tls = Tls::new(c.workdir())?;
     write_objects(&c, &pods, &tls, 0)?;
-    c.start_agent("node-a", Mode::Nftables, &["--sync-period", "10m"])?;
+    // nginx runs with `access_log off`: the same for sluice.
+    c.start_agent(
+        "node-a",
+        Mode::Nftables,
+        &["--sync-period", "10m", "--ingress-access-log=false"],
+    )?;
     let node = c.node("node-a")?.ipv4;
     let hosts = load::hosts_file(&c, HOST, IpAddr::V4(node))?;
     let load = Load {
