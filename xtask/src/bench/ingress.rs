@@ -471,14 +471,19 @@ fn cafe_ingress(generation: usize) -> Value {
     if generation > 0 {
         paths.push(path(format!("/churn-{generation}")));
     }
-    manifests::ingress(
+    let mut ingress = manifests::ingress(
         NAMESPACE,
         "cafe",
         Some("sluice"),
         &paths,
         &[(&[HOST], "cafe-tls")],
         None,
-    )
+    );
+    // Plain HTTP is benchmarked too (nginx's configuration serves it): no redirect to HTTPS,
+    // which a TLS host gets by default as with ingress-nginx.
+    ingress["metadata"]["annotations"] =
+        serde_json::json!({"nginx.ingress.kubernetes.io/ssl-redirect": "false"});
+    ingress
 }
 
 struct Sluice<'a> {
@@ -932,5 +937,9 @@ mod tests {
         assert_eq!(paths[0]["path"], "/");
         assert_eq!(paths[1]["path"], "/churn-3");
         assert_eq!(v["spec"]["tls"][0]["secretName"], "cafe-tls");
+        assert_eq!(
+            v["metadata"]["annotations"]["nginx.ingress.kubernetes.io/ssl-redirect"], "false",
+            "plain HTTP is measured, not a redirect"
+        );
     }
 }
