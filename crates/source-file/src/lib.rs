@@ -48,6 +48,7 @@ mod names;
 mod nesting;
 mod parse;
 mod value;
+mod wake;
 mod warning;
 mod watch;
 

@@ -27,8 +27,9 @@ pub type Refreshed = (Vec<SourceEvent>, Vec<LoadWarning>);
 
 /// Watches a directory of manifests and reports every changed object as a [`SourceEvent`].
 ///
-/// Files are re-read when their size, mtime, inode or symlink target changes (polling: no
-/// inotify dependency, and it works for files replaced by rename and for ConfigMap volumes).
+/// Files are re-read when their size, mtime, inode or symlink target changes (polling: it
+/// works for files replaced by rename and for ConfigMap volumes; inotify only makes the next
+/// poll come at once after a change).
 /// Each file is parsed on its own and what it defines is cached, so a change costs a re-parse
 /// of that file and work proportional to its objects: only the objects whose winning
 /// definition differs are reported.
@@ -132,6 +133,7 @@ impl DirSource {
     pub async fn run(mut self, tx: mpsc::Sender<SourceBatch>) -> Result<(), DirSourceError> {
         let mut reported_unreadable = false;
         let mut synced = false;
+        let wake = crate::wake::DirWake::new(&self.dir);
         loop {
             let started = Instant::now();
             let result;
@@ -177,7 +179,7 @@ impl DirSource {
             if tx.is_closed() {
                 return Ok(());
             }
-            tokio::time::sleep(self.poll_interval).await;
+            wake.wait(self.poll_interval).await;
         }
     }
 }
