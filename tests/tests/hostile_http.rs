@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -19,7 +19,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use sluice_ingress::{IngressConfig, IngressProxy};
-use sluice_model::{NodeInfo, ObjectKey, Snapshot};
+use sluice_model::{NodeInfo, Snapshot};
 use sluice_routes::RouteConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -110,32 +110,7 @@ async fn answer(
 }
 
 fn snapshot(objects: &[Value]) -> Result<Snapshot> {
-    let mut s = Snapshot::default();
-    for o in objects {
-        let key = ObjectKey::new(
-            o["metadata"]["namespace"].as_str().unwrap_or(""),
-            o["metadata"]["name"].as_str().context("name")?,
-        );
-        let o = o.clone();
-        match o["kind"].as_str().context("kind")? {
-            "Service" => drop(s.services.insert(key, Arc::new(serde_json::from_value(o)?))),
-            "EndpointSlice" => drop(
-                s.endpoint_slices
-                    .insert(key, Arc::new(serde_json::from_value(o)?)),
-            ),
-            "Ingress" => drop(
-                s.ingresses
-                    .insert(key, Arc::new(serde_json::from_value(o)?)),
-            ),
-            "IngressClass" => drop(
-                s.ingress_classes
-                    .insert(key, Arc::new(serde_json::from_value(o)?)),
-            ),
-            "Secret" => drop(s.secrets.insert(key, Arc::new(serde_json::from_value(o)?))),
-            other => bail!("unexpected kind {other}"),
-        }
-    }
-    Ok(s)
+    Ok(Snapshot::from_json_objects(objects.iter().cloned())?)
 }
 
 /// Service `name` with its backend as only endpoint.

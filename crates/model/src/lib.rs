@@ -14,13 +14,16 @@
 
 mod changes;
 pub mod compact;
+mod json;
 mod key;
 mod node;
 mod snapshot;
 mod store;
+pub mod time;
 
 pub use changes::ChangeSet;
 pub use compact::Compact;
+pub use json::ObjectJsonError;
 pub use key::ObjectKey;
 pub use node::NodeInfo;
 pub use sluice_plan::{Protocol, ServiceName, ServicePortName};

@@ -228,8 +228,13 @@ impl Collector<'_> {
             (dates, validity)
         {
             let when = match validity {
-                Validity::Expired => format!("expired at {}", iso8601(not_after)),
-                _ => format!("is not valid before {}", iso8601(not_before)),
+                Validity::Expired => {
+                    format!("expired at {}", sluice_model::time::rfc3339_utc(not_after))
+                }
+                _ => format!(
+                    "is not valid before {}",
+                    sluice_model::time::rfc3339_utc(not_before)
+                ),
             };
             let message = format!(
                 "secret {secret_key}: the certificate {when}; it is served only to names no valid certificate covers"
@@ -384,26 +389,6 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// `2024-05-01T12:00:00Z`.
-fn iso8601(unix: i64) -> String {
-    let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,9 +397,12 @@ mod tests {
     fn calendar_conversions_round_trip() {
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
-        assert_eq!(iso8601(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(iso8601(4_102_444_799), "2099-12-31T23:59:59Z");
+        // And back, through the shared formatter.
+        let feb29 = days_from_civil(2000, 2, 29) * 86_400;
+        assert_eq!(
+            sluice_model::time::rfc3339_utc(feb29),
+            "2000-02-29T00:00:00Z"
+        );
     }
 
     #[test]

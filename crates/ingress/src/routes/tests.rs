@@ -5,48 +5,14 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::{Value, json};
-use sluice_model::{NodeInfo, ObjectKey, Snapshot};
+use sluice_model::{NodeInfo, Snapshot};
 use sluice_plan::RoutePlan;
 use sluice_routes::RouteConfig;
 
 use crate::{RouteTable, Warning, normalize_path};
 
-fn key_of(v: &Value) -> ObjectKey {
-    ObjectKey::new(
-        v["metadata"]["namespace"].as_str().unwrap_or(""),
-        v["metadata"]["name"].as_str().unwrap(),
-    )
-}
-
 fn snapshot(objects: Vec<Value>) -> Snapshot {
-    let mut s = Snapshot::default();
-    for o in objects {
-        let k = key_of(&o);
-        match o["kind"].as_str().unwrap() {
-            "Service" => drop(
-                s.services
-                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
-            ),
-            "EndpointSlice" => drop(
-                s.endpoint_slices
-                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
-            ),
-            "Ingress" => drop(
-                s.ingresses
-                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
-            ),
-            "IngressClass" => drop(
-                s.ingress_classes
-                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
-            ),
-            "Secret" => drop(
-                s.secrets
-                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
-            ),
-            other => panic!("unexpected kind {other}"),
-        }
-    }
-    s
+    Snapshot::from_json_objects(objects).unwrap()
 }
 
 fn plan_of(objects: Vec<Value>) -> (RoutePlan, Vec<Warning>) {

@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use serde_json::{Value, json};
 use sluice_ingress::{IngressConfig, IngressProxy, Warning};
-use sluice_model::{NodeInfo, ObjectKey, Snapshot};
+use sluice_model::{NodeInfo, Snapshot};
 use sluice_routes::RouteConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -253,38 +253,7 @@ pub fn apply_with(proxy: &IngressProxy, snapshot: &Snapshot, config: &RouteConfi
 
 /// Builds a snapshot from JSON objects (`kind` picks the map).
 pub fn snapshot(objects: &[Value]) -> Snapshot {
-    let mut s = Snapshot::default();
-    for o in objects {
-        let k = ObjectKey::new(
-            o["metadata"]["namespace"].as_str().unwrap_or(""),
-            o["metadata"]["name"].as_str().unwrap(),
-        );
-        let o = o.clone();
-        match o["kind"].as_str().unwrap() {
-            "Service" => drop(
-                s.services
-                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
-            ),
-            "EndpointSlice" => drop(
-                s.endpoint_slices
-                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
-            ),
-            "Ingress" => drop(
-                s.ingresses
-                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
-            ),
-            "IngressClass" => drop(
-                s.ingress_classes
-                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
-            ),
-            "Secret" => drop(
-                s.secrets
-                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
-            ),
-            other => panic!("unexpected kind {other}"),
-        }
-    }
-    s
+    Snapshot::from_json_objects(objects.iter().cloned()).unwrap()
 }
 
 pub fn ingress_class() -> Value {

@@ -1,11 +1,10 @@
 //! Snapshots from JSON or YAML objects, and the plan with its warnings as text.
 #![allow(dead_code)]
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
-use sluice_model::{NodeInfo, ObjectKey, Snapshot};
+use sluice_model::{NodeInfo, Snapshot};
 use sluice_routes::{RouteConfig, RoutePlan};
 
 /// 2030-01-01T00:00:00Z: "now" for every test (certificates are made around it).
@@ -14,38 +13,7 @@ pub fn now() -> SystemTime {
 }
 
 pub fn snapshot(objects: &[Value]) -> Snapshot {
-    let mut s = Snapshot::default();
-    for o in objects {
-        let k = ObjectKey::new(
-            o["metadata"]["namespace"].as_str().unwrap_or(""),
-            o["metadata"]["name"].as_str().unwrap(),
-        );
-        let o = o.clone();
-        match o["kind"].as_str().unwrap() {
-            "Service" => drop(
-                s.services
-                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
-            ),
-            "EndpointSlice" => drop(
-                s.endpoint_slices
-                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
-            ),
-            "Ingress" => drop(
-                s.ingresses
-                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
-            ),
-            "IngressClass" => drop(
-                s.ingress_classes
-                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
-            ),
-            "Secret" => drop(
-                s.secrets
-                    .insert(k, Arc::new(serde_json::from_value(o).unwrap())),
-            ),
-            other => panic!("unexpected kind {other}"),
-        }
-    }
-    s
+    Snapshot::from_json_objects(objects.iter().cloned()).unwrap()
 }
 
 /// Every document of a multi-document YAML text, as JSON values.
