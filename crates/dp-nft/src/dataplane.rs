@@ -3,8 +3,14 @@
 //! split until the service ports at fault are found, and everything else still applies. A
 //! periodic resync compares plans (pointers first) and asks the executor whether anyone else
 //! changed the ruleset; only then does it read our table's names back.
+//!
+//! It also owns what is shared between service ports: which `endpoint-slots` numbers are in
+//! use (a block is given back once the transaction that stopped using it committed; a refused
+//! change gives back what it took), and how many service ports use each hairpin address (an
+//! element of `hairpin-endpoints` is added at the first and deleted with the last).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use sluice_dataplane::{
@@ -15,8 +21,10 @@ use sluice_plan::{Family, NodePlan, Plan, PlanDelta, ServicePlan, ServicePortNam
 use crate::exec::{Drift, NftError, NftExecutor};
 use crate::netlink::NetlinkNft;
 use crate::render::{
-    Element, NO_RULES, ServiceRules, element_containers, render_node, render_service,
+    Element, NO_RULES, Placement, ServiceRules, element_containers, hairpin_element,
+    hairpin_elements, render_all, render_node, render_service,
 };
+use crate::slots::{Block, Layout, Placed, SlotSpace};
 use crate::transaction::{self, Existing, Transaction, static_chains};
 
 const NAME: &str = "nftables";
@@ -26,6 +34,10 @@ const NAME: &str = "nftables";
 struct FamilyState {
     services: HashMap<ServicePortName, ServiceRules>,
     node: Vec<Element>,
+    /// Slot numbers of `endpoint-slots` in use (and taken by changes being applied).
+    slots: SlotSpace,
+    /// Service ports using each `hairpin-endpoints` address.
+    hairpins: HashMap<IpAddr, usize>,
 }
 
 /// What the kernel holds, as we programmed it.
@@ -51,6 +63,9 @@ pub struct NftDataplane<E: NftExecutor = NetlinkNft> {
     programmed: Option<Programmed>,
     /// Objects found by `restore`, reconciled (stale ones deleted) by the first resync.
     found: BTreeMap<Family, Existing>,
+    /// Endpoint slot blocks found by `restore`: the first full rewrite keeps each set where
+    /// it was, with what it held.
+    found_layout: BTreeMap<Family, Layout>,
     /// Something was refused since the last full rewrite: the kernel may differ from what we
     /// believe, so the next `resync` rewrites everything.
     needs_full: bool,
@@ -81,6 +96,7 @@ impl<E: NftExecutor> NftDataplane<E> {
             exec,
             programmed: None,
             found: BTreeMap::new(),
+            found_layout: BTreeMap::new(),
             needs_full: false,
         }
     }
@@ -112,13 +128,10 @@ impl<E: NftExecutor> NftDataplane<E> {
         Family::ALL
             .iter()
             .map(|family| {
-                let rules: Vec<ServiceRules> = plan
-                    .services
-                    .values()
-                    .map(|s| render_service(s, *family))
-                    .collect();
-                let node = render_node(&plan.node, *family);
-                transaction::full(*family, &rules, &node, &existing).to_string()
+                let rules = render_all(plan.services.values().map(Arc::as_ref), *family);
+                let mut shared = render_node(&plan.node, *family);
+                shared.extend(hairpin_elements(&rules));
+                transaction::full(*family, &rules, &shared, &existing).to_string()
             })
             .collect()
     }
@@ -176,7 +189,8 @@ impl<E: NftExecutor> NftDataplane<E> {
         if changes.is_empty() {
             return;
         }
-        let tx = service_delta(state, &changes);
+        let hairpins = hairpin_changes(state, &changes);
+        let tx = service_delta(state, &changes, &hairpins);
         let operations = tx.len();
         let result = self.run(&tx);
         drop(tx);
@@ -190,6 +204,7 @@ impl<E: NftExecutor> NftDataplane<E> {
             }
             Err(err) if changes.len() == 1 => {
                 let change = changes.into_iter().next().expect("one change");
+                discard(state, &change);
                 tracing::warn!(service = %change.name, "{}: nftables refused this service port: {}", change.name, error_chain(&err));
                 report.failed.push(ServiceFailure {
                     service: change.name,
@@ -206,14 +221,30 @@ impl<E: NftExecutor> NftDataplane<E> {
     }
 }
 
-/// Renders one service port change for both families.
-fn rendered(name: ServicePortName, plan: Option<Arc<ServicePlan>>) -> Rendered {
+/// Renders one service port change for both families against what `state` holds: a set
+/// keeps its slot block (and the slots of the endpoints that stay) where it still fits; new
+/// blocks are taken from the family's slot space.
+fn render_change(
+    state: &mut Programmed,
+    name: ServicePortName,
+    plan: Option<Arc<ServicePlan>>,
+) -> Rendered {
     let rules = Family::ALL
         .iter()
         .map(|f| {
+            let family_state = state.families.entry(*f).or_default();
+            let previous = family_state
+                .services
+                .get(&name)
+                .map(ServiceRules::layout)
+                .unwrap_or_default();
+            let mut placement = Placement {
+                space: &mut family_state.slots,
+                previous: &previous,
+            };
             let r = plan
                 .as_deref()
-                .map(|p| render_service(p, *f))
+                .map(|p| render_service(p, *f, &mut placement))
                 .unwrap_or_default();
             (*f, r)
         })
@@ -221,8 +252,77 @@ fn rendered(name: ServicePortName, plan: Option<Arc<ServicePlan>>) -> Rendered {
     Rendered { name, plan, rules }
 }
 
+/// Renders every service port of `plan` for a full rewrite: fresh slot spaces, in which the
+/// blocks `found` (read back at a restart) are reserved for the sets that drew from them, so
+/// those keep their slots.
+fn render_fresh(plan: &Plan, found: &BTreeMap<Family, Layout>) -> Vec<Rendered> {
+    let mut spaces: BTreeMap<Family, (SlotSpace, Layout)> = BTreeMap::new();
+    for family in Family::ALL {
+        let mut layout = found.get(&family).cloned().unwrap_or_default();
+        let (space, refused) = SlotSpace::with_blocks(layout.values().map(Placed::block));
+        layout.retain(|_, p| !refused.contains(&p.block()));
+        spaces.insert(family, (space, layout));
+    }
+    plan.services
+        .iter()
+        .map(|(name, p)| {
+            let rules = spaces
+                .iter_mut()
+                .map(|(family, (space, previous))| {
+                    let mut placement = Placement { space, previous };
+                    (*family, render_service(p, *family, &mut placement))
+                })
+                .collect();
+            Rendered {
+                name: name.clone(),
+                plan: Some(Arc::clone(p)),
+                rules,
+            }
+        })
+        .collect()
+}
+
+/// Per family, the `hairpin-endpoints` elements `changes` make go (first) and come (second):
+/// an address goes with the last service port using it and comes with the first.
+fn hairpin_changes(
+    state: &Programmed,
+    changes: &[Rendered],
+) -> BTreeMap<Family, (Vec<Element>, Vec<Element>)> {
+    let mut out = BTreeMap::new();
+    for family in Family::ALL {
+        let current = state.families.get(&family);
+        let mut net: BTreeMap<IpAddr, isize> = BTreeMap::new();
+        for change in changes {
+            let old = current.and_then(|s| s.services.get(&change.name));
+            for ip in old.map(|r| r.hairpins.as_slice()).unwrap_or_default() {
+                *net.entry(*ip).or_default() -= 1;
+            }
+            for ip in &change.rules[&family].hairpins {
+                *net.entry(*ip).or_default() += 1;
+            }
+        }
+        let (mut gone, mut come) = (Vec::new(), Vec::new());
+        for (ip, delta) in net.into_iter().filter(|(_, d)| *d != 0) {
+            let before = current
+                .and_then(|s| s.hairpins.get(&ip))
+                .map_or(0, |n| *n as isize);
+            match (before > 0, before + delta > 0) {
+                (true, false) => gone.push(hairpin_element(ip)),
+                (false, true) => come.push(hairpin_element(ip)),
+                _ => {}
+            }
+        }
+        out.insert(family, (gone, come));
+    }
+    out
+}
+
 /// The transaction bringing the changed service ports from what `state` holds to `changes`.
-fn service_delta<'a>(state: &'a Programmed, changes: &'a [Rendered]) -> Transaction<'a> {
+fn service_delta<'a>(
+    state: &'a Programmed,
+    changes: &'a [Rendered],
+    hairpins: &'a BTreeMap<Family, (Vec<Element>, Vec<Element>)>,
+) -> Transaction<'a> {
     let mut tx = Transaction::default();
     for family in Family::ALL {
         let current = state.families.get(&family);
@@ -232,9 +332,29 @@ fn service_delta<'a>(state: &'a Programmed, changes: &'a [Rendered]) -> Transact
                 .unwrap_or(&NO_RULES);
             (old, &c.rules[&family])
         });
-        tx.extend(transaction::delta(family, pairs, None));
+        let shared = hairpins
+            .get(&family)
+            .map(|(gone, come)| (gone.as_slice(), come.as_slice()));
+        tx.extend(transaction::delta(family, pairs, shared));
     }
     tx
+}
+
+/// A refused change gives back the slot blocks it took (what is programmed stays).
+fn discard(state: &mut Programmed, change: &Rendered) {
+    for (family, rules) in &change.rules {
+        let family_state = state.families.entry(*family).or_default();
+        let programmed = family_state.services.get(&change.name);
+        release_unused(&mut family_state.slots, rules, programmed);
+    }
+}
+
+/// Gives back the blocks of `from` that `kept` does not use.
+fn release_unused(space: &mut SlotSpace, from: &ServiceRules, kept: Option<&ServiceRules>) {
+    let still: BTreeSet<&Block> = kept.iter().flat_map(|r| r.blocks.values()).collect();
+    for block in from.blocks.values().filter(|b| !still.contains(b)) {
+        space.release(block.base, block.len());
+    }
 }
 
 fn node_delta<'a>(
@@ -257,13 +377,30 @@ fn node_delta<'a>(
     tx
 }
 
+/// Records a committed change: its renderings, the slot blocks it stopped using given
+/// back, the hairpin counts moved.
 fn record(state: &mut Programmed, change: Rendered) {
     for (family, rules) in change.rules {
         let family_state = state.families.entry(family).or_default();
-        if change.plan.is_some() {
-            family_state.services.insert(change.name.clone(), rules);
+        let old = if change.plan.is_some() {
+            family_state.services.insert(change.name.clone(), rules)
         } else {
-            family_state.services.remove(&change.name);
+            family_state.services.remove(&change.name)
+        };
+        let new = family_state.services.get(&change.name);
+        if let Some(old) = &old {
+            release_unused(&mut family_state.slots, old, new);
+            for ip in &old.hairpins {
+                if let Some(count) = family_state.hairpins.get_mut(ip) {
+                    *count -= 1;
+                    if *count == 0 {
+                        family_state.hairpins.remove(ip);
+                    }
+                }
+            }
+        }
+        for ip in new.map(|r| r.hairpins.as_slice()).unwrap_or_default() {
+            *family_state.hairpins.entry(*ip).or_default() += 1;
         }
     }
     match change.plan {
@@ -293,6 +430,7 @@ impl<E: NftExecutor> Dataplane for NftDataplane<E> {
             }
             restored.backends.extend(back.backends);
             self.found.insert(family, back.existing);
+            self.found_layout.insert(family, back.layout);
         }
         self.programmed = None;
         Ok(restored)
@@ -332,7 +470,7 @@ impl<E: NftExecutor> Dataplane for NftDataplane<E> {
             let changes = delta
                 .services
                 .into_iter()
-                .map(|c| rendered(c.name, c.after))
+                .map(|c| render_change(&mut state, c.name, c.after))
                 .collect();
             let result = self.apply_changes(&mut state, node, changes, &mut report);
             self.programmed = Some(state);
@@ -355,7 +493,7 @@ impl<E: NftExecutor> Dataplane for NftDataplane<E> {
         let changes = delta
             .services
             .iter()
-            .map(|c| rendered(c.name.clone(), c.after.clone()))
+            .map(|c| render_change(&mut state, c.name.clone(), c.after.clone()))
             .collect();
         let result = self.apply_changes(&mut state, node, changes, &mut report);
         self.programmed = Some(state);
@@ -385,19 +523,15 @@ impl<E: NftExecutor> NftDataplane<E> {
     /// refuses it, the service ports at fault are found by splitting, each attempt again a
     /// complete rewrite of the ones known good.
     fn full_resync(&mut self, plan: &Plan) -> Result<ApplyReport, DataplaneError> {
-        let all: Vec<Rendered> = plan
-            .services
-            .iter()
-            .map(|(name, p)| rendered(name.clone(), Some(Arc::clone(p))))
-            .collect();
+        let all = render_fresh(plan, &self.found_layout);
         let mut report = ApplyReport {
             full_sync: true,
             ..ApplyReport::default()
         };
         let refs: Vec<&Rendered> = all.iter().collect();
-        let nodes = node_elements(&plan.node);
+        let shared = shared_elements(&plan.node, &refs);
         let existing = self.found.clone();
-        let tx = full_transaction(&nodes, &existing, &refs);
+        let tx = full_transaction(&shared, &existing, &refs);
         let operations = tx.len();
         let applied = self.run(&tx);
         drop(tx);
@@ -418,13 +552,21 @@ impl<E: NftExecutor> NftDataplane<E> {
         };
         let good = result?;
         let mut state = Programmed::default();
-        for (family, elements) in nodes {
+        for (family, elements) in node_elements(&plan.node) {
             state.families.entry(family).or_default().node = elements;
         }
         for change in good {
             record(&mut state, change);
         }
+        for family_state in state.families.values_mut() {
+            let blocks = family_state
+                .services
+                .values()
+                .flat_map(|r| r.blocks.values());
+            family_state.slots = SlotSpace::with_blocks(blocks.copied()).0;
+        }
         self.found.clear();
+        self.found_layout.clear();
         self.programmed = Some(state);
         self.needs_full = !report.failed.is_empty();
         Ok(report)
@@ -491,9 +633,9 @@ impl<E: NftExecutor> NftDataplane<E> {
         all: Vec<Rendered>,
         report: &mut ApplyReport,
     ) -> Result<Vec<Rendered>, DataplaneError> {
-        let nodes = node_elements(node);
         let existing = self.found.clone();
-        let base = full_transaction(&nodes, &existing, &[]);
+        let shared = shared_elements(node, &[]);
+        let base = full_transaction(&shared, &existing, &[]);
         let applied = self.run(&base);
         drop(base);
         applied.map_err(|e| kernel_err("nft transaction (base table)", &e))?;
@@ -501,7 +643,8 @@ impl<E: NftExecutor> NftDataplane<E> {
         let mut pending = vec![all];
         while let Some(mut group) = pending.pop() {
             let candidate: Vec<&Rendered> = good.iter().chain(&group).collect();
-            let tx = full_transaction(&nodes, &existing, &candidate);
+            let shared = shared_elements(node, &candidate);
+            let tx = full_transaction(&shared, &existing, &candidate);
             let applied = self.run(&tx);
             drop(tx);
             match applied {
@@ -533,9 +676,19 @@ fn node_elements(node: &NodePlan) -> BTreeMap<Family, Vec<Element>> {
         .collect()
 }
 
+/// The table-wide elements of both families with `services` programmed: node addresses and
+/// the hairpin addresses the services use.
+fn shared_elements(node: &NodePlan, services: &[&Rendered]) -> BTreeMap<Family, Vec<Element>> {
+    let mut shared = node_elements(node);
+    for (family, elements) in &mut shared {
+        elements.extend(hairpin_elements(services.iter().map(|r| &r.rules[family])));
+    }
+    shared
+}
+
 /// A full rewrite of both families with `services`, deleting what `existing` holds beyond.
 fn full_transaction<'a>(
-    nodes: &'a BTreeMap<Family, Vec<Element>>,
+    shared: &'a BTreeMap<Family, Vec<Element>>,
     existing: &'a BTreeMap<Family, Existing>,
     services: &[&'a Rendered],
 ) -> Transaction<'a> {
@@ -547,7 +700,7 @@ fn full_transaction<'a>(
     for family in Family::ALL {
         let rules = services.iter().map(|r| &r.rules[&family]);
         let found = existing.get(&family).unwrap_or(&NOTHING);
-        tx.extend(transaction::full(family, rules, &nodes[&family], found));
+        tx.extend(transaction::full(family, rules, &shared[&family], found));
     }
     tx
 }

@@ -4,7 +4,7 @@
 //! (`crate::lower`): one description, two encodings.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use sluice_plan::{Family, Protocol};
@@ -53,6 +53,10 @@ pub enum Stmt {
     SaddrInSet(String),
     /// `ip daddr @set`
     DaddrInSet(&'static str),
+    /// `ip saddr . ip daddr @set`
+    SaddrDaddrInSet(&'static str),
+    /// `ct status dnat`: the connection's destination was translated.
+    CtStatusDnat,
     /// `fib saddr type local`
     FibSaddrLocal,
     /// `ct state new`
@@ -75,6 +79,13 @@ pub enum Stmt {
     UpdateSaddr(String),
     /// `dnat to ADDR:PORT`
     Dnat(IpAddr, u16),
+    /// `dnat to numgen random mod MODULUS offset OFFSET map @endpoint-slots`: address and
+    /// port of a slot drawn uniformly from `[offset, offset + modulus)`; no match (the next
+    /// rule runs) when that slot is empty.
+    DnatSlot {
+        modulus: u32,
+        offset: u32,
+    },
     /// `masquerade fully-random`
     MasqueradeFullyRandom,
     /// `reject` (ICMP port unreachable)
@@ -128,6 +139,8 @@ fn write_stmt(f: &mut fmt::Formatter<'_>, stmt: &Stmt, family: Family) -> fmt::R
         Stmt::SaddrIn(net) => write!(f, "{a} saddr {net}"),
         Stmt::SaddrInSet(set) => write!(f, "{a} saddr @{set}"),
         Stmt::DaddrInSet(set) => write!(f, "{a} daddr @{set}"),
+        Stmt::SaddrDaddrInSet(set) => write!(f, "{a} saddr . {a} daddr @{set}"),
+        Stmt::CtStatusDnat => f.write_str("ct status dnat"),
         Stmt::FibSaddrLocal => f.write_str("fib saddr type local"),
         Stmt::CtStateNew => f.write_str("ct state new"),
         Stmt::MarkClear(bits) => write!(f, "meta mark & {bits:#x} == 0"),
@@ -140,11 +153,18 @@ fn write_stmt(f: &mut fmt::Formatter<'_>, stmt: &Stmt, family: Family) -> fmt::R
         Stmt::UpdateSaddr(set) => write!(f, "update @{set} {{ {a} saddr }}"),
         Stmt::Dnat(IpAddr::V4(ip), port) => write!(f, "dnat to {ip}:{port}"),
         Stmt::Dnat(IpAddr::V6(ip), port) => write!(f, "dnat to [{ip}]:{port}"),
+        Stmt::DnatSlot { modulus, offset } => write!(
+            f,
+            "dnat to numgen random mod {modulus} offset {offset} map @{ENDPOINT_SLOTS}"
+        ),
         Stmt::MasqueradeFullyRandom => f.write_str("masquerade fully-random"),
         Stmt::Reject => f.write_str("reject"),
         Stmt::Verdict(v) => write!(f, "{v}"),
     }
 }
+
+/// The data map of endpoint slots: slot number → endpoint address and port.
+pub const ENDPOINT_SLOTS: &str = "endpoint-slots";
 
 /// nftables table family keyword (`ip` / `ip6`).
 pub fn table_family(family: Family) -> &'static str {
@@ -182,6 +202,10 @@ pub enum Key {
     Addr(IpAddr),
     /// An address range (interval sets), printed as given.
     Prefix(IpNet),
+    /// A slot number (`endpoint-slots`).
+    Slot(u32),
+    /// Two addresses, `source . destination`.
+    Pair(IpAddr, IpAddr),
 }
 
 impl fmt::Display for Key {
@@ -195,6 +219,25 @@ impl fmt::Display for Key {
             Key::Port { protocol, port } => write!(f, "{protocol} . {port}"),
             Key::Addr(ip) => write!(f, "{ip}"),
             Key::Prefix(net) => write!(f, "{net}"),
+            Key::Slot(slot) => write!(f, "{slot}"),
+            Key::Pair(a, b) => write!(f, "{a} . {b}"),
+        }
+    }
+}
+
+/// The value of a map element.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Value {
+    Verdict(Verdict),
+    /// An endpoint, `address . port` (`endpoint-slots`).
+    Endpoint(SocketAddr),
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Verdict(v) => write!(f, "{v}"),
+            Value::Endpoint(target) => write!(f, "{} . {}", target.ip(), target.port()),
         }
     }
 }
@@ -204,7 +247,7 @@ impl fmt::Display for Key {
 pub struct Element {
     pub set: &'static str,
     pub key: Key,
-    pub value: Option<Verdict>,
+    pub value: Option<Value>,
 }
 
 impl Element {
@@ -216,11 +259,15 @@ impl Element {
         }
     }
 
-    /// The order elements are listed in scripts: by container, then by their text (stable
-    /// across releases, so golden files and diffs stay readable).
+    /// The order elements are listed in scripts: by container, then by their text (slots by
+    /// number), stable across releases so golden files and diffs stay readable.
     pub fn text_order(&self) -> (&'static str, String, String) {
-        let value = self.value.as_ref().map(Verdict::to_string);
-        (self.set, self.key.to_string(), value.unwrap_or_default())
+        let value = self.value.as_ref().map(Value::to_string);
+        let key = match self.key {
+            Key::Slot(slot) => format!("{slot:010}"),
+            _ => self.key.to_string(),
+        };
+        (self.set, key, value.unwrap_or_default())
     }
 }
 
@@ -235,6 +282,10 @@ pub enum ContainerKind {
     Addrs,
     /// Address ranges (`flags interval`).
     Prefixes,
+    /// Slot number → `address . port` (`endpoint-slots`).
+    SlotMap,
+    /// `address . address` pairs.
+    AddrPairs,
 }
 
 /// A map or set declared with the table.
@@ -248,8 +299,8 @@ impl Container {
     /// `map` or `set`.
     pub fn keyword(&self) -> &'static str {
         match self.kind {
-            ContainerKind::FrontendVmap | ContainerKind::PortVmap => "map",
-            ContainerKind::Addrs | ContainerKind::Prefixes => "set",
+            ContainerKind::FrontendVmap | ContainerKind::PortVmap | ContainerKind::SlotMap => "map",
+            ContainerKind::Addrs | ContainerKind::Prefixes | ContainerKind::AddrPairs => "set",
         }
     }
 
@@ -263,6 +314,13 @@ impl Container {
             ContainerKind::PortVmap => "{ type inet_proto . inet_service : verdict ; }".into(),
             ContainerKind::Addrs => format!("{{ type {addr} ; }}"),
             ContainerKind::Prefixes => format!("{{ type {addr} ; flags interval ; }}"),
+            // A slot number is what `numgen` yields (a plain 32-bit integer, which has no
+            // `type` name in nft 1.0.6), hence `typeof`; the data is an address and a port.
+            ContainerKind::SlotMap => format!(
+                "{{ typeof numgen random mod 2 : {} daddr . tcp dport ; }}",
+                addr_keyword(family)
+            ),
+            ContainerKind::AddrPairs => format!("{{ type {addr} . {addr} ; }}"),
         }
     }
 }

@@ -4,21 +4,25 @@
 //! ruleset generation its last batch produced, so "has anyone changed the ruleset since?" is
 //! one small request.
 //!
-//! Reading the table back (chain and set names, UDP DNAT targets) is done with netlink dumps
-//! too; conntrack deletions run `conntrack` ([`NftCommand`]).
+//! Reading the table back (chain and set names, the endpoint slots and the rules drawing from
+//! them, UDP DNAT targets) is done with netlink dumps too; conntrack deletions run `conntrack`
+//! ([`NftCommand`]).
 
 use sluice_nftnl::consts::{chain, data, elem, msg, rule, set, table};
 use sluice_nftnl::{Attrs, Batch, NfSocket, Refusal, attributes};
-use std::collections::{BTreeSet, HashMap};
-use std::net::IpAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 
 use sluice_nftnl::consts::{EXPR_DATA, EXPR_NAME, LIST_ELEM};
 use sluice_nftnl::expr::NAT_DNAT;
 use sluice_plan::{Family, Protocol, StaleFlow};
 
 use crate::exec::{Drift, NftCommand, NftError, NftExecutor, Readback};
-use crate::ir::{BaseChain, ChainType, Container, ContainerKind, Element, Hook, Key};
+use crate::ir::{
+    BaseChain, ChainType, Container, ContainerKind, ENDPOINT_SLOTS, Element, Hook, Key, Value,
+};
 use crate::lower;
+use crate::slots::{self, SlotRule};
 use crate::transaction::{Command, Existing, TABLE, Transaction};
 
 use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE};
@@ -32,8 +36,24 @@ const VMAP_UDATA: &[u8] = &[
 ];
 /// Element user data "interval open at the top" (a range reaching the last address).
 const OPEN_INTERVAL_UDATA: &[u8] = &[1, 4, 1, 0, 0, 0];
+/// What nft 1.0.6 records for `typeof numgen random mod 2 : ip daddr . tcp dport` (the
+/// `endpoint-slots` map of the `ip` table; `ip6 daddr` differs in two bytes).
+const SLOT_MAP_UDATA_V4: &[u8] = &[
+    0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x00, 0x00, 0x00, 0x00, 0x03, 0x1a, 0x00, 0x04,
+    0x17, 0x00, 0x00, 0x00, 0x01, 0x12, 0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x02, 0x00,
+    0x00, 0x00, 0x02, 0x04, 0x00, 0x00, 0x00, 0x00, 0x04, 0x34, 0x00, 0x04, 0x0d, 0x00, 0x00, 0x00,
+    0x01, 0x2c, 0x00, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00, 0x01, 0x0c, 0x00, 0x04, 0x0c, 0x00,
+    0x00, 0x00, 0x01, 0x04, 0x0c, 0x00, 0x00, 0x00, 0x01, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00,
+    0x01, 0x0c, 0x00, 0x04, 0x08, 0x00, 0x00, 0x00, 0x01, 0x04, 0x02, 0x00, 0x00, 0x00, 0x06, 0x04,
+    0x00, 0x00, 0x00, 0x00,
+];
+/// Where the `ip6 daddr` form differs: (index, byte).
+const SLOT_MAP_UDATA_V6_DIFF: [(usize, u8); 2] = [(62, 0x0d), (68, 0x09)];
+/// What nft 1.0.6 records for `type ipv4_addr . ipv4_addr` (and the IPv6 form).
+const PAIR_SET_UDATA: &[u8] = &[0, 4, 0, 0, 0, 0, 3, 8, 0, 4, 0x0d, 0, 0, 0, 1, 0];
 
 /// nft's datatype numbers (`enum datatypes`), and how concatenations combine them.
+const TYPE_INTEGER: u32 = 4;
 const TYPE_IPV4_ADDR: u32 = 7;
 const TYPE_IPV6_ADDR: u32 = 8;
 const TYPE_INET_PROTO: u32 = 12;
@@ -111,6 +131,47 @@ impl NetlinkNft {
             .map_err(netlink("listing our chains and sets"))?;
         Ok(names)
     }
+
+    /// The elements of `endpoint-slots`: slot → endpoint.
+    fn slot_elements(&mut self, family: Family) -> Result<BTreeMap<u32, SocketAddr>, NftError> {
+        let mut out = BTreeMap::new();
+        self.sock
+            .dump(
+                msg::GETSETELEM,
+                lower::nfproto(family),
+                |a| {
+                    a.str(elem::LIST_TABLE, TABLE)
+                        .str(elem::LIST_SET, ENDPOINT_SLOTS);
+                },
+                |attrs| out.extend(slot_elements(attrs)),
+            )
+            .or_else(table_absent)
+            .map_err(netlink("listing the endpoint slots"))?;
+        Ok(out)
+    }
+}
+
+/// The `(slot, endpoint)` elements of one `GETSETELEM` dump message.
+fn slot_elements(attrs: &[u8]) -> Vec<(u32, SocketAddr)> {
+    let Some((_, list)) = attributes(attrs).find(|(k, _)| *k == elem::LIST_ELEMENTS) else {
+        return Vec::new();
+    };
+    let value = |element: &[u8], kind: u16| {
+        let (_, nest) = attributes(element).find(|(k, _)| *k == kind)?;
+        attributes(nest)
+            .find(|(k, _)| *k == data::VALUE)
+            .map(|(_, v)| v.to_vec())
+    };
+    attributes(list)
+        .filter_map(|(_, element)| {
+            let key = value(element, elem::KEY)?;
+            let slot = u32::from_ne_bytes(key.as_slice().try_into().ok()?);
+            Some((
+                slot,
+                lower::endpoint_from_bytes(&value(element, elem::DATA)?)?,
+            ))
+        })
+        .collect()
 }
 
 /// A dump filtered by a table that does not exist fails with ENOENT: nothing to list.
@@ -186,6 +247,65 @@ fn udp_dnat_target(rule_attrs: &[u8]) -> Option<(Protocol, IpAddr, u16)> {
     None
 }
 
+/// `meta l4proto P dnat to numgen random mod M offset O map @endpoint-slots` in a dumped rule
+/// → its chain, protocol, offset and modulus.
+fn slot_rule(rule_attrs: &[u8]) -> Option<SlotRule> {
+    let text = |kind: u16| {
+        attributes(rule_attrs)
+            .find(|(k, _)| *k == kind)
+            .map(|(_, v)| c_str(v))
+    };
+    if text(rule::TABLE)? != TABLE {
+        return None;
+    }
+    let chain = text(rule::CHAIN)?;
+    let (_, exprs) = attributes(rule_attrs).find(|(k, _)| *k == rule::EXPRESSIONS)?;
+    let (mut protocol, mut draw, mut meta_l4proto, mut slots) = (None, None, false, false);
+    for (_, expr) in attributes(exprs).filter(|(k, _)| *k == LIST_ELEM) {
+        let name = attributes(expr)
+            .find(|(k, _)| *k == EXPR_NAME)
+            .map(|(_, v)| c_str(v))?;
+        let (_, data) = attributes(expr).find(|(k, _)| *k == EXPR_DATA)?;
+        let u32_attr = |kind: u16| {
+            attributes(data)
+                .find(|(k, _)| *k == kind)
+                .and_then(|(_, v)| v.try_into().ok().map(u32::from_be_bytes))
+        };
+        match name.as_str() {
+            // NFTA_META_KEY
+            "meta" => meta_l4proto = u32_attr(2) == Some(sluice_nftnl::MetaKey::L4Proto as u32),
+            // NFTA_CMP_DATA { NFTA_DATA_VALUE } after the l4proto load
+            "cmp" if meta_l4proto => {
+                let (_, nest) = attributes(data).find(|(k, _)| *k == 3)?;
+                let value = attributes(nest).find(|(k, _)| *k == data::VALUE)?.1;
+                protocol = match value {
+                    [6] => Some(Protocol::Tcp),
+                    [17] => Some(Protocol::Udp),
+                    [132] => Some(Protocol::Sctp),
+                    _ => None,
+                };
+            }
+            // NFTA_NG_MODULUS, NFTA_NG_OFFSET
+            "numgen" => draw = Some((u32_attr(4).unwrap_or(0), u32_attr(2)?)),
+            // NFTA_LOOKUP_SET
+            "lookup" => {
+                let set = attributes(data)
+                    .find(|(k, _)| *k == 1)
+                    .map(|(_, v)| c_str(v));
+                slots = set.as_deref() == Some(ENDPOINT_SLOTS);
+            }
+            _ => {}
+        }
+    }
+    let (offset, modulus) = draw.filter(|_| slots)?;
+    Some(SlotRule {
+        chain,
+        protocol,
+        offset,
+        modulus,
+    })
+}
+
 /// Anonymous sets (`NFT_SET_ANONYMOUS`) belong to rules, not to the table's namespace.
 fn is_anonymous_set(attrs: &[u8]) -> bool {
     attributes(attrs)
@@ -224,7 +344,11 @@ impl NftExecutor for NetlinkNft {
         if existing.chains.is_empty() {
             return Ok(Readback::default());
         }
-        let mut backends = BTreeSet::new();
+        let mut back = Readback {
+            existing,
+            ..Readback::default()
+        };
+        let mut slot_rules = Vec::new();
         self.sock
             .dump(
                 msg::GETRULE,
@@ -232,11 +356,20 @@ impl NftExecutor for NetlinkNft {
                 |a| {
                     a.str(rule::TABLE, TABLE);
                 },
-                |attrs| backends.extend(udp_dnat_target(attrs)),
+                |attrs| {
+                    back.backends.extend(udp_dnat_target(attrs));
+                    slot_rules.extend(slot_rule(attrs));
+                },
             )
             .or_else(table_absent)
             .map_err(netlink("listing our rules"))?;
-        Ok(Readback { existing, backends })
+        if !slot_rules.is_empty() {
+            let elements = self.slot_elements(family)?;
+            back.backends
+                .extend(slots::udp_targets(&slot_rules, &elements));
+            back.layout = slots::layout_from(&slot_rules, &elements);
+        }
+        Ok(back)
     }
 
     fn flush_conntrack(&mut self, flow: &StaleFlow) -> Result<(), NftError> {
@@ -405,7 +538,7 @@ fn element_messages(
 /// An upper bound of one element's encoded size (an interval is two elements).
 fn encoded_size(e: &Element) -> usize {
     let chain = match &e.value {
-        Some(crate::ir::Verdict::Jump(c) | crate::ir::Verdict::Goto(c)) => c.len(),
+        Some(Value::Verdict(crate::ir::Verdict::Jump(c) | crate::ir::Verdict::Goto(c))) => c.len(),
         _ => 0,
     };
     2 * (64 + 24 + chain)
@@ -441,6 +574,20 @@ fn container(a: &mut Attrs<'_>, c: &Container, family: Family) {
             addr_len + 8,
         ),
         ContainerKind::PortVmap => vmap(a, concat(&[TYPE_INET_PROTO, TYPE_INET_SERVICE]), 8),
+        ContainerKind::SlotMap => {
+            a.u32(set::FLAGS, set::F_MAP)
+                .u32(set::KEY_TYPE, TYPE_INTEGER)
+                .u32(set::KEY_LEN, 4)
+                .u32(set::DATA_TYPE, concat(&[addr_type, TYPE_INET_SERVICE]))
+                .u32(set::DATA_LEN, addr_len + 4)
+                .bytes(set::USERDATA, &slot_map_udata(family));
+        }
+        ContainerKind::AddrPairs => {
+            a.u32(set::FLAGS, 0)
+                .u32(set::KEY_TYPE, concat(&[addr_type, addr_type]))
+                .u32(set::KEY_LEN, 2 * addr_len)
+                .bytes(set::USERDATA, PAIR_SET_UDATA);
+        }
         ContainerKind::Addrs | ContainerKind::Prefixes => {
             let flags = match c.kind {
                 ContainerKind::Prefixes => set::F_INTERVAL,
@@ -451,6 +598,16 @@ fn container(a: &mut Attrs<'_>, c: &Container, family: Family) {
             a.bytes(set::USERDATA, ADDR_SET_UDATA);
         }
     }
+}
+
+fn slot_map_udata(family: Family) -> Vec<u8> {
+    let mut udata = SLOT_MAP_UDATA_V4.to_vec();
+    if family == Family::V6 {
+        for (index, byte) in SLOT_MAP_UDATA_V6_DIFF {
+            udata[index] = byte;
+        }
+    }
+    udata
 }
 
 fn base_chain(a: &mut Attrs<'_>, base: &BaseChain) {
@@ -503,7 +660,7 @@ fn element(
     index: u16,
     key: &[u8],
     flags: Option<u32>,
-    value: Option<&crate::ir::Verdict>,
+    value: Option<&Value>,
     open: bool,
 ) {
     list.nest(index, |el| {
@@ -513,8 +670,17 @@ fn element(
         el.nest(elem::KEY, |k| {
             k.bytes(data::VALUE, key);
         });
-        if let Some(v) = value {
-            el.nest(elem::DATA, |d| lower::element_verdict(v).write(d));
+        match value {
+            Some(Value::Verdict(v)) => {
+                el.nest(elem::DATA, |d| lower::element_verdict(v).write(d));
+            }
+            Some(other) => {
+                let bytes = lower::value_bytes(other).unwrap_or_default();
+                el.nest(elem::DATA, |d| {
+                    d.bytes(data::VALUE, &bytes);
+                });
+            }
+            None => {}
         }
         if open {
             el.bytes(elem::USERDATA, OPEN_INTERVAL_UDATA);

@@ -14,22 +14,31 @@
 //!   class whose route differs from the outside route (`ip saddr @cluster-cidrs` for pods,
 //!   `fib saddr type local` for the node), then the outside route — each a `goto` of a
 //!   dispatch chain (with the masquerade mark set in the same rule when asked) or `drop`;
-//! * dispatch chains `cl-*` / `lo-*` (affinity, then a uniform random choice) over the backends
-//!   of the set and family; per backend `ep-*` (hairpin masquerade, affinity update, DNAT).
+//! * dispatch chains `cl-*` / `lo-*`: DNAT to an endpoint drawn from the set's block of the
+//!   `endpoint-slots` data map ([`crate::slots`]); endpoints are map data, so an endpoint
+//!   change writes map elements only. Pods reaching themselves are masqueraded in
+//!   postrouting (`hairpin-endpoints`, refcounted by the dataplane).
+//! * with session affinity, the dispatch chain keeps the per-endpoint form instead: affinity
+//!   lookups, then a uniform random cascade over per-backend `ep-*` chains (hairpin
+//!   masquerade, affinity set update, DNAT).
 //!
 //! Chain names carry a stable hash plus a readable, sanitised suffix (any Service or port name
 //! is safe: unusual characters become `_`, long names are cut; the hash keeps them unique).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
 
 use sluice_plan::{
-    Backend, Family, FrontendAddr, FrontendKind, FrontendPlan, NodePlan, Route, ServicePlan,
-    ServicePortName, SetName, SourceClass,
+    Backend, Family, FrontendAddr, FrontendKind, FrontendPlan, NodePlan, Protocol, Route,
+    ServicePlan, ServicePortName, SetName, SourceClass,
 };
 
-use crate::ir::{Container, ContainerKind, Key, Rule, Stmt, Verdict};
-pub use crate::ir::{Element, addr_keyword, addr_type, table_family};
+use crate::ir::{Container, ContainerKind, Key, Rule, Stmt, Value, Verdict};
+pub use crate::ir::{ENDPOINT_SLOTS, Element, addr_keyword, addr_type, table_family};
+use crate::slots::{
+    Block, EXACT_DRAWS, Layout, Placed, SlotSpace, Slots, assign, block_len, capacity_for, fits,
+};
 
 /// Names of the verdict maps and sets whose elements are rendered per service.
 pub const SERVICE_IPS: &str = "service-ips";
@@ -39,6 +48,9 @@ pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 pub const FIREWALL_IPS: &str = "firewall-ips";
 pub const NODEPORT_IPS: &str = "nodeport-ips";
 pub const CLUSTER_CIDRS: &str = "cluster-cidrs";
+/// `address . address` of every endpoint on the slot path: a connection whose source is the
+/// endpoint it was translated to (a pod reaching itself through a service) is masqueraded.
+pub const HAIRPIN_ENDPOINTS: &str = "hairpin-endpoints";
 
 /// The chain refusing connections with an ICMP error, and the one setting the masquerade mark.
 pub const REJECT_CHAIN: &str = "reject-chain";
@@ -48,7 +60,7 @@ pub const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
 const READABLE_MAX: usize = 64;
 
 /// Every map/set whose elements come from the plan, in declaration order.
-pub fn element_containers() -> [Container; 7] {
+pub fn element_containers() -> [Container; 9] {
     let c = |name, kind| Container { name, kind };
     [
         c(SERVICE_IPS, ContainerKind::FrontendVmap),
@@ -58,6 +70,8 @@ pub fn element_containers() -> [Container; 7] {
         c(FIREWALL_IPS, ContainerKind::FrontendVmap),
         c(NODEPORT_IPS, ContainerKind::Addrs),
         c(CLUSTER_CIDRS, ContainerKind::Prefixes),
+        c(ENDPOINT_SLOTS, ContainerKind::SlotMap),
+        c(HAIRPIN_ENDPOINTS, ContainerKind::AddrPairs),
     ]
 }
 
@@ -70,6 +84,12 @@ pub struct ServiceRules {
     pub elements: Vec<Element>,
     /// Affinity sets: name → timeout in seconds.
     pub affinity_sets: BTreeMap<String, u32>,
+    /// The `endpoint-slots` blocks of the dispatch chains on the slot path: chain → block
+    /// (the slots' content is among `elements`).
+    pub blocks: BTreeMap<String, Block>,
+    /// Endpoint addresses of the slot path, sorted and unique: each is an element of
+    /// `hairpin-endpoints` while some service port has it (the dataplane counts).
+    pub hairpins: Vec<IpAddr>,
 }
 
 /// Nothing (what a removed service port renders to).
@@ -77,12 +97,91 @@ pub static NO_RULES: ServiceRules = ServiceRules {
     chains: BTreeMap::new(),
     elements: Vec::new(),
     affinity_sets: BTreeMap::new(),
+    blocks: BTreeMap::new(),
+    hairpins: Vec::new(),
 };
 
 impl ServiceRules {
     pub fn is_empty(&self) -> bool {
         self.chains.is_empty() && self.elements.is_empty() && self.affinity_sets.is_empty()
     }
+
+    /// What each dispatch chain's block holds, from `blocks` and the slot elements.
+    pub fn layout(&self) -> Layout {
+        let slot_elements: Vec<(u32, SocketAddr)> = self
+            .elements
+            .iter()
+            .filter(|e| e.set == ENDPOINT_SLOTS)
+            .filter_map(|e| match (&e.key, &e.value) {
+                (Key::Slot(slot), Some(Value::Endpoint(target))) => Some((*slot, *target)),
+                _ => None,
+            })
+            .collect();
+        self.blocks
+            .iter()
+            .map(|(chain, block)| {
+                let mut slots = Slots::empty(block.capacity);
+                for (slot, target) in &slot_elements {
+                    if let Some(offset) = slot.checked_sub(block.base)
+                        && offset < block.len()
+                    {
+                        slots.put(offset, *target);
+                    }
+                }
+                let placed = Placed {
+                    base: block.base,
+                    slots,
+                };
+                (chain.clone(), placed)
+            })
+            .collect()
+    }
+}
+
+/// The `hairpin-endpoints` element of an endpoint address.
+pub fn hairpin_element(ip: IpAddr) -> Element {
+    Element {
+        set: HAIRPIN_ENDPOINTS,
+        key: Key::Pair(ip, ip),
+        value: None,
+    }
+}
+
+/// The `hairpin-endpoints` elements `rules` need together (sorted, unique).
+pub fn hairpin_elements<'a>(rules: impl IntoIterator<Item = &'a ServiceRules>) -> Vec<Element> {
+    let mut ips: Vec<IpAddr> = rules
+        .into_iter()
+        .flat_map(|r| r.hairpins.iter().copied())
+        .collect();
+    ips.sort_unstable();
+    ips.dedup();
+    ips.into_iter().map(hairpin_element).collect()
+}
+
+/// Where rendering places endpoints: the family's slot space (new blocks come from it) and
+/// what the dispatch chains' blocks held before (kept where they still fit, so a change
+/// writes only the slots that differ).
+pub struct Placement<'a> {
+    pub space: &'a mut SlotSpace,
+    pub previous: &'a Layout,
+}
+
+/// Renders service ports of one family from scratch (a fresh slot space), e.g. for
+/// `sluice plan` and golden files.
+pub fn render_all<'a>(
+    plans: impl IntoIterator<Item = &'a ServicePlan>,
+    family: Family,
+) -> Vec<ServiceRules> {
+    let mut space = SlotSpace::default();
+    let nothing = Layout::new();
+    let mut placement = Placement {
+        space: &mut space,
+        previous: &nothing,
+    };
+    plans
+        .into_iter()
+        .map(|plan| render_service(plan, family, &mut placement))
+        .collect()
 }
 
 /// The node-wide set elements of one family.
@@ -106,27 +205,35 @@ pub fn render_node(node: &NodePlan, family: Family) -> Vec<Element> {
     out
 }
 
-/// Renders one service port for one family.
-pub fn render_service(plan: &ServicePlan, family: Family) -> ServiceRules {
+/// Renders one service port for one family, placing its endpoints with `placement`.
+pub fn render_service(
+    plan: &ServicePlan,
+    family: Family,
+    placement: &mut Placement<'_>,
+) -> ServiceRules {
     let mut r = Renderer {
         plan,
         family,
+        placement,
         out: ServiceRules::default(),
     };
     for frontend in plan.frontends.iter().filter(|f| f.key.family() == family) {
         r.frontend(frontend);
     }
     r.out.elements.sort();
+    r.out.hairpins.sort_unstable();
+    r.out.hairpins.dedup();
     r.out
 }
 
-struct Renderer<'a> {
+struct Renderer<'a, 'p> {
     plan: &'a ServicePlan,
     family: Family,
+    placement: &'a mut Placement<'p>,
     out: ServiceRules,
 }
 
-impl Renderer<'_> {
+impl Renderer<'_, '_> {
     fn frontend(&mut self, fe: &FrontendPlan) {
         let (protocol, port) = (fe.key.protocol, fe.key.port);
         let (forward_map, refuse_map, key) = match fe.key.addr {
@@ -231,8 +338,9 @@ impl Renderer<'_> {
         name
     }
 
-    /// `cl-*` / `lo-*`: affinity lookups, then a uniform random choice among the backends of
-    /// `set` and this family (never empty: the plan forwards only to sets with backends).
+    /// `cl-*` / `lo-*`: a uniform random choice among the backends of `set` and this family
+    /// (never empty: the plan forwards only to sets with backends) — from the set's slots, or
+    /// with session affinity from per-endpoint chains.
     fn dispatch_chain(&mut self, set: SetName) -> String {
         let prefix = match set {
             SetName::Cluster => "cl",
@@ -243,6 +351,67 @@ impl Renderer<'_> {
             return name;
         }
         let backends: Vec<Backend> = self.plan.backends(set, self.family).copied().collect();
+        let slotted = match self.plan.affinity_timeout {
+            None => self.slot_draws(&name, &backends),
+            Some(_) => None,
+        };
+        let rules = match slotted {
+            Some(rules) => rules,
+            None => self.cascade(&backends),
+        };
+        self.out.chains.insert(name.clone(), rules);
+        name
+    }
+
+    /// The slot path: the set's block (kept when it still fits, else a new one), its slots
+    /// laid out, and the draws. `None` when no block can be had (32-bit slot numbers used
+    /// up): the set then takes the per-endpoint form.
+    fn slot_draws(&mut self, chain: &str, backends: &[Backend]) -> Option<Vec<Rule>> {
+        let mut targets: Vec<SocketAddr> = backends
+            .iter()
+            .map(|b| SocketAddr::new(b.ip, b.port))
+            .collect();
+        targets.sort_unstable();
+        targets.dedup();
+        if targets.is_empty() {
+            return None;
+        }
+        let kept = self
+            .placement
+            .previous
+            .get(chain)
+            .filter(|p| fits(p.block().capacity, targets.len()));
+        let (block, slots) = match kept {
+            Some(placed) => {
+                let block = placed.block();
+                (block, assign(Some(&placed.slots), &targets, block.capacity))
+            }
+            None => {
+                let capacity = capacity_for(targets.len());
+                let Some(base) = self.placement.space.allocate(block_len(capacity)?) else {
+                    tracing::warn!(service = %self.plan.name, "endpoint slot numbers used up; using per-endpoint chains");
+                    return None;
+                };
+                let block = Block { base, capacity };
+                (block, assign(None, &targets, capacity))
+            }
+        };
+        for (offset, target) in slots.entries() {
+            self.out.elements.push(Element {
+                set: ENDPOINT_SLOTS,
+                key: Key::Slot(block.base + offset),
+                value: Some(Value::Endpoint(target)),
+            });
+        }
+        self.out.hairpins.extend(targets.iter().map(SocketAddr::ip));
+        self.out.blocks.insert(chain.to_owned(), block);
+        Some(draws(self.plan.name.protocol, block))
+    }
+
+    /// Affinity lookups, then a uniform random choice as a cascade (endpoint i taken with
+    /// probability 1/(N-i) among the rest) over per-endpoint chains. Not `numgen ... vmap
+    /// { ... }`: nft 1.0.x creates anonymous maps in quadratic time.
+    fn cascade(&mut self, backends: &[Backend]) -> Vec<Rule> {
         let endpoint_chains: Vec<String> =
             backends.iter().map(|b| self.endpoint_chain(b)).collect();
         let mut rules = Vec::new();
@@ -254,9 +423,6 @@ impl Renderer<'_> {
                 ]));
             }
         }
-        // A uniform choice as a cascade (endpoint i taken with probability 1/(N-i) among the
-        // rest), not `numgen ... vmap { ... }`: nft 1.0.x creates anonymous maps in quadratic
-        // time, which made a 10k-service sync take minutes.
         let count = endpoint_chains.len();
         for (i, ep) in endpoint_chains.iter().enumerate() {
             let goto = Stmt::Verdict(Verdict::goto(ep));
@@ -270,8 +436,7 @@ impl Renderer<'_> {
         if rules.is_empty() {
             rules.push(Rule::verdict(Verdict::Drop));
         }
-        self.out.chains.insert(name.clone(), rules);
-        name
+        rules
     }
 
     /// `ep-*` for one backend (shared by both sets) and its name.
@@ -311,9 +476,20 @@ impl Renderer<'_> {
         self.out.elements.push(Element {
             set,
             key,
-            value: Some(value),
+            value: Some(Value::Verdict(value)),
         });
     }
+}
+
+/// The dispatch rules of a block: [`EXACT_DRAWS`] draws from the exact region, each taking
+/// the drawn slot's endpoint or (empty slot) passing on to the next, then one draw from the
+/// always-full spread region.
+fn draws(protocol: Protocol, block: Block) -> Vec<Rule> {
+    let draw =
+        |modulus, offset| Rule::new([Stmt::L4Proto(protocol), Stmt::DnatSlot { modulus, offset }]);
+    let mut rules = vec![draw(block.capacity, block.base); EXACT_DRAWS];
+    rules.push(draw(block.spread_len(), block.spread_base()));
+    rules
 }
 
 /// Mark bit meaning "masquerade this connection on the way out" (kube-proxy uses the same bit).

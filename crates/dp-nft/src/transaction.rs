@@ -253,12 +253,19 @@ fn hook_chains() -> Vec<StaticChain> {
 /// The chains every service shares: map lookups, masquerade marking, rejection.
 fn shared_chains() -> Vec<StaticChain> {
     use crate::render::{
-        FIREWALL_IPS, NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES, NODEPORT_IPS, SERVICE_IPS,
-        SERVICE_NODEPORTS,
+        FIREWALL_IPS, HAIRPIN_ENDPOINTS, NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES, NODEPORT_IPS,
+        SERVICE_IPS, SERVICE_NODEPORTS,
     };
     let by_frontend = |map| Rule::new([Stmt::FrontendVmap(map)]);
     let by_node_port = |map| Rule::new([Stmt::DaddrInSet(NODEPORT_IPS), Stmt::PortVmap(map)]);
     let masquerading = vec![
+        // A pod reaching itself through a service (slot path; per-endpoint chains mark it
+        // themselves): its own address as source and destination after DNAT.
+        Rule::new([
+            Stmt::CtStatusDnat,
+            Stmt::SaddrDaddrInSet(HAIRPIN_ENDPOINTS),
+            Stmt::MarkSetOr(MASQUERADE_MARK),
+        ]),
         Rule::new([
             Stmt::MarkClear(MASQUERADE_MARK),
             Stmt::Verdict(Verdict::Return),
@@ -414,18 +421,19 @@ fn element_commands<'a>(
     }
 }
 
-/// Only what changed: for each service port (old rendering, new rendering) and, when the node
-/// changed, the node-wide elements. Empty when nothing differs.
+/// Only what changed: for each service port (old rendering, new rendering) and the
+/// table-wide elements (node addresses, hairpins) before and after. Empty when nothing
+/// differs.
 pub fn delta<'a>(
     family: Family,
     services: impl IntoIterator<Item = (&'a ServiceRules, &'a ServiceRules)>,
-    node: Option<(&'a [Element], &'a [Element])>,
+    shared: Option<(&'a [Element], &'a [Element])>,
 ) -> Transaction<'a> {
     let mut s = Script::default();
     for (old, new) in services {
         s.service(old, new);
     }
-    if let Some((old, new)) = node {
+    if let Some((old, new)) = shared {
         s.elements(old, new);
     }
     let mut tx = Transaction::default();
@@ -435,11 +443,12 @@ pub fn delta<'a>(
 
 /// A complete resync of one family: declares the table and every static object (idempotent
 /// `add`), rewrites every chain and map, and deletes chains and sets that `existing` has but
-/// the plan does not. No table flush: conntrack state and affinity sets survive.
+/// the plan does not. `shared` are the table-wide elements (node addresses, hairpins). No
+/// table flush: conntrack state and affinity sets survive.
 pub fn full<'a>(
     family: Family,
     services: impl IntoIterator<Item = &'a ServiceRules>,
-    node: &'a [Element],
+    shared: &'a [Element],
     existing: &'a Existing,
 ) -> Transaction<'a> {
     let mut tx = Transaction::default();
@@ -464,7 +473,7 @@ pub fn full<'a>(
     }
     let mut wanted_chains: BTreeSet<&str> = BTreeSet::new();
     let mut wanted_sets: BTreeSet<&str> = BTreeSet::new();
-    s.add_elements.extend(node);
+    s.add_elements.extend(shared);
     for rules in services {
         for (name, timeout) in &rules.affinity_sets {
             s.add_sets.push((name, *timeout));

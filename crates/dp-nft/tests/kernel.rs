@@ -92,13 +92,10 @@ fn lifecycle<E: NftExecutor>(ns: &Netns, make: impl Fn() -> E) {
     let report = dp.resync(&plan).expect("first programming");
     assert!(report.full_sync && report.failed.is_empty(), "{report:?}");
     let ruleset = ns.nft_list();
-    assert!(ruleset.contains("dnat to 10.244.2.2:8080"), "{ruleset}");
-    assert!(
-        ruleset.contains("dnat to [fd00:10:244:2::2]:8080"),
-        "{ruleset}"
-    );
+    assert!(ruleset.contains(": 10.244.2.2 . 8080"), "{ruleset}");
+    assert!(ruleset.contains(": fd00:10:244:2::2 . 8080"), "{ruleset}");
 
-    // Incremental: drop one endpoint; only that endpoint's chain disappears.
+    // Incremental: drop one endpoint; only its slots change.
     let smaller = fixture::without_web_endpoint();
     let report = dp
         .apply(&PlanDelta::between(&plan, &smaller))
@@ -108,11 +105,12 @@ fn lifecycle<E: NftExecutor>(ns: &Netns, make: impl Fn() -> E) {
     assert!(report.operations < 10, "{report:?}");
     let ruleset = ns.nft_list();
     assert!(
-        !ruleset.contains("10.244.2.2:8080") && ruleset.contains("10.244.1.2:8080"),
+        !ruleset.contains("10.244.2.2 . 8080") && ruleset.contains("10.244.1.2 . 8080"),
         "{ruleset}"
     );
     let report = dp.resync(&smaller).expect("resync with nothing to do");
     assert_eq!(report.operations, 0, "{report:?}");
+    let slots = ns.nft(&["list", "map", "ip", "sluice", "endpoint-slots"]);
 
     // A new agent finds the table, reconciles without deleting it, and removes what is stale.
     let mut restarted = NftDataplane::with_executor(make());
@@ -127,7 +125,11 @@ fn lifecycle<E: NftExecutor>(ns: &Netns, make: impl Fn() -> E) {
         !ruleset.contains("shop/front"),
         "stale service chains removed:\n{ruleset}"
     );
-    assert!(ruleset.contains("10.244.1.2:8080"));
+    assert_eq!(
+        ns.nft(&["list", "map", "ip", "sluice", "endpoint-slots"]),
+        slots,
+        "the restarted agent keeps every slot where it was"
+    );
 
     restarted.cleanup().expect("cleanup");
     assert!(!ns.nft_list().contains("sluice"), "tables removed");
@@ -148,30 +150,18 @@ fn netlink_executor_applies_diffs_restarts_and_cleans_up() {
     lifecycle(&ns, || ns.netlink());
 }
 
-/// Someone deletes a chain the web service uses behind our back: the change to web is refused
-/// and reported, the change to another service still applies, and the next resync repairs.
+/// Someone empties the endpoint slots behind our back: web's change (which rewrites its slots)
+/// is refused and reported, the change to another service still applies, and the next resync
+/// repairs.
 fn refusal_is_isolated<E: NftExecutor>(ns: &Netns, exec: E, reason: &[&str]) {
     let mut dp = NftDataplane::with_executor(exec);
     dp.restore().unwrap();
     let plan = fixture::plan();
     dp.resync(&plan).unwrap();
-    let listing = ns.nft(&["list", "chains", "ip"]);
-    let web_endpoint = listing
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("chain "))
-        .map(|l| l.trim_end_matches(" {").to_owned())
-        .find(|c| c.starts_with("ep-") && c.contains("shop/web/"))
-        .expect("a web endpoint chain");
-    let dispatch = listing
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("chain "))
-        .map(|l| l.trim_end_matches(" {").to_owned())
-        .find(|c| c.starts_with("cl-") && c.contains("shop/web/"))
-        .expect("web's dispatch chain");
-    ns.nft(&["flush", "chain", "ip", "sluice", &dispatch]);
-    ns.nft(&["delete", "chain", "ip", "sluice", &web_endpoint]);
+    ns.nft(&["flush", "map", "ip", "sluice", "endpoint-slots"]);
 
-    // Web loses an endpoint (its chains change), and front gains one.
+    // Web loses an endpoint (its slots change), and front (session affinity: per-endpoint
+    // chains) gains one.
     let mut s = fixture::snapshot();
     fixture::add_slice(
         &mut s,
@@ -216,8 +206,8 @@ fn refusal_is_isolated<E: NftExecutor>(ns: &Netns, exec: E, reason: &[&str]) {
     let report = dp.resync(&changed).unwrap();
     assert!(report.full_sync && report.failed.is_empty(), "{report:?}");
     let ruleset = ns.nft_list();
-    assert!(ruleset.contains("10.244.1.2:8080"), "{ruleset}");
-    assert!(!ruleset.contains("10.244.2.2:8080"), "{ruleset}");
+    assert!(ruleset.contains("10.244.1.2 . 8080"), "{ruleset}");
+    assert!(!ruleset.contains("10.244.2.2 . 8080"), "{ruleset}");
 }
 
 #[test]
@@ -231,11 +221,10 @@ fn netlink_executor_isolates_a_refused_service() {
     let Some(ns) = Netns::new("nfail") else {
         return;
     };
-    // The reason names the refused command in nft syntax (a rule of web's jumping to the chain
-    // that is gone), and the kernel's error.
+    // The reason names the refused command in nft syntax (deleting web's slot that is gone),
+    // and the kernel's error.
     let reason = [
-        "nf_tables refused `add rule ip sluice ",
-        "shop/web/tcp/http",
+        "nf_tables refused `delete element ip sluice endpoint-slots {",
         "No such file",
     ];
     refusal_is_isolated(&ns, ns.netlink(), &reason);
@@ -444,9 +433,9 @@ fn nft_in(ns: &Netns, script: &str) {
     assert!(status.success(), "nft {script}");
 }
 
-/// A rule outside sluice jumps to one of web's endpoint chains, so the kernel refuses to
-/// delete it (EBUSY): web's change is refused on every attempt, including the full rewrites
-/// of the retries, yet every other change is programmed; once the rule goes, web converges.
+/// A rule outside sluice jumps to web's dispatch chain, so the kernel refuses to delete it
+/// (EBUSY): web's removal is refused on every attempt, including the full rewrites of the
+/// retries, yet every other change is programmed; once the rule goes, web converges.
 #[test]
 fn a_chain_held_by_a_foreign_rule_holds_back_only_its_service() {
     let Some(ns) = Netns::new("held") else { return };
@@ -454,7 +443,11 @@ fn a_chain_held_by_a_foreign_rule_holds_back_only_its_service() {
     dp.restore().unwrap();
     let plan = fixture::plan();
     dp.resync(&plan).unwrap();
-    let held = chain_containing(&ns, "dnat to 10.244.2.2:8080");
+    let held = chain_containing(&ns, "map @endpoint-slots");
+    assert!(
+        held.starts_with("cl-") && held.contains("shop/web/"),
+        "{held}"
+    );
     nft_in(
         &ns,
         "add map ip sluice zz-hold { type inet_service : verdict ; }",
@@ -464,8 +457,10 @@ fn a_chain_held_by_a_foreign_rule_holds_back_only_its_service() {
         &format!("add element ip sluice zz-hold {{ 1 : goto {held} }}"),
     );
 
-    let mut changed = fixture::without_web_endpoint();
-    changed.services.retain(|k, _| k.name() != "cache");
+    let mut changed = plan.clone();
+    changed
+        .services
+        .retain(|k, _| k.name() != "cache" && k.name() != "web");
     let report = dp.apply(&PlanDelta::between(&plan, &changed)).unwrap();
     let failed: Vec<String> = report
         .failed
@@ -493,12 +488,16 @@ fn a_chain_held_by_a_foreign_rule_holds_back_only_its_service() {
         "dns removed:\n{ruleset}"
     );
     assert!(
-        ruleset.contains("10.244.2.2:8080"),
-        "web keeps its old endpoint"
+        ruleset.contains("10.244.2.2 . 8080"),
+        "web keeps its old endpoints:\n{ruleset}"
     );
 
     nft_in(&ns, "delete map ip sluice zz-hold");
     let report = dp.resync(&later).unwrap();
     assert!(report.failed.is_empty(), "{report:?}");
-    assert!(!ns.nft_list().contains("10.244.2.2:8080"), "web converged");
+    let ruleset = ns.nft_list();
+    assert!(
+        !ruleset.contains("shop/web") && !ruleset.contains("10.244.2.2 . 8080"),
+        "web converged:\n{ruleset}"
+    );
 }
