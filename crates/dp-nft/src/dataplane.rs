@@ -4,10 +4,11 @@
 //! periodic resync compares plans (pointers first) and asks the executor whether anyone else
 //! changed the ruleset; only then does it read our table's names back.
 //!
-//! It also owns what is shared between service ports: which `endpoint-slots` numbers are in
-//! use (a block is given back once the transaction that stopped using it committed; a refused
-//! change gives back what it took), and how many service ports use each hairpin address (an
-//! element of `hairpin-endpoints` is added at the first and deleted with the last).
+//! It also owns what is shared between service ports: which pickers (a pick chain and its
+//! slot map) are declared — a change needing a new one declares it in the same transaction;
+//! unused ones stay until the next full rewrite — and how many service ports use each hairpin
+//! address (an element of `hairpin-endpoints` is added with the first and deleted with the
+//! last).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -21,11 +22,11 @@ use sluice_plan::{Family, NodePlan, Plan, PlanDelta, ServicePlan, ServicePortNam
 use crate::exec::{Drift, NftError, NftExecutor};
 use crate::netlink::NetlinkNft;
 use crate::render::{
-    Element, NO_RULES, Placement, ServiceRules, element_containers, hairpin_element,
+    Element, NO_RULES, Previous, ServiceRules, element_containers, hairpin_element,
     hairpin_elements, render_all, render_node, render_service,
 };
-use crate::slots::{Block, Layout, Placed, SlotSpace};
-use crate::transaction::{self, Existing, Transaction, static_chains};
+use crate::slots::{FoundSlots, Picker};
+use crate::transaction::{self, Existing, PickerChain, Transaction, static_chains};
 
 const NAME: &str = "nftables";
 
@@ -34,8 +35,8 @@ const NAME: &str = "nftables";
 struct FamilyState {
     services: HashMap<ServicePortName, ServiceRules>,
     node: Vec<Element>,
-    /// Slot numbers of `endpoint-slots` in use (and taken by changes being applied).
-    slots: SlotSpace,
+    /// Pickers whose map and chain exist.
+    pickers: BTreeSet<Picker>,
     /// Service ports using each `hairpin-endpoints` address.
     hairpins: HashMap<IpAddr, usize>,
 }
@@ -63,9 +64,8 @@ pub struct NftDataplane<E: NftExecutor = NetlinkNft> {
     programmed: Option<Programmed>,
     /// Objects found by `restore`, reconciled (stale ones deleted) by the first resync.
     found: BTreeMap<Family, Existing>,
-    /// Endpoint slot blocks found by `restore`: the first full rewrite keeps each set where
-    /// it was, with what it held.
-    found_layout: BTreeMap<Family, Layout>,
+    /// Slots found by `restore`: the first full rewrite keeps each endpoint where it was.
+    found_slots: BTreeMap<Family, FoundSlots>,
     /// Something was refused since the last full rewrite: the kernel may differ from what we
     /// believe, so the next `resync` rewrites everything.
     needs_full: bool,
@@ -96,7 +96,7 @@ impl<E: NftExecutor> NftDataplane<E> {
             exec,
             programmed: None,
             found: BTreeMap::new(),
-            found_layout: BTreeMap::new(),
+            found_slots: BTreeMap::new(),
             needs_full: false,
         }
     }
@@ -129,9 +129,11 @@ impl<E: NftExecutor> NftDataplane<E> {
             .iter()
             .map(|family| {
                 let rules = render_all(plan.services.values().map(Arc::as_ref), *family);
+                let pickers = pickers_of(&rules);
                 let mut shared = render_node(&plan.node, *family);
                 shared.extend(hairpin_elements(&rules));
-                transaction::full(*family, &rules, &shared, &existing).to_string()
+                shared.extend(rules.iter().flat_map(ServiceRules::slot_elements));
+                transaction::full(*family, &pickers, &rules, &shared, &existing).to_string()
             })
             .collect()
     }
@@ -189,8 +191,8 @@ impl<E: NftExecutor> NftDataplane<E> {
         if changes.is_empty() {
             return;
         }
-        let hairpins = hairpin_changes(state, &changes);
-        let tx = service_delta(state, &changes, &hairpins);
+        let shared = shared_changes(state, &changes);
+        let tx = service_delta(state, &changes, &shared);
         let operations = tx.len();
         let result = self.run(&tx);
         drop(tx);
@@ -204,7 +206,6 @@ impl<E: NftExecutor> NftDataplane<E> {
             }
             Err(err) if changes.len() == 1 => {
                 let change = changes.into_iter().next().expect("one change");
-                discard(state, &change);
                 tracing::warn!(service = %change.name, "{}: nftables refused this service port: {}", change.name, error_chain(&err));
                 report.failed.push(ServiceFailure {
                     service: change.name,
@@ -222,29 +223,20 @@ impl<E: NftExecutor> NftDataplane<E> {
 }
 
 /// Renders one service port change for both families against what `state` holds: a set
-/// keeps its slot block (and the slots of the endpoints that stay) where it still fits; new
-/// blocks are taken from the family's slot space.
+/// keeps its slots (those of the endpoints that stay) where its capacity still fits.
 fn render_change(
-    state: &mut Programmed,
+    state: &Programmed,
     name: ServicePortName,
     plan: Option<Arc<ServicePlan>>,
 ) -> Rendered {
     let rules = Family::ALL
         .iter()
         .map(|f| {
-            let family_state = state.families.entry(*f).or_default();
-            let previous = family_state
-                .services
-                .get(&name)
-                .map(ServiceRules::layout)
-                .unwrap_or_default();
-            let mut placement = Placement {
-                space: &mut family_state.slots,
-                previous: &previous,
-            };
+            let old = state.families.get(f).and_then(|s| s.services.get(&name));
+            let previous = old.map_or(Previous::Nothing, Previous::Rules);
             let r = plan
                 .as_deref()
-                .map(|p| render_service(p, *f, &mut placement))
+                .map(|p| render_service(p, *f, previous))
                 .unwrap_or_default();
             (*f, r)
         })
@@ -252,25 +244,17 @@ fn render_change(
     Rendered { name, plan, rules }
 }
 
-/// Renders every service port of `plan` for a full rewrite: fresh slot spaces, in which the
-/// blocks `found` (read back at a restart) are reserved for the sets that drew from them, so
-/// those keep their slots.
-fn render_fresh(plan: &Plan, found: &BTreeMap<Family, Layout>) -> Vec<Rendered> {
-    let mut spaces: BTreeMap<Family, (SlotSpace, Layout)> = BTreeMap::new();
-    for family in Family::ALL {
-        let mut layout = found.get(&family).cloned().unwrap_or_default();
-        let (space, refused) = SlotSpace::with_blocks(layout.values().map(Placed::block));
-        layout.retain(|_, p| !refused.contains(&p.block()));
-        spaces.insert(family, (space, layout));
-    }
+/// Renders every service port of `plan` for a full rewrite, keeping the slots `found` (read
+/// back at a restart).
+fn render_fresh(plan: &Plan, found: &BTreeMap<Family, FoundSlots>) -> Vec<Rendered> {
     plan.services
         .iter()
         .map(|(name, p)| {
-            let rules = spaces
-                .iter_mut()
-                .map(|(family, (space, previous))| {
-                    let mut placement = Placement { space, previous };
-                    (*family, render_service(p, *family, &mut placement))
+            let rules = Family::ALL
+                .iter()
+                .map(|f| {
+                    let previous = found.get(f).map_or(Previous::Nothing, Previous::Found);
+                    (*f, render_service(p, *f, previous))
                 })
                 .collect();
             Rendered {
@@ -282,46 +266,93 @@ fn render_fresh(plan: &Plan, found: &BTreeMap<Family, Layout>) -> Vec<Rendered> 
         .collect()
 }
 
-/// Per family, the `hairpin-endpoints` elements `changes` make go (first) and come (second):
-/// an address goes with the last service port using it and comes with the first.
-fn hairpin_changes(
-    state: &Programmed,
-    changes: &[Rendered],
-) -> BTreeMap<Family, (Vec<Element>, Vec<Element>)> {
+/// The pickers `rules` use, ready to declare.
+fn pickers_of<'a>(rules: impl IntoIterator<Item = &'a ServiceRules>) -> Vec<PickerChain> {
+    let pickers: BTreeSet<Picker> = rules.into_iter().flat_map(ServiceRules::pickers).collect();
+    pickers.into_iter().map(PickerChain::new).collect()
+}
+
+/// What a delta writes per family besides the service ports' own chains and static-map
+/// elements.
+#[derive(Default)]
+struct SharedChanges {
+    /// Pickers not declared yet.
+    pickers: Vec<PickerChain>,
+    /// Slot and hairpin elements that go, and that come.
+    gone: Vec<Element>,
+    come: Vec<Element>,
+}
+
+/// Per family, what `changes` write besides their own objects: new pickers, their slots'
+/// elements that changed, and the hairpin elements whose address loses its last service port
+/// or gains its first.
+fn shared_changes(state: &Programmed, changes: &[Rendered]) -> BTreeMap<Family, SharedChanges> {
     let mut out = BTreeMap::new();
     for family in Family::ALL {
         let current = state.families.get(&family);
-        let mut net: BTreeMap<IpAddr, isize> = BTreeMap::new();
+        let old_of = |c: &Rendered| current.and_then(|s| s.services.get(&c.name));
+        let mut shared = SharedChanges::default();
+        let declared = current.map(|s| &s.pickers);
+        let needed: BTreeSet<Picker> = changes
+            .iter()
+            .flat_map(|c| c.rules[&family].pickers())
+            .filter(|p| !declared.is_some_and(|d| d.contains(p)))
+            .collect();
+        shared.pickers = needed.into_iter().map(PickerChain::new).collect();
         for change in changes {
-            let old = current.and_then(|s| s.services.get(&change.name));
-            for ip in old.map(|r| r.hairpins.as_slice()).unwrap_or_default() {
-                *net.entry(*ip).or_default() -= 1;
-            }
-            for ip in &change.rules[&family].hairpins {
-                *net.entry(*ip).or_default() += 1;
-            }
+            let old: BTreeSet<Element> = old_of(change)
+                .map(|r| r.slot_elements().collect())
+                .unwrap_or_default();
+            let new: BTreeSet<Element> = change.rules[&family].slot_elements().collect();
+            shared.gone.extend(old.difference(&new).cloned());
+            shared.come.extend(new.difference(&old).cloned());
         }
-        let (mut gone, mut come) = (Vec::new(), Vec::new());
-        for (ip, delta) in net.into_iter().filter(|(_, d)| *d != 0) {
-            let before = current
-                .and_then(|s| s.hairpins.get(&ip))
-                .map_or(0, |n| *n as isize);
-            match (before > 0, before + delta > 0) {
-                (true, false) => gone.push(hairpin_element(ip)),
-                (false, true) => come.push(hairpin_element(ip)),
-                _ => {}
-            }
-        }
-        out.insert(family, (gone, come));
+        let (gone, come) = hairpin_changes(current, changes, family, old_of);
+        shared.gone.extend(gone);
+        shared.come.extend(come);
+        out.insert(family, shared);
     }
     out
+}
+
+/// The hairpin elements `changes` make go and come in `family`.
+fn hairpin_changes<'a>(
+    current: Option<&FamilyState>,
+    changes: &'a [Rendered],
+    family: Family,
+    old_of: impl Fn(&'a Rendered) -> Option<&'a ServiceRules>,
+) -> (Vec<Element>, Vec<Element>) {
+    let mut net: BTreeMap<IpAddr, isize> = BTreeMap::new();
+    for change in changes {
+        for ip in old_of(change)
+            .map(|r| r.hairpins.as_slice())
+            .unwrap_or_default()
+        {
+            *net.entry(*ip).or_default() -= 1;
+        }
+        for ip in &change.rules[&family].hairpins {
+            *net.entry(*ip).or_default() += 1;
+        }
+    }
+    let (mut gone, mut come) = (Vec::new(), Vec::new());
+    for (ip, delta) in net.into_iter().filter(|(_, d)| *d != 0) {
+        let before = current
+            .and_then(|s| s.hairpins.get(&ip))
+            .map_or(0, |n| *n as isize);
+        match (before > 0, before + delta > 0) {
+            (true, false) => gone.push(hairpin_element(ip)),
+            (false, true) => come.push(hairpin_element(ip)),
+            _ => {}
+        }
+    }
+    (gone, come)
 }
 
 /// The transaction bringing the changed service ports from what `state` holds to `changes`.
 fn service_delta<'a>(
     state: &'a Programmed,
     changes: &'a [Rendered],
-    hairpins: &'a BTreeMap<Family, (Vec<Element>, Vec<Element>)>,
+    shared: &'a BTreeMap<Family, SharedChanges>,
 ) -> Transaction<'a> {
     let mut tx = Transaction::default();
     for family in Family::ALL {
@@ -332,29 +363,11 @@ fn service_delta<'a>(
                 .unwrap_or(&NO_RULES);
             (old, &c.rules[&family])
         });
-        let shared = hairpins
-            .get(&family)
-            .map(|(gone, come)| (gone.as_slice(), come.as_slice()));
-        tx.extend(transaction::delta(family, pairs, shared));
+        let s = &shared[&family];
+        let elements = Some((s.gone.as_slice(), s.come.as_slice()));
+        tx.extend(transaction::delta(family, &s.pickers, pairs, elements));
     }
     tx
-}
-
-/// A refused change gives back the slot blocks it took (what is programmed stays).
-fn discard(state: &mut Programmed, change: &Rendered) {
-    for (family, rules) in &change.rules {
-        let family_state = state.families.entry(*family).or_default();
-        let programmed = family_state.services.get(&change.name);
-        release_unused(&mut family_state.slots, rules, programmed);
-    }
-}
-
-/// Gives back the blocks of `from` that `kept` does not use.
-fn release_unused(space: &mut SlotSpace, from: &ServiceRules, kept: Option<&ServiceRules>) {
-    let still: BTreeSet<&Block> = kept.iter().flat_map(|r| r.blocks.values()).collect();
-    for block in from.blocks.values().filter(|b| !still.contains(b)) {
-        space.release(block.base, block.len());
-    }
 }
 
 fn node_delta<'a>(
@@ -370,6 +383,7 @@ fn node_delta<'a>(
             .unwrap_or_default();
         tx.extend(transaction::delta(
             *family,
+            &[],
             std::iter::empty(),
             Some((old, elements)),
         ));
@@ -377,11 +391,12 @@ fn node_delta<'a>(
     tx
 }
 
-/// Records a committed change: its renderings, the slot blocks it stopped using given
-/// back, the hairpin counts moved.
+/// Records a committed change: its renderings, the pickers it declared, the hairpin counts
+/// moved.
 fn record(state: &mut Programmed, change: Rendered) {
     for (family, rules) in change.rules {
         let family_state = state.families.entry(family).or_default();
+        family_state.pickers.extend(rules.pickers());
         let old = if change.plan.is_some() {
             family_state.services.insert(change.name.clone(), rules)
         } else {
@@ -389,7 +404,6 @@ fn record(state: &mut Programmed, change: Rendered) {
         };
         let new = family_state.services.get(&change.name);
         if let Some(old) = &old {
-            release_unused(&mut family_state.slots, old, new);
             for ip in &old.hairpins {
                 if let Some(count) = family_state.hairpins.get_mut(ip) {
                     *count -= 1;
@@ -430,7 +444,7 @@ impl<E: NftExecutor> Dataplane for NftDataplane<E> {
             }
             restored.backends.extend(back.backends);
             self.found.insert(family, back.existing);
-            self.found_layout.insert(family, back.layout);
+            self.found_slots.insert(family, back.slots);
         }
         self.programmed = None;
         Ok(restored)
@@ -470,7 +484,7 @@ impl<E: NftExecutor> Dataplane for NftDataplane<E> {
             let changes = delta
                 .services
                 .into_iter()
-                .map(|c| render_change(&mut state, c.name, c.after))
+                .map(|c| render_change(&state, c.name, c.after))
                 .collect();
             let result = self.apply_changes(&mut state, node, changes, &mut report);
             self.programmed = Some(state);
@@ -493,7 +507,7 @@ impl<E: NftExecutor> Dataplane for NftDataplane<E> {
         let changes = delta
             .services
             .iter()
-            .map(|c| render_change(&mut state, c.name.clone(), c.after.clone()))
+            .map(|c| render_change(&state, c.name.clone(), c.after.clone()))
             .collect();
         let result = self.apply_changes(&mut state, node, changes, &mut report);
         self.programmed = Some(state);
@@ -523,7 +537,7 @@ impl<E: NftExecutor> NftDataplane<E> {
     /// refuses it, the service ports at fault are found by splitting, each attempt again a
     /// complete rewrite of the ones known good.
     fn full_resync(&mut self, plan: &Plan) -> Result<ApplyReport, DataplaneError> {
-        let all = render_fresh(plan, &self.found_layout);
+        let all = render_fresh(plan, &self.found_slots);
         let mut report = ApplyReport {
             full_sync: true,
             ..ApplyReport::default()
@@ -558,15 +572,8 @@ impl<E: NftExecutor> NftDataplane<E> {
         for change in good {
             record(&mut state, change);
         }
-        for family_state in state.families.values_mut() {
-            let blocks = family_state
-                .services
-                .values()
-                .flat_map(|r| r.blocks.values());
-            family_state.slots = SlotSpace::with_blocks(blocks.copied()).0;
-        }
         self.found.clear();
-        self.found_layout.clear();
+        self.found_slots.clear();
         self.programmed = Some(state);
         self.needs_full = !report.failed.is_empty();
         Ok(report)
@@ -676,19 +683,26 @@ fn node_elements(node: &NodePlan) -> BTreeMap<Family, Vec<Element>> {
         .collect()
 }
 
-/// The table-wide elements of both families with `services` programmed: node addresses and
-/// the hairpin addresses the services use.
-fn shared_elements(node: &NodePlan, services: &[&Rendered]) -> BTreeMap<Family, Vec<Element>> {
-    let mut shared = node_elements(node);
-    for (family, elements) in &mut shared {
-        elements.extend(hairpin_elements(services.iter().map(|r| &r.rules[family])));
-    }
-    shared
+/// Per family, what a full rewrite with `services` holds besides their own objects: the
+/// pickers they use, node addresses, hairpin addresses and the slots' elements.
+fn shared_elements(
+    node: &NodePlan,
+    services: &[&Rendered],
+) -> BTreeMap<Family, (Vec<PickerChain>, Vec<Element>)> {
+    node_elements(node)
+        .into_iter()
+        .map(|(family, mut elements)| {
+            let rules = || services.iter().map(|r| &r.rules[&family]);
+            elements.extend(hairpin_elements(rules()));
+            elements.extend(rules().flat_map(ServiceRules::slot_elements));
+            (family, (pickers_of(rules()), elements))
+        })
+        .collect()
 }
 
 /// A full rewrite of both families with `services`, deleting what `existing` holds beyond.
 fn full_transaction<'a>(
-    shared: &'a BTreeMap<Family, Vec<Element>>,
+    shared: &'a BTreeMap<Family, (Vec<PickerChain>, Vec<Element>)>,
     existing: &'a BTreeMap<Family, Existing>,
     services: &[&'a Rendered],
 ) -> Transaction<'a> {
@@ -700,7 +714,8 @@ fn full_transaction<'a>(
     for family in Family::ALL {
         let rules = services.iter().map(|r| &r.rules[&family]);
         let found = existing.get(&family).unwrap_or(&NOTHING);
-        tx.extend(transaction::full(family, rules, &shared[&family], found));
+        let (pickers, elements) = &shared[&family];
+        tx.extend(transaction::full(family, pickers, rules, elements, found));
     }
     tx
 }
@@ -719,6 +734,12 @@ fn expected_names(state: &Programmed, family: Family) -> Existing {
             names.chains.extend(rules.chains.keys().cloned());
             names.sets.extend(rules.affinity_sets.keys().cloned());
         }
+        names
+            .chains
+            .extend(programmed.pickers.iter().map(Picker::chain));
+        names
+            .sets
+            .extend(programmed.pickers.iter().map(Picker::map));
     }
     names
 }

@@ -14,7 +14,7 @@ use sluice_plan::{Family, Protocol, StaleFlow};
 use crate::conntrack;
 use crate::readback;
 use crate::render::table_family;
-use crate::slots::Layout;
+use crate::slots::FoundSlots;
 use crate::transaction::{Existing, TABLE, Transaction};
 
 /// Why an nft or conntrack command failed.
@@ -68,8 +68,8 @@ pub struct Readback {
     pub existing: Existing,
     /// DNAT targets of connectionless service traffic: (protocol, ip, port).
     pub backends: BTreeSet<(Protocol, IpAddr, u16)>,
-    /// The `endpoint-slots` blocks of the dispatch chains and what they hold.
-    pub layout: Layout,
+    /// What the slot maps hold, per frontend and set.
+    pub slots: FoundSlots,
 }
 
 /// What the nftables dataplane needs from the system.
@@ -220,8 +220,9 @@ impl NftExecutor for NftCommand {
         };
         let parsed = readback::parse(&json).map_err(unreadable)?;
         let mut back = readback::readback(&parsed);
-        let (rules, elements) = readback::slot_readback(&json).map_err(unreadable)?;
-        readback::add_slots(&mut back, &rules, &elements);
+        let (maps, elements) = readback::slot_readback(&json).map_err(unreadable)?;
+        back.existing.sets.extend(maps);
+        readback::add_slots(&mut back, &elements);
         Ok(back)
     }
 

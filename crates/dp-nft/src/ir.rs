@@ -9,6 +9,8 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 use sluice_plan::{Family, Protocol};
 
+use crate::slots::{Keyed, Picker};
+
 /// A verdict ending a rule or stored in a verdict map.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Verdict {
@@ -79,18 +81,31 @@ pub enum Stmt {
     UpdateSaddr(String),
     /// `dnat to ADDR:PORT`
     Dnat(IpAddr, u16),
-    /// `dnat to numgen random mod MODULUS offset OFFSET map @endpoint-slots`: address and
-    /// port of a slot drawn uniformly from `[offset, offset + modulus)`; no match (the next
-    /// rule runs) when that slot is empty.
-    DnatSlot {
-        modulus: u32,
+    /// `dnat to ip daddr . tcp dport . numgen random mod C offset O map @slots-...`: the
+    /// endpoint in the slot drawn uniformly from `[offset, offset + C)` of the destination's
+    /// slots in `picker`'s map; no match (the next rule runs) when that slot is empty. `map`
+    /// is `picker.map()`, kept so the lowered rule can borrow it ([`Stmt::pick`]).
+    PickDnat {
+        picker: Picker,
         offset: u32,
+        map: String,
     },
     /// `masquerade fully-random`
     MasqueradeFullyRandom,
     /// `reject` (ICMP port unreachable)
     Reject,
     Verdict(Verdict),
+}
+
+impl Stmt {
+    /// A draw of `picker` from the slots at `offset`.
+    pub fn pick(picker: Picker, offset: u32) -> Self {
+        Stmt::PickDnat {
+            picker,
+            offset,
+            map: picker.map(),
+        }
+    }
 }
 
 /// A rule: statements evaluated in order.
@@ -153,18 +168,45 @@ fn write_stmt(f: &mut fmt::Formatter<'_>, stmt: &Stmt, family: Family) -> fmt::R
         Stmt::UpdateSaddr(set) => write!(f, "update @{set} {{ {a} saddr }}"),
         Stmt::Dnat(IpAddr::V4(ip), port) => write!(f, "dnat to {ip}:{port}"),
         Stmt::Dnat(IpAddr::V6(ip), port) => write!(f, "dnat to [{ip}]:{port}"),
-        Stmt::DnatSlot { modulus, offset } => write!(
-            f,
-            "dnat to numgen random mod {modulus} offset {offset} map @{ENDPOINT_SLOTS}"
-        ),
+        Stmt::PickDnat {
+            picker,
+            offset,
+            map,
+        } => {
+            f.write_str("dnat to ")?;
+            if picker.keyed == Keyed::Address {
+                write!(f, "{a} daddr . ")?;
+            }
+            write!(
+                f,
+                "{} dport . numgen random mod {}",
+                picker.protocol, picker.capacity
+            )?;
+            if *offset > 0 {
+                write!(f, " offset {offset}")?;
+            }
+            write!(f, " map @{map}")
+        }
         Stmt::MasqueradeFullyRandom => f.write_str("masquerade fully-random"),
         Stmt::Reject => f.write_str("reject"),
         Stmt::Verdict(v) => write!(f, "{v}"),
     }
 }
 
-/// The data map of endpoint slots: slot number → endpoint address and port.
-pub const ENDPOINT_SLOTS: &str = "endpoint-slots";
+/// The declaration body of a picker's slot map. A slot number is what `numgen` yields (a
+/// plain 32-bit integer, which has no `type` name in nft 1.0.6), hence `typeof`.
+pub fn slot_map_body(picker: &Picker, family: Family) -> String {
+    let a = addr_keyword(family);
+    let p = picker.protocol;
+    let address = match picker.keyed {
+        Keyed::Address => format!("{a} daddr . "),
+        Keyed::Port => String::new(),
+    };
+    format!(
+        "{{ typeof {address}{p} dport . numgen random mod {} : {a} daddr . {p} dport ; }}",
+        picker.capacity
+    )
+}
 
 /// nftables table family keyword (`ip` / `ip6`).
 pub fn table_family(family: Family) -> &'static str {
@@ -202,8 +244,10 @@ pub enum Key {
     Addr(IpAddr),
     /// An address range (interval sets), printed as given.
     Prefix(IpNet),
-    /// A slot number (`endpoint-slots`).
-    Slot(u32),
+    /// A slot of an address-keyed slot map: `address . port . slot`.
+    AddrSlot { addr: IpAddr, port: u16, slot: u32 },
+    /// A slot of a port-keyed slot map: `port . slot`.
+    PortSlot { port: u16, slot: u32 },
     /// Two addresses, `source . destination`.
     Pair(IpAddr, IpAddr),
 }
@@ -219,7 +263,8 @@ impl fmt::Display for Key {
             Key::Port { protocol, port } => write!(f, "{protocol} . {port}"),
             Key::Addr(ip) => write!(f, "{ip}"),
             Key::Prefix(net) => write!(f, "{net}"),
-            Key::Slot(slot) => write!(f, "{slot}"),
+            Key::AddrSlot { addr, port, slot } => write!(f, "{addr} . {port} . {slot}"),
+            Key::PortSlot { port, slot } => write!(f, "{port} . {slot}"),
             Key::Pair(a, b) => write!(f, "{a} . {b}"),
         }
     }
@@ -229,7 +274,7 @@ impl fmt::Display for Key {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Value {
     Verdict(Verdict),
-    /// An endpoint, `address . port` (`endpoint-slots`).
+    /// An endpoint, `address . port` (slot maps).
     Endpoint(SocketAddr),
 }
 
@@ -242,10 +287,40 @@ impl fmt::Display for Value {
     }
 }
 
+/// The map or set an element belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SetRef {
+    /// A map or set declared with the table.
+    Named(&'static str),
+    /// A picker's slot map.
+    Slots(Picker),
+}
+
+impl SetRef {
+    pub fn name(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            SetRef::Named(name) => (*name).into(),
+            SetRef::Slots(picker) => picker.map().into(),
+        }
+    }
+}
+
+impl fmt::Display for SetRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl PartialEq<&str> for SetRef {
+    fn eq(&self, other: &&str) -> bool {
+        matches!(self, SetRef::Named(name) if name == other)
+    }
+}
+
 /// One map or set element: container, key, value (`None` for set elements).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Element {
-    pub set: &'static str,
+    pub set: SetRef,
     pub key: Key,
     pub value: Option<Value>,
 }
@@ -261,13 +336,14 @@ impl Element {
 
     /// The order elements are listed in scripts: by container, then by their text (slots by
     /// number), stable across releases so golden files and diffs stay readable.
-    pub fn text_order(&self) -> (&'static str, String, String) {
+    pub fn text_order(&self) -> (String, String, String) {
         let value = self.value.as_ref().map(Value::to_string);
         let key = match self.key {
-            Key::Slot(slot) => format!("{slot:010}"),
+            Key::AddrSlot { addr, port, slot } => format!("{addr} . {port:05} . {slot:010}"),
+            Key::PortSlot { port, slot } => format!("{port:05} . {slot:010}"),
             _ => self.key.to_string(),
         };
-        (self.set, key, value.unwrap_or_default())
+        (self.set.name().into_owned(), key, value.unwrap_or_default())
     }
 }
 
@@ -282,8 +358,6 @@ pub enum ContainerKind {
     Addrs,
     /// Address ranges (`flags interval`).
     Prefixes,
-    /// Slot number → `address . port` (`endpoint-slots`).
-    SlotMap,
     /// `address . address` pairs.
     AddrPairs,
 }
@@ -299,7 +373,7 @@ impl Container {
     /// `map` or `set`.
     pub fn keyword(&self) -> &'static str {
         match self.kind {
-            ContainerKind::FrontendVmap | ContainerKind::PortVmap | ContainerKind::SlotMap => "map",
+            ContainerKind::FrontendVmap | ContainerKind::PortVmap => "map",
             ContainerKind::Addrs | ContainerKind::Prefixes | ContainerKind::AddrPairs => "set",
         }
     }
@@ -314,12 +388,6 @@ impl Container {
             ContainerKind::PortVmap => "{ type inet_proto . inet_service : verdict ; }".into(),
             ContainerKind::Addrs => format!("{{ type {addr} ; }}"),
             ContainerKind::Prefixes => format!("{{ type {addr} ; flags interval ; }}"),
-            // A slot number is what `numgen` yields (a plain 32-bit integer, which has no
-            // `type` name in nft 1.0.6), hence `typeof`; the data is an address and a port.
-            ContainerKind::SlotMap => format!(
-                "{{ typeof numgen random mod 2 : {} daddr . tcp dport ; }}",
-                addr_keyword(family)
-            ),
             ContainerKind::AddrPairs => format!("{{ type {addr} . {addr} ; }}"),
         }
     }

@@ -13,7 +13,8 @@ use sluice_nftnl::expr::{
 use sluice_nftnl::{CmpOp, Data, Expr, MetaKey, PayloadBase, Verdict as NlVerdict};
 use sluice_plan::Family;
 
-use crate::ir::{ENDPOINT_SLOTS, Key, Rule, Stmt, Value, Verdict};
+use crate::ir::{Key, Rule, Stmt, Value, Verdict};
+use crate::slots::{DrawKey, Keyed, Picker};
 
 /// `ct state new`: the `IP_CT_NEW` bit of the state bitmask.
 const CT_STATE_NEW_BIT: u32 = 1 << 3;
@@ -197,7 +198,11 @@ fn action_exprs<'a>(stmt: &'a Stmt, family: Family, out: &mut Vec<Expr<'a>>) {
             });
         }
         Stmt::Dnat(ip, port) => dnat(ip, *port, family, out),
-        Stmt::DnatSlot { modulus, offset } => dnat_slot(*modulus, *offset, family, out),
+        Stmt::PickDnat {
+            picker,
+            offset,
+            map,
+        } => pick_dnat(picker, *offset, map, family, out),
         Stmt::MasqueradeFullyRandom => out.push(Expr::Masq {
             flags: NAT_RANGE_PROTO_RANDOM_FULLY,
         }),
@@ -301,18 +306,43 @@ fn after_addr(family: Family) -> u32 {
     }
 }
 
-/// `dnat to numgen random mod M offset O map @endpoint-slots`: the slot number in register 1,
-/// looked up into the address (register 1) and port (the register after it); the kernel
-/// derives the NAT flags from the registers, so nft sends none.
-fn dnat_slot(modulus: u32, offset: u32, family: Family, out: &mut Vec<Expr<'_>>) {
+/// `dnat to ip daddr . tcp dport . numgen random mod C offset O map @slots-...` as nft 1.0.6
+/// writes it: the protocol the port implies, then the key parts in consecutive registers
+/// (address, port padded to 4 bytes, slot number), looked up into the address (register 1)
+/// and port (the register after it). The kernel derives the NAT flags from the registers, so
+/// nft sends none.
+fn pick_dnat<'a>(
+    picker: &Picker,
+    offset: u32,
+    map: &'a str,
+    family: Family,
+    out: &mut Vec<Expr<'a>>,
+) {
+    out.push(meta(MetaKey::L4Proto, reg::R1));
+    out.push(cmp(CmpOp::Eq, Data::new(&[picker.protocol.number()])));
+    let numgen_reg = match picker.keyed {
+        Keyed::Address => {
+            out.push(load(PayloadBase::Network, daddr(family), reg::R1));
+            let port_reg = after_addr(family);
+            out.push(load(PayloadBase::Transport, (2, 2), port_reg));
+            match family {
+                Family::V4 => reg::R32_00 + 2,
+                Family::V6 => reg::R32_00 + 5,
+            }
+        }
+        Keyed::Port => {
+            out.push(load(PayloadBase::Transport, (2, 2), reg::R1));
+            reg::R32_00 + 1
+        }
+    };
     out.push(Expr::Numgen {
-        dreg: reg::R1,
-        modulus,
+        dreg: numgen_reg,
+        modulus: picker.capacity,
         kind: NUMGEN_RANDOM,
         offset,
     });
     out.push(Expr::Lookup {
-        set: ENDPOINT_SLOTS,
+        set: map,
         sreg: reg::R1,
         dreg: Some(reg::R1),
     });
@@ -369,8 +399,18 @@ pub fn key_bytes(key: &Key) -> Vec<u8> {
         }
         Key::Addr(ip) => addr_bytes(ip),
         Key::Prefix(net) => addr_bytes(&net.network()),
-        // What `numgen` writes: a 32-bit number in host byte order.
-        Key::Slot(slot) => slot.to_ne_bytes().to_vec(),
+        // The slot is what `numgen` writes: a 32-bit number in host byte order.
+        Key::AddrSlot { addr, port, slot } => {
+            let mut out = addr_bytes(addr);
+            out.extend(padded(&port.to_be_bytes()));
+            out.extend(slot.to_ne_bytes());
+            out
+        }
+        Key::PortSlot { port, slot } => {
+            let mut out = padded(&port.to_be_bytes());
+            out.extend(slot.to_ne_bytes());
+            out
+        }
         Key::Pair(a, b) => {
             let mut out = addr_bytes(a);
             out.extend(addr_bytes(b));
@@ -395,7 +435,27 @@ fn endpoint_bytes(target: &SocketAddr) -> Vec<u8> {
     out
 }
 
-/// The endpoint an `endpoint-slots` element holds, from its data bytes.
+/// The frontend and slot of a slot map key, from its bytes (`None` when they do not fit
+/// `keyed`).
+pub fn slot_key_from_bytes(bytes: &[u8], keyed: Keyed) -> Option<(DrawKey, u32)> {
+    let slot_at = bytes.len().checked_sub(4)?;
+    let slot = u32::from_ne_bytes(bytes[slot_at..].try_into().ok()?);
+    let port_at = slot_at.checked_sub(4)?;
+    let port = u16::from_be_bytes(bytes[port_at..port_at + 2].try_into().ok()?);
+    let key = match (keyed, port_at) {
+        (Keyed::Port, 0) => DrawKey::Port(port),
+        (Keyed::Address, 4) => {
+            DrawKey::Address(IpAddr::from(<[u8; 4]>::try_from(&bytes[..4]).ok()?), port)
+        }
+        (Keyed::Address, 16) => {
+            DrawKey::Address(IpAddr::from(<[u8; 16]>::try_from(&bytes[..16]).ok()?), port)
+        }
+        _ => return None,
+    };
+    Some((key, slot))
+}
+
+/// The endpoint a slot map element holds, from its data bytes.
 pub fn endpoint_from_bytes(bytes: &[u8]) -> Option<SocketAddr> {
     let (ip, port) = match bytes.len() {
         8 => (
@@ -456,8 +516,37 @@ mod tests {
     }
 
     #[test]
-    fn slot_elements_are_host_order_keys_and_address_port_data() {
-        assert_eq!(key_bytes(&Key::Slot(5)), 5u32.to_ne_bytes());
+    fn slot_elements_are_frontend_and_host_order_slot_keys_and_address_port_data() {
+        let key = Key::AddrSlot {
+            addr: "10.96.0.1".parse().unwrap(),
+            port: 80,
+            slot: 3,
+        };
+        let mut expected = vec![10, 96, 0, 1, 0, 80, 0, 0];
+        expected.extend(3u32.to_ne_bytes());
+        assert_eq!(
+            key_bytes(&key),
+            expected,
+            "as nft sends `10.96.0.1 . 80 . 3`"
+        );
+        let draw = DrawKey::Address("10.96.0.1".parse().unwrap(), 80);
+        assert_eq!(
+            slot_key_from_bytes(&expected, Keyed::Address),
+            Some((draw, 3))
+        );
+        let mut expected = vec![0x75, 0x65, 0, 0];
+        expected.extend(7u32.to_ne_bytes());
+        assert_eq!(
+            key_bytes(&Key::PortSlot {
+                port: 30053,
+                slot: 7
+            }),
+            expected
+        );
+        assert_eq!(
+            slot_key_from_bytes(&expected, Keyed::Port),
+            Some((DrawKey::Port(30053), 7))
+        );
         let v6: SocketAddr = "[fd00::1]:80".parse().unwrap();
         let bytes = value_bytes(&Value::Endpoint(v6)).unwrap();
         assert_eq!(bytes.len(), 20, "as nft sends `fd00::1 . 80`");

@@ -4,25 +4,22 @@
 //! ruleset generation its last batch produced, so "has anyone changed the ruleset since?" is
 //! one small request.
 //!
-//! Reading the table back (chain and set names, the endpoint slots and the rules drawing from
-//! them, UDP DNAT targets) is done with netlink dumps too; conntrack deletions run `conntrack`
-//! ([`NftCommand`]).
+//! Reading the table back (chain and set names, the slot maps' elements, UDP DNAT targets) is
+//! done with netlink dumps too; conntrack deletions run `conntrack` ([`NftCommand`]).
 
 use sluice_nftnl::consts::{chain, data, elem, msg, rule, set, table};
 use sluice_nftnl::{Attrs, Batch, NfSocket, Refusal, attributes};
-use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::HashMap;
+use std::net::IpAddr;
 
 use sluice_nftnl::consts::{EXPR_DATA, EXPR_NAME, LIST_ELEM};
 use sluice_nftnl::expr::NAT_DNAT;
 use sluice_plan::{Family, Protocol, StaleFlow};
 
 use crate::exec::{Drift, NftCommand, NftError, NftExecutor, Readback};
-use crate::ir::{
-    BaseChain, ChainType, Container, ContainerKind, ENDPOINT_SLOTS, Element, Hook, Key, Value,
-};
+use crate::ir::{BaseChain, ChainType, Container, ContainerKind, Element, Hook, Key, Value};
 use crate::lower;
-use crate::slots::{self, SlotRule};
+use crate::slots::{self, Keyed, Picker, SlotElement};
 use crate::transaction::{Command, Existing, TABLE, Transaction};
 
 use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE};
@@ -36,21 +33,23 @@ const VMAP_UDATA: &[u8] = &[
 ];
 /// Element user data "interval open at the top" (a range reaching the last address).
 const OPEN_INTERVAL_UDATA: &[u8] = &[1, 4, 1, 0, 0, 0];
-/// What nft 1.0.6 records for `typeof numgen random mod 2 : ip daddr . tcp dport` (the
-/// `endpoint-slots` map of the `ip` table; `ip6 daddr` differs in two bytes).
-const SLOT_MAP_UDATA_V4: &[u8] = &[
-    0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x00, 0x00, 0x00, 0x00, 0x03, 0x1a, 0x00, 0x04,
-    0x17, 0x00, 0x00, 0x00, 0x01, 0x12, 0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x02, 0x00,
-    0x00, 0x00, 0x02, 0x04, 0x00, 0x00, 0x00, 0x00, 0x04, 0x34, 0x00, 0x04, 0x0d, 0x00, 0x00, 0x00,
-    0x01, 0x2c, 0x00, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00, 0x01, 0x0c, 0x00, 0x04, 0x0c, 0x00,
-    0x00, 0x00, 0x01, 0x04, 0x0c, 0x00, 0x00, 0x00, 0x01, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00,
-    0x01, 0x0c, 0x00, 0x04, 0x08, 0x00, 0x00, 0x00, 0x01, 0x04, 0x02, 0x00, 0x00, 0x00, 0x06, 0x04,
-    0x00, 0x00, 0x00, 0x00,
-];
-/// Where the `ip6 daddr` form differs: (index, byte).
-const SLOT_MAP_UDATA_V6_DIFF: [(usize, u8); 2] = [(62, 0x0d), (68, 0x09)];
 /// What nft 1.0.6 records for `type ipv4_addr . ipv4_addr` (and the IPv6 form).
 const PAIR_SET_UDATA: &[u8] = &[0, 4, 0, 0, 0, 0, 3, 8, 0, 4, 0x0d, 0, 0, 0, 1, 0];
+
+/// nft's numbers in `typeof` user data: expression kinds (concatenation, payload, numgen),
+/// protocol descriptions and their fields.
+const UDATA_CONCAT: u32 = 13;
+const UDATA_PAYLOAD: u32 = 7;
+const UDATA_NUMGEN: u32 = 23;
+const UDATA_NUMGEN_RANDOM: u32 = 1;
+const UDATA_PROTO_IP: u32 = 12;
+const UDATA_PROTO_IP6: u32 = 13;
+const UDATA_IP_DADDR: u32 = 12;
+const UDATA_IP6_DADDR: u32 = 9;
+const UDATA_PROTO_TCP: u32 = 8;
+const UDATA_PROTO_UDP: u32 = 6;
+const UDATA_PROTO_SCTP: u32 = 10;
+const UDATA_DPORT: u32 = 2;
 
 /// nft's datatype numbers (`enum datatypes`), and how concatenations combine them.
 const TYPE_INTEGER: u32 = 4;
@@ -132,18 +131,22 @@ impl NetlinkNft {
         Ok(names)
     }
 
-    /// The elements of `endpoint-slots`: slot → endpoint.
-    fn slot_elements(&mut self, family: Family) -> Result<BTreeMap<u32, SocketAddr>, NftError> {
-        let mut out = BTreeMap::new();
+    /// The elements of `picker`'s slot map.
+    fn slot_elements(
+        &mut self,
+        family: Family,
+        picker: Picker,
+    ) -> Result<Vec<SlotElement>, NftError> {
+        let map = picker.map();
+        let mut out = Vec::new();
         self.sock
             .dump(
                 msg::GETSETELEM,
                 lower::nfproto(family),
                 |a| {
-                    a.str(elem::LIST_TABLE, TABLE)
-                        .str(elem::LIST_SET, ENDPOINT_SLOTS);
+                    a.str(elem::LIST_TABLE, TABLE).str(elem::LIST_SET, &map);
                 },
-                |attrs| out.extend(slot_elements(attrs)),
+                |attrs| out.extend(slot_elements(attrs, picker)),
             )
             .or_else(table_absent)
             .map_err(netlink("listing the endpoint slots"))?;
@@ -151,8 +154,8 @@ impl NetlinkNft {
     }
 }
 
-/// The `(slot, endpoint)` elements of one `GETSETELEM` dump message.
-fn slot_elements(attrs: &[u8]) -> Vec<(u32, SocketAddr)> {
+/// The elements of one `GETSETELEM` dump message of `picker`'s slot map.
+fn slot_elements(attrs: &[u8], picker: Picker) -> Vec<SlotElement> {
     let Some((_, list)) = attributes(attrs).find(|(k, _)| *k == elem::LIST_ELEMENTS) else {
         return Vec::new();
     };
@@ -165,11 +168,9 @@ fn slot_elements(attrs: &[u8]) -> Vec<(u32, SocketAddr)> {
     attributes(list)
         .filter_map(|(_, element)| {
             let key = value(element, elem::KEY)?;
-            let slot = u32::from_ne_bytes(key.as_slice().try_into().ok()?);
-            Some((
-                slot,
-                lower::endpoint_from_bytes(&value(element, elem::DATA)?)?,
-            ))
+            let (draw_key, slot) = lower::slot_key_from_bytes(&key, picker.keyed)?;
+            let endpoint = lower::endpoint_from_bytes(&value(element, elem::DATA)?)?;
+            Some((picker, draw_key, slot, endpoint))
         })
         .collect()
 }
@@ -247,65 +248,6 @@ fn udp_dnat_target(rule_attrs: &[u8]) -> Option<(Protocol, IpAddr, u16)> {
     None
 }
 
-/// `meta l4proto P dnat to numgen random mod M offset O map @endpoint-slots` in a dumped rule
-/// → its chain, protocol, offset and modulus.
-fn slot_rule(rule_attrs: &[u8]) -> Option<SlotRule> {
-    let text = |kind: u16| {
-        attributes(rule_attrs)
-            .find(|(k, _)| *k == kind)
-            .map(|(_, v)| c_str(v))
-    };
-    if text(rule::TABLE)? != TABLE {
-        return None;
-    }
-    let chain = text(rule::CHAIN)?;
-    let (_, exprs) = attributes(rule_attrs).find(|(k, _)| *k == rule::EXPRESSIONS)?;
-    let (mut protocol, mut draw, mut meta_l4proto, mut slots) = (None, None, false, false);
-    for (_, expr) in attributes(exprs).filter(|(k, _)| *k == LIST_ELEM) {
-        let name = attributes(expr)
-            .find(|(k, _)| *k == EXPR_NAME)
-            .map(|(_, v)| c_str(v))?;
-        let (_, data) = attributes(expr).find(|(k, _)| *k == EXPR_DATA)?;
-        let u32_attr = |kind: u16| {
-            attributes(data)
-                .find(|(k, _)| *k == kind)
-                .and_then(|(_, v)| v.try_into().ok().map(u32::from_be_bytes))
-        };
-        match name.as_str() {
-            // NFTA_META_KEY
-            "meta" => meta_l4proto = u32_attr(2) == Some(sluice_nftnl::MetaKey::L4Proto as u32),
-            // NFTA_CMP_DATA { NFTA_DATA_VALUE } after the l4proto load
-            "cmp" if meta_l4proto => {
-                let (_, nest) = attributes(data).find(|(k, _)| *k == 3)?;
-                let value = attributes(nest).find(|(k, _)| *k == data::VALUE)?.1;
-                protocol = match value {
-                    [6] => Some(Protocol::Tcp),
-                    [17] => Some(Protocol::Udp),
-                    [132] => Some(Protocol::Sctp),
-                    _ => None,
-                };
-            }
-            // NFTA_NG_MODULUS, NFTA_NG_OFFSET
-            "numgen" => draw = Some((u32_attr(4).unwrap_or(0), u32_attr(2)?)),
-            // NFTA_LOOKUP_SET
-            "lookup" => {
-                let set = attributes(data)
-                    .find(|(k, _)| *k == 1)
-                    .map(|(_, v)| c_str(v));
-                slots = set.as_deref() == Some(ENDPOINT_SLOTS);
-            }
-            _ => {}
-        }
-    }
-    let (offset, modulus) = draw.filter(|_| slots)?;
-    Some(SlotRule {
-        chain,
-        protocol,
-        offset,
-        modulus,
-    })
-}
-
 /// Anonymous sets (`NFT_SET_ANONYMOUS`) belong to rules, not to the table's namespace.
 fn is_anonymous_set(attrs: &[u8]) -> bool {
     attributes(attrs)
@@ -348,7 +290,6 @@ impl NftExecutor for NetlinkNft {
             existing,
             ..Readback::default()
         };
-        let mut slot_rules = Vec::new();
         self.sock
             .dump(
                 msg::GETRULE,
@@ -356,19 +297,23 @@ impl NftExecutor for NetlinkNft {
                 |a| {
                     a.str(rule::TABLE, TABLE);
                 },
-                |attrs| {
-                    back.backends.extend(udp_dnat_target(attrs));
-                    slot_rules.extend(slot_rule(attrs));
-                },
+                |attrs| back.backends.extend(udp_dnat_target(attrs)),
             )
             .or_else(table_absent)
             .map_err(netlink("listing our rules"))?;
-        if !slot_rules.is_empty() {
-            let elements = self.slot_elements(family)?;
-            back.backends
-                .extend(slots::udp_targets(&slot_rules, &elements));
-            back.layout = slots::layout_from(&slot_rules, &elements);
+        let pickers: Vec<Picker> = back
+            .existing
+            .sets
+            .iter()
+            .filter_map(|name| Picker::from_map(name))
+            .collect();
+        let mut elements = Vec::new();
+        for picker in pickers {
+            elements.extend(self.slot_elements(family, picker)?);
         }
+        let (found, udp) = slots::from_elements(&elements);
+        back.backends.extend(udp);
+        back.slots = found;
         Ok(back)
     }
 
@@ -454,6 +399,14 @@ fn encode(batch: &mut Batch, family: Family, command: &Command<'_>) -> usize {
             container(a, c, family);
             a.u32(set::ID, set_id);
         }),
+        Command::AddSlotMap(picker) => batch.message(msg::NEWSET, fam, create, |a| {
+            slot_map(a, picker, family);
+            a.u32(set::ID, set_id);
+        }),
+        Command::FlushSlotMap(picker) => batch.message(msg::DELSETELEM, fam, 0, |a| {
+            a.str(elem::LIST_TABLE, TABLE)
+                .str(elem::LIST_SET, &picker.map());
+        }),
         Command::AddAffinitySet { name, timeout } => batch.message(msg::NEWSET, fam, create, |a| {
             a.str(set::TABLE, TABLE).str(set::NAME, name);
             a.u32(set::FLAGS, set::F_TIMEOUT | set::F_EVAL);
@@ -484,10 +437,11 @@ fn encode(batch: &mut Batch, family: Family, command: &Command<'_>) -> usize {
             a.str(elem::LIST_TABLE, TABLE).str(elem::LIST_SET, c.name);
         }),
         Command::DeleteElements { set, elements } => {
-            return element_messages(batch, fam, msg::DELSETELEM, 0, set, elements);
+            return element_messages(batch, fam, msg::DELSETELEM, 0, &set.name(), elements);
         }
         Command::AddElements { set, elements } => {
-            return element_messages(batch, fam, msg::NEWSETELEM, create, set, elements);
+            let name = set.name();
+            return element_messages(batch, fam, msg::NEWSETELEM, create, &name, elements);
         }
         Command::DeleteChain(name) => batch.message(msg::DELCHAIN, fam, 0, |a| {
             a.str(chain::TABLE, TABLE).str(chain::NAME, name);
@@ -574,14 +528,6 @@ fn container(a: &mut Attrs<'_>, c: &Container, family: Family) {
             addr_len + 8,
         ),
         ContainerKind::PortVmap => vmap(a, concat(&[TYPE_INET_PROTO, TYPE_INET_SERVICE]), 8),
-        ContainerKind::SlotMap => {
-            a.u32(set::FLAGS, set::F_MAP)
-                .u32(set::KEY_TYPE, TYPE_INTEGER)
-                .u32(set::KEY_LEN, 4)
-                .u32(set::DATA_TYPE, concat(&[addr_type, TYPE_INET_SERVICE]))
-                .u32(set::DATA_LEN, addr_len + 4)
-                .bytes(set::USERDATA, &slot_map_udata(family));
-        }
         ContainerKind::AddrPairs => {
             a.u32(set::FLAGS, 0)
                 .u32(set::KEY_TYPE, concat(&[addr_type, addr_type]))
@@ -600,14 +546,81 @@ fn container(a: &mut Attrs<'_>, c: &Container, family: Family) {
     }
 }
 
-fn slot_map_udata(family: Family) -> Vec<u8> {
-    let mut udata = SLOT_MAP_UDATA_V4.to_vec();
-    if family == Family::V6 {
-        for (index, byte) in SLOT_MAP_UDATA_V6_DIFF {
-            udata[index] = byte;
-        }
+/// A picker's slot map: `[address .] port . slot → address . port`, described for nft as
+/// `typeof` expressions.
+fn slot_map(a: &mut Attrs<'_>, picker: &Picker, family: Family) {
+    let (addr_type, addr_len) = match family {
+        Family::V4 => (TYPE_IPV4_ADDR, 4),
+        Family::V6 => (TYPE_IPV6_ADDR, 16),
+    };
+    let concat = |types: &[u32]| types.iter().fold(0, |acc, t| (acc << TYPE_BITS) | t);
+    let (key_type, key_len) = match picker.keyed {
+        Keyed::Address => (
+            concat(&[addr_type, TYPE_INET_SERVICE, TYPE_INTEGER]),
+            addr_len + 8,
+        ),
+        Keyed::Port => (concat(&[TYPE_INET_SERVICE, TYPE_INTEGER]), 8),
+    };
+    a.str(set::TABLE, TABLE).str(set::NAME, &picker.map());
+    a.u32(set::FLAGS, set::F_MAP)
+        .u32(set::KEY_TYPE, key_type)
+        .u32(set::KEY_LEN, key_len)
+        .u32(set::DATA_TYPE, concat(&[addr_type, TYPE_INET_SERVICE]))
+        .u32(set::DATA_LEN, addr_len + 4)
+        .bytes(set::USERDATA, &typeof_udata(picker, family));
+}
+
+/// nft's user data for `typeof [ADDR daddr .] PROTO dport . numgen random mod C : ADDR daddr
+/// . PROTO dport` (libnftnl's TLVs: byte orders, then the key and data expressions), so
+/// `nft list` prints the map as nft would have made it.
+fn typeof_udata(picker: &Picker, family: Family) -> Vec<u8> {
+    fn tlv(out: &mut Vec<u8>, kind: u8, value: &[u8]) {
+        out.push(kind);
+        out.push(u8::try_from(value.len()).expect("short udata"));
+        out.extend_from_slice(value);
     }
-    udata
+    fn expr(kind: u32, fields: &[u32]) -> Vec<u8> {
+        let mut data = Vec::new();
+        for (i, field) in fields.iter().enumerate() {
+            tlv(&mut data, i as u8, &field.to_ne_bytes());
+        }
+        let mut out = Vec::new();
+        tlv(&mut out, 0, &kind.to_ne_bytes());
+        tlv(&mut out, 1, &data);
+        out
+    }
+    fn concat(parts: &[Vec<u8>]) -> Vec<u8> {
+        let mut data = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            tlv(&mut data, i as u8, part);
+        }
+        let mut out = Vec::new();
+        tlv(&mut out, 0, &UDATA_CONCAT.to_ne_bytes());
+        tlv(&mut out, 1, &data);
+        out
+    }
+    let daddr = match family {
+        Family::V4 => expr(UDATA_PAYLOAD, &[UDATA_PROTO_IP, UDATA_IP_DADDR]),
+        Family::V6 => expr(UDATA_PAYLOAD, &[UDATA_PROTO_IP6, UDATA_IP6_DADDR]),
+    };
+    let proto = match picker.protocol {
+        Protocol::Tcp => UDATA_PROTO_TCP,
+        Protocol::Udp => UDATA_PROTO_UDP,
+        Protocol::Sctp => UDATA_PROTO_SCTP,
+    };
+    let dport = expr(UDATA_PAYLOAD, &[proto, UDATA_DPORT]);
+    let numgen = expr(UDATA_NUMGEN, &[UDATA_NUMGEN_RANDOM, picker.capacity, 0]);
+    let key = match picker.keyed {
+        Keyed::Address => concat(&[daddr.clone(), dport.clone(), numgen]),
+        Keyed::Port => concat(&[dport.clone(), numgen]),
+    };
+    let mut out = Vec::new();
+    tlv(&mut out, 0, &0u32.to_ne_bytes());
+    tlv(&mut out, 1, &0u32.to_ne_bytes());
+    tlv(&mut out, 3, &key);
+    tlv(&mut out, 4, &concat(&[daddr, dport]));
+    tlv(&mut out, 6, &0u32.to_ne_bytes());
+    out
 }
 
 fn base_chain(a: &mut Attrs<'_>, base: &BaseChain) {
@@ -686,4 +699,44 @@ fn element(
             el.bytes(elem::USERDATA, OPEN_INTERVAL_UDATA);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_plan::SetName;
+
+    /// What nft 1.0.6 sent (`nft --debug=mnl`, x86-64) for two of the slot maps.
+    #[test]
+    fn slot_map_user_data_is_what_nft_writes() {
+        let v4_ip_tcp_2 = Picker {
+            set: SetName::Cluster,
+            keyed: Keyed::Address,
+            protocol: Protocol::Tcp,
+            capacity: 2,
+        };
+        let nft: &[u8] = &[
+            0, 4, 0, 0, 0, 0, 1, 4, 0, 0, 0, 0, 3, 80, 0, 4, 13, 0, 0, 0, 1, 72, 0, 20, 0, 4, 7, 0,
+            0, 0, 1, 12, 0, 4, 12, 0, 0, 0, 1, 4, 12, 0, 0, 0, 1, 20, 0, 4, 7, 0, 0, 0, 1, 12, 0,
+            4, 8, 0, 0, 0, 1, 4, 2, 0, 0, 0, 2, 26, 0, 4, 23, 0, 0, 0, 1, 18, 0, 4, 1, 0, 0, 0, 1,
+            4, 2, 0, 0, 0, 2, 4, 0, 0, 0, 0, 4, 52, 0, 4, 13, 0, 0, 0, 1, 44, 0, 20, 0, 4, 7, 0, 0,
+            0, 1, 12, 0, 4, 12, 0, 0, 0, 1, 4, 12, 0, 0, 0, 1, 20, 0, 4, 7, 0, 0, 0, 1, 12, 0, 4,
+            8, 0, 0, 0, 1, 4, 2, 0, 0, 0, 6, 4, 0, 0, 0, 0,
+        ];
+        assert_eq!(typeof_udata(&v4_ip_tcp_2, Family::V4), nft);
+        let v6_port_udp_16 = Picker {
+            keyed: Keyed::Port,
+            protocol: Protocol::Udp,
+            capacity: 16,
+            ..v4_ip_tcp_2
+        };
+        let nft: &[u8] = &[
+            0, 4, 0, 0, 0, 0, 1, 4, 0, 0, 0, 0, 3, 58, 0, 4, 13, 0, 0, 0, 1, 50, 0, 20, 0, 4, 7, 0,
+            0, 0, 1, 12, 0, 4, 6, 0, 0, 0, 1, 4, 2, 0, 0, 0, 1, 26, 0, 4, 23, 0, 0, 0, 1, 18, 0, 4,
+            1, 0, 0, 0, 1, 4, 16, 0, 0, 0, 2, 4, 0, 0, 0, 0, 4, 52, 0, 4, 13, 0, 0, 0, 1, 44, 0,
+            20, 0, 4, 7, 0, 0, 0, 1, 12, 0, 4, 13, 0, 0, 0, 1, 4, 9, 0, 0, 0, 1, 20, 0, 4, 7, 0, 0,
+            0, 1, 12, 0, 4, 6, 0, 0, 0, 1, 4, 2, 0, 0, 0, 6, 4, 0, 0, 0, 0,
+        ];
+        assert_eq!(typeof_udata(&v6_port_udp_16, Family::V6), nft);
+    }
 }

@@ -1,12 +1,11 @@
 //! Reading our table back through the `nftables` crate's typed JSON schema (for the `nft -f`
 //! executor; the netlink executor reads the same over netlink): chain and set names (what a
-//! restart reconciles), the endpoint slots and the rules drawing from them (what a restart
-//! keeps), and the DNAT targets of connectionless service traffic (whose conntrack entries may
-//! have gone stale while the agent was down). The slot map and its rules are read from the
-//! JSON directly: the crate's schema has no concatenated map data.
+//! restart reconciles), the slot maps' elements (what a restart keeps), and the DNAT targets
+//! of connectionless service traffic (whose conntrack entries may have gone stale while the
+//! agent was down). The slot maps are read from the JSON directly: the crate's schema has no
+//! concatenated map data.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use nftables::expr::{Expression, MetaKey, NamedExpression};
@@ -15,8 +14,7 @@ use nftables::stmt::{Match, Statement};
 use sluice_plan::Protocol;
 
 use crate::exec::Readback;
-use crate::ir::ENDPOINT_SLOTS;
-use crate::slots::{self, SlotRule};
+use crate::slots::{self, DrawKey, Keyed, Picker, SlotElement};
 use crate::transaction::TABLE;
 
 /// Parses `nft -j list ...` output. Each object is decoded on its own: objects the schema
@@ -50,75 +48,57 @@ pub fn has_table(doc: &Nftables<'_>, name: &str) -> bool {
     objects(doc).any(|o| matches!(o, NfListObject::Table(t) if t.name == name))
 }
 
-/// The rules drawing from `endpoint-slots` and its elements, from `nft -j list table` output.
-pub fn slot_readback(
-    json: &[u8],
-) -> Result<(Vec<SlotRule>, BTreeMap<u32, SocketAddr>), serde_json::Error> {
+/// The names of our table's maps (the typed schema skips those with concatenated data) and
+/// the elements of our slot maps, from `nft -j list table` output.
+pub fn slot_readback(json: &[u8]) -> Result<(Vec<String>, Vec<SlotElement>), serde_json::Error> {
     let listing: serde_json::Value = serde_json::from_slice(json)?;
-    let mut rules = Vec::new();
-    let mut elements = BTreeMap::new();
-    for object in listing["nftables"].as_array().into_iter().flatten() {
-        if let Some(map) = object.get("map").filter(|m| m["name"] == ENDPOINT_SLOTS) {
-            elements.extend(
-                map["elem"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(slot_element),
-            );
-        } else if let Some(rule) = object.get("rule").filter(|r| r["table"] == TABLE) {
-            rules.extend(slot_rule(rule));
+    let (mut names, mut out) = (Vec::new(), Vec::new());
+    for map in listing["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get("map"))
+        .filter(|m| m["table"] == TABLE)
+    {
+        let Some(name) = map["name"].as_str() else {
+            continue;
+        };
+        names.push(name.to_owned());
+        if let Some(picker) = Picker::from_map(name) {
+            let elements = map["elem"].as_array().into_iter().flatten();
+            out.extend(elements.filter_map(|e| slot_element(e, picker)));
         }
     }
-    Ok((rules, elements))
+    Ok((names, out))
 }
 
-/// `[SLOT, {"concat": [ADDR, PORT]}]`.
-fn slot_element(element: &serde_json::Value) -> Option<(u32, SocketAddr)> {
-    let slot = u32::try_from(element.get(0)?.as_u64()?).ok()?;
-    let parts = element.get(1)?.get("concat")?.as_array()?;
-    let ip: IpAddr = parts.first()?.as_str()?.parse().ok()?;
-    let port = u16::try_from(parts.get(1)?.as_u64()?).ok()?;
-    Some((slot, SocketAddr::new(ip, port)))
+/// `[{"concat": [ADDR, PORT, SLOT]}, {"concat": [ADDR, PORT]}]` (or `[PORT, SLOT]` as key).
+fn slot_element(element: &serde_json::Value, picker: Picker) -> Option<SlotElement> {
+    let key = element.get(0)?.get("concat")?.as_array()?;
+    let number = |v: &serde_json::Value| v.as_u64();
+    let (draw, slot) = match (picker.keyed, key.as_slice()) {
+        (Keyed::Address, [addr, port, slot]) => {
+            let addr: IpAddr = addr.as_str()?.parse().ok()?;
+            (
+                DrawKey::Address(addr, u16::try_from(number(port)?).ok()?),
+                slot,
+            )
+        }
+        (Keyed::Port, [port, slot]) => (DrawKey::Port(u16::try_from(number(port)?).ok()?), slot),
+        _ => return None,
+    };
+    let value = element.get(1)?.get("concat")?.as_array()?;
+    let ip: IpAddr = value.first()?.as_str()?.parse().ok()?;
+    let port = u16::try_from(number(value.get(1)?)?).ok()?;
+    let slot = u32::try_from(number(slot)?).ok()?;
+    Some((picker, draw, slot, SocketAddr::new(ip, port)))
 }
 
-/// `meta l4proto P dnat to numgen random mod M [offset O] map @endpoint-slots`.
-fn slot_rule(rule: &serde_json::Value) -> Option<SlotRule> {
-    let statements = rule["expr"].as_array()?;
-    let draw = statements.iter().find_map(|s| {
-        let map = s.get("dnat")?.get("addr")?.get("map")?;
-        if map["data"].as_str()? != format!("@{ENDPOINT_SLOTS}") {
-            return None;
-        }
-        let numgen = map["key"].get("numgen")?;
-        let modulus = u32::try_from(numgen["mod"].as_u64()?).ok()?;
-        let offset = u32::try_from(numgen["offset"].as_u64().unwrap_or(0)).ok()?;
-        Some((offset, modulus))
-    })?;
-    let protocol = statements.iter().find_map(|s| {
-        let m = s.get("match")?;
-        if m["left"]["meta"]["key"] != "l4proto" {
-            return None;
-        }
-        match m["right"].as_str()? {
-            "tcp" => Some(Protocol::Tcp),
-            "udp" => Some(Protocol::Udp),
-            "sctp" => Some(Protocol::Sctp),
-            _ => None,
-        }
-    });
-    Some(SlotRule {
-        chain: rule["chain"].as_str()?.to_owned(),
-        protocol,
-        offset: draw.0,
-        modulus: draw.1,
-    })
-}
-
-/// Adds what the slot map and its rules say to `back`: the blocks, and the UDP targets.
-pub fn add_slots(back: &mut Readback, rules: &[SlotRule], elements: &BTreeMap<u32, SocketAddr>) {
-    back.backends.extend(slots::udp_targets(rules, elements));
-    back.layout = slots::layout_from(rules, elements);
+/// Adds what the slot maps hold to `back`: each frontend's slots, and the UDP targets.
+pub fn add_slots(back: &mut Readback, elements: &[SlotElement]) {
+    let (found, udp) = slots::from_elements(elements);
+    back.backends.extend(udp);
+    back.slots = found;
 }
 
 /// Chains, sets and connectionless DNAT targets of our table.
@@ -192,29 +172,30 @@ mod tests {
         {"dnat": {"addr": "10.244.1.6", "port": 8080}}]}}
     ]}"#;
 
-    /// Trimmed `nft -j list table ip sluice` of nft 1.0.6: a UDP service on the slot path.
-    const SLOT_LISTING: &str = r#"{"nftables": [
-      {"map": {"family": "ip", "name": "endpoint-slots", "table": "sluice", "type": "integer", "handle": 3, "map": "ipv4_addr . inet_service",
-               "elem": [[0, {"concat": ["10.244.1.9", 5353]}], [4, {"concat": ["10.244.1.9", 5353]}], [5, {"concat": ["10.244.1.9", 5353]}]]}},
-      {"rule": {"family": "ip", "table": "sluice", "chain": "cl-ABCDEFGH-kube-system/dns/udp", "handle": 7, "expr": [
-        {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "udp"}},
-        {"dnat": {"family": "ip", "addr": {"map": {"key": {"numgen": {"mode": "random", "mod": 4}}, "data": "@endpoint-slots"}}}}]}},
-      {"rule": {"family": "ip", "table": "sluice", "chain": "cl-ABCDEFGH-kube-system/dns/udp", "handle": 8, "expr": [
-        {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "udp"}},
-        {"dnat": {"family": "ip", "addr": {"map": {"key": {"numgen": {"mode": "random", "mod": 8, "offset": 4}}, "data": "@endpoint-slots"}}}}]}}
-    ]}"#;
+    /// `nft -j list table ip sluice` of nft 1.0.6: a UDP service's slots, address- and
+    /// port-keyed.
+    const SLOT_LISTING: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "ip", "name": "sluice", "handle": 26}},
+      {"map": {"family": "ip", "name": "slots-cluster-ip-udp-4", "table": "sluice", "type": ["ipv4_addr", "inet_service", "integer"], "handle": 1, "map": "ipv4_addr . inet_service",
+               "elem": [[{"concat": ["10.96.0.53", 53, 0]}, {"concat": ["10.244.1.9", 5353]}], [{"concat": ["10.96.0.53", 53, 4]}, {"concat": ["10.244.1.9", 5353]}]]}},
+      {"map": {"family": "ip", "name": "slots-local-port-udp-4", "table": "sluice", "type": ["inet_service", "integer"], "handle": 2, "map": "ipv4_addr . inet_service",
+               "elem": [[{"concat": [30053, 0]}, {"concat": ["10.244.1.9", 5353]}]]}}]}"#;
 
     #[test]
-    fn reads_slot_blocks_and_their_udp_endpoints() {
-        let (rules, elements) = slot_readback(SLOT_LISTING.as_bytes()).expect("parses");
-        assert_eq!(rules.len(), 2);
-        assert_eq!((rules[1].offset, rules[1].modulus), (4, 8));
-        assert_eq!(rules[0].protocol, Some(Protocol::Udp));
+    fn reads_slot_maps_and_their_udp_endpoints() {
+        let (names, elements) = slot_readback(SLOT_LISTING.as_bytes()).expect("parses");
+        assert_eq!(names, ["slots-cluster-ip-udp-4", "slots-local-port-udp-4"]);
+        assert_eq!(elements.len(), 3);
         let mut back = Readback::default();
-        add_slots(&mut back, &rules, &elements);
-        let placed = &back.layout["cl-ABCDEFGH-kube-system/dns/udp"];
-        assert_eq!((placed.base, placed.slots.exact.len()), (0, 4));
-        assert_eq!(placed.slots.spread.iter().flatten().count(), 2);
+        add_slots(&mut back, &elements);
+        let cluster_ip = DrawKey::Address("10.96.0.53".parse().unwrap(), 53);
+        let slots = &back.slots[&(sluice_plan::SetName::Cluster, Protocol::Udp, cluster_ip)];
+        assert_eq!(slots.capacity(), 4);
+        assert_eq!(slots.entries().count(), 2);
+        assert!(back.slots.contains_key(&(
+            sluice_plan::SetName::Local,
+            Protocol::Udp,
+            DrawKey::Port(30053)
+        )));
         assert_eq!(
             back.backends.into_iter().collect::<Vec<_>>(),
             vec![(Protocol::Udp, "10.244.1.9".parse().unwrap(), 5353)]

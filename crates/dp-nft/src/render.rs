@@ -14,11 +14,12 @@
 //!   class whose route differs from the outside route (`ip saddr @cluster-cidrs` for pods,
 //!   `fib saddr type local` for the node), then the outside route — each a `goto` of a
 //!   dispatch chain (with the masquerade mark set in the same rule when asked) or `drop`;
-//! * dispatch chains `cl-*` / `lo-*`: DNAT to an endpoint drawn from the set's block of the
-//!   `endpoint-slots` data map ([`crate::slots`]); endpoints are map data, so an endpoint
-//!   change writes map elements only. Pods reaching themselves are masqueraded in
-//!   postrouting (`hairpin-endpoints`, refcounted by the dataplane).
-//! * with session affinity, the dispatch chain keeps the per-endpoint form instead: affinity
+//! * a forward route `goto`s the shared pick chain of its backend set (`pick-cluster-ip-tcp-16`:
+//!   set, key, protocol, capacity), which DNATs to an endpoint drawn from the frontend's slots
+//!   in the matching slot map ([`crate::slots`]); endpoints are map data, so an endpoint change
+//!   writes map elements only. Pods reaching themselves are masqueraded in postrouting
+//!   (`hairpin-endpoints`, counted by the dataplane);
+//! * with session affinity, routes `goto` dispatch chains `cl-*` / `lo-*` instead: affinity
 //!   lookups, then a uniform random cascade over per-backend `ep-*` chains (hairpin
 //!   masquerade, affinity set update, DNAT).
 //!
@@ -34,10 +35,10 @@ use sluice_plan::{
     ServicePlan, ServicePortName, SetName, SourceClass,
 };
 
-use crate::ir::{Container, ContainerKind, Key, Rule, Stmt, Value, Verdict};
-pub use crate::ir::{ENDPOINT_SLOTS, Element, addr_keyword, addr_type, table_family};
+use crate::ir::{Container, ContainerKind, Key, Rule, SetRef, Stmt, Value, Verdict};
+pub use crate::ir::{Element, addr_keyword, addr_type, table_family};
 use crate::slots::{
-    Block, EXACT_DRAWS, Layout, Placed, SlotSpace, Slots, assign, block_len, capacity_for, fits,
+    DrawKey, EXACT_DRAWS, FoundSlots, Keyed, Picker, Slots, assign, capacity_for, fits,
 };
 
 /// Names of the verdict maps and sets whose elements are rendered per service.
@@ -59,8 +60,9 @@ pub const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
 /// Longest readable part of a chain name (the hash keeps names unique).
 const READABLE_MAX: usize = 64;
 
-/// Every map/set whose elements come from the plan, in declaration order.
-pub fn element_containers() -> [Container; 9] {
+/// Every map/set whose elements come from the plan, in declaration order (the slot maps,
+/// declared with their pickers, are not among them).
+pub fn element_containers() -> [Container; 8] {
     let c = |name, kind| Container { name, kind };
     [
         c(SERVICE_IPS, ContainerKind::FrontendVmap),
@@ -70,9 +72,45 @@ pub fn element_containers() -> [Container; 9] {
         c(FIREWALL_IPS, ContainerKind::FrontendVmap),
         c(NODEPORT_IPS, ContainerKind::Addrs),
         c(CLUSTER_CIDRS, ContainerKind::Prefixes),
-        c(ENDPOINT_SLOTS, ContainerKind::SlotMap),
         c(HAIRPIN_ENDPOINTS, ContainerKind::AddrPairs),
     ]
+}
+
+/// A backend set on the slot path: its slots, and the frontends drawing from them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetDraw {
+    pub set: SetName,
+    pub protocol: Protocol,
+    pub slots: Slots,
+    /// The frontends whose routes use the set, in order.
+    pub frontends: Vec<DrawKey>,
+}
+
+impl SetDraw {
+    /// The picker a frontend keyed `keyed` draws with.
+    pub fn picker(&self, keyed: Keyed) -> Picker {
+        Picker {
+            set: self.set,
+            keyed,
+            protocol: self.protocol,
+            capacity: self.slots.capacity(),
+        }
+    }
+
+    /// The slot map elements of every frontend.
+    pub fn elements(&self) -> impl Iterator<Item = Element> + '_ {
+        self.frontends.iter().flat_map(move |key| {
+            let set = SetRef::Slots(self.picker(key.keyed()));
+            self.slots.entries().map(move |(slot, endpoint)| Element {
+                set,
+                key: match *key {
+                    DrawKey::Address(addr, port) => Key::AddrSlot { addr, port, slot },
+                    DrawKey::Port(port) => Key::PortSlot { port, slot },
+                },
+                value: Some(Value::Endpoint(endpoint)),
+            })
+        })
+    }
 }
 
 /// What one service port contributes to one family's table.
@@ -80,13 +118,12 @@ pub fn element_containers() -> [Container; 9] {
 pub struct ServiceRules {
     /// Chains: name → rules.
     pub chains: BTreeMap<String, Vec<Rule>>,
-    /// Map elements, sorted.
+    /// Map elements of the static maps, sorted.
     pub elements: Vec<Element>,
     /// Affinity sets: name → timeout in seconds.
     pub affinity_sets: BTreeMap<String, u32>,
-    /// The `endpoint-slots` blocks of the dispatch chains on the slot path: chain → block
-    /// (the slots' content is among `elements`).
-    pub blocks: BTreeMap<String, Block>,
+    /// The backend sets on the slot path (their elements are made on demand: [`SetDraw::elements`]).
+    pub draws: BTreeMap<SetName, SetDraw>,
     /// Endpoint addresses of the slot path, sorted and unique: each is an element of
     /// `hairpin-endpoints` while some service port has it (the dataplane counts).
     pub hairpins: Vec<IpAddr>,
@@ -97,7 +134,7 @@ pub static NO_RULES: ServiceRules = ServiceRules {
     chains: BTreeMap::new(),
     elements: Vec::new(),
     affinity_sets: BTreeMap::new(),
-    blocks: BTreeMap::new(),
+    draws: BTreeMap::new(),
     hairpins: Vec::new(),
 };
 
@@ -106,42 +143,23 @@ impl ServiceRules {
         self.chains.is_empty() && self.elements.is_empty() && self.affinity_sets.is_empty()
     }
 
-    /// What each dispatch chain's block holds, from `blocks` and the slot elements.
-    pub fn layout(&self) -> Layout {
-        let slot_elements: Vec<(u32, SocketAddr)> = self
-            .elements
-            .iter()
-            .filter(|e| e.set == ENDPOINT_SLOTS)
-            .filter_map(|e| match (&e.key, &e.value) {
-                (Key::Slot(slot), Some(Value::Endpoint(target))) => Some((*slot, *target)),
-                _ => None,
-            })
-            .collect();
-        self.blocks
-            .iter()
-            .map(|(chain, block)| {
-                let mut slots = Slots::empty(block.capacity);
-                for (slot, target) in &slot_elements {
-                    if let Some(offset) = slot.checked_sub(block.base)
-                        && offset < block.len()
-                    {
-                        slots.put(offset, *target);
-                    }
-                }
-                let placed = Placed {
-                    base: block.base,
-                    slots,
-                };
-                (chain.clone(), placed)
-            })
-            .collect()
+    /// The pickers this service port's routes use.
+    pub fn pickers(&self) -> impl Iterator<Item = Picker> + '_ {
+        self.draws
+            .values()
+            .flat_map(|d| d.frontends.iter().map(|key| d.picker(key.keyed())))
+    }
+
+    /// Every slot map element of this service port.
+    pub fn slot_elements(&self) -> impl Iterator<Item = Element> + '_ {
+        self.draws.values().flat_map(SetDraw::elements)
     }
 }
 
 /// The `hairpin-endpoints` element of an endpoint address.
 pub fn hairpin_element(ip: IpAddr) -> Element {
     Element {
-        set: HAIRPIN_ENDPOINTS,
+        set: SetRef::Named(HAIRPIN_ENDPOINTS),
         key: Key::Pair(ip, ip),
         value: None,
     }
@@ -158,29 +176,35 @@ pub fn hairpin_elements<'a>(rules: impl IntoIterator<Item = &'a ServiceRules>) -
     ips.into_iter().map(hairpin_element).collect()
 }
 
-/// Where rendering places endpoints: the family's slot space (new blocks come from it) and
-/// what the dispatch chains' blocks held before (kept where they still fit, so a change
-/// writes only the slots that differ).
-pub struct Placement<'a> {
-    pub space: &'a mut SlotSpace,
-    pub previous: &'a Layout,
+/// What a backend set's slots held before: kept where the capacity still fits, so a change
+/// writes only the slots that differ.
+#[derive(Debug, Clone, Copy)]
+pub enum Previous<'a> {
+    Nothing,
+    /// The service port's earlier rendering.
+    Rules(&'a ServiceRules),
+    /// What a restarted agent found in the kernel.
+    Found(&'a FoundSlots),
 }
 
-/// Renders service ports of one family from scratch (a fresh slot space), e.g. for
-/// `sluice plan` and golden files.
+impl<'a> Previous<'a> {
+    fn slots(&self, set: SetName, protocol: Protocol, key: DrawKey) -> Option<&'a Slots> {
+        match *self {
+            Previous::Nothing => None,
+            Previous::Rules(rules) => rules.draws.get(&set).map(|d| &d.slots),
+            Previous::Found(found) => found.get(&(set, protocol, key)),
+        }
+    }
+}
+
+/// Renders service ports of one family from scratch, e.g. for `sluice plan` and golden files.
 pub fn render_all<'a>(
     plans: impl IntoIterator<Item = &'a ServicePlan>,
     family: Family,
 ) -> Vec<ServiceRules> {
-    let mut space = SlotSpace::default();
-    let nothing = Layout::new();
-    let mut placement = Placement {
-        space: &mut space,
-        previous: &nothing,
-    };
     plans
         .into_iter()
-        .map(|plan| render_service(plan, family, &mut placement))
+        .map(|plan| render_service(plan, family, Previous::Nothing))
         .collect()
 }
 
@@ -191,13 +215,13 @@ pub fn render_node(node: &NodePlan, family: Family) -> Vec<Element> {
         .iter()
         .filter(|c| family.contains(&c.addr()))
         .map(|c| Element {
-            set: CLUSTER_CIDRS,
+            set: SetRef::Named(CLUSTER_CIDRS),
             key: Key::Prefix(*c),
             value: None,
         })
         .collect();
     out.extend(node.nodeport_addresses(family).map(|ip| Element {
-        set: NODEPORT_IPS,
+        set: SetRef::Named(NODEPORT_IPS),
         key: Key::Addr(*ip),
         value: None,
     }));
@@ -205,16 +229,12 @@ pub fn render_node(node: &NodePlan, family: Family) -> Vec<Element> {
     out
 }
 
-/// Renders one service port for one family, placing its endpoints with `placement`.
-pub fn render_service(
-    plan: &ServicePlan,
-    family: Family,
-    placement: &mut Placement<'_>,
-) -> ServiceRules {
+/// Renders one service port for one family, keeping its endpoints' slots from `previous`.
+pub fn render_service(plan: &ServicePlan, family: Family, previous: Previous<'_>) -> ServiceRules {
     let mut r = Renderer {
         plan,
         family,
-        placement,
+        previous,
         out: ServiceRules::default(),
     };
     for frontend in plan.frontends.iter().filter(|f| f.key.family() == family) {
@@ -226,14 +246,14 @@ pub fn render_service(
     r.out
 }
 
-struct Renderer<'a, 'p> {
+struct Renderer<'a> {
     plan: &'a ServicePlan,
     family: Family,
-    placement: &'a mut Placement<'p>,
+    previous: Previous<'a>,
     out: ServiceRules,
 }
 
-impl Renderer<'_, '_> {
+impl Renderer<'_> {
     fn frontend(&mut self, fe: &FrontendPlan) {
         let (protocol, port) = (fe.key.protocol, fe.key.port);
         let (forward_map, refuse_map, key) = match fe.key.addr {
@@ -253,7 +273,11 @@ impl Renderer<'_, '_> {
             ),
         };
         if fe.forwards() {
-            let chain = self.route_chain(fe);
+            let draw_key = match fe.key.addr {
+                FrontendAddr::Ip(addr) => DrawKey::Address(addr, port),
+                FrontendAddr::NodePorts(_) => DrawKey::Port(port),
+            };
+            let chain = self.route_chain(fe, draw_key);
             self.element(forward_map, key, Verdict::Goto(chain));
         } else if let Some(refusal) = fe.refusal() {
             // Nobody is forwarded: refused after NAT in the filter hooks, as kube-proxy does.
@@ -271,15 +295,26 @@ impl Renderer<'_, '_> {
         }
     }
 
-    /// The chain applying `fe`'s routes (shared by the service's frontends with equal routes).
-    fn route_chain(&mut self, fe: &FrontendPlan) -> String {
+    /// The chain applying `fe`'s routes (shared by the service's frontends with equal routes
+    /// and, on the slot path, keyed alike), `fe` registered with the sets it draws from.
+    fn route_chain(&mut self, fe: &FrontendPlan, key: DrawKey) -> String {
         let prefix = if fe.kind == FrontendKind::ClusterIp {
             "svc"
         } else {
             "ext"
         };
-        let routes = format!("{:?}", [fe.pods, fe.node, fe.outside]);
-        let name = self.chain_name(prefix, &routes);
+        let routes = [fe.pods, fe.node, fe.outside];
+        let slotted = self.plan.affinity_timeout.is_none();
+        for set in routes.iter().filter_map(Route::set) {
+            if slotted {
+                self.draw(set, key);
+            }
+        }
+        let identity = match slotted {
+            true => format!("{routes:?}|{:?}", key.keyed()),
+            false => format!("{routes:?}"),
+        };
+        let name = self.chain_name(prefix, &identity);
         if self.out.chains.contains_key(&name) {
             return name;
         }
@@ -293,19 +328,63 @@ impl Renderer<'_, '_> {
                 SourceClass::Pods => Stmt::SaddrInSet(CLUSTER_CIDRS.into()),
                 _ => Stmt::FibSaddrLocal,
             }];
-            stmts.extend(self.verdict(route));
+            stmts.extend(self.verdict(route, key.keyed()));
             rules.push(Rule(stmts));
         }
-        rules.push(Rule(self.verdict(fe.outside)));
+        rules.push(Rule(self.verdict(fe.outside, key.keyed())));
         self.out.chains.insert(name.clone(), rules);
         name
     }
 
-    /// The statement(s) of one route (dispatch chains rendered on first use).
-    fn verdict(&mut self, route: Route) -> Vec<Stmt> {
+    /// `set` on the slot path, with `key` among its frontends: laid out on first use (from
+    /// the previous slots where the capacity still fits). `false` when the set has no backend
+    /// of this family (the plan never forwards there).
+    fn draw(&mut self, set: SetName, key: DrawKey) -> bool {
+        if let Some(draw) = self.out.draws.get_mut(&set) {
+            if !draw.frontends.contains(&key) {
+                draw.frontends.push(key);
+            }
+            return true;
+        }
+        let mut endpoints: Vec<SocketAddr> = self
+            .plan
+            .backends(set, self.family)
+            .map(|b| SocketAddr::new(b.ip, b.port))
+            .collect();
+        endpoints.sort_unstable();
+        endpoints.dedup();
+        if endpoints.is_empty() {
+            return false;
+        }
+        let protocol = self.plan.name.protocol;
+        let previous = self
+            .previous
+            .slots(set, protocol, key)
+            .filter(|p| fits(p.capacity(), endpoints.len()));
+        let capacity = previous.map_or_else(|| capacity_for(endpoints.len()), Slots::capacity);
+        let slots = assign(previous, &endpoints, capacity);
+        self.out
+            .hairpins
+            .extend(endpoints.iter().map(SocketAddr::ip));
+        let draw = SetDraw {
+            set,
+            protocol,
+            slots,
+            frontends: vec![key],
+        };
+        self.out.draws.insert(set, draw);
+        true
+    }
+
+    /// The statement(s) of one route: the masquerade mark when asked, then the pick chain of
+    /// the set (or, with session affinity, its dispatch chain).
+    fn verdict(&mut self, route: Route, keyed: Keyed) -> Vec<Stmt> {
         match route {
             Route::Forward { set, masquerade } => {
-                let chain = self.dispatch_chain(set);
+                let chain = match self.out.draws.get(&set) {
+                    Some(draw) => draw.picker(keyed).chain(),
+                    None => self.dispatch_chain(set),
+                };
                 let goto = Stmt::Verdict(Verdict::Goto(chain));
                 if masquerade {
                     vec![Stmt::MarkSetOr(MASQUERADE_MARK), goto]
@@ -338,9 +417,9 @@ impl Renderer<'_, '_> {
         name
     }
 
-    /// `cl-*` / `lo-*`: a uniform random choice among the backends of `set` and this family
-    /// (never empty: the plan forwards only to sets with backends) — from the set's slots, or
-    /// with session affinity from per-endpoint chains.
+    /// `cl-*` / `lo-*` (session affinity): a uniform random choice among the backends of
+    /// `set` and this family over per-endpoint chains (never empty: the plan forwards only to
+    /// sets with backends).
     fn dispatch_chain(&mut self, set: SetName) -> String {
         let prefix = match set {
             SetName::Cluster => "cl",
@@ -351,61 +430,9 @@ impl Renderer<'_, '_> {
             return name;
         }
         let backends: Vec<Backend> = self.plan.backends(set, self.family).copied().collect();
-        let slotted = match self.plan.affinity_timeout {
-            None => self.slot_draws(&name, &backends),
-            Some(_) => None,
-        };
-        let rules = match slotted {
-            Some(rules) => rules,
-            None => self.cascade(&backends),
-        };
+        let rules = self.cascade(&backends);
         self.out.chains.insert(name.clone(), rules);
         name
-    }
-
-    /// The slot path: the set's block (kept when it still fits, else a new one), its slots
-    /// laid out, and the draws. `None` when no block can be had (32-bit slot numbers used
-    /// up): the set then takes the per-endpoint form.
-    fn slot_draws(&mut self, chain: &str, backends: &[Backend]) -> Option<Vec<Rule>> {
-        let mut targets: Vec<SocketAddr> = backends
-            .iter()
-            .map(|b| SocketAddr::new(b.ip, b.port))
-            .collect();
-        targets.sort_unstable();
-        targets.dedup();
-        if targets.is_empty() {
-            return None;
-        }
-        let kept = self
-            .placement
-            .previous
-            .get(chain)
-            .filter(|p| fits(p.block().capacity, targets.len()));
-        let (block, slots) = match kept {
-            Some(placed) => {
-                let block = placed.block();
-                (block, assign(Some(&placed.slots), &targets, block.capacity))
-            }
-            None => {
-                let capacity = capacity_for(targets.len());
-                let Some(base) = self.placement.space.allocate(block_len(capacity)?) else {
-                    tracing::warn!(service = %self.plan.name, "endpoint slot numbers used up; using per-endpoint chains");
-                    return None;
-                };
-                let block = Block { base, capacity };
-                (block, assign(None, &targets, capacity))
-            }
-        };
-        for (offset, target) in slots.entries() {
-            self.out.elements.push(Element {
-                set: ENDPOINT_SLOTS,
-                key: Key::Slot(block.base + offset),
-                value: Some(Value::Endpoint(target)),
-            });
-        }
-        self.out.hairpins.extend(targets.iter().map(SocketAddr::ip));
-        self.out.blocks.insert(chain.to_owned(), block);
-        Some(draws(self.plan.name.protocol, block))
     }
 
     /// Affinity lookups, then a uniform random choice as a cascade (endpoint i taken with
@@ -474,21 +501,19 @@ impl Renderer<'_, '_> {
 
     fn element(&mut self, set: &'static str, key: Key, value: Verdict) {
         self.out.elements.push(Element {
-            set,
+            set: SetRef::Named(set),
             key,
             value: Some(Value::Verdict(value)),
         });
     }
 }
 
-/// The dispatch rules of a block: [`EXACT_DRAWS`] draws from the exact region, each taking
+/// The rules of a picker's chain: [`EXACT_DRAWS`] draws from the exact region, each taking
 /// the drawn slot's endpoint or (empty slot) passing on to the next, then one draw from the
 /// always-full spread region.
-fn draws(protocol: Protocol, block: Block) -> Vec<Rule> {
-    let draw =
-        |modulus, offset| Rule::new([Stmt::L4Proto(protocol), Stmt::DnatSlot { modulus, offset }]);
-    let mut rules = vec![draw(block.capacity, block.base); EXACT_DRAWS];
-    rules.push(draw(block.spread_len(), block.spread_base()));
+pub fn picker_rules(picker: Picker) -> Vec<Rule> {
+    let mut rules = vec![Rule::new([Stmt::pick(picker, 0)]); EXACT_DRAWS];
+    rules.push(Rule::new([Stmt::pick(picker, picker.capacity)]));
     rules
 }
 
