@@ -132,7 +132,6 @@ impl<E: NftExecutor> NftDataplane<E> {
                 let pickers = pickers_of(&rules);
                 let mut shared = render_node(&plan.node, *family);
                 shared.extend(hairpin_elements(&rules));
-                shared.extend(rules.iter().flat_map(ServiceRules::slot_elements));
                 transaction::full(*family, &pickers, &rules, &shared, &existing).to_string()
             })
             .collect()
@@ -684,7 +683,7 @@ fn node_elements(node: &NodePlan) -> BTreeMap<Family, Vec<Element>> {
 }
 
 /// Per family, what a full rewrite with `services` holds besides their own objects: the
-/// pickers they use, node addresses, hairpin addresses and the slots' elements.
+/// pickers they use, node addresses and hairpin addresses.
 fn shared_elements(
     node: &NodePlan,
     services: &[&Rendered],
@@ -694,7 +693,6 @@ fn shared_elements(
         .map(|(family, mut elements)| {
             let rules = || services.iter().map(|r| &r.rules[&family]);
             elements.extend(hairpin_elements(rules()));
-            elements.extend(rules().flat_map(ServiceRules::slot_elements));
             (family, (pickers_of(rules()), elements))
         })
         .collect()

@@ -443,6 +443,16 @@ fn encode(batch: &mut Batch, family: Family, command: &Command<'_>) -> usize {
             let name = set.name();
             return element_messages(batch, fam, msg::NEWSETELEM, create, &name, elements);
         }
+        Command::AddSlots(draw) => {
+            let mut messages = 0;
+            for key in &draw.frontends {
+                let elements: Vec<Element> = draw.frontend_elements(*key).collect();
+                let refs: Vec<&Element> = elements.iter().collect();
+                let map = draw.picker(key.keyed()).map();
+                messages += element_messages(batch, fam, msg::NEWSETELEM, create, &map, &refs);
+            }
+            return messages;
+        }
         Command::DeleteChain(name) => batch.message(msg::DELCHAIN, fam, 0, |a| {
             a.str(chain::TABLE, TABLE).str(chain::NAME, name);
         }),

@@ -99,16 +99,21 @@ impl SetDraw {
 
     /// The slot map elements of every frontend.
     pub fn elements(&self) -> impl Iterator<Item = Element> + '_ {
-        self.frontends.iter().flat_map(move |key| {
-            let set = SetRef::Slots(self.picker(key.keyed()));
-            self.slots.entries().map(move |(slot, endpoint)| Element {
-                set,
-                key: match *key {
-                    DrawKey::Address(addr, port) => Key::AddrSlot { addr, port, slot },
-                    DrawKey::Port(port) => Key::PortSlot { port, slot },
-                },
-                value: Some(Value::Endpoint(endpoint)),
-            })
+        self.frontends
+            .iter()
+            .flat_map(move |key| self.frontend_elements(*key))
+    }
+
+    /// The slot map elements of one frontend.
+    pub fn frontend_elements(&self, key: DrawKey) -> impl Iterator<Item = Element> + '_ {
+        let set = SetRef::Slots(self.picker(key.keyed()));
+        self.slots.entries().map(move |(slot, endpoint)| Element {
+            set,
+            key: match key {
+                DrawKey::Address(addr, port) => Key::AddrSlot { addr, port, slot },
+                DrawKey::Port(port) => Key::PortSlot { port, slot },
+            },
+            value: Some(Value::Endpoint(endpoint)),
         })
     }
 }

@@ -13,7 +13,7 @@ use crate::ir::{
     BaseChain, ChainType, Container, Element, Hook, Rule, SetRef, Stmt, Verdict, slot_map_body,
 };
 use crate::render::{
-    MARK_FOR_MASQUERADE, MASQUERADE_MARK, REJECT_CHAIN, ServiceRules, addr_type,
+    MARK_FOR_MASQUERADE, MASQUERADE_MARK, REJECT_CHAIN, ServiceRules, SetDraw, addr_type,
     element_containers, picker_rules, table_family,
 };
 use crate::slots::Picker;
@@ -67,6 +67,10 @@ pub enum Command<'a> {
         set: SetRef,
         elements: Vec<&'a Element>,
     },
+    /// The slots of one backend set, for each of its frontends (full rewrites: the elements
+    /// are made while the command is written, so a cluster's many slots are never all held
+    /// as elements at once).
+    AddSlots(&'a SetDraw),
     DeleteChain(&'a str),
     DeleteSet(&'a str),
 }
@@ -130,6 +134,18 @@ impl fmt::Display for CommandText<'_> {
             Command::AddElements { set, elements } => {
                 let items: Vec<String> = elements.iter().map(|e| e.add_text()).collect();
                 write!(f, "add element {p} {set} {{ {} }}", items.join(", "))
+            }
+            Command::AddSlots(draw) => {
+                for (i, key) in draw.frontends.iter().enumerate() {
+                    if i > 0 {
+                        writeln!(f)?;
+                    }
+                    let items: Vec<String> =
+                        draw.frontend_elements(*key).map(|e| e.add_text()).collect();
+                    let map = draw.picker(key.keyed()).map();
+                    write!(f, "add element {p} {map} {{ {} }}", items.join(", "))?;
+                }
+                Ok(())
             }
             Command::DeleteChain(name) => write!(f, "delete chain {p} {name}"),
             Command::DeleteSet(name) => write!(f, "delete set {p} {name}"),
@@ -351,6 +367,8 @@ struct Script<'a> {
     flush_slot_maps: Vec<Picker>,
     delete_elements: Vec<&'a Element>,
     add_elements: Vec<&'a Element>,
+    /// Backend sets whose slots are written whole (full resync only).
+    add_slots: Vec<&'a SetDraw>,
     delete_chains: Vec<&'a str>,
     delete_sets: Vec<&'a str>,
 }
@@ -445,6 +463,9 @@ impl<'a> Script<'a> {
         }
         element_commands(family, tx, self.delete_elements, false);
         element_commands(family, tx, self.add_elements, true);
+        for draw in self.add_slots {
+            tx.push(family, Command::AddSlots(draw));
+        }
         for name in self.delete_chains {
             tx.push(family, Command::DeleteChain(name));
         }
@@ -508,10 +529,10 @@ pub fn delta<'a>(
 }
 
 /// A complete resync of one family: declares the table, every static object and the
-/// `pickers` in use (idempotent `add`), rewrites every chain and map, and deletes chains and
-/// sets that `existing` has but the plan does not. `shared` are the elements outside the
-/// services' own (node addresses, hairpins, slots). No table flush: conntrack state and
-/// affinity sets survive.
+/// `pickers` in use (idempotent `add`), rewrites every chain and map (the services' slots
+/// included), and deletes chains and sets that `existing` has but the plan does not.
+/// `shared` are the elements outside the services' own (node addresses, hairpins). No table
+/// flush: conntrack state and affinity sets survive.
 pub fn full<'a>(
     family: Family,
     pickers: &'a [PickerChain],
@@ -560,6 +581,7 @@ pub fn full<'a>(
             wanted_chains.insert(name);
         }
         s.add_elements.extend(&rules.elements);
+        s.add_slots.extend(rules.draws.values());
     }
     for name in existing
         .chains

@@ -43,7 +43,6 @@ fn full(plan: &Plan, family: Family, existing: &Existing) -> String {
     let pickers: Vec<PickerChain> = pickers.into_iter().map(PickerChain::new).collect();
     let mut shared = render_node(&plan.node, family);
     shared.extend(hairpin_elements(&rules));
-    shared.extend(rules.iter().flat_map(ServiceRules::slot_elements));
     transaction::full(family, &pickers, &rules, &shared, existing).to_string()
 }
 
