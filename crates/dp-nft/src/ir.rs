@@ -311,12 +311,6 @@ impl fmt::Display for SetRef {
     }
 }
 
-impl PartialEq<&str> for SetRef {
-    fn eq(&self, other: &&str) -> bool {
-        matches!(self, SetRef::Named(name) if name == other)
-    }
-}
-
 /// One map or set element: container, key, value (`None` for set elements).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Element {

@@ -3,8 +3,8 @@
 //!
 //! * [`render`] turns one service port's plan into the chains, map elements and affinity sets
 //!   of one address family, as typed rules ([`ir`]; pure, golden-tested); [`slots`] lays a
-//!   backend set's endpoints out in the `endpoint-slots` data map, so an endpoint change is
-//!   map elements only.
+//!   backend set's endpoints out in the slot maps its routes draw from through shared pick
+//!   chains, so an endpoint change is map elements only.
 //! * [`transaction`] turns renderings into one [`Transaction`]: only the difference, or a full
 //!   resync (pure). A transaction prints as an `nft -f` script and lowers to netlink
 //!   ([`lower`]).

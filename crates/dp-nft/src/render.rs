@@ -12,8 +12,8 @@
 //!   before DNAT);
 //! * route chains `svc-*` (cluster IPs) and `ext-*` (other frontends): one rule per source
 //!   class whose route differs from the outside route (`ip saddr @cluster-cidrs` for pods,
-//!   `fib saddr type local` for the node), then the outside route — each a `goto` of a
-//!   dispatch chain (with the masquerade mark set in the same rule when asked) or `drop`;
+//!   `fib saddr type local` for the node), then the outside route — each a `goto` (with the
+//!   masquerade mark set in the same rule when asked) or `drop`;
 //! * a forward route `goto`s the shared pick chain of its backend set (`pick-cluster-ip-tcp-16`:
 //!   set, key, protocol, capacity), which DNATs to an endpoint drawn from the frontend's slots
 //!   in the matching slot map ([`crate::slots`]); endpoints are map data, so an endpoint change
@@ -310,14 +310,15 @@ impl Renderer<'_> {
         };
         let routes = [fe.pods, fe.node, fe.outside];
         let slotted = self.plan.affinity_timeout.is_none();
-        for set in routes.iter().filter_map(Route::set) {
-            if slotted {
+        if slotted {
+            for set in routes.iter().filter_map(Route::set) {
                 self.draw(set, key);
             }
         }
-        let identity = match slotted {
-            true => format!("{routes:?}|{:?}", key.keyed()),
-            false => format!("{routes:?}"),
+        let identity = if slotted {
+            format!("{routes:?}|{:?}", key.keyed())
+        } else {
+            format!("{routes:?}")
         };
         let name = self.chain_name(prefix, &identity);
         if self.out.chains.contains_key(&name) {
@@ -342,14 +343,14 @@ impl Renderer<'_> {
     }
 
     /// `set` on the slot path, with `key` among its frontends: laid out on first use (from
-    /// the previous slots where the capacity still fits). `false` when the set has no backend
-    /// of this family (the plan never forwards there).
-    fn draw(&mut self, set: SetName, key: DrawKey) -> bool {
+    /// the previous slots where the capacity still fits). Left out when the set has no
+    /// backend of this family (the plan never forwards there; the route then drops).
+    fn draw(&mut self, set: SetName, key: DrawKey) {
         if let Some(draw) = self.out.draws.get_mut(&set) {
             if !draw.frontends.contains(&key) {
                 draw.frontends.push(key);
             }
-            return true;
+            return;
         }
         let mut endpoints: Vec<SocketAddr> = self
             .plan
@@ -359,7 +360,7 @@ impl Renderer<'_> {
         endpoints.sort_unstable();
         endpoints.dedup();
         if endpoints.is_empty() {
-            return false;
+            return;
         }
         let protocol = self.plan.name.protocol;
         let previous = self
@@ -378,7 +379,6 @@ impl Renderer<'_> {
             frontends: vec![key],
         };
         self.out.draws.insert(set, draw);
-        true
     }
 
     /// The statement(s) of one route: the masquerade mark when asked, then the pick chain of
