@@ -473,4 +473,49 @@ mod tests {
             "update @aff-X { ip6 saddr }"
         );
     }
+
+    #[test]
+    fn draws_and_slot_maps_print_as_nft_syntax_per_family_and_key() {
+        use sluice_plan::SetName;
+        let picker = Picker {
+            set: SetName::Cluster,
+            keyed: Keyed::Address,
+            protocol: Protocol::Udp,
+            capacity: 16,
+        };
+        let exact = Rule::new([Stmt::pick(picker, 0)]);
+        assert_eq!(
+            exact.text(Family::V6).to_string(),
+            "dnat to ip6 daddr . udp dport . numgen random mod 16 map @slots-cluster-ip-udp-16"
+        );
+        let by_port = Picker {
+            keyed: Keyed::Port,
+            ..picker
+        };
+        let spread = Rule::new([Stmt::pick(by_port, 16)]);
+        assert_eq!(
+            spread.text(Family::V4).to_string(),
+            "dnat to udp dport . numgen random mod 16 offset 16 map @slots-cluster-port-udp-16"
+        );
+        assert_eq!(
+            slot_map_body(&by_port, Family::V4),
+            "{ typeof udp dport . numgen random mod 16 : ip daddr . udp dport ; }"
+        );
+        let hairpin = Rule::new([Stmt::CtStatusDnat, Stmt::SaddrDaddrInSet("pairs")]);
+        assert_eq!(
+            hairpin.text(Family::V4).to_string(),
+            "ct status dnat ip saddr . ip daddr @pairs"
+        );
+        let slot = Element {
+            set: SetRef::Slots(picker),
+            key: Key::AddrSlot {
+                addr: "fd00::10".parse().unwrap(),
+                port: 53,
+                slot: 3,
+            },
+            value: Some(Value::Endpoint("[fd00::5]:5353".parse().unwrap())),
+        };
+        assert_eq!(slot.add_text(), "fd00::10 . 53 . 3 : fd00::5 . 5353");
+        assert_eq!(slot.set.name(), "slots-cluster-ip-udp-16");
+    }
 }
