@@ -4,6 +4,12 @@
 //! it, a map key that cannot be added twice with different values, every `@set` and
 //! `jump`/`goto` target defined at the end. It reads only the line shapes sluice writes and
 //! refuses any other, so a renderer change that writes something new shows up here.
+//!
+//! [`Ruleset::semantic`] compares what packets see rather than how it was reached: where each
+//! endpoint sits in a slot map depends on the changes that led there (a change keeps the
+//! slots of the endpoints that stay), and a pick chain no service uses any more stays until
+//! the next full rewrite; a set keeps its capacity (which pick chain and map it uses) while
+//! its endpoint count stays in range, where a full rewrite would choose afresh.
 
 use std::collections::BTreeMap;
 
@@ -180,7 +186,146 @@ impl Table {
     }
 }
 
+/// `slots-SET-KEY-PROTO-CAPACITY` → the capacity.
+fn slot_capacity(map: &str) -> Option<usize> {
+    map.strip_prefix("slots-")?.rsplit('-').next()?.parse().ok()
+}
+
+impl Table {
+    /// The pick chains nothing jumps to and their slot maps, when those are empty.
+    fn drop_unused_pickers(&mut self) {
+        let unused: Vec<String> = self
+            .chains
+            .keys()
+            .filter(|c| c.starts_with("pick-") && self.references_to(c) == 0)
+            .cloned()
+            .collect();
+        for chain in unused {
+            let map = chain.replacen("pick-", "slots-", 1);
+            if self.containers.get(&map).is_none_or(|(_, e)| e.is_empty()) {
+                self.chains.remove(&chain);
+                self.containers.remove(&map);
+            }
+        }
+    }
+
+    /// Each slot map's elements as what a draw sees, per frontend: the endpoints of the exact
+    /// region (each once), and those of the spread region with whether it is full and even.
+    fn summarize_slots(&mut self) {
+        for (name, (_, elements)) in self.containers.iter_mut() {
+            let Some(capacity) = slot_capacity(name) else {
+                continue;
+            };
+            let mut exact: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            let mut spread: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+            for (key, value) in elements.iter() {
+                let (frontend, slot) = key.rsplit_once(" . ").unwrap_or((key, ""));
+                let endpoint = value.clone().unwrap_or_default();
+                match slot.parse::<usize>() {
+                    Ok(s) if s < capacity => {
+                        exact.entry(frontend.into()).or_default().push(endpoint)
+                    }
+                    _ => {
+                        *spread
+                            .entry(frontend.into())
+                            .or_default()
+                            .entry(endpoint)
+                            .or_default() += 1
+                    }
+                }
+            }
+            let mut summary = Elements::new();
+            for (frontend, mut endpoints) in exact {
+                endpoints.sort();
+                summary.insert(format!("{frontend} exact"), Some(endpoints.join(", ")));
+            }
+            for (frontend, counts) in spread {
+                let total: usize = counts.values().sum();
+                let even = counts
+                    .values()
+                    .max()
+                    .zip(counts.values().min())
+                    .is_some_and(|(a, b)| a - b <= 1);
+                let endpoints: Vec<&str> = counts.keys().map(String::as_str).collect();
+                let shape = if total == capacity && even {
+                    "full and even"
+                } else {
+                    "uneven"
+                };
+                summary.insert(
+                    format!("{frontend} spread"),
+                    Some(format!("{} ({shape})", endpoints.join(", "))),
+                );
+            }
+            *elements = summary;
+        }
+    }
+}
+
+/// `pick-...-16` / `slots-...-16` without the capacity; other words as they are.
+fn without_capacity(word: &str) -> String {
+    match slot_capacity(&word.replacen("pick-", "slots-", 1)) {
+        Some(_) if word.starts_with("pick-") || word.starts_with("slots-") => word
+            .rsplit_once('-')
+            .map_or(word, |(head, _)| head)
+            .to_owned(),
+        _ => word.to_owned(),
+    }
+}
+
+impl Table {
+    /// Pick chains and slot maps named without their capacity (the draws of a pick chain
+    /// summarized as the map they read), rules pointing there likewise.
+    fn forget_capacities(&mut self) {
+        let chains = std::mem::take(&mut self.chains);
+        for (name, rules) in chains {
+            let renamed = without_capacity(&name);
+            let rules = if name.starts_with("pick-") {
+                vec![format!(
+                    "draws from {}",
+                    renamed.replacen("pick-", "slots-", 1)
+                )]
+            } else {
+                rules
+                    .iter()
+                    .map(|r| {
+                        r.split(' ')
+                            .map(without_capacity)
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .collect()
+            };
+            self.chains.insert(renamed, rules);
+        }
+        let containers = std::mem::take(&mut self.containers);
+        for (name, (declaration, elements)) in containers {
+            let renamed = without_capacity(&name);
+            let entry = self
+                .containers
+                .entry(renamed)
+                .or_insert_with(|| (String::new(), Elements::new()));
+            if slot_capacity(&name).is_none() {
+                entry.0 = declaration;
+            }
+            entry.1.extend(elements);
+        }
+    }
+}
+
 impl Ruleset {
+    /// What packets see: slot maps summarized per frontend, unused pick chains left out,
+    /// capacities forgotten.
+    pub fn semantic(&self) -> Ruleset {
+        let mut out = self.clone();
+        for table in out.tables.values_mut() {
+            table.drop_unused_pickers();
+            table.summarize_slots();
+            table.forget_capacities();
+        }
+        out
+    }
+
     /// Applies a script as one transaction: on any error nothing changes.
     pub fn apply(&mut self, script: &str) -> Result<(), String> {
         let mut next = self.clone();

@@ -1,7 +1,8 @@
 //! When the kernel refuses part of what the agent programs. nftables: a rule outside sluice's
 //! control (a verdict map element added by hand to the `sluice` table) holds a Service's
-//! endpoint chain, so the transaction that replaces that chain is refused with EBUSY — a real
-//! kernel refusal, for one Service only. eBPF: a Service with more source ranges than
+//! route chain, so the transaction that replaces that chain (the Service turns to
+//! `internalTrafficPolicy: Local`) is refused with EBUSY — a real kernel refusal, for one
+//! Service only. eBPF: a Service with more source ranges than
 //! `sl_src_v1` holds when its size is fixed (`--bpf-map-sizes src=16384`; automatically sized
 //! maps grow instead, see `dp-ebpf/src/sizing.rs`). In both, every other Service keeps being served and
 //! programmed (without waiting for the refused one's retries), established connections keep
@@ -52,17 +53,17 @@ fn metric(c: &Cluster, name: &str) -> Result<f64> {
         .with_context(|| format!("no metric {name} in:\n{text}"))
 }
 
-/// The name of the victim's endpoint chain in `ip sluice`.
-fn endpoint_chain(c: &Cluster, service: &str) -> Result<String> {
+/// The name of the victim's route chain in `ip sluice`.
+fn route_chain(c: &Cluster, service: &str) -> Result<String> {
     let out = c.exec(
         At::Node("node-a"),
         &["nft", "list", "table", "ip", "sluice"],
     )?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.split_whitespace()
-        .find(|w| w.starts_with("ep-") && w.contains(&format!("default/{service}/")))
+        .find(|w| w.starts_with("svc-") && w.contains(&format!("default/{service}/")))
         .map(str::to_owned)
-        .with_context(|| format!("no endpoint chain of {service} in:\n{text}"))
+        .with_context(|| format!("no route chain of {service} in:\n{text}"))
 }
 
 #[test]
@@ -82,8 +83,8 @@ fn nft_refusal_of_one_service_spares_the_others() -> Result<()> {
     })?;
 
     let mut held = c.hold_tcp(At::Pod("probe"), "10.96.0.20:80")?;
-    // Someone else's map in our table now jumps to the victim's endpoint chain.
-    let chain = endpoint_chain(&c, "victim")?;
+    // Someone else's map in our table now jumps to the victim's route chain.
+    let chain = route_chain(&c, "victim")?;
     let hold = format!(
         "add map ip sluice zz-hold {{ type inet_service : verdict ; }}\n\
          add element ip sluice zz-hold {{ 1 : goto {chain} }}\n"
@@ -96,9 +97,10 @@ fn nft_refusal_of_one_service_spares_the_others() -> Result<()> {
     );
     let failures_before = metric(&c, "sluice_service_program_failures_total")?;
 
-    // One sync: the victim's endpoint moves (its old chain must go: refused), web's too, and a
-    // new Service appears.
-    c.write_service(&svc("victim", "10.96.0.20"), PORTS, &[&w2])?;
+    // One sync: the victim turns to node-local endpoints (its old route chain must go:
+    // refused) on another endpoint, web's endpoint moves, and a new Service appears.
+    let local_victim = svc("victim", "10.96.0.20").internal_traffic_policy("Local");
+    c.write_service(&local_victim, PORTS, &[&w2])?;
     c.write_service(&svc("web", "10.96.0.10"), PORTS, &[&w2])?;
     c.write_service(&svc("fresh", "10.96.0.30"), PORTS, &[&w1])?;
     wait_until(Duration::from_secs(5), "web moved to web-2", || {

@@ -11,9 +11,10 @@
 //! namespace and re-runs itself inside it. A measurement, not a test.
 //!
 //! With the netlink executor it also probes the kernel's own cost of a commit on this
-//! ruleset: a set element added and deleted (no rule: the floor of any commit), and a chain
-//! with one `goto` rule added and deleted (a rule with a verdict makes the kernel validate the
-//! whole table before committing).
+//! ruleset: an element of a data map (a slot of the changed services' slot map) replaced (the
+//! floor of any commit: what an endpoint change sends), a chain with one `goto` rule added,
+//! and a verdict map element with a `goto` added (both make the kernel validate the whole
+//! table before committing).
 
 use std::net::IpAddr;
 use std::process::Command as Process;
@@ -21,8 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_dataplane::Dataplane;
-use sluice_dp_nft::ir::{Element, Key, Rule, Verdict};
-use sluice_dp_nft::render::{MARK_FOR_MASQUERADE, NODEPORT_IPS};
+use sluice_dp_nft::ir::{Element, Key, Rule, SetRef, Value, Verdict};
+use sluice_dp_nft::render::{MARK_FOR_MASQUERADE, SERVICE_NODEPORTS};
+use sluice_dp_nft::slots::{Keyed, Picker};
 use sluice_dp_nft::transaction::{Command, Existing};
 use sluice_dp_nft::{
     Drift, NftCommand, NftDataplane, NftError, NftExecutor, Readback, Transaction,
@@ -299,43 +301,66 @@ fn measure<E: NftExecutor>(exec: Timed<E>, services: usize, endpoints: usize, ch
     );
     println!("peak RSS {} MiB", rss_mib());
     if let Ok(mut probe) = sluice_dp_nft::NetlinkNft::new() {
-        kernel_floor(&mut probe, changes);
+        kernel_floor(&mut probe, changes, endpoints);
     }
 }
 
 /// Times transactions that change (almost) nothing, straight through a netlink executor.
-fn kernel_floor(exec: &mut impl NftExecutor, samples: usize) {
-    let element = Element {
-        set: NODEPORT_IPS,
-        key: Key::Addr(ip("198.18.0.1")),
-        value: None,
+fn kernel_floor(exec: &mut impl NftExecutor, samples: usize, endpoints: usize) {
+    // A slot of service 0's map, its endpoint replaced and back: data only.
+    let picker = Picker {
+        set: SetName::Cluster,
+        keyed: Keyed::Address,
+        protocol: Protocol::Tcp,
+        capacity: sluice_dp_nft::slots::capacity_for(endpoints),
     };
+    let slot = |port| Element {
+        set: SetRef::Slots(picker),
+        key: Key::AddrSlot {
+            addr: ip("10.96.0.0"),
+            port: 80,
+            slot: picker.capacity,
+        },
+        value: Some(Value::Endpoint(std::net::SocketAddr::new(
+            ip("10.64.0.0"),
+            port,
+        ))),
+    };
+    let (to_9999, to_8080) = (slot(9999), slot(8080));
     let goto = Rule::verdict(Verdict::goto(MARK_FOR_MASQUERADE));
-    let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let vmap = Element {
+        set: SetRef::Named(SERVICE_NODEPORTS),
+        key: Key::Port {
+            protocol: Protocol::Udp,
+            port: 9,
+        },
+        value: Some(Value::Verdict(Verdict::goto(MARK_FOR_MASQUERADE))),
+    };
+    let mut times: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    fn one(command: Command<'_>) -> Transaction<'_> {
+        let mut tx = Transaction::default();
+        tx.push(Family::V4, command);
+        tx
+    }
     for _ in 0..samples {
-        let mut add = Transaction::default();
-        add.push(
-            Family::V4,
-            Command::AddElements {
-                set: NODEPORT_IPS,
-                elements: vec![&element],
-            },
-        );
-        let mut delete = Transaction::default();
-        delete.push(
-            Family::V4,
-            Command::DeleteElements {
-                set: NODEPORT_IPS,
-                elements: vec![&element],
-            },
-        );
-        let t = Instant::now();
-        exec.apply(&add).expect("add element");
-        exec.apply(&delete).expect("delete element");
-        times[0].push(ms(t.elapsed()) / 2.0);
-        let mut chain = Transaction::default();
+        for (from, to) in [(&to_8080, &to_9999), (&to_9999, &to_8080)] {
+            let mut tx = one(Command::DeleteElements {
+                set: from.set,
+                elements: vec![from],
+            });
+            tx.push(
+                Family::V4,
+                Command::AddElements {
+                    set: to.set,
+                    elements: vec![to],
+                },
+            );
+            let t = Instant::now();
+            exec.apply(&tx).expect("replace a slot");
+            times[0].push(ms(t.elapsed()));
+        }
         let name = "probe";
-        chain.push(Family::V4, Command::AddChain { name, base: None });
+        let mut chain = one(Command::AddChain { name, base: None });
         chain.push(
             Family::V4,
             Command::AddRule {
@@ -343,17 +368,29 @@ fn kernel_floor(exec: &mut impl NftExecutor, samples: usize) {
                 rule: &goto,
             },
         );
-        let mut gone = Transaction::default();
-        gone.push(Family::V4, Command::FlushChain(name));
-        gone.push(Family::V4, Command::DeleteChain(name));
         let t = Instant::now();
         exec.apply(&chain).expect("add chain");
         times[1].push(ms(t.elapsed()));
+        let mut gone = one(Command::FlushChain(name));
+        gone.push(Family::V4, Command::DeleteChain(name));
         exec.apply(&gone).expect("delete chain");
+        let add = one(Command::AddElements {
+            set: vmap.set,
+            elements: vec![&vmap],
+        });
+        let t = Instant::now();
+        exec.apply(&add).expect("add vmap element");
+        times[2].push(ms(t.elapsed()));
+        let delete = one(Command::DeleteElements {
+            set: vmap.set,
+            elements: vec![&vmap],
+        });
+        exec.apply(&delete).expect("delete vmap element");
     }
     for (what, mut v) in [
-        "kernel: commit of one set element",
+        "kernel: commit replacing one data map element (an endpoint slot)",
         "kernel: commit of one rule with a goto",
+        "kernel: commit of one verdict map element with a goto",
     ]
     .into_iter()
     .zip(times)

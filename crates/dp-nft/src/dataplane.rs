@@ -3,8 +3,15 @@
 //! split until the service ports at fault are found, and everything else still applies. A
 //! periodic resync compares plans (pointers first) and asks the executor whether anyone else
 //! changed the ruleset; only then does it read our table's names back.
+//!
+//! It also owns what is shared between service ports: which pickers (a pick chain and its
+//! slot map) are declared — a change needing a new one declares it in the same transaction;
+//! unused ones stay until the next full rewrite — and how many service ports use each hairpin
+//! address (an element of `hairpin-endpoints` is added with the first and deleted with the
+//! last).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use sluice_dataplane::{
@@ -15,9 +22,11 @@ use sluice_plan::{Family, NodePlan, Plan, PlanDelta, ServicePlan, ServicePortNam
 use crate::exec::{Drift, NftError, NftExecutor};
 use crate::netlink::NetlinkNft;
 use crate::render::{
-    Element, NO_RULES, ServiceRules, element_containers, render_node, render_service,
+    Element, NO_RULES, Previous, ServiceRules, element_containers, hairpin_element,
+    hairpin_elements, render_all, render_node, render_service,
 };
-use crate::transaction::{self, Existing, Transaction, static_chains};
+use crate::slots::{FoundSlots, Picker};
+use crate::transaction::{self, Existing, PickerChain, Transaction, static_chains};
 
 const NAME: &str = "nftables";
 
@@ -26,6 +35,10 @@ const NAME: &str = "nftables";
 struct FamilyState {
     services: HashMap<ServicePortName, ServiceRules>,
     node: Vec<Element>,
+    /// Pickers whose map and chain exist.
+    pickers: BTreeSet<Picker>,
+    /// Service ports using each `hairpin-endpoints` address.
+    hairpins: HashMap<IpAddr, usize>,
 }
 
 /// What the kernel holds, as we programmed it.
@@ -51,6 +64,8 @@ pub struct NftDataplane<E: NftExecutor = NetlinkNft> {
     programmed: Option<Programmed>,
     /// Objects found by `restore`, reconciled (stale ones deleted) by the first resync.
     found: BTreeMap<Family, Existing>,
+    /// Slots found by `restore`: the first full rewrite keeps each endpoint where it was.
+    found_slots: BTreeMap<Family, FoundSlots>,
     /// Something was refused since the last full rewrite: the kernel may differ from what we
     /// believe, so the next `resync` rewrites everything.
     needs_full: bool,
@@ -81,6 +96,7 @@ impl<E: NftExecutor> NftDataplane<E> {
             exec,
             programmed: None,
             found: BTreeMap::new(),
+            found_slots: BTreeMap::new(),
             needs_full: false,
         }
     }
@@ -112,13 +128,11 @@ impl<E: NftExecutor> NftDataplane<E> {
         Family::ALL
             .iter()
             .map(|family| {
-                let rules: Vec<ServiceRules> = plan
-                    .services
-                    .values()
-                    .map(|s| render_service(s, *family))
-                    .collect();
-                let node = render_node(&plan.node, *family);
-                transaction::full(*family, &rules, &node, &existing).to_string()
+                let rules = render_all(plan.services.values().map(Arc::as_ref), *family);
+                let pickers = pickers_of(&rules);
+                let mut shared = render_node(&plan.node, *family);
+                shared.extend(hairpin_elements(&rules));
+                transaction::full(*family, &pickers, &rules, &shared, &existing).to_string()
             })
             .collect()
     }
@@ -176,7 +190,8 @@ impl<E: NftExecutor> NftDataplane<E> {
         if changes.is_empty() {
             return;
         }
-        let tx = service_delta(state, &changes);
+        let shared = shared_changes(state, &changes);
+        let tx = service_delta(state, &changes, &shared);
         let operations = tx.len();
         let result = self.run(&tx);
         drop(tx);
@@ -206,14 +221,21 @@ impl<E: NftExecutor> NftDataplane<E> {
     }
 }
 
-/// Renders one service port change for both families.
-fn rendered(name: ServicePortName, plan: Option<Arc<ServicePlan>>) -> Rendered {
+/// Renders one service port change for both families against what `state` holds: a set
+/// keeps its slots (those of the endpoints that stay) where its capacity still fits.
+fn render_change(
+    state: &Programmed,
+    name: ServicePortName,
+    plan: Option<Arc<ServicePlan>>,
+) -> Rendered {
     let rules = Family::ALL
         .iter()
         .map(|f| {
+            let old = state.families.get(f).and_then(|s| s.services.get(&name));
+            let previous = old.map_or(Previous::Nothing, Previous::Rules);
             let r = plan
                 .as_deref()
-                .map(|p| render_service(p, *f))
+                .map(|p| render_service(p, *f, previous))
                 .unwrap_or_default();
             (*f, r)
         })
@@ -221,8 +243,116 @@ fn rendered(name: ServicePortName, plan: Option<Arc<ServicePlan>>) -> Rendered {
     Rendered { name, plan, rules }
 }
 
+/// Renders every service port of `plan` for a full rewrite, keeping the slots `found` (read
+/// back at a restart).
+fn render_fresh(plan: &Plan, found: &BTreeMap<Family, FoundSlots>) -> Vec<Rendered> {
+    plan.services
+        .iter()
+        .map(|(name, p)| {
+            let rules = Family::ALL
+                .iter()
+                .map(|f| {
+                    let previous = found.get(f).map_or(Previous::Nothing, Previous::Found);
+                    (*f, render_service(p, *f, previous))
+                })
+                .collect();
+            Rendered {
+                name: name.clone(),
+                plan: Some(Arc::clone(p)),
+                rules,
+            }
+        })
+        .collect()
+}
+
+/// The pickers `rules` use, ready to declare.
+fn pickers_of<'a>(rules: impl IntoIterator<Item = &'a ServiceRules>) -> Vec<PickerChain> {
+    let pickers: BTreeSet<Picker> = rules.into_iter().flat_map(ServiceRules::pickers).collect();
+    pickers.into_iter().map(PickerChain::new).collect()
+}
+
+/// What a delta writes per family besides the service ports' own chains and static-map
+/// elements.
+#[derive(Default)]
+struct SharedChanges {
+    /// Pickers not declared yet.
+    pickers: Vec<PickerChain>,
+    /// Slot and hairpin elements that go, and that come.
+    gone: Vec<Element>,
+    come: Vec<Element>,
+}
+
+/// Per family, what `changes` write besides their own objects: new pickers, their slots'
+/// elements that changed, and the hairpin elements whose address loses its last service port
+/// or gains its first.
+fn shared_changes(state: &Programmed, changes: &[Rendered]) -> BTreeMap<Family, SharedChanges> {
+    let mut out = BTreeMap::new();
+    for family in Family::ALL {
+        let current = state.families.get(&family);
+        let old_of = |c: &Rendered| current.and_then(|s| s.services.get(&c.name));
+        let mut shared = SharedChanges::default();
+        let declared = current.map(|s| &s.pickers);
+        let needed: BTreeSet<Picker> = changes
+            .iter()
+            .flat_map(|c| c.rules[&family].pickers())
+            .filter(|p| !declared.is_some_and(|d| d.contains(p)))
+            .collect();
+        shared.pickers = needed.into_iter().map(PickerChain::new).collect();
+        for change in changes {
+            let old: BTreeSet<Element> = old_of(change)
+                .map(|r| r.slot_elements().collect())
+                .unwrap_or_default();
+            let new: BTreeSet<Element> = change.rules[&family].slot_elements().collect();
+            shared.gone.extend(old.difference(&new).cloned());
+            shared.come.extend(new.difference(&old).cloned());
+        }
+        let (gone, come) = hairpin_changes(current, changes, family, old_of);
+        shared.gone.extend(gone);
+        shared.come.extend(come);
+        out.insert(family, shared);
+    }
+    out
+}
+
+/// The hairpin elements `changes` make go and come in `family`.
+fn hairpin_changes<'a>(
+    current: Option<&FamilyState>,
+    changes: &'a [Rendered],
+    family: Family,
+    old_of: impl Fn(&'a Rendered) -> Option<&'a ServiceRules>,
+) -> (Vec<Element>, Vec<Element>) {
+    let mut net: BTreeMap<IpAddr, isize> = BTreeMap::new();
+    for change in changes {
+        for ip in old_of(change)
+            .map(|r| r.hairpins.as_slice())
+            .unwrap_or_default()
+        {
+            *net.entry(*ip).or_default() -= 1;
+        }
+        for ip in &change.rules[&family].hairpins {
+            *net.entry(*ip).or_default() += 1;
+        }
+    }
+    let (mut gone, mut come) = (Vec::new(), Vec::new());
+    for (ip, delta) in net.into_iter().filter(|(_, d)| *d != 0) {
+        let before = current
+            .and_then(|s| s.hairpins.get(&ip))
+            .map_or(0, |n| *n as isize);
+        match (before > 0, before + delta > 0) {
+            (true, false) => gone.push(hairpin_element(ip)),
+            (false, true) => come.push(hairpin_element(ip)),
+            _ => {}
+        }
+    }
+    (gone, come)
+}
+
 /// The transaction bringing the changed service ports from what `state` holds to `changes`.
-fn service_delta<'a>(state: &'a Programmed, changes: &'a [Rendered]) -> Transaction<'a> {
+fn service_delta<'a>(
+    state: &'a Programmed,
+    changes: &'a [Rendered],
+    shared: &'a BTreeMap<Family, SharedChanges>,
+) -> Transaction<'a> {
     let mut tx = Transaction::default();
     for family in Family::ALL {
         let current = state.families.get(&family);
@@ -232,7 +362,9 @@ fn service_delta<'a>(state: &'a Programmed, changes: &'a [Rendered]) -> Transact
                 .unwrap_or(&NO_RULES);
             (old, &c.rules[&family])
         });
-        tx.extend(transaction::delta(family, pairs, None));
+        let s = &shared[&family];
+        let elements = Some((s.gone.as_slice(), s.come.as_slice()));
+        tx.extend(transaction::delta(family, &s.pickers, pairs, elements));
     }
     tx
 }
@@ -250,6 +382,7 @@ fn node_delta<'a>(
             .unwrap_or_default();
         tx.extend(transaction::delta(
             *family,
+            &[],
             std::iter::empty(),
             Some((old, elements)),
         ));
@@ -257,13 +390,30 @@ fn node_delta<'a>(
     tx
 }
 
+/// Records a committed change: its renderings, the pickers it declared, the hairpin counts
+/// moved.
 fn record(state: &mut Programmed, change: Rendered) {
     for (family, rules) in change.rules {
         let family_state = state.families.entry(family).or_default();
-        if change.plan.is_some() {
-            family_state.services.insert(change.name.clone(), rules);
+        family_state.pickers.extend(rules.pickers());
+        let old = if change.plan.is_some() {
+            family_state.services.insert(change.name.clone(), rules)
         } else {
-            family_state.services.remove(&change.name);
+            family_state.services.remove(&change.name)
+        };
+        let new = family_state.services.get(&change.name);
+        if let Some(old) = &old {
+            for ip in &old.hairpins {
+                if let Some(count) = family_state.hairpins.get_mut(ip) {
+                    *count -= 1;
+                    if *count == 0 {
+                        family_state.hairpins.remove(ip);
+                    }
+                }
+            }
+        }
+        for ip in new.map(|r| r.hairpins.as_slice()).unwrap_or_default() {
+            *family_state.hairpins.entry(*ip).or_default() += 1;
         }
     }
     match change.plan {
@@ -293,6 +443,7 @@ impl<E: NftExecutor> Dataplane for NftDataplane<E> {
             }
             restored.backends.extend(back.backends);
             self.found.insert(family, back.existing);
+            self.found_slots.insert(family, back.slots);
         }
         self.programmed = None;
         Ok(restored)
@@ -332,7 +483,7 @@ impl<E: NftExecutor> Dataplane for NftDataplane<E> {
             let changes = delta
                 .services
                 .into_iter()
-                .map(|c| rendered(c.name, c.after))
+                .map(|c| render_change(&state, c.name, c.after))
                 .collect();
             let result = self.apply_changes(&mut state, node, changes, &mut report);
             self.programmed = Some(state);
@@ -355,7 +506,7 @@ impl<E: NftExecutor> Dataplane for NftDataplane<E> {
         let changes = delta
             .services
             .iter()
-            .map(|c| rendered(c.name.clone(), c.after.clone()))
+            .map(|c| render_change(&state, c.name.clone(), c.after.clone()))
             .collect();
         let result = self.apply_changes(&mut state, node, changes, &mut report);
         self.programmed = Some(state);
@@ -385,19 +536,15 @@ impl<E: NftExecutor> NftDataplane<E> {
     /// refuses it, the service ports at fault are found by splitting, each attempt again a
     /// complete rewrite of the ones known good.
     fn full_resync(&mut self, plan: &Plan) -> Result<ApplyReport, DataplaneError> {
-        let all: Vec<Rendered> = plan
-            .services
-            .iter()
-            .map(|(name, p)| rendered(name.clone(), Some(Arc::clone(p))))
-            .collect();
+        let all = render_fresh(plan, &self.found_slots);
         let mut report = ApplyReport {
             full_sync: true,
             ..ApplyReport::default()
         };
         let refs: Vec<&Rendered> = all.iter().collect();
-        let nodes = node_elements(&plan.node);
+        let shared = shared_elements(&plan.node, &refs);
         let existing = self.found.clone();
-        let tx = full_transaction(&nodes, &existing, &refs);
+        let tx = full_transaction(&shared, &existing, &refs);
         let operations = tx.len();
         let applied = self.run(&tx);
         drop(tx);
@@ -418,13 +565,14 @@ impl<E: NftExecutor> NftDataplane<E> {
         };
         let good = result?;
         let mut state = Programmed::default();
-        for (family, elements) in nodes {
+        for (family, elements) in node_elements(&plan.node) {
             state.families.entry(family).or_default().node = elements;
         }
         for change in good {
             record(&mut state, change);
         }
         self.found.clear();
+        self.found_slots.clear();
         self.programmed = Some(state);
         self.needs_full = !report.failed.is_empty();
         Ok(report)
@@ -491,9 +639,9 @@ impl<E: NftExecutor> NftDataplane<E> {
         all: Vec<Rendered>,
         report: &mut ApplyReport,
     ) -> Result<Vec<Rendered>, DataplaneError> {
-        let nodes = node_elements(node);
         let existing = self.found.clone();
-        let base = full_transaction(&nodes, &existing, &[]);
+        let shared = shared_elements(node, &[]);
+        let base = full_transaction(&shared, &existing, &[]);
         let applied = self.run(&base);
         drop(base);
         applied.map_err(|e| kernel_err("nft transaction (base table)", &e))?;
@@ -501,7 +649,8 @@ impl<E: NftExecutor> NftDataplane<E> {
         let mut pending = vec![all];
         while let Some(mut group) = pending.pop() {
             let candidate: Vec<&Rendered> = good.iter().chain(&group).collect();
-            let tx = full_transaction(&nodes, &existing, &candidate);
+            let shared = shared_elements(node, &candidate);
+            let tx = full_transaction(&shared, &existing, &candidate);
             let applied = self.run(&tx);
             drop(tx);
             match applied {
@@ -533,9 +682,25 @@ fn node_elements(node: &NodePlan) -> BTreeMap<Family, Vec<Element>> {
         .collect()
 }
 
+/// Per family, what a full rewrite with `services` holds besides their own objects: the
+/// pickers they use, node addresses and hairpin addresses.
+fn shared_elements(
+    node: &NodePlan,
+    services: &[&Rendered],
+) -> BTreeMap<Family, (Vec<PickerChain>, Vec<Element>)> {
+    node_elements(node)
+        .into_iter()
+        .map(|(family, mut elements)| {
+            let rules = || services.iter().map(|r| &r.rules[&family]);
+            elements.extend(hairpin_elements(rules()));
+            (family, (pickers_of(rules()), elements))
+        })
+        .collect()
+}
+
 /// A full rewrite of both families with `services`, deleting what `existing` holds beyond.
 fn full_transaction<'a>(
-    nodes: &'a BTreeMap<Family, Vec<Element>>,
+    shared: &'a BTreeMap<Family, (Vec<PickerChain>, Vec<Element>)>,
     existing: &'a BTreeMap<Family, Existing>,
     services: &[&'a Rendered],
 ) -> Transaction<'a> {
@@ -547,7 +712,8 @@ fn full_transaction<'a>(
     for family in Family::ALL {
         let rules = services.iter().map(|r| &r.rules[&family]);
         let found = existing.get(&family).unwrap_or(&NOTHING);
-        tx.extend(transaction::full(family, rules, &nodes[&family], found));
+        let (pickers, elements) = &shared[&family];
+        tx.extend(transaction::full(family, pickers, rules, elements, found));
     }
     tx
 }
@@ -566,6 +732,12 @@ fn expected_names(state: &Programmed, family: Family) -> Existing {
             names.chains.extend(rules.chains.keys().cloned());
             names.sets.extend(rules.affinity_sets.keys().cloned());
         }
+        names
+            .chains
+            .extend(programmed.pickers.iter().map(Picker::chain));
+        names
+            .sets
+            .extend(programmed.pickers.iter().map(Picker::map));
     }
     names
 }

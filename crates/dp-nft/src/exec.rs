@@ -14,6 +14,7 @@ use sluice_plan::{Family, Protocol, StaleFlow};
 use crate::conntrack;
 use crate::readback;
 use crate::render::table_family;
+use crate::slots::FoundSlots;
 use crate::transaction::{Existing, TABLE, Transaction};
 
 /// Why an nft or conntrack command failed.
@@ -67,13 +68,16 @@ pub struct Readback {
     pub existing: Existing,
     /// DNAT targets of connectionless service traffic: (protocol, ip, port).
     pub backends: BTreeSet<(Protocol, IpAddr, u16)>,
+    /// What the slot maps hold, per frontend and set.
+    pub slots: FoundSlots,
 }
 
 /// What the nftables dataplane needs from the system.
 pub trait NftExecutor: Send {
     /// Applies one transaction atomically: everything or nothing.
     fn apply(&mut self, tx: &Transaction<'_>) -> Result<(), NftError>;
-    /// Our table in `family` (empty when it does not exist), with the UDP DNAT targets.
+    /// Our table in `family` (empty when it does not exist), with the endpoint slots and the
+    /// UDP DNAT targets.
     fn read_back(&mut self, family: Family) -> Result<Readback, NftError>;
     /// Deletes the conntrack entries of one stale flow.
     fn flush_conntrack(&mut self, flow: &StaleFlow) -> Result<(), NftError>;
@@ -210,11 +214,16 @@ impl NftExecutor for NftCommand {
         }
         let args = ["-j", "list", "table", table_family(family), TABLE];
         let json = self.output(&self.nft, &args, NFT_HINT)?;
-        let parsed = readback::parse(&json).map_err(|source| NftError::Unreadable {
+        let unreadable = |source| NftError::Unreadable {
             command: args.join(" "),
             source,
-        })?;
-        Ok(readback::readback(&parsed))
+        };
+        let parsed = readback::parse(&json).map_err(unreadable)?;
+        let mut back = readback::readback(&parsed);
+        let (maps, elements) = readback::slot_readback(&json).map_err(unreadable)?;
+        back.existing.sets.extend(maps);
+        readback::add_slots(&mut back, &elements);
+        Ok(back)
     }
 
     fn flush_conntrack(&mut self, flow: &StaleFlow) -> Result<(), NftError> {

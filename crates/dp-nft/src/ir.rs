@@ -4,10 +4,12 @@
 //! (`crate::lower`): one description, two encodings.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use sluice_plan::{Family, Protocol};
+
+use crate::slots::{Keyed, Picker};
 
 /// A verdict ending a rule or stored in a verdict map.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -53,6 +55,10 @@ pub enum Stmt {
     SaddrInSet(String),
     /// `ip daddr @set`
     DaddrInSet(&'static str),
+    /// `ip saddr . ip daddr @set`
+    SaddrDaddrInSet(&'static str),
+    /// `ct status dnat`: the connection's destination was translated.
+    CtStatusDnat,
     /// `fib saddr type local`
     FibSaddrLocal,
     /// `ct state new`
@@ -75,11 +81,31 @@ pub enum Stmt {
     UpdateSaddr(String),
     /// `dnat to ADDR:PORT`
     Dnat(IpAddr, u16),
+    /// `dnat to ip daddr . tcp dport . numgen random mod C offset O map @slots-...`: the
+    /// endpoint in the slot drawn uniformly from `[offset, offset + C)` of the destination's
+    /// slots in `picker`'s map; no match (the next rule runs) when that slot is empty. `map`
+    /// is `picker.map()`, kept so the lowered rule can borrow it ([`Stmt::pick`]).
+    PickDnat {
+        picker: Picker,
+        offset: u32,
+        map: String,
+    },
     /// `masquerade fully-random`
     MasqueradeFullyRandom,
     /// `reject` (ICMP port unreachable)
     Reject,
     Verdict(Verdict),
+}
+
+impl Stmt {
+    /// A draw of `picker` from the slots at `offset`.
+    pub fn pick(picker: Picker, offset: u32) -> Self {
+        Stmt::PickDnat {
+            picker,
+            offset,
+            map: picker.map(),
+        }
+    }
 }
 
 /// A rule: statements evaluated in order.
@@ -128,6 +154,8 @@ fn write_stmt(f: &mut fmt::Formatter<'_>, stmt: &Stmt, family: Family) -> fmt::R
         Stmt::SaddrIn(net) => write!(f, "{a} saddr {net}"),
         Stmt::SaddrInSet(set) => write!(f, "{a} saddr @{set}"),
         Stmt::DaddrInSet(set) => write!(f, "{a} daddr @{set}"),
+        Stmt::SaddrDaddrInSet(set) => write!(f, "{a} saddr . {a} daddr @{set}"),
+        Stmt::CtStatusDnat => f.write_str("ct status dnat"),
         Stmt::FibSaddrLocal => f.write_str("fib saddr type local"),
         Stmt::CtStateNew => f.write_str("ct state new"),
         Stmt::MarkClear(bits) => write!(f, "meta mark & {bits:#x} == 0"),
@@ -140,10 +168,44 @@ fn write_stmt(f: &mut fmt::Formatter<'_>, stmt: &Stmt, family: Family) -> fmt::R
         Stmt::UpdateSaddr(set) => write!(f, "update @{set} {{ {a} saddr }}"),
         Stmt::Dnat(IpAddr::V4(ip), port) => write!(f, "dnat to {ip}:{port}"),
         Stmt::Dnat(IpAddr::V6(ip), port) => write!(f, "dnat to [{ip}]:{port}"),
+        Stmt::PickDnat {
+            picker,
+            offset,
+            map,
+        } => {
+            f.write_str("dnat to ")?;
+            if picker.keyed == Keyed::Address {
+                write!(f, "{a} daddr . ")?;
+            }
+            write!(
+                f,
+                "{} dport . numgen random mod {}",
+                picker.protocol, picker.capacity
+            )?;
+            if *offset > 0 {
+                write!(f, " offset {offset}")?;
+            }
+            write!(f, " map @{map}")
+        }
         Stmt::MasqueradeFullyRandom => f.write_str("masquerade fully-random"),
         Stmt::Reject => f.write_str("reject"),
         Stmt::Verdict(v) => write!(f, "{v}"),
     }
+}
+
+/// The declaration body of a picker's slot map. A slot number is what `numgen` yields (a
+/// plain 32-bit integer, which has no `type` name in nft 1.0.6), hence `typeof`.
+pub fn slot_map_body(picker: &Picker, family: Family) -> String {
+    let a = addr_keyword(family);
+    let p = picker.protocol;
+    let address = match picker.keyed {
+        Keyed::Address => format!("{a} daddr . "),
+        Keyed::Port => String::new(),
+    };
+    format!(
+        "{{ typeof {address}{p} dport . numgen random mod {} : {a} daddr . {p} dport ; }}",
+        picker.capacity
+    )
 }
 
 /// nftables table family keyword (`ip` / `ip6`).
@@ -182,6 +244,12 @@ pub enum Key {
     Addr(IpAddr),
     /// An address range (interval sets), printed as given.
     Prefix(IpNet),
+    /// A slot of an address-keyed slot map: `address . port . slot`.
+    AddrSlot { addr: IpAddr, port: u16, slot: u32 },
+    /// A slot of a port-keyed slot map: `port . slot`.
+    PortSlot { port: u16, slot: u32 },
+    /// Two addresses, `source . destination`.
+    Pair(IpAddr, IpAddr),
 }
 
 impl fmt::Display for Key {
@@ -195,16 +263,60 @@ impl fmt::Display for Key {
             Key::Port { protocol, port } => write!(f, "{protocol} . {port}"),
             Key::Addr(ip) => write!(f, "{ip}"),
             Key::Prefix(net) => write!(f, "{net}"),
+            Key::AddrSlot { addr, port, slot } => write!(f, "{addr} . {port} . {slot}"),
+            Key::PortSlot { port, slot } => write!(f, "{port} . {slot}"),
+            Key::Pair(a, b) => write!(f, "{a} . {b}"),
         }
+    }
+}
+
+/// The value of a map element.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Value {
+    Verdict(Verdict),
+    /// An endpoint, `address . port` (slot maps).
+    Endpoint(SocketAddr),
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Verdict(v) => write!(f, "{v}"),
+            Value::Endpoint(target) => write!(f, "{} . {}", target.ip(), target.port()),
+        }
+    }
+}
+
+/// The map or set an element belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SetRef {
+    /// A map or set declared with the table.
+    Named(&'static str),
+    /// A picker's slot map.
+    Slots(Picker),
+}
+
+impl SetRef {
+    pub fn name(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            SetRef::Named(name) => (*name).into(),
+            SetRef::Slots(picker) => picker.map().into(),
+        }
+    }
+}
+
+impl fmt::Display for SetRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
     }
 }
 
 /// One map or set element: container, key, value (`None` for set elements).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Element {
-    pub set: &'static str,
+    pub set: SetRef,
     pub key: Key,
-    pub value: Option<Verdict>,
+    pub value: Option<Value>,
 }
 
 impl Element {
@@ -216,11 +328,16 @@ impl Element {
         }
     }
 
-    /// The order elements are listed in scripts: by container, then by their text (stable
-    /// across releases, so golden files and diffs stay readable).
-    pub fn text_order(&self) -> (&'static str, String, String) {
-        let value = self.value.as_ref().map(Verdict::to_string);
-        (self.set, self.key.to_string(), value.unwrap_or_default())
+    /// The order elements are listed in scripts: by container, then by their text (slots by
+    /// number), stable across releases so golden files and diffs stay readable.
+    pub fn text_order(&self) -> (String, String, String) {
+        let value = self.value.as_ref().map(Value::to_string);
+        let key = match self.key {
+            Key::AddrSlot { addr, port, slot } => format!("{addr} . {port:05} . {slot:010}"),
+            Key::PortSlot { port, slot } => format!("{port:05} . {slot:010}"),
+            _ => self.key.to_string(),
+        };
+        (self.set.name().into_owned(), key, value.unwrap_or_default())
     }
 }
 
@@ -235,6 +352,8 @@ pub enum ContainerKind {
     Addrs,
     /// Address ranges (`flags interval`).
     Prefixes,
+    /// `address . address` pairs.
+    AddrPairs,
 }
 
 /// A map or set declared with the table.
@@ -249,7 +368,7 @@ impl Container {
     pub fn keyword(&self) -> &'static str {
         match self.kind {
             ContainerKind::FrontendVmap | ContainerKind::PortVmap => "map",
-            ContainerKind::Addrs | ContainerKind::Prefixes => "set",
+            ContainerKind::Addrs | ContainerKind::Prefixes | ContainerKind::AddrPairs => "set",
         }
     }
 
@@ -263,6 +382,7 @@ impl Container {
             ContainerKind::PortVmap => "{ type inet_proto . inet_service : verdict ; }".into(),
             ContainerKind::Addrs => format!("{{ type {addr} ; }}"),
             ContainerKind::Prefixes => format!("{{ type {addr} ; flags interval ; }}"),
+            ContainerKind::AddrPairs => format!("{{ type {addr} . {addr} ; }}"),
         }
     }
 }
@@ -352,5 +472,50 @@ mod tests {
             update.text(Family::V6).to_string(),
             "update @aff-X { ip6 saddr }"
         );
+    }
+
+    #[test]
+    fn draws_and_slot_maps_print_as_nft_syntax_per_family_and_key() {
+        use sluice_plan::SetName;
+        let picker = Picker {
+            set: SetName::Cluster,
+            keyed: Keyed::Address,
+            protocol: Protocol::Udp,
+            capacity: 16,
+        };
+        let exact = Rule::new([Stmt::pick(picker, 0)]);
+        assert_eq!(
+            exact.text(Family::V6).to_string(),
+            "dnat to ip6 daddr . udp dport . numgen random mod 16 map @slots-cluster-ip-udp-16"
+        );
+        let by_port = Picker {
+            keyed: Keyed::Port,
+            ..picker
+        };
+        let spread = Rule::new([Stmt::pick(by_port, 16)]);
+        assert_eq!(
+            spread.text(Family::V4).to_string(),
+            "dnat to udp dport . numgen random mod 16 offset 16 map @slots-cluster-port-udp-16"
+        );
+        assert_eq!(
+            slot_map_body(&by_port, Family::V4),
+            "{ typeof udp dport . numgen random mod 16 : ip daddr . udp dport ; }"
+        );
+        let hairpin = Rule::new([Stmt::CtStatusDnat, Stmt::SaddrDaddrInSet("pairs")]);
+        assert_eq!(
+            hairpin.text(Family::V4).to_string(),
+            "ct status dnat ip saddr . ip daddr @pairs"
+        );
+        let slot = Element {
+            set: SetRef::Slots(picker),
+            key: Key::AddrSlot {
+                addr: "fd00::10".parse().unwrap(),
+                port: 53,
+                slot: 3,
+            },
+            value: Some(Value::Endpoint("[fd00::5]:5353".parse().unwrap())),
+        };
+        assert_eq!(slot.add_text(), "fd00::10 . 53 . 3 : fd00::5 . 5353");
+        assert_eq!(slot.set.name(), "slots-cluster-ip-udp-16");
     }
 }

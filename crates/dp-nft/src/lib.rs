@@ -1,8 +1,10 @@
 //! The nftables dataplane, modelled on kube-proxy's nftables mode. It translates the decided
 //! plan (`sluice-plan`) and decides nothing itself.
 //!
-//! * [`render`] turns one service port's plan into the chains, verdict map elements and
-//!   affinity sets of one address family, as typed rules ([`ir`]; pure, golden-tested).
+//! * [`render`] turns one service port's plan into the chains, map elements and affinity sets
+//!   of one address family, as typed rules ([`ir`]; pure, golden-tested); [`slots`] lays a
+//!   backend set's endpoints out in the slot maps its routes draw from through shared pick
+//!   chains, so an endpoint change is map elements only.
 //! * [`transaction`] turns renderings into one [`Transaction`]: only the difference, or a full
 //!   resync (pure). A transaction prints as an `nft -f` script and lowers to netlink
 //!   ([`lower`]).
@@ -23,6 +25,7 @@ pub mod ir;
 pub mod lower;
 pub mod readback;
 pub mod render;
+pub mod slots;
 pub mod transaction;
 
 mod dataplane;

@@ -2,21 +2,24 @@
 //! element keys — the same expressions nft 1.0.6 generates for the text form (checked against
 //! `nft --debug=netlink`), so either path leaves the same ruleset.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use sluice_nftnl::consts::{NFPROTO_IPV4, NFPROTO_IPV6, reg};
 use sluice_nftnl::expr::{
-    CT_STATE, DYNSET_OP_UPDATE, FIB_F_SADDR, FIB_RESULT_ADDRTYPE, NAT_DNAT,
+    CT_STATE, CT_STATUS, DYNSET_OP_UPDATE, FIB_F_SADDR, FIB_RESULT_ADDRTYPE, NAT_DNAT,
     NAT_RANGE_PROTO_RANDOM_FULLY, NAT_RANGE_PROTO_SPECIFIED, NUMGEN_RANDOM, REJECT_ICMP_UNREACH,
 };
 use sluice_nftnl::{CmpOp, Data, Expr, MetaKey, PayloadBase, Verdict as NlVerdict};
 use sluice_plan::Family;
 
-use crate::ir::{Key, Rule, Stmt, Verdict};
+use crate::ir::{Key, Rule, Stmt, Value, Verdict};
+use crate::slots::{DrawKey, Keyed, Picker};
 
 /// `ct state new`: the `IP_CT_NEW` bit of the state bitmask.
 const CT_STATE_NEW_BIT: u32 = 1 << 3;
+/// `ct status dnat`: `IPS_DST_NAT`.
+const CT_STATUS_DNAT_BIT: u32 = 1 << 5;
 /// `RTN_LOCAL`, the route type `fib ... type local` compares with.
 const RTN_LOCAL: u32 = 2;
 /// ICMP "port unreachable" codes (what a plain `reject` sends).
@@ -119,6 +122,23 @@ fn match_exprs<'a>(stmt: &'a Stmt, family: Family, out: &mut Vec<Expr<'a>>) -> b
             out.push(load(PayloadBase::Network, daddr(family), reg::R1));
             out.push(lookup(set, None));
         }
+        Stmt::SaddrDaddrInSet(set) => {
+            out.push(load(PayloadBase::Network, saddr(family), reg::R1));
+            out.push(load(
+                PayloadBase::Network,
+                daddr(family),
+                after_addr(family),
+            ));
+            out.push(lookup(set, None));
+        }
+        Stmt::CtStatusDnat => {
+            out.push(Expr::Ct {
+                key: CT_STATUS,
+                dreg: reg::R1,
+            });
+            out.push(mask(CT_STATUS_DNAT_BIT, 0));
+            out.push(cmp(CmpOp::Neq, Data::host_u32(0)));
+        }
         Stmt::FibSaddrLocal => {
             out.push(Expr::Fib {
                 dreg: reg::R1,
@@ -149,6 +169,7 @@ fn match_exprs<'a>(stmt: &'a Stmt, family: Family, out: &mut Vec<Expr<'a>>) -> b
                 dreg: reg::R1,
                 modulus: *n,
                 kind: NUMGEN_RANDOM,
+                offset: 0,
             });
             out.push(cmp(CmpOp::Eq, Data::host_u32(0)));
         }
@@ -177,6 +198,11 @@ fn action_exprs<'a>(stmt: &'a Stmt, family: Family, out: &mut Vec<Expr<'a>>) {
             });
         }
         Stmt::Dnat(ip, port) => dnat(ip, *port, family, out),
+        Stmt::PickDnat {
+            picker,
+            offset,
+            map,
+        } => pick_dnat(picker, *offset, map, family, out),
         Stmt::MasqueradeFullyRandom => out.push(Expr::Masq {
             flags: NAT_RANGE_PROTO_RANDOM_FULLY,
         }),
@@ -193,6 +219,8 @@ fn action_exprs<'a>(stmt: &'a Stmt, family: Family, out: &mut Vec<Expr<'a>>) {
         | Stmt::SaddrIn(_)
         | Stmt::SaddrInSet(_)
         | Stmt::DaddrInSet(_)
+        | Stmt::SaddrDaddrInSet(_)
+        | Stmt::CtStatusDnat
         | Stmt::FibSaddrLocal
         | Stmt::CtStateNew
         | Stmt::MarkClear(_)
@@ -269,6 +297,64 @@ fn frontend_vmap<'a>(map: &'a str, family: Family, out: &mut Vec<Expr<'a>>) {
     out.push(lookup(map, Some(reg::VERDICT)));
 }
 
+/// The register right after an address of `family` in a concatenation: 4-byte register 1
+/// after an IPv4 address, the second 16-byte register after an IPv6 one.
+fn after_addr(family: Family) -> u32 {
+    match family {
+        Family::V4 => reg::R32_00 + 1,
+        Family::V6 => reg::R2,
+    }
+}
+
+/// `dnat to ip daddr . tcp dport . numgen random mod C offset O map @slots-...` as nft 1.0.6
+/// writes it: the protocol the port implies, then the key parts in consecutive registers
+/// (address, port padded to 4 bytes, slot number), looked up into the address (register 1)
+/// and port (the register after it). The kernel derives the NAT flags from the registers, so
+/// nft sends none.
+fn pick_dnat<'a>(
+    picker: &Picker,
+    offset: u32,
+    map: &'a str,
+    family: Family,
+    out: &mut Vec<Expr<'a>>,
+) {
+    out.push(meta(MetaKey::L4Proto, reg::R1));
+    out.push(cmp(CmpOp::Eq, Data::new(&[picker.protocol.number()])));
+    let numgen_reg = match picker.keyed {
+        Keyed::Address => {
+            out.push(load(PayloadBase::Network, daddr(family), reg::R1));
+            let port_reg = after_addr(family);
+            out.push(load(PayloadBase::Transport, (2, 2), port_reg));
+            match family {
+                Family::V4 => reg::R32_00 + 2,
+                Family::V6 => reg::R32_00 + 5,
+            }
+        }
+        Keyed::Port => {
+            out.push(load(PayloadBase::Transport, (2, 2), reg::R1));
+            reg::R32_00 + 1
+        }
+    };
+    out.push(Expr::Numgen {
+        dreg: numgen_reg,
+        modulus: picker.capacity,
+        kind: NUMGEN_RANDOM,
+        offset,
+    });
+    out.push(Expr::Lookup {
+        set: map,
+        sreg: reg::R1,
+        dreg: Some(reg::R1),
+    });
+    out.push(Expr::Nat {
+        kind: NAT_DNAT,
+        family: u32::from(nfproto(family)),
+        reg_addr: reg::R1,
+        reg_proto: after_addr(family),
+        flags: None,
+    });
+}
+
 fn dnat(ip: &IpAddr, port: u16, family: Family, out: &mut Vec<Expr<'_>>) {
     out.push(Expr::Immediate {
         dreg: reg::R1,
@@ -283,7 +369,7 @@ fn dnat(ip: &IpAddr, port: u16, family: Family, out: &mut Vec<Expr<'_>>) {
         family: u32::from(nfproto(family)),
         reg_addr: reg::R1,
         reg_proto: reg::R2,
-        flags: NAT_RANGE_PROTO_SPECIFIED,
+        flags: Some(NAT_RANGE_PROTO_SPECIFIED),
     });
 }
 
@@ -313,7 +399,79 @@ pub fn key_bytes(key: &Key) -> Vec<u8> {
         }
         Key::Addr(ip) => addr_bytes(ip),
         Key::Prefix(net) => addr_bytes(&net.network()),
+        // The slot is what `numgen` writes: a 32-bit number in host byte order.
+        Key::AddrSlot { addr, port, slot } => {
+            let mut out = addr_bytes(addr);
+            out.extend(padded(&port.to_be_bytes()));
+            out.extend(slot.to_ne_bytes());
+            out
+        }
+        Key::PortSlot { port, slot } => {
+            let mut out = padded(&port.to_be_bytes());
+            out.extend(slot.to_ne_bytes());
+            out
+        }
+        Key::Pair(a, b) => {
+            let mut out = addr_bytes(a);
+            out.extend(addr_bytes(b));
+            out
+        }
     }
+}
+
+/// The data of a map element that is not a verdict: an endpoint is its address, then its
+/// port (network byte order) padded to 4 bytes. `None` for verdicts.
+pub fn value_bytes(value: &Value) -> Option<Vec<u8>> {
+    match value {
+        Value::Verdict(_) => None,
+        Value::Endpoint(target) => Some(endpoint_bytes(target)),
+    }
+}
+
+fn endpoint_bytes(target: &SocketAddr) -> Vec<u8> {
+    let mut out = addr_bytes(&target.ip());
+    out.extend(target.port().to_be_bytes());
+    out.extend([0, 0]);
+    out
+}
+
+/// The frontend and slot of a slot map key, from its bytes (`None` when they do not fit
+/// `keyed`).
+pub fn slot_key_from_bytes(bytes: &[u8], keyed: Keyed) -> Option<(DrawKey, u32)> {
+    let slot_at = bytes.len().checked_sub(4)?;
+    let slot = u32::from_ne_bytes(bytes[slot_at..].try_into().ok()?);
+    let port_at = slot_at.checked_sub(4)?;
+    let port = u16::from_be_bytes(bytes[port_at..port_at + 2].try_into().ok()?);
+    let key = match (keyed, port_at) {
+        (Keyed::Port, 0) => DrawKey::Port(port),
+        (Keyed::Address, 4) => {
+            DrawKey::Address(IpAddr::from(<[u8; 4]>::try_from(&bytes[..4]).ok()?), port)
+        }
+        (Keyed::Address, 16) => {
+            DrawKey::Address(IpAddr::from(<[u8; 16]>::try_from(&bytes[..16]).ok()?), port)
+        }
+        _ => return None,
+    };
+    Some((key, slot))
+}
+
+/// The endpoint a slot map element holds, from its data bytes.
+pub fn endpoint_from_bytes(bytes: &[u8]) -> Option<SocketAddr> {
+    let (ip, port) = match bytes.len() {
+        8 => (
+            IpAddr::from(<[u8; 4]>::try_from(&bytes[..4]).ok()?),
+            &bytes[4..6],
+        ),
+        20 => (
+            IpAddr::from(<[u8; 16]>::try_from(&bytes[..16]).ok()?),
+            &bytes[16..18],
+        ),
+        _ => return None,
+    };
+    Some(SocketAddr::new(
+        ip,
+        u16::from_be_bytes(port.try_into().ok()?),
+    ))
 }
 
 /// An interval `[start, end)` of an interval set: the first address and the first address
@@ -355,6 +513,49 @@ mod tests {
             port: 30053,
         };
         assert_eq!(key_bytes(&port), [17, 0, 0, 0, 0x75, 0x65, 0, 0]);
+    }
+
+    #[test]
+    fn slot_elements_are_frontend_and_host_order_slot_keys_and_address_port_data() {
+        let key = Key::AddrSlot {
+            addr: "10.96.0.1".parse().unwrap(),
+            port: 80,
+            slot: 3,
+        };
+        let mut expected = vec![10, 96, 0, 1, 0, 80, 0, 0];
+        expected.extend(3u32.to_ne_bytes());
+        assert_eq!(
+            key_bytes(&key),
+            expected,
+            "as nft sends `10.96.0.1 . 80 . 3`"
+        );
+        let draw = DrawKey::Address("10.96.0.1".parse().unwrap(), 80);
+        assert_eq!(
+            slot_key_from_bytes(&expected, Keyed::Address),
+            Some((draw, 3))
+        );
+        let mut expected = vec![0x75, 0x65, 0, 0];
+        expected.extend(7u32.to_ne_bytes());
+        assert_eq!(
+            key_bytes(&Key::PortSlot {
+                port: 30053,
+                slot: 7
+            }),
+            expected
+        );
+        assert_eq!(
+            slot_key_from_bytes(&expected, Keyed::Port),
+            Some((DrawKey::Port(30053), 7))
+        );
+        let v6: SocketAddr = "[fd00::1]:80".parse().unwrap();
+        let bytes = value_bytes(&Value::Endpoint(v6)).unwrap();
+        assert_eq!(bytes.len(), 20, "as nft sends `fd00::1 . 80`");
+        assert_eq!(&bytes[16..], &[0, 80, 0, 0]);
+        assert_eq!(endpoint_from_bytes(&bytes), Some(v6));
+        let v4: SocketAddr = "10.0.0.1:8080".parse().unwrap();
+        let bytes = value_bytes(&Value::Endpoint(v4)).unwrap();
+        assert_eq!(bytes, [10, 0, 0, 1, 0x1f, 0x90, 0, 0]);
+        assert_eq!(endpoint_from_bytes(&bytes), Some(v4));
     }
 
     #[test]

@@ -4,12 +4,12 @@
 //! ruleset generation its last batch produced, so "has anyone changed the ruleset since?" is
 //! one small request.
 //!
-//! Reading the table back (chain and set names, UDP DNAT targets) is done with netlink dumps
-//! too; conntrack deletions run `conntrack` ([`NftCommand`]).
+//! Reading the table back (chain and set names, the slot maps' elements, UDP DNAT targets) is
+//! done with netlink dumps too; conntrack deletions run `conntrack` ([`NftCommand`]).
 
 use sluice_nftnl::consts::{chain, data, elem, msg, rule, set, table};
 use sluice_nftnl::{Attrs, Batch, NfSocket, Refusal, attributes};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use sluice_nftnl::consts::{EXPR_DATA, EXPR_NAME, LIST_ELEM};
@@ -17,8 +17,9 @@ use sluice_nftnl::expr::NAT_DNAT;
 use sluice_plan::{Family, Protocol, StaleFlow};
 
 use crate::exec::{Drift, NftCommand, NftError, NftExecutor, Readback};
-use crate::ir::{BaseChain, ChainType, Container, ContainerKind, Element, Hook, Key};
+use crate::ir::{BaseChain, ChainType, Container, ContainerKind, Element, Hook, Key, Value};
 use crate::lower;
+use crate::slots::{self, Keyed, Picker, SlotElement};
 use crate::transaction::{Command, Existing, TABLE, Transaction};
 
 use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE};
@@ -32,8 +33,26 @@ const VMAP_UDATA: &[u8] = &[
 ];
 /// Element user data "interval open at the top" (a range reaching the last address).
 const OPEN_INTERVAL_UDATA: &[u8] = &[1, 4, 1, 0, 0, 0];
+/// What nft 1.0.6 records for `type ipv4_addr . ipv4_addr` (and the IPv6 form).
+const PAIR_SET_UDATA: &[u8] = &[0, 4, 0, 0, 0, 0, 3, 8, 0, 4, 0x0d, 0, 0, 0, 1, 0];
+
+/// nft's numbers in `typeof` user data: expression kinds (concatenation, payload, numgen),
+/// protocol descriptions and their fields.
+const UDATA_CONCAT: u32 = 13;
+const UDATA_PAYLOAD: u32 = 7;
+const UDATA_NUMGEN: u32 = 23;
+const UDATA_NUMGEN_RANDOM: u32 = 1;
+const UDATA_PROTO_IP: u32 = 12;
+const UDATA_PROTO_IP6: u32 = 13;
+const UDATA_IP_DADDR: u32 = 12;
+const UDATA_IP6_DADDR: u32 = 9;
+const UDATA_PROTO_TCP: u32 = 8;
+const UDATA_PROTO_UDP: u32 = 6;
+const UDATA_PROTO_SCTP: u32 = 10;
+const UDATA_DPORT: u32 = 2;
 
 /// nft's datatype numbers (`enum datatypes`), and how concatenations combine them.
+const TYPE_INTEGER: u32 = 4;
 const TYPE_IPV4_ADDR: u32 = 7;
 const TYPE_IPV6_ADDR: u32 = 8;
 const TYPE_INET_PROTO: u32 = 12;
@@ -111,6 +130,49 @@ impl NetlinkNft {
             .map_err(netlink("listing our chains and sets"))?;
         Ok(names)
     }
+
+    /// The elements of `picker`'s slot map.
+    fn slot_elements(
+        &mut self,
+        family: Family,
+        picker: Picker,
+    ) -> Result<Vec<SlotElement>, NftError> {
+        let map = picker.map();
+        let mut out = Vec::new();
+        self.sock
+            .dump(
+                msg::GETSETELEM,
+                lower::nfproto(family),
+                |a| {
+                    a.str(elem::LIST_TABLE, TABLE).str(elem::LIST_SET, &map);
+                },
+                |attrs| out.extend(slot_elements(attrs, picker)),
+            )
+            .or_else(table_absent)
+            .map_err(netlink("listing the endpoint slots"))?;
+        Ok(out)
+    }
+}
+
+/// The elements of one `GETSETELEM` dump message of `picker`'s slot map.
+fn slot_elements(attrs: &[u8], picker: Picker) -> Vec<SlotElement> {
+    let Some((_, list)) = attributes(attrs).find(|(k, _)| *k == elem::LIST_ELEMENTS) else {
+        return Vec::new();
+    };
+    let value = |element: &[u8], kind: u16| {
+        let (_, nest) = attributes(element).find(|(k, _)| *k == kind)?;
+        attributes(nest)
+            .find(|(k, _)| *k == data::VALUE)
+            .map(|(_, v)| v.to_vec())
+    };
+    attributes(list)
+        .filter_map(|(_, element)| {
+            let key = value(element, elem::KEY)?;
+            let (draw_key, slot) = lower::slot_key_from_bytes(&key, picker.keyed)?;
+            let endpoint = lower::endpoint_from_bytes(&value(element, elem::DATA)?)?;
+            Some((picker, draw_key, slot, endpoint))
+        })
+        .collect()
 }
 
 /// A dump filtered by a table that does not exist fails with ENOENT: nothing to list.
@@ -224,7 +286,10 @@ impl NftExecutor for NetlinkNft {
         if existing.chains.is_empty() {
             return Ok(Readback::default());
         }
-        let mut backends = BTreeSet::new();
+        let mut back = Readback {
+            existing,
+            ..Readback::default()
+        };
         self.sock
             .dump(
                 msg::GETRULE,
@@ -232,11 +297,24 @@ impl NftExecutor for NetlinkNft {
                 |a| {
                     a.str(rule::TABLE, TABLE);
                 },
-                |attrs| backends.extend(udp_dnat_target(attrs)),
+                |attrs| back.backends.extend(udp_dnat_target(attrs)),
             )
             .or_else(table_absent)
             .map_err(netlink("listing our rules"))?;
-        Ok(Readback { existing, backends })
+        let pickers: Vec<Picker> = back
+            .existing
+            .sets
+            .iter()
+            .filter_map(|name| Picker::from_map(name))
+            .collect();
+        let mut elements = Vec::new();
+        for picker in pickers {
+            elements.extend(self.slot_elements(family, picker)?);
+        }
+        let (found, udp) = slots::from_elements(&elements);
+        back.backends.extend(udp);
+        back.slots = found;
+        Ok(back)
     }
 
     fn flush_conntrack(&mut self, flow: &StaleFlow) -> Result<(), NftError> {
@@ -321,6 +399,14 @@ fn encode(batch: &mut Batch, family: Family, command: &Command<'_>) -> usize {
             container(a, c, family);
             a.u32(set::ID, set_id);
         }),
+        Command::AddSlotMap(picker) => batch.message(msg::NEWSET, fam, create, |a| {
+            slot_map(a, picker, family);
+            a.u32(set::ID, set_id);
+        }),
+        Command::FlushSlotMap(picker) => batch.message(msg::DELSETELEM, fam, 0, |a| {
+            a.str(elem::LIST_TABLE, TABLE)
+                .str(elem::LIST_SET, &picker.map());
+        }),
         Command::AddAffinitySet { name, timeout } => batch.message(msg::NEWSET, fam, create, |a| {
             a.str(set::TABLE, TABLE).str(set::NAME, name);
             a.u32(set::FLAGS, set::F_TIMEOUT | set::F_EVAL);
@@ -351,10 +437,21 @@ fn encode(batch: &mut Batch, family: Family, command: &Command<'_>) -> usize {
             a.str(elem::LIST_TABLE, TABLE).str(elem::LIST_SET, c.name);
         }),
         Command::DeleteElements { set, elements } => {
-            return element_messages(batch, fam, msg::DELSETELEM, 0, set, elements);
+            return element_messages(batch, fam, msg::DELSETELEM, 0, &set.name(), elements);
         }
         Command::AddElements { set, elements } => {
-            return element_messages(batch, fam, msg::NEWSETELEM, create, set, elements);
+            let name = set.name();
+            return element_messages(batch, fam, msg::NEWSETELEM, create, &name, elements);
+        }
+        Command::AddSlots(draw) => {
+            let mut messages = 0;
+            for key in &draw.frontends {
+                let elements: Vec<Element> = draw.frontend_elements(*key).collect();
+                let refs: Vec<&Element> = elements.iter().collect();
+                let map = draw.picker(key.keyed()).map();
+                messages += element_messages(batch, fam, msg::NEWSETELEM, create, &map, &refs);
+            }
+            return messages;
         }
         Command::DeleteChain(name) => batch.message(msg::DELCHAIN, fam, 0, |a| {
             a.str(chain::TABLE, TABLE).str(chain::NAME, name);
@@ -405,7 +502,7 @@ fn element_messages(
 /// An upper bound of one element's encoded size (an interval is two elements).
 fn encoded_size(e: &Element) -> usize {
     let chain = match &e.value {
-        Some(crate::ir::Verdict::Jump(c) | crate::ir::Verdict::Goto(c)) => c.len(),
+        Some(Value::Verdict(crate::ir::Verdict::Jump(c) | crate::ir::Verdict::Goto(c))) => c.len(),
         _ => 0,
     };
     2 * (64 + 24 + chain)
@@ -441,6 +538,12 @@ fn container(a: &mut Attrs<'_>, c: &Container, family: Family) {
             addr_len + 8,
         ),
         ContainerKind::PortVmap => vmap(a, concat(&[TYPE_INET_PROTO, TYPE_INET_SERVICE]), 8),
+        ContainerKind::AddrPairs => {
+            a.u32(set::FLAGS, 0)
+                .u32(set::KEY_TYPE, concat(&[addr_type, addr_type]))
+                .u32(set::KEY_LEN, 2 * addr_len)
+                .bytes(set::USERDATA, PAIR_SET_UDATA);
+        }
         ContainerKind::Addrs | ContainerKind::Prefixes => {
             let flags = match c.kind {
                 ContainerKind::Prefixes => set::F_INTERVAL,
@@ -451,6 +554,83 @@ fn container(a: &mut Attrs<'_>, c: &Container, family: Family) {
             a.bytes(set::USERDATA, ADDR_SET_UDATA);
         }
     }
+}
+
+/// A picker's slot map: `[address .] port . slot → address . port`, described for nft as
+/// `typeof` expressions.
+fn slot_map(a: &mut Attrs<'_>, picker: &Picker, family: Family) {
+    let (addr_type, addr_len) = match family {
+        Family::V4 => (TYPE_IPV4_ADDR, 4),
+        Family::V6 => (TYPE_IPV6_ADDR, 16),
+    };
+    let concat = |types: &[u32]| types.iter().fold(0, |acc, t| (acc << TYPE_BITS) | t);
+    let (key_type, key_len) = match picker.keyed {
+        Keyed::Address => (
+            concat(&[addr_type, TYPE_INET_SERVICE, TYPE_INTEGER]),
+            addr_len + 8,
+        ),
+        Keyed::Port => (concat(&[TYPE_INET_SERVICE, TYPE_INTEGER]), 8),
+    };
+    a.str(set::TABLE, TABLE).str(set::NAME, &picker.map());
+    a.u32(set::FLAGS, set::F_MAP)
+        .u32(set::KEY_TYPE, key_type)
+        .u32(set::KEY_LEN, key_len)
+        .u32(set::DATA_TYPE, concat(&[addr_type, TYPE_INET_SERVICE]))
+        .u32(set::DATA_LEN, addr_len + 4)
+        .bytes(set::USERDATA, &typeof_udata(picker, family));
+}
+
+/// nft's user data for `typeof [ADDR daddr .] PROTO dport . numgen random mod C : ADDR daddr
+/// . PROTO dport` (libnftnl's TLVs: byte orders, then the key and data expressions), so
+/// `nft list` prints the map as nft would have made it.
+fn typeof_udata(picker: &Picker, family: Family) -> Vec<u8> {
+    fn tlv(out: &mut Vec<u8>, kind: u8, value: &[u8]) {
+        out.push(kind);
+        out.push(u8::try_from(value.len()).expect("short udata"));
+        out.extend_from_slice(value);
+    }
+    fn expr(kind: u32, fields: &[u32]) -> Vec<u8> {
+        let mut data = Vec::new();
+        for (i, field) in fields.iter().enumerate() {
+            tlv(&mut data, i as u8, &field.to_ne_bytes());
+        }
+        let mut out = Vec::new();
+        tlv(&mut out, 0, &kind.to_ne_bytes());
+        tlv(&mut out, 1, &data);
+        out
+    }
+    fn concat(parts: &[Vec<u8>]) -> Vec<u8> {
+        let mut data = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            tlv(&mut data, i as u8, part);
+        }
+        let mut out = Vec::new();
+        tlv(&mut out, 0, &UDATA_CONCAT.to_ne_bytes());
+        tlv(&mut out, 1, &data);
+        out
+    }
+    let daddr = match family {
+        Family::V4 => expr(UDATA_PAYLOAD, &[UDATA_PROTO_IP, UDATA_IP_DADDR]),
+        Family::V6 => expr(UDATA_PAYLOAD, &[UDATA_PROTO_IP6, UDATA_IP6_DADDR]),
+    };
+    let proto = match picker.protocol {
+        Protocol::Tcp => UDATA_PROTO_TCP,
+        Protocol::Udp => UDATA_PROTO_UDP,
+        Protocol::Sctp => UDATA_PROTO_SCTP,
+    };
+    let dport = expr(UDATA_PAYLOAD, &[proto, UDATA_DPORT]);
+    let numgen = expr(UDATA_NUMGEN, &[UDATA_NUMGEN_RANDOM, picker.capacity, 0]);
+    let key = match picker.keyed {
+        Keyed::Address => concat(&[daddr.clone(), dport.clone(), numgen]),
+        Keyed::Port => concat(&[dport.clone(), numgen]),
+    };
+    let mut out = Vec::new();
+    tlv(&mut out, 0, &0u32.to_ne_bytes());
+    tlv(&mut out, 1, &0u32.to_ne_bytes());
+    tlv(&mut out, 3, &key);
+    tlv(&mut out, 4, &concat(&[daddr, dport]));
+    tlv(&mut out, 6, &0u32.to_ne_bytes());
+    out
 }
 
 fn base_chain(a: &mut Attrs<'_>, base: &BaseChain) {
@@ -503,7 +683,7 @@ fn element(
     index: u16,
     key: &[u8],
     flags: Option<u32>,
-    value: Option<&crate::ir::Verdict>,
+    value: Option<&Value>,
     open: bool,
 ) {
     list.nest(index, |el| {
@@ -513,11 +693,60 @@ fn element(
         el.nest(elem::KEY, |k| {
             k.bytes(data::VALUE, key);
         });
-        if let Some(v) = value {
-            el.nest(elem::DATA, |d| lower::element_verdict(v).write(d));
+        match value {
+            Some(Value::Verdict(v)) => {
+                el.nest(elem::DATA, |d| lower::element_verdict(v).write(d));
+            }
+            Some(other) => {
+                let bytes = lower::value_bytes(other).unwrap_or_default();
+                el.nest(elem::DATA, |d| {
+                    d.bytes(data::VALUE, &bytes);
+                });
+            }
+            None => {}
         }
         if open {
             el.bytes(elem::USERDATA, OPEN_INTERVAL_UDATA);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_plan::SetName;
+
+    /// What nft 1.0.6 sent (`nft --debug=mnl`, x86-64) for two of the slot maps.
+    #[test]
+    fn slot_map_user_data_is_what_nft_writes() {
+        let v4_ip_tcp_2 = Picker {
+            set: SetName::Cluster,
+            keyed: Keyed::Address,
+            protocol: Protocol::Tcp,
+            capacity: 2,
+        };
+        let nft: &[u8] = &[
+            0, 4, 0, 0, 0, 0, 1, 4, 0, 0, 0, 0, 3, 80, 0, 4, 13, 0, 0, 0, 1, 72, 0, 20, 0, 4, 7, 0,
+            0, 0, 1, 12, 0, 4, 12, 0, 0, 0, 1, 4, 12, 0, 0, 0, 1, 20, 0, 4, 7, 0, 0, 0, 1, 12, 0,
+            4, 8, 0, 0, 0, 1, 4, 2, 0, 0, 0, 2, 26, 0, 4, 23, 0, 0, 0, 1, 18, 0, 4, 1, 0, 0, 0, 1,
+            4, 2, 0, 0, 0, 2, 4, 0, 0, 0, 0, 4, 52, 0, 4, 13, 0, 0, 0, 1, 44, 0, 20, 0, 4, 7, 0, 0,
+            0, 1, 12, 0, 4, 12, 0, 0, 0, 1, 4, 12, 0, 0, 0, 1, 20, 0, 4, 7, 0, 0, 0, 1, 12, 0, 4,
+            8, 0, 0, 0, 1, 4, 2, 0, 0, 0, 6, 4, 0, 0, 0, 0,
+        ];
+        assert_eq!(typeof_udata(&v4_ip_tcp_2, Family::V4), nft);
+        let v6_port_udp_16 = Picker {
+            keyed: Keyed::Port,
+            protocol: Protocol::Udp,
+            capacity: 16,
+            ..v4_ip_tcp_2
+        };
+        let nft: &[u8] = &[
+            0, 4, 0, 0, 0, 0, 1, 4, 0, 0, 0, 0, 3, 58, 0, 4, 13, 0, 0, 0, 1, 50, 0, 20, 0, 4, 7, 0,
+            0, 0, 1, 12, 0, 4, 6, 0, 0, 0, 1, 4, 2, 0, 0, 0, 1, 26, 0, 4, 23, 0, 0, 0, 1, 18, 0, 4,
+            1, 0, 0, 0, 1, 4, 16, 0, 0, 0, 2, 4, 0, 0, 0, 0, 4, 52, 0, 4, 13, 0, 0, 0, 1, 44, 0,
+            20, 0, 4, 7, 0, 0, 0, 1, 12, 0, 4, 13, 0, 0, 0, 1, 4, 9, 0, 0, 0, 1, 20, 0, 4, 7, 0, 0,
+            0, 1, 12, 0, 4, 6, 0, 0, 0, 1, 4, 2, 0, 0, 0, 6, 4, 0, 0, 0, 0,
+        ];
+        assert_eq!(typeof_udata(&v6_port_udp_16, Family::V6), nft);
+    }
 }

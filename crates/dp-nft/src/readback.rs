@@ -1,10 +1,12 @@
 //! Reading our table back through the `nftables` crate's typed JSON schema (for the `nft -f`
 //! executor; the netlink executor reads the same over netlink): chain and set names (what a
-//! restart reconciles) and the DNAT targets of connectionless service traffic (whose conntrack
-//! entries may have gone stale while the agent was down).
+//! restart reconciles), the slot maps' elements (what a restart keeps), and the DNAT targets
+//! of connectionless service traffic (whose conntrack entries may have gone stale while the
+//! agent was down). The slot maps are read from the JSON directly: the crate's schema has no
+//! concatenated map data.
 
 use std::borrow::Cow;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use nftables::expr::{Expression, MetaKey, NamedExpression};
 use nftables::schema::{NfListObject, NfObject, Nftables};
@@ -12,6 +14,7 @@ use nftables::stmt::{Match, Statement};
 use sluice_plan::Protocol;
 
 use crate::exec::Readback;
+use crate::slots::{self, DrawKey, Keyed, Picker, SlotElement};
 use crate::transaction::TABLE;
 
 /// Parses `nft -j list ...` output. Each object is decoded on its own: objects the schema
@@ -43,6 +46,59 @@ fn objects<'a, 'b: 'a>(doc: &'a Nftables<'b>) -> impl Iterator<Item = &'a NfList
 /// Whether `nft -j list tables` shows our table.
 pub fn has_table(doc: &Nftables<'_>, name: &str) -> bool {
     objects(doc).any(|o| matches!(o, NfListObject::Table(t) if t.name == name))
+}
+
+/// The names of our table's maps (the typed schema skips those with concatenated data) and
+/// the elements of our slot maps, from `nft -j list table` output.
+pub fn slot_readback(json: &[u8]) -> Result<(Vec<String>, Vec<SlotElement>), serde_json::Error> {
+    let listing: serde_json::Value = serde_json::from_slice(json)?;
+    let (mut names, mut out) = (Vec::new(), Vec::new());
+    for map in listing["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get("map"))
+        .filter(|m| m["table"] == TABLE)
+    {
+        let Some(name) = map["name"].as_str() else {
+            continue;
+        };
+        names.push(name.to_owned());
+        if let Some(picker) = Picker::from_map(name) {
+            let elements = map["elem"].as_array().into_iter().flatten();
+            out.extend(elements.filter_map(|e| slot_element(e, picker)));
+        }
+    }
+    Ok((names, out))
+}
+
+/// `[{"concat": [ADDR, PORT, SLOT]}, {"concat": [ADDR, PORT]}]` (or `[PORT, SLOT]` as key).
+fn slot_element(element: &serde_json::Value, picker: Picker) -> Option<SlotElement> {
+    let key = element.get(0)?.get("concat")?.as_array()?;
+    let number = |v: &serde_json::Value| v.as_u64();
+    let (draw, slot) = match (picker.keyed, key.as_slice()) {
+        (Keyed::Address, [addr, port, slot]) => {
+            let addr: IpAddr = addr.as_str()?.parse().ok()?;
+            (
+                DrawKey::Address(addr, u16::try_from(number(port)?).ok()?),
+                slot,
+            )
+        }
+        (Keyed::Port, [port, slot]) => (DrawKey::Port(u16::try_from(number(port)?).ok()?), slot),
+        _ => return None,
+    };
+    let value = element.get(1)?.get("concat")?.as_array()?;
+    let ip: IpAddr = value.first()?.as_str()?.parse().ok()?;
+    let port = u16::try_from(number(value.get(1)?)?).ok()?;
+    let slot = u32::try_from(number(slot)?).ok()?;
+    Some((picker, draw, slot, SocketAddr::new(ip, port)))
+}
+
+/// Adds what the slot maps hold to `back`: each frontend's slots, and the UDP targets.
+pub fn add_slots(back: &mut Readback, elements: &[SlotElement]) {
+    let (found, udp) = slots::from_elements(elements);
+    back.backends.extend(udp);
+    back.slots = found;
 }
 
 /// Chains, sets and connectionless DNAT targets of our table.
@@ -115,6 +171,36 @@ mod tests {
         {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
         {"dnat": {"addr": "10.244.1.6", "port": 8080}}]}}
     ]}"#;
+
+    /// `nft -j list table ip sluice` of nft 1.0.6: a UDP service's slots, address- and
+    /// port-keyed.
+    const SLOT_LISTING: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "ip", "name": "sluice", "handle": 26}},
+      {"map": {"family": "ip", "name": "slots-cluster-ip-udp-4", "table": "sluice", "type": ["ipv4_addr", "inet_service", "integer"], "handle": 1, "map": "ipv4_addr . inet_service",
+               "elem": [[{"concat": ["10.96.0.53", 53, 0]}, {"concat": ["10.244.1.9", 5353]}], [{"concat": ["10.96.0.53", 53, 4]}, {"concat": ["10.244.1.9", 5353]}]]}},
+      {"map": {"family": "ip", "name": "slots-local-port-udp-4", "table": "sluice", "type": ["inet_service", "integer"], "handle": 2, "map": "ipv4_addr . inet_service",
+               "elem": [[{"concat": [30053, 0]}, {"concat": ["10.244.1.9", 5353]}]]}}]}"#;
+
+    #[test]
+    fn reads_slot_maps_and_their_udp_endpoints() {
+        let (names, elements) = slot_readback(SLOT_LISTING.as_bytes()).expect("parses");
+        assert_eq!(names, ["slots-cluster-ip-udp-4", "slots-local-port-udp-4"]);
+        assert_eq!(elements.len(), 3);
+        let mut back = Readback::default();
+        add_slots(&mut back, &elements);
+        let cluster_ip = DrawKey::Address("10.96.0.53".parse().unwrap(), 53);
+        let slots = &back.slots[&(sluice_plan::SetName::Cluster, Protocol::Udp, cluster_ip)];
+        assert_eq!(slots.capacity(), 4);
+        assert_eq!(slots.entries().count(), 2);
+        assert!(back.slots.contains_key(&(
+            sluice_plan::SetName::Local,
+            Protocol::Udp,
+            DrawKey::Port(30053)
+        )));
+        assert_eq!(
+            back.backends.into_iter().collect::<Vec<_>>(),
+            vec![(Protocol::Udp, "10.244.1.9".parse().unwrap(), 5353)]
+        );
+    }
 
     #[test]
     fn finds_chains_sets_and_udp_targets_whatever_the_chain_name() {

@@ -12,24 +12,34 @@
 //!   before DNAT);
 //! * route chains `svc-*` (cluster IPs) and `ext-*` (other frontends): one rule per source
 //!   class whose route differs from the outside route (`ip saddr @cluster-cidrs` for pods,
-//!   `fib saddr type local` for the node), then the outside route — each a `goto` of a
-//!   dispatch chain (with the masquerade mark set in the same rule when asked) or `drop`;
-//! * dispatch chains `cl-*` / `lo-*` (affinity, then a uniform random choice) over the backends
-//!   of the set and family; per backend `ep-*` (hairpin masquerade, affinity update, DNAT).
+//!   `fib saddr type local` for the node), then the outside route — each a `goto` (with the
+//!   masquerade mark set in the same rule when asked) or `drop`;
+//! * a forward route `goto`s the shared pick chain of its backend set (`pick-cluster-ip-tcp-16`:
+//!   set, key, protocol, capacity), which DNATs to an endpoint drawn from the frontend's slots
+//!   in the matching slot map ([`crate::slots`]); endpoints are map data, so an endpoint change
+//!   writes map elements only. Pods reaching themselves are masqueraded in postrouting
+//!   (`hairpin-endpoints`, counted by the dataplane);
+//! * with session affinity, routes `goto` dispatch chains `cl-*` / `lo-*` instead: affinity
+//!   lookups, then a uniform random cascade over per-backend `ep-*` chains (hairpin
+//!   masquerade, affinity set update, DNAT).
 //!
 //! Chain names carry a stable hash plus a readable, sanitised suffix (any Service or port name
 //! is safe: unusual characters become `_`, long names are cut; the hash keeps them unique).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
 
 use sluice_plan::{
-    Backend, Family, FrontendAddr, FrontendKind, FrontendPlan, NodePlan, Route, ServicePlan,
-    ServicePortName, SetName, SourceClass,
+    Backend, Family, FrontendAddr, FrontendKind, FrontendPlan, NodePlan, Protocol, Route,
+    ServicePlan, ServicePortName, SetName, SourceClass,
 };
 
-use crate::ir::{Container, ContainerKind, Key, Rule, Stmt, Verdict};
+use crate::ir::{Container, ContainerKind, Key, Rule, SetRef, Stmt, Value, Verdict};
 pub use crate::ir::{Element, addr_keyword, addr_type, table_family};
+use crate::slots::{
+    DrawKey, EXACT_DRAWS, FoundSlots, Keyed, Picker, Slots, assign, capacity_for, fits,
+};
 
 /// Names of the verdict maps and sets whose elements are rendered per service.
 pub const SERVICE_IPS: &str = "service-ips";
@@ -39,6 +49,9 @@ pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 pub const FIREWALL_IPS: &str = "firewall-ips";
 pub const NODEPORT_IPS: &str = "nodeport-ips";
 pub const CLUSTER_CIDRS: &str = "cluster-cidrs";
+/// `address . address` of every endpoint on the slot path: a connection whose source is the
+/// endpoint it was translated to (a pod reaching itself through a service) is masqueraded.
+pub const HAIRPIN_ENDPOINTS: &str = "hairpin-endpoints";
 
 /// The chain refusing connections with an ICMP error, and the one setting the masquerade mark.
 pub const REJECT_CHAIN: &str = "reject-chain";
@@ -47,8 +60,9 @@ pub const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
 /// Longest readable part of a chain name (the hash keeps names unique).
 const READABLE_MAX: usize = 64;
 
-/// Every map/set whose elements come from the plan, in declaration order.
-pub fn element_containers() -> [Container; 7] {
+/// Every map/set whose elements come from the plan, in declaration order (the slot maps,
+/// declared with their pickers, are not among them).
+pub fn element_containers() -> [Container; 8] {
     let c = |name, kind| Container { name, kind };
     [
         c(SERVICE_IPS, ContainerKind::FrontendVmap),
@@ -58,7 +72,50 @@ pub fn element_containers() -> [Container; 7] {
         c(FIREWALL_IPS, ContainerKind::FrontendVmap),
         c(NODEPORT_IPS, ContainerKind::Addrs),
         c(CLUSTER_CIDRS, ContainerKind::Prefixes),
+        c(HAIRPIN_ENDPOINTS, ContainerKind::AddrPairs),
     ]
+}
+
+/// A backend set on the slot path: its slots, and the frontends drawing from them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetDraw {
+    pub set: SetName,
+    pub protocol: Protocol,
+    pub slots: Slots,
+    /// The frontends whose routes use the set, in order.
+    pub frontends: Vec<DrawKey>,
+}
+
+impl SetDraw {
+    /// The picker a frontend keyed `keyed` draws with.
+    pub fn picker(&self, keyed: Keyed) -> Picker {
+        Picker {
+            set: self.set,
+            keyed,
+            protocol: self.protocol,
+            capacity: self.slots.capacity(),
+        }
+    }
+
+    /// The slot map elements of every frontend.
+    pub fn elements(&self) -> impl Iterator<Item = Element> + '_ {
+        self.frontends
+            .iter()
+            .flat_map(move |key| self.frontend_elements(*key))
+    }
+
+    /// The slot map elements of one frontend.
+    pub fn frontend_elements(&self, key: DrawKey) -> impl Iterator<Item = Element> + '_ {
+        let set = SetRef::Slots(self.picker(key.keyed()));
+        self.slots.entries().map(move |(slot, endpoint)| Element {
+            set,
+            key: match key {
+                DrawKey::Address(addr, port) => Key::AddrSlot { addr, port, slot },
+                DrawKey::Port(port) => Key::PortSlot { port, slot },
+            },
+            value: Some(Value::Endpoint(endpoint)),
+        })
+    }
 }
 
 /// What one service port contributes to one family's table.
@@ -66,10 +123,15 @@ pub fn element_containers() -> [Container; 7] {
 pub struct ServiceRules {
     /// Chains: name → rules.
     pub chains: BTreeMap<String, Vec<Rule>>,
-    /// Map elements, sorted.
+    /// Map elements of the static maps, sorted.
     pub elements: Vec<Element>,
     /// Affinity sets: name → timeout in seconds.
     pub affinity_sets: BTreeMap<String, u32>,
+    /// The backend sets on the slot path (their elements are made on demand: [`SetDraw::elements`]).
+    pub draws: BTreeMap<SetName, SetDraw>,
+    /// Endpoint addresses of the slot path, sorted and unique: each is an element of
+    /// `hairpin-endpoints` while some service port has it (the dataplane counts).
+    pub hairpins: Vec<IpAddr>,
 }
 
 /// Nothing (what a removed service port renders to).
@@ -77,12 +139,78 @@ pub static NO_RULES: ServiceRules = ServiceRules {
     chains: BTreeMap::new(),
     elements: Vec::new(),
     affinity_sets: BTreeMap::new(),
+    draws: BTreeMap::new(),
+    hairpins: Vec::new(),
 };
 
 impl ServiceRules {
     pub fn is_empty(&self) -> bool {
         self.chains.is_empty() && self.elements.is_empty() && self.affinity_sets.is_empty()
     }
+
+    /// The pickers this service port's routes use.
+    pub fn pickers(&self) -> impl Iterator<Item = Picker> + '_ {
+        self.draws
+            .values()
+            .flat_map(|d| d.frontends.iter().map(|key| d.picker(key.keyed())))
+    }
+
+    /// Every slot map element of this service port.
+    pub fn slot_elements(&self) -> impl Iterator<Item = Element> + '_ {
+        self.draws.values().flat_map(SetDraw::elements)
+    }
+}
+
+/// The `hairpin-endpoints` element of an endpoint address.
+pub fn hairpin_element(ip: IpAddr) -> Element {
+    Element {
+        set: SetRef::Named(HAIRPIN_ENDPOINTS),
+        key: Key::Pair(ip, ip),
+        value: None,
+    }
+}
+
+/// The `hairpin-endpoints` elements `rules` need together (sorted, unique).
+pub fn hairpin_elements<'a>(rules: impl IntoIterator<Item = &'a ServiceRules>) -> Vec<Element> {
+    let mut ips: Vec<IpAddr> = rules
+        .into_iter()
+        .flat_map(|r| r.hairpins.iter().copied())
+        .collect();
+    ips.sort_unstable();
+    ips.dedup();
+    ips.into_iter().map(hairpin_element).collect()
+}
+
+/// What a backend set's slots held before: kept where the capacity still fits, so a change
+/// writes only the slots that differ.
+#[derive(Debug, Clone, Copy)]
+pub enum Previous<'a> {
+    Nothing,
+    /// The service port's earlier rendering.
+    Rules(&'a ServiceRules),
+    /// What a restarted agent found in the kernel.
+    Found(&'a FoundSlots),
+}
+
+impl<'a> Previous<'a> {
+    fn slots(&self, set: SetName, protocol: Protocol, key: DrawKey) -> Option<&'a Slots> {
+        match *self {
+            Previous::Nothing => None,
+            Previous::Rules(rules) => rules.draws.get(&set).map(|d| &d.slots),
+            Previous::Found(found) => found.get(&(set, protocol, key)),
+        }
+    }
+}
+
+/// Renders service ports of one family from scratch, e.g. for `sluice plan` and golden files.
+pub fn render_all<'a>(
+    plans: impl IntoIterator<Item = &'a ServicePlan>,
+    family: Family,
+) -> Vec<ServiceRules> {
+    plans
+        .into_iter()
+        .map(|plan| render_service(plan, family, Previous::Nothing))
+        .collect()
 }
 
 /// The node-wide set elements of one family.
@@ -92,13 +220,13 @@ pub fn render_node(node: &NodePlan, family: Family) -> Vec<Element> {
         .iter()
         .filter(|c| family.contains(&c.addr()))
         .map(|c| Element {
-            set: CLUSTER_CIDRS,
+            set: SetRef::Named(CLUSTER_CIDRS),
             key: Key::Prefix(*c),
             value: None,
         })
         .collect();
     out.extend(node.nodeport_addresses(family).map(|ip| Element {
-        set: NODEPORT_IPS,
+        set: SetRef::Named(NODEPORT_IPS),
         key: Key::Addr(*ip),
         value: None,
     }));
@@ -106,23 +234,27 @@ pub fn render_node(node: &NodePlan, family: Family) -> Vec<Element> {
     out
 }
 
-/// Renders one service port for one family.
-pub fn render_service(plan: &ServicePlan, family: Family) -> ServiceRules {
+/// Renders one service port for one family, keeping its endpoints' slots from `previous`.
+pub fn render_service(plan: &ServicePlan, family: Family, previous: Previous<'_>) -> ServiceRules {
     let mut r = Renderer {
         plan,
         family,
+        previous,
         out: ServiceRules::default(),
     };
     for frontend in plan.frontends.iter().filter(|f| f.key.family() == family) {
         r.frontend(frontend);
     }
     r.out.elements.sort();
+    r.out.hairpins.sort_unstable();
+    r.out.hairpins.dedup();
     r.out
 }
 
 struct Renderer<'a> {
     plan: &'a ServicePlan,
     family: Family,
+    previous: Previous<'a>,
     out: ServiceRules,
 }
 
@@ -146,7 +278,11 @@ impl Renderer<'_> {
             ),
         };
         if fe.forwards() {
-            let chain = self.route_chain(fe);
+            let draw_key = match fe.key.addr {
+                FrontendAddr::Ip(addr) => DrawKey::Address(addr, port),
+                FrontendAddr::NodePorts(_) => DrawKey::Port(port),
+            };
+            let chain = self.route_chain(fe, draw_key);
             self.element(forward_map, key, Verdict::Goto(chain));
         } else if let Some(refusal) = fe.refusal() {
             // Nobody is forwarded: refused after NAT in the filter hooks, as kube-proxy does.
@@ -164,15 +300,27 @@ impl Renderer<'_> {
         }
     }
 
-    /// The chain applying `fe`'s routes (shared by the service's frontends with equal routes).
-    fn route_chain(&mut self, fe: &FrontendPlan) -> String {
+    /// The chain applying `fe`'s routes (shared by the service's frontends with equal routes
+    /// and, on the slot path, keyed alike), `fe` registered with the sets it draws from.
+    fn route_chain(&mut self, fe: &FrontendPlan, key: DrawKey) -> String {
         let prefix = if fe.kind == FrontendKind::ClusterIp {
             "svc"
         } else {
             "ext"
         };
-        let routes = format!("{:?}", [fe.pods, fe.node, fe.outside]);
-        let name = self.chain_name(prefix, &routes);
+        let routes = [fe.pods, fe.node, fe.outside];
+        let slotted = self.plan.affinity_timeout.is_none();
+        if slotted {
+            for set in routes.iter().filter_map(Route::set) {
+                self.draw(set, key);
+            }
+        }
+        let identity = if slotted {
+            format!("{routes:?}|{:?}", key.keyed())
+        } else {
+            format!("{routes:?}")
+        };
+        let name = self.chain_name(prefix, &identity);
         if self.out.chains.contains_key(&name) {
             return name;
         }
@@ -186,19 +334,62 @@ impl Renderer<'_> {
                 SourceClass::Pods => Stmt::SaddrInSet(CLUSTER_CIDRS.into()),
                 _ => Stmt::FibSaddrLocal,
             }];
-            stmts.extend(self.verdict(route));
+            stmts.extend(self.verdict(route, key.keyed()));
             rules.push(Rule(stmts));
         }
-        rules.push(Rule(self.verdict(fe.outside)));
+        rules.push(Rule(self.verdict(fe.outside, key.keyed())));
         self.out.chains.insert(name.clone(), rules);
         name
     }
 
-    /// The statement(s) of one route (dispatch chains rendered on first use).
-    fn verdict(&mut self, route: Route) -> Vec<Stmt> {
+    /// `set` on the slot path, with `key` among its frontends: laid out on first use (from
+    /// the previous slots where the capacity still fits). Left out when the set has no
+    /// backend of this family (the plan never forwards there; the route then drops).
+    fn draw(&mut self, set: SetName, key: DrawKey) {
+        if let Some(draw) = self.out.draws.get_mut(&set) {
+            if !draw.frontends.contains(&key) {
+                draw.frontends.push(key);
+            }
+            return;
+        }
+        let mut endpoints: Vec<SocketAddr> = self
+            .plan
+            .backends(set, self.family)
+            .map(|b| SocketAddr::new(b.ip, b.port))
+            .collect();
+        endpoints.sort_unstable();
+        endpoints.dedup();
+        if endpoints.is_empty() {
+            return;
+        }
+        let protocol = self.plan.name.protocol;
+        let previous = self
+            .previous
+            .slots(set, protocol, key)
+            .filter(|p| fits(p.capacity(), endpoints.len()));
+        let capacity = previous.map_or_else(|| capacity_for(endpoints.len()), Slots::capacity);
+        let slots = assign(previous, &endpoints, capacity);
+        self.out
+            .hairpins
+            .extend(endpoints.iter().map(SocketAddr::ip));
+        let draw = SetDraw {
+            set,
+            protocol,
+            slots,
+            frontends: vec![key],
+        };
+        self.out.draws.insert(set, draw);
+    }
+
+    /// The statement(s) of one route: the masquerade mark when asked, then the pick chain of
+    /// the set (or, with session affinity, its dispatch chain).
+    fn verdict(&mut self, route: Route, keyed: Keyed) -> Vec<Stmt> {
         match route {
             Route::Forward { set, masquerade } => {
-                let chain = self.dispatch_chain(set);
+                let chain = match self.out.draws.get(&set) {
+                    Some(draw) => draw.picker(keyed).chain(),
+                    None => self.dispatch_chain(set),
+                };
                 let goto = Stmt::Verdict(Verdict::Goto(chain));
                 if masquerade {
                     vec![Stmt::MarkSetOr(MASQUERADE_MARK), goto]
@@ -231,8 +422,9 @@ impl Renderer<'_> {
         name
     }
 
-    /// `cl-*` / `lo-*`: affinity lookups, then a uniform random choice among the backends of
-    /// `set` and this family (never empty: the plan forwards only to sets with backends).
+    /// `cl-*` / `lo-*` (session affinity): a uniform random choice among the backends of
+    /// `set` and this family over per-endpoint chains (never empty: the plan forwards only to
+    /// sets with backends).
     fn dispatch_chain(&mut self, set: SetName) -> String {
         let prefix = match set {
             SetName::Cluster => "cl",
@@ -243,6 +435,15 @@ impl Renderer<'_> {
             return name;
         }
         let backends: Vec<Backend> = self.plan.backends(set, self.family).copied().collect();
+        let rules = self.cascade(&backends);
+        self.out.chains.insert(name.clone(), rules);
+        name
+    }
+
+    /// Affinity lookups, then a uniform random choice as a cascade (endpoint i taken with
+    /// probability 1/(N-i) among the rest) over per-endpoint chains. Not `numgen ... vmap
+    /// { ... }`: nft 1.0.x creates anonymous maps in quadratic time.
+    fn cascade(&mut self, backends: &[Backend]) -> Vec<Rule> {
         let endpoint_chains: Vec<String> =
             backends.iter().map(|b| self.endpoint_chain(b)).collect();
         let mut rules = Vec::new();
@@ -254,9 +455,6 @@ impl Renderer<'_> {
                 ]));
             }
         }
-        // A uniform choice as a cascade (endpoint i taken with probability 1/(N-i) among the
-        // rest), not `numgen ... vmap { ... }`: nft 1.0.x creates anonymous maps in quadratic
-        // time, which made a 10k-service sync take minutes.
         let count = endpoint_chains.len();
         for (i, ep) in endpoint_chains.iter().enumerate() {
             let goto = Stmt::Verdict(Verdict::goto(ep));
@@ -270,8 +468,7 @@ impl Renderer<'_> {
         if rules.is_empty() {
             rules.push(Rule::verdict(Verdict::Drop));
         }
-        self.out.chains.insert(name.clone(), rules);
-        name
+        rules
     }
 
     /// `ep-*` for one backend (shared by both sets) and its name.
@@ -309,11 +506,20 @@ impl Renderer<'_> {
 
     fn element(&mut self, set: &'static str, key: Key, value: Verdict) {
         self.out.elements.push(Element {
-            set,
+            set: SetRef::Named(set),
             key,
-            value: Some(value),
+            value: Some(Value::Verdict(value)),
         });
     }
+}
+
+/// The rules of a picker's chain: [`EXACT_DRAWS`] draws from the exact region, each taking
+/// the drawn slot's endpoint or (empty slot) passing on to the next, then one draw from the
+/// always-full spread region.
+pub fn picker_rules(picker: Picker) -> Vec<Rule> {
+    let mut rules = vec![Rule::new([Stmt::pick(picker, 0)]); EXACT_DRAWS];
+    rules.push(Rule::new([Stmt::pick(picker, picker.capacity)]));
+    rules
 }
 
 /// Mark bit meaning "masquerade this connection on the way out" (kube-proxy uses the same bit).

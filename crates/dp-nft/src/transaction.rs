@@ -9,11 +9,14 @@ use std::sync::LazyLock;
 
 use sluice_plan::Family;
 
-use crate::ir::{BaseChain, ChainType, Container, Element, Hook, Rule, Stmt, Verdict};
-use crate::render::{
-    MARK_FOR_MASQUERADE, MASQUERADE_MARK, REJECT_CHAIN, ServiceRules, addr_type,
-    element_containers, table_family,
+use crate::ir::{
+    BaseChain, ChainType, Container, Element, Hook, Rule, SetRef, Stmt, Verdict, slot_map_body,
 };
+use crate::render::{
+    MARK_FOR_MASQUERADE, MASQUERADE_MARK, REJECT_CHAIN, ServiceRules, SetDraw, addr_type,
+    element_containers, picker_rules, table_family,
+};
+use crate::slots::Picker;
 
 pub const TABLE: &str = "sluice";
 
@@ -35,6 +38,10 @@ pub enum Command<'a> {
     DeleteTable,
     /// A static map or set (idempotent).
     AddContainer(Container),
+    /// A picker's slot map (idempotent).
+    AddSlotMap(Picker),
+    /// Deletes every element of a picker's slot map.
+    FlushSlotMap(Picker),
     /// A session-affinity set: client addresses, each remembered for `timeout` seconds.
     AddAffinitySet {
         name: &'a str,
@@ -53,13 +60,17 @@ pub enum Command<'a> {
     /// Deletes every element of a static map or set.
     FlushContainer(Container),
     DeleteElements {
-        set: &'static str,
+        set: SetRef,
         elements: Vec<&'a Element>,
     },
     AddElements {
-        set: &'static str,
+        set: SetRef,
         elements: Vec<&'a Element>,
     },
+    /// The slots of one backend set, for each of its frontends (full rewrites: the elements
+    /// are made while the command is written, so a cluster's many slots are never all held
+    /// as elements at once).
+    AddSlots(&'a SetDraw),
     DeleteChain(&'a str),
     DeleteSet(&'a str),
 }
@@ -94,6 +105,13 @@ impl fmt::Display for CommandText<'_> {
                 c.name,
                 c.body(self.family)
             ),
+            Command::AddSlotMap(picker) => write!(
+                f,
+                "add map {p} {} {}",
+                picker.map(),
+                slot_map_body(picker, self.family)
+            ),
+            Command::FlushSlotMap(picker) => write!(f, "flush map {p} {}", picker.map()),
             Command::AddAffinitySet { name, timeout } => write!(
                 f,
                 "add set {p} {name} {{ type {} ; flags dynamic,timeout ; timeout {timeout}s ; }}",
@@ -116,6 +134,18 @@ impl fmt::Display for CommandText<'_> {
             Command::AddElements { set, elements } => {
                 let items: Vec<String> = elements.iter().map(|e| e.add_text()).collect();
                 write!(f, "add element {p} {set} {{ {} }}", items.join(", "))
+            }
+            Command::AddSlots(draw) => {
+                for (i, key) in draw.frontends.iter().enumerate() {
+                    if i > 0 {
+                        writeln!(f)?;
+                    }
+                    let items: Vec<String> =
+                        draw.frontend_elements(*key).map(|e| e.add_text()).collect();
+                    let map = draw.picker(key.keyed()).map();
+                    write!(f, "add element {p} {map} {{ {} }}", items.join(", "))?;
+                }
+                Ok(())
             }
             Command::DeleteChain(name) => write!(f, "delete chain {p} {name}"),
             Command::DeleteSet(name) => write!(f, "delete set {p} {name}"),
@@ -160,6 +190,24 @@ impl fmt::Display for Transaction<'_> {
             writeln!(f, "{}", command.text(*family))?;
         }
         Ok(())
+    }
+}
+
+/// A picker's chain and its draws, as a transaction declares them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PickerChain {
+    pub picker: Picker,
+    pub chain: String,
+    pub rules: Vec<Rule>,
+}
+
+impl PickerChain {
+    pub fn new(picker: Picker) -> Self {
+        Self {
+            picker,
+            chain: picker.chain(),
+            rules: picker_rules(picker),
+        }
     }
 }
 
@@ -253,12 +301,19 @@ fn hook_chains() -> Vec<StaticChain> {
 /// The chains every service shares: map lookups, masquerade marking, rejection.
 fn shared_chains() -> Vec<StaticChain> {
     use crate::render::{
-        FIREWALL_IPS, NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES, NODEPORT_IPS, SERVICE_IPS,
-        SERVICE_NODEPORTS,
+        FIREWALL_IPS, HAIRPIN_ENDPOINTS, NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES, NODEPORT_IPS,
+        SERVICE_IPS, SERVICE_NODEPORTS,
     };
     let by_frontend = |map| Rule::new([Stmt::FrontendVmap(map)]);
     let by_node_port = |map| Rule::new([Stmt::DaddrInSet(NODEPORT_IPS), Stmt::PortVmap(map)]);
     let masquerading = vec![
+        // A pod reaching itself through a service (slot path; per-endpoint chains mark it
+        // themselves): its own address as source and destination after DNAT.
+        Rule::new([
+            Stmt::CtStatusDnat,
+            Stmt::SaddrDaddrInSet(HAIRPIN_ENDPOINTS),
+            Stmt::MarkSetOr(MASQUERADE_MARK),
+        ]),
         Rule::new([
             Stmt::MarkClear(MASQUERADE_MARK),
             Stmt::Verdict(Verdict::Return),
@@ -301,14 +356,19 @@ pub fn is_base_chain(family: Family, name: &str) -> bool {
 /// that moves to another value is deleted before it is added again.
 #[derive(Default)]
 struct Script<'a> {
+    /// Pickers declared (their map, chain and draws), before anything jumps to them.
+    pickers: Vec<&'a PickerChain>,
     add_sets: Vec<(&'a str, u32)>,
     add_chains: Vec<&'a str>,
     flush_chains: Vec<&'a str>,
     add_rules: Vec<(&'a str, &'a Rule)>,
     /// Static maps and sets rewritten whole (full resync only).
     flush_containers: Vec<Container>,
+    flush_slot_maps: Vec<Picker>,
     delete_elements: Vec<&'a Element>,
     add_elements: Vec<&'a Element>,
+    /// Backend sets whose slots are written whole (full resync only).
+    add_slots: Vec<&'a SetDraw>,
     delete_chains: Vec<&'a str>,
     delete_sets: Vec<&'a str>,
 }
@@ -363,6 +423,26 @@ impl<'a> Script<'a> {
     }
 
     fn finish(self, family: Family, tx: &mut Transaction<'a>) {
+        for p in self.pickers {
+            tx.push(family, Command::AddSlotMap(p.picker));
+            tx.push(
+                family,
+                Command::AddChain {
+                    name: &p.chain,
+                    base: None,
+                },
+            );
+            tx.push(family, Command::FlushChain(&p.chain));
+            for rule in &p.rules {
+                tx.push(
+                    family,
+                    Command::AddRule {
+                        chain: &p.chain,
+                        rule,
+                    },
+                );
+            }
+        }
         for (name, timeout) in self.add_sets {
             tx.push(family, Command::AddAffinitySet { name, timeout });
         }
@@ -378,8 +458,14 @@ impl<'a> Script<'a> {
         for container in self.flush_containers {
             tx.push(family, Command::FlushContainer(container));
         }
+        for picker in self.flush_slot_maps {
+            tx.push(family, Command::FlushSlotMap(picker));
+        }
         element_commands(family, tx, self.delete_elements, false);
         element_commands(family, tx, self.add_elements, true);
+        for draw in self.add_slots {
+            tx.push(family, Command::AddSlots(draw));
+        }
         for name in self.delete_chains {
             tx.push(family, Command::DeleteChain(name));
         }
@@ -389,16 +475,22 @@ impl<'a> Script<'a> {
     }
 }
 
-/// Element commands grouped by container (in text order), chunked so one command never grows
-/// with the cluster.
+/// Element commands grouped by container, chunked so one command never grows with the
+/// cluster: the static maps' elements in text order, the slot maps' by key (numbers in
+/// numeric order, and no text made for the many of them).
 fn element_commands<'a>(
     family: Family,
     tx: &mut Transaction<'a>,
-    mut elements: Vec<&'a Element>,
+    elements: Vec<&'a Element>,
     add: bool,
 ) {
-    elements.sort_by_cached_key(|e| e.text_order());
-    for group in elements.chunk_by(|a, b| a.set == b.set) {
+    let (mut slots, mut named): (Vec<&Element>, Vec<&Element>) = elements
+        .into_iter()
+        .partition(|e| matches!(e.set, SetRef::Slots(_)));
+    named.sort_by_cached_key(|e| e.text_order());
+    slots.sort_unstable();
+    named.append(&mut slots);
+    for group in named.chunk_by(|a, b| a.set == b.set) {
         let set = group[0].set;
         for chunk in group.chunks(ELEMENTS_PER_COMMAND) {
             let elements = chunk.to_vec();
@@ -414,18 +506,21 @@ fn element_commands<'a>(
     }
 }
 
-/// Only what changed: for each service port (old rendering, new rendering) and, when the node
-/// changed, the node-wide elements. Empty when nothing differs.
+/// Only what changed: `pickers` newly needed, for each service port (old rendering, new
+/// rendering), and elements outside the services' own (node addresses, hairpins, slots) that
+/// go and come. Empty when nothing differs.
 pub fn delta<'a>(
     family: Family,
+    pickers: &'a [PickerChain],
     services: impl IntoIterator<Item = (&'a ServiceRules, &'a ServiceRules)>,
-    node: Option<(&'a [Element], &'a [Element])>,
+    shared: Option<(&'a [Element], &'a [Element])>,
 ) -> Transaction<'a> {
     let mut s = Script::default();
+    s.pickers.extend(pickers);
     for (old, new) in services {
         s.service(old, new);
     }
-    if let Some((old, new)) = node {
+    if let Some((old, new)) = shared {
         s.elements(old, new);
     }
     let mut tx = Transaction::default();
@@ -433,13 +528,16 @@ pub fn delta<'a>(
     tx
 }
 
-/// A complete resync of one family: declares the table and every static object (idempotent
-/// `add`), rewrites every chain and map, and deletes chains and sets that `existing` has but
-/// the plan does not. No table flush: conntrack state and affinity sets survive.
+/// A complete resync of one family: declares the table, every static object and the
+/// `pickers` in use (idempotent `add`), rewrites every chain and map (the services' slots
+/// included), and deletes chains and sets that `existing` has but the plan does not.
+/// `shared` are the elements outside the services' own (node addresses, hairpins). No table
+/// flush: conntrack state and affinity sets survive.
 pub fn full<'a>(
     family: Family,
+    pickers: &'a [PickerChain],
     services: impl IntoIterator<Item = &'a ServiceRules>,
-    node: &'a [Element],
+    shared: &'a [Element],
     existing: &'a Existing,
 ) -> Transaction<'a> {
     let mut tx = Transaction::default();
@@ -463,12 +561,18 @@ pub fn full<'a>(
         s.rules(c.name, &c.rules);
     }
     let mut wanted_chains: BTreeSet<&str> = BTreeSet::new();
-    let mut wanted_sets: BTreeSet<&str> = BTreeSet::new();
-    s.add_elements.extend(node);
+    let mut wanted_sets: BTreeSet<String> = BTreeSet::new();
+    s.pickers.extend(pickers);
+    for p in pickers {
+        wanted_chains.insert(&p.chain);
+        wanted_sets.insert(p.picker.map());
+        s.flush_slot_maps.push(p.picker);
+    }
+    s.add_elements.extend(shared);
     for rules in services {
         for (name, timeout) in &rules.affinity_sets {
             s.add_sets.push((name, *timeout));
-            wanted_sets.insert(name);
+            wanted_sets.insert(name.clone());
         }
         for (name, chain_rules) in &rules.chains {
             s.add_chains.push(name);
@@ -477,6 +581,7 @@ pub fn full<'a>(
             wanted_chains.insert(name);
         }
         s.add_elements.extend(&rules.elements);
+        s.add_slots.extend(rules.draws.values());
     }
     for name in existing
         .chains
@@ -486,11 +591,10 @@ pub fn full<'a>(
         s.flush_chains.push(name);
         s.delete_chains.push(name);
     }
-    for name in existing
-        .sets
-        .iter()
-        .filter(|n| n.starts_with("aff-") && !wanted_sets.contains(n.as_str()))
-    {
+    for name in existing.sets.iter().filter(|n| {
+        let ours = n.starts_with("aff-") || Picker::from_map(n).is_some();
+        ours && !wanted_sets.contains(n.as_str())
+    }) {
         s.delete_sets.push(name);
     }
     // Maps are rewritten whole: flushed (after the rules that use them are in place) and

@@ -5,13 +5,23 @@
 
 mod fixture;
 
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::json;
 use sluice_dataplane::Dataplane;
-use sluice_dp_nft::{NetlinkNft, NftCommand, NftDataplane, NftExecutor};
-use sluice_plan::{Plan, PlanDelta};
+use sluice_dp_nft::transaction::Existing;
+use sluice_dp_nft::{
+    Drift, NetlinkNft, NftCommand, NftDataplane, NftError, NftExecutor, Readback, Transaction,
+};
+use sluice_plan::{
+    Backend, Family, FrontendAddr, FrontendKey, FrontendKind, FrontendPlan, NodePlan, Plan,
+    PlanDelta, Protocol, Route, Selection, ServiceChange, ServicePlan, ServicePortName, SetName,
+    StaleFlow,
+};
 
 struct Netns(String);
 
@@ -70,6 +80,29 @@ impl Netns {
     }
 }
 
+impl Netns {
+    fn ip(&self, args: &[&str]) {
+        let ok = Command::new("ip")
+            .args(["-n", &self.0])
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip -n {} {args:?}", self.0);
+    }
+
+    /// Runs `f` on a thread inside this namespace (sockets it opens live there).
+    fn inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let name = self.0.clone();
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(format!("/run/netns/{name}")).expect("netns file");
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("thread inside the namespace")
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
@@ -92,13 +125,10 @@ fn lifecycle<E: NftExecutor>(ns: &Netns, make: impl Fn() -> E) {
     let report = dp.resync(&plan).expect("first programming");
     assert!(report.full_sync && report.failed.is_empty(), "{report:?}");
     let ruleset = ns.nft_list();
-    assert!(ruleset.contains("dnat to 10.244.2.2:8080"), "{ruleset}");
-    assert!(
-        ruleset.contains("dnat to [fd00:10:244:2::2]:8080"),
-        "{ruleset}"
-    );
+    assert!(ruleset.contains(": 10.244.2.2 . 8080"), "{ruleset}");
+    assert!(ruleset.contains(": fd00:10:244:2::2 . 8080"), "{ruleset}");
 
-    // Incremental: drop one endpoint; only that endpoint's chain disappears.
+    // Incremental: drop one endpoint; only its slots change.
     let smaller = fixture::without_web_endpoint();
     let report = dp
         .apply(&PlanDelta::between(&plan, &smaller))
@@ -108,11 +138,13 @@ fn lifecycle<E: NftExecutor>(ns: &Netns, make: impl Fn() -> E) {
     assert!(report.operations < 10, "{report:?}");
     let ruleset = ns.nft_list();
     assert!(
-        !ruleset.contains("10.244.2.2:8080") && ruleset.contains("10.244.1.2:8080"),
+        !ruleset.contains("10.244.2.2 . 8080") && ruleset.contains("10.244.1.2 . 8080"),
         "{ruleset}"
     );
     let report = dp.resync(&smaller).expect("resync with nothing to do");
     assert_eq!(report.operations, 0, "{report:?}");
+    let web_slots = ["list", "map", "ip", "sluice", "slots-cluster-ip-tcp-4"];
+    let slots = ns.nft(&web_slots);
 
     // A new agent finds the table, reconciles without deleting it, and removes what is stale.
     let mut restarted = NftDataplane::with_executor(make());
@@ -127,7 +159,11 @@ fn lifecycle<E: NftExecutor>(ns: &Netns, make: impl Fn() -> E) {
         !ruleset.contains("shop/front"),
         "stale service chains removed:\n{ruleset}"
     );
-    assert!(ruleset.contains("10.244.1.2:8080"));
+    assert_eq!(
+        ns.nft(&web_slots),
+        slots,
+        "the restarted agent keeps every slot where it was"
+    );
 
     restarted.cleanup().expect("cleanup");
     assert!(!ns.nft_list().contains("sluice"), "tables removed");
@@ -148,30 +184,18 @@ fn netlink_executor_applies_diffs_restarts_and_cleans_up() {
     lifecycle(&ns, || ns.netlink());
 }
 
-/// Someone deletes a chain the web service uses behind our back: the change to web is refused
-/// and reported, the change to another service still applies, and the next resync repairs.
+/// Someone empties the endpoint slots behind our back: web's change (which rewrites its slots)
+/// is refused and reported, the change to another service still applies, and the next resync
+/// repairs.
 fn refusal_is_isolated<E: NftExecutor>(ns: &Netns, exec: E, reason: &[&str]) {
     let mut dp = NftDataplane::with_executor(exec);
     dp.restore().unwrap();
     let plan = fixture::plan();
     dp.resync(&plan).unwrap();
-    let listing = ns.nft(&["list", "chains", "ip"]);
-    let web_endpoint = listing
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("chain "))
-        .map(|l| l.trim_end_matches(" {").to_owned())
-        .find(|c| c.starts_with("ep-") && c.contains("shop/web/"))
-        .expect("a web endpoint chain");
-    let dispatch = listing
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("chain "))
-        .map(|l| l.trim_end_matches(" {").to_owned())
-        .find(|c| c.starts_with("cl-") && c.contains("shop/web/"))
-        .expect("web's dispatch chain");
-    ns.nft(&["flush", "chain", "ip", "sluice", &dispatch]);
-    ns.nft(&["delete", "chain", "ip", "sluice", &web_endpoint]);
+    ns.nft(&["flush", "map", "ip", "sluice", "slots-cluster-ip-tcp-4"]);
 
-    // Web loses an endpoint (its chains change), and front gains one.
+    // Web loses an endpoint (its slots change), and front (session affinity: per-endpoint
+    // chains) gains one.
     let mut s = fixture::snapshot();
     fixture::add_slice(
         &mut s,
@@ -216,8 +240,8 @@ fn refusal_is_isolated<E: NftExecutor>(ns: &Netns, exec: E, reason: &[&str]) {
     let report = dp.resync(&changed).unwrap();
     assert!(report.full_sync && report.failed.is_empty(), "{report:?}");
     let ruleset = ns.nft_list();
-    assert!(ruleset.contains("10.244.1.2:8080"), "{ruleset}");
-    assert!(!ruleset.contains("10.244.2.2:8080"), "{ruleset}");
+    assert!(ruleset.contains("10.244.1.2 . 8080"), "{ruleset}");
+    assert!(!ruleset.contains("10.244.2.2 . 8080"), "{ruleset}");
 }
 
 #[test]
@@ -231,11 +255,10 @@ fn netlink_executor_isolates_a_refused_service() {
     let Some(ns) = Netns::new("nfail") else {
         return;
     };
-    // The reason names the refused command in nft syntax (a rule of web's jumping to the chain
-    // that is gone), and the kernel's error.
+    // The reason names the refused command in nft syntax (deleting web's slot that is gone),
+    // and the kernel's error.
     let reason = [
-        "nf_tables refused `add rule ip sluice ",
-        "shop/web/tcp/http",
+        "nf_tables refused `delete element ip sluice slots-cluster-ip-tcp-4 {",
         "No such file",
     ];
     refusal_is_isolated(&ns, ns.netlink(), &reason);
@@ -444,9 +467,9 @@ fn nft_in(ns: &Netns, script: &str) {
     assert!(status.success(), "nft {script}");
 }
 
-/// A rule outside sluice jumps to one of web's endpoint chains, so the kernel refuses to
-/// delete it (EBUSY): web's change is refused on every attempt, including the full rewrites
-/// of the retries, yet every other change is programmed; once the rule goes, web converges.
+/// A rule outside sluice jumps to web's route chain, so the kernel refuses to delete it
+/// (EBUSY): web's removal is refused on every attempt, including the full rewrites of the
+/// retries, yet every other change is programmed; once the rule goes, web converges.
 #[test]
 fn a_chain_held_by_a_foreign_rule_holds_back_only_its_service() {
     let Some(ns) = Netns::new("held") else { return };
@@ -454,7 +477,11 @@ fn a_chain_held_by_a_foreign_rule_holds_back_only_its_service() {
     dp.restore().unwrap();
     let plan = fixture::plan();
     dp.resync(&plan).unwrap();
-    let held = chain_containing(&ns, "dnat to 10.244.2.2:8080");
+    let held = chain_containing(&ns, "goto pick-cluster-ip-tcp-4");
+    assert!(
+        held.starts_with("svc-") && held.contains("shop/web/"),
+        "{held}"
+    );
     nft_in(
         &ns,
         "add map ip sluice zz-hold { type inet_service : verdict ; }",
@@ -464,8 +491,10 @@ fn a_chain_held_by_a_foreign_rule_holds_back_only_its_service() {
         &format!("add element ip sluice zz-hold {{ 1 : goto {held} }}"),
     );
 
-    let mut changed = fixture::without_web_endpoint();
-    changed.services.retain(|k, _| k.name() != "cache");
+    let mut changed = plan.clone();
+    changed
+        .services
+        .retain(|k, _| k.name() != "cache" && k.name() != "web");
     let report = dp.apply(&PlanDelta::between(&plan, &changed)).unwrap();
     let failed: Vec<String> = report
         .failed
@@ -493,12 +522,187 @@ fn a_chain_held_by_a_foreign_rule_holds_back_only_its_service() {
         "dns removed:\n{ruleset}"
     );
     assert!(
-        ruleset.contains("10.244.2.2:8080"),
-        "web keeps its old endpoint"
+        ruleset.contains("10.244.2.2 . 8080"),
+        "web keeps its old endpoints:\n{ruleset}"
     );
 
     nft_in(&ns, "delete map ip sluice zz-hold");
     let report = dp.resync(&later).unwrap();
     assert!(report.failed.is_empty(), "{report:?}");
-    assert!(!ns.nft_list().contains("10.244.2.2:8080"), "web converged");
+    let ruleset = ns.nft_list();
+    assert!(
+        !ruleset.contains("shop/web") && !ruleset.contains("10.244.2.2 . 8080"),
+        "web converged:\n{ruleset}"
+    );
+}
+
+/// An executor that keeps the text of every transaction it sends on.
+struct Recording<E> {
+    inner: E,
+    sent: Arc<Mutex<Vec<String>>>,
+}
+
+impl<E: NftExecutor> NftExecutor for Recording<E> {
+    fn apply(&mut self, tx: &Transaction<'_>) -> Result<(), NftError> {
+        self.sent.lock().unwrap().push(tx.to_string());
+        self.inner.apply(tx)
+    }
+    fn read_back(&mut self, family: Family) -> Result<Readback, NftError> {
+        self.inner.read_back(family)
+    }
+    fn flush_conntrack(&mut self, flow: &StaleFlow) -> Result<(), NftError> {
+        self.inner.flush_conntrack(flow)
+    }
+    fn drift(&mut self) -> Result<Drift, NftError> {
+        self.inner.drift()
+    }
+    fn read_names(&mut self, family: Family) -> Result<Existing, NftError> {
+        self.inner.read_names(family)
+    }
+}
+
+/// Service port `bulk/svc-I`: ClusterIP 10.96.I/16:80 to `endpoints` port 8080, as compute
+/// plans a ClusterIP Service (pods forwarded, node and outside masqueraded).
+fn bulk_service(i: usize, endpoints: &[IpAddr]) -> ServicePlan {
+    let cluster_ip = IpAddr::from([10, 96, (i >> 8) as u8, (i & 255) as u8]);
+    ServicePlan {
+        name: ServicePortName::new("bulk", format!("svc-{i}"), "http", Protocol::Tcp),
+        frontends: vec![FrontendPlan {
+            key: FrontendKey {
+                addr: FrontendAddr::Ip(cluster_ip),
+                protocol: Protocol::Tcp,
+                port: 80,
+            },
+            kind: FrontendKind::ClusterIp,
+            allowed_sources: Vec::new(),
+            pods: Route::forward(SetName::Cluster),
+            node: Route::masqueraded(SetName::Cluster),
+            outside: Route::masqueraded(SetName::Cluster),
+            selection: Selection::Random,
+        }],
+        cluster: endpoints.iter().map(|ip| Backend::new(*ip, 8080)).collect(),
+        local: Vec::new(),
+        affinity_timeout: None,
+    }
+}
+
+/// Connects `count` times to `target` from inside `ns` and counts which of `endpoints`
+/// (addresses on the namespace's loopback, each listening on 8080) accepted.
+fn answers(
+    ns: &Netns,
+    target: SocketAddr,
+    endpoints: &[IpAddr],
+    count: usize,
+) -> BTreeMap<IpAddr, usize> {
+    let endpoints = endpoints.to_vec();
+    ns.inside(move || {
+        let listeners: Vec<(IpAddr, TcpListener)> = endpoints
+            .iter()
+            .map(|ip| {
+                let listener = TcpListener::bind((*ip, 8080)).expect("listen");
+                listener.set_nonblocking(true).expect("non-blocking");
+                (*ip, listener)
+            })
+            .collect();
+        let mut out = BTreeMap::new();
+        for attempt in 0..count {
+            let _client = TcpStream::connect_timeout(&target, Duration::from_secs(2))
+                .unwrap_or_else(|e| panic!("connection {attempt} to {target}: {e}"));
+            // The handshake is done: exactly one listener has the connection queued.
+            let (ip, _) = listeners
+                .iter()
+                .find(|(_, l)| l.accept().is_ok())
+                .unwrap_or_else(|| panic!("connection {attempt}: no endpoint accepted it"));
+            *out.entry(*ip).or_default() += 1;
+        }
+        out
+    })
+}
+
+/// Several thousand services; one's endpoints change (two go, one comes, the count stays
+/// within its capacity): the transaction sent holds endpoint slots and hairpin elements only,
+/// and connections reach exactly the new endpoints.
+#[test]
+fn an_endpoint_change_among_thousands_of_services_writes_only_map_elements() {
+    let Some(ns) = Netns::new("bulk") else { return };
+    const SERVICES: usize = 3000;
+    const CHANGED: usize = 1234;
+    let local: Vec<IpAddr> = (1..=4).map(|i| IpAddr::from([10, 244, 0, i])).collect();
+    ns.ip(&["link", "set", "lo", "up"]);
+    for ip in &local {
+        ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"]);
+    }
+    // Service addresses route to the loopback, where DNAT sends them on to an endpoint.
+    ns.ip(&["route", "add", "10.96.0.0/12", "dev", "lo"]);
+    let remote = |i: usize| -> Vec<IpAddr> {
+        (0..3)
+            .map(|j| IpAddr::from([10, 245 + j, (i >> 8) as u8, (i & 255) as u8]))
+            .collect()
+    };
+    let mut plan = Plan {
+        node: Arc::new(NodePlan::default()),
+        ..Plan::default()
+    };
+    for i in 0..SERVICES {
+        let endpoints = if i == CHANGED {
+            local[..3].to_vec()
+        } else {
+            remote(i)
+        };
+        let service = bulk_service(i, &endpoints);
+        plan.services
+            .insert(service.name.clone(), Arc::new(service));
+    }
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let exec = Recording {
+        inner: ns.netlink(),
+        sent: Arc::clone(&sent),
+    };
+    let mut dp = NftDataplane::with_executor(exec);
+    dp.restore().unwrap();
+    let report = dp.resync(&plan).expect("first programming");
+    assert!(report.failed.is_empty(), "{report:?}");
+    let target = SocketAddr::from(([10, 96, (CHANGED >> 8) as u8, (CHANGED & 255) as u8], 80));
+    let before = answers(&ns, target, &local, 30);
+    assert!(
+        before.keys().all(|ip| local[..3].contains(ip)),
+        "before the change: {before:?}"
+    );
+
+    let old = Arc::clone(&plan.services[&bulk_service(CHANGED, &[]).name]);
+    let new = Arc::new(bulk_service(CHANGED, &local[2..]));
+    plan.services.insert(new.name.clone(), Arc::clone(&new));
+    let delta = PlanDelta {
+        node: Arc::clone(&plan.node),
+        services: vec![ServiceChange {
+            name: new.name.clone(),
+            before: Some(old),
+            after: Some(new),
+        }],
+        ..PlanDelta::default()
+    };
+    let report = dp.apply(&delta).expect("the change applies");
+    assert!(
+        report.failed.is_empty() && report.services_changed == 1,
+        "{report:?}"
+    );
+    let last = sent.lock().unwrap().last().cloned().expect("a transaction");
+    for line in last.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert!(
+            matches!(words[..], ["add" | "delete", "element", "ip", "sluice", map, ..]
+                if map.starts_with("slots-") || map == "hairpin-endpoints"),
+            "only map elements, no rule and no verdict: {line}\nin:\n{last}"
+        );
+    }
+    assert!(last.contains("slots-cluster-ip-tcp-4"), "{last}");
+    let after = answers(&ns, target, &local, 40);
+    assert!(
+        after.keys().all(|ip| local[2..].contains(ip)),
+        "only the new endpoints answer: {after:?}"
+    );
+    assert!(
+        after.contains_key(&local[3]),
+        "the added endpoint answers: {after:?}"
+    );
 }

@@ -21,6 +21,7 @@ pub mod msg {
     pub const GETSET: u8 = 10;
     pub const DELSET: u8 = 11;
     pub const NEWSETELEM: u8 = 12;
+    pub const GETSETELEM: u8 = 13;
     pub const DELSETELEM: u8 = 14;
     pub const NEWGEN: u8 = 15;
     pub const GETGEN: u8 = 16;

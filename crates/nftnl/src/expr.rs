@@ -83,8 +83,9 @@ pub enum CmpOp {
     Neq = 1,
 }
 
-/// `NFT_CT_STATE`.
+/// `NFT_CT_STATE`, `NFT_CT_STATUS` (`enum nft_ct_keys`).
 pub const CT_STATE: u32 = 0;
+pub const CT_STATUS: u32 = 2;
 /// `NFT_NG_RANDOM`.
 pub const NUMGEN_RANDOM: u32 = 1;
 /// `NFT_FIB_RESULT_ADDRTYPE` and `NFTA_FIB_F_SADDR`.
@@ -144,22 +145,26 @@ pub enum Expr<'a> {
     },
     /// An immediate verdict (register 0).
     Verdict(Verdict<'a>),
+    /// `dreg = random % modulus + offset` (a 32-bit host-order value).
     Numgen {
         dreg: u32,
         modulus: u32,
         kind: u32,
+        offset: u32,
     },
     Fib {
         dreg: u32,
         result: u32,
         flags: u32,
     },
+    /// Address and port from registers; `flags` left out when `None` (the kernel then
+    /// derives them from the registers given, as for `dnat to ... map @m`).
     Nat {
         kind: u32,
         family: u32,
         reg_addr: u32,
         reg_proto: u32,
-        flags: u32,
+        flags: Option<u32>,
     },
     Masq {
         flags: u32,
@@ -290,9 +295,10 @@ impl Expr<'_> {
                 dreg,
                 modulus,
                 kind,
+                offset,
             } => {
                 // NFTA_NG_DREG, _MODULUS, _TYPE, _OFFSET
-                d.u32(1, dreg).u32(2, modulus).u32(3, kind).u32(4, 0);
+                d.u32(1, dreg).u32(2, modulus).u32(3, kind).u32(4, offset);
             }
             Expr::Fib {
                 dreg,
@@ -313,8 +319,10 @@ impl Expr<'_> {
                 d.u32(1, kind)
                     .u32(2, family)
                     .u32(3, reg_addr)
-                    .u32(5, reg_proto)
-                    .u32(7, flags);
+                    .u32(5, reg_proto);
+                if let Some(flags) = flags {
+                    d.u32(7, flags);
+                }
             }
             Expr::Masq { flags } => {
                 // NFTA_MASQ_FLAGS

@@ -2,7 +2,9 @@
 //! [`KernelView`], following each frontend the way a packet does: the verdict maps
 //! (`service-ips`, `service-nodeports`, `no-endpoint-*`, `firewall-ips`) → the route chain
 //! (`svc-*`/`ext-*`: one rule per source class that differs, then everyone else) → the
-//! dispatch chain (`cl-*`/`lo-*`) → the endpoint chains (`ep-*`) and their `dnat to`.
+//! shared pick chain (`pick-*`) and the frontend's endpoints in its slot map (`slots-*`), or
+//! with session affinity the dispatch chain (`cl-*`/`lo-*`) → the endpoint chains (`ep-*`)
+//! and their `dnat to`.
 //! The layout is docs/nftables.md's; the JSON is parsed by hand because nft 1.0.6 prints
 //! concatenated map keys the `nftables` crate refuses.
 
@@ -142,7 +144,8 @@ pub fn decode_into(doc: &Value, family: Family, view: &mut KernelView) {
             let (Some(key), Some(chain)) = (frontend_key(key, family), goto_target(verdict)) else {
                 continue;
             };
-            let [pods, node, outside] = SourceClass::ALL.map(|c| route_of(&objects, chain, c));
+            let [pods, node, outside] =
+                SourceClass::ALL.map(|c| route_of(&objects, chain, &key, c));
             view.frontends.push(KernelFrontend {
                 key,
                 service: service_of_chain(chain),
@@ -250,8 +253,13 @@ fn rule_classes(rule: &[Value]) -> Option<SourceClass> {
     })
 }
 
-/// What the route chain does for `class`: the first rule selecting it (or everyone).
-fn route_of(objects: &Objects<'_>, chain: &str, class: SourceClass) -> KernelRoute {
+/// What the route chain of `key` does for `class`: the first rule selecting it (or everyone).
+fn route_of(
+    objects: &Objects<'_>,
+    chain: &str,
+    key: &FrontendKey,
+    class: SourceClass,
+) -> KernelRoute {
     let rule = rules(objects, chain).find(|rule| rule_classes(rule).is_none_or(|c| c == class));
     let Some(rule) = rule else {
         return KernelRoute::Drop;
@@ -261,13 +269,49 @@ fn route_of(objects: &Objects<'_>, chain: &str, class: SourceClass) -> KernelRou
     }
     let masquerade = rule.iter().any(|s| s.get("mangle").is_some());
     let target = rule.iter().find_map(goto_target);
-    let backends = target
-        .map(|t| dispatch_backends(objects, t))
-        .unwrap_or_default();
+    let backends = match target {
+        Some(pick) if pick.starts_with("pick-") => pick_backends(objects, pick, key),
+        Some(dispatch) => dispatch_backends(objects, dispatch),
+        None => Vec::new(),
+    };
     KernelRoute::Forward {
         backends,
         masquerade,
     }
+}
+
+/// The endpoints `key` may draw in the slot map of pick chain `pick` (`pick-X` reads
+/// `slots-X`, keyed `address . port . slot` or `port . slot`).
+fn pick_backends(objects: &Objects<'_>, pick: &str, key: &FrontendKey) -> Vec<SocketAddr> {
+    let map = pick.replacen("pick-", "slots-", 1);
+    let frontend = |parts: &[Value]| match (key.addr, parts) {
+        (FrontendAddr::Ip(ip), [addr, port, _slot]) => {
+            addr.as_str().and_then(|a| a.parse::<IpAddr>().ok()) == Some(ip)
+                && port.as_u64() == Some(u64::from(key.port))
+        }
+        (FrontendAddr::NodePorts(_), [port, _slot]) => port.as_u64() == Some(u64::from(key.port)),
+        _ => false,
+    };
+    let mut out: Vec<SocketAddr> = objects
+        .maps
+        .get(map.as_str())
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| {
+            k.get("concat")
+                .and_then(Value::as_array)
+                .is_some_and(|parts| frontend(parts))
+        })
+        .filter_map(|(_, v)| {
+            let parts = v.get("concat")?.as_array()?;
+            let ip: IpAddr = parts.first()?.as_str()?.parse().ok()?;
+            let port = u16::try_from(parts.get(1)?.as_u64()?).ok()?;
+            Some(SocketAddr::new(ip, port))
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// The DNAT targets of every `ep-*` chain a dispatch chain sends to.
