@@ -53,6 +53,7 @@ mod direct;
 mod documents;
 mod files;
 mod kinds;
+mod load;
 mod merge;
 mod names;
 mod nesting;
