@@ -139,24 +139,23 @@ impl DirSource {
     /// the objects each change touches. Runs until the receiver is gone. An unreadable
     /// directory keeps the last good state and retries.
     ///
-    /// Reading and parsing run on tokio's blocking pool, never on the async workers: a slow
-    /// file cannot stall the rest of the agent.
-    pub async fn run(mut self, tx: mpsc::Sender<SourceBatch>) -> Result<(), DirSourceError> {
+    /// Polling, reading and parsing run on a thread of tokio's blocking pool, never on the
+    /// async workers: a slow file cannot stall the rest of the agent. That thread hands each
+    /// batch to the receiver itself (no task in between to wake), and notices within a poll
+    /// interval that the receiver is gone.
+    pub async fn run(self, tx: mpsc::Sender<SourceBatch>) -> Result<(), DirSourceError> {
+        match tokio::task::spawn_blocking(move || self.run_blocking(&tx)).await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => Ok(()), // the runtime is shutting down
+        }
+    }
+
+    fn run_blocking(mut self, tx: &mpsc::Sender<SourceBatch>) -> Result<(), DirSourceError> {
         let mut reported_unreadable = false;
         let mut synced = false;
         loop {
-            let polled;
-            (self, polled) = match tokio::task::spawn_blocking(move || {
-                let polled = self.poll();
-                (self, polled)
-            })
-            .await
-            {
-                Ok(done) => done,
-                Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-                Err(_) => return Ok(()), // the runtime is shutting down
-            };
-            let (mut events, seen) = match polled {
+            let (mut events, seen) = match self.poll() {
                 Ok(Some(((events, warnings), seen))) => {
                     reported_unreadable = false;
                     for warning in &warnings {
@@ -182,13 +181,11 @@ impl DirSource {
                 synced = true;
                 events.push(SourceEvent::Synced);
             }
-            if !events.is_empty() && tx.send(SourceBatch::new(events, seen)).await.is_err() {
+            let batch = SourceBatch::new(events, seen);
+            if !batch.events.is_empty() && tx.blocking_send(batch).is_err() || tx.is_closed() {
                 return Ok(());
             }
-            if tx.is_closed() {
-                return Ok(());
-            }
-            tokio::time::sleep(self.poll_interval).await;
+            std::thread::sleep(self.poll_interval);
         }
     }
 }
