@@ -92,14 +92,14 @@ impl DirSource {
         Ok(self.poll()?.map(|(refreshed, _)| refreshed))
     }
 
-    /// [`refresh`](Self::refresh), and when the listing showed what changed: where the work
-    /// of a change starts (the listing itself is the cost of every poll, change or not).
+    /// [`refresh`](Self::refresh), and when the poll knew what changed: where the work of a
+    /// change starts (listing and comparing the stamps of every file is the cost of every
+    /// poll, change or not).
     fn poll(&mut self) -> Result<Option<(Refreshed, Instant)>, DirSourceError> {
         let files = files::list(&self.dir).map_err(|source| DirSourceError::ReadDir {
             dir: self.dir.clone(),
             source,
         })?;
-        let seen = Instant::now();
         let present: HashSet<&OsStr> = files.iter().map(|f| f.file.as_os_str()).collect();
         let mut updates: Vec<FileUpdate> = self
             .merge
@@ -113,6 +113,7 @@ impl DirSource {
             .into_iter()
             .filter(|listed| self.stamps.get(&listed.file) != Some(&listed.stamp))
             .collect();
+        let seen = Instant::now();
         let loaded = load_all(&self.dir, &changed, &self.limits);
         let mut warnings = Vec::new();
         for (listed, loaded) in changed.into_iter().zip(loaded) {
