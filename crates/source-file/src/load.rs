@@ -28,15 +28,17 @@ pub(crate) fn load_all(dir: &Path, files: &[Listed], limits: &Limits) -> Vec<Opt
             Stamp::Problem(_) => 0,
         })
         .sum();
+    let one_by_one = |files: &[Listed]| files.iter().map(|f| load(dir, f, limits)).collect();
+    if bytes < PARALLEL_BYTES {
+        return one_by_one(files);
+    }
+    // Not asked for a small change: it reads cgroup files.
     let threads = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .min(MAX_THREADS)
         .min(files.len());
-    if threads < 2 || bytes < PARALLEL_BYTES {
-        return files
-            .iter()
-            .map(|listed| load(dir, listed, limits))
-            .collect();
+    if threads < 2 {
+        return one_by_one(files);
     }
     let next = AtomicUsize::new(0);
     let work = || {
