@@ -204,6 +204,7 @@ impl Merge {
         for key in new.objects.keys() {
             let files = self.definers.entry(key.clone()).or_default();
             let at = files.partition_point(|f| **f < *file);
+            files.reserve_exact(1); // nearly always the only one
             files.insert(at, Arc::clone(&file));
         }
         self.files.insert(file, new);
