@@ -5,7 +5,10 @@
 //! many.
 //!
 //! For 1k, 10k and (without `--quick`) 100k Services × 10 endpoints, through the `dir:`
-//! source, with the release agent on one node of the namespaced test cluster, per dataplane:
+//! source (100 Services per manifest file, but the Services the changes touch each in a file
+//! of their own: the `dir:` source's unit of work is the file, and the change measured is one
+//! EndpointSlice), with the release agent on one node of the namespaced test cluster, per
+//! dataplane:
 //! first programming, one EndpointSlice change inside the agent (from its per-sync log line:
 //! source, planner, dataplane, total) and end to end (a rewritten manifest until traffic
 //! reaches the new endpoint), agent RSS after the first programming and after the changes,
@@ -13,7 +16,7 @@
 //! `target/bench/scale.svg` (SVG written by hand: no plotting crate to build). Never fails
 //! on a timing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -29,8 +32,11 @@ pub(crate) mod chart;
 
 const NAMESPACE: &str = "scale";
 const ENDPOINTS: usize = 10;
-/// Services per manifest file: a change re-reads one file of this many.
+/// Services per manifest file, except those the changes touch: each of those has a file of its
+/// own, so a change re-reads one Service and its slice.
 const PER_FILE: usize = 100;
+/// Spreads the changed Services over the cluster (prime: visits every Service of small sizes).
+const CHANGE_STRIDE: usize = 7919;
 const PROBE_VIP: &str = "10.96.0.10";
 
 pub(crate) struct Options {
@@ -111,6 +117,7 @@ pub(crate) fn measure_all(options: &Options) -> Vec<Value> {
 pub(crate) fn write_outputs(runs: &[Value], options: &Options, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out)?;
     let report = json!({"endpoints_per_service": ENDPOINTS, "services_per_file": PER_FILE,
+                        "changed_services_in_own_files": true,
                         "changes": options.changes, "runs": runs});
     std::fs::write(
         out.join("scale.json"),
@@ -160,12 +167,12 @@ fn measure(mode: Mode, services: usize, options: &Options) -> Result<Value> {
     let web = [c.add_pod("node-a", "web-1")?, c.add_pod("node-a", "web-2")?];
     c.add_pod("node-a", "probe")?;
     let generated = Instant::now();
-    let mut cluster = Manifests::new(services);
-    cluster.write_all(&c)?;
+    let mut cluster = Manifests::new(services, options.changes);
+    let files = cluster.write_all(&c)?;
     c.write_manifest("probe.yaml", &probe_yaml(&web[0]))?;
     println!(
-        "   {} manifest files written in {:.1?}",
-        services.div_ceil(PER_FILE),
+        "   {files} manifest files ({} of one Service, those the changes rewrite) written in {:.1?}",
+        cluster.own.len(),
         generated.elapsed()
     );
 
@@ -307,36 +314,51 @@ fn probe_yaml(pod: &Pod) -> String {
     )
 }
 
-/// The generated Services: `PER_FILE` per file, each with one slice of `ENDPOINTS` endpoints
-/// (addresses nobody answers on: only the probe Service carries traffic).
+/// The generated Services, each with one slice of `ENDPOINTS` endpoints (addresses nobody
+/// answers on: only the probe Service carries traffic): `PER_FILE` per file, but those the
+/// changes will touch in a file each.
 struct Manifests {
     services: usize,
+    /// The Services the changes touch.
+    own: BTreeSet<usize>,
     /// How often each changed Service's first endpoint moved.
     moved: BTreeMap<usize, u32>,
 }
 
 impl Manifests {
-    fn new(services: usize) -> Self {
+    fn new(services: usize, changes: usize) -> Self {
         Self {
             services,
+            own: (0..changes).map(|k| changed_service(k, services)).collect(),
             moved: BTreeMap::new(),
         }
     }
 
-    fn write_all(&self, c: &Cluster) -> Result<()> {
+    /// Writes every file; returns how many.
+    fn write_all(&self, c: &Cluster) -> Result<usize> {
+        let mut files = 0;
         for file in 0..self.services.div_ceil(PER_FILE) {
-            self.write_file(c, file)?;
+            let mut yaml = String::new();
+            let last = ((file + 1) * PER_FILE).min(self.services);
+            for i in (file * PER_FILE..last).filter(|i| !self.own.contains(i)) {
+                self.service_yaml(i, &mut yaml);
+            }
+            if !yaml.is_empty() {
+                c.write_manifest(&format!("scale-{file:05}.yaml"), &yaml)?;
+                files += 1;
+            }
         }
-        Ok(())
+        for &i in &self.own {
+            self.write_own(c, i)?;
+        }
+        Ok(files + self.own.len())
     }
 
-    fn write_file(&self, c: &Cluster, file: usize) -> Result<()> {
+    /// The file of a Service the changes touch.
+    fn write_own(&self, c: &Cluster, i: usize) -> Result<()> {
         let mut yaml = String::new();
-        let last = ((file + 1) * PER_FILE).min(self.services);
-        for i in file * PER_FILE..last {
-            self.service_yaml(i, &mut yaml);
-        }
-        c.write_manifest(&format!("scale-{file:05}.yaml"), &yaml)
+        self.service_yaml(i, &mut yaml);
+        c.write_manifest(&format!("scale-svc-{i:06}.yaml"), &yaml)
     }
 
     fn service_yaml(&self, i: usize, out: &mut String) {
@@ -367,7 +389,7 @@ impl Manifests {
         );
     }
 
-    /// `count` changes, one at a time: one Service's first endpoint moves (its file is
+    /// `count` changes, one at a time: one Service's first endpoint moves (its own file is
     /// rewritten); waits for the agent's sync of each. Returns the sync log lines and the
     /// agent's RSS every 100 changes (MiB).
     fn change_many(
@@ -391,10 +413,9 @@ impl Manifests {
             if k % 100 == 0 {
                 rss.push(rss_mib(pid)?);
             }
-            // Spread over the cluster (7919 is prime: visits every Service of small sizes).
-            let i = (k * 7919) % self.services;
+            let i = changed_service(k, self.services);
             *self.moved.entry(i).or_default() += 1;
-            self.write_file(c, i / PER_FILE)?;
+            self.write_own(c, i)?;
             match log.next_sync(Duration::from_secs(30)) {
                 Ok(sync) => syncs.push(sync),
                 Err(_) => lost += 1,
@@ -405,6 +426,11 @@ impl Manifests {
         }
         Ok((syncs, rss))
     }
+}
+
+/// The Service the `k`-th change touches.
+fn changed_service(k: usize, services: usize) -> usize {
+    (k * CHANGE_STRIDE) % services
 }
 
 /// Follows the agent's JSON log from where it was last read.

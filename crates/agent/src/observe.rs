@@ -32,8 +32,10 @@ impl Default for Observers {
 impl Observers {
     /// After planning: the plan (when it changed) and the planner's warnings.
     pub fn planned(&self, planner: &Planner, delta: &PlanDelta, first: bool, addresses: &[IpAddr]) {
-        if first || !delta.is_empty() {
-            self.live.set_plan(planner.plan(), addresses);
+        if first {
+            self.live.set_plan(planner.plan(), None, addresses);
+        } else if !delta.is_empty() {
+            self.live.set_plan(planner.plan(), Some(delta), addresses);
         }
         if let Some(cluster) = &self.cluster {
             cluster.planned(planner.plan(), &planner.warnings());

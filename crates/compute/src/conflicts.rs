@@ -6,7 +6,7 @@
 //! all that have one), then the smaller `namespace/name`, then the smaller port name. The
 //! losers are reported by name; nothing else of them is affected.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use sluice_plan::{FrontendKey, FrontendKind, ServicePortName};
 
@@ -26,18 +26,27 @@ pub(crate) struct Claim {
 /// Every claim on every frontend.
 #[derive(Debug, Default)]
 pub(crate) struct Claims {
-    by_frontend: BTreeMap<FrontendKey, BTreeSet<Claim>>,
+    /// Claims of each frontend, sorted, without duplicates, exactly as long as needed: a
+    /// `BTreeSet`'s first node holds room for 11 claims (2 KiB), a grown `Vec` for 4, where
+    /// there is nearly always one (20 MiB at 10,000 Services).
+    by_frontend: BTreeMap<FrontendKey, Vec<Claim>>,
 }
 
 impl Claims {
     pub fn add(&mut self, key: FrontendKey, claim: Claim) {
-        self.by_frontend.entry(key).or_default().insert(claim);
+        let claims = self.by_frontend.entry(key).or_default();
+        if let Err(at) = claims.binary_search(&claim) {
+            claims.reserve_exact(1);
+            claims.insert(at, claim);
+        }
     }
 
     pub fn remove(&mut self, key: &FrontendKey, claim: &Claim) {
-        if let Some(set) = self.by_frontend.get_mut(key) {
-            set.remove(claim);
-            if set.is_empty() {
+        if let Some(claims) = self.by_frontend.get_mut(key) {
+            if let Ok(at) = claims.binary_search(claim) {
+                claims.remove(at);
+            }
+            if claims.is_empty() {
                 self.by_frontend.remove(key);
             }
         }

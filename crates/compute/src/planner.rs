@@ -51,7 +51,9 @@ pub struct Planner {
     services: HashMap<ObjectKey, Entry>,
     /// EndpointSlice → the Service it belongs to (label), and the reverse.
     slice_owner: HashMap<ObjectKey, ObjectKey>,
-    service_slices: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// Sorted lists rather than `BTreeSet`s: a set's first node holds room for 11 keys where a
+    /// Service nearly always has one slice (5 MiB at 10,000 Services).
+    service_slices: HashMap<ObjectKey, Vec<ObjectKey>>,
     claims: Claims,
     /// healthCheckNodePort → claiming Services in conflict order, with their local count.
     health_claims: BTreeMap<u16, BTreeMap<Rank, usize>>,
@@ -184,10 +186,7 @@ impl Planner {
         self.service_slices.clear();
         for (key, slice) in &snapshot.endpoint_slices {
             if let Some(owner) = owner_of(key, slice) {
-                self.service_slices
-                    .entry(owner.clone())
-                    .or_default()
-                    .insert(key.clone());
+                insert_sorted(self.service_slices.entry(owner.clone()).or_default(), key);
                 self.slice_owner.insert(key.clone(), owner);
             }
         }
@@ -203,7 +202,9 @@ impl Planner {
         let mut owners = Vec::new();
         if let Some(old) = self.slice_owner.remove(key) {
             if let Some(set) = self.service_slices.get_mut(&old) {
-                set.remove(key);
+                if let Ok(at) = set.binary_search(key) {
+                    set.remove(at);
+                }
                 if set.is_empty() {
                     self.service_slices.remove(&old);
                 }
@@ -211,10 +212,7 @@ impl Planner {
             owners.push(old);
         }
         if let Some(new) = slice.and_then(|s| owner_of(key, s)) {
-            self.service_slices
-                .entry(new.clone())
-                .or_default()
-                .insert(key.clone());
+            insert_sorted(self.service_slices.entry(new.clone()).or_default(), key);
             self.slice_owner.insert(key.clone(), new.clone());
             owners.push(new);
         }
@@ -465,5 +463,13 @@ impl std::fmt::Debug for Planner {
         f.debug_struct("Planner")
             .field("services", &self.plan.services.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// Adds `key` to a sorted list without duplicates, growing it by exactly one.
+fn insert_sorted(keys: &mut Vec<ObjectKey>, key: &ObjectKey) {
+    if let Err(at) = keys.binary_search(key) {
+        keys.reserve_exact(1);
+        keys.insert(at, key.clone());
     }
 }

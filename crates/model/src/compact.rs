@@ -7,6 +7,9 @@
 //! EndpointSlice fields kube-proxy uses, Node addresses, Ingress spec and status (the status
 //! writer compares it), IngressClass, Secret `type` and `data`.
 //!
+//! Lists are shrunk to their length: decoders grow them by doubling (a slice of 10 endpoints
+//! held 16, an endpoint's one address 4), which at 100,000 endpoints is tens of MiB.
+//!
 //! Dropped everywhere: `managedFields`, the kubectl last-applied annotation, owner
 //! references, finalizers, `generateName`, `selfLink`. Per kind: Service conditions and
 //! selector (endpoints come from EndpointSlices); EndpointSlice endpoint `targetRef`,
@@ -66,14 +69,29 @@ fn drop_if_empty(map: &mut Option<BTreeMap<String, String>>) {
     }
 }
 
+/// Gives back what a list holds beyond its length.
+fn shrink<T>(list: &mut Option<Vec<T>>) {
+    if let Some(list) = list {
+        list.shrink_to_fit();
+    }
+}
+
 impl Compact for Service {
     fn compact(&mut self) {
         compact_meta(&mut self.metadata);
         if let Some(spec) = self.spec.as_mut() {
             spec.selector = None;
+            shrink(&mut spec.ports);
+            shrink(&mut spec.cluster_ips);
+            shrink(&mut spec.ip_families);
+            shrink(&mut spec.external_ips);
+            shrink(&mut spec.load_balancer_source_ranges);
         }
         if let Some(status) = self.status.as_mut() {
             status.conditions = None;
+            if let Some(load_balancer) = status.load_balancer.as_mut() {
+                shrink(&mut load_balancer.ingress);
+            }
         }
     }
 }
@@ -83,11 +101,14 @@ impl Compact for EndpointSlice {
         compact_meta(&mut self.metadata);
         keep_only(&mut self.metadata.labels, SERVICE_NAME_LABEL);
         keep_only(&mut self.metadata.annotations, TRIGGER_TIME_ANNOTATION);
+        shrink(&mut self.endpoints);
         for endpoint in self.endpoints.iter_mut().flatten() {
             endpoint.target_ref = None;
             endpoint.hostname = None;
             endpoint.deprecated_topology = None;
+            endpoint.addresses.shrink_to_fit();
         }
+        shrink(&mut self.ports);
     }
 }
 
@@ -107,8 +128,11 @@ impl Compact for Node {
                 taints: Some(taints),
                 ..NodeSpec::default()
             });
-        self.status = self.status.take().map(|status| NodeStatus {
-            addresses: status.addresses,
+        self.status = self.status.take().map(|mut status| NodeStatus {
+            addresses: {
+                shrink(&mut status.addresses);
+                status.addresses
+            },
             conditions: status
                 .conditions
                 .map(|c| c.into_iter().filter(|c| c.type_ == "Ready").collect()),
@@ -170,6 +194,23 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(slice, kept);
+    }
+
+    #[test]
+    fn lists_hold_no_spare_room() {
+        let endpoint = serde_json::json!({"addresses": ["10.244.1.2"]});
+        let mut slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-abc"}, "addressType": "IPv4",
+            "endpoints": vec![endpoint; 10], "ports": [{"port": 8080}]
+        }))
+        .unwrap();
+        let endpoints = slice.endpoints.as_mut().unwrap();
+        endpoints.reserve(6);
+        endpoints[0].addresses.reserve(3);
+        slice.compact();
+        let endpoints = slice.endpoints.as_ref().unwrap();
+        assert_eq!(endpoints.capacity(), 10);
+        assert!(endpoints.iter().all(|e| e.addresses.capacity() == 1));
     }
 
     #[test]

@@ -24,6 +24,15 @@
 //!
 //! Reading and parsing run on tokio's blocking pool, never on the async runtime.
 //!
+//! # How a document is decoded
+//!
+//! The common document (one object of ours, `apiVersion` and `kind` before its other fields)
+//! is deserialized straight into its typed struct in one pass over the parser's events. That
+//! pass accepts only what the general path would accept with the same result (see
+//! `direct.rs`); everything else (Lists, merge keys, tags, mistakes) takes the general path:
+//! a bounded `serde_yaml::Value`, merge keys applied, then the typed decoding, which words the
+//! warnings.
+//!
 //! # What is reported
 //!
 //! Every skipped file, document or object gives a [`LoadWarning`] naming the file, the
@@ -40,9 +49,11 @@
 
 #![forbid(unsafe_code)]
 
+mod direct;
 mod documents;
 mod files;
 mod kinds;
+mod load;
 mod merge;
 mod names;
 mod nesting;

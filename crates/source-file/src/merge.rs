@@ -6,7 +6,7 @@
 //! a winning Ingress are published, like the API source.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::ffi::{OsStr, OsString};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -82,14 +82,43 @@ impl FileObjects {
         take(out, o, SnapshotKind::Secret, parsed.secrets, Object::Secret);
         Self { name, objects }
     }
+
+    /// Where this version defines the same object as `old` did, shares `old`'s copy: the
+    /// consumer keeps the copy it has for an unchanged object, and memory must not hold two.
+    fn share_unchanged(&mut self, old: &FileObjects) {
+        for (key, (object, _)) in &mut self.objects {
+            if let Some((previous, _)) = old.objects.get(key)
+                && same(previous, object)
+            {
+                *object = previous.clone();
+            }
+        }
+    }
 }
+
+/// Same content (the same allocation, or equal).
+fn same(a: &Object, b: &Object) -> bool {
+    let same_allocation = match (a, b) {
+        (Object::Service(a), Object::Service(b)) => Arc::ptr_eq(a, b),
+        (Object::EndpointSlice(a), Object::EndpointSlice(b)) => Arc::ptr_eq(a, b),
+        (Object::Node(a), Object::Node(b)) => Arc::ptr_eq(a, b),
+        (Object::Ingress(a), Object::Ingress(b)) => Arc::ptr_eq(a, b),
+        (Object::IngressClass(a), Object::IngressClass(b)) => Arc::ptr_eq(a, b),
+        (Object::Secret(a), Object::Secret(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    };
+    same_allocation || a == b
+}
+
+/// A file of the directory, by its exact name.
+type File = Arc<OsStr>;
 
 /// The merged view of all files: which file defines what, and what was published.
 #[derive(Debug, Default)]
 pub(crate) struct Merge {
-    files: BTreeMap<Arc<PathBuf>, FileObjects>,
+    files: BTreeMap<File, FileObjects>,
     /// Files defining each object, in file-name order: the last one wins.
-    definers: HashMap<Key, Vec<Arc<PathBuf>>>,
+    definers: HashMap<Key, Vec<File>>,
     /// Secret references of the winning Ingresses.
     ingress_refs: BTreeMap<ObjectKey, Vec<ObjectKey>>,
     /// The Secrets the consumer has.
@@ -97,16 +126,16 @@ pub(crate) struct Merge {
 }
 
 /// One file's new contents (`None`: the file is gone or unreadable).
-pub(crate) type FileUpdate = (PathBuf, Option<FileObjects>);
+pub(crate) type FileUpdate = (OsString, Option<FileObjects>);
 
 impl Merge {
-    pub(crate) fn contains(&self, path: &PathBuf) -> bool {
-        self.files.contains_key(path)
+    pub(crate) fn contains(&self, file: &OsStr) -> bool {
+        self.files.contains_key(file)
     }
 
     /// Files currently merged.
-    pub(crate) fn paths(&self) -> impl Iterator<Item = &PathBuf> {
-        self.files.keys().map(|path| path.as_ref())
+    pub(crate) fn files(&self) -> impl Iterator<Item = &OsStr> {
+        self.files.keys().map(|file| file.as_ref())
     }
 
     /// Replaces the given files; returns the events for the objects whose winning definition
@@ -116,10 +145,10 @@ impl Merge {
         updates: Vec<FileUpdate>,
     ) -> (Vec<SourceEvent>, Vec<LoadWarning>) {
         let mut affected: BTreeSet<Key> = BTreeSet::new();
-        for (path, new) in &updates {
+        for (file, new) in &updates {
             affected.extend(
                 self.files
-                    .get(path)
+                    .get(file.as_os_str())
                     .into_iter()
                     .flat_map(|f| f.objects.keys().cloned()),
             );
@@ -129,8 +158,8 @@ impl Merge {
             .iter()
             .map(|key| (key, self.winner(key).map(|(object, _)| object.clone())))
             .collect();
-        for (path, new) in updates {
-            self.replace_file(path, new);
+        for (file, new) in updates {
+            self.replace_file(file, new);
         }
         let mut events = Vec::new();
         let mut secrets_to_check = BTreeSet::new();
@@ -145,7 +174,7 @@ impl Merge {
             }
             match (old, new) {
                 (Some(_), None) => events.push(SourceEvent::Delete(key.0, key.1.clone())),
-                (old, Some(new)) if old.as_ref() != Some(&new) => {
+                (old, Some(new)) if !old.as_ref().is_some_and(|old| same(old, &new)) => {
                     events.push(SourceEvent::Apply(key.1.clone(), new));
                 }
                 _ => {}
@@ -156,25 +185,29 @@ impl Merge {
         (events, warnings)
     }
 
-    fn replace_file(&mut self, path: PathBuf, new: Option<FileObjects>) {
-        let path = Arc::new(path);
-        if let Some(old) = self.files.remove(&path) {
+    fn replace_file(&mut self, file: OsString, mut new: Option<FileObjects>) {
+        let file: File = file.into();
+        if let Some(old) = self.files.remove(&file) {
             for key in old.objects.keys() {
                 if let Some(files) = self.definers.get_mut(key) {
-                    files.retain(|p| *p != path);
+                    files.retain(|f| *f != file);
                     if files.is_empty() {
                         self.definers.remove(key);
                     }
                 }
             }
+            if let Some(new) = &mut new {
+                new.share_unchanged(&old);
+            }
         }
         let Some(new) = new else { return };
         for key in new.objects.keys() {
             let files = self.definers.entry(key.clone()).or_default();
-            let at = files.partition_point(|p| **p < *path);
-            files.insert(at, Arc::clone(&path));
+            let at = files.partition_point(|f| **f < *file);
+            files.reserve_exact(1); // nearly always the only one
+            files.insert(at, Arc::clone(&file));
         }
-        self.files.insert(path, new);
+        self.files.insert(file, new);
     }
 
     /// The winning definition of an object and its file.
@@ -246,8 +279,8 @@ impl Merge {
                 continue;
             };
             let winner = winner_file.objects[key].1.describe(&winner_file.name);
-            for path in &files[..files.len() - 1] {
-                let loser = &self.files[path];
+            for file in &files[..files.len() - 1] {
+                let loser = &self.files[file];
                 let origin = loser.objects[key].1;
                 warnings.push(LoadWarning {
                     file: loser.name.clone(),
@@ -271,4 +304,57 @@ fn secret_refs(key: &ObjectKey, ingress: &Ingress) -> Vec<ObjectKey> {
         .filter_map(|t| t.secret_name.as_ref())
         .map(|name| ObjectKey::new(key.namespace.clone(), name.clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::parse_manifests;
+
+    fn file(text: &str) -> FileObjects {
+        FileObjects::new("a.yaml".to_owned(), parse_manifests("a.yaml", text))
+    }
+
+    fn service(name: &str, ip: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{clusterIP: {ip}}}\n"
+        )
+    }
+
+    fn winner(merge: &Merge, name: &str) -> Object {
+        let key = (SnapshotKind::Service, ObjectKey::new("default", name));
+        merge.winner(&key).unwrap().0.clone()
+    }
+
+    #[test]
+    fn a_rewritten_file_keeps_the_copies_of_its_unchanged_objects() {
+        let mut merge = Merge::default();
+        let first = format!(
+            "{}---\n{}",
+            service("a", "10.96.0.1"),
+            service("b", "10.96.0.2")
+        );
+        let (events, _) = merge.update(vec![("a.yaml".into(), Some(file(&first)))]);
+        let published_a = match &events[0] {
+            SourceEvent::Apply(key, Object::Service(a)) if key.name == "a" => Arc::clone(a),
+            other => panic!("{other:?}"),
+        };
+
+        let second = format!(
+            "{}---\n{}",
+            service("a", "10.96.0.1"),
+            service("b", "10.96.0.9")
+        );
+        let (events, _) = merge.update(vec![("a.yaml".into(), Some(file(&second)))]);
+        assert!(
+            matches!(events.as_slice(), [SourceEvent::Apply(key, _)] if key.name == "b"),
+            "{events:?}"
+        );
+        // The consumer still holds its copy of `a`: the source holds the same one, not a
+        // second.
+        let Object::Service(kept_a) = winner(&merge, "a") else {
+            panic!("not a Service")
+        };
+        assert!(Arc::ptr_eq(&kept_a, &published_a));
+    }
 }

@@ -397,6 +397,13 @@ impl<'a> Scanner<'a> {
             }
             while !self.is_blankz(0) {
                 let c = self.at(0);
+                // Most of a manifest: characters that never end a plain scalar (one byte,
+                // one column each).
+                if c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'/' | b'_') {
+                    self.pos += 1;
+                    self.column += 1;
+                    continue;
+                }
                 if flow && c == b':' && b",?[]{}".contains(&self.at(1)) {
                     return Err(Halt::SyntaxError);
                 }

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 use sluice_model::{ObjectKey, SnapshotKind};
 
+use crate::direct::{self, Typed};
 use crate::documents::{self, Document};
 use crate::kinds::{self, Foreign};
 use crate::names::NameRule;
@@ -155,6 +156,13 @@ fn parse_document(out: &mut ParsedFile, file: &str, document: Document<'_>, limi
             },
         };
         return out.warn(file, origin, None, problem);
+    }
+    // The common case in one pass; anything unusual (or wrong) goes the general way below,
+    // which also words the warnings.
+    if let Some(typed) = direct::decode(document.text, limits.max_nodes)
+        && add_typed(out, file, origin, typed)
+    {
+        return;
     }
     match value::parse(document.text, limits.max_nodes) {
         // `<<: *defaults` merge keys, which kubectl applies too.
@@ -313,19 +321,48 @@ fn decode<T: Object>(out: &mut ParsedFile, place: Place<'_>, value: Value, list:
     if let Err(problem) = check_api_version(place.kind, &value) {
         return warn(out, problem);
     }
-    let mut decoded: T = match serde_yaml::from_value(value) {
+    let decoded: T = match serde_yaml::from_value(value) {
         Ok(decoded) => decoded,
         Err(err) => {
             let reason = err.to_string();
             return warn(out, Problem::Invalid { reason });
         }
     };
-    let key = match checked_key(place.kind, decoded.metadata_mut()) {
-        Ok(key) => key,
-        Err(problem) => return warn(out, problem),
+    if let Err(problem) = accept(out, place, decoded, list) {
+        warn(out, problem);
+    }
+}
+
+/// An object decoded directly ([`direct`]); false when it needs a warning (the general path
+/// then decodes it again and words it).
+fn add_typed(out: &mut ParsedFile, file: &str, origin: Origin, typed: Typed) -> bool {
+    let place = |kind| Place { file, origin, kind };
+    let accepted = match typed {
+        Typed::Service(o) => accept(out, place(SnapshotKind::Service), o, |o| &mut o.services),
+        Typed::EndpointSlice(o) => accept(out, place(SnapshotKind::EndpointSlice), o, |o| {
+            &mut o.endpoint_slices
+        }),
+        Typed::Node(o) => accept(out, place(SnapshotKind::Node), o, |o| &mut o.nodes),
+        Typed::Ingress(o) => accept(out, place(SnapshotKind::Ingress), o, |o| &mut o.ingresses),
+        Typed::IngressClass(o) => accept(out, place(SnapshotKind::IngressClass), o, |o| {
+            &mut o.ingress_classes
+        }),
+        Typed::Secret(o) => accept(out, place(SnapshotKind::Secret), o, |o| &mut o.secrets),
     };
-    decoded.normalize();
-    insert(out, place, key, Arc::new(decoded), list);
+    accepted.is_ok()
+}
+
+/// The checks the API server would have made on a decoded object, then adds it.
+fn accept<T: Object>(
+    out: &mut ParsedFile,
+    place: Place<'_>,
+    mut object: T,
+    list: List<T>,
+) -> Result<(), Problem> {
+    let key = checked_key(place.kind, object.metadata_mut())?;
+    object.normalize();
+    insert(out, place, key, Arc::new(object), list);
+    Ok(())
 }
 
 fn check_api_version(kind: SnapshotKind, value: &Value) -> Result<(), Problem> {

@@ -14,7 +14,7 @@ use serde_yaml::value::{Tag, TaggedValue};
 use serde_yaml::{Mapping, Value};
 
 /// Nodes allowed beyond one per byte of the document.
-const ALLOWANCE: usize = 10_000;
+pub(crate) const ALLOWANCE: usize = 10_000;
 
 pub(crate) enum ValueError {
     TooManyNodes { limit: usize },

@@ -8,54 +8,49 @@
 //! (a half-written file would be read as a broken one). A ConfigMap volume's update is a
 //! rename of its `..data` link (`IN_MOVED_TO`).
 
+use std::os::fd::AsFd;
 use std::path::Path;
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-use tokio::sync::Notify;
 
+/// Waits on the poll thread (the source's loop is blocking).
 pub(crate) struct DirWake {
-    /// Notified by the thread that reads the directory's inotify events.
-    changed: Option<Arc<Notify>>,
+    inotify: Option<Inotify>,
 }
 
 impl DirWake {
     /// Watches `dir`; falls back to the interval alone when it cannot (logged at debug).
     pub(crate) fn new(dir: &Path) -> Self {
-        let changed = Arc::new(Notify::new());
-        let watching = watch(dir, Arc::downgrade(&changed))
+        let inotify = watch(dir)
             .map_err(|err| {
                 tracing::debug!(dir = %dir.display(), error = %err, "manifest directory: no inotify, polling only");
             })
-            .is_ok();
-        Self {
-            changed: watching.then_some(changed),
-        }
+            .ok();
+        Self { inotify }
     }
 
-    /// Returns after `interval`, or as soon as the directory reports a change. Events that
-    /// arrive meanwhile are folded into one wake-up: one read of the directory follows a burst.
-    pub(crate) async fn wait(&self, interval: Duration) {
-        match &self.changed {
-            Some(changed) => {
-                tokio::select! {
-                    () = tokio::time::sleep(interval) => {},
-                    () = changed.notified() => {},
-                }
-            }
-            None => tokio::time::sleep(interval).await,
+    /// Returns after `interval`, or as soon as the directory reports a change. Every event
+    /// queued by then is consumed: one read of the directory follows a burst.
+    pub(crate) fn wait(&self, interval: Duration) {
+        let Some(inotify) = &self.inotify else {
+            std::thread::sleep(interval);
+            return;
+        };
+        let timeout = PollTimeout::try_from(interval).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(0) => {}
+            Ok(_) => while matches!(inotify.read_events(), Ok(events) if !events.is_empty()) {},
+            // Interrupted: the caller polls the directory and comes back.
+            Err(_) => {}
         }
     }
 }
 
-/// Starts a thread that blocks on the directory's inotify events and notifies `changed`
-/// for each read; it ends with the source (at the first event after `changed` is gone).
-/// A thread with a blocking read rather than tokio's reactor: registering a descriptor with
-/// the reactor takes `unsafe`, and this crate has none.
-fn watch(dir: &Path, changed: Weak<Notify>) -> Result<(), Errno> {
-    let inotify = Inotify::init(InitFlags::IN_CLOEXEC)?;
+fn watch(dir: &Path) -> nix::Result<Inotify> {
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
     inotify.add_watch(
         dir,
         AddWatchFlags::IN_CLOSE_WRITE
@@ -64,22 +59,7 @@ fn watch(dir: &Path, changed: Weak<Notify>) -> Result<(), Errno> {
             | AddWatchFlags::IN_DELETE
             | AddWatchFlags::IN_ATTRIB,
     )?;
-    std::thread::Builder::new()
-        .name("sluice-dir-watch".into())
-        .spawn(move || {
-            loop {
-                match inotify.read_events() {
-                    Ok(_) => match changed.upgrade() {
-                        Some(changed) => changed.notify_one(),
-                        None => return,
-                    },
-                    Err(Errno::EINTR) => {}
-                    Err(_) => return,
-                }
-            }
-        })
-        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
-    Ok(())
+    Ok(inotify)
 }
 
 #[cfg(test)]
@@ -136,7 +116,13 @@ mod tests {
         std::fs::rename(&outside, dir.join("c.yaml")).unwrap();
         assert_eq!(applied(&next(&mut rx).await), ["c"]);
 
-        running.abort();
-        let _ = std::fs::remove_dir_all(&dir);
+        // The source stops once its receiver is gone and it wakes (the removal wakes it).
+        drop(rx);
+        std::fs::remove_dir_all(&dir).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(20), running)
+            .await
+            .expect("the source stops")
+            .expect("no panic")
+            .expect("no error");
     }
 }

@@ -1,16 +1,18 @@
 //! Polling the directory, caching what each file defines, and reporting what changed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sluice_model::{Snapshot, SourceBatch, SourceEvent, Store};
 use tokio::sync::mpsc;
 
-use crate::files::{self, Listed, ReadError, Stamp};
-use crate::merge::{FileObjects, FileUpdate, Merge};
-use crate::parse::{Limits, ParsedFile, parse_file};
-use crate::warning::{LoadWarning, Problem};
+use crate::files::{self, Listed, Stamp};
+use crate::load::load_all;
+use crate::merge::{FileUpdate, Merge};
+use crate::parse::Limits;
+use crate::warning::LoadWarning;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirSourceError {
@@ -38,7 +40,7 @@ pub struct DirSource {
     poll_interval: Duration,
     limits: Limits,
     /// The stamp of each file as last read.
-    stamps: BTreeMap<PathBuf, Stamp>,
+    stamps: HashMap<OsString, Stamp>,
     merge: Merge,
 }
 
@@ -48,7 +50,7 @@ impl DirSource {
             dir: dir.into(),
             poll_interval: Duration::from_millis(100),
             limits: Limits::default(),
-            stamps: BTreeMap::new(),
+            stamps: HashMap::new(),
             merge: Merge::default(),
         }
     }
@@ -88,76 +90,85 @@ impl DirSource {
     /// every losing copy of an object they define), or `None` when no file changed. Blocking:
     /// reads files and parses YAML.
     pub fn refresh(&mut self) -> Result<Option<Refreshed>, DirSourceError> {
+        Ok(self.poll()?.map(|(refreshed, _)| refreshed))
+    }
+
+    /// [`refresh`](Self::refresh), and when the poll knew what changed: where the work of a
+    /// change starts (listing and comparing the stamps of every file is the cost of every
+    /// poll, change or not).
+    fn poll(&mut self) -> Result<Option<(Refreshed, Instant)>, DirSourceError> {
         let files = files::list(&self.dir).map_err(|source| DirSourceError::ReadDir {
             dir: self.dir.clone(),
             source,
         })?;
-        let present: BTreeSet<&PathBuf> = files.iter().map(|f| &f.path).collect();
+        let present: HashSet<&OsStr> = files.iter().map(|f| f.file.as_os_str()).collect();
         let mut updates: Vec<FileUpdate> = self
             .merge
-            .paths()
-            .filter(|path| !present.contains(path))
-            .map(|path| (path.clone(), None))
+            .files()
+            .filter(|file| !present.contains(file))
+            .map(|file| (file.to_owned(), None))
             .collect();
-        self.stamps.retain(|path, _| present.contains(path));
+        self.stamps
+            .retain(|file, _| present.contains(file.as_os_str()));
+        let changed: Vec<Listed> = files
+            .into_iter()
+            .filter(|listed| self.stamps.get(&listed.file) != Some(&listed.stamp))
+            .collect();
+        let seen = Instant::now();
+        let loaded = load_all(&self.dir, &changed, &self.limits);
         let mut warnings = Vec::new();
-        for listed in files {
-            if self.stamps.get(&listed.path) == Some(&listed.stamp) {
-                continue;
-            }
-            let Some(parsed) = load(&listed, &self.limits) else {
+        for (listed, loaded) in changed.into_iter().zip(loaded) {
+            let Some((file_warnings, objects)) = loaded else {
                 // Vanished since the listing: gone, unless it comes back next round.
-                if self.stamps.remove(&listed.path).is_some() || self.merge.contains(&listed.path) {
-                    updates.push((listed.path, None));
+                if self.stamps.remove(&listed.file).is_some() || self.merge.contains(&listed.file) {
+                    updates.push((listed.file, None));
                 }
                 continue;
             };
-            warnings.extend(parsed.warnings.iter().cloned());
-            self.stamps.insert(listed.path.clone(), listed.stamp);
-            updates.push((listed.path, Some(FileObjects::new(listed.name, parsed))));
+            warnings.extend(file_warnings);
+            self.stamps.insert(listed.file.clone(), listed.stamp);
+            updates.push((listed.file, Some(objects)));
         }
         if updates.is_empty() {
             return Ok(None);
         }
         let (events, duplicates) = self.merge.update(updates);
         warnings.extend(duplicates);
-        Ok(Some((events, warnings)))
+        Ok(Some(((events, warnings), seen)))
     }
 
     /// Reports every object after the first full read (then [`SourceEvent::Synced`]), then
     /// the objects each change touches. Runs until the receiver is gone. An unreadable
     /// directory keeps the last good state and retries.
     ///
-    /// Reading and parsing run on tokio's blocking pool, never on the async workers: a slow
-    /// file cannot stall the rest of the agent.
-    pub async fn run(mut self, tx: mpsc::Sender<SourceBatch>) -> Result<(), DirSourceError> {
+    /// Polling, reading and parsing run on a thread of tokio's blocking pool, never on the
+    /// async workers: a slow file cannot stall the rest of the agent. That thread hands each
+    /// batch to the receiver itself (no task in between to wake), and notices within a poll
+    /// interval that the receiver is gone.
+    pub async fn run(self, tx: mpsc::Sender<SourceBatch>) -> Result<(), DirSourceError> {
+        match tokio::task::spawn_blocking(move || self.run_blocking(&tx)).await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => Ok(()), // the runtime is shutting down
+        }
+    }
+
+    fn run_blocking(mut self, tx: &mpsc::Sender<SourceBatch>) -> Result<(), DirSourceError> {
         let mut reported_unreadable = false;
         let mut synced = false;
         let wake = crate::wake::DirWake::new(&self.dir);
         loop {
-            let started = Instant::now();
-            let result;
-            (self, result) = match tokio::task::spawn_blocking(move || {
-                let result = self.refresh();
-                (self, result)
-            })
-            .await
-            {
-                Ok(done) => done,
-                Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-                Err(_) => return Ok(()), // the runtime is shutting down
-            };
-            let mut events = match result {
-                Ok(Some((events, warnings))) => {
+            let (mut events, seen) = match self.poll() {
+                Ok(Some(((events, warnings), seen))) => {
                     reported_unreadable = false;
                     for warning in &warnings {
                         tracing::warn!(dir = %self.dir.display(), "skipped manifest: {warning}");
                     }
-                    events
+                    (events, seen)
                 }
                 Ok(None) => {
                     reported_unreadable = false;
-                    Vec::new()
+                    (Vec::new(), Instant::now())
                 }
                 // The first read must succeed: a wrong path is a configuration error.
                 Err(err) if !synced => return Err(err),
@@ -166,20 +177,18 @@ impl DirSource {
                         tracing::warn!("{err}; keeping the last good state");
                         reported_unreadable = true;
                     }
-                    Vec::new()
+                    (Vec::new(), Instant::now())
                 }
             };
             if !synced {
                 synced = true;
                 events.push(SourceEvent::Synced);
             }
-            if !events.is_empty() && tx.send(SourceBatch::new(events, started)).await.is_err() {
+            let batch = SourceBatch::new(events, seen);
+            if !batch.events.is_empty() && tx.blocking_send(batch).is_err() || tx.is_closed() {
                 return Ok(());
             }
-            if tx.is_closed() {
-                return Ok(());
-            }
-            wake.wait(self.poll_interval).await;
+            wake.wait(self.poll_interval);
         }
     }
 }
@@ -191,26 +200,6 @@ pub fn load_dir(dir: &Path) -> Result<(Snapshot, Vec<LoadWarning>), DirSourceErr
     let mut store = Store::new();
     store.apply_all(events);
     Ok((store.into_snapshot(), warnings))
-}
-
-/// Reads and parses one listed file; `None` when it vanished since the listing.
-fn load(listed: &Listed, limits: &Limits) -> Option<ParsedFile> {
-    let name = &listed.name;
-    match &listed.stamp {
-        Stamp::Problem(problem) => Some(ParsedFile::failed(name, problem.clone())),
-        Stamp::File { len, .. } if *len > limits.max_file_size => {
-            let problem = Problem::FileTooLarge {
-                size: *len,
-                limit: limits.max_file_size,
-            };
-            Some(ParsedFile::failed(name, problem))
-        }
-        Stamp::File { .. } => match files::read(&listed.path, limits.max_file_size) {
-            Ok(bytes) => Some(parse_file(name, &bytes, limits)),
-            Err(ReadError::Vanished) => None,
-            Err(ReadError::Problem(problem)) => Some(ParsedFile::failed(name, problem)),
-        },
-    }
 }
 
 #[cfg(test)]
