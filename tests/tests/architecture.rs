@@ -52,7 +52,7 @@ const UNSAFE_NEEDED: &[(&str, &str)] = &[
     (
         "sluice-agent",
         "setsockopt(IPV6_V6ONLY) on the health listener; owning the descriptors SCM_RIGHTS \
-         delivers (restart handover)",
+         delivers (restart handover); malloc_trim after a full sync",
     ),
 ];
 

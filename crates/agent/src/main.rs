@@ -16,6 +16,7 @@ mod interfaces;
 mod kubeproxy;
 mod limits;
 mod loadbalancer;
+mod memory;
 mod metrics;
 mod observe;
 mod plan;

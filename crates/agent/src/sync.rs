@@ -322,8 +322,8 @@ fn next_work(prog: &mut Programming, plan: &Plan, delta: PlanDelta) -> Option<Wo
     (!delta.is_empty()).then(|| Work::Apply(Box::new(delta)))
 }
 
-/// Runs one dataplane call (on a blocking thread). After the first resync of a run, removes
-/// the flows an earlier run left toward backends that are gone.
+/// Runs one dataplane call (on a blocking thread); after a resync, returns the heap's free
+/// memory to the kernel.
 fn program(
     mut dp: Box<dyn Dataplane>,
     work: Work,
@@ -334,27 +334,40 @@ fn program(
     Duration,
 ) {
     let started = std::time::Instant::now();
-    let result = match work {
-        Work::Resync(plan) => {
-            let mut result = dp.resync(&plan);
-            if let (Ok(_), Some(restored)) = (&result, restored) {
-                let stale = sluice_compute::stale_after_restore(&restored.backends, &plan);
-                if !stale.is_empty() {
-                    let flows = PlanDelta {
-                        node: Arc::clone(&plan.node),
-                        stale_flows: stale,
-                        ..PlanDelta::default()
-                    };
-                    if let Err(err) = dp.apply(&flows) {
-                        result = Err(err);
-                    }
-                }
-            }
-            result
-        }
-        Work::Apply(delta) => dp.apply(&delta),
+    let (result, full) = match work {
+        Work::Resync(plan) => (resync(dp.as_mut(), &plan, restored), true),
+        Work::Apply(delta) => (dp.apply(&delta), false),
     };
-    (dp, result, started.elapsed())
+    let elapsed = started.elapsed();
+    if full {
+        // What a full sync went through is freed by now: give it back (see `memory`).
+        crate::memory::release_free_heap();
+    }
+    (dp, result, elapsed)
+}
+
+/// Makes the kernel hold `plan`; after the first one of a run, removes the flows an earlier
+/// run left toward backends that are gone.
+fn resync(
+    dp: &mut dyn Dataplane,
+    plan: &Plan,
+    restored: Option<Restored>,
+) -> Result<ApplyReport, DataplaneError> {
+    let mut result = dp.resync(plan);
+    if let (Ok(_), Some(restored)) = (&result, restored) {
+        let stale = sluice_compute::stale_after_restore(&restored.backends, plan);
+        if !stale.is_empty() {
+            let flows = PlanDelta {
+                node: Arc::clone(&plan.node),
+                stale_flows: stale,
+                ..PlanDelta::default()
+            };
+            if let Err(err) = dp.apply(&flows) {
+                result = Err(err);
+            }
+        }
+    }
+    result
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
