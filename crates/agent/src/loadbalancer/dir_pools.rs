@@ -3,12 +3,14 @@
 //! files: `*.yaml`, `*.yml` and `*.json` directly in the directory (not dot-files, not
 //! subdirectories), documents separated by `---`, symlinks followed. Only files that mention
 //! `LoadBalancerIPPool` are parsed; files over 8 MiB are skipped. The directory is polled
-//! every [`POLL_INTERVAL`], and files are re-read only when one changed (size, mtime, or the
-//! set of files).
+//! every [`POLL_INTERVAL`] (one `stat` per file), and only the files whose size or mtime
+//! changed are read again: a cluster of 100,000 Services in manifests must not be re-read
+//! whenever one of its files changes.
 //!
 //! A pool document that cannot be read (wrong `apiVersion`, a field of the wrong type, no
 //! name) is logged naming the file and document and skipped; the other pools still apply.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -22,11 +24,8 @@ use tokio::sync::watch;
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_FILE_SIZE: u64 = 8 << 20;
 
-/// What identifies the directory's content without reading it.
-type Signature = Vec<(PathBuf, u64, Option<SystemTime>)>;
-
 /// The pools found and a warning per pool document that had to be skipped.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct DirPools {
     pub pools: Objects<LoadBalancerIPPool>,
     pub warnings: Vec<String>,
@@ -39,35 +38,30 @@ pub async fn watch_dir_pools(
     tx: watch::Sender<Option<Arc<Objects<LoadBalancerIPPool>>>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut last: Option<Signature> = None;
+    let mut files = PoolFiles::default();
     let mut warned: Vec<String> = Vec::new();
+    let mut first = true;
     loop {
         let reading = dir.clone();
-        let seen = last.clone();
+        let mut cache = std::mem::take(&mut files);
         let read = tokio::task::spawn_blocking(move || {
-            let signature = signature(&reading);
-            if seen.as_ref() == Some(&signature) {
-                return (signature, None);
-            }
-            let pools = read_pools(&reading);
-            (signature, Some(pools))
+            let changed = cache.refresh(&reading).changed;
+            let found = changed.then(|| cache.pools());
+            (cache, found)
         })
         .await;
-        if let Ok((signature, Some(found))) = read {
-            last = Some(signature);
-            if found.warnings != warned {
-                for warning in found.warnings.iter().filter(|w| !warned.contains(w)) {
-                    tracing::warn!("skipped a LoadBalancerIPPool: {warning}");
+        match read {
+            Ok((cache, found)) => {
+                files = cache;
+                if let Some(found) = found.or_else(|| first.then(DirPools::default)) {
+                    first = false;
+                    publish(&tx, found, &mut warned);
                 }
-                warned = found.warnings;
             }
-            tx.send_if_modified(|current| {
-                let changed = current.as_deref() != Some(&found.pools);
-                if changed {
-                    *current = Some(Arc::new(found.pools));
-                }
-                changed
-            });
+            // The cache is lost with the task: the next poll reads every file again.
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the manifest directory's LoadBalancerIPPools failed; retrying")
+            }
         }
         tokio::select! {
             () = tokio::time::sleep(POLL_INTERVAL) => {}
@@ -77,11 +71,89 @@ pub async fn watch_dir_pools(
     }
 }
 
-fn candidate_files(dir: &Path) -> Vec<PathBuf> {
+/// Logs each new warning once and sends the pools if they differ from what was sent.
+fn publish(
+    tx: &watch::Sender<Option<Arc<Objects<LoadBalancerIPPool>>>>,
+    found: DirPools,
+    warned: &mut Vec<String>,
+) {
+    if found.warnings != *warned {
+        for warning in found.warnings.iter().filter(|w| !warned.contains(w)) {
+            tracing::warn!("skipped a LoadBalancerIPPool: {warning}");
+        }
+        *warned = found.warnings;
+    }
+    tx.send_if_modified(|current| {
+        let changed = current.as_deref() != Some(&found.pools);
+        if changed {
+            *current = Some(Arc::new(found.pools));
+        }
+        changed
+    });
+}
+
+/// What identifies a file's content without reading it.
+type Stamp = (u64, Option<SystemTime>);
+
+/// The pools of each file of the directory, as of the file's stamp when it was read.
+#[derive(Debug, Default)]
+pub struct PoolFiles {
+    files: BTreeMap<PathBuf, (Stamp, DirPools)>,
+}
+
+/// What one [`PoolFiles::refresh`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refreshed {
+    /// Files read (new or changed since the last refresh).
+    pub read: usize,
+    /// Whether any file appeared, changed or went away.
+    pub changed: bool,
+}
+
+impl PoolFiles {
+    /// Stats every candidate file and reads again only the new and changed ones.
+    pub fn refresh(&mut self, dir: &Path) -> Refreshed {
+        let stamps = candidate_files(dir);
+        let before = self.files.len();
+        self.files.retain(|path, _| stamps.contains_key(path));
+        let mut refreshed = Refreshed {
+            read: 0,
+            changed: self.files.len() != before,
+        };
+        for (path, stamp) in stamps {
+            if self
+                .files
+                .get(&path)
+                .is_some_and(|(seen, _)| *seen == stamp)
+            {
+                continue;
+            }
+            let pools = read_pools_of(&path, stamp.0);
+            refreshed.read += 1;
+            refreshed.changed = true;
+            self.files.insert(path, (stamp, pools));
+        }
+        refreshed
+    }
+
+    /// Every pool (later files and documents win on duplicate names) and every warning.
+    pub fn pools(&self) -> DirPools {
+        let mut out = DirPools::default();
+        for (_, file) in self.files.values() {
+            out.pools
+                .extend(file.pools.iter().map(|(k, v)| (k.clone(), Arc::clone(v))));
+            out.warnings.extend(file.warnings.iter().cloned());
+        }
+        out
+    }
+}
+
+/// The candidate files and their stamps, by path.
+fn candidate_files(dir: &Path) -> BTreeMap<PathBuf, Stamp> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
+        return BTreeMap::new();
     };
-    let mut files: Vec<PathBuf> = entries
+    entries
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
@@ -89,38 +161,27 @@ fn candidate_files(dir: &Path) -> Vec<PathBuf> {
             let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
             !name.starts_with('.') && matches!(ext, "yaml" | "yml" | "json")
         })
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    files
-}
-
-fn signature(dir: &Path) -> Signature {
-    candidate_files(dir)
-        .into_iter()
-        .map(|path| {
-            let meta = std::fs::metadata(&path).ok();
-            let len = meta.as_ref().map_or(0, |m| m.len());
-            let modified = meta.and_then(|m| m.modified().ok());
-            (path, len, modified)
+        .filter_map(|path| {
+            // Follows symlinks, like the directory source.
+            let meta = std::fs::metadata(&path).ok().filter(|m| m.is_file())?;
+            Some((path, (meta.len(), meta.modified().ok())))
         })
         .collect()
 }
 
-/// Reads every pool of the directory (later files and documents win on duplicate names).
-pub fn read_pools(dir: &Path) -> DirPools {
+/// The pools of one file (`len` bytes by its stamp).
+fn read_pools_of(path: &Path, len: u64) -> DirPools {
     let mut out = DirPools::default();
-    for path in candidate_files(dir) {
-        let name = path
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        let too_big = std::fs::metadata(&path).is_ok_and(|m| m.len() > MAX_FILE_SIZE);
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue; // not UTF-8 or unreadable: the directory source reports it
-        };
-        if too_big || !text.contains(KIND) {
-            continue;
-        }
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    if len > MAX_FILE_SIZE {
+        return out;
+    }
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return out; // not UTF-8 or unreadable: the directory source reports it
+    };
+    if text.contains(KIND) {
         read_file(&name, &text, &mut out);
     }
     out
@@ -176,6 +237,13 @@ fn decode_pool(value: serde_yaml::Value) -> Result<LoadBalancerIPPool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every pool of the directory, read at once.
+    fn read_pools(dir: &Path) -> DirPools {
+        let mut files = PoolFiles::default();
+        files.refresh(dir);
+        files.pools()
+    }
 
     fn dir_with(files: &[(&str, &str)]) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
@@ -233,6 +301,72 @@ mod tests {
             "{:?}",
             read.warnings
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_new_and_changed_files_are_read_again() {
+        let pool = |name: &str| {
+            format!(
+                "apiVersion: sluice.dev/v1alpha1\nkind: LoadBalancerIPPool\n\
+                 metadata: {{name: {name}}}\nspec: {{blocks: [{{cidr: 192.0.2.0/28}}]}}\n"
+            )
+        };
+        let dir =
+            std::env::temp_dir().join(format!("sluice-dir-pools-{}-cache", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.yaml"), pool("a")).unwrap();
+        std::fs::write(
+            dir.join("b.yaml"),
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("c.yaml"), pool("c")).unwrap();
+        let mut files = PoolFiles::default();
+        assert_eq!(
+            files.refresh(&dir),
+            Refreshed {
+                read: 3,
+                changed: true
+            }
+        );
+        assert_eq!(
+            files.refresh(&dir),
+            Refreshed {
+                read: 0,
+                changed: false
+            }
+        );
+        let names = |files: &PoolFiles| -> Vec<String> {
+            files
+                .pools()
+                .pools
+                .values()
+                .map(|p| p.name().to_owned())
+                .collect()
+        };
+        assert_eq!(names(&files), ["a", "c"]);
+        // A changed file (another size) is read again, alone.
+        std::fs::write(dir.join("a.yaml"), pool("a2")).unwrap();
+        assert_eq!(
+            files.refresh(&dir),
+            Refreshed {
+                read: 1,
+                changed: true
+            }
+        );
+        assert_eq!(names(&files), ["a2", "c"]);
+        // A file gone takes its pools with it, without reading anything.
+        std::fs::remove_file(dir.join("c.yaml")).unwrap();
+        assert_eq!(
+            files.refresh(&dir),
+            Refreshed {
+                read: 0,
+                changed: true
+            }
+        );
+        assert_eq!(names(&files), ["a2"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
