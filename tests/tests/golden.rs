@@ -14,7 +14,6 @@
 //! `git diff` — each file is a specification, not a snapshot. See docs/plan.md.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -109,45 +108,6 @@ fn split_sections(stdout: &str) -> Result<BTreeMap<String, String>> {
     Ok(sections)
 }
 
-/// A line diff (longest common subsequence): `-` lines of the expected file and `+` lines of
-/// the actual output, each with its line number there. Golden files are small: quadratic is
-/// fine.
-fn diff(expected: &str, actual: &str) -> String {
-    let a: Vec<&str> = expected.lines().collect();
-    let b: Vec<&str> = actual.lines().collect();
-    // common[i][j]: length of the longest common subsequence of a[i..] and b[j..].
-    let mut common = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for i in (0..a.len()).rev() {
-        for j in (0..b.len()).rev() {
-            common[i][j] = if a[i] == b[j] {
-                common[i + 1][j + 1] + 1
-            } else {
-                common[i + 1][j].max(common[i][j + 1])
-            };
-        }
-    }
-    let mut out = String::new();
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() || j < b.len() {
-        if i < a.len() && j < b.len() && a[i] == b[j] {
-            i += 1;
-            j += 1;
-        } else if i < a.len() && (j == b.len() || common[i + 1][j] >= common[i][j + 1]) {
-            // Removed lines first, so a changed line reads `-` old, then `+` new.
-            let _ = writeln!(out, "{:>5} - {}", i + 1, a[i]);
-            i += 1;
-        } else {
-            let _ = writeln!(out, "{:>5} + {}", j + 1, b[j]);
-            j += 1;
-        }
-    }
-    if out.is_empty() && expected != actual {
-        // Same lines, different line endings (a missing final newline, CRLF).
-        out.push_str("      (only line endings differ)\n");
-    }
-    out
-}
-
 /// The expected files of a case and what the run produced for each (`None`: no such file /
 /// nothing printed).
 fn expectations(output: &Output) -> Vec<(String, Option<String>)> {
@@ -183,12 +143,13 @@ fn check_case(binary: &Path, case: &Path, update: bool) -> Result<Vec<String>> {
         match (expected, actual) {
             (Some(e), Some(a)) if e == a => {}
             (None, None) => {}
-            (Some(e), Some(a)) => {
-                problems.push(format!("{file} (- expected, + actual):\n{}", diff(&e, &a)))
-            }
+            (Some(e), Some(a)) => problems.push(format!(
+                "{file} (- expected, + actual):\n{}",
+                sluice_plan::line_diff(&e, &a)
+            )),
             (None, Some(a)) => problems.push(format!(
                 "{file} is missing; the output has:\n{}",
-                diff("", &a)
+                sluice_plan::line_diff("", &a)
             )),
             (Some(_), None) => {
                 problems.push(format!("{file} exists but the output has no such part"))
@@ -257,19 +218,6 @@ fn sluice_plan_matches_the_golden_cases() -> Result<()> {
         failed.join(", ")
     );
     Ok(())
-}
-
-#[test]
-fn diff_shows_changed_added_and_removed_lines() {
-    let expected = "service a\n  cluster 1\n  local -\nend\n";
-    let actual = "service a\n  cluster 2\n  local -\nend\nextra\n";
-    assert_eq!(
-        diff(expected, actual),
-        "    2 -   cluster 1\n    2 +   cluster 2\n    5 + extra\n"
-    );
-    assert_eq!(diff("same\n", "same\n"), "");
-    assert_eq!(diff("gone\n", ""), "    1 - gone\n");
-    assert_eq!(diff("a\n", "a"), "      (only line endings differ)\n");
 }
 
 #[test]

@@ -109,40 +109,6 @@ fn render(case: &Path) -> Result<(String, String)> {
     Ok((computed.plan.to_string(), warnings))
 }
 
-/// A line diff (longest common subsequence): `-` lines of the expected file, `+` lines of the
-/// actual text, each with its line number there. Golden files are small: quadratic is fine.
-fn diff(expected: &str, actual: &str) -> String {
-    let a: Vec<&str> = expected.lines().collect();
-    let b: Vec<&str> = actual.lines().collect();
-    // lcs[i][j]: length of the LCS of a[i..] and b[j..].
-    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for i in (0..a.len()).rev() {
-        for j in (0..b.len()).rev() {
-            lcs[i][j] = if a[i] == b[j] {
-                lcs[i + 1][j + 1] + 1
-            } else {
-                lcs[i + 1][j].max(lcs[i][j + 1])
-            };
-        }
-    }
-    let mut out = String::new();
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() || j < b.len() {
-        if i < a.len() && j < b.len() && a[i] == b[j] {
-            i += 1;
-            j += 1;
-        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
-            // Removed lines first, so a changed line reads `-` old, `+` new.
-            let _ = writeln!(out, "{:>4} - {}", i + 1, a[i]);
-            i += 1;
-        } else {
-            let _ = writeln!(out, "{:>4} + {}", j + 1, b[j]);
-            j += 1;
-        }
-    }
-    out
-}
-
 /// Compares `actual` with the file, or rewrites it under `UPDATE_GOLDEN=1`; returns the
 /// problem, if any.
 fn check_file(path: &Path, actual: &str, update: bool) -> Option<String> {
@@ -156,7 +122,7 @@ fn check_file(path: &Path, actual: &str, update: bool) -> Option<String> {
         Ok(expected) => Some(format!(
             "{} differs (- expected, + actual):\n{}",
             path.display(),
-            diff(&expected, actual)
+            sluice_plan::line_diff(&expected, actual)
         )),
         Err(e) => Some(format!(
             "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
@@ -186,18 +152,6 @@ fn plans_match_the_golden_files() {
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
-}
-
-#[test]
-fn diff_shows_changed_added_and_removed_lines() {
-    let expected = "service a\n  cluster 1\n  local\nend\n";
-    let actual = "service a\n  cluster 2\n  local\nend\nextra\n";
-    assert_eq!(
-        diff(expected, actual),
-        "   2 -   cluster 1\n   2 +   cluster 2\n   5 + extra\n"
-    );
-    assert_eq!(diff("same\n", "same\n"), "");
-    assert_eq!(diff("gone\n", ""), "   1 - gone\n");
 }
 
 #[test]

@@ -36,6 +36,7 @@ pub use routes::{
     Redirect, RouteAction, RouteOptions, RoutePlan, RouteWarning, TlsHost, TlsPlan, UpstreamTls,
     Validity,
 };
+pub use text::line_diff;
 
 #[cfg(test)]
 mod tests;

@@ -101,3 +101,55 @@ impl Display for Plan {
         Ok(())
     }
 }
+
+/// The lines that differ between two texts (longest common subsequence): `-` lines of
+/// `expected` and `+` lines of `actual`, each with its line number there; empty when equal.
+/// For golden files of the text forms, which are small: quadratic is fine.
+pub fn line_diff(expected: &str, actual: &str) -> String {
+    let a: Vec<&str> = expected.lines().collect();
+    let b: Vec<&str> = actual.lines().collect();
+    // common[i][j]: length of the longest common subsequence of a[i..] and b[j..].
+    let mut common = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            common[i][j] = if a[i] == b[j] {
+                common[i + 1][j + 1] + 1
+            } else {
+                common[i + 1][j].max(common[i][j + 1])
+            };
+        }
+    }
+    let mut out = String::new();
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            i += 1;
+            j += 1;
+        } else if i < a.len() && (j == b.len() || common[i + 1][j] >= common[i][j + 1]) {
+            // Removed lines first, so a changed line reads `-` old, then `+` new.
+            let _ = writeln!(out, "{:>5} - {}", i + 1, a[i]);
+            i += 1;
+        } else {
+            let _ = writeln!(out, "{:>5} + {}", j + 1, b[j]);
+            j += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod line_diff_tests {
+    use super::line_diff;
+
+    #[test]
+    fn diff_shows_changed_added_and_removed_lines() {
+        let expected = "service a\n  cluster 1\n  local\nend\n";
+        let actual = "service a\n  cluster 2\n  local\nend\nextra\n";
+        assert_eq!(
+            line_diff(expected, actual),
+            "    2 -   cluster 1\n    2 +   cluster 2\n    5 + extra\n"
+        );
+        assert_eq!(line_diff("same\n", "same\n"), "");
+        assert_eq!(line_diff("gone\n", ""), "    1 - gone\n");
+    }
+}

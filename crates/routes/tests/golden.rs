@@ -17,8 +17,9 @@ fn check(case: &Path, file: &str, actual: &str) -> Option<String> {
     let expected = std::fs::read_to_string(&path).unwrap_or_default();
     (expected != actual).then(|| {
         format!(
-            "{} differs:\n--- expected\n{expected}\n--- actual\n{actual}",
-            path.display()
+            "{} differs (- expected, + actual):\n{}",
+            path.display(),
+            sluice_plan::line_diff(&expected, actual)
         )
     })
 }
