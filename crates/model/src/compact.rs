@@ -112,6 +112,23 @@ impl Compact for EndpointSlice {
     }
 }
 
+impl Compact for crate::EndpointSlice {
+    fn compact(&mut self) {
+        compact_meta(&mut self.metadata);
+        keep_only(&mut self.metadata.labels, SERVICE_NAME_LABEL);
+        keep_only(&mut self.metadata.annotations, TRIGGER_TIME_ANNOTATION);
+        shrink(&mut self.endpoints);
+        for endpoint in self.endpoints.iter_mut().flatten() {
+            endpoint.addresses.shrink_to_fit();
+            if let Some(hints) = endpoint.hints.as_mut() {
+                shrink(&mut hints.for_nodes);
+                shrink(&mut hints.for_zones);
+            }
+        }
+        shrink(&mut self.ports);
+    }
+}
+
 impl Compact for Node {
     fn compact(&mut self) {
         compact_meta(&mut self.metadata);

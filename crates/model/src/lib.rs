@@ -17,6 +17,7 @@ pub mod compact;
 mod json;
 mod key;
 mod node;
+mod slice;
 mod snapshot;
 mod store;
 pub mod time;
@@ -26,6 +27,9 @@ pub use compact::Compact;
 pub use json::ObjectJsonError;
 pub use key::ObjectKey;
 pub use node::NodeInfo;
+pub use slice::{
+    Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice, ForNode, ForZone,
+};
 pub use sluice_plan::{Protocol, ServiceName, ServicePortName};
 pub use snapshot::{SERVICE_NAME_LABEL, Snapshot, SnapshotKind, slice_service};
 pub use store::{Object, SourceBatch, SourceEvent, Store};
