@@ -1,7 +1,8 @@
 //! Types shared by the control-plane crates.
 //!
 //! * [`Snapshot`]: the Kubernetes objects a source (API server or manifest directory) has seen,
-//!   as plain `k8s-openapi` types, and [`ChangeSet`]: which of them changed.
+//!   as plain `k8s-openapi` types but EndpointSlices ([`EndpointSlice`]: only what is read,
+//!   same field names), and [`ChangeSet`]: which of them changed.
 //! * [`NodeInfo`]: what the agent knows about the node it runs on.
 //! * [`SourceEvent`] and [`Store`]: how sources report changes object by object, and the
 //!   store their consumer keeps up to date from them (see `store`); [`Compact`]: what is
