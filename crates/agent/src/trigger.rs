@@ -113,7 +113,7 @@ fn parse_rfc3339(text: &str) -> Option<SystemTime> {
 mod tests {
     use std::sync::Arc;
 
-    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use sluice_model::EndpointSlice;
 
     use super::*;
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+use sluice_model::{Endpoint, EndpointSlice};
 use sluice_model::{ObjectKey, Protocol};
 
 use crate::{Problem, Warning};

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use sluice_model::EndpointSlice;
 use sluice_model::{ChangeSet, NodeInfo, ObjectKey, SERVICE_NAME_LABEL, Snapshot};
 use sluice_plan::{
     FrontendKey, FrontendKind, HealthCheck, NodePlan, Plan, PlanDelta, ServiceChange, ServiceName,

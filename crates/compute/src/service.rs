@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use sluice_model::EndpointSlice;
 use sluice_model::{NodeInfo, ObjectKey};
 use sluice_plan::{
     Backend, Family, FrontendAddr, FrontendKey, FrontendKind, Protocol, ServicePortName,

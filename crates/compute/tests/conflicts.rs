@@ -40,7 +40,7 @@ fn svc(name: &str, created: Option<&str>, mut spec: Value) -> Service {
 
 /// A ready endpoint of `default/<name>` (so that routes forward and backends tell Services
 /// apart).
-fn endpoints_of(name: &str, ip: &str) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+fn endpoints_of(name: &str, ip: &str) -> sluice_model::EndpointSlice {
     slice4(&format!("{name}-1"), name, 8080, json!([ep(ip, "node-b")]))
 }
 

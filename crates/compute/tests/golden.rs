@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use anyhow_free::{Context, Result};
 use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 use sluice_compute::{ComputeConfig, compute, node_info};
+use sluice_model::EndpointSlice;
 use sluice_model::{ObjectKey, Snapshot};
 
 /// Tiny error context without pulling `anyhow` into compute's dev-dependencies.

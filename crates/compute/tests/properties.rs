@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use common::*;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{Value, json};
 use sluice_compute::{ChangeSet, ComputeConfig, Planner, compute};
+use sluice_model::EndpointSlice;
 use sluice_model::{NodeInfo, ObjectKey, Snapshot};
 use sluice_plan::{Family, Plan, PlanDelta, Protocol, Route, StaleFlow};
 

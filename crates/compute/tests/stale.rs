@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use common::*;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{Value, json};
 use sluice_compute::{ChangeSet, ComputeConfig, Planner, compute, stale_after_restore};
+use sluice_model::EndpointSlice;
 use sluice_model::{ObjectKey, Snapshot};
 use sluice_plan::{FrontendAddr, FrontendKey, PlanDelta, Protocol, StaleFlow};
 

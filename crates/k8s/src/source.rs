@@ -9,12 +9,12 @@ use std::time::Duration;
 use futures::stream::{self, BoxStream, SelectAll};
 use futures::{FutureExt as _, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Secret, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
+use sluice_model::EndpointSlice;
 use sluice_model::{Object, ObjectKey, SnapshotKind, SourceBatch, SourceEvent};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -288,6 +288,8 @@ fn decode_object(kind: SnapshotKind, obj: DynamicObject) -> Option<(ObjectKey, O
     }
     match kind {
         SnapshotKind::Service => wrap(decode::<Service>(kind, obj), Object::Service),
+        // Straight into sluice's compact type, which decodes as k8s-openapi's does: the
+        // endpoint fields nothing reads are never allocated for long.
         SnapshotKind::EndpointSlice => {
             wrap(decode::<EndpointSlice>(kind, obj), Object::EndpointSlice)
         }

@@ -12,9 +12,9 @@
 //!
 //! Dropped everywhere: `managedFields`, the kubectl last-applied annotation, owner
 //! references, finalizers, `generateName`, `selfLink`. Per kind: Service conditions and
-//! selector (endpoints come from EndpointSlices); EndpointSlice endpoint `targetRef`,
-//! `hostname` and `deprecatedTopology`, labels other than `kubernetes.io/service-name` and
-//! annotations other than the trigger time; Node spec but taints (`/healthz` reads the
+//! selector (endpoints come from EndpointSlices); EndpointSlice labels other than
+//! `kubernetes.io/service-name` and annotations other than the trigger time (the slice's type,
+//! [`crate::EndpointSlice`], has no room for the endpoint fields nothing reads); Node spec but taints (`/healthz` reads the
 //! autoscaler's), images, capacity, conditions other than `Ready` (the LoadBalancer
 //! announcer's choice) and the rest of its status but addresses, labels other than the zone
 //! and the exclusion from external load balancers.
@@ -22,11 +22,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Secret, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::SERVICE_NAME_LABEL;
+use crate::{EndpointSlice, SERVICE_NAME_LABEL};
 
 /// Annotation kubectl writes with the whole applied object: never read, often large.
 pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -103,10 +102,11 @@ impl Compact for EndpointSlice {
         keep_only(&mut self.metadata.annotations, TRIGGER_TIME_ANNOTATION);
         shrink(&mut self.endpoints);
         for endpoint in self.endpoints.iter_mut().flatten() {
-            endpoint.target_ref = None;
-            endpoint.hostname = None;
-            endpoint.deprecated_topology = None;
             endpoint.addresses.shrink_to_fit();
+            if let Some(hints) = endpoint.hints.as_mut() {
+                shrink(&mut hints.for_nodes);
+                shrink(&mut hints.for_zones);
+            }
         }
         shrink(&mut self.ports);
     }

@@ -1,7 +1,8 @@
 //! Types shared by the control-plane crates.
 //!
 //! * [`Snapshot`]: the Kubernetes objects a source (API server or manifest directory) has seen,
-//!   as plain `k8s-openapi` types, and [`ChangeSet`]: which of them changed.
+//!   as plain `k8s-openapi` types but EndpointSlices ([`EndpointSlice`]: only what is read,
+//!   same field names), and [`ChangeSet`]: which of them changed.
 //! * [`NodeInfo`]: what the agent knows about the node it runs on.
 //! * [`SourceEvent`] and [`Store`]: how sources report changes object by object, and the
 //!   store their consumer keeps up to date from them (see `store`); [`Compact`]: what is
@@ -17,6 +18,7 @@ pub mod compact;
 mod json;
 mod key;
 mod node;
+mod slice;
 mod snapshot;
 mod store;
 pub mod time;
@@ -26,6 +28,9 @@ pub use compact::Compact;
 pub use json::ObjectJsonError;
 pub use key::ObjectKey;
 pub use node::NodeInfo;
+pub use slice::{
+    Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice, ForNode, ForZone,
+};
 pub use sluice_plan::{Protocol, ServiceName, ServicePortName};
 pub use snapshot::{SERVICE_NAME_LABEL, Snapshot, SnapshotKind, slice_service};
 pub use store::{Object, SourceBatch, SourceEvent, Store};

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::IngressBackend;
+use sluice_model::EndpointSlice;
 use sluice_model::{NodeInfo, ObjectKey, Protocol, Snapshot};
 use sluice_plan::{BackendPlan, RouteWarning, ServiceName};
 

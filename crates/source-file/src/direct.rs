@@ -17,13 +17,13 @@ use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 
 use k8s_openapi::api::core::v1::{Node, Secret, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use serde::de::value::{MapAccessDeserializer, StrDeserializer};
 use serde::de::{
     self, Deserialize, DeserializeSeed, Deserializer, IgnoredAny, IntoDeserializer, MapAccess,
     SeqAccess, Visitor,
 };
+use sluice_model::EndpointSlice;
 use sluice_model::SnapshotKind;
 
 use crate::kinds;
@@ -662,13 +662,16 @@ status:
 kind: EndpointSlice
 metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
 addressType: IPv4
-ports: [{name: http, port: 8080, protocol: TCP}]
+ports: [{name: http, port: 8080, protocol: TCP, appProtocol: http}]
 endpoints:
 - addresses: [10.244.1.2]
   conditions: {ready: true, serving: true, terminating: false}
   nodeName: node-a
   zone: z1
-  hints: {forZones: [{name: z1}]}
+  hints: {forZones: [{name: z1}], forNodes: [{name: node-a}]}
+  hostname: web-1
+  deprecatedTopology: {topology.kubernetes.io/zone: z1}
+  targetRef: {kind: Pod, namespace: shop, name: web-1, uid: u1}
 - {addresses: [10.244.1.3], conditions: {ready: false}, nodeName: node-b}
 "#;
 
@@ -716,6 +719,34 @@ spec:
     fn ordinary_objects_of_every_kind_decode_directly_and_as_the_general_path_does() {
         for doc in documents() {
             assert!(check(&doc), "not decoded directly:\n{doc}");
+        }
+    }
+
+    /// The EndpointSlice sluice keeps is what k8s-openapi decodes, less what nobody reads;
+    /// a malformed field that is not kept still refuses the slice on both paths.
+    #[test]
+    fn slices_decode_as_k8s_openapi_decodes_them() {
+        type Full = k8s_openapi::api::discovery::v1::EndpointSlice;
+        let full: Full = serde_yaml::from_str(SLICE).unwrap();
+        let Some(Typed::EndpointSlice(direct)) = decode(SLICE, usize::MAX) else {
+            panic!("not decoded directly:\n{SLICE}");
+        };
+        assert_eq!(direct, EndpointSlice::from(full));
+        for (field, malformed) in [
+            (
+                "targetRef: {kind: Pod, namespace: shop, name: web-1, uid: u1}",
+                "targetRef: 5",
+            ),
+            ("hostname: web-1", "hostname: [web-1]"),
+            ("appProtocol: http", "appProtocol: {}"),
+        ] {
+            let doc = SLICE.replace(field, malformed);
+            assert!(serde_yaml::from_str::<Full>(&doc).is_err(), "{doc}");
+            assert!(
+                decode(&doc, usize::MAX).is_none(),
+                "decoded directly:\n{doc}"
+            );
+            assert!(general(&doc).is_none(), "decoded the general way:\n{doc}");
         }
     }
 

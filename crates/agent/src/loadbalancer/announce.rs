@@ -76,7 +76,7 @@ fn status_ips(snapshot: &Snapshot, key: &ObjectKey) -> Vec<IpAddr> {
 /// Nodes with a ready endpoint in these slices (`ready` unset counts as ready, as the API
 /// documents).
 fn ready_endpoint_nodes(
-    slices: Option<&Vec<&Arc<k8s_openapi::api::discovery::v1::EndpointSlice>>>,
+    slices: Option<&Vec<&Arc<sluice_model::EndpointSlice>>>,
 ) -> BTreeSet<String> {
     slices
         .into_iter()

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{Value, json};
 use sluice_lbipam::{
     Allocation, AllocatorConfig, IpBlock, LbService, LoadBalancerIPPool, LoadBalancerIPPoolSpec,
     allocate,
 };
+use sluice_model::EndpointSlice;
 use sluice_model::{ObjectKey, Snapshot};
 
 pub fn pool(name: &str, cidr: &str, l2: bool) -> LoadBalancerIPPool {

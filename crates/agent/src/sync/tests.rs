@@ -3,8 +3,8 @@
 
 use clap::Parser as _;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use sluice_dataplane::{FakeCall, FakeDataplane};
+use sluice_model::EndpointSlice;
 use sluice_model::{Object, Protocol, ServicePortName, Snapshot, SourceEvent};
 use sluice_plan::StaleFlow;
 

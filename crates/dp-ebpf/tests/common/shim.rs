@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{Value, json};
 use sluice_compute::ComputeConfig;
+use sluice_model::EndpointSlice;
 use sluice_model::{NodeInfo, ObjectKey, Snapshot};
 use sluice_plan::{Plan, Protocol, ServicePortName};
 
