@@ -41,6 +41,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Agent(args) => {
             let config = args.validate().context("invalid flags")?;
+            memory::limit_arenas();
             init_tracing(config.log_format);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
