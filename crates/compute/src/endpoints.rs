@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use sluice_model::{Endpoint, EndpointSlice};
+use sluice_model::{Endpoint, EndpointSlice, Name};
 use sluice_model::{ObjectKey, Protocol};
 
 use crate::{Problem, Warning};
@@ -21,7 +21,7 @@ pub(crate) type PortKey = (String, Protocol);
 pub(crate) struct Candidate {
     pub ip: IpAddr,
     pub port: u16,
-    pub node_name: Option<String>,
+    pub node_name: Option<Name>,
     pub is_local: bool,
     pub ready: bool,
     pub serving: bool,
@@ -53,7 +53,7 @@ impl Candidate {
 /// An endpoint of a slice, before it is combined with the slice's ports.
 struct SliceEndpoint {
     ip: IpAddr,
-    node_name: Option<String>,
+    node_name: Option<Name>,
     ready: bool,
     serving: bool,
     terminating: bool,

@@ -17,6 +17,7 @@ mod changes;
 pub mod compact;
 mod json;
 mod key;
+mod name;
 mod node;
 mod slice;
 mod snapshot;
@@ -27,6 +28,7 @@ pub use changes::ChangeSet;
 pub use compact::Compact;
 pub use json::ObjectJsonError;
 pub use key::ObjectKey;
+pub use name::Name;
 pub use node::NodeInfo;
 pub use slice::{
     Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice, ForNode, ForZone,

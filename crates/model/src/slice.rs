@@ -24,6 +24,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
+use crate::Name;
+
 /// How k8s-openapi reads a field: as `Option<Wire>` (so `null` is absent), then an absent
 /// string or list becomes empty and an absent option stays `None`.
 trait Field: Sized {
@@ -164,8 +166,9 @@ k8s_struct! {
         pub conditions: Option<EndpointConditions> = "conditions",
         /// Boxed: only Services with topology-aware routing have hints.
         pub hints: Option<Box<EndpointHints>> = "hints",
-        pub node_name: Option<String> = "nodeName",
-        pub zone: Option<String> = "zone",
+        /// Interned: every endpoint on a node shares one copy.
+        pub node_name: Option<Name> = "nodeName",
+        pub zone: Option<Name> = "zone",
     }
     checked_then_dropped {
         "deprecatedTopology": BTreeMap<String, String>,
@@ -367,8 +370,8 @@ impl From<k8s::Endpoint> for Endpoint {
                     }),
                 })
             }),
-            node_name: endpoint.node_name,
-            zone: endpoint.zone,
+            node_name: endpoint.node_name.map(Name::from),
+            zone: endpoint.zone.map(Name::from),
         }
     }
 }
@@ -524,9 +527,9 @@ mod tests {
     #[test]
     fn an_endpoint_stays_small() {
         // The budget: one of these per pod behind a Service (1,000,000 at 100k Services × 10).
-        // k8s-openapi's is 352 bytes; addresses, node and zone are 24 each, boxed hints 8,
-        // conditions 3. Growing this is a memory regression at scale.
-        assert!(size_of::<Endpoint>() <= 88, "{}", size_of::<Endpoint>());
+        // k8s-openapi's is 352 bytes; addresses 24, node and zone (shared names) 16 each,
+        // boxed hints 8, conditions 3. Growing this is a memory regression at scale.
+        assert!(size_of::<Endpoint>() <= 72, "{}", size_of::<Endpoint>());
         assert!(
             size_of::<EndpointPort>() <= 56,
             "{}",

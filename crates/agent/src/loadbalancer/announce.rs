@@ -83,7 +83,7 @@ fn ready_endpoint_nodes(
         .flatten()
         .flat_map(|slice| slice.endpoints.iter().flatten())
         .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-        .filter_map(|e| e.node_name.clone())
+        .filter_map(|e| e.node_name.as_deref().map(str::to_owned))
         .collect()
 }
 
