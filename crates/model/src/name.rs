@@ -2,12 +2,15 @@
 //!
 //! At 100,000 Services × 10 endpoints, one `String` per endpoint for its node name is a
 //! million heap allocations of a few dozen distinct names (about 40 MiB). Decoded names are
-//! interned: every endpoint on a node holds the same `Arc<str>`.
+//! interned per thread (no lock: the first read decodes on several threads at once, and one
+//! shared set behind a mutex cost seconds of contention at 100k): every endpoint on a node
+//! decoded by the same thread holds the same `Arc<str>`.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fmt;
 use std::ops::Deref;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Arc;
 
 use serde::de::{Deserialize, Deserializer};
 use serde::ser::{Serialize, Serializer};
@@ -16,25 +19,28 @@ use serde::ser::{Serialize, Serializer};
 /// valid; only sharing with later ones is lost). Far above any cluster's nodes and zones.
 const INTERNED_MAX: usize = 1 << 16;
 
-static INTERNED: LazyLock<Mutex<HashSet<Arc<str>>>> = LazyLock::new(Mutex::default);
+thread_local! {
+    static INTERNED: RefCell<HashSet<Arc<str>>> = RefCell::default();
+}
 
 /// A shared name; reads as `&str` (`Option<Name>::as_deref()` is an `Option<&str>`).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Name(Arc<str>);
 
 impl Name {
-    /// The one shared copy of `name`.
+    /// This thread's shared copy of `name`.
     pub fn interned(name: &str) -> Self {
-        let mut set = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(shared) = set.get(name) {
-            return Name(Arc::clone(shared));
-        }
-        if set.len() >= INTERNED_MAX {
-            set.clear();
-        }
-        let shared: Arc<str> = Arc::from(name);
-        set.insert(Arc::clone(&shared));
-        Name(shared)
+        INTERNED.with_borrow_mut(|set| {
+            if let Some(shared) = set.get(name) {
+                return Name(Arc::clone(shared));
+            }
+            if set.len() >= INTERNED_MAX {
+                set.clear();
+            }
+            let shared: Arc<str> = Arc::from(name);
+            set.insert(Arc::clone(&shared));
+            Name(shared)
+        })
     }
 
     pub fn as_str(&self) -> &str {
