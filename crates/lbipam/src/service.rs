@@ -96,6 +96,24 @@ impl LbService {
         }
     }
 
+    /// Whether the allocator needs to see this Service: of type LoadBalancer, or holding
+    /// addresses in `status.loadBalancer` (to be released when the type changed). Cheap:
+    /// every other Service (most of a cluster) is skipped before conversion.
+    pub fn concerns(service: &Service) -> bool {
+        let load_balancer = service
+            .spec
+            .as_ref()
+            .and_then(|s| s.type_.as_deref())
+            .is_some_and(|t| t == "LoadBalancer");
+        let has_addresses = service
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .is_some_and(|ingress| !ingress.is_empty());
+        load_balancer || has_addresses
+    }
+
     /// The allocator's view of a Kubernetes Service; `None` when it has no name.
     pub fn from_service(service: &Service) -> Option<Self> {
         let meta = &service.metadata;

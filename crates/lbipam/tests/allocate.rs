@@ -684,3 +684,33 @@ fn services_without_ip_families_default_sensibly() {
     // `dual` has no creationTimestamp either; name order puts it first.
     assert_eq!(ips(&a, "dual"), ["192.0.2.0", "2001:db8::"]);
 }
+
+#[test]
+fn only_load_balancers_and_services_holding_addresses_concern_the_allocator() {
+    let service = |spec: serde_json::Value, status: serde_json::Value| {
+        let object = serde_json::json!({"metadata": {"name": "web", "namespace": "default"},
+                                        "spec": spec, "status": status});
+        serde_json::from_value::<k8s_openapi::api::core::v1::Service>(object).expect("service")
+    };
+    let none = serde_json::json!({});
+    let holding = serde_json::json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}});
+    let empty = serde_json::json!({"loadBalancer": {"ingress": []}});
+    assert!(LbService::concerns(&service(
+        serde_json::json!({"type": "LoadBalancer"}),
+        none.clone()
+    )));
+    // Type changed away from LoadBalancer: its address is still to be released.
+    assert!(LbService::concerns(&service(
+        serde_json::json!({"type": "ClusterIP"}),
+        holding
+    )));
+    assert!(!LbService::concerns(&service(
+        serde_json::json!({"type": "ClusterIP"}),
+        empty
+    )));
+    assert!(!LbService::concerns(&service(
+        serde_json::json!({"type": "NodePort"}),
+        none.clone()
+    )));
+    assert!(!LbService::concerns(&service(none.clone(), none)));
+}

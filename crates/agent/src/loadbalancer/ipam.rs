@@ -66,6 +66,7 @@ impl Cache {
         let services: Vec<LbService> = snapshot
             .services
             .values()
+            .filter(|s| LbService::concerns(s))
             .filter_map(|s| LbService::from_service(s))
             .collect();
         let same_pools = self.pools.as_ref().is_some_and(|p| Arc::ptr_eq(p, pools));
