@@ -259,9 +259,9 @@ async fn send(
     let in_flight = endpoint.start();
     let req = request.into_pooled_request(&endpoint, body, how.http2(), how.tls.is_some());
     let requested = match how.tls {
-        Some(tls) => tls.client.request(req),
-        None if how.http2() => proxy.client_h2.request(req),
-        None => proxy.client.request(req),
+        Some(tls) => tls.client().request(req),
+        None if how.http2() => proxy.upstreams().h2c.request(req),
+        None => proxy.upstreams().http1.request(req),
     };
     let requested = CONNECT_TIMEOUT.scope(how.connect_timeout, requested);
     let read = how.read_timeout;
