@@ -273,7 +273,6 @@ impl IngressProxy {
                 },
             };
             accept_log.succeeded();
-            self.count_worker_connection(index);
             let open = serving.load.open(index);
             let proxy = Arc::clone(self);
             let hold = serving.drain.connections.hold();
@@ -580,11 +579,11 @@ async fn connection(
         (peer, Bytes::new())
     };
     let io = Prefixed::new(prefix, Tracked::new(stream, hold));
-    let info = Arc::new(ConnInfo {
+    let info = ConnInfo {
         peer: client,
         local,
         tls: tls.is_some(),
-    });
+    };
     match tls {
         None => serve_io(proxy, TokioIo::new(io), info, drain).await,
         Some(acceptor) => {
@@ -624,25 +623,38 @@ async fn proxy_header(
     None
 }
 
-async fn serve_io<I>(proxy: Arc<IngressProxy>, io: I, info: Arc<ConnInfo>, drain: Arc<Draining>)
+/// What the requests of one connection share: each request clones this connection's own
+/// reference, not the proxy's or the drain's (which every worker's requests would contend
+/// on, bouncing their reference counts between cores).
+struct Shared {
+    proxy: Arc<IngressProxy>,
+    info: ConnInfo,
+    drain: Arc<Draining>,
+    activity: Arc<Activity>,
+}
+
+async fn serve_io<I>(proxy: Arc<IngressProxy>, io: I, info: ConnInfo, drain: Arc<Draining>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
-    let service_proxy = Arc::clone(&proxy);
-    let service_drain = Arc::clone(&drain);
-    let service_activity = Arc::clone(&activity);
+    let shared = Arc::new(Shared {
+        proxy: Arc::clone(&proxy),
+        info,
+        drain: Arc::clone(&drain),
+        activity: Arc::clone(&activity),
+    });
     let service = service_fn(move |req: Request<Incoming>| {
-        let proxy = Arc::clone(&service_proxy);
-        let info = Arc::clone(&info);
-        let drain = Arc::clone(&service_drain);
-        let in_flight = service_activity.request(req.version());
+        let shared = Arc::clone(&shared);
+        let in_flight = shared.activity.request(req.version());
         async move {
             let http1 = req.version() < Version::HTTP_2;
-            let mut resp = handle(proxy, info, req).await;
+            let mut resp = handle(&shared.proxy, &shared.info, req).await;
             // Draining: this is the connection's last response; the client's next request
             // goes to a new connection (accepted by the process that took over).
-            if http1 && drain.flag.is_draining() && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+            if http1
+                && shared.drain.flag.is_draining()
+                && resp.status() != StatusCode::SWITCHING_PROTOCOLS
             {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -9,7 +9,7 @@ mod upload;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,8 +63,6 @@ pub struct IngressProxy {
     tls_clients: Mutex<TlsClientCache>,
     /// Where access log lines go (`None`: off).
     pub(crate) access_log: Option<Arc<dyn AccessLogSink>>,
-    /// Connections accepted by each worker.
-    worker_connections: Box<[AtomicU64]>,
 }
 
 /// One worker's pooled clients to the endpoints.
@@ -129,14 +127,13 @@ impl IngressProxy {
             table,
             upstreams,
             https_port: AtomicU16::new(443),
-            counters: Counters::default(),
+            counters: Counters::new(workers),
             limits,
             hop_id: HopId::random(),
             own_addresses: ArcSwap::from_pointee(OwnAddresses::default()),
             routes_loaded: tokio::sync::watch::Sender::new(false),
             tls_clients: Mutex::new(HashMap::new()),
             access_log: sink,
-            worker_connections: (0..workers).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -226,16 +223,7 @@ impl IngressProxy {
 
     /// Downstream connections accepted by each worker since creation (index = worker).
     pub fn worker_connections(&self) -> Vec<u64> {
-        self.worker_connections
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect()
-    }
-
-    pub(crate) fn count_worker_connection(&self, worker: usize) {
-        if let Some(c) = self.worker_connections.get(worker) {
-            stats::inc(c);
-        }
+        self.counters.worker_connections()
     }
 
     /// The number of proxy workers (at least 1).

@@ -33,18 +33,18 @@ pub(crate) struct ConnInfo {
 
 /// Serves one downstream request. Never fails: every problem becomes a response.
 pub(crate) async fn handle(
-    proxy: Arc<IngressProxy>,
-    conn: Arc<ConnInfo>,
+    proxy: &IngressProxy,
+    conn: &ConnInfo,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let request_id = headers::request_id(req.headers());
-    stats::inc(&proxy.counters.requests_total);
+    proxy.counters.request();
     let line = proxy
         .access_log
         .as_ref()
-        .map(|sink| start_line(sink, &proxy.config, &conn, &req, &request_id));
+        .map(|sink| start_line(sink, &proxy.config, conn, &req, &request_id));
     let http1 = req.version() < Version::HTTP_2;
-    let mut resp = route(&proxy, &conn, req, &request_id).await;
+    let mut resp = route(proxy, conn, req, &request_id).await;
     let status = resp.status();
     proxy.counters.response(status.as_u16());
     if let Some(mut line) = line {
