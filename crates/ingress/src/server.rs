@@ -579,11 +579,7 @@ async fn connection(
         (peer, Bytes::new())
     };
     let io = Prefixed::new(prefix, Tracked::new(stream, hold));
-    let info = ConnInfo {
-        peer: client,
-        local,
-        tls: tls.is_some(),
-    };
+    let info = ConnInfo::new(client, local, tls.is_some());
     match tls {
         None => serve_io(proxy, TokioIo::new(io), info, drain).await,
         Some(acceptor) => {

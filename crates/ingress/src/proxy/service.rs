@@ -27,8 +27,18 @@ static X_FORWARDED_PREFIX: hyper::header::HeaderName =
 #[derive(Debug)]
 pub(crate) struct ConnInfo {
     pub(crate) peer: SocketAddr,
-    pub(crate) local: SocketAddr,
     pub(crate) tls: bool,
+    pub(crate) values: headers::ConnValues,
+}
+
+impl ConnInfo {
+    pub(crate) fn new(peer: SocketAddr, local: SocketAddr, tls: bool) -> Self {
+        Self {
+            peer,
+            tls,
+            values: headers::ConnValues::new(peer, local.port()),
+        }
+    }
 }
 
 /// Serves one downstream request. Never fails: every problem becomes a response.
@@ -451,7 +461,7 @@ fn upstream_headers(
         &Forwarded {
             peer: conn.peer,
             client,
-            local_port: conn.local.port(),
+            values: &conn.values,
             tls: conn.tls,
             host,
             trust_client: proxy.config.is_trusted_proxy(conn.peer.ip()),
