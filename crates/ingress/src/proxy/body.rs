@@ -353,9 +353,10 @@ impl ProxyBody {
     }
 
     /// Reads an upstream body announced as at most `max` bytes completely, so that it leaves
-    /// with the response head in one write (as nginx's `proxy_buffering` does for small
-    /// responses): without it the downstream connection writes the head alone, then waits
-    /// for the upstream connection's task to hand the body over. The endpoint's in-flight
+    /// with the response head in one write (nginx, even with `proxy_buffering off`, sends
+    /// what one read from the upstream brought: head and small body together). Without it
+    /// the downstream connection writes the head alone, then waits for the upstream
+    /// connection's task to hand the body over. The endpoint's in-flight
     /// count and a `limit-connections` place end with the read. Other bodies are left as
     /// they are. An error (the upstream broke off or stalled past the read timeout) is
     /// returned; the body is unusable then.

@@ -300,7 +300,7 @@ async fn send(
 }
 
 /// Upstream responses announced as at most this long are read completely before their head
-/// is passed on (see `ProxyBody::buffer_small`).
+/// is passed on (see `ProxyBody::buffer_small`); a stall meanwhile is a 504.
 const BUFFERED_RESPONSE_BYTES: u64 = 16 * 1024;
 
 /// The answer when a small response body could not be read: 504 when the upstream stalled,
