@@ -63,6 +63,10 @@ pub struct IngressProxyFlags {
         default_missing_value = "true"
     )]
     pub ingress_access_log: bool,
+    /// Proxy worker threads, each with its own accept loop and upstream pools (nginx's
+    /// `worker_processes`); default: the cores the agent may run on.
+    #[arg(long, env = "SLUICE_INGRESS_WORKERS")]
+    pub ingress_workers: Option<usize>,
 }
 
 impl IngressProxyFlags {
@@ -129,8 +133,21 @@ impl IngressProxyFlags {
             proxy_protocol: self.ingress_proxy_protocol,
             trusted_proxies: self.trusted_proxies()?,
             access_log: self.ingress_access_log,
+            workers: self.workers()?,
             ..IngressConfig::default()
         })
+    }
+
+    fn workers(&self) -> Result<usize, ConfigError> {
+        match self.ingress_workers {
+            None => Ok(sluice_ingress::available_cores()),
+            Some(n @ 1..=1024) => Ok(n),
+            Some(n) => Err(ConfigError::invalid(
+                "ingress-workers",
+                &n.to_string(),
+                "must be between 1 and 1024",
+            )),
+        }
     }
 
     fn trusted_proxies(&self) -> Result<Vec<IpNet>, ConfigError> {
@@ -212,8 +229,10 @@ mod tests {
             "--ingress-max-header-size=64k",
             "--ingress-proxy-protocol",
             "--ingress-trusted-proxies=10.0.0.0/8,192.0.2.7",
+            "--ingress-workers=3",
         ])
         .unwrap();
+        assert_eq!(c.workers, 3);
         assert_eq!(c.connect_timeout.as_secs(), 2);
         assert_eq!(c.response_timeout.as_secs(), 300);
         assert_eq!(c.client_body_timeout.as_secs(), 10);
@@ -254,6 +273,10 @@ mod tests {
             (
                 "--ingress-max-header-size=10",
                 "--ingress-max-header-size: \"10\" is not valid: must be between 1k and 1m",
+            ),
+            (
+                "--ingress-workers=0",
+                "--ingress-workers: \"0\" is not valid: must be between 1 and 1024",
             ),
             (
                 "--ingress-trusted-proxies=lb.example.com",

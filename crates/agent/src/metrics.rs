@@ -327,6 +327,17 @@ impl Collector for IngressCollector {
         {
             ConstCounter::new(count).encode(family.encode_family(&[("code_class", *class)])?)?;
         }
+        let mut family = encoder.encode_descriptor(
+            "sluice_ingress_worker_connections",
+            "Downstream connections accepted by each proxy worker",
+            None,
+            example.metric_type(),
+        )?;
+        for (worker, count) in self.0.worker_connections().into_iter().enumerate() {
+            let worker = worker.to_string();
+            ConstCounter::new(count)
+                .encode(family.encode_family(&[("worker", worker.as_str())])?)?;
+        }
         Ok(())
     }
 }
@@ -427,6 +438,10 @@ mod tests {
         );
         assert!(
             text.contains("sluice_ingress_connections_active 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_ingress_worker_connections_total{worker=\"0\"} 0"),
             "{text}"
         );
     }

@@ -74,6 +74,11 @@ pub struct IngressConfig {
     /// One JSON line per request on stdout (see `access_log.rs`; tests give their own sink to
     /// `IngressProxy::with_access_log`). Off by default in the library, on in the agent.
     pub access_log: bool,
+    /// Proxy worker threads (`--ingress-workers`): each runs its own single-threaded runtime
+    /// with its own accept loop on its own copy of every listener and its own upstream
+    /// connection pools, so a request and its upstream connection stay on one thread
+    /// (nginx's worker layout). Values below 1 count as 1.
+    pub workers: usize,
 }
 
 impl Default for IngressConfig {
@@ -101,8 +106,14 @@ impl Default for IngressConfig {
             eject_after_connect_failures: 3,
             eject_duration: Duration::from_secs(10),
             access_log: false,
+            workers: available_cores(),
         }
     }
+}
+
+/// The cores this process may run on (1 when unknown): the default worker count.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl IngressConfig {

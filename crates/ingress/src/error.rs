@@ -19,4 +19,12 @@ pub enum IngressError {
         #[source]
         source: rustls::Error,
     },
+    #[error("ingress: cannot start proxy worker {index}")]
+    Worker {
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ingress: proxy worker {index} stopped while starting")]
+    WorkerGone { index: usize },
 }

@@ -29,9 +29,10 @@ mod server;
 mod stats;
 mod tls;
 mod upstream;
+mod workers;
 
 pub use access_log::{AccessLogSink, StdoutAccessLog};
-pub use config::IngressConfig;
+pub use config::{IngressConfig, available_cores};
 pub use error::IngressError;
 pub use proxy::IngressProxy;
 pub use proxy_protocol::ProxyHeaderError;

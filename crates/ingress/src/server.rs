@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +15,7 @@ use hyper::service::service_fn;
 use hyper::{Request, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
@@ -23,6 +23,7 @@ use crate::drain::{Activity, DRAIN_POLL, DrainFlag, Hold, Tracked, Tracker};
 use crate::proxy::{ConnInfo, handle};
 use crate::proxy_protocol::{self, Header, Prefixed};
 use crate::stats::{self, ActiveConnection, Counters};
+use crate::workers::{self, Worker};
 use crate::{IngressError, IngressProxy, tls};
 
 /// Where the proxy's listening sockets come from: bound here ([`BindNew`]), or taken over
@@ -110,6 +111,10 @@ impl IngressProxy {
     /// goes on accepting on the same sockets), lets every connection finish as described in
     /// `drain` (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY, upgraded connections kept) for
     /// up to `shutdown_grace`, and returns.
+    ///
+    /// The connections are served by `config.workers` worker threads (see `workers`), each
+    /// accepting on its own copy of the listeners; this future only waits for `shutdown`
+    /// and runs the drain.
     pub async fn serve_listeners(
         self: Arc<Self>,
         http: Option<TcpListener>,
@@ -124,33 +129,138 @@ impl IngressProxy {
             None => None,
         };
         let bound = local_addresses(&http, &https)?;
-        for addr in &bound {
-            tracing::info!(%addr, "ingress: accepting connections");
-        }
-        if let Some(port) = https
+        let https_port = https
             .as_ref()
             .and_then(|l| l.local_addr().ok())
-            .map(|a| a.port())
-        {
+            .map(|a| a.port());
+        let copies = listener_copies(http, https, self.workers())?;
+        for addr in &bound {
+            tracing::info!(%addr, workers = copies.len(), "ingress: accepting connections");
+        }
+        if let Some(port) = https_port {
             self.set_https_port(port);
         }
         // From now on an endpoint on one of these addresses is never dialled (a loop).
         self.set_listener_addresses(&bound);
-        let drain = Arc::new(Draining::default());
-        let slots = Arc::new(Semaphore::new(
-            self.config
-                .max_client_connections
-                .clamp(1, Semaphore::MAX_PERMITS),
+        let serving = Arc::new(Serving::new(
+            acceptor,
+            self.config.max_client_connections,
+            copies.len(),
         ));
-        let mut accept_log = AcceptLog::default();
+        let workers = self.start_workers(&serving, copies).await?;
+        tokio::pin!(shutdown);
+        tokio::select! {
+            () = &mut shutdown => {}
+            // Every worker ended on its own (it cannot, short of a panic): drain what is left.
+            () = serving.accepting.all_closed() => {}
+        }
+        let _ = serving.stop.send(true);
+        // Every worker closed its copies of the listeners.
+        serving.accepting.all_closed().await;
+        self.drain(&serving.drain).await;
+        finish(&serving, workers).await;
+        Ok(())
+    }
+
+    /// Starts one worker per listener copy; once each has registered its listeners, returns
+    /// them. If one cannot start, the others are stopped and the error returned.
+    async fn start_workers(
+        self: &Arc<Self>,
+        serving: &Arc<Serving>,
+        copies: Vec<ListenerCopy>,
+    ) -> Result<Vec<Worker>, IngressError> {
+        let mut workers = Vec::with_capacity(copies.len());
+        let mut failed = None;
+        for (index, copy) in copies.into_iter().enumerate() {
+            let proxy = Arc::clone(self);
+            let serving = Arc::clone(serving);
+            let run = move |ready| proxy.worker(index, serving, copy, ready);
+            match workers::spawn(index, run) {
+                Ok(worker) => workers.push(worker),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        for worker in &mut workers {
+            let started = match (&mut worker.ready).await {
+                Ok(started) => started,
+                Err(_) => Err(IngressError::WorkerGone {
+                    index: worker.index,
+                }),
+            };
+            if let Err(e) = started {
+                failed.get_or_insert(e);
+            }
+        }
+        match failed {
+            None => Ok(workers),
+            Some(e) => {
+                let _ = serving.stop.send(true);
+                finish(serving, workers).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// One worker (on its own thread and runtime): registers its listener copies, accepts on
+    /// them until told to stop, closes them, and keeps its connections running until the
+    /// drain is over.
+    async fn worker(
+        self: Arc<Self>,
+        index: usize,
+        serving: Arc<Serving>,
+        copy: ListenerCopy,
+        ready: oneshot::Sender<Result<(), IngressError>>,
+    ) {
+        let accepting = serving.accepting.hold();
+        let registered = register(copy.http).and_then(|http| Ok((http, register(copy.https)?)));
+        let (http, https) = match registered {
+            Ok(listeners) => {
+                let _ = ready.send(Ok(()));
+                listeners
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let mut stop = serving.stop.subscribe();
+        let stopped = async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        };
+        self.accept_loop(index, &serving, (http, https), stopped)
+            .await;
+        drop(accepting);
+        let mut finished = serving.finished.subscribe();
+        let _ = finished.wait_for(|finished| *finished).await;
+    }
+
+    /// Accepts on one worker's listener copies until `shutdown` completes, spawning each
+    /// connection on this worker's runtime; then closes the copies.
+    async fn accept_loop(
+        self: &Arc<Self>,
+        index: usize,
+        serving: &Arc<Serving>,
+        (http, https): (Option<TcpListener>, Option<TcpListener>),
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let mut accept_log = AcceptLog::new(&serving.accept_warnings);
         tokio::pin!(shutdown);
         loop {
             let Some(slot) = self
-                .connection_slot(&slots, &mut accept_log, &mut shutdown)
+                .connection_slot(&serving.slots, &mut accept_log, &mut shutdown)
                 .await
             else {
                 break;
             };
+            if serving.load.ahead(index) {
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(workers::LET_OTHERS_ACCEPT) => {}
+                }
+            }
             let (stream, peer, tls) = tokio::select! {
                 () = &mut shutdown => break,
                 res = accept(http.as_ref()) => match res {
@@ -158,22 +268,21 @@ impl IngressProxy {
                     Err(e) => { accept_log.failed(&self.counters, &e).await; continue; }
                 },
                 res = accept(https.as_ref()) => match res {
-                    Ok((s, p)) => (s, p, acceptor.clone()),
+                    Ok((s, p)) => (s, p, serving.acceptor.clone()),
                     Err(e) => { accept_log.failed(&self.counters, &e).await; continue; }
                 },
             };
             accept_log.succeeded();
-            let proxy = Arc::clone(&self);
-            let hold = drain.connections.hold();
-            let drain = Arc::clone(&drain);
+            let open = serving.load.open(index);
+            let proxy = Arc::clone(self);
+            let hold = serving.drain.connections.hold();
+            let drain = Arc::clone(&serving.drain);
             tokio::spawn(async move {
                 connection(proxy, stream, hold, peer, tls, drain).await;
-                drop(slot);
+                drop((slot, open));
             });
         }
         drop((http, https));
-        self.drain(&drain).await;
-        Ok(())
     }
 
     /// Tells every connection to finish and waits for them (and upgraded tunnels) up to
@@ -209,7 +318,7 @@ impl IngressProxy {
     async fn connection_slot<F: Future<Output = ()>>(
         &self,
         slots: &Arc<Semaphore>,
-        log: &mut AcceptLog,
+        log: &mut AcceptLog<'_>,
         shutdown: &mut std::pin::Pin<&mut F>,
     ) -> Option<OwnedSemaphorePermit> {
         // Nothing is accepted before the first route table: a restarted agent must not
@@ -231,23 +340,30 @@ impl IngressProxy {
     }
 }
 
-/// Backoff and quiet logging for the accept loop. A failed accept (EMFILE: no descriptor
-/// left) leaves the connection in the backlog, so retrying at once would spin: the loop
-/// sleeps, doubling the pause up to [`MAX_ACCEPT_BACKOFF`], and warns once per episode (at
-/// most every [`WARN_INTERVAL`]), counting the failures.
-#[derive(Debug, Default)]
-struct AcceptLog {
+/// Backoff and quiet logging for one worker's accept loop. A failed accept (EMFILE: no
+/// descriptor left) leaves the connection in the backlog, so retrying at once would spin: the
+/// loop sleeps, doubling the pause up to [`MAX_ACCEPT_BACKOFF`], and warns once per episode
+/// (at most every [`WARN_INTERVAL`] over all workers), counting the failures.
+#[derive(Debug)]
+struct AcceptLog<'a> {
     /// Consecutive failed accepts.
     failures: u64,
-    last_failure_warning: Option<Instant>,
-    last_pause_warning: Option<Instant>,
+    warned: &'a AcceptWarnings,
+}
+
+/// When the workers last warned (locked only on a failed accept or a pause).
+#[derive(Debug, Default)]
+struct AcceptWarnings {
+    failure: Mutex<Option<Instant>>,
+    pause: Mutex<Option<Instant>>,
 }
 
 const FIRST_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
 const WARN_INTERVAL: Duration = Duration::from_secs(60);
 
-fn due(last: &mut Option<Instant>) -> bool {
+fn due(last: &Mutex<Option<Instant>>) -> bool {
+    let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
     let now = Instant::now();
     if last.is_some_and(|at| now.duration_since(at) < WARN_INTERVAL) {
         return false;
@@ -256,11 +372,18 @@ fn due(last: &mut Option<Instant>) -> bool {
     true
 }
 
-impl AcceptLog {
+impl<'a> AcceptLog<'a> {
+    fn new(warned: &'a AcceptWarnings) -> Self {
+        Self {
+            failures: 0,
+            warned,
+        }
+    }
+
     async fn failed(&mut self, counters: &Counters, e: &std::io::Error) {
         stats::inc(&counters.accept_errors);
         self.failures += 1;
-        if self.failures == 1 && due(&mut self.last_failure_warning) {
+        if self.failures == 1 && due(&self.warned.failure) {
             tracing::warn!(error = %e, "ingress: accept failed; backing off until connections can be accepted again");
         } else {
             tracing::debug!(error = %e, failures = self.failures, "ingress: accept failed");
@@ -279,7 +402,7 @@ impl AcceptLog {
     }
 
     fn paused(&mut self, max: usize) {
-        if due(&mut self.last_pause_warning) {
+        if due(&self.warned.pause) {
             tracing::warn!(
                 "ingress: {max} client connections open (max_client_connections); new connections wait until one closes"
             );
@@ -313,6 +436,98 @@ async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, S
     match listener {
         Some(l) => l.accept().await,
         None => std::future::pending().await,
+    }
+}
+
+/// One worker's copies of the listeners (the same sockets, other descriptors).
+struct ListenerCopy {
+    http: Option<std::net::TcpListener>,
+    https: Option<std::net::TcpListener>,
+}
+
+/// `workers` copies of the listeners (at least one): the originals and `try_clone`s.
+fn listener_copies(
+    http: Option<TcpListener>,
+    https: Option<TcpListener>,
+    workers: usize,
+) -> Result<Vec<ListenerCopy>, IngressError> {
+    let http = http.map(TcpListener::into_std).transpose();
+    let https = https.map(TcpListener::into_std).transpose();
+    let (http, https) = http
+        .and_then(|http| Ok((http, https?)))
+        .map_err(|source| IngressError::LocalAddr { source })?;
+    let copy = |l: &Option<std::net::TcpListener>| -> Result<_, IngressError> {
+        l.as_ref()
+            .map(|l| {
+                l.try_clone()
+                    .map_err(|source| IngressError::Worker { index: 0, source })
+            })
+            .transpose()
+    };
+    let mut copies = Vec::with_capacity(workers.max(1));
+    for _ in 1..workers.max(1) {
+        copies.push(ListenerCopy {
+            http: copy(&http)?,
+            https: copy(&https)?,
+        });
+    }
+    copies.insert(0, ListenerCopy { http, https });
+    Ok(copies)
+}
+
+/// A listener copy on the current (worker's) runtime.
+fn register(listener: Option<std::net::TcpListener>) -> Result<Option<TcpListener>, IngressError> {
+    listener
+        .map(|l| {
+            let addr = l
+                .local_addr()
+                .map_err(|source| IngressError::LocalAddr { source })?;
+            l.set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(l))
+                .map_err(|source| IngressError::Bind { addr, source })
+        })
+        .transpose()
+}
+
+/// Shared by the workers while serving.
+struct Serving {
+    acceptor: Option<TlsAcceptor>,
+    /// `max_client_connections` over all workers.
+    slots: Arc<Semaphore>,
+    drain: Arc<Draining>,
+    accept_warnings: AcceptWarnings,
+    /// Open connections per worker, to share new ones out evenly.
+    load: Arc<workers::Load>,
+    /// One hold per worker still accepting (its listener copies open).
+    accepting: Tracker,
+    /// Tells the workers to stop accepting.
+    stop: watch::Sender<bool>,
+    /// The drain is over: the workers' runtimes (and what is left on them) may end.
+    finished: watch::Sender<bool>,
+}
+
+impl Serving {
+    fn new(acceptor: Option<TlsAcceptor>, max_client_connections: usize, workers: usize) -> Self {
+        Self {
+            load: Arc::new(workers::Load::new(workers)),
+            acceptor,
+            slots: Arc::new(Semaphore::new(
+                max_client_connections.clamp(1, Semaphore::MAX_PERMITS),
+            )),
+            drain: Arc::new(Draining::default()),
+            accept_warnings: AcceptWarnings::default(),
+            accepting: Tracker::default(),
+            stop: watch::channel(false).0,
+            finished: watch::channel(false).0,
+        }
+    }
+}
+
+/// Lets the workers end and waits until every worker thread has.
+async fn finish(serving: &Serving, workers: Vec<Worker>) {
+    let _ = serving.finished.send(true);
+    for worker in workers {
+        let _ = worker.done.await;
     }
 }
 
@@ -364,11 +579,7 @@ async fn connection(
         (peer, Bytes::new())
     };
     let io = Prefixed::new(prefix, Tracked::new(stream, hold));
-    let info = Arc::new(ConnInfo {
-        peer: client,
-        local,
-        tls: tls.is_some(),
-    });
+    let info = ConnInfo::new(client, local, tls.is_some());
     match tls {
         None => serve_io(proxy, TokioIo::new(io), info, drain).await,
         Some(acceptor) => {
@@ -408,25 +619,38 @@ async fn proxy_header(
     None
 }
 
-async fn serve_io<I>(proxy: Arc<IngressProxy>, io: I, info: Arc<ConnInfo>, drain: Arc<Draining>)
+/// What the requests of one connection share: each request clones this connection's own
+/// reference, not the proxy's or the drain's (which every worker's requests would contend
+/// on, bouncing their reference counts between cores).
+struct Shared {
+    proxy: Arc<IngressProxy>,
+    info: ConnInfo,
+    drain: Arc<Draining>,
+    activity: Arc<Activity>,
+}
+
+async fn serve_io<I>(proxy: Arc<IngressProxy>, io: I, info: ConnInfo, drain: Arc<Draining>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
-    let service_proxy = Arc::clone(&proxy);
-    let service_drain = Arc::clone(&drain);
-    let service_activity = Arc::clone(&activity);
+    let shared = Arc::new(Shared {
+        proxy: Arc::clone(&proxy),
+        info,
+        drain: Arc::clone(&drain),
+        activity: Arc::clone(&activity),
+    });
     let service = service_fn(move |req: Request<Incoming>| {
-        let proxy = Arc::clone(&service_proxy);
-        let info = Arc::clone(&info);
-        let drain = Arc::clone(&service_drain);
-        let in_flight = service_activity.request(req.version());
+        let shared = Arc::clone(&shared);
+        let in_flight = shared.activity.request(req.version());
         async move {
             let http1 = req.version() < Version::HTTP_2;
-            let mut resp = handle(proxy, info, req).await;
+            let mut resp = handle(&shared.proxy, &shared.info, req).await;
             // Draining: this is the connection's last response; the client's next request
             // goes to a new connection (accepted by the process that took over).
-            if http1 && drain.flag.is_draining() && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+            if http1
+                && shared.drain.flag.is_draining()
+                && resp.status() != StatusCode::SWITCHING_PROTOCOLS
             {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));

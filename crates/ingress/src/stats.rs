@@ -45,12 +45,12 @@ pub struct IngressStats {
     pub route_table_swaps: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counters {
-    pub(crate) connections_total: AtomicU64,
-    pub(crate) connections_active: AtomicU64,
-    pub(crate) requests_total: AtomicU64,
-    pub(crate) responses_by_class: [AtomicU64; 5],
+    /// The counters every request and connection touches, one block per worker (index =
+    /// worker): a counter shared by all workers would bounce its cache line between cores on
+    /// every request.
+    per_worker: Box<[PerWorker]>,
     pub(crate) not_found: AtomicU64,
     pub(crate) upstream_connect_failures: AtomicU64,
     pub(crate) upstream_timeouts: AtomicU64,
@@ -66,13 +66,70 @@ pub(crate) struct Counters {
     pub(crate) route_table_swaps: AtomicU64,
 }
 
+/// One worker's share of the per-request counters, on cache lines of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct PerWorker {
+    connections_total: AtomicU64,
+    connections_active: AtomicU64,
+    requests_total: AtomicU64,
+    responses_by_class: [AtomicU64; 5],
+}
+
 pub(crate) fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
 impl Counters {
+    pub(crate) fn new(workers: usize) -> Self {
+        let zero = AtomicU64::default;
+        Self {
+            per_worker: (0..workers.max(1)).map(|_| PerWorker::default()).collect(),
+            not_found: zero(),
+            upstream_connect_failures: zero(),
+            upstream_timeouts: zero(),
+            retries: zero(),
+            loops_detected: zero(),
+            upstream_connection_limit_hits: zero(),
+            client_body_errors: zero(),
+            client_body_timeouts: zero(),
+            accept_errors: zero(),
+            accept_pauses: zero(),
+            endpoint_ejections: zero(),
+            proxy_protocol_errors: zero(),
+            route_table_swaps: zero(),
+        }
+    }
+
+    /// The block of the worker running on this thread (worker 0's elsewhere).
+    fn mine(&self) -> (usize, &PerWorker) {
+        let index = crate::workers::current() % self.per_worker.len();
+        (index, &self.per_worker[index])
+    }
+
+    pub(crate) fn request(&self) {
+        inc(&self.mine().1.requests_total);
+    }
+
+    /// Connections accepted by each worker.
+    pub(crate) fn worker_connections(&self) -> Vec<u64> {
+        self.per_worker
+            .iter()
+            .map(|w| w.connections_total.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    fn sum(&self, counter: impl Fn(&PerWorker) -> &AtomicU64) -> u64 {
+        self.per_worker
+            .iter()
+            .map(|w| counter(w).load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+
     pub(crate) fn response(&self, status: u16) {
         if let Some(c) = self
+            .mine()
+            .1
             .responses_by_class
             .get(usize::from(status / 100).wrapping_sub(1))
         {
@@ -88,10 +145,10 @@ impl Counters {
     ) -> IngressStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         IngressStats {
-            connections_total: get(&self.connections_total),
-            connections_active: get(&self.connections_active),
-            requests_total: get(&self.requests_total),
-            responses_by_class: std::array::from_fn(|i| get(&self.responses_by_class[i])),
+            connections_total: self.sum(|w| &w.connections_total),
+            connections_active: self.sum(|w| &w.connections_active),
+            requests_total: self.sum(|w| &w.requests_total),
+            responses_by_class: std::array::from_fn(|i| self.sum(|w| &w.responses_by_class[i])),
             not_found: get(&self.not_found),
             upstream_connect_failures: get(&self.upstream_connect_failures),
             upstream_timeouts: get(&self.upstream_timeouts),
@@ -111,14 +168,15 @@ impl Counters {
     }
 }
 
-/// Counts an open connection until dropped.
-pub(crate) struct ActiveConnection<'a>(&'a Counters);
+/// Counts an open connection (on the worker serving it) until dropped.
+pub(crate) struct ActiveConnection<'a>(&'a PerWorker);
 
 impl<'a> ActiveConnection<'a> {
     pub(crate) fn new(c: &'a Counters) -> Self {
-        inc(&c.connections_total);
-        inc(&c.connections_active);
-        Self(c)
+        let (_, mine) = c.mine();
+        inc(&mine.connections_total);
+        inc(&mine.connections_active);
+        Self(mine)
     }
 }
 

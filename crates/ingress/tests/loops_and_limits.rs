@@ -222,9 +222,12 @@ async fn upstream_connection_caps_give_503() {
     ];
     objects.extend(service("a", &[a.addr.port()]));
     objects.extend(service("b", &[b.addr.port()]));
+    // One worker: idle pooled connections belong to the worker that opened them (see
+    // docs/ingress.md, Workers), and the last request below must find one.
     let config = IngressConfig {
         max_upstream_connections_per_endpoint: 2,
         max_upstream_connections: 3,
+        workers: 1,
         ..IngressConfig::default()
     };
     let p = start(config, &objects).await;

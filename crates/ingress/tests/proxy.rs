@@ -649,10 +649,9 @@ async fn upgrade_over_tls() {
     assert_eq!(&buf[..n], b"coffee:ping");
 }
 
-/// A backend that sends headers and 5 of 100 promised body bytes, then stalls: the proxy's
-/// read timeout must cut the response instead of holding it open forever.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stalled_upstream_body_is_cut_after_read_timeout() {
+/// A backend that sends headers and 5 of `length` promised body bytes, then stalls; the
+/// proxy's read timeout is 300 ms. Returns the proxy (kept running) and the response.
+async fn stalled_body(length: usize) -> (Running, hyper::Response<hyper::body::Incoming>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -660,9 +659,8 @@ async fn stalled_upstream_body_is_cut_after_read_timeout() {
         let (mut s, _) = listener.accept().await.unwrap();
         let mut buf = [0u8; 4096];
         let _ = s.read(&mut buf).await;
-        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nstart")
-            .await
-            .unwrap();
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\nstart");
+        s.write_all(head.as_bytes()).await.unwrap();
         tokio::time::sleep(Duration::from_secs(30)).await;
     });
     let mut objects = vec![
@@ -675,7 +673,6 @@ async fn stalled_upstream_body_is_cut_after_read_timeout() {
         ..IngressConfig::default()
     };
     let p = start(config, &objects).await;
-    let started = Instant::now();
     let stream = tokio::net::TcpStream::connect(p.http).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -688,11 +685,42 @@ async fn stalled_upstream_body_is_cut_after_read_timeout() {
         .body(Full::new(Bytes::new()))
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();
+    (p, resp)
+}
+
+/// A large body (streamed as it comes) that stalls is cut after the read timeout: the
+/// client sees the head, then a truncated body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_upstream_body_is_cut_after_read_timeout() {
+    let started = Instant::now();
+    let (_p, resp) = stalled_body(100_000).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let body = http_body_util::BodyExt::collect(resp.into_body()).await;
     assert!(
         body.is_err(),
         "truncated body must be an error for the client"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// A small body (read completely before the head is passed on, as nginx buffers it) that
+/// stalls gets 504 after the read timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_small_upstream_body_gets_504() {
+    let started = Instant::now();
+    let (_p, resp) = stalled_body(100).await;
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("default/stall"),
+        "{body:?}"
     );
     assert!(
         started.elapsed() < Duration::from_secs(3),

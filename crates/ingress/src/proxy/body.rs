@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hyper::HeaderMap;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep, sleep};
@@ -17,6 +17,8 @@ use tokio::time::{Instant, Sleep, sleep};
 use crate::access_log::PendingLine;
 use crate::options::ConnGuard;
 use crate::upstream::InFlight;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A problem with the request body that is the client's doing, never the backend's.
 #[derive(Debug, thiserror::Error)]
@@ -348,6 +350,48 @@ impl ProxyBody {
     /// Writes `line` (with the bytes sent and the duration) when the body is done.
     pub(crate) fn log_when_done(&mut self, line: PendingLine) {
         self.log = Some(Box::new(line));
+    }
+
+    /// Reads an upstream body announced as at most `max` bytes completely, so that it leaves
+    /// with the response head in one write (nginx, even with `proxy_buffering off`, sends
+    /// what one read from the upstream brought: head and small body together). Without it
+    /// the downstream connection writes the head alone, then waits for the upstream
+    /// connection's task to hand the body over. The endpoint's in-flight
+    /// count and a `limit-connections` place end with the read. Other bodies are left as
+    /// they are. An error (the upstream broke off or stalled past the read timeout) is
+    /// returned; the body is unusable then.
+    pub(crate) async fn buffer_small(&mut self, max: u64) -> Result<(), BoxError> {
+        let BodyKind::Upstream(up) = &self.kind else {
+            return Ok(());
+        };
+        let Some(len) = up.body.size_hint().exact() else {
+            return Ok(());
+        };
+        if len > max || up.body.is_end_stream() {
+            return Ok(());
+        }
+        let mut data: Option<Bytes> = None;
+        let mut joined = BytesMut::new();
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *self).poll_frame(cx)).await
+        {
+            let Ok(chunk) = frame?.into_data() else {
+                return Err("trailers after a body of announced length".into());
+            };
+            // One chunk (the usual case) is kept as it is; more are joined.
+            match data.take() {
+                None if joined.is_empty() => data = Some(chunk),
+                earlier => {
+                    if let Some(earlier) = earlier {
+                        joined.reserve(usize::try_from(len).unwrap_or(0));
+                        joined.extend_from_slice(&earlier);
+                    }
+                    joined.extend_from_slice(&chunk);
+                }
+            }
+        }
+        let data = data.unwrap_or_else(|| joined.freeze());
+        self.kind = BodyKind::Full((!data.is_empty()).then_some(data));
+        Ok(())
     }
 
     pub(crate) fn full(data: impl Into<Bytes>) -> Self {

@@ -259,9 +259,9 @@ async fn send(
     let in_flight = endpoint.start();
     let req = request.into_pooled_request(&endpoint, body, how.http2(), how.tls.is_some());
     let requested = match how.tls {
-        Some(tls) => tls.client.request(req),
-        None if how.http2() => proxy.client_h2.request(req),
-        None => proxy.client.request(req),
+        Some(tls) => tls.client().request(req),
+        None if how.http2() => proxy.upstreams().h2c.request(req),
+        None => proxy.upstreams().http1.request(req),
     };
     let requested = CONNECT_TIMEOUT.scope(how.connect_timeout, requested);
     let read = how.read_timeout;
@@ -282,6 +282,14 @@ async fn send(
         Some(Err(e)) => return Err(upstream_error(proxy, backend, &endpoint, &e)),
         None => return Err(SendError::Other(gateway_timeout(proxy, backend, read))),
     };
+    // HTTP/2 upstreams (gRPC) stream: their bodies are never held.
+    if !how.http2()
+        && let Err(e) = resp.body_mut().buffer_small(BUFFERED_RESPONSE_BYTES).await
+    {
+        return Err(SendError::Other(body_failed(
+            proxy, backend, &endpoint, read, &*e,
+        )));
+    }
     if let Some(affinity) = how.affinity
         && how.sticky != Some(endpoint.addr)
         && let Some(cookie) = affinity.set_cookie(&endpoint)
@@ -289,6 +297,33 @@ async fn send(
         resp.headers_mut().append(hyper::header::SET_COOKIE, cookie);
     }
     Ok(resp)
+}
+
+/// Upstream responses announced as at most this long are read completely before their head
+/// is passed on (see `ProxyBody::buffer_small`); a stall meanwhile is a 504.
+const BUFFERED_RESPONSE_BYTES: u64 = 16 * 1024;
+
+/// The answer when a small response body could not be read: 504 when the upstream stalled,
+/// else 502 naming the endpoint and why.
+fn body_failed(
+    proxy: &IngressProxy,
+    backend: &Backend,
+    endpoint: &UpstreamEndpoint,
+    read: Duration,
+    e: &(dyn std::error::Error + Send + Sync + 'static),
+) -> Response<ProxyBody> {
+    if e.is::<super::body::ReadTimeout>() {
+        return gateway_timeout(proxy, backend, read);
+    }
+    let why = error_chain(e);
+    tracing::debug!(backend = %backend, endpoint = %endpoint.addr, "ingress: response body failed: {why}");
+    error(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "502 Bad Gateway: service {backend}: endpoint {} broke off the response body: {why}\n",
+            endpoint.addr
+        ),
+    )
 }
 
 pub(super) fn gateway_timeout(

@@ -228,10 +228,32 @@ pub(crate) struct Forwarded<'a> {
     pub(crate) peer: SocketAddr,
     /// The client: the peer, or what a trusted peer's `X-Forwarded-For` says.
     pub(crate) client: std::net::IpAddr,
-    pub(crate) local_port: u16,
+    /// The connection's peer address and local port as header values.
+    pub(crate) values: &'a ConnValues,
     pub(crate) tls: bool,
     pub(crate) host: &'a HeaderValue,
     pub(crate) trust_client: bool,
+}
+
+/// A connection's own values of the forwarded headers, formatted once when it is accepted
+/// rather than on every request.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnValues {
+    /// The peer's address (`X-Forwarded-For`, `X-Real-IP`).
+    pub(crate) peer_ip: HeaderValue,
+    /// The port the connection came in on (`X-Forwarded-Port`).
+    pub(crate) local_port: HeaderValue,
+}
+
+impl ConnValues {
+    pub(crate) fn new(peer: SocketAddr, local_port: u16) -> Self {
+        let ip = peer.ip().to_canonical().to_string();
+        Self {
+            // An address's text is always a valid header value.
+            peer_ip: HeaderValue::try_from(ip).unwrap_or(HeaderValue::from_static("unknown")),
+            local_port: HeaderValue::from(local_port),
+        }
+    }
 }
 
 /// Sets `Host` (the client's), `X-Forwarded-For/-Proto/-Host/-Port` and `X-Real-IP` (the
@@ -240,8 +262,13 @@ pub(crate) struct Forwarded<'a> {
 /// `X-Forwarded-For`.
 pub(crate) fn set_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
     let ip = f.peer.ip().to_canonical();
-    let ip_value = HeaderValue::try_from(ip.to_string()).ok();
-    let client_value = HeaderValue::try_from(f.client.to_canonical().to_string()).ok();
+    let ip_value = Some(f.values.peer_ip.clone());
+    let client = f.client.to_canonical();
+    let client_value = if client == ip {
+        ip_value.clone()
+    } else {
+        HeaderValue::try_from(client.to_string()).ok()
+    };
     headers.insert(header::HOST, f.host.clone());
     let previous_for = headers
         .get(&X_FORWARDED_FOR)
@@ -264,7 +291,7 @@ pub(crate) fn set_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
         headers.insert(&X_FORWARDED_HOST, f.host.clone());
     }
     if !keep(headers, &X_FORWARDED_PORT) {
-        headers.insert(&X_FORWARDED_PORT, HeaderValue::from(f.local_port));
+        headers.insert(&X_FORWARDED_PORT, f.values.local_port.clone());
     }
     if let Some(v) = client_value {
         headers.insert(&X_REAL_IP, v);
@@ -442,7 +469,7 @@ mod tests {
             &Forwarded {
                 client: "192.0.2.7".parse().unwrap(),
                 peer: "192.0.2.7:5555".parse().unwrap(),
-                local_port: 443,
+                values: &ConnValues::new("192.0.2.7:5555".parse().unwrap(), 443),
                 tls: true,
                 host: &host,
                 trust_client: trust,

@@ -42,10 +42,9 @@ const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
 pub struct IngressProxy {
     pub(crate) config: IngressConfig,
     pub(crate) table: Arc<ArcSwap<RouteTable>>,
-    /// HTTP/1.1 to the endpoints.
-    pub(crate) client: Client<CountingConnector, ReqBody>,
-    /// HTTP/2 without TLS (`backend-protocol` H2C and GRPC).
-    pub(crate) client_h2: Client<CountingConnector, ReqBody>,
+    /// Each worker's pooled clients to the endpoints (index = worker, see `workers`): a
+    /// request uses its own worker's, so its upstream connection runs on the same thread.
+    upstreams: Box<[Upstreams]>,
     /// Port of the HTTPS listener (for the HTTPS redirect); 443 until serving starts.
     pub(crate) https_port: AtomicU16,
     pub(crate) server: auto::Builder<TokioExecutor>,
@@ -64,6 +63,14 @@ pub struct IngressProxy {
     tls_clients: Mutex<TlsClientCache>,
     /// Where access log lines go (`None`: off).
     pub(crate) access_log: Option<Arc<dyn AccessLogSink>>,
+}
+
+/// One worker's pooled clients to the endpoints.
+pub(crate) struct Upstreams {
+    /// HTTP/1.1.
+    pub(crate) http1: Client<CountingConnector, ReqBody>,
+    /// HTTP/2 without TLS (`backend-protocol` H2C and GRPC).
+    pub(crate) h2c: Client<CountingConnector, ReqBody>,
 }
 
 type TlsClientCache = HashMap<(UpstreamTls, bool), Arc<TlsClient>>;
@@ -103,8 +110,13 @@ impl IngressProxy {
             config.max_upstream_connections,
             config.max_upstream_connections_per_endpoint,
         ));
-        let client = upstream_client(&config, &limits, &table, false);
-        let client_h2 = upstream_client(&config, &limits, &table, true);
+        let workers = config.workers.max(1);
+        let upstreams = (0..workers)
+            .map(|_| Upstreams {
+                http1: upstream_client(&config, &limits, &table, false),
+                h2c: upstream_client(&config, &limits, &table, true),
+            })
+            .collect();
         Self {
             server: server_builder(&config),
             head_limits: HeadLimits {
@@ -113,10 +125,9 @@ impl IngressProxy {
             },
             config,
             table,
-            client,
-            client_h2,
+            upstreams,
             https_port: AtomicU16::new(443),
-            counters: Counters::default(),
+            counters: Counters::new(workers),
             limits,
             hop_id: HopId::random(),
             own_addresses: ArcSwap::from_pointee(OwnAddresses::default()),
@@ -205,6 +216,21 @@ impl IngressProxy {
         self.counters.snapshot(self.limits.open() as u64, dropped)
     }
 
+    /// The pooled clients of the worker running this task (worker 0's outside the workers).
+    pub(crate) fn upstreams(&self) -> &Upstreams {
+        &self.upstreams[crate::workers::current() % self.upstreams.len()]
+    }
+
+    /// Downstream connections accepted by each worker since creation (index = worker).
+    pub fn worker_connections(&self) -> Vec<u64> {
+        self.counters.worker_connections()
+    }
+
+    /// The number of proxy workers (at least 1).
+    pub(crate) fn workers(&self) -> usize {
+        self.config.workers.max(1)
+    }
+
     pub fn config(&self) -> &IngressConfig {
         &self.config
     }
@@ -241,10 +267,10 @@ impl IngressProxy {
         let (config, name) = crate::upstream::client_config(tls, h2)?;
         let tcp = counting_connector(&self.config, &self.limits, &self.table);
         let connector = TlsConnecting::new(tcp, config, name, self.config.connect_timeout);
-        Ok(TlsUpstream {
-            client: client_builder(&self.config, h2).build(connector.clone()),
-            connector,
-        })
+        let clients = (0..self.workers())
+            .map(|_| client_builder(&self.config, h2).build(connector.clone()))
+            .collect();
+        Ok(TlsUpstream { clients, connector })
     }
 }
 

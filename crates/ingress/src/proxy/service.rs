@@ -27,24 +27,34 @@ static X_FORWARDED_PREFIX: hyper::header::HeaderName =
 #[derive(Debug)]
 pub(crate) struct ConnInfo {
     pub(crate) peer: SocketAddr,
-    pub(crate) local: SocketAddr,
     pub(crate) tls: bool,
+    pub(crate) values: headers::ConnValues,
+}
+
+impl ConnInfo {
+    pub(crate) fn new(peer: SocketAddr, local: SocketAddr, tls: bool) -> Self {
+        Self {
+            peer,
+            tls,
+            values: headers::ConnValues::new(peer, local.port()),
+        }
+    }
 }
 
 /// Serves one downstream request. Never fails: every problem becomes a response.
 pub(crate) async fn handle(
-    proxy: Arc<IngressProxy>,
-    conn: Arc<ConnInfo>,
+    proxy: &IngressProxy,
+    conn: &ConnInfo,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let request_id = headers::request_id(req.headers());
-    stats::inc(&proxy.counters.requests_total);
+    proxy.counters.request();
     let line = proxy
         .access_log
         .as_ref()
-        .map(|sink| start_line(sink, &proxy.config, &conn, &req, &request_id));
+        .map(|sink| start_line(sink, &proxy.config, conn, &req, &request_id));
     let http1 = req.version() < Version::HTTP_2;
-    let mut resp = route(&proxy, &conn, req, &request_id).await;
+    let mut resp = route(proxy, conn, req, &request_id).await;
     let status = resp.status();
     proxy.counters.response(status.as_u16());
     if let Some(mut line) = line {
@@ -451,7 +461,7 @@ fn upstream_headers(
         &Forwarded {
             peer: conn.peer,
             client,
-            local_port: conn.local.port(),
+            values: &conn.values,
             tls: conn.tls,
             host,
             trust_client: proxy.config.is_trusted_proxy(conn.peer.ip()),

@@ -40,8 +40,16 @@ pub(crate) type TlsClient = Result<TlsUpstream, String>;
 /// A pooled client speaking TLS to the endpoints, and its connector (upgrades dial their own
 /// connection with it).
 pub(crate) struct TlsUpstream {
-    pub(crate) client: Client<TlsConnecting, ReqBody>,
+    /// One pooled client per proxy worker (index = worker).
+    pub(crate) clients: Box<[Client<TlsConnecting, ReqBody>]>,
     pub(crate) connector: TlsConnecting,
+}
+
+impl TlsUpstream {
+    /// The pooled client of the worker running this task.
+    pub(crate) fn client(&self) -> &Client<TlsConnecting, ReqBody> {
+        &self.clients[crate::workers::current() % self.clients.len()]
+    }
 }
 
 impl std::fmt::Debug for TlsUpstream {
