@@ -15,7 +15,7 @@
 //! last).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use sluice_dataplane::{
@@ -41,7 +41,48 @@ struct FamilyState {
     /// Pickers whose map and chain exist.
     pickers: BTreeSet<Picker>,
     /// Service ports using each `hairpin-endpoints` address.
-    hairpins: HashMap<IpAddr, u32>,
+    hairpins: HairpinCounts,
+}
+
+/// How many service ports use each `hairpin-endpoints` address, keyed by the address of its
+/// own family (8 bytes an IPv4 entry instead of the 24 of `(IpAddr, u32)`: one entry per
+/// endpoint of the cluster).
+#[derive(Debug, Clone, Default)]
+struct HairpinCounts {
+    v4: HashMap<Ipv4Addr, u32>,
+    v6: HashMap<Ipv6Addr, u32>,
+}
+
+impl HairpinCounts {
+    fn get(&self, ip: IpAddr) -> u32 {
+        let count = match ip {
+            IpAddr::V4(ip) => self.v4.get(&ip),
+            IpAddr::V6(ip) => self.v6.get(&ip),
+        };
+        count.copied().unwrap_or(0)
+    }
+
+    fn add(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(ip) => *self.v4.entry(ip).or_default() += 1,
+            IpAddr::V6(ip) => *self.v6.entry(ip).or_default() += 1,
+        }
+    }
+
+    fn remove(&mut self, ip: IpAddr) {
+        fn down<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, ip: K) {
+            if let Some(count) = map.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+        match ip {
+            IpAddr::V4(ip) => down(&mut self.v4, ip),
+            IpAddr::V6(ip) => down(&mut self.v6, ip),
+        }
+    }
 }
 
 /// A programmed service port: the plan it was rendered from and, per family, the slot layouts
@@ -388,9 +429,7 @@ fn hairpin_changes(
     }
     let (mut gone, mut come) = (Vec::new(), Vec::new());
     for (ip, delta) in net.into_iter().filter(|(_, d)| *d != 0) {
-        let before = current
-            .and_then(|s| s.hairpins.get(&ip))
-            .map_or(0, |n| *n as isize);
+        let before = current.map_or(0, |s| s.hairpins.get(ip) as isize);
         match (before > 0, before + delta > 0) {
             (true, false) => gone.push(hairpin_element(ip)),
             (false, true) => come.push(hairpin_element(ip)),
@@ -447,15 +486,10 @@ fn record(state: &mut Programmed, change: Rendered) {
         family_state.pickers.extend(rules.pickers());
         let old = change.old.get(family).map(|r| r.hairpins.as_slice());
         for ip in old.unwrap_or_default() {
-            if let Some(count) = family_state.hairpins.get_mut(ip) {
-                *count -= 1;
-                if *count == 0 {
-                    family_state.hairpins.remove(ip);
-                }
-            }
+            family_state.hairpins.remove(*ip);
         }
         for ip in &rules.hairpins {
-            *family_state.hairpins.entry(*ip).or_default() += 1;
+            family_state.hairpins.add(*ip);
         }
         slots[family_index(*family)] = rules.kept_slots();
     }

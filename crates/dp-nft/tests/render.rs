@@ -254,6 +254,57 @@ fn a_refused_service_is_isolated_and_everything_else_applies() {
     );
 }
 
+/// A pod behind two service ports is masqueraded when it reaches itself through either: its
+/// `hairpin-endpoints` element stays while one of them still uses it and goes with the last.
+#[test]
+fn a_hairpin_address_shared_by_two_services_goes_with_the_last() {
+    let fake = FakeNft::new();
+    let mut dp = NftDataplane::with_executor(fake.clone());
+    dp.restore().unwrap();
+    let mut s = Snapshot::default();
+    for (name, ip) in [("one", "10.96.7.1"), ("two", "10.96.7.2")] {
+        let spec = json!({ "clusterIP": ip, "ports": [{ "port": 80 }] });
+        fixture::add_service(&mut s, "pair", name, spec);
+        let ports = json!([{ "port": 8080 }]);
+        fixture::add_slice(
+            &mut s,
+            "pair",
+            name,
+            name,
+            "IPv4",
+            ports,
+            &[("10.244.7.7", "node-b")],
+        );
+    }
+    let both = fixture::plan_of(&s);
+    dp.resync(&both).unwrap();
+    let element = "hairpin-endpoints { 10.244.7.7 . 10.244.7.7 }";
+    assert!(
+        fake.state().applied[0].contains(element),
+        "added with the first"
+    );
+    let mut steps = Vec::new();
+    let mut before = both;
+    for name in ["one", "two"] {
+        s.services.retain(|key, _| key.name != name);
+        let after = fixture::plan_of(&s);
+        dp.apply(&PlanDelta::between(&before, &after)).unwrap();
+        steps.push(fake.state().applied.last().cloned().unwrap_or_default());
+        before = after;
+    }
+    assert!(
+        !steps[0].contains(element),
+        "still used by two:\n{}",
+        steps[0]
+    );
+    let deleted = format!("delete element ip sluice {element}");
+    assert!(
+        steps[1].contains(&deleted),
+        "gone with the last:\n{}",
+        steps[1]
+    );
+}
+
 /// Endpoint churn on `plan`'s backends of `family`, by step: growing well past 255 endpoints
 /// (wide slot indexes, several capacities), replacing and removing some, then shrinking to
 /// one. The local set keeps every third cluster endpoint.
