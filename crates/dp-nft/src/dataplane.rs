@@ -4,6 +4,10 @@
 //! periodic resync compares plans (pointers first) and asks the executor whether anyone else
 //! changed the ruleset; only then does it read our table's names back.
 //!
+//! Per service port it keeps only what cannot be recomputed: the plan (shared with the
+//! planner) and the slot layouts its rendering used, compactly; the rules it rendered to are
+//! rendered again from those when a change needs them (microseconds a service port).
+//!
 //! It also owns what is shared between service ports: which pickers (a pick chain and its
 //! slot map) are declared — a change needing a new one declares it in the same transaction;
 //! unused ones stay until the next full rewrite — and how many service ports use each hairpin
@@ -11,7 +15,7 @@
 //! last).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use sluice_dataplane::{
@@ -22,7 +26,7 @@ use sluice_plan::{Family, NodePlan, Plan, PlanDelta, ServicePlan, ServicePortNam
 use crate::exec::{Drift, NftError, NftExecutor};
 use crate::netlink::NetlinkNft;
 use crate::render::{
-    Element, NO_RULES, Previous, ServiceRules, element_containers, hairpin_element,
+    Element, KeptSlots, NO_RULES, Previous, ServiceRules, element_containers, hairpin_element,
     hairpin_elements, render_all, render_node, render_service,
 };
 use crate::slots::{FoundSlots, Picker};
@@ -30,29 +34,104 @@ use crate::transaction::{self, Existing, PickerChain, Transaction, static_chains
 
 const NAME: &str = "nftables";
 
-/// What one family's table holds, as we programmed it.
+/// What one family's table holds besides the service ports' own objects, as we programmed it.
 #[derive(Debug, Clone, Default)]
 struct FamilyState {
-    services: HashMap<ServicePortName, ServiceRules>,
     node: Vec<Element>,
     /// Pickers whose map and chain exist.
     pickers: BTreeSet<Picker>,
     /// Service ports using each `hairpin-endpoints` address.
-    hairpins: HashMap<IpAddr, usize>,
+    hairpins: HairpinCounts,
+}
+
+/// How many service ports use each `hairpin-endpoints` address, keyed by the address of its
+/// own family (8 bytes an IPv4 entry instead of the 24 of `(IpAddr, u32)`: one entry per
+/// endpoint of the cluster).
+#[derive(Debug, Clone, Default)]
+struct HairpinCounts {
+    v4: HashMap<Ipv4Addr, u32>,
+    v6: HashMap<Ipv6Addr, u32>,
+}
+
+impl HairpinCounts {
+    fn get(&self, ip: IpAddr) -> u32 {
+        let count = match ip {
+            IpAddr::V4(ip) => self.v4.get(&ip),
+            IpAddr::V6(ip) => self.v6.get(&ip),
+        };
+        count.copied().unwrap_or(0)
+    }
+
+    fn add(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(ip) => *self.v4.entry(ip).or_default() += 1,
+            IpAddr::V6(ip) => *self.v6.entry(ip).or_default() += 1,
+        }
+    }
+
+    fn remove(&mut self, ip: IpAddr) {
+        fn down<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, ip: K) {
+            if let Some(count) = map.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+        match ip {
+            IpAddr::V4(ip) => down(&mut self.v4, ip),
+            IpAddr::V6(ip) => down(&mut self.v6, ip),
+        }
+    }
+}
+
+/// A programmed service port: the plan it was rendered from and, per family, the slot layouts
+/// that rendering used — together they render its rules again ([`Programmed::rules`]).
+#[derive(Debug, Clone)]
+struct Kept {
+    plan: Arc<ServicePlan>,
+    /// Indexed like [`Family::ALL`].
+    slots: [KeptSlots; 2],
 }
 
 /// What the kernel holds, as we programmed it.
 #[derive(Debug, Clone, Default)]
 struct Programmed {
     families: BTreeMap<Family, FamilyState>,
-    /// The plan each programmed service port was rendered from.
-    plans: BTreeMap<ServicePortName, Arc<ServicePlan>>,
+    /// Every programmed service port.
+    services: BTreeMap<ServicePortName, Kept>,
 }
 
-/// One service port's change, rendered for both families.
+impl Programmed {
+    /// What `name` is programmed as in `family` (nothing when it is not programmed).
+    fn rules(&self, name: &ServicePortName, family: Family) -> ServiceRules {
+        self.services
+            .get(name)
+            .map(|kept| render_kept(kept, family))
+            .unwrap_or_default()
+    }
+}
+
+/// The position of `family` in [`Family::ALL`].
+fn family_index(family: Family) -> usize {
+    Family::ALL
+        .iter()
+        .position(|f| *f == family)
+        .expect("every family is in Family::ALL")
+}
+
+/// The rules a kept service port was programmed with in `family`.
+fn render_kept(kept: &Kept, family: Family) -> ServiceRules {
+    let slots = &kept.slots[family_index(family)];
+    render_service(&kept.plan, family, Previous::Kept(slots))
+}
+
+/// One service port's change, rendered for both families: what it was programmed as, and
+/// what it becomes.
 struct Rendered {
     name: ServicePortName,
     plan: Option<Arc<ServicePlan>>,
+    old: BTreeMap<Family, ServiceRules>,
     rules: BTreeMap<Family, ServiceRules>,
 }
 
@@ -191,7 +270,7 @@ impl<E: NftExecutor> NftDataplane<E> {
             return;
         }
         let shared = shared_changes(state, &changes);
-        let tx = service_delta(state, &changes, &shared);
+        let tx = service_delta(&changes, &shared);
         let operations = tx.len();
         let result = self.run(&tx);
         drop(tx);
@@ -221,6 +300,13 @@ impl<E: NftExecutor> NftDataplane<E> {
     }
 }
 
+impl Rendered {
+    /// What the service port was programmed as in `family` (`None`: nothing).
+    fn old_in(&self, family: Family) -> Option<&ServiceRules> {
+        self.old.get(&family)
+    }
+}
+
 /// Renders one service port change for both families against what `state` holds: a set
 /// keeps its slots (those of the endpoints that stay) where its capacity still fits.
 fn render_change(
@@ -228,19 +314,26 @@ fn render_change(
     name: ServicePortName,
     plan: Option<Arc<ServicePlan>>,
 ) -> Rendered {
+    let old: BTreeMap<Family, ServiceRules> = Family::ALL
+        .iter()
+        .map(|f| (*f, state.rules(&name, *f)))
+        .collect();
     let rules = Family::ALL
         .iter()
         .map(|f| {
-            let old = state.families.get(f).and_then(|s| s.services.get(&name));
-            let previous = old.map_or(Previous::Nothing, Previous::Rules);
             let r = plan
                 .as_deref()
-                .map(|p| render_service(p, *f, previous))
+                .map(|p| render_service(p, *f, Previous::Rules(&old[f])))
                 .unwrap_or_default();
             (*f, r)
         })
         .collect();
-    Rendered { name, plan, rules }
+    Rendered {
+        name,
+        plan,
+        old,
+        rules,
+    }
 }
 
 /// Renders every service port of `plan` for a full rewrite, keeping the slots `found` (read
@@ -259,6 +352,7 @@ fn render_fresh(plan: &Plan, found: &BTreeMap<Family, FoundSlots>) -> Vec<Render
             Rendered {
                 name: name.clone(),
                 plan: Some(Arc::clone(p)),
+                old: BTreeMap::new(),
                 rules,
             }
         })
@@ -289,7 +383,6 @@ fn shared_changes(state: &Programmed, changes: &[Rendered]) -> BTreeMap<Family, 
     let mut out = BTreeMap::new();
     for family in Family::ALL {
         let current = state.families.get(&family);
-        let old_of = |c: &Rendered| current.and_then(|s| s.services.get(&c.name));
         let mut shared = SharedChanges::default();
         let declared = current.map(|s| &s.pickers);
         let needed: BTreeSet<Picker> = changes
@@ -299,14 +392,15 @@ fn shared_changes(state: &Programmed, changes: &[Rendered]) -> BTreeMap<Family, 
             .collect();
         shared.pickers = needed.into_iter().map(PickerChain::new).collect();
         for change in changes {
-            let old: BTreeSet<Element> = old_of(change)
+            let old: BTreeSet<Element> = change
+                .old_in(family)
                 .map(|r| r.slot_elements().collect())
                 .unwrap_or_default();
             let new: BTreeSet<Element> = change.rules[&family].slot_elements().collect();
             shared.gone.extend(old.difference(&new).cloned());
             shared.come.extend(new.difference(&old).cloned());
         }
-        let (gone, come) = hairpin_changes(current, changes, family, old_of);
+        let (gone, come) = hairpin_changes(current, changes, family);
         shared.gone.extend(gone);
         shared.come.extend(come);
         out.insert(family, shared);
@@ -315,15 +409,15 @@ fn shared_changes(state: &Programmed, changes: &[Rendered]) -> BTreeMap<Family, 
 }
 
 /// The hairpin elements `changes` make go and come in `family`.
-fn hairpin_changes<'a>(
+fn hairpin_changes(
     current: Option<&FamilyState>,
-    changes: &'a [Rendered],
+    changes: &[Rendered],
     family: Family,
-    old_of: impl Fn(&'a Rendered) -> Option<&'a ServiceRules>,
 ) -> (Vec<Element>, Vec<Element>) {
     let mut net: BTreeMap<IpAddr, isize> = BTreeMap::new();
     for change in changes {
-        for ip in old_of(change)
+        for ip in change
+            .old_in(family)
             .map(|r| r.hairpins.as_slice())
             .unwrap_or_default()
         {
@@ -335,9 +429,7 @@ fn hairpin_changes<'a>(
     }
     let (mut gone, mut come) = (Vec::new(), Vec::new());
     for (ip, delta) in net.into_iter().filter(|(_, d)| *d != 0) {
-        let before = current
-            .and_then(|s| s.hairpins.get(&ip))
-            .map_or(0, |n| *n as isize);
+        let before = current.map_or(0, |s| s.hairpins.get(ip) as isize);
         match (before > 0, before + delta > 0) {
             (true, false) => gone.push(hairpin_element(ip)),
             (false, true) => come.push(hairpin_element(ip)),
@@ -349,19 +441,14 @@ fn hairpin_changes<'a>(
 
 /// The transaction bringing the changed service ports from what `state` holds to `changes`.
 fn service_delta<'a>(
-    state: &'a Programmed,
     changes: &'a [Rendered],
     shared: &'a BTreeMap<Family, SharedChanges>,
 ) -> Transaction<'a> {
     let mut tx = Transaction::default();
     for family in Family::ALL {
-        let current = state.families.get(&family);
-        let pairs = changes.iter().map(|c| {
-            let old = current
-                .and_then(|s| s.services.get(&c.name))
-                .unwrap_or(&NO_RULES);
-            (old, &c.rules[&family])
-        });
+        let pairs = changes
+            .iter()
+            .map(|c| (c.old_in(family).unwrap_or(&NO_RULES), &c.rules[&family]));
         let s = &shared[&family];
         let elements = Some((s.gone.as_slice(), s.come.as_slice()));
         tx.extend(transaction::delta(family, &s.pickers, pairs, elements));
@@ -390,35 +477,25 @@ fn node_delta<'a>(
     tx
 }
 
-/// Records a committed change: its renderings, the pickers it declared, the hairpin counts
-/// moved.
+/// Records a committed change: its plan and slot layouts, the pickers it declared, the hairpin
+/// counts moved.
 fn record(state: &mut Programmed, change: Rendered) {
-    for (family, rules) in change.rules {
-        let family_state = state.families.entry(family).or_default();
+    let mut slots: [KeptSlots; 2] = Default::default();
+    for (family, rules) in &change.rules {
+        let family_state = state.families.entry(*family).or_default();
         family_state.pickers.extend(rules.pickers());
-        let old = if change.plan.is_some() {
-            family_state.services.insert(change.name.clone(), rules)
-        } else {
-            family_state.services.remove(&change.name)
-        };
-        let new = family_state.services.get(&change.name);
-        if let Some(old) = &old {
-            for ip in &old.hairpins {
-                if let Some(count) = family_state.hairpins.get_mut(ip) {
-                    *count -= 1;
-                    if *count == 0 {
-                        family_state.hairpins.remove(ip);
-                    }
-                }
-            }
+        let old = change.old.get(family).map(|r| r.hairpins.as_slice());
+        for ip in old.unwrap_or_default() {
+            family_state.hairpins.remove(*ip);
         }
-        for ip in new.map(|r| r.hairpins.as_slice()).unwrap_or_default() {
-            *family_state.hairpins.entry(*ip).or_default() += 1;
+        for ip in &rules.hairpins {
+            family_state.hairpins.add(*ip);
         }
+        slots[family_index(*family)] = rules.kept_slots();
     }
     match change.plan {
-        Some(plan) => state.plans.insert(change.name, plan),
-        None => state.plans.remove(&change.name),
+        Some(plan) => state.services.insert(change.name, Kept { plan, slots }),
+        None => state.services.remove(&change.name),
     };
 }
 
@@ -727,11 +804,12 @@ fn expected_names(state: &Programmed, family: Family) -> Existing {
     names
         .sets
         .extend(element_containers().iter().map(|c| c.name.to_owned()));
+    for kept in state.services.values() {
+        let rules = render_kept(kept, family);
+        names.chains.extend(rules.chains.into_keys());
+        names.sets.extend(rules.affinity_sets.into_keys());
+    }
     if let Some(programmed) = state.families.get(&family) {
-        for rules in programmed.services.values() {
-            names.chains.extend(rules.chains.keys().cloned());
-            names.sets.extend(rules.affinity_sets.keys().cloned());
-        }
         names
             .chains
             .extend(programmed.pickers.iter().map(Picker::chain));
@@ -754,7 +832,7 @@ fn delta_from_state(state: &Programmed, plan: &Plan) -> PlanDelta {
         old.unwrap_or_default() != render_node(&plan.node, *f)
     });
     // Both sides are sorted by name: one merge walk, no hashing.
-    let mut old = state.plans.iter().peekable();
+    let mut old = state.services.iter().map(|(n, k)| (n, &k.plan)).peekable();
     let mut new = plan.services.iter().peekable();
     loop {
         let order = match (old.peek(), new.peek()) {

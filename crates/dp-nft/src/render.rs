@@ -38,7 +38,7 @@ use sluice_plan::{
 use crate::ir::{Container, ContainerKind, Key, Rule, SetRef, Stmt, Value, Verdict};
 pub use crate::ir::{Element, addr_keyword, addr_type, table_family};
 use crate::slots::{
-    DrawKey, EXACT_DRAWS, FoundSlots, Keyed, Picker, Slots, assign, capacity_for, fits,
+    DrawKey, EXACT_DRAWS, FoundSlots, Keyed, Picker, SlotIndexes, Slots, assign, capacity_for, fits,
 };
 
 /// Names of the verdict maps and sets whose elements are rendered per service.
@@ -159,7 +159,23 @@ impl ServiceRules {
     pub fn slot_elements(&self) -> impl Iterator<Item = Element> + '_ {
         self.draws.values().flat_map(SetDraw::elements)
     }
+
+    /// The slot layouts of this rendering, to render the same plan again to the same rules.
+    pub fn kept_slots(&self) -> KeptSlots {
+        KeptSlots(
+            self.draws
+                .values()
+                .map(|d| (d.set, SlotIndexes::new(&d.slots)))
+                .collect(),
+        )
+    }
 }
+
+/// The slot layouts one service port's rendering used in one family, kept (compactly) instead
+/// of the rendering: with the plan it was rendered from, they render it again exactly
+/// ([`Previous::Kept`]), so the dataplane need not keep chains and elements.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeptSlots(Box<[(SetName, SlotIndexes)]>);
 
 /// The `hairpin-endpoints` element of an endpoint address.
 pub fn hairpin_element(ip: IpAddr) -> Element {
@@ -190,15 +206,27 @@ pub enum Previous<'a> {
     Rules(&'a ServiceRules),
     /// What a restarted agent found in the kernel.
     Found(&'a FoundSlots),
+    /// The slots kept from rendering this very plan ([`ServiceRules::kept_slots`]): taken as
+    /// they are, so the rendering is the one made then.
+    Kept(&'a KeptSlots),
 }
 
 impl<'a> Previous<'a> {
     fn slots(&self, set: SetName, protocol: Protocol, key: DrawKey) -> Option<&'a Slots> {
         match *self {
-            Previous::Nothing => None,
+            Previous::Nothing | Previous::Kept(_) => None,
             Previous::Rules(rules) => rules.draws.get(&set).map(|d| &d.slots),
             Previous::Found(found) => found.get(&(set, protocol, key)),
         }
+    }
+
+    /// The layout kept for `set`, over the plan's `endpoints` (sorted, unique).
+    fn kept(&self, set: SetName, endpoints: &[SocketAddr]) -> Option<Slots> {
+        let Previous::Kept(KeptSlots(kept)) = *self else {
+            return None;
+        };
+        let (_, indexes) = kept.iter().find(|(s, _)| *s == set)?;
+        indexes.expand(endpoints)
     }
 }
 
@@ -363,12 +391,10 @@ impl Renderer<'_> {
             return;
         }
         let protocol = self.plan.name.protocol;
-        let previous = self
+        let slots = self
             .previous
-            .slots(set, protocol, key)
-            .filter(|p| fits(p.capacity(), endpoints.len()));
-        let capacity = previous.map_or_else(|| capacity_for(endpoints.len()), Slots::capacity);
-        let slots = assign(previous, &endpoints, capacity);
+            .kept(set, &endpoints)
+            .unwrap_or_else(|| self.layout(set, protocol, key, &endpoints));
         self.out
             .hairpins
             .extend(endpoints.iter().map(SocketAddr::ip));
@@ -379,6 +405,22 @@ impl Renderer<'_> {
             frontends: vec![key],
         };
         self.out.draws.insert(set, draw);
+    }
+
+    /// A layout of `endpoints` keeping the previous slots where their capacity still fits.
+    fn layout(
+        &self,
+        set: SetName,
+        protocol: Protocol,
+        key: DrawKey,
+        endpoints: &[SocketAddr],
+    ) -> Slots {
+        let previous = self
+            .previous
+            .slots(set, protocol, key)
+            .filter(|p| fits(p.capacity(), endpoints.len()));
+        let capacity = previous.map_or_else(|| capacity_for(endpoints.len()), Slots::capacity);
+        assign(previous, endpoints, capacity)
     }
 
     /// The statement(s) of one route: the masquerade mark when asked, then the pick chain of

@@ -190,6 +190,65 @@ impl Slots {
     }
 }
 
+/// A set's slots kept between renderings, compactly: each slot holds the position of its
+/// endpoint in the set's endpoint list (sorted and unique: what the exact region holds, each
+/// endpoint once) or [`SlotIndexes::EMPTY`] — one byte a slot while the set has fewer than 255
+/// endpoints, four beyond, instead of the 32 of an `Option<SocketAddr>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotIndexes {
+    Narrow(Box<[u8]>),
+    Wide(Box<[u32]>),
+}
+
+impl SlotIndexes {
+    /// The index of an empty slot.
+    pub const EMPTY: u32 = u32::MAX;
+
+    /// `slots` as positions in their endpoint list (the exact region's endpoints, sorted).
+    pub fn new(slots: &Slots) -> Self {
+        let mut endpoints: Vec<SocketAddr> = slots.exact.iter().flatten().copied().collect();
+        endpoints.sort_unstable();
+        endpoints.dedup();
+        let index = |slot: &Option<SocketAddr>| {
+            slot.and_then(|e| endpoints.binary_search(&e).ok())
+                .and_then(|i| u32::try_from(i).ok())
+                .unwrap_or(Self::EMPTY)
+        };
+        let all = slots.exact.iter().chain(&slots.spread);
+        if endpoints.len() < usize::from(u8::MAX) {
+            let narrow = |i: u32| u8::try_from(i).unwrap_or(u8::MAX);
+            SlotIndexes::Narrow(all.map(|s| narrow(index(s))).collect())
+        } else {
+            SlotIndexes::Wide(all.map(index).collect())
+        }
+    }
+
+    /// The slots again, from the same endpoint list (sorted, unique); `None` when an index
+    /// lies beyond it (the list is not the one the slots were laid out from).
+    pub fn expand(&self, endpoints: &[SocketAddr]) -> Option<Slots> {
+        let lookup = |i: u32| match i {
+            Self::EMPTY => Some(None),
+            i => endpoints.get(i as usize).map(|e| Some(*e)),
+        };
+        let all: Option<Vec<Option<SocketAddr>>> = match self {
+            SlotIndexes::Narrow(v) => v
+                .iter()
+                .map(|i| {
+                    lookup(if *i == u8::MAX {
+                        Self::EMPTY
+                    } else {
+                        u32::from(*i)
+                    })
+                })
+                .collect(),
+            SlotIndexes::Wide(v) => v.iter().map(|i| lookup(*i)).collect(),
+        };
+        let mut exact = all?;
+        let spread = exact.split_off(exact.len() / 2);
+        Some(Slots { exact, spread })
+    }
+}
+
 /// Lays `endpoints` (sorted, unique, 1 ≤ n ≤ `capacity`) out in slots of `capacity`,
 /// keeping what `previous` (the same capacity's earlier content) placed where it still may
 /// be: only the slots whose endpoint must change are written anew.
@@ -463,6 +522,30 @@ mod tests {
         for e in &eps {
             let p = (1.0 - miss) * exact[e] as f64 / 9.0 + miss * spread[e] as f64 / 32.0;
             assert!((p * 9.0 - 1.0).abs() <= skew(9, 32) + 1e-12, "{e}: {p}");
+        }
+    }
+
+    #[test]
+    fn kept_slot_indexes_expand_to_the_same_slots_in_a_byte_or_four_a_slot() {
+        for n in [1, 10, 254, 255, 600, 1100] {
+            let eps = endpoints(n);
+            let fresh = assign(None, &eps, capacity_for(n));
+            // A changed layout (holes left by removals, slots moved) round-trips too.
+            let fewer: Vec<SocketAddr> = eps.iter().copied().step_by(2).collect();
+            let changed = assign(Some(&fresh), &fewer, fresh.capacity());
+            for slots in [fresh, changed] {
+                let listed: Vec<SocketAddr> = counts(&slots.exact).into_keys().collect();
+                let kept = SlotIndexes::new(&slots);
+                let bytes = match &kept {
+                    SlotIndexes::Narrow(v) => v.len(),
+                    SlotIndexes::Wide(v) => v.len() * 4,
+                };
+                let per_slot = if listed.len() < 255 { 1 } else { 4 };
+                assert_eq!(bytes, 2 * slots.capacity() as usize * per_slot, "{n}");
+                assert_eq!(kept.expand(&listed), Some(slots.clone()), "{n}");
+                let shorter = &listed[..listed.len() - 1];
+                assert_eq!(kept.expand(shorter), None, "{n}: not the list laid out");
+            }
         }
     }
 

@@ -9,12 +9,14 @@ use std::sync::Arc;
 
 use serde_json::json;
 use sluice_dataplane::Dataplane;
-use sluice_dp_nft::render::{ServiceRules, hairpin_elements, render_all, render_node};
+use sluice_dp_nft::render::{
+    Previous, ServiceRules, hairpin_elements, render_all, render_node, render_service,
+};
 use sluice_dp_nft::slots::Picker;
 use sluice_dp_nft::transaction::{self, Existing, PickerChain};
 use sluice_dp_nft::{FakeNft, NftDataplane};
 use sluice_model::Snapshot;
-use sluice_plan::{Family, Plan, PlanDelta};
+use sluice_plan::{Backend, Family, Plan, PlanDelta, ServicePlan, SetName};
 
 fn golden(name: &str, actual: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -249,5 +251,136 @@ fn a_refused_service_is_isolated_and_everything_else_applies() {
     assert!(
         !applied.contains("10.244.2.2 . 8080"),
         "no slot left with it:\n{applied}"
+    );
+}
+
+/// A pod behind two service ports is masqueraded when it reaches itself through either: its
+/// `hairpin-endpoints` element stays while one of them still uses it and goes with the last.
+#[test]
+fn a_hairpin_address_shared_by_two_services_goes_with_the_last() {
+    let fake = FakeNft::new();
+    let mut dp = NftDataplane::with_executor(fake.clone());
+    dp.restore().unwrap();
+    let mut s = Snapshot::default();
+    for (name, ip) in [("one", "10.96.7.1"), ("two", "10.96.7.2")] {
+        let spec = json!({ "clusterIP": ip, "ports": [{ "port": 80 }] });
+        fixture::add_service(&mut s, "pair", name, spec);
+        let ports = json!([{ "port": 8080 }]);
+        fixture::add_slice(
+            &mut s,
+            "pair",
+            name,
+            name,
+            "IPv4",
+            ports,
+            &[("10.244.7.7", "node-b")],
+        );
+    }
+    let both = fixture::plan_of(&s);
+    dp.resync(&both).unwrap();
+    let element = "hairpin-endpoints { 10.244.7.7 . 10.244.7.7 }";
+    assert!(
+        fake.state().applied[0].contains(element),
+        "added with the first"
+    );
+    let mut steps = Vec::new();
+    let mut before = both;
+    for name in ["one", "two"] {
+        s.services.retain(|key, _| key.name != name);
+        let after = fixture::plan_of(&s);
+        dp.apply(&PlanDelta::between(&before, &after)).unwrap();
+        steps.push(fake.state().applied.last().cloned().unwrap_or_default());
+        before = after;
+    }
+    assert!(
+        !steps[0].contains(element),
+        "still used by two:\n{}",
+        steps[0]
+    );
+    let deleted = format!("delete element ip sluice {element}");
+    assert!(
+        steps[1].contains(&deleted),
+        "gone with the last:\n{}",
+        steps[1]
+    );
+}
+
+/// Endpoint churn on `plan`'s backends of `family`, by step: growing well past 255 endpoints
+/// (wide slot indexes, several capacities), replacing and removing some, then shrinking to
+/// one. The local set keeps every third cluster endpoint.
+fn churn(plan: &mut ServicePlan, family: Family, step: usize) {
+    let address = |i: usize| -> std::net::IpAddr {
+        match family {
+            Family::V4 => std::net::Ipv4Addr::from(0x0af5_0000 + i as u32).into(),
+            Family::V6 => {
+                std::net::Ipv6Addr::from(0xfd00_0010_0245_0000_0000_0000_0000_0000u128 + i as u128)
+                    .into()
+            }
+        }
+    };
+    let port = plan.cluster.first().map_or(8080, |b| b.port);
+    let mut ours: Vec<Backend> = plan
+        .backends(sluice_plan::SetName::Cluster, family)
+        .copied()
+        .collect();
+    let fresh = |k: usize| Backend::new(address(step * 31 + k), port);
+    match (step % 4, step < 60) {
+        (0, true) => ours.extend((0..20).map(fresh)),
+        (1, _) if ours.len() > 1 => drop(ours.remove((step * 7) % ours.len())),
+        (2, _) if !ours.is_empty() => {
+            let i = (step * 13) % ours.len();
+            ours[i] = fresh(99);
+        }
+        (3, false) => ours.truncate(ours.len().saturating_sub(25).max(1)),
+        _ => {}
+    }
+    ours.sort_unstable();
+    ours.dedup();
+    plan.cluster.retain(|b| !family.contains(&b.ip));
+    plan.cluster.extend(&ours);
+    plan.cluster.sort_unstable();
+    plan.local.retain(|b| !family.contains(&b.ip));
+    plan.local.extend(ours.iter().step_by(3));
+    plan.local.sort_unstable();
+}
+
+/// The dataplane keeps a programmed service port as its plan and the slot layouts it was
+/// rendered with, and renders its rules again when a change needs them (to compute the
+/// delta): that rendering must be exactly the one made then — chains, elements, slots,
+/// hairpins — whatever endpoint churn led there.
+#[test]
+fn a_plan_rendered_again_from_its_kept_slots_is_what_was_rendered_then() {
+    let plan = fixture::plan();
+    // Every service port as planned, and without session affinity (so the eTP=Local
+    // LoadBalancer draws from both sets too).
+    let services = plan.services.values().flat_map(|s| {
+        let mut slotted = (**s).clone();
+        slotted.affinity_timeout = None;
+        [(**s).clone(), slotted]
+    });
+    let mut capacities = BTreeSet::new();
+    for service in services {
+        for family in Family::ALL {
+            let mut current = service.clone();
+            let mut rendered = render_service(&current, family, Previous::Nothing);
+            for step in 0..120 {
+                churn(&mut current, family, step);
+                let next = render_service(&current, family, Previous::Rules(&rendered));
+                let kept = next.kept_slots();
+                let again = render_service(&current, family, Previous::Kept(&kept));
+                assert_eq!(again, next, "{} {family:?} step {step}", current.name);
+                capacities.extend(next.draws.values().map(|d| (d.set, d.slots.capacity())));
+                rendered = next;
+            }
+        }
+    }
+    let local = capacities
+        .iter()
+        .filter(|(s, _)| *s == SetName::Local)
+        .count();
+    assert!(local >= 4, "the local set changed capacity: {capacities:?}");
+    assert!(
+        capacities.contains(&(SetName::Cluster, 512)) && capacities.len() >= 10,
+        "more than 255 endpoints (wide indexes), capacities up and down: {capacities:?}"
     );
 }
