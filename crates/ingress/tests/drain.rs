@@ -10,32 +10,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
+use hyper::StatusCode;
 use hyper::client::conn::{http1, http2};
-use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::Value;
 use sluice_ingress::{IngressConfig, IngressProxy, ListenerSource};
 use tokio::net::TcpStream;
-
-async fn cafe() -> (EchoBackend, Vec<Value>) {
-    let backend = echo("coffee").await;
-    let mut objects = vec![
-        ingress_class(),
-        ingress(
-            "cafe",
-            vec![rule("cafe", vec![path("/", "Prefix", "coffee")])],
-        ),
-    ];
-    objects.extend(service("coffee", &[backend.addr.port()]));
-    (backend, objects)
-}
-
-fn get(path: &str) -> Request<Full<Bytes>> {
-    Request::get(path)
-        .header("host", "cafe")
-        .body(Full::new(Bytes::new()))
-        .unwrap()
-}
 
 async fn h1(addr: std::net::SocketAddr) -> http1::SendRequest<Full<Bytes>> {
     let stream = TcpStream::connect(addr).await.unwrap();
@@ -62,13 +41,13 @@ fn shut_down(p: Running) -> tokio::task::JoinHandle<Duration> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_in_flight_response_says_connection_close() {
-    let (_b, objects) = cafe().await;
+    let (_b, objects) = one_route_cafe().await;
     let p = start(IngressConfig::default(), &objects).await;
     let mut conn = h1(p.http).await;
-    let first = conn.send_request(get("/one")).await.unwrap();
+    let first = conn.send_request(get_cafe("/one")).await.unwrap();
     assert!(!says_close(&first), "keep-alive before draining");
     first.into_body().collect().await.unwrap();
-    let slow = conn.send_request(get("/sleep"));
+    let slow = conn.send_request(get_cafe("/sleep"));
     let slow = tokio::spawn(slow);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let done = shut_down(p);
@@ -85,17 +64,17 @@ async fn http1_in_flight_response_says_connection_close() {
 /// about to send: a request within the first second is answered (with `Connection: close`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_idle_connection_still_gets_its_next_request_answered() {
-    let (_b, objects) = cafe().await;
+    let (_b, objects) = one_route_cafe().await;
     let p = start(IngressConfig::default(), &objects).await;
     let mut conn = h1(p.http).await;
-    let first = conn.send_request(get("/one")).await.unwrap();
+    let first = conn.send_request(get_cafe("/one")).await.unwrap();
     first.into_body().collect().await.unwrap();
     let done = shut_down(p);
     tokio::time::sleep(Duration::from_millis(300)).await;
     conn.ready()
         .await
         .expect("still open 300 ms into the drain");
-    let resp = conn.send_request(get("/two")).await.unwrap();
+    let resp = conn.send_request(get_cafe("/two")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(says_close(&resp));
     resp.into_body().collect().await.unwrap();
@@ -105,10 +84,10 @@ async fn http1_idle_connection_still_gets_its_next_request_answered() {
 /// An idle keep-alive connection nobody uses is closed after a second of idleness.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_idle_connection_is_closed_after_a_second() {
-    let (_b, objects) = cafe().await;
+    let (_b, objects) = one_route_cafe().await;
     let p = start(IngressConfig::default(), &objects).await;
     let mut conn = h1(p.http).await;
-    let first = conn.send_request(get("/one")).await.unwrap();
+    let first = conn.send_request(get_cafe("/one")).await.unwrap();
     first.into_body().collect().await.unwrap();
     let took = shut_down(p).await.unwrap();
     assert!(
@@ -123,16 +102,16 @@ async fn http1_idle_connection_is_closed_after_a_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_gets_goaway_and_the_stream_in_flight_finishes() {
-    let (_b, objects) = cafe().await;
+    let (_b, objects) = one_route_cafe().await;
     let p = start(IngressConfig::default(), &objects).await;
     let stream = TcpStream::connect(p.http).await.unwrap();
     let (mut sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
         .await
         .unwrap();
     let conn = tokio::spawn(conn);
-    let first = sender.send_request(get("/one")).await.unwrap();
+    let first = sender.send_request(get_cafe("/one")).await.unwrap();
     first.into_body().collect().await.unwrap();
-    let slow = tokio::spawn(sender.send_request(get("/sleep")));
+    let slow = tokio::spawn(sender.send_request(get_cafe("/sleep")));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let took = shut_down(p);
     let resp = slow.await.unwrap().unwrap();
@@ -153,7 +132,7 @@ async fn http2_gets_goaway_and_the_stream_in_flight_finishes() {
 /// timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_is_kept_until_the_drain_timeout() {
-    let (_b, objects) = cafe().await;
+    let (_b, objects) = one_route_cafe().await;
     let config = IngressConfig {
         shutdown_grace: Duration::from_secs(2),
         ..IngressConfig::default()
@@ -173,7 +152,7 @@ async fn websocket_is_kept_until_the_drain_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_ends_as_soon_as_the_websocket_closes() {
-    let (_b, objects) = cafe().await;
+    let (_b, objects) = one_route_cafe().await;
     let p = start(IngressConfig::default(), &objects).await;
     let ws = websocket(p.http, "cafe", "/ws").await.unwrap();
     let done = shut_down(p);
@@ -227,7 +206,7 @@ async fn keep_alive_clients(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -
                 while !stop.load(Ordering::Relaxed) {
                     let mut conn = h1(addr).await;
                     while !stop.load(Ordering::Relaxed) && conn.ready().await.is_ok() {
-                        match conn.try_send_request(get("/loop")).await {
+                        match conn.try_send_request(get_cafe("/loop")).await {
                             Ok(resp) => {
                                 let close = says_close(&resp);
                                 let counter = match resp.into_body().collect().await {
@@ -261,7 +240,7 @@ async fn keep_alive_clients(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -
 /// failed request, and after the switch the new proxy answers everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_taking_the_listener_over_fails_no_request() {
-    let (_b, objects) = cafe().await;
+    let (_b, objects) = one_route_cafe().await;
     let listener = sluice_ingress::bind_listener(([127, 0, 0, 1], 0).into()).unwrap();
     let addr = listener.local_addr().unwrap();
     let config = IngressConfig {

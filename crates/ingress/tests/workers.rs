@@ -9,32 +9,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
+use hyper::StatusCode;
 use hyper::client::conn::http1;
-use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde_json::Value;
 use sluice_ingress::IngressConfig;
 use tokio::net::TcpStream;
-
-async fn cafe() -> (EchoBackend, Vec<Value>) {
-    let backend = echo("coffee").await;
-    let mut objects = vec![
-        ingress_class(),
-        ingress(
-            "cafe",
-            vec![rule("cafe", vec![path("/", "Prefix", "coffee")])],
-        ),
-    ];
-    objects.extend(service("coffee", &[backend.addr.port()]));
-    (backend, objects)
-}
-
-fn get(path: &str) -> Request<Full<Bytes>> {
-    Request::get(path)
-        .header("host", "cafe")
-        .body(Full::new(Bytes::new()))
-        .unwrap()
-}
 
 fn workers(n: usize) -> IngressConfig {
     IngressConfig {
@@ -58,7 +37,7 @@ async fn open_connections(
     let opening = (0..n).map(|_| {
         tokio::spawn(async move {
             let mut conn = h1(addr).await;
-            let resp = conn.send_request(get("/")).await.unwrap();
+            let resp = conn.send_request(get_cafe("/")).await.unwrap();
             assert_eq!(resp.status(), StatusCode::OK);
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             assert!(body.starts_with(b"coffee GET /"), "{body:?}");
@@ -74,7 +53,7 @@ async fn open_connections(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_shared_out_over_the_workers() {
-    let (_b, objects) = cafe().await;
+    let (_b, objects) = one_route_cafe().await;
     let p = start(workers(2), &objects).await;
     let open = open_connections(p.http, 24).await;
     let per_worker = p.proxy.worker_connections();
@@ -91,7 +70,7 @@ async fn connections_are_shared_out_over_the_workers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_worker_serves_everything() {
-    let (_b, objects) = cafe().await;
+    let (_b, objects) = one_route_cafe().await;
     let p = start(workers(1), &objects).await;
     let open = open_connections(p.http, 8).await;
     assert_eq!(p.proxy.worker_connections(), [8]);
@@ -105,7 +84,7 @@ async fn one_worker_serves_everything() {
 /// open by any worker).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_with_several_workers_answers_in_flight_requests_and_closes_every_listener() {
-    let (_b, objects) = cafe().await;
+    let (_b, objects) = one_route_cafe().await;
     let p = start(workers(4), &objects).await;
     let (http, https) = (p.http, p.https);
     let open = open_connections(http, 16).await;
@@ -117,7 +96,7 @@ async fn drain_with_several_workers_answers_in_flight_requests_and_closes_every_
     // `/sleep` answers after 2 s.
     let in_flight: Vec<_> = open
         .into_iter()
-        .map(|mut conn| tokio::spawn(async move { conn.send_request(get("/sleep")).await }))
+        .map(|mut conn| tokio::spawn(async move { conn.send_request(get_cafe("/sleep")).await }))
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = std::time::Instant::now();

@@ -810,3 +810,25 @@ impl std::io::Write for LogWriter {
         Ok(())
     }
 }
+
+/// One backend (`coffee`) behind one Ingress: host `cafe`, every path.
+pub async fn one_route_cafe() -> (EchoBackend, Vec<Value>) {
+    let backend = echo("coffee").await;
+    let mut objects = vec![
+        ingress_class(),
+        ingress(
+            "cafe",
+            vec![rule("cafe", vec![path("/", "Prefix", "coffee")])],
+        ),
+    ];
+    objects.extend(service("coffee", &[backend.addr.port()]));
+    (backend, objects)
+}
+
+/// `GET path` for host `cafe`, without a body.
+pub fn get_cafe(path: &str) -> Request<Full<Bytes>> {
+    Request::get(path)
+        .header("host", "cafe")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
