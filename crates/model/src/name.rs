@@ -2,9 +2,9 @@
 //!
 //! At 100,000 Services × 10 endpoints, one `String` per endpoint for its node name is a
 //! million heap allocations of a few dozen distinct names (about 40 MiB). Decoded names are
-//! interned per thread (no lock: the first read decodes on several threads at once, and one
-//! shared set behind a mutex cost seconds of contention at 100k): every endpoint on a node
-//! decoded by the same thread holds the same `Arc<str>`.
+//! interned per thread, without a lock on the first read's parser threads: every endpoint on
+//! a node decoded by the same thread holds the same `Arc<str>` (a few copies of each name in
+//! all).
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -42,21 +42,11 @@ impl Name {
             Name(shared)
         })
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 impl Deref for Name {
     type Target = str;
     fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl AsRef<str> for Name {
-    fn as_ref(&self) -> &str {
         &self.0
     }
 }
@@ -70,12 +60,6 @@ impl From<&str> for Name {
 impl From<String> for Name {
     fn from(name: String) -> Self {
         Name::interned(&name)
-    }
-}
-
-impl PartialEq<str> for Name {
-    fn eq(&self, other: &str) -> bool {
-        &*self.0 == other
     }
 }
 

@@ -166,7 +166,7 @@ k8s_struct! {
         pub conditions: Option<EndpointConditions> = "conditions",
         /// Boxed: only Services with topology-aware routing have hints.
         pub hints: Option<Box<EndpointHints>> = "hints",
-        /// Interned: every endpoint on a node shares one copy.
+        /// Interned ([`Name`]): the endpoints on a node share a copy.
         pub node_name: Option<Name> = "nodeName",
         pub zone: Option<Name> = "zone",
     }
