@@ -100,18 +100,22 @@ impl LbService {
     /// addresses in `status.loadBalancer` (to be released when the type changed). Cheap:
     /// every other Service (most of a cluster) is skipped before conversion.
     pub fn concerns(service: &Service) -> bool {
-        let load_balancer = service
-            .spec
-            .as_ref()
-            .and_then(|s| s.type_.as_deref())
-            .is_some_and(|t| t == "LoadBalancer");
         let has_addresses = service
             .status
             .as_ref()
             .and_then(|s| s.load_balancer.as_ref())
             .and_then(|lb| lb.ingress.as_ref())
             .is_some_and(|ingress| !ingress.is_empty());
-        load_balancer || has_addresses
+        Self::is_load_balancer(service) || has_addresses
+    }
+
+    /// `spec.type: LoadBalancer`.
+    pub fn is_load_balancer(service: &Service) -> bool {
+        service
+            .spec
+            .as_ref()
+            .and_then(|s| s.type_.as_deref())
+            .is_some_and(|t| t == "LoadBalancer")
     }
 
     /// The allocator's view of a Kubernetes Service; `None` when it has no name.

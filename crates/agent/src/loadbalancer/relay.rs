@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Service, ServiceStatus};
-use sluice_lbipam::load_balancer_status;
+use sluice_lbipam::{LbService, load_balancer_status};
 use sluice_model::{
     ChangeSet, Object, ObjectKey, Snapshot, SourceBatch, SourceEvent, Store, slice_service,
 };
@@ -126,7 +126,7 @@ impl Relay {
             self.lb_services = snapshot
                 .services
                 .iter()
-                .filter(|(_, s)| is_load_balancer(s))
+                .filter(|(_, s)| LbService::is_load_balancer(s))
                 .map(|(k, _)| k.clone())
                 .collect();
             return true;
@@ -136,7 +136,7 @@ impl Relay {
             let now = snapshot
                 .services
                 .get(key)
-                .is_some_and(|s| is_load_balancer(s));
+                .is_some_and(|s| LbService::is_load_balancer(s));
             let was = if now {
                 !self.lb_services.insert(key.clone())
             } else {
@@ -184,14 +184,6 @@ impl Relay {
             .collect();
         SourceBatch::new(events, std::time::Instant::now())
     }
-}
-
-fn is_load_balancer(service: &Service) -> bool {
-    service
-        .spec
-        .as_ref()
-        .and_then(|s| s.type_.as_deref())
-        .is_some_and(|t| t == "LoadBalancer")
 }
 
 /// The Service with these addresses in `status.loadBalancer`. Its resourceVersion is cleared:
