@@ -21,6 +21,24 @@ pub fn tree_seconds(root: u32) -> Option<f64> {
     Some(total as f64 / ticks_per_second())
 }
 
+/// Every live pid of the tree under `root` (itself included).
+pub fn tree_pids(root: u32) -> Vec<u32> {
+    let processes = all_processes();
+    let mut pids = vec![root];
+    let mut i = 0;
+    while i < pids.len() {
+        let parent = pids[i];
+        pids.extend(
+            processes
+                .iter()
+                .filter(|(_, (ppid, _))| *ppid == parent)
+                .map(|(pid, _)| *pid),
+        );
+        i += 1;
+    }
+    pids
+}
+
 /// pid → (parent pid, utime + stime in clock ticks).
 fn all_processes() -> HashMap<u32, (u32, u64)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -59,7 +77,8 @@ mod tests {
 
     #[test]
     fn stat_fields_are_counted_after_the_name() {
-        let stat = "4242 (nginx: worker (x)) S 4200 4200 4200 0 -1 4194624 100 0 0 0 700 55 0 0 20 0 1 0";
+        let stat =
+            "4242 (nginx: worker (x)) S 4200 4200 4200 0 -1 4194624 100 0 0 0 700 55 0 0 20 0 1 0";
         assert_eq!(parse_stat(stat), Some((4200, 755)));
     }
 

@@ -135,12 +135,14 @@ fn measure(
     let (http, https) = proxy.ports();
     let name = proxy.name();
     let pid = proxy.pid();
-    let wrk = |url: String, close: bool| {
-        with_cpu(pid, || load::wrk(c, At::Client, Some(hosts), &url, load, close))
+    let wrk = |run: &str, url: String, close: bool| {
+        with_cpu((name, run, pid), || {
+            load::wrk(c, At::Client, Some(hosts), &url, load, close)
+        })
     };
-    let (keep_alive, keep_alive_cpu) = wrk(format!("http://{HOST}:{http}/"), false);
-    let (https_new, https_new_cpu) = wrk(format!("https://{HOST}:{https}/"), true);
-    let (h2, h2_cpu) = with_cpu(pid, || {
+    let (keep_alive, keep_alive_cpu) = wrk("keep-alive", format!("http://{HOST}:{http}/"), false);
+    let (https_new, https_new_cpu) = wrk("https-new", format!("https://{HOST}:{https}/"), true);
+    let (h2, h2_cpu) = with_cpu((name, "h2", pid), || {
         load::h2load(
             c,
             At::Client,
@@ -173,14 +175,27 @@ fn measure(
 }
 
 /// Runs `load`, and says how much CPU the proxy (`pid` and its children) spent per
-/// completed request, in µs.
+/// completed request, in µs. With `SLUICE_BENCH_PERF=DIR` set, the proxy is profiled
+/// meanwhile (`perf record --call-graph dwarf`) into `DIR/PROXY-RUN.data`.
 fn with_cpu(
-    pid: u32,
+    (proxy, run, pid): (&str, &str, u32),
     load: impl FnOnce() -> Result<Measured>,
 ) -> (Result<Measured, String>, Option<f64>) {
+    let profile = std::env::var_os("SLUICE_BENCH_PERF")
+        .map(|dir| Path::new(&dir).join(format!("{proxy}-{run}.data")))
+        .and_then(|out| {
+            profile(pid, &out)
+                .map_err(|e| eprintln!("   perf: {e:#}"))
+                .ok()
+        });
     let before = super::cpu::tree_seconds(pid);
     let measured = text(load());
     let after = super::cpu::tree_seconds(pid);
+    if let Some(mut perf) = profile {
+        // SAFETY: kill(2) takes plain integers; perf is our own child, not yet reaped.
+        unsafe { libc::kill(perf.id() as libc::pid_t, libc::SIGINT) };
+        let _ = perf.wait();
+    }
     let per_request = match (&measured, before, after) {
         (Ok(m), Some(before), Some(after)) if m.completed > 0 => {
             Some((after - before) * 1e6 / m.completed as f64)
@@ -188,6 +203,30 @@ fn with_cpu(
         _ => None,
     };
     (measured, per_request)
+}
+
+/// `perf record` of `pid`'s process tree into `out`, until SIGINT.
+fn profile(pid: u32, out: &Path) -> Result<Child> {
+    let pids: Vec<String> = super::cpu::tree_pids(pid)
+        .iter()
+        .map(u32::to_string)
+        .collect();
+    Command::new("perf")
+        // DWARF call graphs: the release build keeps debug info but no frame pointers.
+        .args([
+            "record",
+            "-q",
+            "--call-graph",
+            "dwarf,16384",
+            "-F",
+            "499",
+            "-o",
+        ])
+        .arg(out)
+        .args(["-p", &pids.join(",")])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting perf record")
 }
 
 /// One proxy's figures as they come in.
@@ -220,7 +259,11 @@ fn print_runs(runs: &ProxyRuns) {
         show(&runs.https_new),
         cpu(1)
     );
-    println!("   {name:<8} HTTP/2              {}{}", show(&runs.h2), cpu(2));
+    println!(
+        "   {name:<8} HTTP/2              {}{}",
+        show(&runs.h2),
+        cpu(2)
+    );
     match &runs.churn {
         Some(Ok(ch)) => println!(
             "   {name:<8} {} route changes in {:.1} s under load{}: {} of {} requests failed",
@@ -406,32 +449,33 @@ fn rows(runs: &[ProxyRuns]) -> Vec<Row> {
 
 /// The proxies' CPU per request in each load run: what each spent of the shared cores.
 fn cpu_rows(runs: &[ProxyRuns]) -> Vec<Row> {
-    ["HTTP/1.1 keep-alive", "HTTPS, new connection per request", "HTTP/2 over TLS"]
-        .iter()
-        .enumerate()
-        .map(|(i, load)| {
-            let mut row =
-                Row::new(GROUP, format!("{load}: proxy CPU per request"), "µs").lower_is_better();
-            for runs in runs {
-                let Some(us) = runs.cpu_us[i] else { continue };
-                let figure = Figure::new(runs.name, Some(us));
-                row = if runs.name == "sluice" {
-                    row.ours(figure)
-                } else {
-                    row.reference(figure)
-                };
-            }
-            row
-        })
-        .collect()
+    [
+        "HTTP/1.1 keep-alive",
+        "HTTPS, new connection per request",
+        "HTTP/2 over TLS",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, load)| {
+        let mut row =
+            Row::new(GROUP, format!("{load}: proxy CPU per request"), "µs").lower_is_better();
+        for runs in runs {
+            let Some(us) = runs.cpu_us[i] else { continue };
+            let figure = Figure::new(runs.name, Some(us));
+            row = if runs.name == "sluice" {
+                row.ours(figure)
+            } else {
+                row.reference(figure)
+            };
+        }
+        row
+    })
+    .collect()
 }
 
 type Pick = fn(&ProxyRuns) -> Option<Result<f64, String>>;
 
-fn metric_rows(
-    runs: &[ProxyRuns],
-    metrics: Vec<(String, &'static str, bool, Pick)>,
-) -> Vec<Row> {
+fn metric_rows(runs: &[ProxyRuns], metrics: Vec<(String, &'static str, bool, Pick)>) -> Vec<Row> {
     let figure = |runs: &ProxyRuns, pick: Pick| {
         pick(runs).map(|v| match v {
             Ok(v) => Figure::new(runs.name, Some(v)),
