@@ -259,7 +259,6 @@ async fn send(
     let started = std::time::Instant::now();
     let in_flight = endpoint.start();
     let requested = exchange(proxy, &endpoint, request, body, how);
-    let requested = CONNECT_TIMEOUT.scope(how.connect_timeout, requested);
     let read = how.read_timeout;
     let answer = within_response_timeout(requested, read, how.send_timeout, upload).await;
     if let Some(facts) = facts {
@@ -308,7 +307,8 @@ async fn exchange(
     if how.tls.is_none() && !how.http2() {
         let req = request.into_origin_request(body);
         let pool = &proxy.upstreams().http1;
-        let (resp, reuse) = pool.send(endpoint, req).await.map_err(Failed::Http1)?;
+        let sent = pool.send(endpoint, req, how.connect_timeout).await;
+        let (resp, reuse) = sent.map_err(Failed::Http1)?;
         return Ok((resp, Some(reuse)));
     }
     let req = request.into_pooled_request(endpoint, body, how.http2(), how.tls.is_some());
@@ -316,6 +316,8 @@ async fn exchange(
         Some(tls) => tls.client().request(req),
         None => proxy.upstreams().h2c.request(req),
     };
+    // The pooled clients dial from within this task: their connector reads the timeout here.
+    let requested = CONNECT_TIMEOUT.scope(how.connect_timeout, requested);
     let resp = requested.await.map_err(Failed::Pooled)?;
     Ok((resp, None))
 }

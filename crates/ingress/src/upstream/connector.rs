@@ -57,14 +57,13 @@ impl CountingConnector {
 }
 
 impl CountingConnector {
-    /// A new TCP connection to `endpoint` under the caps, within the request's connect
-    /// timeout.
+    /// A new TCP connection to `endpoint` under the caps, within `timeout`.
     pub(crate) async fn dial(
         &self,
         endpoint: &Arc<super::UpstreamEndpoint>,
+        timeout: Duration,
     ) -> Result<Counted<TokioIo<TcpStream>>, BoxError> {
         let permit = self.limits.acquire(Some(endpoint))?;
-        let timeout = self.timeout();
         let stream = within(timeout, TcpStream::connect(endpoint.addr)).await??;
         stream.set_nodelay(true)?;
         Ok(Counted::new(TokioIo::new(stream), permit))

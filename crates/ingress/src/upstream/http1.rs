@@ -98,7 +98,8 @@ impl Http1Pool {
         }
     }
 
-    /// Sends `req` to `endpoint` on an idle connection, or a new one. A reused connection
+    /// Sends `req` to `endpoint` on an idle connection, or a new one made within
+    /// `connect_timeout`. A reused connection
     /// that turns out closed before the request was written is replaced by a new one (the
     /// request was never sent, so this is safe for any method). The response comes with the
     /// connection, to give back with [`Reuse`] once its body has been read.
@@ -106,12 +107,13 @@ impl Http1Pool {
         self: &Arc<Self>,
         endpoint: &Arc<UpstreamEndpoint>,
         mut req: Request<ReqBody>,
+        connect_timeout: Duration,
     ) -> Result<(Response<Incoming>, Reuse), Http1Error> {
         let addr = endpoint.addr;
         loop {
             let mut conn = match self.take_idle(addr).await {
                 Some(conn) => conn,
-                None => self.dial(endpoint).await?,
+                None => self.dial(endpoint, connect_timeout).await?,
             };
             match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -161,10 +163,18 @@ impl Http1Pool {
         }
     }
 
-    async fn dial(&self, endpoint: &Arc<UpstreamEndpoint>) -> Result<Http1Conn, Http1Error> {
+    async fn dial(
+        &self,
+        endpoint: &Arc<UpstreamEndpoint>,
+        timeout: Duration,
+    ) -> Result<Http1Conn, Http1Error> {
         let addr = endpoint.addr;
         let connect = |source| Http1Error::Connect { addr, source };
-        let io = self.connector.dial(endpoint).await.map_err(connect)?;
+        let io = self
+            .connector
+            .dial(endpoint, timeout)
+            .await
+            .map_err(connect)?;
         let (sender, connection) = http1::Builder::new()
             .max_buf_size(self.settings.max_buf_size)
             .handshake(io)
@@ -351,7 +361,10 @@ mod tests {
 
     /// One exchange; the body read to its end (`read_body`) or dropped unread.
     async fn exchange(pool: &Arc<Http1Pool>, ep: &Arc<UpstreamEndpoint>, read_body: bool) {
-        let (resp, reuse) = pool.send(ep, post()).await.expect("response");
+        let (resp, reuse) = pool
+            .send(ep, post(), Duration::from_secs(1))
+            .await
+            .expect("response");
         assert_eq!(resp.status(), 200);
         let body = ProxyBody::upstream(resp.into_body(), None, Duration::from_secs(1), Some(reuse));
         if read_body {
