@@ -214,7 +214,9 @@ pub(super) async fn forward(
     };
     tracing::debug!(backend = %backend, retry = %next.addr, "ingress: retrying idempotent request");
     stats::inc(&proxy.counters.retries);
-    let resp = match send(
+    // Boxed: the retry is rare, and its state would otherwise double the size of every
+    // request's future (which is moved into place on each request).
+    let retried = Box::pin(send(
         proxy,
         (backend, next),
         request,
@@ -222,9 +224,8 @@ pub(super) async fn forward(
         None,
         how,
         facts.as_mut(),
-    )
-    .await
-    {
+    ));
+    let resp = match retried.await {
         Ok(resp) => resp,
         Err(SendError::Connect(resp) | SendError::Closed(resp) | SendError::Other(resp)) => resp,
     };
@@ -258,9 +259,12 @@ async fn send(
 ) -> Result<Response<ProxyBody>, SendError> {
     let started = std::time::Instant::now();
     let in_flight = endpoint.start();
-    let requested = exchange(proxy, &endpoint, request, body, how);
     let read = how.read_timeout;
-    let answer = within_response_timeout(requested, read, how.send_timeout, upload).await;
+    // Pinned here and passed by reference: an async fn keeps a future given by value twice
+    // in its state (the argument, then its pinned copy), and every request's state is moved
+    // into place.
+    let exchange = std::pin::pin!(exchange(proxy, &endpoint, request, body, how));
+    let answer = within_response_timeout(exchange, read, how.send_timeout, upload).await;
     if let Some(facts) = facts {
         let status = match &answer {
             Some(Ok((resp, _))) => Some(resp.status().as_u16()),
@@ -312,13 +316,16 @@ async fn exchange(
         return Ok((resp, Some(reuse)));
     }
     let req = request.into_pooled_request(endpoint, body, how.http2(), how.tls.is_some());
+    // hyper-util's `ResponseFuture` is boxed: binding it first costs nothing.
     let requested = match how.tls {
         Some(tls) => tls.client().request(req),
         None => proxy.upstreams().h2c.request(req),
     };
     // The pooled clients dial from within this task: their connector reads the timeout here.
-    let requested = CONNECT_TIMEOUT.scope(how.connect_timeout, requested);
-    let resp = requested.await.map_err(Failed::Pooled)?;
+    let resp = CONNECT_TIMEOUT
+        .scope(how.connect_timeout, requested)
+        .await
+        .map_err(Failed::Pooled)?;
     Ok((resp, None))
 }
 
@@ -403,12 +410,15 @@ pub(super) async fn within_response_timeout<F: Future>(
     send: Duration,
     upload: Option<&UploadProgress>,
 ) -> Option<F::Output> {
-    let Some(upload) = upload else {
-        return tokio::time::timeout(read, response).await.ok();
-    };
+    // One pinned `response` for both cases (moving it into a `Timeout` in one branch would
+    // store it once more in this future).
+    let started = tokio::time::Instant::now();
     tokio::pin!(response);
     loop {
-        let deadline = upload.response_deadline(read, send);
+        let deadline = match upload {
+            Some(upload) => upload.response_deadline(read, send),
+            None => started + read,
+        };
         if deadline <= tokio::time::Instant::now() {
             return None;
         }

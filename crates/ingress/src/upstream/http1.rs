@@ -113,7 +113,8 @@ impl Http1Pool {
         loop {
             let mut conn = match self.take_idle(addr).await {
                 Some(conn) => conn,
-                None => self.dial(endpoint, connect_timeout).await?,
+                // Boxed: dialling is rare and its state (the handshake) large.
+                None => Box::pin(self.dial(endpoint, connect_timeout)).await?,
             };
             match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
