@@ -42,7 +42,8 @@ pub use lease::{
 };
 pub use object_watch::{ObjectWatch, Objects, Prepare, keep_as_is, trim_node};
 pub use source::{
-    DEFAULT_PAGE_SIZE, InitialList, K8sSource, K8sSourceConfig, SECRET_FETCH_GRACE, TLS_SECRET_TYPE,
+    DEFAULT_PAGE_SIZE, InitialList, K8sSource, K8sSourceConfig, OPAQUE_SECRET_TYPE,
+    SECRET_FETCH_GRACE, TLS_SECRET_TYPE,
 };
 pub use status::update_ingress_status;
 pub use status_writer::{
