@@ -29,13 +29,8 @@ use crate::store::decode;
 /// its certificate (or htpasswd file, or upstream CA) usually arrive together.
 pub const SECRET_FETCH_GRACE: Duration = Duration::from_secs(2);
 
-/// Type of the Secrets `spec.tls` names (and a `proxy-ssl-secret` may be); one of the two
-/// Secret types sluice reads.
-pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
-
-/// Type of the Secrets `auth-secret` (htpasswd) and `proxy-ssl-secret` (CA) usually are; the
-/// other Secret type sluice reads.
-pub const OPAQUE_SECRET_TYPE: &str = "Opaque";
+/// The two Secret types read, one watch each.
+pub use sluice_model::ingress::{OPAQUE_SECRET_TYPE, TLS_SECRET_TYPE};
 
 /// Objects per page of a paged list ([`InitialList::Paged`]), as client-go's pager.
 pub const DEFAULT_PAGE_SIZE: u32 = 500;

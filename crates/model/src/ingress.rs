@@ -9,6 +9,16 @@ use crate::ObjectKey;
 /// Prefix of the Ingress annotations sluice reads (ingress-nginx's).
 pub const ANNOTATION_PREFIX: &str = "nginx.ingress.kubernetes.io/";
 
+/// Type of the Secrets `spec.tls` names (a `proxy-ssl-secret` may be one too); one of the
+/// two Secret types the sources read.
+pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+
+/// Type of the Secrets `auth-secret` (htpasswd) and `proxy-ssl-secret` (CA) usually are, and
+/// what the API server makes of a Secret created without a type; the other Secret type the
+/// sources read. Service-account tokens, Helm releases, registry credentials and the like are
+/// never read, even when an annotation names one.
+pub const OPAQUE_SECRET_TYPE: &str = "Opaque";
+
 /// The annotations (after [`ANNOTATION_PREFIX`]) whose value names a Secret.
 pub const SECRET_ANNOTATIONS: [&str; 2] = ["auth-secret", "proxy-ssl-secret"];
 
