@@ -1,7 +1,8 @@
 //! The Kubernetes API server source of sluice.
 //!
 //! [`K8sSource`] runs kube-runtime watchers for Services, EndpointSlices (discovery.k8s.io/v1),
-//! the agent's own Node, Ingresses, IngressClasses and `kubernetes.io/tls` Secrets, and
+//! the agent's own Node, Ingresses, IngressClasses and Secrets of type `kubernetes.io/tls` and
+//! `Opaque` (only those an Ingress references keep their data and are reported), and
 //! reports every change as [`SourceEvent`](sluice_model::SourceEvent)s on a channel, for the
 //! consumer's [`Store`](sluice_model::Store): lists are paged, a (re)list is reported as one
 //! unit the store swaps in atomically, and nothing is reported while the API server is
