@@ -16,6 +16,7 @@
 
 mod chart;
 mod control_plane;
+mod cpu;
 mod datapath;
 mod ingress;
 mod load;

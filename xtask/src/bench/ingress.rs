@@ -39,6 +39,8 @@ trait Proxy {
     fn applied(&self) -> Option<usize> {
         None
     }
+    /// The proxy's main process (its workers are counted with it).
+    fn pid(&self) -> u32;
 }
 
 pub struct Options {
@@ -54,6 +56,8 @@ struct ProxyRuns {
     h2: Result<Measured, String>,
     /// Only for proxies whose route changes we compare.
     churn: Option<Result<Churn, String>>,
+    /// CPU the proxy used per completed request (µs) in each of the three load runs.
+    cpu_us: [Option<f64>; 3],
 }
 
 struct Churn {
@@ -88,7 +92,9 @@ pub fn run(options: &Options) -> Result<Vec<Row>> {
         duration: options.duration,
     };
     let mut runs = Vec::new();
+    let agent_pid = c.agent_pid("node-a").context("the agent's pid")?;
     let mut sluice = Sluice {
+        pid: agent_pid,
         c: &c,
         pods: &pods,
         tls: &tls,
@@ -128,32 +134,29 @@ fn measure(
 ) -> ProxyRuns {
     let (http, https) = proxy.ports();
     let name = proxy.name();
-    let runs = ProxyRuns {
-        name,
-        keep_alive: text(load::wrk(
-            c,
-            At::Client,
-            Some(hosts),
-            &format!("http://{HOST}:{http}/"),
-            load,
-            false,
-        )),
-        https_new: text(load::wrk(
-            c,
-            At::Client,
-            Some(hosts),
-            &format!("https://{HOST}:{https}/"),
-            load,
-            true,
-        )),
-        h2: text(load::h2load(
+    let pid = proxy.pid();
+    let wrk = |run: &str, url: String, close: bool| {
+        with_cpu((name, run, pid), || {
+            load::wrk(c, At::Client, Some(hosts), &url, load, close)
+        })
+    };
+    let (keep_alive, keep_alive_cpu) = wrk("keep-alive", format!("http://{HOST}:{http}/"), false);
+    let (https_new, https_new_cpu) = wrk("https-new", format!("https://{HOST}:{https}/"), true);
+    let (h2, h2_cpu) = with_cpu((name, "h2", pid), || {
+        load::h2load(
             c,
             At::Client,
             hosts,
             &format!("https://{HOST}:{https}/"),
             load,
             H2_STREAMS,
-        )),
+        )
+    });
+    let runs = ProxyRuns {
+        name,
+        keep_alive,
+        https_new,
+        h2,
         churn: churn.map(|d| {
             text(churn_run(
                 c,
@@ -165,9 +168,65 @@ fn measure(
                 },
             ))
         }),
+        cpu_us: [keep_alive_cpu, https_new_cpu, h2_cpu],
     };
     print_runs(&runs);
     runs
+}
+
+/// Runs `load`, and says how much CPU the proxy (`pid` and its children) spent per
+/// completed request, in µs. With `SLUICE_BENCH_PERF=DIR` set, the proxy is profiled
+/// meanwhile (`perf record --call-graph dwarf`) into `DIR/PROXY-RUN.data`.
+fn with_cpu(
+    (proxy, run, pid): (&str, &str, u32),
+    load: impl FnOnce() -> Result<Measured>,
+) -> (Result<Measured, String>, Option<f64>) {
+    let profile = std::env::var_os("SLUICE_BENCH_PERF")
+        .map(|dir| Path::new(&dir).join(format!("{proxy}-{run}.data")))
+        .and_then(|out| {
+            profile(pid, &out)
+                .map_err(|e| eprintln!("   perf: {e:#}"))
+                .ok()
+        });
+    let before = super::cpu::tree_seconds(pid);
+    let measured = text(load());
+    let after = super::cpu::tree_seconds(pid);
+    if let Some(mut perf) = profile {
+        // SAFETY: kill(2) takes plain integers; perf is our own child, not yet reaped.
+        unsafe { libc::kill(perf.id() as libc::pid_t, libc::SIGINT) };
+        let _ = perf.wait();
+    }
+    let per_request = match (&measured, before, after) {
+        (Ok(m), Some(before), Some(after)) if m.completed > 0 => {
+            Some((after - before) * 1e6 / m.completed as f64)
+        }
+        _ => None,
+    };
+    (measured, per_request)
+}
+
+/// `perf record` of `pid`'s process tree into `out`, until SIGINT.
+fn profile(pid: u32, out: &Path) -> Result<Child> {
+    let pids: Vec<String> = super::cpu::tree_pids(pid)
+        .iter()
+        .map(u32::to_string)
+        .collect();
+    Command::new("perf")
+        // DWARF call graphs: the release build keeps debug info but no frame pointers.
+        .args([
+            "record",
+            "-q",
+            "--call-graph",
+            "dwarf,16384",
+            "-F",
+            "499",
+            "-o",
+        ])
+        .arg(out)
+        .args(["-p", &pids.join(",")])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting perf record")
 }
 
 /// One proxy's figures as they come in.
@@ -187,12 +246,24 @@ fn print_runs(runs: &ProxyRuns) {
         ),
         Err(e) => format!("failed: {}", e.lines().next().unwrap_or("")),
     };
+    let cpu = |i: usize| {
+        runs.cpu_us[i].map_or_else(String::new, |us| format!(", proxy CPU {us:.1} µs/req"))
+    };
     println!(
-        "   {name:<8} HTTP/1.1 keep-alive {}",
-        show(&runs.keep_alive)
+        "   {name:<8} HTTP/1.1 keep-alive {}{}",
+        show(&runs.keep_alive),
+        cpu(0)
     );
-    println!("   {name:<8} HTTPS new conn.     {}", show(&runs.https_new));
-    println!("   {name:<8} HTTP/2              {}", show(&runs.h2));
+    println!(
+        "   {name:<8} HTTPS new conn.     {}{}",
+        show(&runs.https_new),
+        cpu(1)
+    );
+    println!(
+        "   {name:<8} HTTP/2              {}{}",
+        show(&runs.h2),
+        cpu(2)
+    );
     match &runs.churn {
         Some(Ok(ch)) => println!(
             "   {name:<8} {} route changes in {:.1} s under load{}: {} of {} requests failed",
@@ -276,7 +347,6 @@ fn wait_serving(c: &Cluster, hosts: &Path, port: u16) -> Result<()> {
 
 /// The rows: sluice ÷ nginx per figure, HAProxy beside.
 fn rows(runs: &[ProxyRuns]) -> Vec<Row> {
-    type Pick = fn(&ProxyRuns) -> Option<Result<f64, String>>;
     fn m(r: &Result<Measured, String>, f: fn(&Measured) -> f64) -> Option<Result<f64, String>> {
         Some(r.as_ref().map(f).map_err(Clone::clone))
     }
@@ -372,6 +442,40 @@ fn rows(runs: &[ProxyRuns]) -> Vec<Row> {
             },
         ),
     ];
+    let mut rows = metric_rows(runs, metrics);
+    rows.extend(cpu_rows(runs));
+    rows
+}
+
+/// The proxies' CPU per request in each load run: what each spent of the shared cores.
+fn cpu_rows(runs: &[ProxyRuns]) -> Vec<Row> {
+    [
+        "HTTP/1.1 keep-alive",
+        "HTTPS, new connection per request",
+        "HTTP/2 over TLS",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, load)| {
+        let mut row =
+            Row::new(GROUP, format!("{load}: proxy CPU per request"), "µs").lower_is_better();
+        for runs in runs {
+            let Some(us) = runs.cpu_us[i] else { continue };
+            let figure = Figure::new(runs.name, Some(us));
+            row = if runs.name == "sluice" {
+                row.ours(figure)
+            } else {
+                row.reference(figure)
+            };
+        }
+        row
+    })
+    .collect()
+}
+
+type Pick = fn(&ProxyRuns) -> Option<Result<f64, String>>;
+
+fn metric_rows(runs: &[ProxyRuns], metrics: Vec<(String, &'static str, bool, Pick)>) -> Vec<Row> {
     let figure = |runs: &ProxyRuns, pick: Pick| {
         pick(runs).map(|v| match v {
             Ok(v) => Figure::new(runs.name, Some(v)),
@@ -487,6 +591,7 @@ fn cafe_ingress(generation: usize) -> Value {
 }
 
 struct Sluice<'a> {
+    pid: u32,
     c: &'a Cluster,
     pods: &'a [Pod; 3],
     tls: &'a Tls,
@@ -495,6 +600,9 @@ struct Sluice<'a> {
 impl Proxy for Sluice<'_> {
     fn name(&self) -> &'static str {
         "sluice"
+    }
+    fn pid(&self) -> u32 {
+        self.pid
     }
     fn ports(&self) -> (u16, u16) {
         (80, 443)
@@ -635,6 +743,9 @@ impl Proxy for Nginx {
     fn name(&self) -> &'static str {
         "nginx"
     }
+    fn pid(&self) -> u32 {
+        self.process.child.id()
+    }
     fn ports(&self) -> (u16, u16) {
         NGINX_PORTS
     }
@@ -754,7 +865,7 @@ http {{
 
 /// HAProxy with 2 threads, HTTP keep-alive both sides, ALPN h2 and http/1.1.
 struct Haproxy {
-    _process: Spawned,
+    process: Spawned,
 }
 
 const HAPROXY_PORTS: (u16, u16) = (20080, 20443);
@@ -791,13 +902,16 @@ impl Haproxy {
         let mut process = Spawned::start("haproxy", netns, work, &argv)?;
         std::thread::sleep(Duration::from_millis(300));
         process.check_running()?;
-        Ok(Haproxy { _process: process })
+        Ok(Haproxy { process })
     }
 }
 
 impl Proxy for Haproxy {
     fn name(&self) -> &'static str {
         "HAProxy"
+    }
+    fn pid(&self) -> u32 {
+        self.process.child.id()
     }
     fn ports(&self) -> (u16, u16) {
         HAPROXY_PORTS
@@ -847,6 +961,7 @@ mod tests {
                     applied: None,
                     seconds: 5.0,
                 })),
+                cpu_us: [Some(20.0), None, None],
             },
             ProxyRuns {
                 name: "nginx",
@@ -859,6 +974,7 @@ mod tests {
                     applied: Some(200),
                     seconds: 5.0,
                 })),
+                cpu_us: [Some(25.0), None, None],
             },
             ProxyRuns {
                 name: "HAProxy",
@@ -866,6 +982,7 @@ mod tests {
                 https_new: measured(3_000.0, 0),
                 h2: measured(45_000.0, 0),
                 churn: None,
+                cpu_us: [None; 3],
             },
         ];
         let rows = rows(&runs);
@@ -900,6 +1017,13 @@ mod tests {
             .find(|r| r.unit == "changes/s")
             .expect("rate row");
         assert_eq!(per_second.ours[0].value, Some(100.0));
+        let cpu = rows
+            .iter()
+            .find(|r| r.name == "HTTP/1.1 keep-alive: proxy CPU per request")
+            .expect("cpu row");
+        assert_eq!(cpu.ours[0].value, Some(20.0));
+        assert_eq!(cpu.main_ratio(&cpu.ours[0]), Some(0.8));
+        assert_eq!(cpu.references.len(), 1, "HAProxy's CPU was not measured");
     }
 
     #[test]

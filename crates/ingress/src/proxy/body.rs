@@ -16,7 +16,7 @@ use tokio::time::{Instant, Sleep, sleep};
 
 use crate::access_log::PendingLine;
 use crate::options::ConnGuard;
-use crate::upstream::InFlight;
+use crate::upstream::{InFlight, Reuse};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -313,6 +313,33 @@ pub(crate) struct UpstreamBody {
     /// A `limit-connections` place, held until the body ends.
     _held: Option<ConnGuard>,
     stall: StallTimer,
+    /// The HTTP/1.1 connection the body comes over, given back to its pool at the end.
+    reuse: Option<Reuse>,
+}
+
+impl UpstreamBody {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                self.stall.disarm();
+                let ended = match &frame {
+                    None => true,
+                    Some(Ok(_)) => self.body.is_end_stream(),
+                    Some(Err(_)) => false,
+                };
+                if ended && let Some(reuse) = &mut self.reuse {
+                    reuse.body_ended();
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match self.stall.poll_stalled(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ReadTimeout {
+                    timeout: self.stall.timeout,
+                }) as BoxError))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
 }
 
 /// The upstream sent nothing for longer than the read timeout.
@@ -323,16 +350,20 @@ pub(crate) struct ReadTimeout {
 }
 
 impl ProxyBody {
+    /// An upstream's body; with `reuse`, the connection it comes over is given back to its
+    /// pool when the body ends.
     pub(crate) fn upstream(
         body: Incoming,
         in_flight: Option<InFlight>,
         read_timeout: Duration,
+        reuse: Option<Reuse>,
     ) -> Self {
         Self::of(BodyKind::Upstream(UpstreamBody {
             body,
             _in_flight: in_flight,
             _held: None,
             stall: StallTimer::new(read_timeout),
+            reuse,
         }))
     }
 
@@ -413,19 +444,7 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
-            BodyKind::Upstream(up) => match Pin::new(&mut up.body).poll_frame(cx) {
-                Poll::Ready(frame) => {
-                    up.stall.disarm();
-                    Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-                }
-                Poll::Pending => match up.stall.poll_stalled(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ReadTimeout {
-                        timeout: up.stall.timeout,
-                    })
-                        as Self::Error))),
-                    Poll::Pending => Poll::Pending,
-                },
-            },
+            BodyKind::Upstream(up) => up.poll_frame(cx),
             BodyKind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
         if let (Some(log), Poll::Ready(Some(Ok(frame)))) = (&mut this.log, &polled)

@@ -20,7 +20,8 @@ use crate::options::Affinity;
 use crate::routes::Backend;
 use crate::stats;
 use crate::upstream::{
-    CONNECT_TIMEOUT, InFlight, LimitReached, TlsHandshakeError, TlsUpstream, UpstreamEndpoint,
+    CONNECT_TIMEOUT, Http1Error, InFlight, LimitReached, Reuse, TlsHandshakeError, TlsUpstream,
+    UpstreamEndpoint,
 };
 use sluice_plan::BackendProtocol;
 
@@ -257,27 +258,21 @@ async fn send(
 ) -> Result<Response<ProxyBody>, SendError> {
     let started = std::time::Instant::now();
     let in_flight = endpoint.start();
-    let req = request.into_pooled_request(&endpoint, body, how.http2(), how.tls.is_some());
-    let requested = match how.tls {
-        Some(tls) => tls.client().request(req),
-        None if how.http2() => proxy.upstreams().h2c.request(req),
-        None => proxy.upstreams().http1.request(req),
-    };
-    let requested = CONNECT_TIMEOUT.scope(how.connect_timeout, requested);
+    let requested = exchange(proxy, &endpoint, request, body, how);
     let read = how.read_timeout;
     let answer = within_response_timeout(requested, read, how.send_timeout, upload).await;
     if let Some(facts) = facts {
         let status = match &answer {
-            Some(Ok(resp)) => Some(resp.status().as_u16()),
+            Some(Ok((resp, _))) => Some(resp.status().as_u16()),
             _ => None,
         };
         facts.tries.push((endpoint.addr, status));
         facts.latency = Some(started.elapsed());
     }
     let mut resp = match answer {
-        Some(Ok(resp)) => {
+        Some(Ok((resp, reuse))) => {
             endpoint.responded();
-            downstream_response(resp, in_flight, read)
+            downstream_response(resp, in_flight, read, reuse)
         }
         Some(Err(e)) => return Err(upstream_error(proxy, backend, &endpoint, &e)),
         None => return Err(SendError::Other(gateway_timeout(proxy, backend, read))),
@@ -297,6 +292,64 @@ async fn send(
         resp.headers_mut().append(hyper::header::SET_COOKIE, cookie);
     }
     Ok(resp)
+}
+
+/// One request/response exchange with `endpoint`: plain HTTP/1.1 over this worker's own
+/// pool, HTTP/2 and TLS through the pooled clients. The response's HTTP/1.1 connection
+/// comes with it, to be given back when the body ends.
+async fn exchange(
+    proxy: &IngressProxy,
+    endpoint: &Arc<UpstreamEndpoint>,
+    request: Upstream,
+    body: ReqBody,
+    how: &Upstreaming<'_>,
+) -> Result<(Response<Incoming>, Option<Reuse>), Failed> {
+    if how.tls.is_none() && !how.http2() {
+        let req = request.into_origin_request(body);
+        let pool = &proxy.upstreams().http1;
+        let sent = pool.send(endpoint, req, how.connect_timeout).await;
+        let (resp, reuse) = sent.map_err(Failed::Http1)?;
+        return Ok((resp, Some(reuse)));
+    }
+    let req = request.into_pooled_request(endpoint, body, how.http2(), how.tls.is_some());
+    let requested = match how.tls {
+        Some(tls) => tls.client().request(req),
+        None => proxy.upstreams().h2c.request(req),
+    };
+    // The pooled clients dial from within this task: their connector reads the timeout here.
+    let requested = CONNECT_TIMEOUT.scope(how.connect_timeout, requested);
+    let resp = requested.await.map_err(Failed::Pooled)?;
+    Ok((resp, None))
+}
+
+/// A failed exchange, from either kind of client.
+#[derive(Debug)]
+enum Failed {
+    Http1(Http1Error),
+    Pooled(hyper_util::client::legacy::Error),
+}
+
+impl Failed {
+    /// Nothing reached the endpoint: no connection could be made.
+    fn is_connect(&self) -> bool {
+        match self {
+            Failed::Http1(e) => e.is_connect(),
+            Failed::Pooled(e) => e.is_connect(),
+        }
+    }
+
+    fn error(&self) -> &(dyn std::error::Error + 'static) {
+        match self {
+            Failed::Http1(e) => e,
+            Failed::Pooled(e) => e,
+        }
+    }
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&error_chain(self.error()))
+    }
 }
 
 /// Upstream responses announced as at most this long are read completely before their head
@@ -396,8 +449,9 @@ fn upstream_error(
     proxy: &IngressProxy,
     backend: &Backend,
     endpoint: &UpstreamEndpoint,
-    e: &hyper_util::client::legacy::Error,
+    failed: &Failed,
 ) -> SendError {
+    let e = failed.error();
     if let Some(body_error) = find_cause::<ClientBodyError>(e) {
         return SendError::Other(client_body_error(proxy, backend, body_error));
     }
@@ -411,7 +465,7 @@ fn upstream_error(
     let errno = find_cause::<std::io::Error>(e).and_then(std::io::Error::raw_os_error);
     if matches!(errno, Some(EMFILE | ENFILE)) {
         stats::inc(&proxy.counters.upstream_connection_limit_hits);
-        tracing::debug!(backend = %backend, error = %e, "ingress: no file descriptor left for an upstream connection");
+        tracing::debug!(backend = %backend, error = %failed, "ingress: no file descriptor left for an upstream connection");
         return SendError::Other(error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
@@ -428,9 +482,9 @@ fn upstream_error(
             format!("502 Bad Gateway: service {backend}: {why}\n"),
         ));
     }
-    if e.is_connect() {
+    if failed.is_connect() {
         connect_failure(proxy, backend, endpoint);
-        tracing::warn!(backend = %backend, endpoint = %endpoint.addr, error = %e, "ingress: cannot connect to endpoint");
+        tracing::warn!(backend = %backend, endpoint = %endpoint.addr, error = %failed, "ingress: cannot connect to endpoint");
         return SendError::Connect(error(
             StatusCode::BAD_GATEWAY,
             format!("502 Bad Gateway: cannot connect to service {backend}\n"),
@@ -438,7 +492,7 @@ fn upstream_error(
     }
     if find_cause::<hyper::Error>(e).is_some_and(|h| h.is_incomplete_message() || h.is_canceled()) {
         // Typically a keep-alive connection the upstream had just timed out.
-        tracing::debug!(backend = %backend, endpoint = %endpoint.addr, error = %e, "ingress: upstream closed the connection before responding");
+        tracing::debug!(backend = %backend, endpoint = %endpoint.addr, error = %failed, "ingress: upstream closed the connection before responding");
         return SendError::Closed(error(
             StatusCode::BAD_GATEWAY,
             format!(
@@ -446,7 +500,7 @@ fn upstream_error(
             ),
         ));
     }
-    tracing::warn!(backend = %backend, endpoint = %endpoint.addr, error = %e, "ingress: upstream request failed");
+    tracing::warn!(backend = %backend, endpoint = %endpoint.addr, error = %failed, "ingress: upstream request failed");
     SendError::Other(error(
         StatusCode::BAD_GATEWAY,
         format!(
@@ -528,11 +582,12 @@ pub(super) fn downstream_response(
     resp: Response<Incoming>,
     in_flight: InFlight,
     read_timeout: Duration,
+    reuse: Option<Reuse>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
     Response::from_parts(
         parts,
-        ProxyBody::upstream(body, Some(in_flight), read_timeout),
+        ProxyBody::upstream(body, Some(in_flight), read_timeout, reuse),
     )
 }

@@ -26,7 +26,10 @@ pub(crate) use service::{ConnInfo, error, handle};
 use crate::access_log::{AccessLogSink, StdoutAccessLog};
 use crate::loops::{HopId, OwnAddresses};
 use crate::stats::{self, Counters};
-use crate::upstream::{ConnectionLimits, CountingConnector, TlsClient, TlsConnecting, TlsUpstream};
+use crate::upstream::{
+    ConnectionLimits, CountingConnector, Http1Pool, PoolSettings, TlsClient, TlsConnecting,
+    TlsUpstream,
+};
 use crate::{IngressConfig, IngressStats, RouteTable, Warning};
 use headers::HeadLimits;
 
@@ -68,7 +71,7 @@ pub struct IngressProxy {
 /// One worker's pooled clients to the endpoints.
 pub(crate) struct Upstreams {
     /// HTTP/1.1.
-    pub(crate) http1: Client<CountingConnector, ReqBody>,
+    pub(crate) http1: Arc<Http1Pool>,
     /// HTTP/2 without TLS (`backend-protocol` H2C and GRPC).
     pub(crate) h2c: Client<CountingConnector, ReqBody>,
 }
@@ -113,8 +116,15 @@ impl IngressProxy {
         let workers = config.workers.max(1);
         let upstreams = (0..workers)
             .map(|_| Upstreams {
-                http1: upstream_client(&config, &limits, &table, false),
-                h2c: upstream_client(&config, &limits, &table, true),
+                http1: Arc::new(Http1Pool::new(
+                    counting_connector(&config, &limits, &table),
+                    PoolSettings {
+                        max_idle_per_endpoint: max_idle_per_endpoint(&config),
+                        idle_timeout: config.upstream_idle_timeout,
+                        max_buf_size: UPSTREAM_READ_BUFFER,
+                    },
+                )),
+                h2c: h2c_client(&config, &limits, &table),
             })
             .collect();
         Self {
@@ -293,14 +303,18 @@ fn counting_connector(
     )
 }
 
-/// A pooled client to the endpoints (HTTP/1.1, or HTTP/2 prior knowledge when `h2`).
-fn upstream_client(
+/// A pooled client to the endpoints speaking HTTP/2 with prior knowledge.
+fn h2c_client(
     config: &IngressConfig,
     limits: &Arc<ConnectionLimits>,
     table: &Arc<ArcSwap<RouteTable>>,
-    h2: bool,
 ) -> Client<CountingConnector, ReqBody> {
-    client_builder(config, h2).build(counting_connector(config, limits, table))
+    client_builder(config, true).build(counting_connector(config, limits, table))
+}
+
+/// Idle connections kept per endpoint (never more than the per-endpoint cap).
+fn max_idle_per_endpoint(config: &IngressConfig) -> usize {
+    POOL_IDLE_PER_ENDPOINT.min(config.max_upstream_connections_per_endpoint)
 }
 
 /// Pool and protocol settings shared by every upstream client.
@@ -308,9 +322,7 @@ fn client_builder(config: &IngressConfig, h2: bool) -> hyper_util::client::legac
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .pool_idle_timeout(config.upstream_idle_timeout)
-        .pool_max_idle_per_host(
-            POOL_IDLE_PER_ENDPOINT.min(config.max_upstream_connections_per_endpoint),
-        )
+        .pool_max_idle_per_host(max_idle_per_endpoint(config))
         .pool_timer(TokioTimer::new())
         .http1_max_buf_size(UPSTREAM_READ_BUFFER);
     if h2 {

@@ -58,7 +58,7 @@ pub(super) async fn forward(
         latency: None,
     });
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let mut resp = downstream_response(resp, in_flight, timeout);
+        let mut resp = downstream_response(resp, in_flight, timeout, None);
         if let Some(facts) = facts {
             resp.extensions_mut().insert(facts);
         }

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use super::{ConnectionLimits, ConnectionPermit};
 use crate::RouteTable;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 tokio::task_local! {
     /// The connect timeout of the route being served (`proxy-connect-timeout`). The pooled
@@ -56,6 +56,37 @@ impl CountingConnector {
     }
 }
 
+impl CountingConnector {
+    /// A new TCP connection to `endpoint` under the caps, within `timeout`.
+    pub(crate) async fn dial(
+        &self,
+        endpoint: &Arc<super::UpstreamEndpoint>,
+        timeout: Duration,
+    ) -> Result<Counted<TokioIo<TcpStream>>, BoxError> {
+        let permit = self.limits.acquire(Some(endpoint))?;
+        let stream = within(timeout, TcpStream::connect(endpoint.addr)).await??;
+        stream.set_nodelay(true)?;
+        Ok(Counted::new(TokioIo::new(stream), permit))
+    }
+
+    /// The connect timeout of the request being served, else the default.
+    fn timeout(&self) -> Duration {
+        CONNECT_TIMEOUT
+            .try_with(|t| *t)
+            .unwrap_or(self.default_timeout)
+    }
+}
+
+/// `connecting`, or a "connect timed out" error after `timeout`.
+async fn within<F: Future>(timeout: Duration, connecting: F) -> Result<F::Output, io::Error> {
+    tokio::time::timeout(timeout, connecting)
+        .await
+        .map_err(|_| {
+            let why = format!("connect timed out after {}s", timeout.as_secs_f32());
+            io::Error::new(io::ErrorKind::TimedOut, why)
+        })
+}
+
 impl tower_service::Service<Uri> for CountingConnector {
     type Response = Counted<TokioIo<TcpStream>>;
     type Error = BoxError;
@@ -75,18 +106,10 @@ impl tower_service::Service<Uri> for CountingConnector {
         match permit {
             Err(limit) => Box::pin(std::future::ready(Err(limit.into()))),
             Ok(permit) => {
-                let timeout = CONNECT_TIMEOUT
-                    .try_with(|t| *t)
-                    .unwrap_or(self.default_timeout);
+                let timeout = self.timeout();
                 let connecting = self.http.call(uri);
                 Box::pin(async move {
-                    let io = match tokio::time::timeout(timeout, connecting).await {
-                        Ok(io) => io?,
-                        Err(_) => {
-                            let why = format!("connect timed out after {}s", timeout.as_secs_f32());
-                            return Err(io::Error::new(io::ErrorKind::TimedOut, why).into());
-                        }
-                    };
+                    let io = within(timeout, connecting).await??;
                     Ok(Counted::new(io, permit))
                 })
             }

@@ -3,6 +3,7 @@
 //! a reload does not reset the balance.
 
 mod connector;
+mod http1;
 mod lb;
 mod limits;
 mod tls;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use hyper::http::uri::Authority;
 
 pub(crate) use connector::{CONNECT_TIMEOUT, Counted, CountingConnector};
+pub(crate) use http1::{Http1Error, Http1Pool, PoolSettings, Reuse};
 pub(crate) use limits::{ConnectionLimits, ConnectionPermit, LimitReached};
 pub(crate) use tls::{TlsClient, TlsConnecting, TlsHandshakeError, TlsUpstream, client_config};
 
