@@ -1,7 +1,8 @@
 //! The Kubernetes API server source of sluice.
 //!
 //! [`K8sSource`] runs kube-runtime watchers for Services, EndpointSlices (discovery.k8s.io/v1),
-//! the agent's own Node, Ingresses, IngressClasses and `kubernetes.io/tls` Secrets, and
+//! the agent's own Node, Ingresses, IngressClasses and Secrets of type `kubernetes.io/tls` and
+//! `Opaque` (only those an Ingress references keep their data and are reported), and
 //! reports every change as [`SourceEvent`](sluice_model::SourceEvent)s on a channel, for the
 //! consumer's [`Store`](sluice_model::Store): lists are paged, a (re)list is reported as one
 //! unit the store swaps in atomically, and nothing is reported while the API server is
@@ -42,7 +43,8 @@ pub use lease::{
 };
 pub use object_watch::{ObjectWatch, Objects, Prepare, keep_as_is, trim_node};
 pub use source::{
-    DEFAULT_PAGE_SIZE, InitialList, K8sSource, K8sSourceConfig, SECRET_FETCH_GRACE, TLS_SECRET_TYPE,
+    DEFAULT_PAGE_SIZE, InitialList, K8sSource, K8sSourceConfig, OPAQUE_SECRET_TYPE,
+    SECRET_FETCH_GRACE, TLS_SECRET_TYPE,
 };
 pub use status::update_ingress_status;
 pub use status_writer::{

@@ -1,5 +1,6 @@
-//! TLS Secrets: every `kubernetes.io/tls` Secret is watched, but only those some Ingress
-//! references keep their data and are published. See the `K8sSource` docs.
+//! Secrets: every `kubernetes.io/tls` and every `Opaque` Secret is watched (one watch per
+//! type), but only those some Ingress references (`spec.tls`, `auth-secret`,
+//! `proxy-ssl-secret`) keep their data and are published. See the `K8sSource` docs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -10,19 +11,46 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kube::Client;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::watcher::Event;
+use sluice_model::ingress::referenced_secrets;
 use sluice_model::{Compact as _, Object, ObjectKey, SnapshotKind, SourceEvent};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::source::{Outbox, SECRET_FETCH_GRACE, TLS_SECRET_TYPE};
+use crate::source::{OPAQUE_SECRET_TYPE, Outbox, SECRET_FETCH_GRACE, TLS_SECRET_TYPE};
 use crate::store::Store;
 
-/// Marker put on our cached copy of a TLS Secret whose data we dropped because no Ingress
+/// Marker put on our cached copy of a Secret whose data we dropped because no Ingress
 /// references it (never written to the API server).
 const STRIPPED_ANNOTATION: &str = "sluice.dev/data-not-cached";
 
-/// Which Secrets each Ingress references (`spec.tls[].secretName`), with the same relist
+/// The Secret types watched, one watch (field selector `type=...`) each. Other types
+/// (service-account tokens, Helm releases, docker configs) are never read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum SecretType {
+    // The index of its store in `Secrets::stores`.
+    Tls = 0,
+    Opaque = 1,
+}
+
+impl SecretType {
+    pub(crate) const ALL: [SecretType; 2] = [SecretType::Tls, SecretType::Opaque];
+
+    /// The `type` field of such Secrets.
+    pub(crate) fn type_name(self) -> &'static str {
+        match self {
+            SecretType::Tls => TLS_SECRET_TYPE,
+            SecretType::Opaque => OPAQUE_SECRET_TYPE,
+        }
+    }
+
+    fn of(secret: &Secret) -> Option<Self> {
+        let type_ = secret.type_.as_deref()?;
+        Self::ALL.into_iter().find(|t| t.type_name() == type_)
+    }
+}
+
+/// Which Secrets each Ingress references ([`referenced_secrets`]), with the same relist
 /// buffering as the store the consumer keeps: references follow the Ingresses it sees. Pinned
 /// Secrets (the default certificate) count as referenced whatever the Ingresses say.
 #[derive(Default)]
@@ -46,7 +74,7 @@ impl IngressRefs {
 
     /// Records an Ingress; returns whether the live references changed.
     pub(crate) fn set(&mut self, key: &ObjectKey, ingress: &Ingress) -> bool {
-        let refs = secret_refs(key, ingress);
+        let refs = referenced_secrets(key, ingress);
         match &mut self.relist {
             Some(buffer) => {
                 buffer.insert(key.clone(), refs);
@@ -79,15 +107,6 @@ impl IngressRefs {
     }
 }
 
-fn secret_refs(key: &ObjectKey, ingress: &Ingress) -> Vec<ObjectKey> {
-    let tls = ingress.spec.as_ref().and_then(|s| s.tls.as_ref());
-    tls.into_iter()
-        .flatten()
-        .filter_map(|tls| tls.secret_name.as_deref().filter(|n| !n.is_empty()))
-        .map(|name| ObjectKey::new(key.namespace.clone(), name))
-        .collect()
-}
-
 struct PendingFetch {
     id: u64,
     started: Instant,
@@ -103,10 +122,14 @@ pub(crate) struct Fetch {
     secret: Option<Secret>,
 }
 
-/// The TLS Secret cache and what of it is published.
+/// The Secret cache and what of it is published.
 pub(crate) struct Secrets {
     client: Client,
-    store: Store<Secret>,
+    /// One store per watch ([`SecretType`]), so that a relist of one watch swaps in only its
+    /// own Secrets. A Secret's type cannot change, so a key is in one store, except briefly
+    /// when a Secret is deleted and re-created with another type (the events of the two
+    /// watches may come in either order); the Opaque copy is published meanwhile.
+    stores: [Store<Secret>; 2],
     /// What the consumer has: referenced Secrets with their data.
     published: BTreeMap<ObjectKey, Arc<Secret>>,
     pub(crate) fetches: JoinSet<Fetch>,
@@ -119,7 +142,10 @@ impl Secrets {
     pub(crate) fn new(client: Client) -> Self {
         Self {
             client,
-            store: Store::new(SnapshotKind::Secret),
+            stores: [
+                Store::new(SnapshotKind::Secret),
+                Store::new(SnapshotKind::Secret),
+            ],
             published: BTreeMap::new(),
             fetches: JoinSet::new(),
             pending: HashMap::new(),
@@ -127,17 +153,34 @@ impl Secrets {
         }
     }
 
-    /// Applies a watch event. `ingresses_listed`: until the Ingresses are listed we cannot
-    /// know what is unreferenced, so nothing is stripped.
+    fn store_mut(&mut self, type_: SecretType) -> &mut Store<Secret> {
+        &mut self.stores[type_ as usize]
+    }
+
+    /// Whether every Secret watch has completed its first list.
+    pub(crate) fn synced(&self) -> bool {
+        self.stores.iter().all(Store::synced)
+    }
+
+    /// The cached copy of a Secret (with or without data).
+    fn cached(&self, key: &ObjectKey) -> impl Iterator<Item = &Arc<Secret>> {
+        self.stores
+            .iter()
+            .filter_map(move |store| store.live().get(key))
+    }
+
+    /// Applies an event of the watch of `type_`. `ingresses_listed`: until the Ingresses are
+    /// listed we cannot know what is unreferenced, so nothing is stripped.
     pub(crate) fn apply(
         &mut self,
+        type_: SecretType,
         event: Event<DynamicObject>,
         refs: &IngressRefs,
         ingresses_listed: bool,
         out: &mut Outbox,
     ) {
         let referenced = refs.referenced();
-        let changed = self.store.apply(event, |key, secret| {
+        let changed = self.store_mut(type_).apply(event, |key, secret| {
             if ingresses_listed && !referenced.contains(key) {
                 strip(secret);
             }
@@ -148,7 +191,7 @@ impl Secrets {
     }
 
     /// Drops the data of unreferenced Secrets, fetches referenced ones whose data was dropped
-    /// earlier, and publishes the difference. O(TLS Secrets + Ingresses): Secrets and
+    /// earlier, and publishes the difference. O(watched Secrets + Ingresses): Secrets and
     /// Ingresses change rarely, and Services or EndpointSlices never come here.
     pub(crate) fn reconcile_with(
         &mut self,
@@ -165,33 +208,31 @@ impl Secrets {
         strip_unreferenced: bool,
         out: &mut Outbox,
     ) {
-        for (key, secret) in self.store.live_mut() {
-            let wanted = referenced.contains(key);
-            let stripped = is_stripped(secret);
-            if wanted && stripped {
-                if !self.pending.contains_key(key) {
-                    debug!(secret = %key, "Secret newly referenced by an Ingress, fetching it");
-                    self.next_fetch_id += 1;
-                    let id = self.next_fetch_id;
-                    let fetch = fetch_secret(self.client.clone(), key.clone(), id);
-                    let handle = self.fetches.spawn(fetch);
-                    let started = Instant::now();
-                    let pending = PendingFetch {
-                        id,
-                        started,
-                        handle,
-                    };
-                    self.pending.insert(key.clone(), pending);
+        let mut to_fetch = Vec::new();
+        for store in &mut self.stores {
+            for (key, secret) in store.live_mut() {
+                let wanted = referenced.contains(key);
+                let stripped = is_stripped(secret);
+                if wanted && stripped {
+                    to_fetch.push(key.clone());
+                } else if !wanted && !stripped && strip_unreferenced {
+                    let mut copy = Secret::clone(secret);
+                    strip(&mut copy);
+                    *secret = Arc::new(copy);
                 }
-            } else if !wanted && !stripped && strip_unreferenced {
-                let mut copy = Secret::clone(secret);
-                strip(&mut copy);
-                *secret = Arc::new(copy);
             }
         }
-        let live = self.store.live();
+        for key in to_fetch {
+            self.start_fetch(key);
+        }
+        let stripped: BTreeSet<ObjectKey> = self
+            .pending
+            .keys()
+            .filter(|key| self.cached(key).any(|s| is_stripped(s)))
+            .cloned()
+            .collect();
         self.pending.retain(|key, PendingFetch { handle, .. }| {
-            let wanted = referenced.contains(key) && live.get(key).is_some_and(|s| is_stripped(s));
+            let wanted = referenced.contains(key) && stripped.contains(key);
             if !wanted {
                 handle.abort();
             }
@@ -200,18 +241,39 @@ impl Secrets {
         self.publish(referenced, out);
     }
 
+    /// GETs a Secret whose data we dropped, unless a GET of it is in flight.
+    fn start_fetch(&mut self, key: ObjectKey) {
+        if self.pending.contains_key(&key) {
+            return;
+        }
+        debug!(secret = %key, "Secret newly referenced by an Ingress, fetching it");
+        self.next_fetch_id += 1;
+        let id = self.next_fetch_id;
+        let handle = self
+            .fetches
+            .spawn(fetch_secret(self.client.clone(), key.clone(), id));
+        let started = Instant::now();
+        self.pending.insert(
+            key,
+            PendingFetch {
+                id,
+                started,
+                handle,
+            },
+        );
+    }
+
     /// Sends the difference between the publishable Secrets and what was published.
     fn publish(&mut self, referenced: &BTreeSet<ObjectKey>, out: &mut Outbox) {
-        let publishable: BTreeMap<&ObjectKey, &Arc<Secret>> = self
-            .store
-            .live()
-            .iter()
-            .filter(|(key, secret)| {
+        let mut publishable: BTreeMap<&ObjectKey, &Arc<Secret>> = BTreeMap::new();
+        for (type_, store) in SecretType::ALL.into_iter().zip(&self.stores) {
+            let wanted = store.live().iter().filter(|(key, secret)| {
                 referenced.contains(*key)
                     && !is_stripped(secret)
-                    && secret.type_.as_deref() == Some(TLS_SECRET_TYPE)
-            })
-            .collect();
+                    && SecretType::of(secret) == Some(type_)
+            });
+            publishable.extend(wanted);
+        }
         for (key, secret) in &publishable {
             if !self
                 .published
@@ -258,16 +320,21 @@ impl Secrets {
             // Gone meanwhile: the watch will report the deletion (or the re-creation, with data).
             return;
         };
+        // A type we do not watch (re-created meanwhile): its watch, if any, reports it.
+        let Some(type_) = SecretType::of(&secret) else {
+            return;
+        };
         // Only fill in a copy that is still data-less and wanted; a watch event with data that
         // arrived meanwhile is at least as new as this GET.
         let referenced = refs.referenced();
-        let wanted = referenced.contains(&key)
-            && self.store.live().get(&key).is_some_and(|s| is_stripped(s));
-        if !wanted || secret.type_.as_deref() != Some(TLS_SECRET_TYPE) {
+        let store = self.store_mut(type_);
+        let wanted =
+            referenced.contains(&key) && store.live().get(&key).is_some_and(|s| is_stripped(s));
+        if !wanted {
             return;
         }
         secret.compact();
-        self.store.live_mut().insert(key, Arc::new(secret));
+        store.live_mut().insert(key, Arc::new(secret));
         self.publish(&referenced, out);
     }
 }
@@ -281,7 +348,7 @@ async fn fetch_secret(client: Client, key: ObjectKey, id: u64) -> Fetch {
         match api.get_opt(&key.name).await {
             Ok(secret) => return Fetch { key, id, secret },
             Err(error) => {
-                warn!(secret = %key, %error, "fetching a referenced TLS Secret failed, retrying");
+                warn!(secret = %key, %error, "fetching a referenced Secret failed, retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
@@ -340,6 +407,24 @@ mod tests {
     }
 
     #[test]
+    fn auth_and_proxy_ssl_annotations_are_references() {
+        let mut refs = IngressRefs::default();
+        let (key, mut ing) = ingress("a", json!([{"secretName": "cert"}]));
+        ing.metadata.annotations = Some(BTreeMap::from([
+            (AUTH_SECRET.to_owned(), "users".to_owned()),
+            (PROXY_SSL_SECRET.to_owned(), "certs/ca".to_owned()),
+        ]));
+        assert!(refs.set(&key, &ing));
+        let referenced: Vec<String> = refs.referenced().iter().map(ToString::to_string).collect();
+        assert_eq!(referenced, ["a/cert", "a/users", "certs/ca"]);
+        // The annotation removed: no longer referenced.
+        ing.metadata.annotations = None;
+        assert!(refs.set(&key, &ing));
+        let referenced: Vec<String> = refs.referenced().iter().map(ToString::to_string).collect();
+        assert_eq!(referenced, ["a/cert"]);
+    }
+
+    #[test]
     fn pinned_secrets_are_always_referenced() {
         let mut refs = IngressRefs::with_pinned([ObjectKey::new("ingress", "default-cert")]);
         let (ka, a) = ingress("a", json!([{"secretName": "cert"}]));
@@ -360,6 +445,131 @@ mod tests {
         assert_eq!(refs.referenced().len(), 1, "the relist is not done");
         refs.relist_done();
         assert!(refs.referenced().is_empty());
+    }
+
+    const AUTH_SECRET: &str = "nginx.ingress.kubernetes.io/auth-secret";
+    const PROXY_SSL_SECRET: &str = "nginx.ingress.kubernetes.io/proxy-ssl-secret";
+
+    fn watched(type_: SecretType, name: &str, rv: &str) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"namespace": "a", "name": name, "resourceVersion": rv},
+            "type": type_.type_name(),
+            "data": {"auth": "YWxpY2U6eA=="}
+        }))
+        .expect("valid test object")
+    }
+
+    /// A (re)list of one Secret watch; returns what the consumer is sent.
+    fn list(
+        secrets: &mut Secrets,
+        type_: SecretType,
+        objects: &[(&str, &str)],
+        refs: &IngressRefs,
+    ) -> Vec<String> {
+        let mut out = Outbox::default();
+        secrets.apply(type_, Event::Init, refs, true, &mut out);
+        for (name, rv) in objects {
+            let event = Event::InitApply(watched(type_, name, rv));
+            secrets.apply(type_, event, refs, true, &mut out);
+        }
+        secrets.apply(type_, Event::InitDone, refs, true, &mut out);
+        sent(&mut out)
+    }
+
+    fn sent(out: &mut Outbox) -> Vec<String> {
+        let events = out.take_events().into_iter();
+        events
+            .map(|event| match event {
+                SourceEvent::Apply(key, Object::Secret(s)) => {
+                    let rv = s.metadata.resource_version.as_deref().unwrap_or("");
+                    let data = if s.data.is_some() {
+                        "with data"
+                    } else {
+                        "no data"
+                    };
+                    format!("apply {key} {rv} {data}")
+                }
+                SourceEvent::Delete(SnapshotKind::Secret, key) => format!("delete {key}"),
+                other => panic!("a Secret watch sent {other:?}"),
+            })
+            .collect()
+    }
+
+    /// Never connected to: these tests reference only Secrets the watches deliver.
+    fn client() -> Client {
+        let config = kube::Config::new("http://127.0.0.1:1".parse().expect("valid URL"));
+        Client::try_from(config).expect("client")
+    }
+
+    #[tokio::test]
+    async fn a_relist_of_one_secret_watch_leaves_the_other_watchs_secrets() {
+        let mut refs = IngressRefs::default();
+        let (key, mut ing) = ingress("a", json!([{"secretName": "cert"}]));
+        let auth = BTreeMap::from([(AUTH_SECRET.to_owned(), "users".to_owned())]);
+        ing.metadata.annotations = Some(auth);
+        refs.set(&key, &ing);
+        let mut secrets = Secrets::new(client());
+        let (tls, opaque) = (SecretType::Tls, SecretType::Opaque);
+
+        assert_eq!(
+            list(&mut secrets, tls, &[("cert", "1"), ("spare", "2")], &refs),
+            ["apply a/cert 1 with data"]
+        );
+        assert!(!secrets.synced(), "the Opaque watch has not listed yet");
+        let listed = list(
+            &mut secrets,
+            opaque,
+            &[("users", "3"), ("other", "4")],
+            &refs,
+        );
+        assert_eq!(listed, ["apply a/users 3 with data"]);
+        assert!(secrets.synced());
+        let other = &secrets.stores[opaque as usize].live()[&ObjectKey::new("a", "other")];
+        assert!(other.data.is_none(), "unreferenced: metadata only");
+
+        // Relists of the Opaque watch: only its own Secrets can change or go.
+        let relisted = list(
+            &mut secrets,
+            opaque,
+            &[("users", "5"), ("other", "4")],
+            &refs,
+        );
+        assert_eq!(relisted, ["apply a/users 5 with data"]);
+        assert_eq!(list(&mut secrets, opaque, &[], &refs), ["delete a/users"]);
+        // And the other way round.
+        let relisted = list(&mut secrets, tls, &[("cert", "1"), ("spare", "2")], &refs);
+        assert!(relisted.is_empty(), "{relisted:?}");
+        assert_eq!(
+            list(&mut secrets, opaque, &[("users", "5")], &refs),
+            ["apply a/users 5 with data"]
+        );
+        assert_eq!(list(&mut secrets, tls, &[], &refs), ["delete a/cert"]);
+        let published: Vec<String> = secrets.published.keys().map(ToString::to_string).collect();
+        assert_eq!(published, ["a/users"]);
+    }
+
+    #[tokio::test]
+    async fn an_unreferenced_opaque_secret_loses_its_data_and_is_withdrawn() {
+        let mut refs = IngressRefs::default();
+        let (key, mut ing) = ingress("a", json!([]));
+        let auth = BTreeMap::from([(AUTH_SECRET.to_owned(), "users".to_owned())]);
+        ing.metadata.annotations = Some(auth);
+        refs.set(&key, &ing);
+        let mut secrets = Secrets::new(client());
+        list(&mut secrets, SecretType::Tls, &[], &refs);
+        let listed = list(&mut secrets, SecretType::Opaque, &[("users", "1")], &refs);
+        assert_eq!(listed, ["apply a/users 1 with data"]);
+
+        ing.metadata.annotations = None;
+        assert!(refs.set(&key, &ing));
+        let mut out = Outbox::default();
+        secrets.reconcile_with(&refs, true, &mut out);
+        assert_eq!(sent(&mut out), ["delete a/users"]);
+        let cached =
+            &secrets.stores[SecretType::Opaque as usize].live()[&ObjectKey::new("a", "users")];
+        assert!(cached.data.is_none() && is_stripped(cached));
+        assert!(secrets.pending.is_empty(), "nothing to fetch");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The watch loop: six watchers; every change is reported to the consumer as it comes, as
+//! The watch loop: seven watchers (two for Secrets); every change is reported to the consumer as it comes, as
 //! [`SourceEvent`]s (a relist as `RelistStart` .. `RelistDone`), in batches of what arrived
 //! together.
 
@@ -22,15 +22,15 @@ use tracing::{debug, info, warn};
 
 use crate::K8sError;
 use crate::restarting::restarting_watcher;
-use crate::secrets::{IngressRefs, Secrets};
+use crate::secrets::{IngressRefs, SecretType, Secrets};
 use crate::store::decode;
 
-/// How long a publish waits for the GET of a newly referenced TLS Secret, so that an Ingress
-/// and its certificate usually arrive together.
+/// How long a publish waits for the GET of a newly referenced Secret, so that an Ingress and
+/// its certificate (or htpasswd file, or upstream CA) usually arrive together.
 pub const SECRET_FETCH_GRACE: Duration = Duration::from_secs(2);
 
-/// Secret type of the only Secrets sluice reads.
-pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+/// The two Secret types read, one watch each.
+pub use sluice_model::ingress::{OPAQUE_SECRET_TYPE, TLS_SECRET_TYPE};
 
 /// Objects per page of a paged list ([`InitialList::Paged`]), as client-go's pager.
 pub const DEFAULT_PAGE_SIZE: u32 = 500;
@@ -56,7 +56,7 @@ pub struct K8sSourceConfig {
     /// This node's name: only this Node object is watched.
     pub node_name: String,
     pub initial_list: InitialList,
-    /// TLS Secrets published even when no Ingress references them (the Ingress proxy's
+    /// Secrets published even when no Ingress references them (the Ingress proxy's
     /// `--default-ssl-certificate`).
     pub pinned_secrets: Vec<ObjectKey>,
 }
@@ -74,11 +74,14 @@ impl K8sSourceConfig {
 
 /// Watches the API server and reports every change as [`SourceEvent`]s.
 ///
-/// Secrets: all `kubernetes.io/tls` Secrets are watched (field selector `type=kubernetes.io/tls`),
-/// but only those some Ingress references through `spec.tls[].secretName` (or
-/// [`K8sSourceConfig::pinned_secrets`] names) keep their data in memory and are reported. The others are cached metadata-only, so that when an Ingress
-/// starts referencing one, it is fetched with a single GET (after that, the watch keeps it
-/// current). Ingresses of every class count as references.
+/// Secrets: all Secrets of type [`TLS_SECRET_TYPE`] and [`OPAQUE_SECRET_TYPE`] are watched
+/// (two watches, field selectors `type=kubernetes.io/tls` and `type=Opaque`; other types such
+/// as service-account tokens and Helm releases are never read), but only those some Ingress
+/// references (`spec.tls[].secretName`, the `auth-secret` and `proxy-ssl-secret` annotations:
+/// [`sluice_model::ingress::referenced_secrets`]) or [`K8sSourceConfig::pinned_secrets`]
+/// names keep their data in memory and are reported. The others are cached metadata-only, so
+/// that when an Ingress starts referencing one, it is fetched with a single GET (after that,
+/// the watch keeps it current). Ingresses of every class count as references.
 pub struct K8sSource {
     client: Client,
     config: K8sSourceConfig,
@@ -92,7 +95,7 @@ impl K8sSource {
     /// Runs until the receiver of `tx` is dropped. Every watch event becomes a
     /// [`SourceEvent`] at once (events that arrive together go in one batch); a (re)list of a
     /// kind is `RelistStart`, its objects, `RelistDone`; [`SourceEvent::Synced`] follows the
-    /// first complete list of every kind. While a newly referenced TLS Secret is being
+    /// first complete list of every kind. While a newly referenced Secret is being
     /// fetched, publishing waits for it (at most [`SECRET_FETCH_GRACE`]). Watch errors are
     /// logged and retried with kube's default backoff; nothing is reported meanwhile, so the
     /// consumer keeps the last good state.
@@ -118,14 +121,16 @@ impl K8sSource {
                 }
                 () = sleep_until_opt(wake), if wake.is_some() => {}
                 update = updates.next() => {
-                    let Some((kind, result)) = update else {
+                    let Some((watched, result)) = update else {
                         return Err(K8sError::WatchEnded);
                     };
-                    state.handle(kind, result, &mut outbox);
+                    state.handle(watched, result, &mut outbox);
                     // Whatever else is ready goes into the same batch.
                     for _ in 0..MAX_BATCH {
                         match updates.next().now_or_never() {
-                            Some(Some((kind, result))) => state.handle(kind, result, &mut outbox),
+                            Some(Some((watched, result))) => {
+                                state.handle(watched, result, &mut outbox);
+                            }
                             Some(None) => return Err(K8sError::WatchEnded),
                             None => break,
                         }
@@ -158,6 +163,13 @@ impl Outbox {
         self.events.is_empty()
     }
 
+    /// The events not yet sent, taken out (tests look at what the consumer would get).
+    #[cfg(test)]
+    pub(crate) fn take_events(&mut self) -> Vec<SourceEvent> {
+        self.observed = None;
+        std::mem::take(&mut self.events)
+    }
+
     /// Sends the batch; false when the consumer is gone.
     async fn flush(&mut self, tx: &mpsc::Sender<SourceBatch>) -> bool {
         let observed = self.observed.take().unwrap_or_else(Instant::now);
@@ -188,33 +200,39 @@ impl State {
 
     fn handle(
         &mut self,
-        kind: SnapshotKind,
+        watched: Watched,
         result: watcher::Result<Event<DynamicObject>>,
         out: &mut Outbox,
     ) {
         let event = match result {
             Ok(event) => event,
             Err(error) if is_gone(&error) => {
-                info!(
-                    kind = kind.kind_name(),
-                    "watch expired (410 Gone), relisting"
-                );
+                info!(watch = %watched, "watch expired (410 Gone), relisting");
                 return;
             }
             Err(error) => {
-                warn!(kind = kind.kind_name(), %error, "watch failed, retrying with backoff");
+                warn!(watch = %watched, %error, "watch failed, retrying with backoff");
                 return;
             }
         };
         let done = matches!(event, Event::InitDone);
-        if kind == SnapshotKind::Secret {
-            let ingresses_listed = self.listed.contains(&SnapshotKind::Ingress);
-            self.secrets.apply(event, &self.refs, ingresses_listed, out);
-        } else {
-            self.forward(kind, event, out);
-        }
-        if done {
-            self.listed(kind, out);
+        match watched {
+            Watched::Kind(kind) => {
+                self.forward(kind, event, out);
+                if done {
+                    self.listed(kind, out);
+                }
+            }
+            // Both Secret watches feed the source's own cache, never the consumer's store
+            // directly: a relist of one swaps in only its own Secrets (see `Secrets`).
+            Watched::Secrets(type_) => {
+                let ingresses_listed = self.listed.contains(&SnapshotKind::Ingress);
+                self.secrets
+                    .apply(type_, event, &self.refs, ingresses_listed, out);
+                if done && self.secrets.synced() {
+                    self.listed(SnapshotKind::Secret, out);
+                }
+            }
         }
     }
 
@@ -306,7 +324,23 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-type Update = (SnapshotKind, watcher::Result<Event<DynamicObject>>);
+/// Which watch an update comes from: one per kind, but one per [`SecretType`] for Secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watched {
+    Kind(SnapshotKind),
+    Secrets(SecretType),
+}
+
+impl std::fmt::Display for Watched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Watched::Kind(kind) => f.write_str(kind.kind_name()),
+            Watched::Secrets(type_) => write!(f, "Secret (type {})", type_.type_name()),
+        }
+    }
+}
+
+type Update = (Watched, watcher::Result<Event<DynamicObject>>);
 
 fn watch_streams(
     client: &Client,
@@ -325,36 +359,38 @@ fn watch_streams(
             ..watcher::Config::default().any_semantic()
         },
     };
-    stream::select_all([
-        kind_stream::<Service>(client, SnapshotKind::Service, all.clone()),
-        kind_stream::<EndpointSlice>(client, SnapshotKind::EndpointSlice, all.clone()),
-        kind_stream::<Node>(
+    let own_node = all
+        .clone()
+        .fields(&format!("metadata.name={}", config.node_name));
+    let secrets = SecretType::ALL.map(|type_| {
+        let of_type = all.clone().fields(&format!("type={}", type_.type_name()));
+        kind_stream::<Secret>(client, Watched::Secrets(type_), of_type)
+    });
+    let kinds = [
+        kind_stream::<Service>(client, Watched::Kind(SnapshotKind::Service), all.clone()),
+        kind_stream::<EndpointSlice>(
             client,
-            SnapshotKind::Node,
-            all.clone()
-                .fields(&format!("metadata.name={}", config.node_name)),
+            Watched::Kind(SnapshotKind::EndpointSlice),
+            all.clone(),
         ),
-        kind_stream::<Ingress>(client, SnapshotKind::Ingress, all.clone()),
-        kind_stream::<IngressClass>(client, SnapshotKind::IngressClass, all.clone()),
-        kind_stream::<Secret>(
-            client,
-            SnapshotKind::Secret,
-            all.fields(&format!("type={TLS_SECRET_TYPE}")),
-        ),
-    ])
+        kind_stream::<Node>(client, Watched::Kind(SnapshotKind::Node), own_node),
+        kind_stream::<Ingress>(client, Watched::Kind(SnapshotKind::Ingress), all.clone()),
+        kind_stream::<IngressClass>(client, Watched::Kind(SnapshotKind::IngressClass), all),
+    ];
+    stream::select_all(kinds.into_iter().chain(secrets))
 }
 
 /// Watcher for one kind (all namespaces), read as untyped objects so that each object is
 /// decoded on its own (see `store`), with kube's default backoff after errors.
 fn kind_stream<K: Resource<DynamicType = ()>>(
     client: &Client,
-    kind: SnapshotKind,
+    watched: Watched,
     config: watcher::Config,
 ) -> BoxStream<'static, Update> {
     let api = Api::<DynamicObject>::all_with(client.clone(), &ApiResource::erase::<K>(&()));
     restarting_watcher(api, config)
         .default_backoff()
-        .map(move |result| (kind, result))
+        .map(move |result| (watched, result))
         .boxed()
 }
 

@@ -1,5 +1,5 @@
 //! Decoding watched objects, and the in-memory store of the one kind the source keeps itself
-//! (TLS Secrets, see `secrets`), fed by `kube::runtime::watcher` events.
+//! (Secrets, one store per watch, see `secrets`), fed by `kube::runtime::watcher` events.
 //!
 //! Objects arrive as [`DynamicObject`]s and are decoded into their typed form one by one, so a
 //! single malformed object is logged (naming it) and skipped instead of failing a whole list.
@@ -41,7 +41,6 @@ where
     }
 
     /// Whether the first complete list has been applied.
-    #[cfg(test)]
     pub(crate) fn synced(&self) -> bool {
         self.synced
     }

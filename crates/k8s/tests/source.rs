@@ -57,6 +57,26 @@ fn ingress_class(name: &str) -> Value {
            "metadata": {"name": name}, "spec": {"controller": "sluice.dev/ingress"}})
 }
 
+/// An Ingress without `tls` and with these `nginx.ingress.kubernetes.io/` annotations.
+fn annotated_ingress(name: &str, annotations: &[(&str, &str)]) -> Value {
+    let mut ingress = ingress(name, &[]);
+    for (annotation, value) in annotations {
+        let annotation = format!("nginx.ingress.kubernetes.io/{annotation}");
+        ingress["metadata"]["annotations"][annotation] = json!(value);
+    }
+    ingress
+}
+
+/// A Secret of any type with these `data` entries (values: base64).
+fn secret_with(namespace: &str, name: &str, type_: &str, data: &[(&str, &str)]) -> Value {
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), json!(v)))
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Secret",
+           "metadata": {"namespace": namespace, "name": name}, "type": type_, "data": data})
+}
+
 /// `cert_b64`: base64 of the certificate bytes.
 fn secret(name: &str, type_: &str, cert_b64: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"namespace": "default", "name": name},
@@ -68,13 +88,13 @@ const CERT_2: &str = "Y2VydC0y"; // "cert-2"
 const CERT_3: &str = "Y2VydC0z"; // "cert-3"
 
 /// A small cluster: one Service with its slice, two Nodes, one Ingress with its class and
-/// TLS Secret, plus Secrets that must not be published.
+/// TLS Secret, plus Secrets (TLS and Opaque) that no Ingress references.
 fn populate(fake: &FakeApiServer) {
     fake.apply(service("web", 80));
     fake.apply(endpoint_slice("web-abc", "web", "10.244.0.5"));
     fake.apply(node("node-a"));
     fake.apply(node("node-b"));
-    fake.apply(ingress("web", &["tls-web", "opaque"]));
+    fake.apply(ingress("web", &["tls-web"]));
     fake.apply(ingress_class("sluice"));
     fake.apply(secret("tls-web", "kubernetes.io/tls", CERT_1));
     fake.apply(secret("tls-other", "kubernetes.io/tls", CERT_2));
@@ -170,13 +190,18 @@ async fn wait_for(rx: &mut Rx, what: &str, pred: impl Fn(&Snapshot) -> bool) -> 
 
 /// Records the Service keys of every snapshot published from now on.
 fn record_services(rx: &Rx) -> Arc<Mutex<Vec<Vec<String>>>> {
+    record(rx, |s| keys(&s.services))
+}
+
+/// Records `pick` of every snapshot published from now on.
+fn record(rx: &Rx, pick: fn(&Snapshot) -> Vec<String>) -> Arc<Mutex<Vec<Vec<String>>>> {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (mut rx, out) = (rx.clone(), seen.clone());
     tokio::spawn(async move {
         while rx.changed().await.is_ok() {
-            let services = rx.borrow_and_update().as_ref().map(|s| keys(&s.services));
-            if let Some(services) = services {
-                out.lock().expect("recorder").push(services);
+            let picked = rx.borrow_and_update().as_deref().map(pick);
+            if let Some(picked) = picked {
+                out.lock().expect("recorder").push(picked);
             }
         }
     });
@@ -260,15 +285,19 @@ async fn initial_snapshot_waits_for_every_list() {
             .contains("fieldSelector=metadata.name%3Dnode-a"),
         "{node_list:?}"
     );
-    let secret_list = requests
+    // Two Secret watches: kubernetes.io/tls and Opaque, nothing else.
+    let mut secret_selectors: Vec<&str> = requests
         .iter()
-        .find(|r| r.path == "/api/v1/secrets")
-        .expect("secret list");
-    assert!(
-        secret_list
-            .query
-            .contains("fieldSelector=type%3Dkubernetes.io%2Ftls"),
-        "{secret_list:?}"
+        .filter(|r| r.path == "/api/v1/secrets" && !r.query.contains("watch="))
+        .filter_map(|r| r.query.split('&').find(|p| p.starts_with("fieldSelector=")))
+        .collect();
+    secret_selectors.sort();
+    assert_eq!(
+        secret_selectors,
+        [
+            "fieldSelector=type%3DOpaque",
+            "fieldSelector=type%3Dkubernetes.io%2Ftls"
+        ]
     );
 }
 
@@ -427,7 +456,7 @@ async fn only_tls_secrets_referenced_by_an_ingress_are_published() {
     populate(&fake);
     let (mut rx, _task) = start(&fake);
     let snapshot = wait_for(&mut rx, "first snapshot", |_| true).await;
-    // "opaque" is referenced but not a TLS Secret; "tls-other" is not referenced.
+    // "tls-other" and "opaque" are not referenced.
     assert_eq!(keys(&snapshot.secrets), ["default/tls-web"]);
 
     let fetch_path = "/api/v1/namespaces/default/secrets/tls-other";
@@ -470,6 +499,216 @@ async fn only_tls_secrets_referenced_by_an_ingress_are_published() {
         cert_of(&snapshot, "tls-late").as_deref(),
         Some(&b"cert-1"[..])
     );
+}
+
+const AUTH_1: &str = "YWxpY2U6aGFzaC0x"; // "alice:hash-1"
+const AUTH_2: &str = "YWxpY2U6aGFzaC0y"; // "alice:hash-2"
+const CA_1: &str = "Y2EtMQ=="; // "ca-1"
+
+/// `field` of the published Secret `key` (`namespace/name`).
+fn data_of(snapshot: &Snapshot, key: &str, field: &str) -> Option<Vec<u8>> {
+    let (namespace, name) = key.split_once('/').expect("namespace/name");
+    let secret = snapshot.secrets.get(&ObjectKey::new(namespace, name))?;
+    Some(secret.data.as_ref()?.get(field)?.0.clone())
+}
+
+/// GETs of one Secret (fetches of a newly referenced one).
+fn secret_gets(fake: &FakeApiServer, key: &str) -> usize {
+    let (namespace, name) = key.split_once('/').expect("namespace/name");
+    let path = format!("/api/v1/namespaces/{namespace}/secrets/{name}");
+    count_requests(fake, &path, false)
+}
+
+/// Lists of the Secret watch with this (encoded) field selector.
+fn secret_lists(fake: &FakeApiServer, selector: &str) -> usize {
+    let requests = fake.requests();
+    let lists = requests.iter().filter(|r| {
+        r.path == "/api/v1/secrets"
+            && !r.query.contains("watch=")
+            && r.query.contains(&format!("fieldSelector={selector}"))
+    });
+    lists.count()
+}
+
+const OPAQUE_SELECTOR: &str = "type%3DOpaque";
+const TLS_SELECTOR: &str = "type%3Dkubernetes.io%2Ftls";
+
+/// Populated cluster plus the Ingress `private` with basic auth from the Opaque Secret
+/// `basic-auth`.
+fn populate_with_basic_auth(fake: &FakeApiServer) {
+    populate(fake);
+    let auth = [("auth", AUTH_1)];
+    fake.apply(secret_with("default", "basic-auth", "Opaque", &auth));
+    fake.apply(annotated_ingress(
+        "private",
+        &[("auth-type", "basic"), ("auth-secret", "basic-auth")],
+    ));
+}
+
+#[tokio::test]
+async fn secrets_named_by_auth_and_proxy_ssl_annotations_are_published_with_their_data() {
+    let fake = FakeApiServer::start().await;
+    populate_with_basic_auth(&fake);
+    let ca = [("ca.crt", CA_1)];
+    fake.apply(secret_with("certs", "backend-ca", "Opaque", &ca));
+    // A Secret of a type that is not watched is not read, even when an annotation names it.
+    let token = [("token", AUTH_1)];
+    let token_type = "kubernetes.io/service-account-token";
+    fake.apply(secret_with("default", "token", token_type, &token));
+    fake.apply(annotated_ingress("odd", &[("auth-secret", "token")]));
+    let (mut rx, _task) = start(&fake);
+
+    let snapshot = wait_for(&mut rx, "first snapshot", |_| true).await;
+    // "opaque" and "certs/backend-ca" are Opaque but not referenced.
+    assert_eq!(
+        keys(&snapshot.secrets),
+        ["default/basic-auth", "default/tls-web"]
+    );
+    let auth = data_of(&snapshot, "default/basic-auth", "auth");
+    assert_eq!(auth.as_deref(), Some(&b"alice:hash-1"[..]));
+    assert_eq!(
+        secret_gets(&fake, "default/basic-auth"),
+        0,
+        "listed with data"
+    );
+    assert_eq!(secret_gets(&fake, "default/token"), 0);
+
+    // proxy-ssl-secret: an Opaque CA in another namespace (`namespace/name`), and a
+    // kubernetes.io/tls Secret (bare name) through the TLS watch.
+    let upstream = [("proxy-ssl-secret", "certs/backend-ca")];
+    fake.apply(annotated_ingress("upstream", &upstream));
+    fake.apply(annotated_ingress(
+        "mtls",
+        &[("proxy-ssl-secret", "tls-other")],
+    ));
+    let snapshot = wait_for(&mut rx, "new Ingresses", |s| s.ingresses.len() == 5).await;
+    // Published together with the Ingresses, each fetched with one GET.
+    assert_eq!(
+        keys(&snapshot.secrets),
+        [
+            "certs/backend-ca",
+            "default/basic-auth",
+            "default/tls-other",
+            "default/tls-web"
+        ]
+    );
+    let ca = data_of(&snapshot, "certs/backend-ca", "ca.crt");
+    assert_eq!(ca.as_deref(), Some(&b"ca-1"[..]));
+    assert_eq!(
+        cert_of(&snapshot, "tls-other").as_deref(),
+        Some(&b"cert-2"[..])
+    );
+    assert_eq!(secret_gets(&fake, "certs/backend-ca"), 1);
+    assert_eq!(secret_gets(&fake, "default/tls-other"), 1);
+
+    // The annotation removed: the Secret is withdrawn.
+    fake.apply(annotated_ingress("private", &[("auth-type", "basic")]));
+    let snapshot = wait_for(&mut rx, "auth-secret dropped", |s| s.secrets.len() == 3).await;
+    assert_eq!(
+        keys(&snapshot.secrets),
+        ["certs/backend-ca", "default/tls-other", "default/tls-web"]
+    );
+
+    // Named again: its data had been dropped from the cache, so it is fetched again.
+    fake.apply(annotated_ingress(
+        "private",
+        &[
+            ("auth-type", "basic"),
+            ("auth-secret", "default/basic-auth"),
+        ],
+    ));
+    let snapshot = wait_for(&mut rx, "auth-secret back", |s| s.secrets.len() == 4).await;
+    let auth = data_of(&snapshot, "default/basic-auth", "auth");
+    assert_eq!(auth.as_deref(), Some(&b"alice:hash-1"[..]));
+    assert_eq!(secret_gets(&fake, "default/basic-auth"), 1);
+
+    // A change of a referenced Opaque Secret comes through its watch.
+    let auth = [("auth", AUTH_2)];
+    fake.apply(secret_with("default", "basic-auth", "Opaque", &auth));
+    wait_for(&mut rx, "updated htpasswd", |s| {
+        data_of(s, "default/basic-auth", "auth").as_deref() == Some(&b"alice:hash-2"[..])
+    })
+    .await;
+    assert!(
+        !rx.borrow()
+            .as_ref()
+            .unwrap()
+            .secrets
+            .contains_key(&ObjectKey::new("default", "token"))
+    );
+    assert_eq!(secret_gets(&fake, "default/token"), 0);
+}
+
+#[tokio::test]
+async fn a_relist_of_the_opaque_secret_watch_keeps_the_tls_secrets() {
+    let fake = FakeApiServer::start().await;
+    populate_with_basic_auth(&fake);
+    let (mut rx, _task) = start(&fake);
+    let snapshot = wait_for(&mut rx, "first snapshot", |_| true).await;
+    assert_eq!(
+        keys(&snapshot.secrets),
+        ["default/basic-auth", "default/tls-web"]
+    );
+    let seen = record(&rx, |s| keys(&s.secrets));
+    assert_eq!(secret_lists(&fake, OPAQUE_SELECTOR), 1);
+    assert_eq!(secret_lists(&fake, TLS_SELECTOR), 1);
+
+    // Only the Opaque watch expires; the change made meanwhile comes with its relist.
+    fake.expire_watches_with_fields("Secret", "type=Opaque");
+    let auth = [("auth", AUTH_2)];
+    fake.apply(secret_with("default", "basic-auth", "Opaque", &auth));
+    let snapshot = wait_for(&mut rx, "relisted Opaque Secrets", |s| {
+        data_of(s, "default/basic-auth", "auth").as_deref() == Some(&b"alice:hash-2"[..])
+    })
+    .await;
+    assert_eq!(
+        secret_lists(&fake, OPAQUE_SELECTOR),
+        2,
+        "the Opaque watch relisted"
+    );
+    assert_eq!(
+        secret_lists(&fake, TLS_SELECTOR),
+        1,
+        "the TLS watch did not"
+    );
+    assert_eq!(
+        keys(&snapshot.secrets),
+        ["default/basic-auth", "default/tls-web"]
+    );
+    assert_eq!(
+        cert_of(&snapshot, "tls-web").as_deref(),
+        Some(&b"cert-1"[..])
+    );
+    for secrets in seen.lock().expect("recorder").iter() {
+        assert!(
+            secrets.contains(&"default/tls-web".to_owned()),
+            "TLS Secret withdrawn by the Opaque relist: {secrets:?}"
+        );
+    }
+
+    // And the other way round: a TLS relist keeps the Opaque Secrets.
+    fake.expire_watches_with_fields("Secret", "type=kubernetes.io/tls");
+    fake.apply(secret("tls-web", "kubernetes.io/tls", CERT_3));
+    let snapshot = wait_for(&mut rx, "relisted TLS Secrets", |s| {
+        cert_of(s, "tls-web").as_deref() == Some(&b"cert-3"[..])
+    })
+    .await;
+    assert_eq!(
+        secret_lists(&fake, TLS_SELECTOR),
+        2,
+        "the TLS watch relisted"
+    );
+    assert_eq!(
+        keys(&snapshot.secrets),
+        ["default/basic-auth", "default/tls-web"]
+    );
+    for secrets in seen.lock().expect("recorder").iter() {
+        assert_eq!(
+            secrets.len(),
+            2,
+            "a Secret withdrawn by a relist: {secrets:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -7,6 +7,8 @@
 //! * [`SourceEvent`] and [`Store`]: how sources report changes object by object, and the
 //!   store their consumer keeps up to date from them (see `store`); [`Compact`]: what is
 //!   dropped from objects before they are stored.
+//! * [`ingress::referenced_secrets`]: which Secrets an Ingress needs (for the sources, which
+//!   keep only those, and the route planner, which reads them).
 //!
 //! What the dataplanes program is the plan (`sluice-plan`), computed purely from these by
 //! `sluice-compute`; the dataplanes never see Kubernetes types.
@@ -15,6 +17,7 @@
 
 mod changes;
 pub mod compact;
+pub mod ingress;
 mod json;
 mod key;
 mod name;

@@ -20,7 +20,9 @@ pub struct Snapshot {
     pub nodes: BTreeMap<ObjectKey, Arc<Node>>,
     pub ingresses: BTreeMap<ObjectKey, Arc<Ingress>>,
     pub ingress_classes: BTreeMap<ObjectKey, Arc<IngressClass>>,
-    /// Only the `kubernetes.io/tls` Secrets that Ingresses reference.
+    /// Only Secrets of type `kubernetes.io/tls` or `Opaque` that Ingresses reference
+    /// ([`crate::ingress::referenced_secrets`]: `tls`, `auth-secret`, `proxy-ssl-secret`), and
+    /// with the API source the pinned default certificate.
     pub secrets: BTreeMap<ObjectKey, Arc<Secret>>,
 }
 

@@ -13,8 +13,7 @@ use sluice_plan::{BackendProtocol, Cors, RateLimit, Redirect, RouteOptions};
 
 use crate::Warnings;
 
-/// Prefix of the annotations read here (ingress-nginx's).
-pub const ANNOTATION_PREFIX: &str = "nginx.ingress.kubernetes.io/";
+pub use sluice_model::ingress::ANNOTATION_PREFIX;
 
 /// Every annotation (after the prefix) this module reads.
 const SUPPORTED: &[&str] = &[

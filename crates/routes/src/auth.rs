@@ -7,50 +7,18 @@
 
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::networking::v1::Ingress;
-use sluice_model::{ObjectKey, Snapshot};
+use sluice_model::Snapshot;
+use sluice_model::ingress::annotation_secret;
 use sluice_plan::{BasicAuth, Credential, PasswordHash};
 
-use crate::annotations::{ANNOTATION_PREFIX, Reader};
-
-/// The Secrets an Ingress needs: its `tls` Secrets, its `auth-secret` and its
-/// `proxy-ssl-secret` (for a source that fetches only referenced Secrets).
-pub fn referenced_secrets(key: &ObjectKey, ingress: &Ingress) -> Vec<ObjectKey> {
-    let tls = ingress
-        .spec
-        .iter()
-        .flat_map(|s| s.tls.iter().flatten())
-        .filter_map(|t| t.secret_name.as_deref())
-        .map(|name| ObjectKey::new(key.namespace.as_str(), name));
-    let annotation = |name: &str| {
-        ingress
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(&format!("{ANNOTATION_PREFIX}{name}")))
-            .map(|s| secret_key(key, s))
-    };
-    let by_annotation = [annotation("auth-secret"), annotation("proxy-ssl-secret")];
-    let mut keys: Vec<ObjectKey> = tls.chain(by_annotation.into_iter().flatten()).collect();
-    keys.sort();
-    keys.dedup();
-    keys
-}
-
-/// `name` in the Ingress's namespace, or `namespace/name`.
-fn secret_key(ingress: &ObjectKey, value: &str) -> ObjectKey {
-    match value.trim().split_once('/') {
-        Some((namespace, name)) => ObjectKey::new(namespace, name),
-        None => ObjectKey::new(ingress.namespace.as_str(), value.trim()),
-    }
-}
+use crate::annotations::Reader;
 
 /// The basic-auth settings of an Ingress, if it asks for authentication.
 pub(crate) fn basic_auth(r: &mut Reader<'_, '_>, snapshot: &Snapshot) -> Option<BasicAuth> {
     let kind = r.get("auth-type")?.to_owned();
     let realm = r.get("auth-realm").unwrap_or("").to_owned();
     let secret_name = r.get("auth-secret").map(str::to_owned);
-    let key = secret_name.as_deref().map(|s| secret_key(r.key, s));
+    let key = secret_name.as_deref().map(|s| annotation_secret(r.key, s));
     let mut auth = BasicAuth {
         realm,
         secret: crate::name(key.as_ref().unwrap_or(r.key)),
@@ -169,22 +137,6 @@ fn parse_hash(hash: &str) -> Result<PasswordHash, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn referenced_secrets_are_the_tls_auth_and_proxy_ssl_ones() {
-        let ingress: Ingress = serde_json::from_value(serde_json::json!({
-            "metadata": {"namespace": "shop", "name": "web", "annotations": {
-                "nginx.ingress.kubernetes.io/auth-secret": "users",
-                "nginx.ingress.kubernetes.io/proxy-ssl-secret": "certs/backend-ca"}},
-            "spec": {"tls": [{"secretName": "web-tls"}]}
-        }))
-        .unwrap();
-        let keys: Vec<String> = referenced_secrets(&ObjectKey::new("shop", "web"), &ingress)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(keys, ["certs/backend-ca", "shop/users", "shop/web-tls"]);
-    }
 
     #[test]
     fn hash_schemes() {

@@ -37,8 +37,8 @@ use sluice_model::{NodeInfo, ObjectKey, Snapshot};
 pub use sluice_plan::{ObjectName, RoutePlan, RouteWarning};
 
 pub use annotations::ANNOTATION_PREFIX;
-pub use auth::referenced_secrets;
 pub use classes::{CLASS_ANNOTATION, DEFAULT_CLASS_ANNOTATION};
+pub use sluice_model::ingress::referenced_secrets;
 
 /// Which Ingresses this proxy serves, and cluster-wide TLS settings.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,8 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
-use sluice_model::{ObjectKey, Snapshot};
+use sluice_model::Snapshot;
+use sluice_model::ingress::annotation_secret;
 use sluice_plan::{BackendProtocol, UpstreamTls};
 
 use crate::annotations::Reader;
@@ -71,10 +72,7 @@ fn read_secret(
     settings: &mut UpstreamTls,
 ) {
     // ingress-nginx requires `namespace/name`; a bare name is taken in the Ingress's namespace.
-    let key = match value.split_once('/') {
-        Some((namespace, name)) => ObjectKey::new(namespace, name),
-        None => ObjectKey::new(r.key.namespace.as_str(), value),
-    };
+    let key = annotation_secret(r.key, value);
     settings.secret = Some(crate::name(&key));
     let Some(secret) = snapshot.secrets.get(&key) else {
         r.warn(

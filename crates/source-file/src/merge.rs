@@ -2,23 +2,22 @@
 //! changed file costs work proportional to its own objects, never to the directory.
 //!
 //! When an object is defined in more than one file, the last file in file-name order wins
-//! (within a file, the parser already kept the last document). Only TLS Secrets referenced by
-//! a winning Ingress are published, like the API source.
+//! (within a file, the parser already kept the last document). Only Secrets referenced by a
+//! winning Ingress (`tls`, `auth-secret`, `proxy-ssl-secret`) and of type `kubernetes.io/tls`
+//! or `Opaque` are published, like the API source.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::networking::v1::Ingress;
+use sluice_model::ingress::{OPAQUE_SECRET_TYPE, TLS_SECRET_TYPE, referenced_secrets};
 use sluice_model::{Compact, Object, ObjectKey, SnapshotKind, SourceEvent};
 
 use crate::parse::{Origin, ParsedFile};
 use crate::warning::{LoadWarning, ObjectRef, Problem};
 
 pub(crate) type Key = (SnapshotKind, ObjectKey);
-
-const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
 
 /// The objects of one file, compacted, with where in the file each is defined.
 #[derive(Debug, Default)]
@@ -227,14 +226,14 @@ impl Merge {
             check.extend(old);
         }
         if let Some(Object::Ingress(ingress)) = new {
-            let refs = secret_refs(key, ingress);
+            let refs = referenced_secrets(key, ingress);
             check.extend(refs.iter().cloned());
             self.ingress_refs.insert(key.clone(), refs);
         }
     }
 
-    /// Publishes or withdraws the Secrets in `keys`: a TLS Secret is published while some
-    /// winning Ingress references it.
+    /// Publishes or withdraws the Secrets in `keys`: a Secret of a read type is published while
+    /// some winning Ingress references it.
     fn publish_secrets(&mut self, keys: BTreeSet<ObjectKey>, events: &mut Vec<SourceEvent>) {
         if keys.is_empty() {
             return;
@@ -243,8 +242,7 @@ impl Merge {
         for key in keys {
             let wanted = match self.winner(&(SnapshotKind::Secret, key.clone())) {
                 Some((Object::Secret(secret), _))
-                    if referenced.contains(&key)
-                        && secret.type_.as_deref() == Some(TLS_SECRET_TYPE) =>
+                    if referenced.contains(&key) && is_read_type(secret) =>
                 {
                     Some(Arc::clone(secret))
                 }
@@ -297,13 +295,11 @@ impl Merge {
     }
 }
 
-fn secret_refs(key: &ObjectKey, ingress: &Ingress) -> Vec<ObjectKey> {
-    let tls = ingress.spec.as_ref().and_then(|s| s.tls.as_ref());
-    tls.into_iter()
-        .flatten()
-        .filter_map(|t| t.secret_name.as_ref())
-        .map(|name| ObjectKey::new(key.namespace.clone(), name.clone()))
-        .collect()
+/// `kubernetes.io/tls` or `Opaque` (a manifest without `type` is Opaque, as the API server
+/// defaults it), the types the API source watches.
+fn is_read_type(secret: &Secret) -> bool {
+    let type_ = secret.type_.as_deref().unwrap_or(OPAQUE_SECRET_TYPE);
+    type_ == TLS_SECRET_TYPE || type_ == OPAQUE_SECRET_TYPE
 }
 
 #[cfg(test)]

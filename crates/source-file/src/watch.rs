@@ -331,20 +331,26 @@ mod tests {
     }
 
     #[test]
-    fn only_tls_secrets_referenced_by_an_ingress_are_kept() {
+    fn only_secrets_referenced_by_an_ingress_are_kept() {
         let dir = tempdir("secrets");
         let text = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: cafe}\nspec:\n  tls: [{hosts: [cafe.example.com], secretName: cafe-secret}]\n---\n\
+apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: private\n  annotations:\n    nginx.ingress.kubernetes.io/auth-secret: basic-auth\n    nginx.ingress.kubernetes.io/proxy-ssl-secret: certs/ca\nspec: {}\n---\n\
+apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: odd\n  annotations: {nginx.ingress.kubernetes.io/auth-secret: token}\nspec: {}\n---\n\
 apiVersion: v1\nkind: Secret\nmetadata: {name: cafe-secret}\ntype: kubernetes.io/tls\ndata: {}\n---\n\
+apiVersion: v1\nkind: Secret\nmetadata: {name: basic-auth}\ntype: Opaque\ndata: {}\n---\n\
+apiVersion: v1\nkind: Secret\nmetadata: {name: ca, namespace: certs}\ndata: {}\n---\n\
+apiVersion: v1\nkind: Secret\nmetadata: {name: token}\ntype: kubernetes.io/service-account-token\ndata: {}\n---\n\
 apiVersion: v1\nkind: Secret\nmetadata: {name: unrelated}\ntype: kubernetes.io/tls\ndata: {}\n";
         std::fs::write(dir.join("cafe.yaml"), text).unwrap();
         let (snap, warnings) = load_dir(&dir).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
+        // The token Secret is named by an annotation, but of a type never read.
         assert_eq!(
             snap.secrets
                 .keys()
-                .map(|k| k.name.as_str())
+                .map(ToString::to_string)
                 .collect::<Vec<_>>(),
-            ["cafe-secret"]
+            ["certs/ca", "default/basic-auth", "default/cafe-secret"]
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -12,6 +12,8 @@
 //!   patch); `POST` to a namespaced collection (create, 409 AlreadyExists); `PUT .../NAME`
 //!   (replace). Writes that carry `metadata.resourceVersion` get 409 Conflict when it is not the
 //!   stored one (optimistic concurrency, as Lease locks use it);
+//! * one group of watches (a kind and field selector) can be expired alone
+//!   (`expire_watches_with_fields`): they end and must relist, the others carry on;
 //! * `fieldSelector` with `a.b=v` terms (`metadata.name=..`, `type=..`), `labelSelector` with
 //!   `k=v` terms; `limit`/`continue` paging (a continue token can be made to expire: 410
 //!   Expired, as kube-apiserver answers once the token's revision is compacted).
@@ -131,6 +133,11 @@ struct State {
     expire_continues: usize,
     faults: Vec<Fault>,
     requests: Vec<Recorded>,
+    /// Expired watch groups (collection, fieldSelector substring), append-only: an open watch
+    /// ends when a group added after its start matches it.
+    expired_watches: Vec<(String, String)>,
+    /// The next watch request matching one of these answers 410 Gone (then it is removed).
+    gone_next_watch: Vec<(String, String)>,
 }
 
 struct Collection {
@@ -194,6 +201,8 @@ impl FakeApiServer {
                 expire_continues: 0,
                 faults: Vec::new(),
                 requests: Vec::new(),
+                expired_watches: Vec::new(),
+                gone_next_watch: Vec::new(),
             }),
             changed: watch::channel(0).0,
         });
@@ -290,6 +299,18 @@ impl FakeApiServer {
     /// event and EOF, and must resume from the last event it read whole.
     pub fn truncate_watch_frames(&self, frames: usize) {
         self.write(|state| state.truncate_watch_frames = frames);
+    }
+
+    /// Expires the watches of `kind` whose `fieldSelector` contains `fields` (e.g.
+    /// `type=Opaque`), as if their resourceVersion had been compacted for them alone: open ones
+    /// end, and the next such watch request answers 410 Gone, so the client relists. Watches
+    /// of other kinds or selectors are not touched.
+    pub fn expire_watches_with_fields(&self, kind: &str, fields: &str) {
+        let group = (kind_path(kind), fields.to_owned());
+        self.write(|state| {
+            state.expired_watches.push(group.clone());
+            state.gone_next_watch.push(group);
+        });
     }
 
     /// While held, LIST requests of this kind do not answer.
@@ -760,6 +781,20 @@ async fn list(
     )
 }
 
+/// What a watch is, for expiring some watches alone: its collection and field selector.
+#[derive(Clone)]
+struct WatchGroup {
+    collection: String,
+    fields: String,
+}
+
+impl WatchGroup {
+    /// Whether this watch belongs to an expired group (collection, fieldSelector substring).
+    fn is_in(&self, (collection, fields): &(String, String)) -> bool {
+        self.collection == *collection && self.fields.contains(fields.as_str())
+    }
+}
+
 fn watch(shared: Arc<Shared>, route: Route, params: &BTreeMap<String, String>) -> Response<Body> {
     let since: u64 = params
         .get("resourceVersion")
@@ -768,11 +803,26 @@ fn watch(shared: Arc<Shared>, route: Route, params: &BTreeMap<String, String>) -
     let bookmarks = params
         .get("allowWatchBookmarks")
         .is_some_and(|v| v == "true");
-    let (epoch, gone_style, compacted) = {
-        let state = shared.lock();
-        (state.watch_epoch, state.gone_style, state.compacted)
+    let group = WatchGroup {
+        collection: route.collection.clone(),
+        fields: params.get("fieldSelector").cloned().unwrap_or_default(),
     };
-    if since < compacted {
+    let (epoch, gone_style, compacted, expired_before, gone) = {
+        let mut state = shared.lock();
+        let gone = state.gone_next_watch.iter().position(|g| group.is_in(g));
+        if let Some(index) = gone {
+            state.gone_next_watch.remove(index);
+        }
+        let expired_before = state.expired_watches.len();
+        (
+            state.watch_epoch,
+            state.gone_style,
+            state.compacted,
+            expired_before,
+            gone.is_some(),
+        )
+    };
+    if since < compacted || gone {
         let message = format!("too old resource version: {since} ({compacted})");
         return match gone_style {
             GoneStyle::Http410 => status_response(StatusCode::GONE, "Expired", &message),
@@ -790,7 +840,7 @@ fn watch(shared: Arc<Shared>, route: Route, params: &BTreeMap<String, String>) -
     let stream = futures::stream::unfold(
         (shared, changed, since, bookmarks, false),
         move |(shared, mut changed, mut last, mut bookmark_due, cut)| {
-            let (collection, filter) = (collection.clone(), filter.clone());
+            let (collection, filter, group) = (collection.clone(), filter.clone(), group.clone());
             async move {
                 if cut {
                     return None;
@@ -799,7 +849,10 @@ fn watch(shared: Arc<Shared>, route: Route, params: &BTreeMap<String, String>) -
                     changed.borrow_and_update();
                     {
                         let mut state = shared.lock();
-                        if state.watch_epoch != epoch || state.down {
+                        let expired = state.expired_watches[expired_before..]
+                            .iter()
+                            .any(|g| group.is_in(g));
+                        if state.watch_epoch != epoch || state.down || expired {
                             return None;
                         }
                         let mut lines = String::new();
