@@ -3,7 +3,9 @@
 //! from the outside client with the same tools: HTTP/1.1 keep-alive and new-connection
 //! HTTPS (`wrk`, 2 threads, 16 connections), HTTP/2 over TLS (`h2load`), and failed requests
 //! while the routes change 100 times a second under load (sluice: the Ingress rewritten in
-//! its `dir:` source; nginx: configuration rewritten and `nginx -s reload`).
+//! its `dir:` source; nginx: configuration rewritten and `nginx -s reload`). Each load run
+//! also states the CPU the proxy spent per request (`cpu`); `SLUICE_BENCH_PERF=DIR` profiles
+//! the proxies meanwhile.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
