@@ -462,13 +462,9 @@ fn cpu_rows(runs: &[ProxyRuns]) -> Vec<Row> {
         let mut row =
             Row::new(GROUP, format!("{load}: proxy CPU per request"), "µs").lower_is_better();
         for runs in runs {
-            let Some(us) = runs.cpu_us[i] else { continue };
-            let figure = Figure::new(runs.name, Some(us));
-            row = if runs.name == "sluice" {
-                row.ours(figure)
-            } else {
-                row.reference(figure)
-            };
+            if let Some(us) = runs.cpu_us[i] {
+                row = placed(row, Figure::new(runs.name, Some(us)));
+            }
         }
         row
     })
@@ -497,16 +493,21 @@ fn metric_rows(runs: &[ProxyRuns], metrics: Vec<(String, &'static str, bool, Pic
             }
             for runs in runs {
                 if let Some(f) = figure(runs, pick) {
-                    row = if runs.name == "sluice" {
-                        row.ours(f)
-                    } else {
-                        row.reference(f)
-                    };
+                    row = placed(row, f);
                 }
             }
             row
         })
         .collect()
+}
+
+/// `row` with sluice's figure as ours, any other proxy's as a reference.
+fn placed(row: Row, figure: Figure) -> Row {
+    if figure.system == "sluice" {
+        row.ours(figure)
+    } else {
+        row.reference(figure)
+    }
 }
 
 fn name_is_churn_rate(name: &str) -> bool {
