@@ -170,7 +170,8 @@ impl Secrets {
     }
 
     /// Applies an event of the watch of `type_`. `ingresses_listed`: until the Ingresses are
-    /// listed we cannot know what is unreferenced, so nothing is stripped.
+    /// listed we cannot know what is unreferenced, so nothing is stripped (the source starts
+    /// the Secret watches only after that list, so this is a safeguard).
     pub(crate) fn apply(
         &mut self,
         type_: SecretType,

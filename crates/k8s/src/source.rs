@@ -16,7 +16,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
 use sluice_model::EndpointSlice;
 use sluice_model::{Object, ObjectKey, SnapshotKind, SourceBatch, SourceEvent};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -81,7 +81,9 @@ impl K8sSourceConfig {
 /// [`sluice_model::ingress::referenced_secrets`]) or [`K8sSourceConfig::pinned_secrets`]
 /// names keep their data in memory and are reported. The others are cached metadata-only, so
 /// that when an Ingress starts referencing one, it is fetched with a single GET (after that,
-/// the watch keeps it current). Ingresses of every class count as references.
+/// the watch keeps it current). Ingresses of every class count as references. The Secret
+/// watches start once the Ingresses are listed, so no unreferenced Secret's data is held
+/// while the source starts.
 pub struct K8sSource {
     client: Client,
     config: K8sSourceConfig,
@@ -100,7 +102,8 @@ impl K8sSource {
     /// logged and retried with kube's default backoff; nothing is reported meanwhile, so the
     /// consumer keeps the last good state.
     pub async fn run(self, tx: mpsc::Sender<SourceBatch>) -> Result<(), K8sError> {
-        let mut updates = watch_streams(&self.client, &self.config);
+        let (ingresses_listed, secrets_gate) = watch::channel(false);
+        let mut updates = watch_streams(&self.client, &self.config, secrets_gate);
         let mut state = State::new(self.client.clone(), &self.config.pinned_secrets);
         let mut outbox = Outbox::default();
         loop {
@@ -134,6 +137,9 @@ impl K8sSource {
                             Some(None) => return Err(K8sError::WatchEnded),
                             None => break,
                         }
+                    }
+                    if state.listed.contains(&SnapshotKind::Ingress) {
+                        ingresses_listed.send_if_modified(|listed| !std::mem::replace(listed, true));
                     }
                 }
                 Some(fetched) = state.secrets.fetches.join_next(), if !state.secrets.fetches.is_empty() => {
@@ -342,9 +348,14 @@ impl std::fmt::Display for Watched {
 
 type Update = (Watched, watcher::Result<Event<DynamicObject>>);
 
+/// The watches of every kind. The Secret watches start only once `ingresses_listed` says
+/// the Ingresses have been listed: by then the Secrets they reference are known, so the data
+/// of every other Secret is dropped as it arrives instead of being held (all of it, cluster
+/// wide, on every node) until the Ingress list completes.
 fn watch_streams(
     client: &Client,
     config: &K8sSourceConfig,
+    ingresses_listed: watch::Receiver<bool>,
 ) -> SelectAll<BoxStream<'static, Update>> {
     let all = match config.initial_list {
         // Consistent paged lists: kube drops resourceVersion=0 from paged lists, because the
@@ -364,7 +375,15 @@ fn watch_streams(
         .fields(&format!("metadata.name={}", config.node_name));
     let secrets = SecretType::ALL.map(|type_| {
         let of_type = all.clone().fields(&format!("type={}", type_.type_name()));
-        kind_stream::<Secret>(client, Watched::Secrets(type_), of_type)
+        let (client, mut listed) = (client.clone(), ingresses_listed.clone());
+        stream::once(async move {
+            // Err: the source is stopping; the stream is dropped with it.
+            let _ = listed.wait_for(|listed| *listed).await;
+        })
+        .flat_map(move |()| {
+            kind_stream::<Secret>(&client, Watched::Secrets(type_), of_type.clone())
+        })
+        .boxed()
     });
     let kinds = [
         kind_stream::<Service>(client, Watched::Kind(SnapshotKind::Service), all.clone()),

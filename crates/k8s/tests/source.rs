@@ -215,6 +215,43 @@ fn count_requests(fake: &FakeApiServer, path: &str, watch: bool) -> usize {
         .count()
 }
 
+/// The Secret watches start once the Ingresses are listed, so the Secrets no Ingress
+/// references are never held with their data, not even while the agent starts.
+#[tokio::test]
+async fn secrets_are_listed_only_after_the_ingresses() {
+    let fake = FakeApiServer::start().await;
+    populate(&fake);
+    fake.hold_list("Ingress", true);
+    let (mut rx, _task) = start(&fake);
+
+    let lists = [
+        "/api/v1/services",
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "/api/v1/nodes",
+        "/apis/networking.k8s.io/v1/ingressclasses",
+        "/apis/networking.k8s.io/v1/ingresses",
+    ];
+    tokio::time::timeout(WAIT, async {
+        while !lists.iter().all(|p| count_requests(&fake, p, false) > 0) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every other kind is listed");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let secrets = |watch| count_requests(&fake, "/api/v1/secrets", watch);
+    assert_eq!(
+        (secrets(false), secrets(true)),
+        (0, 0),
+        "Secrets requested before the Ingresses were listed"
+    );
+
+    fake.hold_list("Ingress", false);
+    let snapshot = wait_for(&mut rx, "first snapshot", |_| true).await;
+    assert_eq!(keys(&snapshot.secrets), ["default/tls-web"]);
+    assert_eq!(secrets(false), 2, "one list per Secret type");
+}
+
 #[tokio::test]
 async fn initial_snapshot_waits_for_every_list() {
     let fake = FakeApiServer::start().await;
