@@ -215,6 +215,17 @@ fn count_requests(fake: &FakeApiServer, path: &str, watch: bool) -> usize {
         .count()
 }
 
+/// Waits until every path in `paths` has been requested (watches when `watch`, else lists).
+async fn wait_for_requests(fake: &FakeApiServer, paths: &[&str], watch: bool, what: &str) {
+    tokio::time::timeout(WAIT, async {
+        while !paths.iter().all(|p| count_requests(fake, p, watch) > 0) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out: {what}"));
+}
+
 /// The Secret watches start once the Ingresses are listed, so the Secrets no Ingress
 /// references are never held with their data, not even while the agent starts.
 #[tokio::test]
@@ -231,13 +242,7 @@ async fn secrets_are_listed_only_after_the_ingresses() {
         "/apis/networking.k8s.io/v1/ingressclasses",
         "/apis/networking.k8s.io/v1/ingresses",
     ];
-    tokio::time::timeout(WAIT, async {
-        while !lists.iter().all(|p| count_requests(&fake, p, false) > 0) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("every other kind is listed");
+    wait_for_requests(&fake, &lists, false, "every other kind is listed").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let secrets = |watch| count_requests(&fake, "/api/v1/secrets", watch);
     assert_eq!(
@@ -267,13 +272,13 @@ async fn initial_snapshot_waits_for_every_list() {
         "/apis/networking.k8s.io/v1/ingresses",
         "/api/v1/secrets",
     ];
-    tokio::time::timeout(WAIT, async {
-        while !lists.iter().all(|p| count_requests(&fake, p, true) > 0) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the other kinds are listed and watched");
+    wait_for_requests(
+        &fake,
+        &lists,
+        true,
+        "the other kinds are listed and watched",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         rx.borrow().is_none(),
@@ -432,13 +437,13 @@ async fn dropped_watch_resumes_from_its_resource_version() {
     let (mut rx, _task) = start(&fake);
     wait_for(&mut rx, "first snapshot", |_| true).await;
     // The first watch opens right after the list is reported.
-    tokio::time::timeout(WAIT, async {
-        while count_requests(&fake, "/api/v1/services", true) == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("the Services watch opens");
+    wait_for_requests(
+        &fake,
+        &["/api/v1/services"],
+        true,
+        "the Services watch opens",
+    )
+    .await;
 
     fake.drop_watches();
     fake.apply(service("web", 9090));
