@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http1;
 use hyper::{Request, Response};
 use tokio::time::Instant;
@@ -118,11 +118,15 @@ impl Http1Pool {
             };
             match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
-                    let reuse = Reuse {
+                    let mut reuse = Reuse {
                         pool: Arc::clone(self),
                         addr,
                         conn: Some(conn),
                     };
+                    // A body that is already complete (HEAD, 204, 304) may never be read.
+                    if resp.body().is_end_stream() {
+                        reuse.body_ended();
+                    }
                     return Ok((resp, reuse));
                 }
                 Err(mut e) => match e.take_message() {
@@ -296,8 +300,9 @@ mod tests {
     use crate::proxy::ProxyBody;
     use crate::upstream::ConnectionLimits;
 
-    /// An HTTP/1.1 endpoint answering every request with `200 ok`; counts its connections
-    /// and closes each after one response when `close_after_response`.
+    /// An HTTP/1.1 endpoint answering every request with `200 ok` (without the body for
+    /// HEAD); counts its connections and closes each after one response when
+    /// `close_after_response`.
     struct Endpoint {
         addr: SocketAddr,
         accepted: Arc<AtomicUsize>,
@@ -323,8 +328,13 @@ mod tests {
                         }
                         buf.extend_from_slice(&chunk[..n]);
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = buf.starts_with(b"HEAD ");
                             buf.drain(..end + 4);
-                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            let answer: &[u8] = if head {
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+                            } else {
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                            };
                             if conn.write_all(answer).await.is_err() || close_after_response {
                                 return;
                             }
@@ -417,6 +427,27 @@ mod tests {
         }
         exchange(&pool, &ep, true).await;
         assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_response_without_a_body_gives_its_connection_back_at_once() {
+        let server = endpoint(false).await;
+        let (pool, ep) = (pool(Duration::from_secs(60)), upstream(server.addr));
+        for _ in 0..3 {
+            let head = Request::builder()
+                .method("HEAD")
+                .uri("/")
+                .header("host", "cafe.example.com")
+                .body(ReqBody::Empty)
+                .expect("request");
+            // The response (and its body, never polled) is dropped at once.
+            let (resp, _reuse) = pool
+                .send(&ep, head, Duration::from_secs(1))
+                .await
+                .expect("response");
+            assert_eq!(resp.status(), 200);
+        }
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
