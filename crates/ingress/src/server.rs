@@ -154,7 +154,7 @@ impl IngressProxy {
             // Every worker ended on its own (it cannot, short of a panic): drain what is left.
             () = serving.accepting.all_closed() => {}
         }
-        let _ = serving.stop.send(true);
+        serving.stop.send_replace(true);
         // Every worker closed its copies of the listeners.
         serving.accepting.all_closed().await;
         self.drain(&serving.drain).await;
@@ -197,7 +197,7 @@ impl IngressProxy {
         match failed {
             None => Ok(workers),
             Some(e) => {
-                let _ = serving.stop.send(true);
+                serving.stop.send_replace(true);
                 finish(serving, workers).await;
                 Err(e)
             }
@@ -215,6 +215,8 @@ impl IngressProxy {
         ready: oneshot::Sender<Result<(), IngressError>>,
     ) {
         let accepting = serving.accepting.hold();
+        // Before reporting ready: a stop sent once every worker is ready must reach this one.
+        let mut stop = serving.stop.subscribe();
         let registered = register(copy.http).and_then(|http| Ok((http, register(copy.https)?)));
         let (http, https) = match registered {
             Ok(listeners) => {
@@ -226,7 +228,6 @@ impl IngressProxy {
                 return;
             }
         };
-        let mut stop = serving.stop.subscribe();
         let stopped = async move {
             let _ = stop.wait_for(|stop| *stop).await;
         };
@@ -297,7 +298,8 @@ impl IngressProxy {
              current response, HTTP/2 sent GOAWAY, upgraded connections kept)"
         );
         drain.flag.start();
-        let _ = drain.stop.send(true);
+        // Kept for connections that subscribe later (`send` drops it when none listens yet).
+        drain.stop.send_replace(true);
         match tokio::time::timeout(timeout, drain.connections.all_closed()).await {
             Ok(()) => tracing::info!(
                 took_ms = started.elapsed().as_millis() as u64,
@@ -525,7 +527,7 @@ impl Serving {
 
 /// Lets the workers end and waits until every worker thread has.
 async fn finish(serving: &Serving, workers: Vec<Worker>) {
-    let _ = serving.finished.send(true);
+    serving.finished.send_replace(true);
     for worker in workers {
         let _ = worker.done.await;
     }
