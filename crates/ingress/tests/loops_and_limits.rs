@@ -308,3 +308,52 @@ async fn client_connection_cap_pauses_accepting() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(p.proxy.stats().accept_pauses >= 1);
 }
+
+/// An upgrade dials its own upstream connection under the same caps as any request: with one
+/// connection per endpoint, a second WebSocket while the first is open gets 503 naming the
+/// limit; an endpoint nobody listens on gets 502 and counts as a connect failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_are_capped_and_their_connect_failures_counted() {
+    let backend = recording_backend().await;
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut objects = vec![
+        ingress_class(),
+        ingress(
+            "ws",
+            vec![
+                rule("ws.example", vec![path("/", "Prefix", "ws")]),
+                rule("down.example", vec![path("/", "Prefix", "down")]),
+            ],
+        ),
+    ];
+    objects.extend(service("ws", &[backend.addr.port()]));
+    objects.extend(service("down", &[closed_port]));
+    let config = IngressConfig {
+        max_upstream_connections_per_endpoint: 1,
+        ..IngressConfig::default()
+    };
+    let p = start(config, &objects).await;
+
+    let mut first = websocket(p.http, "ws.example", "/chat").await.unwrap();
+    assert_eq!(ws_roundtrip(&mut first, "hi").await.unwrap(), "rec:hi");
+    let refused = websocket(p.http, "ws.example", "/chat").await.unwrap_err();
+    assert!(
+        refused.to_string().contains("HTTP/1.1 503"),
+        "second upgrade: {refused}"
+    );
+    assert_eq!(p.proxy.stats().upstream_connection_limit_hits, 1);
+
+    let failed = websocket(p.http, "down.example", "/chat")
+        .await
+        .unwrap_err();
+    assert!(failed.to_string().contains("HTTP/1.1 502"), "{failed}");
+    let stats = p.proxy.stats();
+    assert_eq!(stats.upstream_connect_failures, 1, "{stats:?}");
+    // The open tunnel still works.
+    assert_eq!(
+        ws_roundtrip(&mut first, "again").await.unwrap(),
+        "rec:again"
+    );
+}

@@ -18,7 +18,7 @@ use super::service::error;
 use super::{IngressProxy, ProxyBody, ReqBody};
 use crate::access_log::UpstreamFacts;
 use crate::routes::Backend;
-use crate::upstream::{CONNECT_TIMEOUT, Counted, UpstreamEndpoint};
+use crate::upstream::{CONNECT_TIMEOUT, LimitReached, UpstreamEndpoint};
 use tower_service::Service as _;
 
 pub(super) async fn forward(
@@ -117,30 +117,34 @@ async fn connect(
             .map_err(|_| bad_gateway(backend))?;
         let mut connector = tls.connector.clone();
         let dialled = CONNECT_TIMEOUT.scope(timeout, connector.call(uri)).await;
-        let io = dialled.map_err(|e| {
-            super::forward::connect_failure(proxy, backend, endpoint);
-            let why = super::forward::error_chain(&*e);
-            tracing::warn!(backend = %backend, endpoint = %endpoint.addr, "ingress: cannot connect to endpoint for upgrade: {why}");
-            bad_gateway(backend)
-        })?;
+        let io = dialled.map_err(|e| dial_failed(proxy, backend, endpoint, &*e))?;
         return handshake(io, backend).await;
     }
-    let permit = proxy
-        .limits
-        .acquire(Some(endpoint))
-        .map_err(|limit| connection_limit(proxy, backend, &limit))?;
-    let connect = tokio::net::TcpStream::connect(endpoint.addr);
-    let stream = match tokio::time::timeout(timeout, connect).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            super::forward::connect_failure(proxy, backend, endpoint);
-            tracing::warn!(backend = %backend, endpoint = %endpoint.addr, error = %e, "ingress: cannot connect to endpoint for upgrade");
-            return Err(bad_gateway(backend));
-        }
-        Err(_) => return Err(bad_gateway(backend)),
-    };
-    let _ = stream.set_nodelay(true);
-    handshake(Counted::new(TokioIo::new(stream), permit), backend).await
+    let dialled = proxy
+        .upstreams()
+        .http1
+        .connector()
+        .dial(endpoint, timeout)
+        .await;
+    let io = dialled.map_err(|e| dial_failed(proxy, backend, endpoint, &*e))?;
+    handshake(io, backend).await
+}
+
+/// 503 when a connection cap refused the dial; else a connect failure of the endpoint (counted
+/// for passive health) and 502.
+fn dial_failed(
+    proxy: &IngressProxy,
+    backend: &Backend,
+    endpoint: &UpstreamEndpoint,
+    e: &(dyn std::error::Error + Send + Sync + 'static),
+) -> Response<ProxyBody> {
+    if let Some(limit) = e.downcast_ref::<LimitReached>() {
+        return connection_limit(proxy, backend, limit);
+    }
+    super::forward::connect_failure(proxy, backend, endpoint);
+    let why = super::forward::error_chain(e);
+    tracing::warn!(backend = %backend, endpoint = %endpoint.addr, "ingress: cannot connect to endpoint for upgrade: {why}");
+    bad_gateway(backend)
 }
 
 /// HTTP/1.1 on a new connection, serving upgrades.

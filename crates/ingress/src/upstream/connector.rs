@@ -54,9 +54,7 @@ impl CountingConnector {
             default_timeout,
         }
     }
-}
 
-impl CountingConnector {
     /// A new TCP connection to `endpoint` under the caps, within `timeout`.
     pub(crate) async fn dial(
         &self,

@@ -98,11 +98,16 @@ impl Http1Pool {
         }
     }
 
+    /// How this pool dials (upgrades dial their own connections with it too).
+    pub(crate) fn connector(&self) -> &CountingConnector {
+        &self.connector
+    }
+
     /// Sends `req` to `endpoint` on an idle connection, or a new one made within
-    /// `connect_timeout`. A reused connection
-    /// that turns out closed before the request was written is replaced by a new one (the
-    /// request was never sent, so this is safe for any method). The response comes with the
-    /// connection, to give back with [`Reuse`] once its body has been read.
+    /// `connect_timeout`. A reused connection that turns out closed before the request was
+    /// written is replaced by a new one (the request was never sent, so this is safe for any
+    /// method). The response comes with the connection, to give back with [`Reuse`] once its
+    /// body has been read.
     pub(crate) async fn send(
         self: &Arc<Self>,
         endpoint: &Arc<UpstreamEndpoint>,
