@@ -8,22 +8,22 @@ use std::collections::HashMap;
 /// and HAProxy's workers are children of their master), threads included.
 pub fn tree_seconds(root: u32) -> Option<f64> {
     let processes = all_processes();
-    let mut total = processes.get(&root)?.1;
-    let mut stack = vec![root];
-    while let Some(parent) = stack.pop() {
-        for (pid, (ppid, ticks)) in &processes {
-            if *ppid == parent {
-                total += ticks;
-                stack.push(*pid);
-            }
-        }
-    }
-    Some(total as f64 / ticks_per_second())
+    processes.get(&root)?;
+    let ticks: u64 = descendants(&processes, root)
+        .iter()
+        .filter_map(|pid| processes.get(pid))
+        .map(|(_, ticks)| ticks)
+        .sum();
+    Some(ticks as f64 / ticks_per_second())
 }
 
 /// Every live pid of the tree under `root` (itself included).
 pub fn tree_pids(root: u32) -> Vec<u32> {
-    let processes = all_processes();
+    descendants(&all_processes(), root)
+}
+
+/// `root` and every process below it in `processes`.
+fn descendants(processes: &HashMap<u32, (u32, u64)>, root: u32) -> Vec<u32> {
     let mut pids = vec![root];
     let mut i = 0;
     while i < pids.len() {
@@ -80,6 +80,22 @@ mod tests {
         let stat =
             "4242 (nginx: worker (x)) S 4200 4200 4200 0 -1 4194624 100 0 0 0 700 55 0 0 20 0 1 0";
         assert_eq!(parse_stat(stat), Some((4200, 755)));
+    }
+
+    #[test]
+    fn a_tree_is_its_root_and_everything_below_it() {
+        // pid → (ppid, ticks): 10 ← 11 ← 12, 10 ← 13; 20 is another tree.
+        let processes = HashMap::from([
+            (10, (1, 5)),
+            (11, (10, 7)),
+            (12, (11, 1)),
+            (13, (10, 2)),
+            (20, (1, 100)),
+        ]);
+        let mut tree = descendants(&processes, 10);
+        tree.sort_unstable();
+        assert_eq!(tree, [10, 11, 12, 13]);
+        assert_eq!(descendants(&processes, 12), [12]);
     }
 
     #[test]
