@@ -17,14 +17,14 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 
 use crate::drain::{Activity, DRAIN_POLL, DrainFlag, Hold, Tracked, Tracker};
 use crate::proxy::{ConnInfo, handle};
 use crate::proxy_protocol::{self, Header, Prefixed};
 use crate::stats::{self, ActiveConnection, Counters};
+use crate::tls::TlsServer;
 use crate::workers::{self, Worker};
-use crate::{IngressError, IngressProxy, tls};
+use crate::{IngressError, IngressProxy};
 
 /// Where the proxy's listening sockets come from: bound here ([`BindNew`]), or taken over
 /// from the process that served before (the agent's restart handover).
@@ -122,10 +122,10 @@ impl IngressProxy {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), IngressError> {
         let acceptor = match &https {
-            Some(_) => Some(TlsAcceptor::from(
-                tls::server_config(Arc::clone(&self.table))
+            Some(_) => Some(
+                TlsServer::new(Arc::clone(&self.table))
                     .map_err(|source| IngressError::Tls { source })?,
-            )),
+            ),
             None => None,
         };
         let bound = local_addresses(&http, &https)?;
@@ -493,7 +493,7 @@ fn register(listener: Option<std::net::TcpListener>) -> Result<Option<TcpListene
 
 /// Shared by the workers while serving.
 struct Serving {
-    acceptor: Option<TlsAcceptor>,
+    acceptor: Option<TlsServer>,
     /// `max_client_connections` over all workers.
     slots: Arc<Semaphore>,
     drain: Arc<Draining>,
@@ -509,7 +509,7 @@ struct Serving {
 }
 
 impl Serving {
-    fn new(acceptor: Option<TlsAcceptor>, max_client_connections: usize, workers: usize) -> Self {
+    fn new(acceptor: Option<TlsServer>, max_client_connections: usize, workers: usize) -> Self {
         Self {
             load: Arc::new(workers::Load::new(workers)),
             acceptor,
@@ -559,7 +559,7 @@ async fn connection(
     mut stream: TcpStream,
     hold: Hold,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<TlsServer>,
     drain: Arc<Draining>,
 ) {
     let local = match stream.local_addr() {

@@ -6,10 +6,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
 
 use arc_swap::ArcSwap;
+use rustls::CipherSuite;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use crate::RouteTable;
 use sluice_plan::{CertificatePlan, HostMatch, ObjectName, RouteWarning, TlsPlan};
@@ -260,14 +264,150 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// Server TLS settings: TLS 1.2/1.3 with ring, ALPN h2 and http/1.1, certificates by SNI.
-pub(crate) fn server_config(
-    table: Arc<ArcSwap<RouteTable>>,
-) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::clone(&PROVIDER))
+/// The server side of TLS: the same certificates and session cache under two cipher suite
+/// orders, one of which is picked for each client as BoringSSL and Go pick (so as Envoy,
+/// Caddy and Traefik do): AES-128-GCM first, unless the client lists ChaCha20-Poly1305 ahead
+/// of every AES-GCM suite, which a client without AES instructions does; it then gets its
+/// own order. AES-128-GCM (with SHA-256, which has CPU instructions here, where SHA-384 has
+/// none) costs less per handshake and per record than AES-256-GCM, the suite an
+/// OpenSSL client lists first and an OpenSSL server (nginx) therefore takes.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsServer {
+    aes_128_first: Arc<rustls::ServerConfig>,
+    client_order: Arc<rustls::ServerConfig>,
+}
+
+impl TlsServer {
+    /// TLS 1.2/1.3 with ring, ALPN h2 and http/1.1, certificates by SNI from `table`.
+    pub(crate) fn new(table: Arc<ArcSwap<RouteTable>>) -> Result<Self, rustls::Error> {
+        let resolver: Arc<dyn ResolvesServerCert> = Arc::new(SniResolver { table });
+        let mut provider = CryptoProvider::clone(&PROVIDER);
+        provider
+            .cipher_suites
+            .sort_by_key(|s| suite_rank(s.suite()));
+        let mut aes_128_first = server_config(Arc::new(provider), Arc::clone(&resolver))?;
+        aes_128_first.ignore_client_order = true;
+        let mut client_order = server_config(Arc::clone(&PROVIDER), resolver)?;
+        // One session cache: a client resumes whichever order it got last time.
+        client_order.session_storage = Arc::clone(&aes_128_first.session_storage);
+        Ok(Self {
+            aes_128_first: Arc::new(aes_128_first),
+            client_order: Arc::new(client_order),
+        })
+    }
+
+    /// Reads the ClientHello and completes the handshake with the settings for this client.
+    pub(crate) async fn accept<IO>(&self, io: IO) -> std::io::Result<TlsStream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
+        let config = if prefers_chacha(start.client_hello().cipher_suites()) {
+            &self.client_order
+        } else {
+            &self.aes_128_first
+        };
+        start.into_stream(Arc::clone(config)).await
+    }
+}
+
+fn server_config(
+    provider: Arc<CryptoProvider>,
+    resolver: Arc<dyn ResolvesServerCert>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { table }));
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(config)
+}
+
+/// The server's order: AES-128-GCM, then AES-256-GCM, then the rest (ChaCha20-Poly1305).
+fn suite_rank(suite: CipherSuite) -> u8 {
+    match suite {
+        CipherSuite::TLS13_AES_128_GCM_SHA256
+        | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 0,
+        CipherSuite::TLS13_AES_256_GCM_SHA384
+        | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        | CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => 1,
+        _ => 2,
+    }
+}
+
+/// Whether the client lists a ChaCha20-Poly1305 suite before any AES-GCM one.
+fn prefers_chacha(offered: &[CipherSuite]) -> bool {
+    offered
+        .iter()
+        .find_map(|&suite| match suite {
+            CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+            | CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+            | CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => Some(true),
+            other if suite_rank(other) < 2 => Some(false),
+            _ => None,
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use CipherSuite::*;
+
+    #[test]
+    fn chacha_is_kept_for_clients_that_list_it_before_aes() {
+        let cases: &[(&[CipherSuite], bool)] = &[
+            // OpenSSL's default order: AES-256 first.
+            (
+                &[
+                    TLS13_AES_256_GCM_SHA384,
+                    TLS13_CHACHA20_POLY1305_SHA256,
+                    TLS13_AES_128_GCM_SHA256,
+                ],
+                false,
+            ),
+            // A phone without AES instructions.
+            (
+                &[TLS13_CHACHA20_POLY1305_SHA256, TLS13_AES_128_GCM_SHA256],
+                true,
+            ),
+            // Suites the server does not have are skipped (GREASE, CCM).
+            (
+                &[
+                    CipherSuite::Unknown(0x0a0a),
+                    TLS13_AES_128_CCM_SHA256,
+                    TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+                    TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+                ],
+                true,
+            ),
+            (&[TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256], false),
+            (&[], false),
+        ];
+        for (offered, want) in cases {
+            assert_eq!(prefers_chacha(offered), *want, "{offered:?}");
+        }
+    }
+
+    #[test]
+    fn the_server_order_puts_aes_128_first_in_each_version() {
+        let mut provider = CryptoProvider::clone(&PROVIDER);
+        provider
+            .cipher_suites
+            .sort_by_key(|s| suite_rank(s.suite()));
+        let order: Vec<CipherSuite> = provider.cipher_suites.iter().map(|s| s.suite()).collect();
+        let position = |s| order.iter().position(|&o| o == s).unwrap();
+        assert_eq!(
+            order.len(),
+            PROVIDER.cipher_suites.len(),
+            "no suite dropped"
+        );
+        assert!(position(TLS13_AES_128_GCM_SHA256) < position(TLS13_AES_256_GCM_SHA384));
+        assert!(position(TLS13_AES_256_GCM_SHA384) < position(TLS13_CHACHA20_POLY1305_SHA256));
+        assert!(
+            position(TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)
+                < position(TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384)
+        );
+    }
 }

@@ -77,6 +77,33 @@ async fn cafe_over_https_with_sni() {
     assert_eq!(r.backend(), "default");
 }
 
+/// AES-128-GCM unless the client puts ChaCha20 ahead of AES (BoringSSL's and Go's choice),
+/// whatever order the client lists the AES suites in; a client's only suite is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_suites_aes_128_first_unless_the_client_prefers_chacha() {
+    use rustls::CipherSuite::{
+        TLS13_AES_128_GCM_SHA256 as AES_128, TLS13_AES_256_GCM_SHA384 as AES_256,
+        TLS13_CHACHA20_POLY1305_SHA256 as CHACHA,
+    };
+    let (objects, _backends, _) = cafe().await;
+    let p = start(IngressConfig::default(), &objects).await;
+    for (offered, want) in [
+        (&[AES_256, CHACHA, AES_128][..], AES_128), // OpenSSL's order
+        (&[CHACHA, AES_128, AES_256][..], CHACHA),
+        (&[AES_256][..], AES_256),
+    ] {
+        let got = negotiated_suite(p.https, "cafe.example.com", offered)
+            .await
+            .unwrap();
+        assert_eq!(got, want, "client offered {offered:?}");
+    }
+    // Either way the connection serves.
+    let r = https_get(p.https, "cafe.example.com", "/coffee", true)
+        .await
+        .unwrap();
+    assert_eq!(r.backend(), "coffee");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_request_over_tls() {
     let (objects, _backends, _) = cafe().await;

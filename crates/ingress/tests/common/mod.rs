@@ -540,6 +540,38 @@ pub async fn tls_connect(
     tls_on(tcp, sni, connector).await
 }
 
+/// TLS 1.3 offering only `suites`, in this order (any certificate accepted, ALPN
+/// http/1.1); the suite the server chose.
+pub async fn negotiated_suite(
+    addr: SocketAddr,
+    sni: &str,
+    suites: &[rustls::CipherSuite],
+) -> Result<rustls::CipherSuite> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = suites
+        .iter()
+        .map(|want| {
+            provider
+                .cipher_suites
+                .iter()
+                .find(|s| s.suite() == *want)
+                .copied()
+                .with_context(|| format!("ring has no {want:?}"))
+        })
+        .collect::<Result<_>>()?;
+    let provider = Arc::new(provider);
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let (tls, _) = tls_on(TcpStream::connect(addr).await?, sni, connector).await?;
+    let suite = tls.get_ref().1.negotiated_cipher_suite();
+    Ok(suite.context("no cipher suite negotiated")?.suite())
+}
+
 /// TLS (any certificate accepted, ALPN http/1.1) on a connection already open.
 pub async fn https_over(tcp: TcpStream, sni: &str, path: &str) -> Result<Reply> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
