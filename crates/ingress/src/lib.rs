@@ -20,6 +20,7 @@ mod access_log;
 mod config;
 mod drain;
 mod error;
+mod gather;
 mod loops;
 mod options;
 mod proxy;

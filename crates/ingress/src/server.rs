@@ -19,6 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::drain::{Activity, DRAIN_POLL, DrainFlag, Hold, Tracked, Tracker};
+use crate::gather::GatheredWrites;
 use crate::proxy::{ConnInfo, handle};
 use crate::proxy_protocol::{self, Header, Prefixed};
 use crate::stats::{self, ActiveConnection, Counters};
@@ -587,7 +588,9 @@ async fn connection(
         Some(acceptor) => {
             let timeout = proxy.config.tls_handshake_timeout;
             match tokio::time::timeout(timeout, acceptor.accept(io)).await {
-                Ok(Ok(s)) => serve_io(proxy, TokioIo::new(s), info, drain).await,
+                Ok(Ok(s)) => {
+                    serve_io(proxy, TokioIo::new(GatheredWrites::new(s)), info, drain).await;
+                }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "ingress: TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "ingress: TLS handshake timed out"),
             }
