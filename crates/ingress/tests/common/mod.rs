@@ -521,6 +521,21 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     }
 }
 
+/// A client with `provider`'s suites and these ALPN protocols that accepts any certificate.
+fn any_certificate(
+    provider: rustls::crypto::CryptoProvider,
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::TlsConnector> {
+    let provider = Arc::new(provider);
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
 /// TLS connection with SNI `sni` (the test checks which certificate came back, so any
 /// certificate is accepted) and the given ALPN protocols.
 pub async fn tls_connect(
@@ -528,14 +543,7 @@ pub async fn tls_connect(
     sni: &str,
     alpn: &[&[u8]],
 ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Vec<u8>)> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = any_certificate(rustls::crypto::ring::default_provider(), alpn)?;
     let tcp = TcpStream::connect(addr).await?;
     tls_on(tcp, sni, connector).await
 }
@@ -559,14 +567,7 @@ pub async fn negotiated_suite(
                 .with_context(|| format!("ring has no {want:?}"))
         })
         .collect::<Result<_>>()?;
-    let provider = Arc::new(provider);
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = any_certificate(provider, &[b"http/1.1"])?;
     let (tls, _) = tls_on(TcpStream::connect(addr).await?, sni, connector).await?;
     let suite = tls.get_ref().1.negotiated_cipher_suite();
     Ok(suite.context("no cipher suite negotiated")?.suite())
@@ -574,14 +575,7 @@ pub async fn negotiated_suite(
 
 /// TLS (any certificate accepted, ALPN http/1.1) on a connection already open.
 pub async fn https_over(tcp: TcpStream, sni: &str, path: &str) -> Result<Reply> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = any_certificate(rustls::crypto::ring::default_provider(), &[b"http/1.1"])?;
     let (tls, cert) = tls_on(tcp, sni, connector).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
     tokio::spawn(conn);
