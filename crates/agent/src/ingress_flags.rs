@@ -63,6 +63,14 @@ pub struct IngressProxyFlags {
         default_missing_value = "true"
     )]
     pub ingress_access_log: bool,
+    /// TLS sessions kept for resumption (`0`: none); ingress-nginx's 10 MiB
+    /// `ssl-session-cache-size` holds about as many.
+    #[arg(
+        long,
+        env = "SLUICE_INGRESS_TLS_SESSION_CACHE",
+        default_value_t = 40_000
+    )]
+    pub ingress_tls_session_cache: usize,
     /// Proxy worker threads, each with its own accept loop and upstream pools (nginx's
     /// `worker_processes`); default: the cores the agent may run on.
     #[arg(long, env = "SLUICE_INGRESS_WORKERS")]
@@ -134,6 +142,7 @@ impl IngressProxyFlags {
             trusted_proxies: self.trusted_proxies()?,
             access_log: self.ingress_access_log,
             workers: self.workers()?,
+            tls_session_cache: self.tls_session_cache()?,
             ..IngressConfig::default()
         })
     }
@@ -146,6 +155,17 @@ impl IngressProxyFlags {
                 "ingress-workers",
                 &n.to_string(),
                 "must be between 1 and 1024",
+            )),
+        }
+    }
+
+    fn tls_session_cache(&self) -> Result<usize, ConfigError> {
+        match self.ingress_tls_session_cache {
+            n @ 0..=MAX_TLS_SESSIONS => Ok(n),
+            n => Err(ConfigError::invalid(
+                "ingress-tls-session-cache",
+                &n.to_string(),
+                "must be at most 1000000",
             )),
         }
     }
@@ -166,6 +186,9 @@ impl IngressProxyFlags {
             .collect()
     }
 }
+
+/// Sessions are kept in memory (a few hundred bytes each): a million is a few hundred MB.
+const MAX_TLS_SESSIONS: usize = 1_000_000;
 
 /// nginx's size syntax: bytes, or `k` / `m` / `g` (either case).
 fn parse_size(value: &str) -> Option<u64> {
@@ -230,9 +253,11 @@ mod tests {
             "--ingress-proxy-protocol",
             "--ingress-trusted-proxies=10.0.0.0/8,192.0.2.7",
             "--ingress-workers=3",
+            "--ingress-tls-session-cache=0",
         ])
         .unwrap();
         assert_eq!(c.workers, 3);
+        assert_eq!(c.tls_session_cache, 0);
         assert_eq!(c.connect_timeout.as_secs(), 2);
         assert_eq!(c.response_timeout.as_secs(), 300);
         assert_eq!(c.client_body_timeout.as_secs(), 10);
@@ -277,6 +302,10 @@ mod tests {
             (
                 "--ingress-workers=0",
                 "--ingress-workers: \"0\" is not valid: must be between 1 and 1024",
+            ),
+            (
+                "--ingress-tls-session-cache=2000000",
+                "--ingress-tls-session-cache: \"2000000\" is not valid: must be at most 1000000",
             ),
             (
                 "--ingress-trusted-proxies=lb.example.com",

@@ -25,6 +25,10 @@ pub struct IngressConfig {
     pub client_body_timeout: Duration,
     /// Time a downstream TLS handshake may take.
     pub tls_handshake_timeout: Duration,
+    /// TLS sessions remembered for resumption, over all workers (0: none, and no session
+    /// tickets sent). A resumed handshake skips the certificate and its signature.
+    /// ingress-nginx's `ssl-session-cache-size` of 10 MiB holds about 40,000.
+    pub tls_session_cache: usize,
     /// Idle upstream keep-alive connections are closed after this long.
     pub upstream_idle_timeout: Duration,
     /// Largest request body accepted (413 beyond), unless a route's `proxy-body-size` says
@@ -91,6 +95,7 @@ impl Default for IngressConfig {
             client_idle_timeout: Duration::from_secs(60),
             client_body_timeout: Duration::from_secs(60),
             tls_handshake_timeout: Duration::from_secs(10),
+            tls_session_cache: 40_000,
             upstream_idle_timeout: Duration::from_secs(60),
             max_request_body_bytes: 1024 * 1024,
             request_buffer_bytes: 16 * 1024,

@@ -124,7 +124,7 @@ impl IngressProxy {
     ) -> Result<(), IngressError> {
         let acceptor = match &https {
             Some(_) => Some(
-                TlsServer::new(Arc::clone(&self.table))
+                TlsServer::new(Arc::clone(&self.table), self.config.tls_session_cache)
                     .map_err(|source| IngressError::Tls { source })?,
             ),
             None => None,

@@ -9,7 +9,9 @@ use arc_swap::ArcSwap;
 use rustls::CipherSuite;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{
+    ClientHello, NoServerSessionStorage, ResolvesServerCert, ServerSessionMemoryCache,
+};
 use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
@@ -278,8 +280,12 @@ pub(crate) struct TlsServer {
 }
 
 impl TlsServer {
-    /// TLS 1.2/1.3 with ring, ALPN h2 and http/1.1, certificates by SNI from `table`.
-    pub(crate) fn new(table: Arc<ArcSwap<RouteTable>>) -> Result<Self, rustls::Error> {
+    /// TLS 1.2/1.3 with ring, ALPN h2 and http/1.1, certificates by SNI from `table`, and
+    /// `sessions` sessions kept for resumption (0: none).
+    pub(crate) fn new(
+        table: Arc<ArcSwap<RouteTable>>,
+        sessions: usize,
+    ) -> Result<Self, rustls::Error> {
         let resolver: Arc<dyn ResolvesServerCert> = Arc::new(SniResolver { table });
         let mut provider = CryptoProvider::clone(&PROVIDER);
         provider
@@ -287,9 +293,18 @@ impl TlsServer {
             .sort_by_key(|s| suite_rank(s.suite()));
         let mut aes_128_first = server_config(Arc::new(provider), Arc::clone(&resolver))?;
         aes_128_first.ignore_client_order = true;
+        // Stateful resumption, as ingress-nginx's default (`ssl-session-tickets: false`): a
+        // TLS 1.3 ticket is only the key of a session kept here. rustls' own default keeps 256.
+        if sessions == 0 {
+            aes_128_first.session_storage = Arc::new(NoServerSessionStorage {});
+            aes_128_first.send_tls13_tickets = 0;
+        } else {
+            aes_128_first.session_storage = ServerSessionMemoryCache::new(sessions);
+        }
         let mut client_order = server_config(Arc::clone(&PROVIDER), resolver)?;
         // One session cache: a client resumes whichever order it got last time.
         client_order.session_storage = Arc::clone(&aes_128_first.session_storage);
+        client_order.send_tls13_tickets = aes_128_first.send_tls13_tickets;
         Ok(Self {
             aes_128_first: Arc::new(aes_128_first),
             client_order: Arc::new(client_order),

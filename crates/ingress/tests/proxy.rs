@@ -104,6 +104,36 @@ async fn tls_suites_aes_128_first_unless_the_client_prefers_chacha() {
     assert_eq!(r.backend(), "coffee");
 }
 
+/// A client resumes its TLS session (no certificate sent, no signature made) after 300 other
+/// clients have connected, which rustls' default cache of 256 sessions forgets; with the
+/// cache off no handshake resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sessions_resume_after_hundreds_of_other_clients() {
+    let (objects, _backends, _) = cafe().await;
+    let host = "cafe.example.com";
+    let p = start(IngressConfig::default(), &objects).await;
+    let first = resuming_client().unwrap();
+    assert!(!https_resumed(p.https, host, &first).await.unwrap());
+    for _ in 0..300 {
+        let other = resuming_client().unwrap();
+        https_resumed(p.https, host, &other).await.unwrap();
+    }
+    assert!(
+        https_resumed(p.https, host, &first).await.unwrap(),
+        "the first client's session was forgotten"
+    );
+
+    let no_cache = IngressConfig {
+        tls_session_cache: 0,
+        ..IngressConfig::default()
+    };
+    let p = start(no_cache, &objects).await;
+    let client = resuming_client().unwrap();
+    for _ in 0..2 {
+        assert!(!https_resumed(p.https, host, &client).await.unwrap());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_request_over_tls() {
     let (objects, _backends, _) = cafe().await;

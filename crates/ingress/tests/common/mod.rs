@@ -573,6 +573,28 @@ pub async fn negotiated_suite(
     Ok(suite.context("no cipher suite negotiated")?.suite())
 }
 
+/// A TLS client that accepts any certificate and keeps the sessions the server gives it, as
+/// a browser does (ALPN http/1.1).
+pub fn resuming_client() -> Result<tokio_rustls::TlsConnector> {
+    any_certificate(rustls::crypto::ring::default_provider(), &[b"http/1.1"])
+}
+
+/// One GET to `/` over a new TLS connection of `client`: whether its handshake resumed an
+/// earlier session. The response is read, and with it the session tickets sent before it.
+pub async fn https_resumed(
+    addr: SocketAddr,
+    sni: &str,
+    client: &tokio_rustls::TlsConnector,
+) -> Result<bool> {
+    let (tls, _) = tls_on(TcpStream::connect(addr).await?, sni, client.clone()).await?;
+    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let reply = read(sender.send_request(get(sni, "/")).await?, None).await?;
+    anyhow::ensure!(reply.status == StatusCode::OK, "status {}", reply.status);
+    Ok(resumed)
+}
+
 /// TLS (any certificate accepted, ALPN http/1.1) on a connection already open.
 pub async fn https_over(tcp: TcpStream, sni: &str, path: &str) -> Result<Reply> {
     let connector = any_certificate(rustls::crypto::ring::default_provider(), &[b"http/1.1"])?;
