@@ -1,10 +1,10 @@
-//! Small writes to a TLS stream held until the writer flushes: one TLS record and one
-//! system call for what hyper or h2 wrote since its last flush.
+//! Small writes to a TLS stream held until the writer flushes: what hyper or h2 wrote since
+//! its last flush is encrypted in one go (records of up to 16 KiB) and sent in one system call.
 //!
 //! tokio-rustls encrypts and sends on every `poll_write`, and says it takes vectored writes.
 //! h2, given a vectored stream, keeps a DATA payload of 256 bytes or more out of its buffer and
 //! flushes before it buffers the next frame: with four streams answering at once, each
-//! response left in a write (and a TLS record) of its own, 1.6 writes per request where one
+//! response left in a write (and a TLS record) of its own, 1.64 writes per response where one
 //! per flush would do. Told the stream is not vectored, h2 copies payloads under 1 KiB into
 //! its buffer, and with this layer what a flush sends goes out together.
 
@@ -14,8 +14,8 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Writes are gathered up to this much (h2's largest DATA frame with its header fits four
-/// times); a larger write is passed on as it is, after what was gathered, so a large body is
+/// Writes are gathered up to this much (three of h2's largest DATA frames with their headers
+/// fit); a larger write is passed on as it is, after what was gathered, so a large body is
 /// not copied and a connection never holds more than this.
 pub(crate) const GATHER_LIMIT: usize = 64 * 1024;
 /// A gathering buffer grown past this is freed once sent: an idle connection keeps little.

@@ -287,11 +287,7 @@ impl TlsServer {
         sessions: usize,
     ) -> Result<Self, rustls::Error> {
         let resolver: Arc<dyn ResolvesServerCert> = Arc::new(SniResolver { table });
-        let mut provider = CryptoProvider::clone(&PROVIDER);
-        provider
-            .cipher_suites
-            .sort_by_key(|s| suite_rank(s.suite()));
-        let mut aes_128_first = server_config(Arc::new(provider), Arc::clone(&resolver))?;
+        let mut aes_128_first = server_config(Arc::new(aes_128_first()), Arc::clone(&resolver))?;
         aes_128_first.ignore_client_order = true;
         // Stateful resumption, as ingress-nginx's default (`ssl-session-tickets: false`): a
         // TLS 1.3 ticket is only the key of a session kept here. rustls' own default keeps 256.
@@ -336,6 +332,15 @@ fn server_config(
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// ring's suites in the server's order (see [`suite_rank`]).
+fn aes_128_first() -> CryptoProvider {
+    let mut provider = CryptoProvider::clone(&PROVIDER);
+    provider
+        .cipher_suites
+        .sort_by_key(|s| suite_rank(s.suite()));
+    provider
 }
 
 /// The server's order: AES-128-GCM, then AES-256-GCM, then the rest (ChaCha20-Poly1305).
@@ -407,10 +412,7 @@ mod tests {
 
     #[test]
     fn the_server_order_puts_aes_128_first_in_each_version() {
-        let mut provider = CryptoProvider::clone(&PROVIDER);
-        provider
-            .cipher_suites
-            .sort_by_key(|s| suite_rank(s.suite()));
+        let provider = aes_128_first();
         let order: Vec<CipherSuite> = provider.cipher_suites.iter().map(|s| s.suite()).collect();
         let position = |s| order.iter().position(|&o| o == s).unwrap();
         assert_eq!(
