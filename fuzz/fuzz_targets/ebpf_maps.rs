@@ -1,32 +1,59 @@
-//! The eBPF map content the plan translates to: rendering never panics; a restarted agent
-//! that reads the maps back (group ids from the kernel, none remembered) renders exactly the
-//! same content, so it rewrites nothing; an update keeps the ids of unchanged groups, and its
-//! diff turns the old content into the new; every frontend's group has its slots; addresses
-//! survive the encoding (the UDP backends read back from the maps are the plan's).
+//! The eBPF map content the programmer writes, checked against an in-memory store: every
+//! frontend's group has its slots and the UDP backends read back are the plan's; the first
+//! programming, and an incremental update on top of it, hold what the plan renders to from
+//! scratch (group ids aside); a restarted agent that reads the maps back (group ids from the
+//! store, none remembered) writes nothing; and a resync after the update finds nothing to do.
 
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use libfuzzer_sys::fuzz_target;
-use sluice_dp_ebpf::abi::{self, MAGLEV_M};
-use sluice_dp_ebpf::state::{
-    Groups, MapContent, assign_groups, connectionless_backends, diff_map, render,
-};
+use sluice_dp_ebpf::abi::{self, MAGLEV_M, SlotKey};
+use sluice_dp_ebpf::render::{MapContent, render_plan};
+use sluice_dp_ebpf::store::FakeMapStore;
+use sluice_dp_ebpf::{MapProgrammer, MapSizes, connectionless_backends};
 use sluice_fuzz::ClusterInput;
 use sluice_plan::{Plan, Protocol};
 
-fn apply<K: Ord + Clone, V: Clone>(
-    map: &BTreeMap<K, V>,
-    diff: &sluice_dp_ebpf::state::MapDiff<K, V>,
-) -> BTreeMap<K, V> {
-    let mut out = map.clone();
-    for k in &diff.delete {
-        out.remove(k);
+/// `c` with its group ids renumbered in the order the frontends (sorted by key) first use
+/// them, so that two histories that hand out different ids compare equal. A row of a group
+/// no frontend uses is a leak.
+fn canonical(c: &MapContent) -> MapContent {
+    let mut ids: BTreeMap<u32, u32> = BTreeMap::new();
+    for v in c.svc.values() {
+        let next = ids.len() as u32;
+        ids.entry(v.group).or_insert(next);
     }
-    for (k, v) in &diff.upsert {
-        out.insert(k.clone(), v.clone());
+    let id = |group: u32| -> u32 {
+        *ids.get(&group)
+            .unwrap_or_else(|| panic!("rows of group {group}, which no frontend uses"))
+    };
+    let slots = |m: &BTreeMap<SlotKey, abi::Backend>| -> BTreeMap<SlotKey, abi::Backend> {
+        m.iter()
+            .map(|(k, b)| {
+                let key = SlotKey {
+                    group: id(k.group),
+                    slot: k.slot,
+                };
+                (key, *b)
+            })
+            .collect()
+    };
+    let mut out = c.clone();
+    for v in out.svc.values_mut() {
+        v.group = id(v.group);
     }
+    out.slot = slots(&c.slot);
+    out.maglev = slots(&c.maglev);
+    out.src = c
+        .src
+        .iter()
+        .map(|k| abi::SrcKey {
+            group: id(k.group),
+            ..*k
+        })
+        .collect();
     out
 }
 
@@ -80,38 +107,46 @@ fn check_content(plan: &Plan, c: &MapContent) {
 
 fuzz_target!(|input: ClusterInput| {
     let g = input.generate();
-    let (first, second, _) = sluice_fuzz::plan_both(&g);
-    let empty = MapContent::default();
-    let groups = assign_groups(&first, &Groups::default(), &empty);
-    let content = render(&first, &groups);
+    let (first, second, delta) = sluice_fuzz::plan_both(&g);
+    let mut store = FakeMapStore::new();
+    let mut programmer = MapProgrammer::new(MapSizes::default());
+    programmer
+        .resync(&mut store, &first)
+        .expect("the in-memory store never fails");
+    let content = store.content();
     check_content(&first, &content);
-    // Restart: ids come from the maps only.
-    let reread = assign_groups(&first, &Groups::default(), &content);
     assert_eq!(
-        render(&first, &reread),
-        content,
+        canonical(&content),
+        canonical(&render_plan(&first)),
+        "the first programming holds the plan"
+    );
+
+    // Restart: group ids come from the maps only, and nothing is rewritten.
+    let mut restarted = MapProgrammer::new(MapSizes::default());
+    restarted.restore(&mut store).expect("restore");
+    let attempts = store.attempts();
+    let report = restarted.resync(&mut store, &first).expect("resync");
+    assert_eq!(
+        (report.operations, store.attempts()),
+        (0, attempts),
         "a restart rewrites nothing"
     );
-    // Update: kept ids, and the diff is exact.
-    let next_groups = assign_groups(&second, &groups, &content);
-    for (name, id) in &next_groups.ids {
-        if let Some(old) = groups.ids.get(name) {
-            assert_eq!(old, id, "group {name:?} renumbered");
-        }
-    }
-    let next = render(&second, &next_groups);
+    assert_eq!(store.content(), content);
+
+    // Update: only the delta is applied, and the maps hold the second plan.
+    programmer.apply(&mut store, &delta).expect("apply");
+    let next = store.content();
     check_content(&second, &next);
     assert_eq!(
-        apply(&content.svc, &diff_map(&content.svc, &next.svc)),
-        next.svc
+        canonical(&next),
+        canonical(&render_plan(&second)),
+        "an incremental update holds the plan from scratch"
     );
+    let attempts = store.attempts();
+    let report = programmer.resync(&mut store, &second).expect("resync");
     assert_eq!(
-        apply(&content.slot, &diff_map(&content.slot, &next.slot)),
-        next.slot
+        (report.operations, store.attempts()),
+        (0, attempts),
+        "a resync after the update finds nothing to do"
     );
-    assert_eq!(
-        apply(&content.maglev, &diff_map(&content.maglev, &next.maglev)),
-        next.maglev
-    );
-    let _ = sluice_dp_ebpf::state::removed_backends(&content, &next);
 });

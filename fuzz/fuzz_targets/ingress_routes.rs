@@ -1,20 +1,24 @@
 //! Ingress route matching and request-path normalisation on arbitrary routes and requests.
 //! `normalize_path` never panics, its result is absolute, has no empty, `.` or `..` segment,
-//! no escape it could still decode, and normalising it again changes nothing. `lookup` on a
-//! normalised path picks what the documented rules pick on the table's own description
-//! (`RouteTable::describe`): exact host, then `*.` wildcard, then rules without host; there,
-//! the exact path, else the longest prefix matching whole path elements, else the host's
-//! default backend, else the cluster-wide default backend.
+//! no escape it could still decode, and normalising it again changes nothing. The proxy's
+//! route table (built from `sluice-routes`' plan, as the agent does) answers a normalised
+//! path with the rule the plan's documented matching picks, worked out here from the plan
+//! alone: exact host, then `*.` wildcard, then rules without host, then the default backend;
+//! inside the host, regex hosts take the first regex that matches, others the exact path,
+//! else the longest prefix (the first listed among equals); else the host's default.
 
 #![no_main]
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
-use sluice_ingress::{IngressConfig, ObjectKey, Snapshot, build_route_table, normalize_path};
+use sluice_ingress::{IngressConfig, IngressProxy, normalize_path};
+use sluice_model::{NodeInfo, ObjectKey, Snapshot};
+use sluice_plan::{HostMatch, HostPlan, PathKind, RouteAction, RoutePlan};
+use sluice_routes::RouteConfig;
 
 const HOSTS: [&str; 8] = [
     "",
@@ -26,9 +30,9 @@ const HOSTS: [&str; 8] = [
     "xn--caf-dma.example",
     "café.example.com",
 ];
-const SEGMENTS: [&str; 14] = [
+const SEGMENTS: [&str; 17] = [
     "", "tea", "coffee", "..", ".", "%2e%2e", "%2F", "a%2Fb", "%zz", "%41", "Tea", "tea.", "~x",
-    "%25",
+    "%25", "(.*)", "[a-z]+", "(",
 ];
 const KINDS: [&str; 4] = ["Exact", "Prefix", "ImplementationSpecific", "Regex"];
 
@@ -39,6 +43,8 @@ struct Route {
     trailing_slash: bool,
     kind: u8,
     service: u8,
+    /// `use-regex: "true"` on this route's Ingress.
+    use_regex: bool,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -85,6 +91,11 @@ fn snapshot(input: &Input) -> Snapshot {
             rule["host"] = json!(host);
         }
         let mut spec = json!({"ingressClassName": "sluice", "rules": [rule]});
+        let annotations = if r.use_regex {
+            json!({"nginx.ingress.kubernetes.io/use-regex": "true"})
+        } else {
+            json!({})
+        };
         if i == 0
             && let Some(d) = input.default_backend
         {
@@ -92,6 +103,7 @@ fn snapshot(input: &Input) -> Snapshot {
         }
         let name = format!("ing-{i}");
         let ing = json!({"metadata": {"namespace": "default", "name": name,
+            "annotations": annotations,
             "creationTimestamp": format!("2024-01-{:02}T00:00:00Z", i + 1)}, "spec": spec});
         if let Ok(v) = serde_json::from_value(ing) {
             s.ingresses
@@ -127,83 +139,79 @@ fn check_normalised(raw: &str, n: &str) {
     }
 }
 
-/// The table as described: host entries (`exact`, `*.`-wildcard, any) with their routes.
-#[derive(Default, Debug)]
-struct Described {
-    hosts: BTreeMap<String, HostRoutes>,
-    default_backend: Option<String>,
-}
-
-#[derive(Default, Debug)]
-struct HostRoutes {
-    exact: BTreeMap<String, String>,
-    prefixes: Vec<(String, String)>,
-    default: Option<String>,
-}
-
-fn backend_name(text: &str) -> String {
-    text.split(" [").next().unwrap_or(text).to_owned()
-}
-
-fn parse_description(text: &str) -> Described {
-    let mut d = Described::default();
-    let mut current: Option<String> = None;
-    for line in text.lines() {
-        if let Some(host) = line.strip_prefix("host ") {
-            current = Some(host.to_owned());
-            d.hosts.entry(host.to_owned()).or_default();
-        } else if let Some(rest) = line.strip_prefix("default-backend -> ") {
-            d.default_backend = Some(backend_name(rest));
-        } else if let Some(route) = line.strip_prefix("  ") {
-            let h = d
-                .hosts
-                .get_mut(current.as_deref().expect("a host line first"))
-                .expect("host");
-            let (left, right) = route.split_once(" -> ").expect("route line");
-            let backend = backend_name(right);
-            if let Some(p) = left.strip_prefix("exact ") {
-                h.exact.insert(p.to_owned(), backend);
-            } else if let Some(p) = left.strip_prefix("prefix ") {
-                h.prefixes
-                    .push((p.trim_end_matches('/').to_owned(), backend));
-            } else if left == "default" {
-                h.default = Some(backend);
-            }
-        }
-    }
-    d
-}
-
-fn reference_lookup(d: &Described, host: &str, path: &str) -> Option<String> {
-    let host = host
-        .rsplit_once(':')
-        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-        .map_or(host, |(h, _)| h);
-    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
-    let routes = d
-        .hosts
-        .get(&host)
-        .or_else(|| {
-            host.split_once('.')
-                .and_then(|(_, parent)| d.hosts.get(&format!("*.{parent}")))
-        })
-        .or_else(|| d.hosts.get("*"));
-    let Some(r) = routes else {
-        return d.default_backend.clone();
+/// The request host as the plan's hosts are written: port and trailing dot removed, lower
+/// case.
+fn plan_host(host: &str) -> String {
+    let host = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => host
+            .rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(h, _)| h),
     };
-    if let Some(b) = r.exact.get(path) {
-        return Some(b.clone());
-    }
-    let mut prefixes: Vec<&(String, String)> = r.prefixes.iter().collect();
-    prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-    for (p, b) in prefixes {
-        if let Some(rest) = path.strip_prefix(p.as_str())
-            && (rest.is_empty() || rest.starts_with('/'))
-        {
-            return Some(b.clone());
-        }
-    }
-    r.default.clone().or_else(|| d.default_backend.clone())
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
+}
+
+fn host_plan<'a>(plan: &'a RoutePlan, host: &str) -> Option<&'a HostPlan> {
+    let find = |want: &HostMatch| plan.hosts.iter().find(|h| &h.host == want);
+    find(&HostMatch::Exact(host.into()))
+        .or_else(|| {
+            let (_, parent) = host.split_once('.')?;
+            find(&HostMatch::Wildcard(parent.into()))
+        })
+        .or_else(|| find(&HostMatch::Any))
+}
+
+/// The rule the plan's matching picks, named as the proxy names its routes, with its action.
+fn reference_lookup(plan: &RoutePlan, host: &str, path: &str) -> Option<(String, RouteAction)> {
+    let Some(h) = host_plan(plan, &plan_host(host)) else {
+        let action = plan.default_backend.clone()?;
+        return Some(("default-backend".to_owned(), action));
+    };
+    let name = |kind: &str| format!("host {}, {kind}", h.host);
+    let chosen = if h.is_regex() {
+        h.paths.iter().find(|p| {
+            p.kind == PathKind::Regex
+                && regex::RegexBuilder::new(&p.path)
+                    .size_limit(1 << 20)
+                    .build()
+                    .is_ok_and(|re| re.is_match(path))
+        })
+    } else {
+        h.paths
+            .iter()
+            .find(|p| p.exact() == Some(path))
+            .or_else(|| {
+                let mut longest: Option<(usize, &sluice_plan::PathRule)> = None;
+                for p in &h.paths {
+                    if let Some(prefix) = p.prefix()
+                        && path.starts_with(&prefix)
+                        && longest.is_none_or(|(len, _)| prefix.len() > len)
+                    {
+                        longest = Some((prefix.len(), p));
+                    }
+                }
+                longest.map(|(_, p)| p)
+            })
+    };
+    Some(match chosen {
+        Some(p) => (
+            name(&format!("{} {}", p.kind.as_str(), p.path)),
+            p.action.clone(),
+        ),
+        None => (name("default"), h.default.clone()),
+    })
+}
+
+/// One proxy for every run: only its route table changes.
+fn proxy() -> &'static IngressProxy {
+    static PROXY: OnceLock<IngressProxy> = OnceLock::new();
+    PROXY.get_or_init(|| {
+        IngressProxy::new(IngressConfig {
+            access_log: false,
+            ..IngressConfig::default()
+        })
+    })
 }
 
 fuzz_target!(|input: Input| {
@@ -215,18 +223,25 @@ fuzz_target!(|input: Input| {
     let normalised = normalize_path(&raw);
     let Ok(path) = normalised else { return };
     check_normalised(&raw, &path);
-    let (table, _warnings) = build_route_table(&snapshot(&input), &IngressConfig::default());
+    let (plan, _warnings) = sluice_routes::plan(
+        &snapshot(&input),
+        &NodeInfo::default(),
+        &RouteConfig::default(),
+        SystemTime::UNIX_EPOCH,
+    );
+    proxy().update(&plan);
+    let table = proxy().route_table();
     let suffix = ["", ":80", ".", ".:8080", ":x"][usize::from(input.request_host_suffix) % 5];
     let host = format!(
         "{}{suffix}",
         HOSTS[usize::from(input.request_host) % HOSTS.len()].replace('*', "w")
     );
-    let got = table.lookup(&host, &path).map(|b| b.to_string());
-    let described = parse_description(&table.describe());
+    let got = table
+        .lookup(&host, &path)
+        .map(|r| (r.rule().to_owned(), r.action().clone()));
     assert_eq!(
         got,
-        reference_lookup(&described, &host, &path),
-        "host {host:?} path {path:?}\n{}",
-        table.describe()
+        reference_lookup(&plan, &host, &path),
+        "host {host:?} path {path:?}\n{plan:#?}"
     );
 });

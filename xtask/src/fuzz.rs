@@ -75,6 +75,31 @@ pub fn run_command(args: &[String]) -> Result<()> {
     report(&outcomes, seconds, replay.as_deref())
 }
 
+/// Formats and lints the fuzz targets with the stable toolchain, in the workspace's
+/// `target/`, so that `cargo xtask test` notices when a change of the crates breaks them
+/// (they are their own workspace, which `cargo test` and `cargo clippy` never build).
+pub fn lint_targets() -> Result<()> {
+    let root = workspace_root();
+    let manifest = root.join("fuzz").join("Cargo.toml");
+    run(crate::cargo()
+        .args(["fmt", "--check", "--manifest-path"])
+        .arg(&manifest))
+    .context("formatting the fuzz targets (run `cargo fmt --manifest-path fuzz/Cargo.toml`)")?;
+    run(crate::cargo()
+        .args(["clippy", "--bins", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(root.join("target"))
+        .args(["--", "-D", "warnings"])
+        // Linting links nothing: a named archive keeps libfuzzer-sys from compiling
+        // libFuzzer's C++ sources (and needing a C++ compiler) for nothing.
+        .env(
+            "CUSTOM_LIBFUZZER_PATH",
+            root.join("target").join("libfuzzer-unused.a"),
+        ))
+    .context("linting the fuzz targets (they must build against the crates as they are)")
+}
+
 fn nightly_fuzz(fuzz_dir: &Path) -> Command {
     let mut cmd = Command::new("cargo");
     cmd.args(["+nightly", "fuzz"])

@@ -133,6 +133,7 @@ fn test(args: &[String]) -> Result<()> {
             "-D",
             "warnings",
         ]))?;
+        fuzz::lint_targets()?;
     }
     println!("cargo xtask test: all green in {:.0?}", started.elapsed());
     Ok(())
