@@ -53,8 +53,28 @@ struct Input {
     default_backend: Option<u8>,
     request_host: u8,
     request_host_suffix: u8,
+    /// The request path starts with this route's path (so that rules match often).
+    request_route: Option<u8>,
     request_segments: Vec<u8>,
     raw_tail: String,
+}
+
+/// The request path before normalisation: a route's path (when asked for), then the
+/// request's own segments, then the raw tail.
+fn request_path(input: &Input) -> String {
+    let route = input
+        .request_route
+        .and_then(|i| input.routes.get(usize::from(i) % input.routes.len().max(1)))
+        .map(|r| path_of(&r.segments, r.trailing_slash));
+    let own = if input.request_segments.is_empty() && route.is_some() {
+        String::new()
+    } else {
+        path_of(&input.request_segments, false)
+    };
+    let route = route.map(|p| p.trim_end_matches('/').to_owned());
+    let head = format!("{}{own}", route.unwrap_or_default());
+    let head = if head.is_empty() { "/" } else { &head };
+    format!("{head}{}", input.raw_tail)
 }
 
 fn path_of(segments: &[u8], trailing: bool) -> String {
@@ -215,11 +235,7 @@ fn proxy() -> &'static IngressProxy {
 }
 
 fuzz_target!(|input: Input| {
-    let raw = format!(
-        "{}{}",
-        path_of(&input.request_segments, false),
-        input.raw_tail
-    );
+    let raw = request_path(&input);
     let normalised = normalize_path(&raw);
     let Ok(path) = normalised else { return };
     check_normalised(&raw, &path);

@@ -344,6 +344,11 @@ pub enum Edit {
     PutService(Svc),
     PutSlice(Slice),
     Node(NodeSpec),
+    /// Drops one endpoint of a slice and keeps the others: the commonest change in a
+    /// cluster, which the incremental paths must get right.
+    DropEndpoint(u8, u8),
+    /// Flips one endpoint's `ready` condition (a pod going unready, or ready again).
+    FlipReady(u8, u8),
 }
 
 #[derive(Arbitrary, Debug, Clone)]
@@ -449,6 +454,24 @@ fn nth_key<V>(map: &BTreeMap<ObjectKey, V>, i: u8) -> Option<ObjectKey> {
     map.keys().nth(usize::from(i) % map.len()).cloned()
 }
 
+/// Changes the `i`-th endpoint (modulo) of the `slice`-th slice (modulo) with `change`.
+fn edit_endpoint(
+    s: &mut Snapshot,
+    slice: u8,
+    i: u8,
+    change: impl FnOnce(&mut Vec<sluice_model::Endpoint>, usize),
+) {
+    let Some(key) = nth_key(&s.endpoint_slices, slice) else {
+        return;
+    };
+    let mut edited = (*s.endpoint_slices[&key]).clone();
+    if let Some(endpoints) = edited.endpoints.as_mut().filter(|e| !e.is_empty()) {
+        let i = usize::from(i) % endpoints.len();
+        change(endpoints, i);
+        s.endpoint_slices.insert(key, Arc::new(edited));
+    }
+}
+
 fn apply(edit: &Edit, s: &mut Snapshot, node: &mut NodeInfo) {
     match edit {
         Edit::RemoveService(i) => {
@@ -471,6 +494,13 @@ fn apply(edit: &Edit, s: &mut Snapshot, node: &mut NodeInfo) {
                 s.endpoint_slices.insert(slice.key(), v);
             }
         }
+        Edit::DropEndpoint(slice, i) => edit_endpoint(s, *slice, *i, |eps, i| {
+            eps.remove(i);
+        }),
+        Edit::FlipReady(slice, i) => edit_endpoint(s, *slice, *i, |eps, i| {
+            let conditions = eps[i].conditions.get_or_insert_with(Default::default);
+            conditions.ready = Some(!conditions.ready.unwrap_or(true));
+        }),
         Edit::Node(spec) => {
             let (n, info) = node_info(spec);
             match n {

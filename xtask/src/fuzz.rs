@@ -200,11 +200,18 @@ fn fuzz_one(fuzz_dir: &Path, target: &str, seconds: u64) -> Result<Outcome> {
         .filter(|p| !before.contains(p))
         .collect();
     if !out.status.success() {
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        // The panic message first (the backtrace after it is long), then the end of the log.
+        let panic: Vec<&str> = log
+            .lines()
+            .skip_while(|l| !l.contains("panicked at"))
+            .take(12)
+            .collect();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
         eprintln!(
-            "{target} stopped after {:.0?} ({}):\n{}",
+            "{target} stopped after {:.0?} ({}):\n{}\n...\n{}",
             started.elapsed(),
             out.status,
+            panic.join("\n"),
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
