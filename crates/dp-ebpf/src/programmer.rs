@@ -9,7 +9,7 @@
 //! verifies it cheaply with per-map entry counts, reading everything back (a *reconcile*)
 //! only at start, after a failure, or when the counts disagree.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -51,6 +51,16 @@ struct Transition {
     released: Vec<u32>,
     before: Before,
     rows: ServiceRows,
+    /// Other service ports owning frontends this one wants (left out of `rows`).
+    held_by: Vec<ServicePortName>,
+}
+
+/// Says which frontends `t` leaves out because another service port has them.
+fn warn_held(t: &Transition) {
+    for owner in &t.held_by {
+        tracing::warn!(service = %t.name, owner = %owner,
+            "ebpf: frontend already programmed for another service port; skipped");
+    }
 }
 
 /// Totals of one `apply` or `resync`.
@@ -247,8 +257,23 @@ impl MapProgrammer {
         if let Some(ops) = &node_ops {
             self.write_node_early(store, ops, out)?;
         }
+        // A frontend can move between two service ports of one change (a NodePort or an
+        // address given up by one Service and taken by another). When the taker comes first,
+        // the other still holds the frontend: the taker runs again once everything else ran.
+        let changing: HashSet<&ServicePortName> = changes.iter().map(|(name, _)| name).collect();
+        let mut again = Vec::new();
         for (name, after) in changes {
             let t = self.transition(name, after.clone());
+            if t.held_by.iter().any(|owner| changing.contains(owner)) {
+                again.push((name, after));
+            } else {
+                warn_held(&t);
+            }
+            self.run(store, t, out);
+        }
+        for (name, after) in again {
+            let t = self.transition(name, after.clone());
+            warn_held(&t);
             self.run(store, t, out);
         }
         if let Some(ops) = node_ops {
@@ -364,9 +389,13 @@ impl MapProgrammer {
                 prev_groups.id_set().into_iter().collect(),
             ),
         };
-        let rows = match &after {
-            Some(plan) => self.owned(name, render_service(plan, &groups), false),
-            None => ServiceRows::default(),
+        let (rows, held_by) = match &after {
+            Some(plan) => {
+                let rows = render_service(plan, &groups);
+                let held_by = self.held_by_others(name, &rows);
+                (self.owned(name, rows, false), held_by)
+            }
+            None => (ServiceRows::default(), Vec::new()),
         };
         Transition {
             name: name.clone(),
@@ -376,6 +405,7 @@ impl MapProgrammer {
             released,
             before,
             rows,
+            held_by,
         }
     }
 
@@ -387,15 +417,19 @@ impl MapProgrammer {
             None if before => false,
             None => true,
         });
-        if !before {
-            for (key, _) in &rows.svc {
-                if let Some(owner) = self.owners.get(key).filter(|o| *o != name) {
-                    tracing::warn!(service = %name, owner = %owner,
-                        "ebpf: frontend already programmed for another service port; skipped");
-                }
-            }
-        }
         rows
+    }
+
+    /// The other service ports that own frontends of `rows` (which `owned` leaves out).
+    fn held_by_others(&self, name: &ServicePortName, rows: &ServiceRows) -> Vec<ServicePortName> {
+        let mut owners: Vec<ServicePortName> = rows
+            .svc
+            .iter()
+            .filter_map(|(key, _)| self.owners.get(key).filter(|o| *o != name))
+            .cloned()
+            .collect();
+        owners.dedup();
+        owners
     }
 
     /// Writes one transition; on failure the service port is reported and marked dirty.

@@ -86,6 +86,7 @@ impl MapProgrammer {
         let mut assigned = HashSet::new();
         for (name, svc) in &plan.services {
             let t = self.reconcile_transition(name, svc, &content, &index, &mut assigned);
+            super::warn_held(&t);
             self.run(store, t, &mut out);
         }
         self.delete_orphan_groups(store, &content, &index, &assigned, &mut out)?;
@@ -122,7 +123,9 @@ impl MapProgrammer {
         let prev = self.recover_groups(name, svc, content, assigned);
         let (groups, _) = ServiceGroups::assign(svc, &prev, &mut self.ids);
         assigned.extend(groups.ids.values().copied());
-        let rows = self.owned(name, render_service(svc, &groups), false);
+        let rows = render_service(svc, &groups);
+        let held_by = self.held_by_others(name, &rows);
+        let rows = self.owned(name, rows, false);
         let mut before = ServiceRows::default();
         for (key, _) in &rows.svc {
             if let Some(v) = content.svc.get(key) {
@@ -149,6 +152,7 @@ impl MapProgrammer {
             released: Vec::new(),
             before: Before::Exact(before),
             rows,
+            held_by,
         }
     }
 

@@ -331,3 +331,51 @@ fn stale_udp_flows_are_pruned_after_the_change() {
     p.apply(&mut store, &delta).expect("apply");
     assert!(store.ct.is_empty());
 }
+
+/// Services `a` and `b` (cluster IPs .11 and .12, one endpoint each) with these NodePorts.
+fn two_with_node_ports(a: Option<u16>, b: Option<u16>) -> Plan {
+    let mut d = desired_with(nodeport_service());
+    d.services.clear();
+    for (n, node_port, last) in [("a", a, 11), ("b", b, 12)] {
+        let svc = ServicePortState {
+            port: 80,
+            cluster_ips: vec![ip(&format!("10.96.0.{last}"))],
+            node_port,
+            endpoints: vec![ep(&format!("10.244.2.{last}"), 8080, false)],
+            ..Default::default()
+        };
+        d.services.insert(name(n, Protocol::Tcp), svc);
+    }
+    d.plan()
+}
+
+/// Applies the change from `before` to `after`, which must then be what the maps hold,
+/// with nothing left for a resync to do.
+fn assert_change_programmed(before: &Plan, after: &Plan) {
+    let (mut p, mut store) = programmed(before);
+    let report = p
+        .apply(&mut store, &PlanDelta::between(before, after))
+        .expect("apply");
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(semantics(&store.content()), semantics(&rendered(after)));
+    let report = p.resync(&mut store, after).expect("resync");
+    assert_eq!(report.operations, 0, "a resync found more to do");
+}
+
+#[test]
+fn a_node_port_taken_over_by_a_service_port_processed_first_is_programmed() {
+    // `a` takes 30080 from `b` in one change: `a` runs first, while `b` still holds it
+    // (found by the ebpf_maps fuzz target: the NodePort was left out until a restart).
+    assert_change_programmed(
+        &two_with_node_ports(None, Some(30080)),
+        &two_with_node_ports(Some(30080), None),
+    );
+}
+
+#[test]
+fn two_service_ports_swapping_node_ports_in_one_change_are_programmed() {
+    assert_change_programmed(
+        &two_with_node_ports(Some(30080), Some(30081)),
+        &two_with_node_ports(Some(30081), Some(30080)),
+    );
+}
