@@ -301,8 +301,36 @@ fn journey() -> Vec<(&'static str, Plan)> {
         }),
     );
     let tls = json!([{ "port": 8443 }]);
-    fixture::add_slice(&mut s, "shop", "front2-1", "front2", "IPv4", tls, &three);
+    fixture::add_slice(
+        &mut s,
+        "shop",
+        "front2-1",
+        "front2",
+        "IPv4",
+        tls.clone(),
+        &three,
+    );
     steps.push(("frontend moved to another service", fixture::plan_of(&s)));
+
+    // ... and on to a service whose change comes first (its name sorts before front2's).
+    let front2 = sluice_model::ObjectKey::new("shop", "front2");
+    let svc = s.services.get_mut(&front2).unwrap();
+    Arc::make_mut(svc).spec.as_mut().unwrap().external_ips = None;
+    fixture::add_service(
+        &mut s,
+        "shop",
+        "api",
+        json!({
+            "clusterIP": "10.96.0.22",
+            "externalIPs": ["198.51.100.7"],
+            "ports": [{ "port": 443, "targetPort": 8443 }],
+        }),
+    );
+    fixture::add_slice(&mut s, "shop", "api-1", "api", "IPv4", tls, &three);
+    steps.push((
+        "frontend moved to a service changed first",
+        fixture::plan_of(&s),
+    ));
 
     s.services.remove(&front);
     s.endpoint_slices
