@@ -27,6 +27,7 @@ mod proxy;
 mod proxy_protocol;
 mod routes;
 mod server;
+mod session_cache;
 mod stats;
 mod tls;
 mod upstream;

@@ -9,15 +9,14 @@ use arc_swap::ArcSwap;
 use rustls::CipherSuite;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
-use rustls::server::{
-    ClientHello, NoServerSessionStorage, ResolvesServerCert, ServerSessionMemoryCache,
-};
+use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::RouteTable;
+use crate::session_cache::SessionCache;
 use sluice_plan::{CertificatePlan, HostMatch, ObjectName, RouteWarning, TlsPlan};
 
 static PROVIDER: LazyLock<Arc<CryptoProvider>> =
@@ -290,12 +289,13 @@ impl TlsServer {
         let mut aes_128_first = server_config(Arc::new(aes_128_first()), Arc::clone(&resolver))?;
         aes_128_first.ignore_client_order = true;
         // Stateful resumption, as ingress-nginx's default (`ssl-session-tickets: false`): a
-        // TLS 1.3 ticket is only the key of a session kept here. rustls' own default keeps 256.
+        // TLS 1.3 ticket is only the key of a session kept here. rustls' own default keeps 256,
+        // and its cache scans every session to take one out (see `session_cache`).
         if sessions == 0 {
             aes_128_first.session_storage = Arc::new(NoServerSessionStorage {});
             aes_128_first.send_tls13_tickets = 0;
         } else {
-            aes_128_first.session_storage = ServerSessionMemoryCache::new(sessions);
+            aes_128_first.session_storage = Arc::new(SessionCache::new(sessions));
         }
         let mut client_order = server_config(Arc::clone(&PROVIDER), resolver)?;
         // One session cache: a client resumes whichever order it got last time.
