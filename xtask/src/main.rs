@@ -3,11 +3,12 @@
 //! * `cargo xtask demo`  — build, start a namespaced two-node "cluster" on this machine, run the
 //!   agent on each node, show traffic through ClusterIP, NodePort, eTP=Local and the Ingress.
 //! * `cargo xtask test`  — every test (unit, golden, kernel and namespaced end-to-end), plus
-//!   fmt and clippy.
+//!   fmt and clippy (of the fuzz targets too, which must build against the crates).
 //! * `cargo xtask bench` — side-by-side benchmarks (release build); `cargo xtask bench scale`:
 //!   how each stage's cost grows from 1k to 100k Services.
 //! * `cargo xtask fuzz [--seconds N | --smoke]` — run every fuzz target of `fuzz/` for N
-//!   seconds (nightly; `--smoke`: 10 s each). Not part of `cargo xtask test`.
+//!   seconds (nightly; `--smoke`: 10 s each). Not part of `cargo xtask test` (which only lints
+//!   the targets).
 //! * `cargo xtask bless` — rewrite the golden files (`UPDATE_GOLDEN=1`) and show what changed.
 //! * `cargo xtask deps`  — install (as root on Debian/Ubuntu) or list the system packages.
 //! * `cargo xtask image` — the agent's container image, from Debian packages (root).
@@ -45,22 +46,7 @@ fn main() -> Result<()> {
         "deps" => system::ensure_packages(),
         "image" => image::run_image(rest),
         _ => {
-            eprintln!(
-                "usage: cargo xtask <command>\n\n\
-                 demo   build and show sluice forwarding in a namespaced two-node cluster (root)\n\
-                 test   run every test, then fmt and clippy (root for the kernel tests)\n\
-                        --no-lint: skip fmt and clippy; anything after `--` goes to cargo test\n\
-                 bench  side-by-side benchmarks in release mode (root)\n\
-                 bench scale [--quick] [--mode M] [--sizes 1000,10000] [--changes N] [--e2e N]\n\
-                        each stage's cost from 1k to 100k Services (root, release)\n\
-                 bless  rewrite the golden files from the current code, show what changed\n\
-                 fuzz   run each fuzz target (nightly, cargo-fuzz) for --seconds N (default 60;\n\
-                        --smoke: 10), print executions and findings; TARGET names pick some\n\
-                 deps   install the system packages sluice needs (root, Debian/Ubuntu)\n\
-                        --bench: also what the benchmarks run (wrk, h2load, nginx, ...)\n\
-                 image  build the agent's container image from Debian packages and run it\n\
-                        (root; --debug: the dev build; --refresh-base: rebuild the base)"
-            );
+            eprint!("{USAGE}");
             if command == "help" {
                 Ok(())
             } else {
@@ -69,6 +55,25 @@ fn main() -> Result<()> {
         }
     }
 }
+
+/// `cargo xtask help` (a raw string: a `\` line continuation would eat the indentation).
+const USAGE: &str = r#"usage: cargo xtask <command>
+
+demo   build and show sluice forwarding in a namespaced two-node cluster (root)
+test   run every test, then fmt and clippy, fuzz targets included (root for the
+       kernel tests)
+       --no-lint: skip fmt and clippy; anything after `--` goes to cargo test
+bench  side-by-side benchmarks in release mode (root)
+bench scale [--quick] [--mode M] [--sizes 1000,10000] [--changes N] [--e2e N]
+       each stage's cost from 1k to 100k Services (root, release)
+bless  rewrite the golden files from the current code, show what changed
+fuzz   run each fuzz target (nightly, cargo-fuzz) for --seconds N (default 60;
+       --smoke: 10), print executions and findings; TARGET names pick some
+deps   install the system packages sluice needs (root, Debian/Ubuntu)
+       --bench: also what the benchmarks run (wrk, h2load, nginx, ...)
+image  build the agent's container image from Debian packages and run it
+       (root; --debug: the dev build; --refresh-base: rebuild the base)
+"#;
 
 /// Runs a command, failing with its name when it fails.
 pub fn run(cmd: &mut Command) -> Result<()> {
