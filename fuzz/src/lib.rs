@@ -131,6 +131,9 @@ pub struct Svc {
     created: Option<u8>,
     prefer_close: bool,
     proxy_name: Option<bool>,
+    /// Endpoints of the Service's own EndpointSlice, which matches its ports (none: no such
+    /// slice). Most real Services have one; a random slice rarely fits a random Service.
+    endpoints: Vec<Ep>,
 }
 
 fn truncated<T: Clone>(v: &[T], max: usize) -> Vec<T> {
@@ -140,6 +143,56 @@ fn truncated<T: Clone>(v: &[T], max: usize) -> Vec<T> {
 impl Svc {
     fn key(&self) -> ObjectKey {
         ObjectKey::new(pick(&NAMESPACES, self.ns), pick(&NAMES, self.name))
+    }
+
+    /// The Service's own EndpointSlice: one port per Service port (same name and protocol,
+    /// the target port's number), the family of its first cluster IP.
+    fn own_slice(&self) -> Option<(ObjectKey, Value)> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let key = self.key();
+        let ports: Vec<Value> = truncated(&self.ports, 4)
+            .iter()
+            .map(|p| {
+                let number = match p.target {
+                    Some(Ok(n)) => port(n),
+                    _ => port(p.port),
+                };
+                let mut v = json!({"port": number, "protocol": pick(&PROTOCOLS, p.protocol)});
+                let name = pick(&PORT_NAMES, p.name);
+                if !name.is_empty() {
+                    v["name"] = json!(name);
+                }
+                v
+            })
+            .collect();
+        let v6 = self
+            .cluster_ips
+            .first()
+            .is_some_and(|ip| ip.render().contains(':'));
+        let name = format!("{}-own", key.name);
+        let slice = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"namespace": key.namespace, "name": name,
+                "labels": {"kubernetes.io/service-name": key.name}},
+            "addressType": if v6 { "IPv6" } else { "IPv4" },
+            "ports": ports,
+            "endpoints": truncated(&self.endpoints, 6).iter().map(Ep::render).collect::<Vec<_>>(),
+        });
+        Some((ObjectKey::new(key.namespace, name), slice))
+    }
+
+    /// Puts the Service and its own slice (when it has one) into `s`.
+    fn put(&self, s: &mut Snapshot) {
+        if let Some(v) = decode(self.render()) {
+            s.services.insert(self.key(), v);
+        }
+        if let Some((key, slice)) = self.own_slice()
+            && let Some(v) = decode(slice)
+        {
+            s.endpoint_slices.insert(key, v);
+        }
     }
 
     fn render(&self) -> Value {
@@ -419,9 +472,7 @@ impl ClusterInput {
     pub fn generate(&self) -> Generated {
         let mut before = Snapshot::default();
         for svc in self.services.iter().take(8) {
-            if let Some(s) = decode(svc.render()) {
-                before.services.insert(svc.key(), s);
-            }
+            svc.put(&mut before);
         }
         for slice in self.slices.iter().take(8) {
             if let Some(s) = decode(slice.render()) {
@@ -484,11 +535,7 @@ fn apply(edit: &Edit, s: &mut Snapshot, node: &mut NodeInfo) {
                 s.endpoint_slices.remove(&k);
             }
         }
-        Edit::PutService(svc) => {
-            if let Some(v) = decode(svc.render()) {
-                s.services.insert(svc.key(), v);
-            }
-        }
+        Edit::PutService(svc) => svc.put(s),
         Edit::PutSlice(slice) => {
             if let Some(v) = decode(slice.render()) {
                 s.endpoint_slices.insert(slice.key(), v);
