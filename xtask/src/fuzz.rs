@@ -308,7 +308,7 @@ fn load_sample(netns: &str, scripts: &Path) -> Result<String> {
         );
     }
     Ok(format!(
-        "nft load test: {loaded} of {} corpus inputs (full script, then delta) loaded into a scratch namespace",
+        "nft load test: a sample of {loaded} of the {} corpus inputs, each full script and then its delta, all loaded into a scratch namespace",
         fulls.len()
     ))
 }
