@@ -67,14 +67,16 @@ fn warn_held(t: &Transition) {
 #[derive(Debug, Default)]
 struct Outcome {
     operations: usize,
-    changed: usize,
+    /// Service ports whose rows were written (a set: a port taking over a frontend may run
+    /// twice in one change).
+    changed: HashSet<ServicePortName>,
     failed: Vec<ServiceFailure>,
 }
 
 impl Outcome {
     fn report(self, full_sync: bool) -> ApplyReport {
         ApplyReport {
-            services_changed: self.changed,
+            services_changed: self.changed.len(),
             operations: self.operations,
             full_sync,
             failed: self.failed,
@@ -450,7 +452,7 @@ impl MapProgrammer {
             return;
         }
         if !ops.is_empty() {
-            out.changed += 1;
+            out.changed.insert(t.name.clone());
         }
         match ops.execute(store) {
             Ok(done) => {

@@ -350,13 +350,14 @@ fn two_with_node_ports(a: Option<u16>, b: Option<u16>) -> Plan {
 }
 
 /// Applies the change from `before` to `after`, which must then be what the maps hold,
-/// with nothing left for a resync to do.
+/// with nothing left for a resync to do; both service ports count as changed once.
 fn assert_change_programmed(before: &Plan, after: &Plan) {
     let (mut p, mut store) = programmed(before);
     let report = p
         .apply(&mut store, &PlanDelta::between(before, after))
         .expect("apply");
     assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(report.services_changed, 2);
     assert_eq!(semantics(&store.content()), semantics(&rendered(after)));
     let report = p.resync(&mut store, after).expect("resync");
     assert_eq!(report.operations, 0, "a resync found more to do");
