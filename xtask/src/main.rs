@@ -6,9 +6,9 @@
 //!   fmt and clippy (of the fuzz targets too, which must build against the crates).
 //! * `cargo xtask bench` — side-by-side benchmarks (release build); `cargo xtask bench scale`:
 //!   how each stage's cost grows from 1k to 100k Services.
-//! * `cargo xtask fuzz [--seconds N | --smoke]` — run every fuzz target of `fuzz/` for N
-//!   seconds (nightly; `--smoke`: 10 s each). Not part of `cargo xtask test` (which only lints
-//!   the targets).
+//! * `cargo xtask fuzz [--seconds N | --smoke] [--jobs J]` — run every fuzz target of `fuzz/`
+//!   for N seconds, J at a time (nightly; `--smoke`: 10 s each; J: one per core). Not part of
+//!   `cargo xtask test` (which only lints the targets).
 //! * `cargo xtask bless` — rewrite the golden files (`UPDATE_GOLDEN=1`) and show what changed.
 //! * `cargo xtask deps`  — install (as root on Debian/Ubuntu) or list the system packages.
 //! * `cargo xtask image` — the agent's container image, from Debian packages (root).
@@ -68,7 +68,8 @@ bench scale [--quick] [--mode M] [--sizes 1000,10000] [--changes N] [--e2e N]
        each stage's cost from 1k to 100k Services (root, release)
 bless  rewrite the golden files from the current code, show what changed
 fuzz   run each fuzz target (nightly, cargo-fuzz) for --seconds N (default 60;
-       --smoke: 10), print executions and findings; TARGET names pick some
+       --smoke: 10), --jobs J at a time (default: one per core), print
+       executions and findings; TARGET names pick some
 deps   install the system packages sluice needs (root, Debian/Ubuntu)
        --bench: also what the benchmarks run (wrk, h2load, nginx, ...)
 image  build the agent's container image from Debian packages and run it
