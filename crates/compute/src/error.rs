@@ -79,6 +79,12 @@ pub enum Problem {
         "externalIP {ip} is an address of this node; refused (it would capture the node's own port {port}; allow with --allow-external-ips-on-node-addresses)"
     )]
     ExternalIpIsNodeAddress { ip: std::net::IpAddr, port: u16 },
+    #[error("{field} {ip} is {what}; refused (no node may capture it)")]
+    SpecialAddress {
+        field: &'static str,
+        ip: std::net::IpAddr,
+        what: &'static str,
+    },
     #[error("nodePort {port} of port {port_name:?} is outside the node port range {low}-{high}")]
     NodePortOutsideRange {
         port_name: String,

@@ -74,6 +74,36 @@ pub(crate) fn cluster_ips(
     Some(ips)
 }
 
+/// What makes `ip` an address no externalIP or LoadBalancer IP may be, as the API server's
+/// `ValidateNonSpecialIP` says for externalIPs (a `dir:` source has no API server, and
+/// status is not held to it): captured on a node, it would take the node's own traffic
+/// (loopback, `0.0.0.0`, which `connect()` takes for the local host) or traffic of its link.
+/// An IPv4-mapped IPv6 address is judged as the IPv4 address.
+pub(crate) fn special_address(ip: IpAddr) -> Option<&'static str> {
+    let ip = ip.to_canonical();
+    if ip.is_unspecified() {
+        return Some("the unspecified address");
+    }
+    if ip.is_loopback() {
+        return Some("a loopback address (127.0.0.0/8, ::1)");
+    }
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    };
+    if link_local {
+        return Some("a link-local address (169.254.0.0/16, fe80::/10)");
+    }
+    let link_local_multicast = match ip {
+        IpAddr::V4(v4) => v4.octets()[..3] == [224, 0, 0],
+        IpAddr::V6(v6) => v6.octets()[0] == 0xff && v6.octets()[1] & 0x0f == 0x02,
+    };
+    if link_local_multicast {
+        return Some("a link-local multicast address (224.0.0.0/24, ffx2::/16)");
+    }
+    None
+}
+
 /// Parses `values`, warning about and skipping bad ones. Unordered input: sorted and unique.
 pub(crate) fn parse_ips<'a>(
     values: impl Iterator<Item = &'a str>,

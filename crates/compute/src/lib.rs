@@ -27,6 +27,9 @@
 //!   which object the proxy saw last ([`conflicts`] module docs).
 //! * externalIPs equal to a node address are refused unless allowed (the CVE-2020-8554 class;
 //!   kube-proxy leaves this to an admission plugin).
+//! * externalIPs and LoadBalancer IPs that are unspecified, loopback, link-local or link-local
+//!   multicast are refused, as the API server refuses such externalIPs (a `dir:` source has
+//!   no API server to refuse them).
 //! * Node-local clients are held to `loadBalancerSourceRanges` through the node's own addresses.
 //! * LoadBalancer status IPs and source ranges are read for `type: LoadBalancer` only (stale
 //!   status on a service whose type changed is ignored).

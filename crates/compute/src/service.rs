@@ -374,6 +374,14 @@ fn frontends(
     ];
     for (ips, kind, field) in extra {
         for ip in ips {
+            if let Some(what) = fields::special_address(*ip) {
+                warn(Problem::SpecialAddress {
+                    field,
+                    ip: *ip,
+                    what,
+                });
+                continue;
+            }
             if !families.contains(&Family::of(ip)) {
                 warn(Problem::FamilyWithoutClusterIp { field, ip: *ip });
                 continue;

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::net::IpAddr;
+
 use common::*;
 use k8s_openapi::api::core::v1::Service;
 use serde_json::{Value, json};
@@ -301,6 +303,60 @@ fn when_the_winner_is_deleted_the_loser_takes_over_incrementally() {
             compute(&snap, &node(), &ComputeConfig::default()).plan,
             "{what}"
         );
+    }
+}
+
+/// As the API server's `ValidateNonSpecialIP`: 0.0.0.0, loopback and link-local addresses
+/// would capture the node's own or its link's traffic. Both fields, both families, an
+/// IPv4-mapped IPv6 address judged as its IPv4 address; ordinary addresses kept.
+#[test]
+fn special_external_and_load_balancer_ips_are_refused() {
+    let dual = json!({
+        "clusterIPs": ["10.96.0.1", "fd00:10:96::1"],
+        "ipFamilies": ["IPv4", "IPv6"],
+    });
+    let refused = [
+        ("0.0.0.0", "the unspecified address"),
+        ("::", "the unspecified address"),
+        ("127.0.0.5", "a loopback address"),
+        ("::1", "a loopback address"),
+        ("::ffff:127.0.0.1", "a loopback address"),
+        ("169.254.10.1", "a link-local address"),
+        ("fe80::1", "a link-local address"),
+        ("224.0.0.251", "a link-local multicast address"),
+        ("ff02::fb", "a link-local multicast address"),
+    ];
+    let kept = ["203.0.113.5", "2001:db8::"];
+    for (field, kind) in [
+        ("spec.externalIPs[]", sluice_plan::FrontendKind::ExternalIp),
+        (
+            "status.loadBalancer.ingress[].ip",
+            sluice_plan::FrontendKind::LoadBalancerIp,
+        ),
+    ] {
+        let mut listed: Vec<&str> = refused.iter().map(|(ip, _)| *ip).collect();
+        listed.extend(kept);
+        let svc = if kind == sluice_plan::FrontendKind::ExternalIp {
+            let mut spec = dual.clone();
+            spec["externalIPs"] = json!(listed);
+            service("web", spec)
+        } else {
+            load_balancer("web", dual.clone(), &listed)
+        };
+        let computed = run(vec![svc], vec![]);
+        assert_eq!(
+            frontends_of(tcp_port(&computed, "web", field), kind),
+            vec!["203.0.113.5:80/tcp", "[2001:db8::]:80/tcp"],
+            "{field}"
+        );
+        for (ip, what) in refused {
+            let needle = format!("{field} {} is {what}", ip.parse::<IpAddr>().unwrap());
+            assert!(
+                has_warning(&computed, "Service default/web", &needle),
+                "{field} {ip}: no warning {needle:?} in {:?}",
+                computed.warnings
+            );
+        }
     }
 }
 
