@@ -25,6 +25,10 @@
  * sl_nodeip_v1. */
 #define SL_SCOPE_NODEPORT4 0x10
 #define SL_SCOPE_NODEPORT6 0x20
+/* Or'ed into the scope of an IPv6 address's entry: else an IPv4 address and the IPv6 address
+ * that starts with the same 32 bits and ends in zeros (32.1.13.184 and 2001:db8::) would have
+ * one key. */
+#define SL_SCOPE_V6 0x40
 
 /* lb_svc_val.flags */
 #define SL_SVC_REJECT 0x1     /* route Reject: refuse at once (ECONNREFUSED / ICMP unreachable) */

@@ -28,7 +28,7 @@ static __always_inline struct lb_svc_val *lb_lookup_svc(const __u32 addr[4], __u
 	__builtin_memcpy(key.addr, addr, 16);
 	key.port = port;
 	key.proto = proto;
-	key.scope = scope;
+	key.scope = scope | (family == SL_FAMILY_V6 ? SL_SCOPE_V6 : 0);
 	svc = bpf_map_lookup_elem(&sl_svc_v1, &key);
 	if (svc || !lb_is_nodeport_addr(addr, family))
 		return svc;

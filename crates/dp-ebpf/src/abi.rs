@@ -11,6 +11,10 @@ pub const SCOPE_EXT_PODS: u8 = 2;
 /// Or'ed into the scope of an address-less NodePort entry (one per family).
 pub const SCOPE_NODEPORT4: u8 = 0x10;
 pub const SCOPE_NODEPORT6: u8 = 0x20;
+/// Or'ed into the scope of an IPv6 address's entry. Without it an IPv4 address and the IPv6
+/// address that starts with the same 32 bits and ends in zeros (32.1.13.184 and 2001:db8::,
+/// 0.0.0.0 and ::) had one key, so one of the two frontends was lost.
+pub const SCOPE_V6: u8 = 0x40;
 /// The scope bits that name the class (without the NodePort bits).
 pub const SCOPE_CLASS_MASK: u8 = 0x0f;
 
@@ -155,6 +159,18 @@ pub struct SvcKey {
     pub port: u16,
     pub proto: u8,
     pub scope: u8,
+}
+
+impl SvcKey {
+    /// The family of an addressed entry's address ([`SCOPE_V6`]); not meaningful for the
+    /// address-less NodePort entries, whose scope names their family.
+    pub fn addr_family(&self) -> u8 {
+        if self.scope & SCOPE_V6 != 0 {
+            FAMILY_V6
+        } else {
+            FAMILY_V4
+        }
+    }
 }
 
 #[repr(C)]

@@ -43,12 +43,7 @@ fn frontend(key: &SvcKey) -> String {
     if key.scope & abi::SCOPE_NODEPORT6 != 0 {
         return format!("nodeports-v6:{port}");
     }
-    let family = if key.addr[1..] == [0, 0, 0] {
-        abi::FAMILY_V4
-    } else {
-        abi::FAMILY_V6
-    };
-    socket(addr(key.addr, family), key.port)
+    socket(addr(key.addr, key.addr_family()), key.port)
 }
 
 fn scope(key: &SvcKey) -> &'static str {

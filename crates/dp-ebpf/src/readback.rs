@@ -172,13 +172,7 @@ fn frontend_key(key: &SvcKey) -> Option<FrontendKey> {
     } else if key.scope & abi::SCOPE_NODEPORT6 != 0 {
         FrontendAddr::NodePorts(Family::V6)
     } else {
-        // Keys carry no family: only the first word set is IPv4 (as `dump` reads them).
-        let family = if key.addr[1..] == [0, 0, 0] {
-            abi::FAMILY_V4
-        } else {
-            abi::FAMILY_V6
-        };
-        FrontendAddr::Ip(addr(key.addr, family))
+        FrontendAddr::Ip(addr(key.addr, key.addr_family()))
     };
     Some(FrontendKey {
         addr,

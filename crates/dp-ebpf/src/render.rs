@@ -127,7 +127,8 @@ pub(crate) struct Entry {
 
 fn key_of(fe: &FrontendPlan, scope: u8) -> SvcKey {
     let (addr, scope) = match fe.key.addr {
-        FrontendAddr::Ip(ip) => (ip_words(ip).0, scope),
+        FrontendAddr::Ip(ip @ IpAddr::V4(_)) => (ip_words(ip).0, scope),
+        FrontendAddr::Ip(ip @ IpAddr::V6(_)) => (ip_words(ip).0, scope | abi::SCOPE_V6),
         FrontendAddr::NodePorts(Family::V4) => ([0; 4], scope | abi::SCOPE_NODEPORT4),
         FrontendAddr::NodePorts(Family::V6) => ([0; 4], scope | abi::SCOPE_NODEPORT6),
     };

@@ -87,11 +87,17 @@ pub fn many(n: usize, eps: usize) -> DesiredState {
 }
 
 pub fn svc_key(addr: &str, port: u16, scope: u8) -> SvcKey {
+    let (addr, family) = ip_words(ip(addr));
+    let v6 = if family == abi::FAMILY_V6 {
+        abi::SCOPE_V6
+    } else {
+        0
+    };
     SvcKey {
-        addr: ip_words(ip(addr)).0,
+        addr,
         port: port.to_be(),
         proto: 6,
-        scope,
+        scope: scope | v6,
     }
 }
 

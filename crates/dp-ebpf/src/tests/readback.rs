@@ -102,6 +102,22 @@ fn every_frontend_reads_back_with_the_plans_routes() {
     assert_reads_back(&many(30, 3).plan());
 }
 
+/// An IPv4 address and the IPv6 address that starts with the same 32 bits and ends in zeros
+/// (32.1.13.184 is 0x20010db8, 2001:db8::) are two frontends with entries of their own.
+#[test]
+fn an_ipv4_and_an_ipv6_address_with_the_same_first_word_are_two_frontends() {
+    let mut svc = nodeport_service();
+    svc.cluster_ips = vec![ip("32.1.13.184"), ip("2001:db8::")];
+    svc.endpoints.push(ep("fd00:244::2", 8080, false));
+    let plan = desired_with(svc).plan();
+    assert_reads_back(&plan);
+    let c = render_plan(&plan);
+    let v4 = c.svc[&svc_key("32.1.13.184", 80, SCOPE_SOCK)];
+    let v6 = c.svc[&svc_key("2001:db8::", 80, SCOPE_SOCK)];
+    assert_eq!((v4.count, v6.count), (2, 1));
+    assert_ne!(v4.group, v6.group);
+}
+
 #[test]
 fn node_rows_and_nodeport_frontends_read_back() {
     let state = PinnedState::of_plan(&desired_with(nodeport_service()).plan());
