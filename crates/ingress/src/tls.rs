@@ -296,6 +296,12 @@ impl TlsServer {
             aes_128_first.send_tls13_tickets = 0;
         } else {
             aes_128_first.session_storage = Arc::new(SessionCache::new(sessions));
+            // One ticket per handshake, full or resumed, as Go's TLS server sends (Caddy,
+            // Traefik) and OpenSSL after a resumption; rustls' default is two. A session is
+            // single-use, so a client resuming connection after connection gets a new one
+            // each time; the second ticket it never uses would take a place in the cache
+            // and cost both ends a message per handshake.
+            aes_128_first.send_tls13_tickets = 1;
         }
         let mut client_order = server_config(Arc::clone(&PROVIDER), resolver)?;
         // One session cache: a client resumes whichever order it got last time.

@@ -134,6 +134,31 @@ async fn tls_sessions_resume_after_hundreds_of_other_clients() {
     }
 }
 
+/// Every handshake, full or resumed, gives the client one session ticket: a client resuming
+/// connection after connection has a new one each time, and a second ticket, which such a
+/// client never uses, would take a second place in the session cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_handshake_sends_one_session_ticket() {
+    let (objects, _backends, _) = cafe().await;
+    let host = "cafe.example.com";
+    let p = start(IngressConfig::default(), &objects).await;
+    let (client, tickets) = ticket_counting_client().unwrap();
+    assert!(!https_resumed(p.https, host, &client).await.unwrap());
+    assert_eq!(
+        tickets.load(Ordering::SeqCst),
+        1,
+        "tickets after a full handshake"
+    );
+    for handshakes in 2..=3 {
+        assert!(https_resumed(p.https, host, &client).await.unwrap());
+        assert_eq!(
+            tickets.load(Ordering::SeqCst),
+            handshakes,
+            "tickets after {handshakes} handshakes, the later ones resumed"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_request_over_tls() {
     let (objects, _backends, _) = cafe().await;

@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -526,6 +527,15 @@ fn any_certificate(
     provider: rustls::crypto::CryptoProvider,
     alpn: &[&[u8]],
 ) -> Result<tokio_rustls::TlsConnector> {
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(
+        any_certificate_config(provider, alpn)?,
+    )))
+}
+
+fn any_certificate_config(
+    provider: rustls::crypto::CryptoProvider,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig> {
     let provider = Arc::new(provider);
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()?
@@ -533,7 +543,7 @@ fn any_certificate(
         .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    Ok(config)
 }
 
 /// TLS connection with SNI `sni` (the test checks which certificate came back, so any
@@ -577,6 +587,77 @@ pub async fn negotiated_suite(
 /// a browser does (ALPN http/1.1).
 pub fn resuming_client() -> Result<tokio_rustls::TlsConnector> {
     any_certificate(rustls::crypto::ring::default_provider(), &[b"http/1.1"])
+}
+
+/// A [`resuming_client`] and how many TLS 1.3 session tickets it has received so far.
+pub fn ticket_counting_client() -> Result<(tokio_rustls::TlsConnector, Arc<AtomicUsize>)> {
+    let mut config =
+        any_certificate_config(rustls::crypto::ring::default_provider(), &[b"http/1.1"])?;
+    let store = Arc::new(CountingTickets::default());
+    let received = Arc::clone(&store.received);
+    config.resumption = rustls::client::Resumption::store(store);
+    Ok((tokio_rustls::TlsConnector::from(Arc::new(config)), received))
+}
+
+/// rustls' own in-memory session store, counting the TLS 1.3 tickets put into it.
+#[derive(Debug)]
+struct CountingTickets {
+    sessions: rustls::client::ClientSessionMemoryCache,
+    received: Arc<AtomicUsize>,
+}
+
+impl Default for CountingTickets {
+    fn default() -> Self {
+        Self {
+            sessions: rustls::client::ClientSessionMemoryCache::new(64),
+            received: Arc::default(),
+        }
+    }
+}
+
+impl rustls::client::ClientSessionStore for CountingTickets {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.sessions.set_kx_hint(server_name, group);
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.sessions.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(
+        &self,
+        server_name: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.sessions.set_tls12_session(server_name, value);
+    }
+
+    fn tls12_session(
+        &self,
+        server_name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.sessions.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.sessions.remove_tls12_session(server_name);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.received.fetch_add(1, Ordering::SeqCst);
+        self.sessions.insert_tls13_ticket(server_name, value);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server_name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.sessions.take_tls13_ticket(server_name)
+    }
 }
 
 /// One GET to `/` over a new TLS connection of `client`: whether its handshake resumed an
