@@ -54,7 +54,11 @@ impl Ip {
             5 => format!("192.0.2.{}", 11 + b % 2),
             6 => format!("fd00:10:96::{:x}", b % 8),
             7 => format!("fd00:10:244:1::{:x}", b % 4 + 2),
+            // 32.1.13.184 and 2001:db8:: share their first 32 bits (and the rest is zero):
+            // the eBPF keys must still tell them apart.
+            8 if b.is_multiple_of(5) => "32.1.13.184".to_owned(),
             8 => format!("203.0.113.{}", b % 4),
+            9 if b.is_multiple_of(5) => "2001:db8::".to_owned(),
             9 => format!("2001:db8::{:x}", 0x11 + b % 2),
             10 => std::net::Ipv4Addr::from(b).to_string(),
             _ => [
