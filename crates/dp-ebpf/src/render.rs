@@ -126,17 +126,33 @@ pub(crate) struct Entry {
 }
 
 fn key_of(fe: &FrontendPlan, scope: u8) -> SvcKey {
-    let (addr, scope) = match fe.key.addr {
-        FrontendAddr::Ip(ip @ IpAddr::V4(_)) => (ip_words(ip).0, scope),
-        FrontendAddr::Ip(ip @ IpAddr::V6(_)) => (ip_words(ip).0, scope | abi::SCOPE_V6),
-        FrontendAddr::NodePorts(Family::V4) => ([0; 4], scope | abi::SCOPE_NODEPORT4),
-        FrontendAddr::NodePorts(Family::V6) => ([0; 4], scope | abi::SCOPE_NODEPORT6),
+    let (port, proto) = (fe.key.port, fe.key.protocol.number());
+    let nodeports = |family_scope: u8| SvcKey {
+        addr: [0; 4],
+        port: port.to_be(),
+        proto,
+        scope: scope | family_scope,
+    };
+    match fe.key.addr {
+        FrontendAddr::Ip(ip) => address_key(ip, port, proto, scope),
+        FrontendAddr::NodePorts(Family::V4) => nodeports(abi::SCOPE_NODEPORT4),
+        FrontendAddr::NodePorts(Family::V6) => nodeports(abi::SCOPE_NODEPORT6),
+    }
+}
+
+/// The key of `ip`'s entry in `scope` (an IPv6 address's with [`abi::SCOPE_V6`]).
+pub(crate) fn address_key(ip: IpAddr, port: u16, proto: u8, scope: u8) -> SvcKey {
+    let (addr, family) = ip_words(ip);
+    let v6 = if family == abi::FAMILY_V6 {
+        abi::SCOPE_V6
+    } else {
+        0
     };
     SvcKey {
         addr,
-        port: fe.key.port.to_be(),
-        proto: fe.key.protocol.number(),
-        scope,
+        port: port.to_be(),
+        proto,
+        scope: scope | v6,
     }
 }
 

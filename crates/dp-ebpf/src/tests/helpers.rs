@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use sluice_plan::{Plan, Protocol, ServicePortName};
 
 use crate::abi::{self, Backend, SlotKey, SvcKey};
-use crate::render::{MapContent, ip_words};
+use crate::render::{MapContent, address_key};
 
 #[path = "../../tests/common/shim.rs"]
 #[allow(dead_code)]
@@ -87,18 +87,7 @@ pub fn many(n: usize, eps: usize) -> DesiredState {
 }
 
 pub fn svc_key(addr: &str, port: u16, scope: u8) -> SvcKey {
-    let (addr, family) = ip_words(ip(addr));
-    let v6 = if family == abi::FAMILY_V6 {
-        abi::SCOPE_V6
-    } else {
-        0
-    };
-    SvcKey {
-        addr,
-        port: port.to_be(),
-        proto: 6,
-        scope: scope | v6,
-    }
+    address_key(ip(addr), port, 6, scope)
 }
 
 pub fn nodeport_key(port: u16, scope: u8) -> SvcKey {
